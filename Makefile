@@ -1,0 +1,70 @@
+# Numatix: one plain Makefile. `make` builds cgi-bin/numatix; `make run` starts the whole
+# service; `make test` runs every suite; `make bench` measures. run, test and bench install
+# what a fresh Debian 12 machine lacks first (scripts/deps.sh), then build in a sub-make so
+# pkg-config sees the freshly installed libraries.
+
+PKGS     := fcgi json-c sqlite3 uuid libcrypto
+BUILD    ?= build
+BIN      ?= cgi-bin/numatix
+SAN      ?=
+CC       ?= cc
+WARN     := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow \
+            -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 -D_GNU_SOURCE $(WARN) -MMD -MP $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifneq ($(SAN),)
+CFLAGS   += -fsanitize=$(SAN) -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=$(SAN)
+endif
+
+SRC      := $(wildcard src/*.c)
+OBJ      := $(SRC:src/%.c=$(BUILD)/%.o)
+LIBOBJ   := $(filter-out $(BUILD)/main.o,$(OBJ))
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+ifeq ($(V),)
+Q := @
+quiet = @printf '  %-6s %s\n' $(1) $(2);
+endif
+
+.PHONY: all run test unit bench asan deps clean
+
+all: $(BIN)
+
+$(BIN): $(OBJ)
+	$(call quiet,LD,$@)mkdir -p $(dir $@) && $(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: src/%.c
+	$(call quiet,CC,$@)mkdir -p $(dir $@) && $(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJ)
+	$(call quiet,CC,$@)mkdir -p $(dir $@) && $(CC) $(CFLAGS) -Isrc -o $@ $< $(LIBOBJ) $(LDFLAGS) $(LDLIBS) -lcmocka
+
+unit: $(UNIT_BIN)
+
+deps:
+	$(Q)scripts/deps.sh
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)scripts/run.sh
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory all unit
+	$(Q)tests/run.sh
+
+bench: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)scripts/bench.sh
+
+# The binary and unit tests under AddressSanitizer and UBSan, in their own build tree.
+asan: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/numatix SAN=address,undefined \
+		build/asan/numatix
+
+clean:
+	rm -rf build $(BIN)
+
+-include $(OBJ:.o=.d) $(UNIT_BIN:=.d)

@@ -1,0 +1,21 @@
+#!/bin/sh
+# deps.sh - installs the Debian packages Numatix builds, runs and tests with, if any is
+# missing. Idempotent and quiet when everything is present.
+set -eu
+
+PACKAGES="build-essential pkg-config libfcgi-dev libjson-c-dev libsqlite3-dev uuid-dev
+libssl-dev libcmocka-dev nginx-light sqlite3 python3 curl spawn-fcgi procps"
+
+missing=""
+for p in $PACKAGES; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps: installing$missing"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# Debian's nginx package starts the system service on install; we run our own instance.
+$SUDO apt-get install -y -q --no-install-recommends $missing

@@ -1,0 +1,52 @@
+/* api_audit.c - /api/audit-logs: the audit trail, newest first, filtered and paged. */
+#include <stdlib.h>
+
+#include "api.h"
+#include "ids.h"
+#include "view.h"
+
+void api_audit_list(struct request *rq, struct response *rs)
+{
+	struct audit_event *ev = NULL;
+	struct audit_filter f = {0};
+	struct page pg;
+	struct err e = {0};
+	char *plan = request_query(rq, "planId"), *trace = request_query(rq, "traceId");
+	char *action = request_query(rq, "action"), *cursor = NULL;
+	size_t n = 0, i;
+
+	if (plan && !id_valid(plan)) {
+		response_invalid(rs, rq, "planId", "must be a 24-character hex id");
+		goto out;
+	}
+	if (trace && !trace_id_valid(trace)) {
+		response_invalid(rs, rq, "traceId", "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+		goto out;
+	}
+	if (api_page(rq, rs, 50, 200, &pg, &cursor))
+		goto out;
+	f.plan_id = plan;
+	f.trace_id = trace;
+	f.action = action;
+	if (rq->store->ops->audit_list(rq->store, &f, &pg, &ev, &n, &e)) {
+		if (e.kind == ERR_INVALID)
+			response_invalid(rs, rq, "cursor", e.msg);
+		else
+			response_err(rs, rq, &e);
+		goto out;
+	}
+	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	for (i = 0; i < n; i++)
+		json_object_array_add(arr, view_audit_event(&ev[i]));
+	json_object_object_add(o, "logs", arr);
+	json_object_object_add(o, "nextCursor", *pg.next_cursor ? json_object_new_string(pg.next_cursor) : NULL);
+	response_json(rs, 200, o);
+out:
+	for (i = 0; i < n; i++)
+		audit_event_clear(&ev[i]);
+	free(ev);
+	free(plan);
+	free(trace);
+	free(action);
+	free(cursor);
+}

@@ -1,0 +1,87 @@
+/* api_customers.c - /api/customers: create, and a customer's subscriptions. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "ids.h"
+#include "util.h"
+#include "valid.h"
+#include "view.h"
+
+static const struct field customer_fields[] = {
+	{"email", V_EMAIL, true, 0, 0, NULL, NULL},
+	{"name", V_STRING, true, 1, 100, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+void api_customers_create(struct request *rq, struct response *rs)
+{
+	struct customer c = {0};
+	struct json_object *v;
+	struct err e = {0};
+
+	if (api_body(rq, rs, customer_fields))
+		return;
+	id_new(c.id);
+	json_object_object_get_ex(rq->json, "email", &v);
+	c.email = xstrdup(json_object_get_string(v));
+	json_object_object_get_ex(rq->json, "name", &v);
+	c.name = xstrdup(json_object_get_string(v));
+	c.created_at = now_ms();
+	if (rq->store->ops->customer_create(rq->store, &c, &e))
+		response_err(rs, rq, &e);
+	else
+		response_json(rs, 201, view_customer(&c));
+	customer_clear(&c);
+}
+
+static const char *const sub_statuses[] = {"pending", "active", "failed", "expired", "cancelled"};
+
+void api_customers_subscriptions(struct request *rq, struct response *rs)
+{
+	struct subscription *subs = NULL;
+	struct customer c = {0};
+	struct page pg;
+	struct err e = {0};
+	char *status = request_query(rq, "status"), *cursor = NULL;
+	size_t n = 0, i;
+
+	if (!id_valid(rq->param)) {
+		response_error(rs, rq, 404, "CUSTOMER_NOT_FOUND", "Customer not found", NULL);
+		goto out;
+	}
+	if (status && *status) {
+		for (i = 0; i < sizeof(sub_statuses) / sizeof(sub_statuses[0]) && strcmp(status, sub_statuses[i]); i++)
+			;
+		if (i == sizeof(sub_statuses) / sizeof(sub_statuses[0])) {
+			response_invalid(rs, rq, "status", "must be one of: pending, active, failed, expired, cancelled");
+			goto out;
+		}
+	} else {
+		free(status);
+		status = NULL;
+	}
+	if (api_page(rq, rs, 20, 100, &pg, &cursor))
+		goto out;
+	if (rq->store->ops->customer_get(rq->store, rq->param, &c, &e) ||
+	    rq->store->ops->sub_list(rq->store, rq->param, status, &pg, &subs, &n, &e)) {
+		if (e.kind == ERR_INVALID)
+			response_invalid(rs, rq, "cursor", e.msg);
+		else
+			response_err(rs, rq, &e);
+		goto out;
+	}
+	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	for (i = 0; i < n; i++)
+		json_object_array_add(arr, view_subscription(&subs[i]));
+	json_object_object_add(o, "subscriptions", arr);
+	json_object_object_add(o, "nextCursor", *pg.next_cursor ? json_object_new_string(pg.next_cursor) : NULL);
+	response_json(rs, 200, o);
+out:
+	for (i = 0; i < n; i++)
+		subscription_clear(&subs[i]);
+	free(subs);
+	customer_clear(&c);
+	free(status);
+	free(cursor);
+}

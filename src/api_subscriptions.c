@@ -1,0 +1,122 @@
+/* api_subscriptions.c - /api/subscriptions: purchase, get, cancel. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "app.h"
+#include "purchase.h"
+#include "util.h"
+#include "valid.h"
+#include "view.h"
+
+static const struct field customer_fields[] = {
+	{"email", V_EMAIL, true, 0, 0, NULL, NULL},
+	{"name", V_STRING, true, 1, 100, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+static const struct field purchase_fields[] = {
+	{"planId", V_ID, true, 0, 0, NULL, NULL},
+	{"paymentMethodId", V_STRING, true, 4, 100, NULL, NULL},
+	{"customerId", V_ID, false, 0, 0, NULL, NULL},
+	{"customer", V_OBJECT, false, 0, 0, NULL, customer_fields},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+static const char *str(struct request *rq, const char *key, const char *sub)
+{
+	struct json_object *v = NULL;
+
+	json_object_object_get_ex(rq->json, key, &v);
+	if (v && sub)
+		json_object_object_get_ex(v, sub, &v);
+	return v ? json_object_get_string(v) : NULL;
+}
+
+void api_subscriptions_purchase(struct request *rq, struct response *rs)
+{
+	struct purchase_req p = {0};
+
+	/* A missing or malformed key is reported first: it is about the request as a whole. */
+	if (!rq->idem_key) {
+		response_error(rs, rq, 400, "MISSING_IDEMPOTENCY_KEY", "The Idempotency-Key header is required", NULL);
+		return;
+	}
+	if (api_body(rq, rs, purchase_fields))
+		return;
+	p.plan_id = str(rq, "planId", NULL);
+	p.payment_method = str(rq, "paymentMethodId", NULL);
+	p.customer_id = str(rq, "customerId", NULL);
+	p.email = str(rq, "customer", "email");
+	p.name = str(rq, "customer", "name");
+	if (strncmp(p.payment_method, "pm_", 3)) {
+		response_invalid(rs, rq, "paymentMethodId", "must be a payment method id (pm_...)");
+		return;
+	}
+	if (!p.customer_id == !p.email) {
+		response_invalid(rs, rq, "customerId", "give either customerId or customer, not both or neither");
+		return;
+	}
+	purchase_run(rq, rs, &p);
+}
+
+/* The subscription the :id names, if the bearer may see it: the admin, or the subscription's
+ * own access token. Returns -1 after answering 401, 403 or 404. */
+static int subscription_load(struct request *rq, struct response *rs, struct subscription *sub)
+{
+	struct err e = {0};
+	char token_sub[ID_LEN + 1];
+
+	if (!rq->is_admin) {
+		if (!app_token_valid(rq, rq->bearer, token_sub)) {
+			response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
+			return -1;
+		}
+		if (strcmp(token_sub, rq->param)) {
+			response_error(rs, rq, 403, "FORBIDDEN", "This token belongs to another subscription", NULL);
+			return -1;
+		}
+	}
+	if (!id_valid(rq->param)) {
+		response_error(rs, rq, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found", NULL);
+		return -1;
+	}
+	if (rq->store->ops->sub_get(rq->store, rq->param, sub, &e)) {
+		response_err(rs, rq, &e);
+		return -1;
+	}
+	return 0;
+}
+
+void api_subscriptions_get(struct request *rq, struct response *rs)
+{
+	struct subscription sub = {0};
+
+	if (subscription_load(rq, rs, &sub) == 0)
+		response_json(rs, 200, view_subscription(&sub));
+	subscription_clear(&sub);
+}
+
+void api_subscriptions_cancel(struct request *rq, struct response *rs)
+{
+	struct subscription sub = {0};
+	struct err e = {0};
+
+	if (rq->json && (!json_object_is_type(rq->json, json_type_object) ||
+			 json_object_object_length(rq->json) > 0)) {
+		response_invalid(rs, rq, "", "cancel takes no body, or an empty object");
+		return;
+	}
+	if (subscription_load(rq, rs, &sub))
+		goto out;
+	if (!rq->is_admin)
+		rq->audit.actor_id = sub.customer_id;
+	subscription_clear(&sub);
+	if (rq->store->ops->sub_cancel(rq->store, rq->param, now_ms(), &rq->audit, &sub, &e))
+		response_err(rs, rq, &e);
+	else
+		response_json(rs, 200, view_subscription(&sub));
+	rq->audit.actor_id = NULL;
+out:
+	subscription_clear(&sub);
+}

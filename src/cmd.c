@@ -1,0 +1,242 @@
+/* cmd.c - the commands of the one binary, in one table. */
+#include "cmd.h"
+
+#include <fcgiapp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "ids.h"
+#include "reaper.h"
+#include "server.h"
+#include "store.h"
+#include "util.h"
+#include "worker.h"
+
+struct demo_plan {
+	const char *name, *description;
+	int64_t price_cents, duration_days, capacity;
+	const char *features[4];
+};
+
+static const struct demo_plan demo_plans[] = {
+	{"C Systems Workshop", "Two days of hands-on systems programming in C, in a room of twelve.",
+	 49000, 30, 12, {"Two full days", "Printed notes", "Lunch included", NULL}},
+	{"Beta Access", "Early access to the next release, with a direct line to the team.",
+	 0, 90, 100, {"Early builds", "Private forum", NULL, NULL}},
+	{"Database Internals Cohort", "Eight weeks through storage engines, transactions and recovery.",
+	 120000, 56, 25, {"Weekly live sessions", "Code reviews", "Certificate", NULL}},
+};
+
+static struct store *open_store(const struct config *cfg)
+{
+	struct err e = {0};
+	struct store *s = store_open(cfg->db_url, &e);
+
+	if (!s)
+		fprintf(stderr, "numatix: %s\n", e.msg);
+	return s;
+}
+
+static int cmd_seed(const struct config *cfg, int argc, char **argv)
+{
+	struct audit_ctx a = {"seed", "system", "seed", NULL};
+	struct store *s = open_store(cfg);
+	int created = 0, rc = 1;
+
+	(void)argc;
+	(void)argv;
+	if (!s)
+		return 1;
+	for (size_t i = 0; i < sizeof(demo_plans) / sizeof(demo_plans[0]); i++) {
+		const struct demo_plan *d = &demo_plans[i];
+		struct plan p = {0};
+		struct err e = {0};
+
+		id_new(p.id);
+		p.name = xstrdup(d->name);
+		p.description = xstrdup(d->description);
+		p.price_cents = d->price_cents;
+		p.duration_days = d->duration_days;
+		p.total_capacity = p.subscriptions_left = d->capacity;
+		strcpy(p.status, "active");
+		p.features = json_object_new_array();
+		for (int f = 0; d->features[f]; f++)
+			json_object_array_add(p.features, json_object_new_string(d->features[f]));
+		p.created_at = p.updated_at = now_ms();
+		if (s->ops->plan_create(s, &p, &a, &e) == 0)
+			created++;
+		else if (!e.code || strcmp(e.code, "PLAN_NAME_TAKEN")) {
+			fprintf(stderr, "numatix: seeding %s: %s\n", d->name, e.msg);
+			plan_clear(&p);
+			goto out;
+		}
+		plan_clear(&p);
+	}
+	printf("seed: %d demo plans created, %zu present\n", created, sizeof(demo_plans) / sizeof(demo_plans[0]));
+	rc = 0;
+out:
+	store_close(s);
+	return rc;
+}
+
+static int cmd_reset(const struct config *cfg, int argc, char **argv)
+{
+	struct store *s;
+	struct err e = {0};
+	int rc = 1;
+
+	if (argc < 3 || strcmp(argv[2], "--yes")) {
+		fprintf(stderr, "numatix: reset deletes every plan, subscription and payment; run 'numatix reset --yes'\n");
+		return 2;
+	}
+	if (!(s = open_store(cfg)))
+		return 1;
+	if (s->ops->reset(s, &e))
+		fprintf(stderr, "numatix: reset: %s\n", e.msg);
+	else
+		rc = 0;
+	store_close(s);
+	return rc;
+}
+
+static void print_violation(void *arg, const char *fmt, ...)
+{
+	va_list ap;
+
+	(void)arg;
+	fputs("violation: ", stdout);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	fputc('\n', stdout);
+}
+
+static int cmd_check(const struct config *cfg, int argc, char **argv)
+{
+	struct store *s;
+	struct err e = {0};
+	int violations = 0, rc = 1;
+
+	(void)argc;
+	(void)argv;
+	if (!(s = open_store(cfg)))
+		return 1;
+	if (s->ops->check(s, print_violation, NULL, &violations, &e))
+		fprintf(stderr, "numatix: check: %s\n", e.msg);
+	else if (violations)
+		printf("check: %d violations\n", violations);
+	else {
+		printf("check: all invariants hold\n");
+		rc = 0;
+	}
+	store_close(s);
+	return rc;
+}
+
+static int cmd_reap(const struct config *cfg, int argc, char **argv)
+{
+	struct reap_stats st;
+	struct store *s;
+	struct err e = {0};
+	char host[64] = "", holder[96];
+	int rc = 1;
+
+	(void)argc;
+	(void)argv;
+	if (!(s = open_store(cfg)))
+		return 1;
+	gethostname(host, sizeof(host) - 1);
+	snprintf(holder, sizeof(holder), "%s:%d", host, (int)getpid());
+	if (reaper_run(s, holder, cfg->key_retention_h, &st, &e))
+		fprintf(stderr, "numatix: reap: %s\n", e.msg);
+	else {
+		if (st.ran)
+			printf("reap: %d holds expired, %d charges refunded, %d keys purged\n", st.expired,
+			       st.refunded, st.purged);
+		else
+			printf("reap: another reaper is running; nothing done\n");
+		rc = 0;
+	}
+	store_close(s);
+	return rc;
+}
+
+static int cmd_serve(const struct config *cfg, int argc, char **argv)
+{
+	(void)argc;
+	return server_run(cfg, argv);
+}
+
+static int cmd_cgi(const struct config *cfg, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	return worker_cgi(cfg);
+}
+
+static int cmd_worker(const struct config *cfg, int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	/* spawn-fcgi hands us the listening socket as stdin. */
+	return worker_run(0, cfg);
+}
+
+static const struct cmd {
+	const char *name;
+	int (*fn)(const struct config *cfg, int argc, char **argv);
+	const char *help;
+} cmds[] = {
+	{"serve", cmd_serve, "run the FastCGI server: socket, worker pool, reaper"},
+	{"worker", cmd_worker, "serve FastCGI on the socket given as stdin (spawn-fcgi)"},
+	{"cgi", cmd_cgi, "answer one CGI request (also chosen when GATEWAY_INTERFACE is set)"},
+	{"seed", cmd_seed, "create the demo plans that are missing"},
+	{"reset", cmd_reset, "delete all data (--yes)"},
+	{"check", cmd_check, "verify the invariants on the live store; exit 1 on a violation"},
+	{"reap", cmd_reap, "release expired holds and settle abandoned purchases once (for cron)"},
+};
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: numatix <command>\n");
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		fprintf(stderr, "  %-8s %s\n", cmds[i].name, cmds[i].help);
+	return 2;
+}
+
+int cmd_main(int argc, char **argv)
+{
+	const char *name = argc > 1 ? argv[1] : NULL;
+	struct config cfg;
+	struct err e = {0};
+	int rc = 2;
+
+	if (!name) {
+		/* Started by a web server from cgi-bin, or by spawn-fcgi with a socket as stdin. */
+		if (getenv("GATEWAY_INTERFACE"))
+			name = "cgi";
+		else if (!FCGX_IsCGI())
+			name = "worker";
+		else
+			return usage();
+	}
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		if (strcmp(cmds[i].name, name))
+			continue;
+		if (config_load(&cfg, &e)) {
+			fprintf(stderr, "numatix: %s\n", e.msg);
+			if (!strcmp(name, "cgi"))
+				printf("Status: 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n\r\n"
+				       "{\"code\":\"SERVICE_UNAVAILABLE\",\"message\":\"The service is misconfigured\",\"traceId\":\"-\"}");
+			return 1;
+		}
+		rc = cmds[i].fn(&cfg, argc, argv);
+		config_free(&cfg);
+		return rc;
+	}
+	return usage();
+}

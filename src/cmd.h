@@ -1,0 +1,9 @@
+/* cmd.h - the commands of the one binary, in one table: serve, cgi, seed, reset, check, reap. */
+#ifndef NUMATIX_CMD_H
+#define NUMATIX_CMD_H
+
+/* Runs the command argv[1] names (or the mode the environment implies when none is given).
+ * Returns the process exit status. */
+int cmd_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,73 @@
+/* http.h - one request and its response, independent of how they travel (FastCGI or CGI). */
+#ifndef NUMATIX_HTTP_H
+#define NUMATIX_HTTP_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "err.h"
+#include "store.h"
+
+struct config;
+
+struct request {
+	/* From the gateway; the strings are new copies owned by the request. */
+	char *method;
+	char *path;                 /* without the query */
+	char *query;                /* raw query string, "" if none */
+	char *idem_key;             /* Idempotency-Key header or NULL */
+	char *authorization;        /* Authorization header or NULL */
+	char *remote_addr;
+	long content_length;        /* -1 when absent */
+	char trace_id[65];
+	char *body;                 /* NUL-terminated; body_len may include inner NULs */
+	size_t body_len;
+
+	/* Filled while it is handled. */
+	char param[ID_LEN + 41];    /* the :id of the route, if any */
+	struct json_object *json;   /* the parsed body; one reference owned */
+	bool is_admin;
+	const char *bearer;         /* borrowed from authorization */
+	struct audit_ctx audit;     /* who acts, for audit events */
+
+	struct store *store;        /* borrowed from the worker */
+	const struct config *cfg;   /* borrowed from the worker */
+};
+
+struct response {
+	int status;
+	char *body;                 /* new, owned */
+	int retry_after;            /* seconds; 0: no header */
+	char allow[32];             /* Allow header for 405, "" if none */
+	bool replayed;              /* Idempotent-Replayed: true */
+};
+
+/* Reads method, path, query and headers from a CGI/FastCGI environment (NAME=value, NULL
+ * terminated). The trace id is the client's valid X-Trace-Id, else nginx's request id,
+ * else a new UUID. */
+void request_init(struct request *rq, char **envp);
+void request_free(struct request *rq);
+void response_free(struct response *rs);
+
+/* A query parameter, percent-decoded; new, free(); NULL if absent. */
+char *request_query(const struct request *rq, const char *name);
+
+/* Sets the response to o serialized; takes o's reference. */
+void response_json(struct response *rs, int status, struct json_object *o);
+/* The error envelope {"code","message","traceId","details"?}; takes details' reference. */
+void response_error(struct response *rs, const struct request *rq, int status, const char *code,
+		    const char *message, struct json_object *details);
+/* The error envelope for an error from a lower layer: status and message by its code. */
+void response_err(struct response *rs, const struct request *rq, const struct err *e);
+/* 400 VALIDATION_ERROR with details {"field", "reason"}. */
+void response_invalid(struct response *rs, const struct request *rq, const char *field,
+		      const char *reason);
+/* The error envelope as JSON text, for responses stored on a key. New, free(). */
+char *error_body(const char *code, const char *message, const char *trace_id,
+		 struct json_object *details);
+
+/* The CGI response header block (Status, Content-Type, ...) ending in a blank line. New, free(). */
+char *response_head(const struct response *rs, const struct request *rq);
+
+#endif

@@ -1,0 +1,93 @@
+/* ids.c - resource ids, Idempotency-Keys and secret tokens. */
+#include "ids.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <uuid.h>
+
+#include "util.h"
+
+void id_new(char out[ID_LEN + 1])
+{
+	unsigned char raw[12];
+	uint32_t secs = (uint32_t)time(NULL);
+
+	raw[0] = (unsigned char)(secs >> 24);
+	raw[1] = (unsigned char)(secs >> 16);
+	raw[2] = (unsigned char)(secs >> 8);
+	raw[3] = (unsigned char)secs;
+	random_bytes(raw + 4, 8);
+	hex_encode(raw, sizeof(raw), out);
+}
+
+void id_new_prefixed(const char *prefix, char *out, size_t len)
+{
+	char id[ID_LEN + 1];
+
+	id_new(id);
+	snprintf(out, len, "%s%s", prefix, id);
+}
+
+bool id_valid(const char *s)
+{
+	size_t i;
+
+	for (i = 0; s[i]; i++)
+		if (i >= ID_LEN || !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+	return i == ID_LEN;
+}
+
+bool uuid_valid(const char *s)
+{
+	uuid_t u;
+
+	/* uuid_parse accepts exactly the 36-character hyphenated form. */
+	return strlen(s) == UUID_LEN && uuid_parse(s, u) == 0;
+}
+
+void uuid_new(char out[UUID_LEN + 1])
+{
+	uuid_t u;
+
+	uuid_generate_random(u);
+	uuid_unparse_lower(u, out);
+}
+
+void token_new(const char *sub_id, char out[TOKEN_LEN + 1])
+{
+	static const char b64url[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	unsigned char raw[43];
+	size_t head = 4 + ID_LEN + 1;
+
+	random_bytes(raw, sizeof(raw));
+	snprintf(out, head + 1, "sat_%s_", sub_id);
+	for (size_t i = 0; i < sizeof(raw); i++)
+		out[head + i] = b64url[raw[i] & 63];
+	out[TOKEN_LEN] = '\0';
+}
+
+bool token_subscription(const char *token, char out[ID_LEN + 1])
+{
+	if (strlen(token) != TOKEN_LEN || strncmp(token, "sat_", 4) || token[4 + ID_LEN] != '_')
+		return false;
+	memcpy(out, token + 4, ID_LEN);
+	out[ID_LEN] = '\0';
+	return id_valid(out);
+}
+
+bool trace_id_valid(const char *s)
+{
+	size_t i;
+
+	for (i = 0; s[i]; i++) {
+		char c = s[i];
+		if (i >= 64 || !((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+				 (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+			return false;
+	}
+	return i > 0;
+}

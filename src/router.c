@@ -1,0 +1,66 @@
+/* router.c - the route table: each route's method, path pattern, handler and needs. */
+#include "router.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+static const struct route routes[] = {
+	{"GET", "/api/health", api_health, AUTH_ANYONE, IDEM_NONE},
+	{"GET", "/api/plans", api_plans_list, AUTH_ANYONE, IDEM_NONE},
+	{"POST", "/api/plans", api_plans_create, AUTH_ADMIN, IDEM_HONOURED},
+	{"GET", "/api/plans/:id", api_plans_get, AUTH_ANYONE, IDEM_NONE},
+	{"PATCH", "/api/plans/:id", api_plans_update, AUTH_ADMIN, IDEM_HONOURED},
+	{"GET", "/api/plans/:id/stats", api_plans_stats, AUTH_ANYONE, IDEM_NONE},
+	{"POST", "/api/subscriptions/purchase", api_subscriptions_purchase, AUTH_ANYONE, IDEM_OWN},
+	{"GET", "/api/subscriptions/:id", api_subscriptions_get, AUTH_BEARER, IDEM_NONE},
+	{"POST", "/api/subscriptions/:id/cancel", api_subscriptions_cancel, AUTH_BEARER, IDEM_HONOURED},
+	{"POST", "/api/customers", api_customers_create, AUTH_ADMIN, IDEM_HONOURED},
+	{"GET", "/api/customers/:id/subscriptions", api_customers_subscriptions, AUTH_ADMIN, IDEM_NONE},
+	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE},
+};
+
+/* Whether path matches pattern; the :id segment goes to param. */
+static bool matches(const char *pattern, const char *path, char *param, size_t plen)
+{
+	while (*pattern && *path) {
+		if (*pattern != '/' || *path != '/')
+			return false;
+		pattern++;
+		path++;
+		size_t pl = strcspn(pattern, "/"), sl = strcspn(path, "/");
+		if (pl == 3 && !strncmp(pattern, ":id", 3)) {
+			if (sl == 0 || sl >= plen)
+				return false;
+			memcpy(param, path, sl);
+			param[sl] = '\0';
+		} else if (pl != sl || strncmp(pattern, path, sl)) {
+			return false;
+		}
+		pattern += pl;
+		path += sl;
+	}
+	return !*pattern && !*path;
+}
+
+const struct route *router_match(const char *method, const char *path, char *param, size_t plen,
+				 char *allow, size_t alen, int *status)
+{
+	size_t i;
+
+	allow[0] = '\0';
+	/* The table's order decides between a static route and a pattern: POST
+	 * /api/subscriptions/purchase is the purchase, while GET on it asks for a subscription
+	 * whose id is "purchase" (and finds none). */
+	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+		if (!matches(routes[i].pattern, path, param, plen))
+			continue;
+		if (!strcmp(routes[i].method, method))
+			return &routes[i];
+		if (!strstr(allow, routes[i].method))
+			snprintf(allow + strlen(allow), alen - strlen(allow), "%s%s", *allow ? ", " : "",
+				 routes[i].method);
+	}
+	*status = *allow ? 405 : 404;
+	return NULL;
+}

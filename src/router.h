@@ -1,0 +1,34 @@
+/* router.h - the route table: each route's method, path pattern, handler and needs. */
+#ifndef NUMATIX_ROUTER_H
+#define NUMATIX_ROUTER_H
+
+#include <stddef.h>
+
+#include "api.h"
+
+enum auth_need {
+	AUTH_ANYONE,
+	AUTH_ADMIN,     /* the admin token */
+	AUTH_BEARER,    /* the admin token or an access token; the handler decides which fits */
+};
+
+enum idem_mode {
+	IDEM_NONE,      /* reads: the header is ignored */
+	IDEM_HONOURED,  /* writes: a present Idempotency-Key is claimed and its response stored */
+	IDEM_OWN,       /* the handler drives the key itself (the purchase state machine) */
+};
+
+struct route {
+	const char *method;
+	const char *pattern;    /* segments; ":id" matches one segment */
+	handler_fn handler;
+	enum auth_need auth;
+	enum idem_mode idem;
+};
+
+/* The route for method and path, with its :id segment copied into param. NULL when none:
+ * *status is then 404, or 405 with the methods the path allows in allow. */
+const struct route *router_match(const char *method, const char *path, char *param, size_t plen,
+				 char *allow, size_t alen, int *status);
+
+#endif

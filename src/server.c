@@ -1,0 +1,238 @@
+/* server.c - the FastCGI server's master process. It never opens the store itself: each
+ * worker and each reaper pass opens its own handle after fork. */
+#include "server.h"
+
+#include <errno.h>
+#include <fcgiapp.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "reaper.h"
+#include "store.h"
+#include "util.h"
+#include "worker.h"
+
+#define LISTEN_FD_ENV "NUMATIX_LISTEN_FD"
+#define STOP_GRACE_S 30
+
+struct pool {
+	pid_t *pids;          /* 0: a free slot to fill */
+	int n;
+	pid_t reaper;
+	int64_t respawn_at;   /* ms; a worker that dies at once is not respawned in a tight loop */
+};
+
+static bool is_unix_path(const char *addr)
+{
+	return strchr(addr, '/') || !strchr(addr, ':');
+}
+
+static int listen_open(const struct config *cfg)
+{
+	const char *inherited = getenv(LISTEN_FD_ENV);
+	struct stat st;
+	int fd;
+
+	if (inherited && *inherited) {
+		fd = atoi(inherited);
+		unsetenv(LISTEN_FD_ENV);
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+		return fd;
+	}
+	/* A socket file left by a crashed server would make bind() fail. */
+	if (is_unix_path(cfg->socket) && stat(cfg->socket, &st) == 0 && S_ISSOCK(st.st_mode))
+		unlink(cfg->socket);
+	fd = FCGX_OpenSocket(cfg->socket, 1024);
+	if (fd < 0) {
+		LOG_ERROR(NULL, "cannot listen on %s: %s", cfg->socket, strerror(errno));
+		return -1;
+	}
+	/* The web server's user shares our group (www-data under Debian's nginx). */
+	if (is_unix_path(cfg->socket))
+		chmod(cfg->socket, 0660);
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	return fd;
+}
+
+static pid_t spawn_worker(int fd, const struct config *cfg, const sigset_t *orig)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		sigprocmask(SIG_SETMASK, orig, NULL);
+		exit(worker_run(fd, cfg));
+	}
+	if (pid < 0)
+		LOG_ERROR(NULL, "fork: %s", strerror(errno));
+	return pid < 0 ? 0 : pid;
+}
+
+static pid_t spawn_reaper(const struct config *cfg, const sigset_t *orig)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		struct reap_stats st;
+		struct err e = {0};
+		char host[64] = "", holder[96];
+		struct store *s;
+		int rc = 1;
+
+		sigprocmask(SIG_SETMASK, orig, NULL);
+		gethostname(host, sizeof(host) - 1);
+		snprintf(holder, sizeof(holder), "%s:%d", host, (int)getppid());
+		if ((s = store_open(cfg->db_url, &e)) && reaper_run(s, holder, cfg->key_retention_h, &st, &e) == 0)
+			rc = 0;
+		else
+			LOG_WARN(NULL, "reaper: %s", e.msg);
+		store_close(s);
+		_exit(rc);
+	}
+	return pid < 0 ? 0 : pid;
+}
+
+static void fill(struct pool *p, int fd, const struct config *cfg, const sigset_t *orig)
+{
+	if (now_ms() < p->respawn_at)
+		return;
+	for (int i = 0; i < p->n; i++)
+		if (!p->pids[i] && (p->pids[i] = spawn_worker(fd, cfg, orig)) == 0)
+			break;
+}
+
+/* Collects exited children; a worker's slot is freed for respawn. */
+static void collect(struct pool *p, bool stopping)
+{
+	int status;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid == p->reaper) {
+			p->reaper = 0;
+			continue;
+		}
+		for (int i = 0; i < p->n; i++)
+			if (p->pids[i] == pid) {
+				p->pids[i] = 0;
+				if (!stopping) {
+					LOG_WARN(NULL, "worker %d ended (%s %d); starting another", (int)pid,
+						 WIFSIGNALED(status) ? "signal" : "status",
+						 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+					if (WIFEXITED(status))
+						p->respawn_at = now_ms() + 1000;
+				}
+			}
+	}
+}
+
+static int live(const struct pool *p)
+{
+	int n = p->reaper ? 1 : 0;
+
+	for (int i = 0; i < p->n; i++)
+		n += p->pids[i] != 0;
+	return n;
+}
+
+static void signal_all(const struct pool *p, int sig)
+{
+	for (int i = 0; i < p->n; i++)
+		if (p->pids[i])
+			kill(p->pids[i], sig);
+	if (p->reaper)
+		kill(p->reaper, sig);
+}
+
+/* SIGTERM to every child, then wait for in-flight requests to finish. */
+static void stop_all(struct pool *p, const sigset_t *waitset)
+{
+	struct timespec ts = {1, 0};
+	int64_t deadline = now_ms() + STOP_GRACE_S * 1000;
+
+	signal_all(p, SIGTERM);
+	while (live(p) > 0 && now_ms() < deadline) {
+		sigtimedwait(waitset, NULL, &ts);
+		collect(p, true);
+	}
+	if (live(p) > 0) {
+		LOG_WARN(NULL, "children still running after %ds; killing them", STOP_GRACE_S);
+		signal_all(p, SIGKILL);
+		while (waitpid(-1, NULL, 0) > 0)
+			;
+	}
+}
+
+int server_run(const struct config *cfg, char **argv)
+{
+	struct pool p = {0};
+	sigset_t set, orig;
+	int fd, sig, rc = 1;
+	char fdbuf[16];
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, &orig);
+	signal(SIGPIPE, SIG_IGN);
+	if ((fd = listen_open(cfg)) < 0)
+		return 1;
+	p.n = cfg->workers;
+	p.pids = xcalloc((size_t)p.n, sizeof(*p.pids));
+	fill(&p, fd, cfg, &orig);
+	LOG_INFO(NULL, "listening on %s with %d workers", cfg->socket, p.n);
+	int64_t next_reap = now_ms() + (int64_t)cfg->reap_interval_s * 1000;
+	for (;;) {
+		int64_t wait = next_reap - now_ms();
+		if (p.respawn_at && p.respawn_at - now_ms() < wait)
+			wait = p.respawn_at - now_ms();
+		if (wait < 0)
+			wait = 0;
+		struct timespec ts = {wait / 1000, (long)(wait % 1000) * 1000000L};
+		sig = sigtimedwait(&set, NULL, &ts);
+		if (sig == SIGTERM || sig == SIGINT) {
+			LOG_INFO(NULL, "stopping: in-flight requests finish first");
+			stop_all(&p, &set);
+			if (is_unix_path(cfg->socket))
+				unlink(cfg->socket);
+			rc = 0;
+			break;
+		}
+		if (sig == SIGHUP) {
+			/* The new image serves on the same socket; the old workers finish their
+			 * requests and are reaped by it, as its children still. */
+			LOG_INFO(NULL, "reloading: re-executing with the listening socket kept open");
+			signal_all(&p, SIGTERM);
+			fcntl(fd, F_SETFD, 0);
+			snprintf(fdbuf, sizeof(fdbuf), "%d", fd);
+			setenv(LISTEN_FD_ENV, fdbuf, 1);
+			sigprocmask(SIG_SETMASK, &orig, NULL);
+			execv("/proc/self/exe", argv);
+			LOG_ERROR(NULL, "re-exec failed: %s", strerror(errno));
+			sigprocmask(SIG_BLOCK, &set, NULL);
+			fcntl(fd, F_SETFD, FD_CLOEXEC);
+		}
+		collect(&p, false);
+		if (p.respawn_at && now_ms() >= p.respawn_at)
+			p.respawn_at = 0;
+		fill(&p, fd, cfg, &orig);
+		if (now_ms() >= next_reap) {
+			if (!p.reaper)
+				p.reaper = spawn_reaper(cfg, &orig);
+			next_reap = now_ms() + (int64_t)cfg->reap_interval_s * 1000;
+		}
+	}
+	free(p.pids);
+	close(fd);
+	return rc;
+}

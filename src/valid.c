@@ -1,0 +1,163 @@
+/* valid.c - checking a JSON request body against a table of the fields it may have. */
+#include "valid.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ids.h"
+
+static int fail(struct vfail *f, const char *prefix, const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int fail(struct vfail *f, const char *prefix, const char *name, const char *fmt, ...)
+{
+	va_list ap;
+
+	snprintf(f->field, sizeof(f->field), "%s%s", prefix, name);
+	va_start(ap, fmt);
+	vsnprintf(f->reason, sizeof(f->reason), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+size_t utf8_length(const char *s)
+{
+	size_t n = 0;
+
+	for (; *s; s++)
+		if (((unsigned char)*s & 0xc0) != 0x80)
+			n++;
+	return n;
+}
+
+bool email_valid(const char *s)
+{
+	const char *at = strchr(s, '@');
+	size_t len = strlen(s);
+
+	if (len < 3 || len > 254 || !at || at == s || strchr(at + 1, '@'))
+		return false;
+	if (!strchr(at + 1, '.') || at[1] == '.' || s[len - 1] == '.')
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s <= ' ' || *s == '<' || *s == '>' || *s == '"' || *s == ',')
+			return false;
+	return true;
+}
+
+/* Text a person can read: no NUL hidden by \u0000, no control characters. */
+static const char *text_problem(struct json_object *v)
+{
+	const char *s = json_object_get_string(v);
+	size_t len = (size_t)json_object_get_string_len(v);
+
+	if (strlen(s) != len)
+		return "must not contain NUL characters";
+	for (; *s; s++)
+		if ((unsigned char)*s < ' ' && *s != '\t')
+			return "must not contain control characters";
+	return NULL;
+}
+
+static int check_string(struct json_object *v, int64_t min, int64_t max, const char *prefix,
+			const char *name, struct vfail *f)
+{
+	const char *problem;
+	size_t n;
+
+	if (!json_object_is_type(v, json_type_string))
+		return fail(f, prefix, name, "must be a string");
+	if ((problem = text_problem(v)))
+		return fail(f, prefix, name, "%s", problem);
+	n = utf8_length(json_object_get_string(v));
+	if ((int64_t)n < min || (int64_t)n > max)
+		return fail(f, prefix, name, "must be %lld to %lld characters long", (long long)min, (long long)max);
+	if (min > 0 && strspn(json_object_get_string(v), " \t") == (size_t)json_object_get_string_len(v))
+		return fail(f, prefix, name, "must not be blank");
+	return 0;
+}
+
+static int check_field(struct json_object *v, const struct field *fd, const char *prefix, struct vfail *f);
+
+static int check_object(struct json_object *o, const struct field *fields, const char *prefix,
+			struct vfail *f)
+{
+	const struct field *fd;
+
+	if (!json_object_is_type(o, json_type_object))
+		return fail(f, prefix, "", "must be a JSON object");
+	json_object_object_foreach(o, key, val) {
+		for (fd = fields; fd->name && strcmp(fd->name, key); fd++)
+			;
+		if (!fd->name)
+			return fail(f, prefix, key, "is not a known field");
+		if (check_field(val, fd, prefix, f))
+			return -1;
+	}
+	for (fd = fields; fd->name; fd++)
+		if (fd->required && !json_object_object_get_ex(o, fd->name, NULL))
+			return fail(f, prefix, fd->name, "is required");
+	return 0;
+}
+
+static int check_field(struct json_object *v, const struct field *fd, const char *prefix, struct vfail *f)
+{
+	char sub_prefix[64];
+
+	switch (fd->type) {
+	case V_STRING:
+		return check_string(v, fd->min, fd->max, prefix, fd->name, f);
+	case V_INT: {
+		int64_t n;
+		if (!json_object_is_type(v, json_type_int))
+			return fail(f, prefix, fd->name, "must be an integer");
+		n = json_object_get_int64(v);
+		if (n < fd->min || n > fd->max)
+			return fail(f, prefix, fd->name, "must be from %lld to %lld", (long long)fd->min,
+				    (long long)fd->max);
+		return 0;
+	}
+	case V_STRINGS:
+		if (!json_object_is_type(v, json_type_array))
+			return fail(f, prefix, fd->name, "must be an array of strings");
+		if ((int64_t)json_object_array_length(v) > fd->max)
+			return fail(f, prefix, fd->name, "must have at most %lld items", (long long)fd->max);
+		for (size_t i = 0; i < json_object_array_length(v); i++)
+			if (check_string(json_object_array_get_idx(v, i), 1, 100, prefix, fd->name, f))
+				return -1;
+		return 0;
+	case V_ID:
+		if (!json_object_is_type(v, json_type_string))
+			return fail(f, prefix, fd->name, "must be a string");
+		if (!id_valid(json_object_get_string(v)))
+			return fail(f, prefix, fd->name, "must be a 24-character hex id");
+		return 0;
+	case V_EMAIL:
+		if (!json_object_is_type(v, json_type_string))
+			return fail(f, prefix, fd->name, "must be a string");
+		if (text_problem(v) || !email_valid(json_object_get_string(v)))
+			return fail(f, prefix, fd->name, "must be an email address");
+		return 0;
+	case V_ENUM: {
+		char list[96] = "";
+		if (json_object_is_type(v, json_type_string))
+			for (const char *const *c = fd->choices; *c; c++)
+				if (!strcmp(*c, json_object_get_string(v)))
+					return 0;
+		for (const char *const *c = fd->choices; *c; c++)
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+				 c == fd->choices ? "" : ", ", *c);
+		return fail(f, prefix, fd->name, "must be one of: %s", list);
+	}
+	case V_OBJECT:
+		snprintf(sub_prefix, sizeof(sub_prefix), "%s%s.", prefix, fd->name);
+		return check_object(v, fd->sub, sub_prefix, f);
+	}
+	return fail(f, prefix, fd->name, "has an unknown type");
+}
+
+int valid_object(struct json_object *o, const struct field *fields, struct vfail *f)
+{
+	return check_object(o, fields, "", f);
+}

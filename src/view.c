@@ -1,0 +1,139 @@
+/* view.c - the JSON representations of the API (API.md), one function per object. */
+#include "view.h"
+
+#include <stdio.h>
+
+#include "util.h"
+
+#define ADD(o, k, v) json_object_object_add((o), (k), (v))
+#define STR(s) json_object_new_string(s)
+#define INT(n) json_object_new_int64(n)
+
+struct json_object *view_time(int64_t ms)
+{
+	char buf[32];
+
+	return ms ? STR(time_format(ms, buf, sizeof(buf))) : NULL;
+}
+
+static struct json_object *occupancy(const struct plan *p)
+{
+	double pct = p->total_capacity ? 100.0 * (double)(p->total_capacity - p->subscriptions_left) /
+						 (double)p->total_capacity : 0.0;
+	char text[32];
+	size_t n;
+
+	/* Two decimals, written as such: json-c would print the binary double's 17 digits. */
+	n = (size_t)snprintf(text, sizeof(text), "%.2f", pct);
+	while (n > 0 && text[n - 1] == '0')
+		text[--n] = '\0';
+	if (n > 0 && text[n - 1] == '.')
+		text[--n] = '\0';
+	return json_object_new_double_s(pct, text);
+}
+
+struct json_object *view_plan(const struct plan *p)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "id", STR(p->id));
+	ADD(o, "name", STR(p->name));
+	ADD(o, "description", STR(p->description));
+	ADD(o, "price_cents", INT(p->price_cents));
+	ADD(o, "duration_days", INT(p->duration_days));
+	ADD(o, "total_capacity", INT(p->total_capacity));
+	ADD(o, "subscriptions_left", INT(p->subscriptions_left));
+	ADD(o, "subscriptions_held", INT(p->subscriptions_held));
+	ADD(o, "status", STR(p->status));
+	ADD(o, "features", p->features ? json_object_get(p->features) : json_object_new_array());
+	ADD(o, "isSoldOut", json_object_new_boolean(p->subscriptions_left == 0));
+	ADD(o, "occupancyPercentage", occupancy(p));
+	ADD(o, "createdAt", view_time(p->created_at));
+	ADD(o, "updatedAt", view_time(p->updated_at));
+	return o;
+}
+
+struct json_object *view_plan_stats(const struct plan *p)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "planId", STR(p->id));
+	ADD(o, "name", STR(p->name));
+	ADD(o, "totalCapacity", INT(p->total_capacity));
+	ADD(o, "subscriptionsLeft", INT(p->subscriptions_left));
+	ADD(o, "subscriptionsHeld", INT(p->subscriptions_held));
+	ADD(o, "subscriptionsSold", INT(p->total_capacity - p->subscriptions_left - p->subscriptions_held));
+	ADD(o, "occupancyPercentage", occupancy(p));
+	ADD(o, "isSoldOut", json_object_new_boolean(p->subscriptions_left == 0));
+	return o;
+}
+
+struct json_object *view_customer(const struct customer *c)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "id", STR(c->id));
+	ADD(o, "email", STR(c->email));
+	ADD(o, "name", STR(c->name));
+	ADD(o, "createdAt", view_time(c->created_at));
+	return o;
+}
+
+static struct json_object *subscription_common(const struct subscription *s)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "id", STR(s->id));
+	ADD(o, "status", STR(s->status));
+	ADD(o, "planId", STR(s->plan_id));
+	ADD(o, "planName", STR(s->plan_name ? s->plan_name : ""));
+	ADD(o, "customerId", STR(s->customer_id));
+	ADD(o, "startDate", view_time(s->start_at));
+	ADD(o, "endDate", view_time(s->end_at));
+	ADD(o, "amount_cents", INT(s->amount_cents));
+	ADD(o, "paymentId", *s->payment_id ? STR(s->payment_id) : NULL);
+	return o;
+}
+
+struct json_object *view_subscription(const struct subscription *s)
+{
+	struct json_object *o = subscription_common(s);
+
+	ADD(o, "createdAt", view_time(s->created_at));
+	ADD(o, "updatedAt", view_time(s->updated_at));
+	return o;
+}
+
+struct json_object *view_purchase(const struct subscription *s, const char *access_token,
+				  const char *trace_id)
+{
+	struct json_object *o = subscription_common(s);
+
+	ADD(o, "accessToken", STR(access_token));
+	ADD(o, "traceId", STR(trace_id));
+	return o;
+}
+
+static struct json_object *parsed(const char *text)
+{
+	return text ? json_tokener_parse(text) : NULL;
+}
+
+struct json_object *view_audit_event(const struct audit_event *a)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "id", STR(a->id));
+	ADD(o, "at", view_time(a->at));
+	ADD(o, "action", STR(a->action));
+	ADD(o, "actorType", STR(a->actor_type));
+	ADD(o, "actorId", *a->actor_id ? STR(a->actor_id) : NULL);
+	ADD(o, "resourceType", STR(a->resource_type));
+	ADD(o, "resourceId", STR(a->resource_id));
+	ADD(o, "planId", *a->plan_id ? STR(a->plan_id) : NULL);
+	ADD(o, "before", parsed(a->before));
+	ADD(o, "after", parsed(a->after));
+	ADD(o, "traceId", STR(a->trace_id));
+	ADD(o, "ip", *a->ip ? STR(a->ip) : NULL);
+	return o;
+}

@@ -1,0 +1,22 @@
+/* view.h - the JSON representations of the API (API.md), one function per object.
+ * Each returns a new json_object reference. */
+#ifndef NUMATIX_VIEW_H
+#define NUMATIX_VIEW_H
+
+#include <json-c/json.h>
+
+#include "store.h"
+
+struct json_object *view_plan(const struct plan *p);
+struct json_object *view_plan_stats(const struct plan *p);
+struct json_object *view_customer(const struct customer *c);
+/* The subscription as GET shows it. */
+struct json_object *view_subscription(const struct subscription *s);
+/* The purchase's 201 body: the subscription with its access token and the trace id. */
+struct json_object *view_purchase(const struct subscription *s, const char *access_token,
+				  const char *trace_id);
+struct json_object *view_audit_event(const struct audit_event *a);
+/* An RFC 3339 string, or null for 0. */
+struct json_object *view_time(int64_t ms);
+
+#endif

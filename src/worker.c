@@ -1,0 +1,149 @@
+/* worker.c - the FastCGI accept loop of one worker process, and the single request of CGI. */
+#include "worker.h"
+
+#include <fcgiapp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "config.h"
+#include "log.h"
+#include "store.h"
+#include "util.h"
+
+extern char **environ;
+
+/* How bytes come in and go out: a FastCGI stream pair or stdin/stdout. */
+struct io {
+	int (*read)(void *ctx, char *buf, int n);    /* bytes read, 0 at the end */
+	void (*write)(void *ctx, const char *buf, size_t n);
+	void *in, *out;
+};
+
+static volatile sig_atomic_t in_request;
+static volatile sig_atomic_t stopping;
+
+static void on_term(int sig)
+{
+	(void)sig;
+	/* Idle in accept(): leave now. Mid-request: finish it, then leave. */
+	if (!in_request)
+		_exit(0);
+	stopping = 1;
+}
+
+/* Reads the body: all of it when within the limit, else drains it so the gateway is not
+ * left writing into a closed request, and keeps nothing. */
+static void read_body(struct request *rq, const struct io *io, int max)
+{
+	/* RFC 3875: read no more than CONTENT_LENGTH; without it, read to the end. */
+	size_t want = rq->content_length >= 0 ? (size_t)rq->content_length : SIZE_MAX;
+	size_t cap = want < (size_t)max + 1 ? want : (size_t)max + 1, len = 0, drained = 0;
+	char *buf = xmalloc(cap + 1), sink[4096];
+	int n;
+
+	while (len < cap && (n = io->read(io->in, buf + len, (int)(cap - len))) > 0)
+		len += (size_t)n;
+	if (len == (size_t)max + 1)
+		while (len + drained < want &&
+		       (n = io->read(io->in, sink, (int)(want - len - drained < sizeof(sink) ? want - len - drained : sizeof(sink)))) > 0)
+			drained += (size_t)n;
+	buf[len] = '\0';
+	rq->body = buf;
+	rq->body_len = len;
+}
+
+/* Opens the store on first use; a store that cannot be reached now is tried again on the
+ * next request, so a worker never dies of it. */
+static struct store *store_get(struct store **s, const struct config *cfg, const char *trace)
+{
+	struct err e = {0};
+
+	if (!*s && !(*s = store_open(cfg->db_url, &e)))
+		LOG_ERROR(trace, "store: %s", e.msg);
+	return *s;
+}
+
+static void serve(struct store **s, const struct config *cfg, char **envp, const struct io *io)
+{
+	struct request rq;
+	struct response rs = {0};
+	char *head;
+
+	request_init(&rq, envp);
+	rq.cfg = cfg;
+	read_body(&rq, io, cfg->max_body);
+	if ((rq.store = store_get(s, cfg, rq.trace_id)))
+		app_handle(&rq, &rs);
+	else
+		response_error(&rs, &rq, 503, "SERVICE_UNAVAILABLE", "The store cannot be reached; retry shortly", NULL);
+	head = response_head(&rs, &rq);
+	io->write(io->out, head, strlen(head));
+	io->write(io->out, rs.body, strlen(rs.body));
+	free(head);
+	response_free(&rs);
+	request_free(&rq);
+}
+
+static int fcgi_read(void *ctx, char *buf, int n)
+{
+	return FCGX_GetStr(buf, n, ctx);
+}
+
+static void fcgi_write(void *ctx, const char *buf, size_t n)
+{
+	FCGX_PutStr(buf, (int)n, ctx);
+}
+
+int worker_run(int listen_fd, const struct config *cfg)
+{
+	struct sigaction sa = {0};
+	struct store *store = NULL;
+	FCGX_Request req;
+
+	sa.sa_handler = on_term;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGHUP, SIG_IGN);
+	signal(SIGPIPE, SIG_IGN);
+	FCGX_Init();
+	FCGX_InitRequest(&req, listen_fd, FCGI_FAIL_ACCEPT_ON_INTR);
+	store_get(&store, cfg, NULL);
+	while (!stopping) {
+		if (FCGX_Accept_r(&req) < 0)
+			break;
+		in_request = 1;
+		struct io io = {fcgi_read, fcgi_write, req.in, req.out};
+		serve(&store, cfg, req.envp, &io);
+		FCGX_Finish_r(&req);
+		in_request = 0;
+	}
+	store_close(store);
+	return 0;
+}
+
+static int stdio_read(void *ctx, char *buf, int n)
+{
+	return (int)fread(buf, 1, (size_t)n, ctx);
+}
+
+static void stdio_write(void *ctx, const char *buf, size_t n)
+{
+	fwrite(buf, 1, n, ctx);
+}
+
+int worker_cgi(const struct config *cfg)
+{
+	struct store *store = NULL;
+	struct io io = {stdio_read, stdio_write, stdin, stdout};
+
+	signal(SIGPIPE, SIG_IGN);
+	serve(&store, cfg, environ, &io);
+	fflush(stdout);
+	store_close(store);
+	return 0;
+}
