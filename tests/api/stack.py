@@ -1,0 +1,225 @@
+"""stack.py - the real Numatix stack for black-box tests: scripts/run.sh starts the FastCGI
+server and nginx on a free loopback port with a fresh SQLite store in a temporary directory;
+a client speaks HTTP to nginx exactly as curl or a browser would.
+
+Each test module starts one stack (setUpModule) and stops it (tearDownModule). The stack's
+logs are printed when a test of the module fails (see runner.py)."""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.join(ROOT, "cgi-bin", "numatix")
+ADMIN = "test-admin-token-0123456789abcdef"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.raw = body
+        try:
+            self.json = json.loads(body) if body else None
+        except ValueError:
+            self.json = None
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    def __repr__(self):
+        return "<%d %s>" % (self.status, self.raw[:300])
+
+
+class Stack:
+    """One running stack. env adds to the service's environment."""
+
+    current = None
+
+    def __init__(self, store_url=None, **env):
+        self.dir = tempfile.mkdtemp(prefix="numatix-test-")
+        self.port = free_port()
+        self.env = dict(os.environ)
+        self.env.update({
+            "PORT": str(self.port),
+            "NUMATIX_VAR": self.dir,
+            "NUMATIX_ADMIN_TOKEN": ADMIN,
+            "NUMATIX_DB": store_url or "sqlite://%s/numatix.db" % self.dir,
+            "NUMATIX_WORKERS": "4",
+        })
+        self.env.update({k: str(v) for k, v in env.items()})
+        self.log_path = os.path.join(self.dir, "stack.log")
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([os.path.join(ROOT, "scripts", "run.sh")], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=self.log)
+        # run.sh prints the URL once nginx answers /api/health: that line is the readiness signal.
+        for line in self.proc.stdout:
+            self.log.write(line)
+            self.log.flush()
+            if line.startswith(b"Numatix is running"):
+                break
+        else:
+            raise RuntimeError("the stack did not start:\n" + self.logs())
+        threading.Thread(target=self._drain, daemon=True).start()
+        Stack.current = self
+        return self
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            self.log.write(line)
+            self.log.flush()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if Stack.current is self:
+            Stack.current = None
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self, tail=80):
+        out = []
+        for name in ("stack.log", "nginx/nginx-error.log"):
+            path = os.path.join(self.dir, name)
+            if os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    lines = f.readlines()[-tail:]
+                out.append("--- %s (last %d lines)\n%s" % (name, len(lines), "".join(lines)))
+        return "\n".join(out)
+
+    # --- the service's own commands, on this stack's store ---------------------------------
+
+    def command(self, *args):
+        return subprocess.run([BIN] + list(args), env=self.env, capture_output=True, text=True, timeout=120)
+
+    def check(self):
+        """Runs `numatix check`; returns (passed, output)."""
+        r = self.command("check")
+        return r.returncode == 0, r.stdout + r.stderr
+
+    def server_pids(self):
+        """The master's pid and its workers' pids."""
+        out = subprocess.run(["pgrep", "-f", "%s serve" % BIN], capture_output=True, text=True).stdout
+        masters = [int(p) for p in out.split()]
+        for m in masters:
+            env = open("/proc/%d/environ" % m, "rb").read()
+            if ("NUMATIX_VAR=%s" % self.dir).encode() in env:
+                kids = subprocess.run(["pgrep", "-P", str(m)], capture_output=True, text=True).stdout
+                return m, [int(k) for k in kids.split()]
+        raise RuntimeError("no master found")
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def request(self, method, path, body=None, headers=None, raw=None, timeout=60):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        h = {}
+        if raw is not None:
+            data = raw
+        elif body is not None:
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        else:
+            data = None
+        h.update(headers or {})
+        try:
+            conn.request(method, path, body=data, headers=h)
+            r = conn.getresponse()
+            payload = r.read().decode("utf-8", errors="replace")
+            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, payload)
+        finally:
+            conn.close()
+
+    def admin(self, method, path, body=None, headers=None, **kw):
+        h = {"Authorization": "Bearer " + ADMIN}
+        h.update(headers or {})
+        return self.request(method, path, body, h, **kw)
+
+    def create_plan(self, capacity=10, price=1000, **fields):
+        body = {"name": fields.pop("name", "Plan " + uuid.uuid4().hex[:12]), "price_cents": price,
+                "total_capacity": capacity}
+        body.update(fields)
+        r = self.admin("POST", "/api/plans", body)
+        assert r.status == 201, r
+        return r.json
+
+    def purchase(self, plan_id, key=None, method="pm_card_visa", email=None, **kw):
+        body = {"planId": plan_id, "paymentMethodId": method,
+                "customer": {"email": email or "buyer-%s@example.com" % uuid.uuid4().hex[:16],
+                             "name": "Test Buyer"}}
+        return self.request("POST", "/api/subscriptions/purchase", body,
+                            {"Idempotency-Key": key or str(uuid.uuid4())}, **kw)
+
+    def plan(self, plan_id):
+        r = self.request("GET", "/api/plans/" + plan_id)
+        assert r.status == 200, r
+        return r.json
+
+
+def parallel(n, fn, *args):
+    """Runs fn(i, *args) in n threads released together by a barrier; returns the results in
+    order. Real parallel HTTP clients, each with its own connection."""
+    barrier = threading.Barrier(n)
+    results = [None] * n
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i, *args)
+        except Exception as e:  # a client error is a result the test asserts on
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def pool(n_clients, jobs, fn):
+    """Runs fn(job) for every job over n_clients concurrent threads; results in job order."""
+    results = [None] * len(jobs)
+    lock = threading.Lock()
+    it = iter(range(len(jobs)))
+
+    def worker():
+        while True:
+            with lock:
+                i = next(it, None)
+            if i is None:
+                return
+            try:
+                results[i] = fn(jobs[i])
+            except Exception as e:
+                results[i] = e
+
+    threads = [threading.Thread(target=worker) for _ in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

@@ -1,0 +1,411 @@
+"""test_api.py - every route and error code of API.md against the real stack (nginx, the
+FastCGI pool, SQLite)."""
+
+import json
+import unittest
+import uuid
+
+from stack import ADMIN, Stack
+
+S = None
+
+
+def setUpModule():
+    global S
+    S = Stack().start()
+
+
+def tearDownModule():
+    S.cleanup()
+
+
+class Envelope(unittest.TestCase):
+    def assertError(self, r, status, code):
+        self.assertEqual(r.status, status, r)
+        self.assertIsNotNone(r.json, r)
+        self.assertEqual(r.json["code"], code, r)
+        self.assertTrue(r.json["message"])
+        self.assertEqual(r.json["traceId"], r.header("X-Trace-Id"))
+        self.assertTrue(r.header("Content-Type").startswith("application/json"))
+
+
+class Plans(Envelope):
+    def test_create_get_list_stats(self):
+        p = S.create_plan(capacity=5, price=2500, description="d", features=["a", "b"], duration_days=7)
+        for k in ("id", "name", "description", "price_cents", "duration_days", "total_capacity",
+                  "subscriptions_left", "subscriptions_held", "status", "features", "isSoldOut",
+                  "occupancyPercentage", "createdAt", "updatedAt"):
+            self.assertIn(k, p)
+        self.assertEqual(len(p["id"]), 24)
+        self.assertEqual((p["subscriptions_left"], p["subscriptions_held"], p["status"]), (5, 0, "active"))
+        self.assertEqual(p["features"], ["a", "b"])
+        self.assertRegex(p["createdAt"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertEqual(S.plan(p["id"]), p)
+        r = S.request("GET", "/api/plans")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json["count"], len(r.json["plans"]))
+        self.assertIn(p["id"], [x["id"] for x in r.json["plans"]])
+        keys = [(x["price_cents"], x["name"]) for x in r.json["plans"]]
+        self.assertEqual(keys, sorted(keys))
+        st = S.request("GET", "/api/plans/%s/stats" % p["id"]).json
+        self.assertEqual(st, {"planId": p["id"], "name": p["name"], "totalCapacity": 5,
+                              "subscriptionsLeft": 5, "subscriptionsHeld": 0, "subscriptionsSold": 0,
+                              "occupancyPercentage": 0, "isSoldOut": False})
+
+    def test_defaults(self):
+        r = S.admin("POST", "/api/plans", {"name": "Defaults " + uuid.uuid4().hex, "price_cents": 0,
+                                            "total_capacity": 1})
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual((r.json["duration_days"], r.json["features"], r.json["description"]), (30, [], ""))
+
+    def test_status_filter(self):
+        p = S.create_plan()
+        r = S.admin("PATCH", "/api/plans/" + p["id"], {"status": "inactive"})
+        self.assertEqual(r.json["status"], "inactive")
+        ids = lambda q: [x["id"] for x in S.request("GET", "/api/plans" + q).json["plans"]]
+        self.assertNotIn(p["id"], ids(""))
+        self.assertIn(p["id"], ids("?status=inactive"))
+        self.assertIn(p["id"], ids("?status=all"))
+        self.assertError(S.request("GET", "/api/plans?status=sold"), 400, "VALIDATION_ERROR")
+
+    def test_not_found(self):
+        self.assertError(S.request("GET", "/api/plans/" + "0" * 24), 404, "PLAN_NOT_FOUND")
+        self.assertError(S.request("GET", "/api/plans/not-an-id"), 404, "PLAN_NOT_FOUND")
+        self.assertError(S.request("GET", "/api/plans/%7B%22$gt%22:%22%22%7D"), 404, "PLAN_NOT_FOUND")
+        self.assertError(S.request("GET", "/api/plans/" + "0" * 24 + "/stats"), 404, "PLAN_NOT_FOUND")
+        self.assertError(S.admin("PATCH", "/api/plans/" + "0" * 24, {"price_cents": 1}), 404, "PLAN_NOT_FOUND")
+
+    def test_name_taken(self):
+        p = S.create_plan()
+        self.assertError(S.admin("POST", "/api/plans", {"name": p["name"], "price_cents": 1,
+                                                       "total_capacity": 1}), 409, "PLAN_NAME_TAKEN")
+        q = S.create_plan()
+        self.assertError(S.admin("PATCH", "/api/plans/" + q["id"], {"name": p["name"]}), 409, "PLAN_NAME_TAKEN")
+
+    def test_admin_only(self):
+        body = {"name": "x" + uuid.uuid4().hex, "price_cents": 1, "total_capacity": 1}
+        self.assertError(S.request("POST", "/api/plans", body), 401, "UNAUTHORIZED")
+        self.assertError(S.request("POST", "/api/plans", body, {"Authorization": "Bearer wrong"}), 401, "UNAUTHORIZED")
+        self.assertError(S.request("POST", "/api/plans", body, {"Authorization": "Basic " + ADMIN}), 401, "UNAUTHORIZED")
+        p = S.create_plan()
+        sub = S.purchase(p["id"]).json
+        self.assertError(S.request("POST", "/api/plans", body, {"Authorization": "Bearer " + sub["accessToken"]}),
+                         403, "FORBIDDEN")
+        self.assertError(S.request("PATCH", "/api/plans/" + p["id"], {"price_cents": 5}), 401, "UNAUTHORIZED")
+        self.assertEqual(S.plan(p["id"])["price_cents"], p["price_cents"])
+
+    def test_validation(self):
+        base = {"name": "V " + uuid.uuid4().hex, "price_cents": 100, "total_capacity": 3}
+        cases = [
+            ({}, "name"), (dict(base, name=""), "name"), (dict(base, name="x" * 101), "name"),
+            (dict(base, name="   "), "name"), (dict(base, price_cents=-1), "price_cents"),
+            (dict(base, price_cents=1.5), "price_cents"), (dict(base, price_cents="100"), "price_cents"),
+            (dict(base, total_capacity=0), "total_capacity"), (dict(base, total_capacity=10**9 + 1), "total_capacity"),
+            (dict(base, total_capacity=True), "total_capacity"), (dict(base, duration_days=0), "duration_days"),
+            (dict(base, description="x" * 501), "description"), (dict(base, features="a"), "features"),
+            (dict(base, features=[1]), "features"), (dict(base, extra=1), "extra"),
+            (dict(base, name={"$gt": ""}), "name"), (dict(base, total_capacity=2**70), "total_capacity"),
+        ]
+        for body, field in cases:
+            r = S.admin("POST", "/api/plans", body)
+            self.assertError(r, 400, "VALIDATION_ERROR")
+            self.assertEqual(r.json["details"]["field"], field, (body, r))
+            self.assertTrue(r.json["details"]["reason"])
+        # a name of 100 characters counts characters, not bytes
+        r = S.admin("POST", "/api/plans", dict(base, name="é" * 100))
+        self.assertEqual(r.status, 201, r)
+
+    def test_capacity_change(self):
+        p = S.create_plan(capacity=3)
+        for _ in range(2):
+            self.assertEqual(S.purchase(p["id"]).status, 201)
+        r = S.admin("PATCH", "/api/plans/" + p["id"], {"total_capacity": 5})
+        self.assertEqual((r.status, r.json["total_capacity"], r.json["subscriptions_left"]), (200, 5, 3), r)
+        r = S.admin("PATCH", "/api/plans/" + p["id"], {"total_capacity": 2})
+        self.assertEqual((r.status, r.json["subscriptions_left"], r.json["isSoldOut"]), (200, 0, True), r)
+        self.assertError(S.admin("PATCH", "/api/plans/" + p["id"], {"total_capacity": 1}), 409, "CAPACITY_BELOW_SOLD")
+        self.assertEqual(S.plan(p["id"])["total_capacity"], 2)
+        self.assertError(S.admin("PATCH", "/api/plans/" + p["id"], {}), 400, "VALIDATION_ERROR")
+        self.assertError(S.admin("PATCH", "/api/plans/" + p["id"], {"subscriptions_left": 9}), 400, "VALIDATION_ERROR")
+        self.assertError(S.admin("PATCH", "/api/plans/" + p["id"], {"status": "gone"}), 400, "VALIDATION_ERROR")
+
+    def test_update_fields(self):
+        p = S.create_plan()
+        r = S.admin("PATCH", "/api/plans/" + p["id"], {"description": "new", "price_cents": 7,
+                                                       "duration_days": 9, "features": ["z"]})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((r.json["description"], r.json["price_cents"], r.json["duration_days"],
+                          r.json["features"]), ("new", 7, 9, ["z"]))
+
+
+class Routing(Envelope):
+    def test_unknown_route(self):
+        self.assertError(S.request("GET", "/api/nothing"), 404, "NOT_FOUND")
+        self.assertError(S.request("GET", "/api/plans/x/y/z"), 404, "NOT_FOUND")
+        self.assertError(S.request("GET", "/api/../api/plans/x/y"), 404, "NOT_FOUND")
+
+    def test_method_not_allowed(self):
+        r = S.request("DELETE", "/api/plans")
+        self.assertError(r, 405, "METHOD_NOT_ALLOWED")
+        self.assertEqual(r.header("Allow"), "GET, POST")
+        r = S.request("PUT", "/api/plans/" + "0" * 24)
+        self.assertError(r, 405, "METHOD_NOT_ALLOWED")
+        self.assertEqual(r.header("Allow"), "GET, PATCH")
+        self.assertEqual(S.request("GET", "/api/subscriptions/purchase").status, 401)
+
+    def test_trace_id(self):
+        r = S.request("GET", "/api/health", headers={"X-Trace-Id": "my.trace-1_A"})
+        self.assertEqual(r.header("X-Trace-Id"), "my.trace-1_A")
+        r = S.request("GET", "/api/nothing", headers={"X-Trace-Id": "bad trace!"})
+        self.assertNotEqual(r.header("X-Trace-Id"), "bad trace!")
+        self.assertEqual(r.json["traceId"], r.header("X-Trace-Id"))
+        r = S.request("GET", "/api/health", headers={"X-Trace-Id": "x" * 65})
+        self.assertNotEqual(r.header("X-Trace-Id"), "x" * 65)
+
+    def test_health(self):
+        r = S.request("GET", "/api/health")
+        self.assertEqual(r.status, 200)
+        self.assertEqual((r.json["status"], r.json["store"]), ("ok", "sqlite"))
+        self.assertTrue(r.json["version"])
+
+    def test_security_headers(self):
+        r = S.request("GET", "/api/health")
+        self.assertEqual(r.header("X-Content-Type-Options"), "nosniff")
+        self.assertEqual(r.header("Cache-Control"), "no-store")
+        r = S.request("GET", "/")
+        self.assertEqual(r.status, 200)
+        self.assertIn("default-src 'self'", r.header("Content-Security-Policy"))
+
+
+class Purchase(Envelope):
+    def test_success(self):
+        p = S.create_plan(capacity=2, price=4200, duration_days=10)
+        key = str(uuid.uuid4())
+        r = S.purchase(p["id"], key=key)
+        self.assertEqual(r.status, 201, r)
+        b = r.json
+        for k in ("id", "status", "planId", "planName", "customerId", "startDate", "endDate",
+                  "amount_cents", "paymentId", "accessToken", "traceId"):
+            self.assertIn(k, b)
+        self.assertEqual((b["status"], b["planId"], b["planName"], b["amount_cents"]),
+                         ("active", p["id"], p["name"], 4200))
+        self.assertTrue(b["paymentId"].startswith("pay_"))
+        self.assertEqual(b["traceId"], r.header("X-Trace-Id"))
+        self.assertIsNone(r.header("Idempotent-Replayed"))
+        q = S.plan(p["id"])
+        self.assertEqual((q["subscriptions_left"], q["subscriptions_held"], q["occupancyPercentage"]), (1, 0, 50))
+        g = S.request("GET", "/api/subscriptions/" + b["id"], headers={"Authorization": "Bearer " + b["accessToken"]})
+        self.assertEqual(g.status, 200, g)
+        self.assertNotIn("accessToken", g.json)
+        self.assertEqual((g.json["status"], g.json["startDate"], g.json["paymentId"]),
+                         ("active", b["startDate"], b["paymentId"]))
+        self.assertEqual(S.admin("GET", "/api/subscriptions/" + b["id"]).json, g.json)
+
+    def test_replay_is_byte_identical(self):
+        p = S.create_plan(capacity=3)
+        key = str(uuid.uuid4())
+        body = {"planId": p["id"], "paymentMethodId": "pm_card_visa",
+                "customer": {"email": "replay@example.com", "name": "R"}}
+        a = S.request("POST", "/api/subscriptions/purchase", body, {"Idempotency-Key": key})
+        # the same meaning with other key order and whitespace
+        raw = ('{ "customer": {"name": "R", "email": "replay@example.com"},\n "paymentMethodId": "pm_card_visa", '
+               '"planId": "%s" }' % p["id"]).encode()
+        b = S.request("POST", "/api/subscriptions/purchase", raw=raw,
+                      headers={"Idempotency-Key": key, "Content-Type": "application/json"})
+        self.assertEqual((a.status, b.status), (201, 201))
+        self.assertEqual(a.raw, b.raw)
+        self.assertEqual(b.header("Idempotent-Replayed"), "true")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 2)
+        # the same key for another request
+        body["paymentMethodId"] = "pm_card_mastercard"
+        self.assertError(S.request("POST", "/api/subscriptions/purchase", body, {"Idempotency-Key": key}),
+                         422, "IDEMPOTENCY_KEY_REUSED")
+        self.assertError(S.admin("POST", "/api/plans", {"name": "k" + key, "price_cents": 1, "total_capacity": 1},
+                                 {"Idempotency-Key": key}), 422, "IDEMPOTENCY_KEY_REUSED")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 2)
+
+    def test_key_required_and_well_formed(self):
+        p = S.create_plan(capacity=1)
+        body = {"planId": p["id"], "paymentMethodId": "pm_card_visa",
+                "customer": {"email": "k@example.com", "name": "K"}}
+        self.assertError(S.request("POST", "/api/subscriptions/purchase", body), 400, "MISSING_IDEMPOTENCY_KEY")
+        for bad in ("abc", "12345678-1234-1234-1234-1234567890123", "{\"$gt\":\"\"}",
+                    "g2345678-1234-1234-1234-123456789012", "123456781234123412341234567890ab"):
+            self.assertError(S.request("POST", "/api/subscriptions/purchase", body, {"Idempotency-Key": bad}),
+                             400, "INVALID_IDEMPOTENCY_KEY")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 1)
+
+    def test_declines_give_the_seat_back(self):
+        p = S.create_plan(capacity=1)
+        for method, code in (("pm_card_chargeDeclined", "generic_decline"),
+                             ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+                             ("pm_card_chargeDeclinedExpiredCard", "expired_card")):
+            key = str(uuid.uuid4())
+            r = S.purchase(p["id"], key=key, method=method)
+            self.assertError(r, 402, "PAYMENT_FAILED")
+            self.assertEqual(r.json["details"]["declineCode"], code)
+            self.assertEqual(S.plan(p["id"])["subscriptions_left"], 1)
+            again = S.purchase(p["id"], key=key, method=method, email=None)
+            # a different customer email is a different request: the key is bound
+            self.assertEqual(again.status, 422)
+        self.assertEqual(S.purchase(p["id"], method="pm_card_amex").status, 201)
+
+    def test_decline_replays(self):
+        p = S.create_plan(capacity=1)
+        key = str(uuid.uuid4())
+        a = S.purchase(p["id"], key=key, method="pm_card_chargeDeclined", email="d@example.com")
+        b = S.purchase(p["id"], key=key, method="pm_card_chargeDeclined", email="d@example.com")
+        self.assertEqual((a.status, b.status, a.raw), (402, 402, b.raw))
+        self.assertEqual(b.header("Idempotent-Replayed"), "true")
+
+    def test_sold_out_keeps_key_usable(self):
+        p = S.create_plan(capacity=1)
+        self.assertEqual(S.purchase(p["id"]).status, 201)
+        key = str(uuid.uuid4())
+        r = S.purchase(p["id"], key=key, email="late@example.com")
+        self.assertError(r, 409, "PLAN_SOLD_OUT")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 0)
+        S.admin("PATCH", "/api/plans/" + p["id"], {"total_capacity": 2})
+        self.assertEqual(S.purchase(p["id"], key=key, email="late@example.com").status, 201)
+
+    def test_inactive_and_missing_plan(self):
+        p = S.create_plan(capacity=1)
+        S.admin("PATCH", "/api/plans/" + p["id"], {"status": "inactive"})
+        self.assertError(S.purchase(p["id"]), 409, "PLAN_INACTIVE")
+        self.assertError(S.purchase("0" * 24), 404, "PLAN_NOT_FOUND")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 1)
+
+    def test_customers(self):
+        email = "Mixed.Case-%s@Example.com" % uuid.uuid4().hex[:8]
+        c = S.admin("POST", "/api/customers", {"email": email, "name": "Casey"})
+        self.assertEqual(c.status, 201, c)
+        self.assertEqual(set(c.json), {"id", "email", "name", "createdAt"})
+        self.assertError(S.admin("POST", "/api/customers", {"email": email.lower(), "name": "Other"}),
+                         409, "CUSTOMER_EXISTS")
+        self.assertError(S.request("POST", "/api/customers", {"email": "z@example.com", "name": "Z"}),
+                         401, "UNAUTHORIZED")
+        self.assertError(S.admin("POST", "/api/customers", {"email": "not-an-email", "name": "Z"}),
+                         400, "VALIDATION_ERROR")
+        p = S.create_plan(capacity=5)
+        r = S.request("POST", "/api/subscriptions/purchase",
+                      {"planId": p["id"], "paymentMethodId": "pm_card_visa", "customerId": c.json["id"]},
+                      {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual((r.status, r.json["customerId"]), (201, c.json["id"]), r)
+        # found by email, case-insensitively
+        r2 = S.purchase(p["id"], email=email.upper())
+        self.assertEqual(r2.json["customerId"], c.json["id"])
+        self.assertError(S.request("POST", "/api/subscriptions/purchase",
+                                   {"planId": p["id"], "paymentMethodId": "pm_card_visa", "customerId": "1" * 24},
+                                   {"Idempotency-Key": str(uuid.uuid4())}), 404, "CUSTOMER_NOT_FOUND")
+        # both or neither
+        for extra in ({"customerId": c.json["id"], "customer": {"email": "a@b.co", "name": "A"}}, {}):
+            body = dict({"planId": p["id"], "paymentMethodId": "pm_card_visa"}, **extra)
+            self.assertError(S.request("POST", "/api/subscriptions/purchase", body,
+                                       {"Idempotency-Key": str(uuid.uuid4())}), 400, "VALIDATION_ERROR")
+        # a customer's subscriptions, paged
+        lst = S.admin("GET", "/api/customers/%s/subscriptions?limit=1" % c.json["id"])
+        self.assertEqual(lst.status, 200, lst)
+        self.assertEqual(len(lst.json["subscriptions"]), 1)
+        self.assertEqual(lst.json["subscriptions"][0]["id"], r2.json["id"])
+        nxt = S.admin("GET", "/api/customers/%s/subscriptions?limit=1&cursor=%s" % (c.json["id"], lst.json["nextCursor"]))
+        self.assertEqual([s["id"] for s in nxt.json["subscriptions"]], [r.json["id"]])
+        self.assertIsNone(nxt.json["nextCursor"])
+        act = S.admin("GET", "/api/customers/%s/subscriptions?status=cancelled" % c.json["id"])
+        self.assertEqual(act.json["subscriptions"], [])
+        self.assertError(S.admin("GET", "/api/customers/%s/subscriptions?limit=0" % c.json["id"]), 400, "VALIDATION_ERROR")
+        self.assertError(S.admin("GET", "/api/customers/%s/subscriptions?cursor=abc" % c.json["id"]), 400, "VALIDATION_ERROR")
+        self.assertError(S.admin("GET", "/api/customers/%s/subscriptions" % ("2" * 24)), 404, "CUSTOMER_NOT_FOUND")
+        self.assertError(S.request("GET", "/api/customers/%s/subscriptions" % c.json["id"]), 401, "UNAUTHORIZED")
+
+
+class Subscriptions(Envelope):
+    def test_tokens(self):
+        p = S.create_plan(capacity=5)
+        a = S.purchase(p["id"]).json
+        b = S.purchase(p["id"]).json
+        path = "/api/subscriptions/" + a["id"]
+        self.assertError(S.request("GET", path), 401, "UNAUTHORIZED")
+        self.assertError(S.request("GET", path, headers={"Authorization": "Bearer nope"}), 401, "UNAUTHORIZED")
+        forged = a["accessToken"][:-4] + "AAAA"
+        self.assertError(S.request("GET", path, headers={"Authorization": "Bearer " + forged}), 401, "UNAUTHORIZED")
+        self.assertError(S.request("GET", path, headers={"Authorization": "Bearer " + b["accessToken"]}), 403, "FORBIDDEN")
+        self.assertError(S.admin("GET", "/api/subscriptions/" + "3" * 24), 404, "SUBSCRIPTION_NOT_FOUND")
+        self.assertError(S.admin("GET", "/api/subscriptions/nope"), 404, "SUBSCRIPTION_NOT_FOUND")
+
+    def test_cancel_gives_seat_back(self):
+        p = S.create_plan(capacity=1)
+        a = S.purchase(p["id"]).json
+        self.assertTrue(S.plan(p["id"])["isSoldOut"])
+        auth = {"Authorization": "Bearer " + a["accessToken"]}
+        self.assertError(S.request("POST", "/api/subscriptions/%s/cancel" % a["id"], headers={"Authorization": "Bearer x"}),
+                         401, "UNAUTHORIZED")
+        r = S.request("POST", "/api/subscriptions/%s/cancel" % a["id"], headers=auth)
+        self.assertEqual((r.status, r.json["status"]), (200, "cancelled"), r)
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 1)
+        self.assertError(S.request("POST", "/api/subscriptions/%s/cancel" % a["id"], headers=auth), 409, "ALREADY_CANCELLED")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 1)
+        b = S.purchase(p["id"]).json
+        r = S.admin("POST", "/api/subscriptions/%s/cancel" % b["id"], {})
+        self.assertEqual(r.status, 200, r)
+        self.assertError(S.admin("POST", "/api/subscriptions/%s/cancel" % b["id"], {"reason": "x"}), 400, "VALIDATION_ERROR")
+
+
+class Audit(Envelope):
+    def test_audit_trail(self):
+        p = S.create_plan(capacity=2)
+        trace = "audit-" + uuid.uuid4().hex
+        r = S.request("POST", "/api/subscriptions/purchase",
+                      {"planId": p["id"], "paymentMethodId": "pm_card_visa",
+                       "customer": {"email": "audit@example.com", "name": "Au"}},
+                      {"Idempotency-Key": str(uuid.uuid4()), "X-Trace-Id": trace})
+        self.assertEqual(r.status, 201)
+        logs = S.admin("GET", "/api/audit-logs?traceId=" + trace).json["logs"]
+        actions = [l["action"] for l in logs]
+        self.assertEqual(sorted(actions), ["payment.succeeded", "seat.held", "subscription.activated"])
+        held = [l for l in logs if l["action"] == "seat.held"][0]
+        self.assertEqual(held["before"]["subscriptions_left"], 2)
+        self.assertEqual(held["after"]["subscriptions_left"], 1)
+        self.assertEqual(held["after"]["subscriptions_held"], 1)
+        self.assertEqual(held["planId"], p["id"])
+        self.assertEqual(held["ip"], "127.0.0.1")
+        for k in ("id", "at", "action", "actorType", "actorId", "resourceType", "resourceId", "before",
+                  "after", "traceId", "ip"):
+            self.assertIn(k, held)
+        by_plan = S.admin("GET", "/api/audit-logs?planId=" + p["id"]).json["logs"]
+        self.assertEqual(by_plan[-1]["action"], "plan.created")
+        ats = [l["at"] for l in by_plan]
+        self.assertEqual(ats, sorted(ats, reverse=True))
+        page = S.admin("GET", "/api/audit-logs?limit=2&planId=" + p["id"]).json
+        self.assertEqual(len(page["logs"]), 2)
+        rest = S.admin("GET", "/api/audit-logs?planId=%s&cursor=%s" % (p["id"], page["nextCursor"])).json
+        self.assertEqual([l["id"] for l in page["logs"] + rest["logs"]], [l["id"] for l in by_plan])
+        only = S.admin("GET", "/api/audit-logs?action=plan.created&planId=" + p["id"]).json["logs"]
+        self.assertEqual(len(only), 1)
+        self.assertError(S.request("GET", "/api/audit-logs"), 401, "UNAUTHORIZED")
+        self.assertError(S.admin("GET", "/api/audit-logs?planId=zz"), 400, "VALIDATION_ERROR")
+        self.assertError(S.admin("GET", "/api/audit-logs?limit=1000"), 400, "VALIDATION_ERROR")
+
+
+class Idempotency(Envelope):
+    def test_other_routes_honour_the_key(self):
+        key = str(uuid.uuid4())
+        body = {"name": "Idem " + key, "price_cents": 1, "total_capacity": 1}
+        a = S.admin("POST", "/api/plans", body, {"Idempotency-Key": key})
+        b = S.admin("POST", "/api/plans", body, {"Idempotency-Key": key})
+        self.assertEqual((a.status, b.status, a.raw), (201, 201, b.raw))
+        self.assertEqual(b.header("Idempotent-Replayed"), "true")
+        names = [x["name"] for x in S.request("GET", "/api/plans?status=all").json["plans"]]
+        self.assertEqual(names.count(body["name"]), 1)
+
+    def test_rejected_request_stores_nothing(self):
+        key = str(uuid.uuid4())
+        bad = {"name": "", "price_cents": 1, "total_capacity": 1}
+        self.assertEqual(S.admin("POST", "/api/plans", bad, {"Idempotency-Key": key}).status, 400)
+        good = {"name": "Later " + key, "price_cents": 1, "total_capacity": 1}
+        # the same key with a corrected body is a new request: validation stored nothing
+        self.assertEqual(S.admin("POST", "/api/plans", dict(bad, name="Later " + key), {"Idempotency-Key": key}).status, 201)
+        self.assertEqual(good["name"], "Later " + key)
+
+
+if __name__ == "__main__":
+    unittest.main()

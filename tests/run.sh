@@ -1,0 +1,44 @@
+#!/bin/sh
+# run.sh - every suite of `make test`: the C unit tests, then the black-box suites against
+# the real stack. Ends with one line: "N passed, N failed".
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+PY=/usr/bin/python3
+passed=0
+failed=0
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+echo "== unit tests (cmocka)"
+for t in build/tests/test_*; do
+	[ -x "$t" ] || continue
+	"$t" > "$out" 2>&1
+	rc=$?
+	cat "$out"
+	p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$out" | tail -n1)
+	f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$out" | tail -n1)
+	p=${p:-0}
+	f=${f:-0}
+	# a binary that crashed before its summary counts as one failure
+	[ $rc -ne 0 ] && [ "$f" -eq 0 ] && f=1
+	passed=$((passed + p))
+	failed=$((failed + f))
+done
+
+SUITES=${NUMATIX_SUITES:-"test_api test_hostile test_concurrency test_recovery test_gateway"}
+for s in $SUITES; do
+	$PY tests/api/runner.py "$s" 2>&1 | tee "$out"
+	line=$(grep '^RESULT ' "$out" | tail -n1)
+	if [ -n "$line" ]; then
+		set -- $line
+		passed=$((passed + $2))
+		failed=$((failed + $3))
+	else
+		echo "suite $s ended without a result"
+		failed=$((failed + 1))
+	fi
+done
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
