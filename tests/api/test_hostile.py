@@ -1,0 +1,130 @@
+"""test_hostile.py - hostile and malformed input: each gets its JSON 4xx error, no worker
+crashes, and no seat count moves."""
+
+import unittest
+import uuid
+
+from stack import Stack
+
+S = None
+PLAN = None
+
+
+def setUpModule():
+    global S, PLAN
+    S = Stack().start()
+    PLAN = S.create_plan(capacity=3)
+
+
+def tearDownModule():
+    S.cleanup()
+
+
+def purchase_raw(raw, key=None, ctype="application/json"):
+    return S.request("POST", "/api/subscriptions/purchase", raw=raw,
+                     headers={"Idempotency-Key": key or str(uuid.uuid4()), "Content-Type": ctype})
+
+
+class Hostile(unittest.TestCase):
+    def setUp(self):
+        self.before = S.plan(PLAN["id"])
+        self.workers = S.server_pids()[1]
+
+    def tearDown(self):
+        after = S.plan(PLAN["id"])
+        self.assertEqual((after["subscriptions_left"], after["subscriptions_held"]),
+                         (self.before["subscriptions_left"], self.before["subscriptions_held"]))
+        self.assertEqual(S.server_pids()[1], self.workers, "a worker died")
+
+    def assert4xx(self, r, status=400, code="VALIDATION_ERROR"):
+        self.assertEqual(r.status, status, r)
+        self.assertIsNotNone(r.json, r)
+        self.assertEqual(r.json["code"], code, r)
+        self.assertEqual(r.json["traceId"], r.header("X-Trace-Id"))
+
+    def test_not_json(self):
+        for raw in (b"{", b"[1,2", b"nul", b"{'planId': 1}", b"{}{}", b'{"a":1} x', b"", b"   ",
+                    b'{"planId": "x",}', b"\xff\xfe{}", b'{"name": "\xc3\x28"}', b"// c\n{}"):
+            self.assert4xx(purchase_raw(raw))
+
+    def test_wrong_shapes(self):
+        pid = PLAN["id"]
+        good = {"planId": pid, "paymentMethodId": "pm_card_visa", "customer": {"email": "h@example.com", "name": "H"}}
+        cases = [
+            [1, 2], "text", 42, None, True,
+            dict(good, planId={"$gt": ""}), dict(good, planId={"$ne": None}), dict(good, planId=[pid]),
+            dict(good, planId=123), dict(good, planId=pid.upper()), dict(good, planId=pid + "0"),
+            dict(good, paymentMethodId=None), dict(good, paymentMethodId="card_visa"),
+            dict(good, paymentMethodId={"$regex": ".*"}), dict(good, customer="h@example.com"),
+            dict(good, customer={"email": {"$gt": ""}, "name": "H"}),
+            dict(good, customer={"email": "h@example.com", "name": "H", "admin": True}),
+            dict(good, customer={"email": "not an email", "name": "H"}),
+            dict(good, customer={"email": "h@example.com"}), dict(good, status="active"),
+            dict(good, __proto__={"admin": True}), dict(good, customerId={"$gt": ""}),
+        ]
+        for body in cases:
+            r = S.request("POST", "/api/subscriptions/purchase", body, {"Idempotency-Key": str(uuid.uuid4())})
+            self.assert4xx(r)
+            self.assertIn("field", r.json["details"])
+
+    def test_nul_bytes(self):
+        pid = PLAN["id"]
+        self.assert4xx(purchase_raw(b'{"planId": "%s\x00", "paymentMethodId": "pm_card_visa"}' % pid.encode()))
+        self.assert4xx(purchase_raw(b'{"planId": "%s", "paymentMethodId": "pm_card_visa\\u0000x",'
+                                    b' "customer": {"email": "n@example.com", "name": "N"}}' % pid.encode()))
+        self.assert4xx(purchase_raw(b'{"planId": "%s", "paymentMethodId": "pm_card_visa",'
+                                    b' "customer": {"email": "n@example.com", "name": "N\\u0000"}}' % pid.encode()))
+        r = S.admin("GET", "/api/audit-logs?traceId=a%00b")
+        self.assert4xx(r)
+
+    def test_deep_nesting(self):
+        for depth in (20, 1000, 8000):  # 8000 levels: 16 KB, within the body limit
+            self.assert4xx(purchase_raw(b"[" * depth + b"]" * depth))
+            d = min(depth, 3000)  # 6 bytes a level
+            self.assert4xx(purchase_raw(b'{"a":' * d + b"1" + b"}" * d))
+
+    def test_too_large(self):
+        pad = "x" * 20000
+        r = S.request("POST", "/api/subscriptions/purchase",
+                      {"planId": PLAN["id"], "paymentMethodId": "pm_card_visa", "pad": pad},
+                      {"Idempotency-Key": str(uuid.uuid4())})
+        self.assert4xx(r, 413, "PAYLOAD_TOO_LARGE")
+        # beyond nginx's own limit: nginx answers, still in JSON
+        r = purchase_raw(b"[" + b"1," * 50000 + b"1]")
+        self.assert4xx(r, 413, "PAYLOAD_TOO_LARGE")
+        r = S.admin("POST", "/api/plans", {"name": "big", "price_cents": 1, "total_capacity": 1,
+                                           "description": "y" * 17000})
+        self.assert4xx(r, 413, "PAYLOAD_TOO_LARGE")
+
+    def test_bad_keys_and_headers(self):
+        body = {"planId": PLAN["id"], "paymentMethodId": "pm_card_visa",
+                "customer": {"email": "k@example.com", "name": "K"}}
+        for key in ("", " ", "x" * 300, "'; DROP TABLE plans; --", "00000000-0000-0000-0000-00000000000g"):
+            r = S.request("POST", "/api/subscriptions/purchase", body, {"Idempotency-Key": key})
+            self.assertIn(r.json["code"], ("INVALID_IDEMPOTENCY_KEY", "MISSING_IDEMPOTENCY_KEY"), r)
+            self.assertEqual(r.status, 400)
+        r = S.request("POST", "/api/subscriptions/purchase", body,
+                      {"Idempotency-Key": str(uuid.uuid4()), "Authorization": "Bearer " + "A" * 5000})
+        # an unknown bearer on a public route changes nothing about the purchase rules
+        self.assertIn(r.status, (201, 409))
+        if r.status == 201:
+            S.admin("POST", "/api/subscriptions/%s/cancel" % r.json["id"])
+
+    def test_sql_in_fields(self):
+        r = S.request("GET", "/api/plans/%27%20OR%20%271%27=%271")
+        self.assertEqual(r.status, 404)
+        r = S.admin("GET", "/api/audit-logs?action=%27%20OR%201%3D1%20--")
+        self.assertEqual((r.status, r.json["logs"]), (200, []))
+
+    def test_wrong_types_on_admin_routes(self):
+        for body in ({"total_capacity": "5"}, {"total_capacity": -1}, {"total_capacity": {"$inc": 1}},
+                     {"subscriptions_left": 100}, {"status": None}, {"features": [{"$gt": ""}]}, [1]):
+            self.assert4xx(S.admin("PATCH", "/api/plans/" + PLAN["id"], body))
+
+    def test_check_still_passes(self):
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
+if __name__ == "__main__":
+    unittest.main()
