@@ -1,0 +1,129 @@
+"""test_concurrency.py - real parallel clients through nginx against 8 workers; exact counts.
+The simulated processor takes 20 ms a charge, so purchases overlap as they would live."""
+
+import collections
+import random
+import unittest
+import uuid
+
+from stack import Stack, parallel, pool
+
+S = None
+
+
+def setUpModule():
+    global S
+    S = Stack(NUMATIX_WORKERS=8, NUMATIX_PAYMENT_LATENCY_MS=20).start()
+
+
+def tearDownModule():
+    S.cleanup()
+
+
+def audit_count(plan_id, action):
+    n, cursor = 0, None
+    while True:
+        q = "/api/audit-logs?limit=200&planId=%s&action=%s" % (plan_id, action)
+        r = S.admin("GET", q + ("&cursor=" + cursor if cursor else "")).json
+        n += len(r["logs"])
+        cursor = r["nextCursor"]
+        if not cursor:
+            return n
+
+
+class Concurrency(unittest.TestCase):
+    def assertChecks(self):
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_200_buyers_race_for_10_seats(self):
+        p = S.create_plan(capacity=10)
+        results = parallel(200, lambda i: S.purchase(p["id"]))
+        statuses = collections.Counter((r.status, r.json["code"] if r.status != 201 else "") for r in results)
+        self.assertEqual(statuses, {(201, ""): 10, (409, "PLAN_SOLD_OUT"): 190}, statuses)
+        q = S.plan(p["id"])
+        self.assertEqual((q["subscriptions_left"], q["subscriptions_held"], q["isSoldOut"]), (0, 0, True))
+        self.assertEqual(len({r.json["id"] for r in results if r.status == 201}), 10)
+        self.assertEqual(audit_count(p["id"], "payment.succeeded"), 10)
+        self.assertChecks()
+
+    def test_2000_attempts_on_500_seats(self):
+        p = S.create_plan(capacity=500)
+        results = pool(64, list(range(2000)), lambda i: S.purchase(p["id"]))
+        c = collections.Counter(r.status if not isinstance(r, Exception) else repr(r) for r in results)
+        self.assertEqual(c, {201: 500, 409: 1500}, c)
+        self.assertTrue(all(r.json["code"] == "PLAN_SOLD_OUT" for r in results if r.status == 409))
+        st = S.request("GET", "/api/plans/%s/stats" % p["id"]).json
+        self.assertEqual((st["subscriptionsSold"], st["subscriptionsLeft"], st["subscriptionsHeld"]), (500, 0, 0))
+        self.assertChecks()
+
+    def test_50_identical_requests_one_key(self):
+        p = S.create_plan(capacity=5)
+        key = str(uuid.uuid4())
+        email = "same-%s@example.com" % key[:8]
+        results = parallel(50, lambda i: S.purchase(p["id"], key=key, email=email))
+        wins = [r for r in results if r.status == 201]
+        busy = [r for r in results if r.status == 409]
+        self.assertEqual(len(wins) + len(busy), 50, [r for r in results if r.status not in (201, 409)])
+        self.assertGreaterEqual(len(wins), 1)
+        self.assertEqual(len({r.raw for r in wins}), 1, "every 201 is the same response")
+        for r in busy:
+            self.assertEqual(r.json["code"], "REQUEST_IN_PROGRESS")
+            self.assertGreaterEqual(int(r.header("Retry-After")), 1)
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 4)
+        self.assertEqual(audit_count(p["id"], "payment.succeeded"), 1)
+        self.assertEqual(audit_count(p["id"], "seat.held"), 1)
+        # after it finished, a retry replays it
+        again = S.purchase(p["id"], key=key, email=email)
+        self.assertEqual((again.status, again.raw), (201, wins[0].raw))
+        self.assertChecks()
+
+    def test_mixed_load(self):
+        p = S.create_plan(capacity=40)
+        methods = ["pm_card_visa"] * 6 + ["pm_card_chargeDeclined", "pm_card_chargeDeclinedExpiredCard"]
+        rng = random.Random(7)
+        jobs = [("buy", rng.choice(methods)) for _ in range(300)] + [("capacity", 30 + i) for i in range(20)]
+        rng.shuffle(jobs)
+        bought = []
+
+        def run(job):
+            kind, arg = job
+            if kind == "buy":
+                r = S.purchase(p["id"], method=arg)
+                if r.status == 201 and rng.random() < 0.3:
+                    c = S.request("POST", "/api/subscriptions/%s/cancel" % r.json["id"],
+                                  headers={"Authorization": "Bearer " + r.json["accessToken"]})
+                    return ("cancel", r, c)
+                return ("buy", r, None)
+            return ("capacity", S.admin("PATCH", "/api/plans/" + p["id"], {"total_capacity": arg}), None)
+
+        results = pool(32, jobs, run)
+        errors = [r for r in results if isinstance(r, Exception)]
+        self.assertEqual(errors, [])
+        active = cancelled = 0
+        for kind, r, c in results:
+            if kind == "capacity":
+                self.assertIn(r.status, (200, 409), r)
+                if r.status == 409:
+                    self.assertEqual(r.json["code"], "CAPACITY_BELOW_SOLD")
+                continue
+            self.assertIn(r.status, (201, 402, 409), r)
+            if r.status == 402:
+                self.assertEqual(r.json["code"], "PAYMENT_FAILED")
+            if r.status == 409:
+                self.assertEqual(r.json["code"], "PLAN_SOLD_OUT")
+            if r.status == 201:
+                if c is not None:
+                    self.assertEqual(c.status, 200, c)
+                    cancelled += 1
+                else:
+                    active += 1
+        q = S.plan(p["id"])
+        self.assertEqual(q["subscriptions_held"], 0)
+        self.assertEqual(q["total_capacity"] - q["subscriptions_left"], active)
+        self.assertGreater(active, 0)
+        self.assertChecks()
+
+
+if __name__ == "__main__":
+    unittest.main()
