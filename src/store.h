@@ -221,7 +221,8 @@ struct store_ops {
 	int (*audit_list)(struct store *s, const struct audit_filter *f, struct page *pg,
 			  struct audit_event **out, size_t *n, struct err *e);
 
-	/* The reaper's work. */
+	/* The reaper's work. A lease is free when its holder let it go or its until passed; the
+	 * holder renews it, or releases it by taking it with until 0. */
 	bool (*lease_take)(struct store *s, const char *name, const char *holder, int64_t now,
 			   int64_t until, struct err *e);
 	int (*holds_overdue)(struct store *s, int64_t now, int limit, struct hold_ref **out, size_t *n,

@@ -1,0 +1,196 @@
+"""test_recovery.py - crashes and slow payments: a worker killed mid-purchase is respawned and
+nothing is oversold; a cut request retried with its key settles exactly once; a hold that
+outlives its deadline is released and any charge refunded; the reaper settles what a dead
+request left behind. Waits are for observable conditions, never fixed sleeps."""
+
+import collections
+import os
+import signal
+import threading
+import time
+import unittest
+import uuid
+
+from stack import Stack, pool
+
+FINAL = {201, 402}
+
+
+def wait_for(cond, timeout=30, what="condition"):
+    """Polls cond() until it is true; fails the test after timeout seconds."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def settle(S, plan_id, key, email, method="pm_card_visa"):
+    """A client that retries its purchase with the same key until it gets a final answer,
+    honouring Retry-After: what a careful buyer's client does after a cut connection."""
+    for _ in range(200):
+        r = S.purchase(plan_id, key=key, email=email, method=method)
+        if r.status in FINAL or (r.status == 409 and r.json["code"] in ("PLAN_SOLD_OUT", "HOLD_EXPIRED")):
+            return r
+        if r.status == 409 and r.json["code"] == "REQUEST_IN_PROGRESS" or r.status == 503:
+            time.sleep(min(float(r.header("Retry-After") or 1), 2) / 4)
+            continue
+        raise AssertionError("unexpected answer %r" % r)
+    raise AssertionError("purchase never settled")
+
+
+class KillWorkers(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.S = Stack(NUMATIX_WORKERS=4, NUMATIX_HOLD_TTL=4, NUMATIX_REAP_INTERVAL=1,
+                      NUMATIX_PAYMENT_LATENCY_MS=150).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+
+    def test_sigkill_mid_purchase(self):
+        S = self.S
+        p = S.create_plan(capacity=20)
+        master, before = S.server_pids()
+        jobs = [(str(uuid.uuid4()), "k%d-%s@example.com" % (i, uuid.uuid4().hex[:6])) for i in range(60)]
+        results = {}
+
+        def buy(job):
+            key, email = job
+            results[key] = settle(S, p["id"], key, email)
+
+        t = threading.Thread(target=lambda: pool(16, jobs, buy))
+        t.start()
+        # Kill two workers while seats are held, i.e. while purchases are inside their charge.
+        wait_for(lambda: S.plan(p["id"])["subscriptions_held"] > 0, what="a held seat")
+        os.kill(before[0], signal.SIGKILL)
+        os.kill(before[1], signal.SIGKILL)
+        t.join()
+        self.assertEqual(len(results), 60)
+
+        # the pool is whole again, with new workers in place of the killed ones
+        wait_for(lambda: len(S.server_pids()[1]) >= 4, what="respawned workers")
+        m2, after = S.server_pids()
+        self.assertEqual(m2, master)
+        self.assertNotIn(before[0], after)
+        self.assertNotIn(before[1], after)
+
+        # the reaper releases what the killed requests held
+        wait_for(lambda: S.command("reap").returncode == 0 and S.plan(p["id"])["subscriptions_held"] == 0,
+                 what="holds released")
+        outcomes = collections.Counter((r.status, r.json.get("code")) for r in results.values())
+        sold = [r for r in results.values() if r.status == 201]
+        q = S.plan(p["id"])
+        self.assertLessEqual(len(sold), 20, outcomes)
+        self.assertEqual(q["total_capacity"] - q["subscriptions_left"], len(sold), outcomes)
+        self.assertEqual(len({r.json["id"] for r in sold}), len(sold))
+        # each key settled exactly once: asking again replays its final answer (a sold-out
+        # answer stored nothing, so it is simply given again)
+        for key, email in jobs:
+            again = S.purchase(p["id"], key=key, email=email)
+            if results[key].status == 409 and results[key].json["code"] == "PLAN_SOLD_OUT":
+                self.assertEqual((again.status, again.json["code"]), (409, "PLAN_SOLD_OUT"))
+            else:
+                self.assertEqual((again.status, again.raw), (results[key].status, results[key].raw))
+                self.assertEqual(again.header("Idempotent-Replayed"), "true")
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
+class SlowPayment(unittest.TestCase):
+    """The processor takes longer than the hold: the seat goes back and the charge is refunded."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.S = Stack(NUMATIX_WORKERS=2, NUMATIX_HOLD_TTL=1, NUMATIX_PAYMENT_LATENCY_MS=1300,
+                      NUMATIX_REAP_INTERVAL=3600).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+
+    def test_hold_expired_refunds(self):
+        S = self.S
+        p = S.create_plan(capacity=1)
+        key = str(uuid.uuid4())
+        r = S.purchase(p["id"], key=key, email="slow@example.com")
+        self.assertEqual((r.status, r.json["code"]), (409, "HOLD_EXPIRED"), r)
+        q = S.plan(p["id"])
+        self.assertEqual((q["subscriptions_left"], q["subscriptions_held"]), (1, 0))
+        logs = S.admin("GET", "/api/audit-logs?planId=" + p["id"]).json["logs"]
+        actions = [l["action"] for l in logs]
+        for a in ("payment.succeeded", "payment.refunded", "subscription.expired", "seat.released"):
+            self.assertIn(a, actions)
+        self.assertNotIn("subscription.activated", actions)
+        again = S.purchase(p["id"], key=key, email="slow@example.com")
+        self.assertEqual((again.status, again.raw), (409, r.raw))
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
+class AbandonedRequests(unittest.TestCase):
+    """Requests whose worker died after the hold: a retry after the key's lease resumes at the
+    charge; one never retried is expired by the reaper, and its key then answers HOLD_EXPIRED."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.S = Stack(NUMATIX_WORKERS=2, NUMATIX_HOLD_TTL=8, NUMATIX_PAYMENT_LATENCY_MS=1000,
+                      NUMATIX_REAP_INTERVAL=3600).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+
+    def cut_purchase(self, p, key, email):
+        """Starts a purchase and kills every worker while its seat is held."""
+        S = self.S
+        t = threading.Thread(target=lambda: S.purchase(p["id"], key=key, email=email))
+        t.start()
+        wait_for(lambda: S.plan(p["id"])["subscriptions_held"] == 1, what="the hold")
+        for pid in S.server_pids()[1]:
+            os.kill(pid, signal.SIGKILL)
+        t.join()
+        wait_for(lambda: len(S.server_pids()[1]) >= 2, what="respawned workers")
+
+    def test_retry_resumes_at_the_charge(self):
+        S = self.S
+        p = S.create_plan(capacity=3)
+        key, email = str(uuid.uuid4()), "resume@example.com"
+        self.cut_purchase(p, key, email)
+        r = S.purchase(p["id"], key=key, email=email)
+        self.assertEqual((r.status, r.json["code"]), (409, "REQUEST_IN_PROGRESS"), r)
+        r = settle(S, p["id"], key, email)
+        self.assertEqual(r.status, 201, r)
+        # the resumed purchase's token works
+        g = S.request("GET", "/api/subscriptions/" + r.json["id"],
+                      headers={"Authorization": "Bearer " + r.json["accessToken"]})
+        self.assertEqual(g.status, 200, g)
+        q = S.plan(p["id"])
+        self.assertEqual((q["subscriptions_left"], q["subscriptions_held"]), (2, 0))
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_reaper_expires_abandoned_hold(self):
+        S = self.S
+        p = S.create_plan(capacity=1)
+        key, email = str(uuid.uuid4()), "gone@example.com"
+        self.cut_purchase(p, key, email)
+        self.assertEqual(S.plan(p["id"])["subscriptions_held"], 1)
+        r = S.command("reap")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("0 holds expired", r.stdout)  # not before its deadline
+        wait_for(lambda: S.command("reap").returncode == 0 and S.plan(p["id"])["subscriptions_held"] == 0,
+                 what="the reaper's expiry")
+        q = S.plan(p["id"])
+        self.assertEqual(q["subscriptions_left"], 1)
+        r = S.purchase(p["id"], key=key, email=email)
+        self.assertEqual((r.status, r.json["code"]), (409, "HOLD_EXPIRED"), r)
+        self.assertEqual(r.header("Idempotent-Replayed"), "true")
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
+if __name__ == "__main__":
+    unittest.main()
