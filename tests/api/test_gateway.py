@@ -1,0 +1,177 @@
+"""test_gateway.py - the binary in each of its roles: plain CGI (as a web server runs it from
+cgi-bin, with only environment variables set), a worker under spawn-fcgi behind nginx, and
+the FastCGI server's signals (SIGHUP reload, SIGTERM graceful stop). Also: a store that
+cannot be reached, and configuration refused at start."""
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+
+from stack import ADMIN, BIN, ROOT, Stack, free_port
+from test_recovery import wait_for
+
+
+def cgi(env, body=b""):
+    """Runs the binary as CGI; returns (status, headers, json body)."""
+    e = {"GATEWAY_INTERFACE": "CGI/1.1", "PATH": os.environ["PATH"], "REMOTE_ADDR": "192.0.2.1",
+         "SCRIPT_NAME": "/cgi-bin/numatix", "CONTENT_LENGTH": str(len(body))}
+    e.update(env)
+    r = subprocess.run([BIN], input=body, env=e, capture_output=True, timeout=30)
+    head, _, payload = r.stdout.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n"))
+    return int(headers["Status"].split()[0]), headers, json.loads(payload)
+
+
+class Cgi(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.env = {"NUMATIX_DB": "sqlite://%s/cgi.db" % self.dir.name, "NUMATIX_ADMIN_TOKEN": ADMIN}
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def test_one_request_per_process(self):
+        body = json.dumps({"name": "CGI plan", "price_cents": 500, "total_capacity": 2}).encode()
+        st, h, plan = cgi(dict(self.env, REQUEST_METHOD="POST", PATH_INFO="/api/plans",
+                               HTTP_AUTHORIZATION="Bearer " + ADMIN, CONTENT_TYPE="application/json"), body)
+        self.assertEqual(st, 201, plan)
+        self.assertEqual(h["Content-Type"], "application/json; charset=utf-8")
+        self.assertTrue(h["X-Trace-Id"])
+        buy = json.dumps({"planId": plan["id"], "paymentMethodId": "pm_card_visa",
+                          "customer": {"email": "cgi@example.com", "name": "C"}}).encode()
+        st, h, sub = cgi(dict(self.env, REQUEST_METHOD="POST", PATH_INFO="/api/subscriptions/purchase",
+                              HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4()), HTTP_X_TRACE_ID="cgi-trace"), buy)
+        self.assertEqual((st, sub["status"], h["X-Trace-Id"]), (201, "active", "cgi-trace"), sub)
+        st, _, got = cgi(dict(self.env, REQUEST_METHOD="GET", PATH_INFO="/api/plans/%s" % plan["id"]))
+        self.assertEqual((st, got["subscriptions_left"]), (200, 1))
+        st, _, lst = cgi(dict(self.env, REQUEST_METHOD="GET", PATH_INFO="/api/plans", QUERY_STRING="status=all"))
+        self.assertEqual((st, lst["count"]), (200, 1))
+        st, h, err = cgi(dict(self.env, REQUEST_METHOD="DELETE", PATH_INFO="/api/plans"))
+        self.assertEqual((st, err["code"], h["Allow"]), (405, "METHOD_NOT_ALLOWED", "GET, POST"))
+        st, _, err = cgi(dict(self.env, REQUEST_METHOD="POST", PATH_INFO="/api/plans",
+                              HTTP_AUTHORIZATION="Bearer " + ADMIN), b"{")
+        self.assertEqual((st, err["code"]), (400, "VALIDATION_ERROR"))
+        st, _, err = cgi(dict(self.env, REQUEST_METHOD="POST", PATH_INFO="/api/plans",
+                              HTTP_AUTHORIZATION="Bearer " + ADMIN), b" " * 20000)
+        self.assertEqual((st, err["code"]), (413, "PAYLOAD_TOO_LARGE"))
+
+    def test_misconfigured(self):
+        st, _, err = cgi(dict(self.env, REQUEST_METHOD="GET", PATH_INFO="/api/health", NUMATIX_HOLD_TTL="soon"))
+        self.assertEqual((st, err["code"]), (503, "SERVICE_UNAVAILABLE"))
+
+
+class SpawnFcgi(unittest.TestCase):
+    """Workers started by spawn-fcgi, the socket handed over as stdin, behind the same nginx."""
+
+    def test_spawn_fcgi_workers(self):
+        S = Stack(NUMATIX_WORKERS=1)
+        sock = os.path.join(S.dir, "spawned.sock")
+        S.env["NUMATIX_SOCKET"] = sock
+        spawned = subprocess.run(["spawn-fcgi", "-s", sock, "-F", "2", "-P", os.path.join(S.dir, "spawn.pid"),
+                                  "--", BIN], env=S.env, capture_output=True, text=True)
+        self.assertEqual(spawned.returncode, 0, spawned.stderr)
+        pids = subprocess.run(["pgrep", "-f", "^%s$" % BIN], capture_output=True, text=True).stdout.split()
+        try:
+            # run.sh's own server also listens on the socket; stop it so only spawned workers answer
+            S.start()
+            master, _ = S.server_pids()
+            os.kill(master, signal.SIGTERM)
+            wait_for(lambda: not os.path.exists("/proc/%d" % master) or
+                     open("/proc/%d/stat" % master).read().split()[2] == "Z", what="the server to stop")
+            # the server removes its socket as it stops: hand the spawned workers' socket back
+            spawned = subprocess.run(["spawn-fcgi", "-s", sock, "-F", "2", "--", BIN], env=S.env,
+                                     capture_output=True, text=True)
+            self.assertEqual(spawned.returncode, 0, spawned.stderr)
+            p = S.create_plan(capacity=1)
+            r = S.purchase(p["id"])
+            self.assertEqual(r.status, 201, r)
+        finally:
+            subprocess.run(["pkill", "-f", "^%s$" % BIN])
+            S.cleanup()
+        self.assertTrue(pids)
+
+
+class Signals(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.S = Stack(NUMATIX_WORKERS=2, NUMATIX_PAYMENT_LATENCY_MS=800).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+
+    def test_sighup_reexecs_and_keeps_serving(self):
+        S = self.S
+        master, before = S.server_pids()
+        os.kill(master, signal.SIGHUP)
+        wait_for(lambda: len(S.server_pids()[1]) == 2 and not set(S.server_pids()[1]) & set(before),
+                 what="a new generation of workers")
+        self.assertEqual(S.server_pids()[0], master)
+        self.assertEqual(S.request("GET", "/api/health").status, 200)
+
+    def test_sigterm_lets_inflight_requests_finish(self):
+        S = Stack(NUMATIX_WORKERS=2, NUMATIX_PAYMENT_LATENCY_MS=800).start()
+        try:
+            p = S.create_plan(capacity=2)
+            out = {}
+            t = threading.Thread(target=lambda: out.setdefault("r", S.purchase(p["id"])))
+            t.start()
+            wait_for(lambda: S.plan(p["id"])["subscriptions_held"] == 1, what="the hold")
+            master, _ = S.server_pids()
+            os.kill(master, signal.SIGTERM)
+            t.join()
+            self.assertEqual(out["r"].status, 201, out["r"])
+            wait_for(lambda: open("/proc/%d/stat" % master).read().split()[2] == "Z"
+                     if os.path.exists("/proc/%d" % master) else True, what="the master to exit")
+            r = S.command("check")
+            self.assertEqual(r.returncode, 0, r.stdout)
+        finally:
+            S.cleanup()
+
+
+class Unavailable(unittest.TestCase):
+    def test_store_unreachable_is_503(self):
+        S = Stack(NUMATIX_WORKERS=1)
+        try:
+            S.start()
+            # The database becomes unreadable; workers started from now on cannot open it.
+            with open(S.dir + "/garbage", "w") as f:
+                f.write("this is not a database" * 100)
+            os.rename(S.dir + "/garbage", S.dir + "/numatix.db")
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(S.dir + "/numatix.db" + suffix):
+                    os.unlink(S.dir + "/numatix.db" + suffix)
+            _, workers = S.server_pids()
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: len(S.server_pids()[1]) == 1 and S.server_pids()[1] != workers,
+                     what="a respawned worker")
+            _, workers = S.server_pids()
+            for path in ("/api/health", "/api/plans"):
+                r = S.request("GET", path)
+                self.assertEqual(r.status, 503, r)
+                self.assertTrue(r.header("Retry-After"))
+            r = S.purchase("0" * 24)
+            self.assertEqual((r.status, r.json["code"]), (503, "SERVICE_UNAVAILABLE"), r)
+            # the worker answered each request and lives on: no crash loop
+            self.assertEqual(S.server_pids()[1], workers)
+        finally:
+            S.cleanup()
+
+    def test_bad_configuration_is_refused(self):
+        for var, value in (("NUMATIX_WORKERS", "many"), ("NUMATIX_HOLD_TTL", "0"),
+                           ("NUMATIX_DB", "mysql://x"), ("NUMATIX_ADMIN_TOKEN", "short")):
+            env = dict(os.environ, **{var: value})
+            r = subprocess.run([BIN, "serve"], env=env, capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(var, r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
