@@ -1,0 +1,355 @@
+/* test_pure.c - unit tests of the pure parts: validation, JSON parsing and canonical form,
+ * fingerprints, ids and tokens, routing, query strings and the JSON envelopes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "http.h"
+#include "idem.h"
+#include "ids.h"
+#include "jsonx.h"
+#include "router.h"
+#include "valid.h"
+
+static struct json_object *parse(const char *s)
+{
+	struct json_object *o = NULL;
+	char reason[160];
+
+	assert_int_equal(jsonx_parse(s, strlen(s), &o, reason, sizeof(reason)), 0);
+	return o;
+}
+
+static void parse_fails(const char *s, size_t len, const char *reason_part)
+{
+	struct json_object *o = NULL;
+	char reason[160] = "";
+
+	assert_int_equal(jsonx_parse(s, len, &o, reason, sizeof(reason)), -1);
+	assert_null(o);
+	assert_non_null(strstr(reason, reason_part));
+}
+
+static void test_jsonx_parse(void **state)
+{
+	struct json_object *o;
+	char deep[200];
+
+	(void)state;
+	o = parse(" {\"a\": [1, 2]} \n");
+	assert_true(json_object_is_type(o, json_type_object));
+	json_object_put(o);
+	o = parse("42");
+	assert_int_equal(json_object_get_int(o), 42);
+	json_object_put(o);
+	parse_fails("{", 1, "not valid JSON");
+	parse_fails("{} {}", 5, "JSON");
+	parse_fails("{} x", 4, "JSON");
+	parse_fails("{\"a\":1,}", 8, "not valid JSON");
+	parse_fails("{\"a\":'x'}", 9, "not valid JSON");
+	parse_fails("{\"a\":\"\xc3\x28\"}", 10, "not valid JSON");
+	parse_fails("{\"a\":1}\0", 8, "NUL");
+	parse_fails("", 0, "not valid JSON");
+	memset(deep, '[', 100);
+	memset(deep + 100, ']', 100);
+	parse_fails(deep, 200, "nested too deeply");
+}
+
+static void test_canonical(void **state)
+{
+	struct json_object *a = parse("{\"b\": 1, \"a\": {\"y\": [3, {\"q\": 1, \"p\": 2}], \"x\": null}}");
+	struct json_object *b = parse("{\"a\":{\"x\":null,\"y\":[3,{\"p\":2,\"q\":1}]},\"b\":1}");
+	char *ca = jsonx_canonical(a), *cb = jsonx_canonical(b), *cn = jsonx_canonical(NULL);
+
+	(void)state;
+	assert_string_equal(ca, "{\"a\":{\"x\":null,\"y\":[3,{\"p\":2,\"q\":1}]},\"b\":1}");
+	assert_string_equal(ca, cb);
+	assert_string_equal(cn, "");
+	free(ca);
+	free(cb);
+	free(cn);
+	json_object_put(a);
+	json_object_put(b);
+}
+
+static void test_fingerprint(void **state)
+{
+	struct request r1 = {0}, r2 = {0};
+	char f1[65], f2[65];
+
+	(void)state;
+	r1.method = "POST";
+	r1.path = "/api/subscriptions/purchase";
+	r1.json = parse("{\"planId\":\"x\",\"n\":1}");
+	r2 = r1;
+	r2.json = parse("{ \"n\" : 1, \"planId\" : \"x\" }");
+	idem_fingerprint(&r1, f1);
+	idem_fingerprint(&r2, f2);
+	assert_string_equal(f1, f2);
+	assert_int_equal(strlen(f1), 64);
+	r2.path = "/api/plans";
+	idem_fingerprint(&r2, f2);
+	assert_string_not_equal(f1, f2);
+	r2.path = r1.path;
+	json_object_put(r2.json);
+	r2.json = parse("{\"n\":2,\"planId\":\"x\"}");
+	idem_fingerprint(&r2, f2);
+	assert_string_not_equal(f1, f2);
+	json_object_put(r1.json);
+	json_object_put(r2.json);
+}
+
+static const char *const colours[] = {"red", "blue", NULL};
+static const struct field inner[] = {
+	{"email", V_EMAIL, true, 0, 0, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+static const struct field fields[] = {
+	{"name", V_STRING, true, 1, 5, NULL, NULL},
+	{"n", V_INT, false, 0, 10, NULL, NULL},
+	{"tags", V_STRINGS, false, 0, 2, NULL, NULL},
+	{"id", V_ID, false, 0, 0, NULL, NULL},
+	{"colour", V_ENUM, false, 0, 0, colours, NULL},
+	{"who", V_OBJECT, false, 0, 0, NULL, inner},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+static void expect_invalid(const char *json, const char *field, const char *reason_part)
+{
+	struct json_object *o = parse(json);
+	struct vfail f;
+
+	assert_int_equal(valid_object(o, fields, &f), -1);
+	assert_string_equal(f.field, field);
+	assert_non_null(strstr(f.reason, reason_part));
+	json_object_put(o);
+}
+
+static void test_valid(void **state)
+{
+	struct json_object *o;
+	struct vfail f;
+
+	(void)state;
+	o = parse("{\"name\":\"héllo\",\"n\":10,\"tags\":[\"a\"],\"id\":\"0123456789abcdef01234567\","
+		  "\"colour\":\"red\",\"who\":{\"email\":\"a@b.co\"}}");
+	assert_int_equal(valid_object(o, fields, &f), 0);
+	json_object_put(o);
+	expect_invalid("[]", "", "JSON object");
+	expect_invalid("{}", "name", "required");
+	expect_invalid("{\"name\":\"\"}", "name", "1 to 5");
+	expect_invalid("{\"name\":\"abcdef\"}", "name", "1 to 5");
+	expect_invalid("{\"name\":\"  \"}", "name", "blank");
+	expect_invalid("{\"name\":\"a\\u0000b\"}", "name", "NUL");
+	expect_invalid("{\"name\":\"a\\nb\"}", "name", "control");
+	expect_invalid("{\"name\":{\"$gt\":\"\"}}", "name", "string");
+	expect_invalid("{\"name\":\"a\",\"n\":11}", "n", "0 to 10");
+	expect_invalid("{\"name\":\"a\",\"n\":1.0}", "n", "integer");
+	expect_invalid("{\"name\":\"a\",\"n\":\"1\"}", "n", "integer");
+	expect_invalid("{\"name\":\"a\",\"tags\":[\"a\",\"b\",\"c\"]}", "tags", "at most 2");
+	expect_invalid("{\"name\":\"a\",\"tags\":[1]}", "tags", "string");
+	expect_invalid("{\"name\":\"a\",\"id\":\"0123456789ABCDEF01234567\"}", "id", "hex id");
+	expect_invalid("{\"name\":\"a\",\"colour\":\"green\"}", "colour", "red, blue");
+	expect_invalid("{\"name\":\"a\",\"who\":{\"email\":\"nope\"}}", "who.email", "email");
+	expect_invalid("{\"name\":\"a\",\"who\":{\"email\":\"a@b.co\",\"x\":1}}", "who.x", "not a known");
+	expect_invalid("{\"name\":\"a\",\"extra\":true}", "extra", "not a known");
+}
+
+static void test_email(void **state)
+{
+	(void)state;
+	assert_true(email_valid("a@b.co"));
+	assert_true(email_valid("First.Last+tag@sub.example.org"));
+	assert_false(email_valid("a@b"));
+	assert_false(email_valid("@b.co"));
+	assert_false(email_valid("a@@b.co"));
+	assert_false(email_valid("a b@c.co"));
+	assert_false(email_valid("a@.co"));
+	assert_false(email_valid("a@b.co."));
+	assert_int_equal(utf8_length("héllo"), 5);
+}
+
+static void test_ids(void **state)
+{
+	char id[ID_LEN + 1], id2[ID_LEN + 1], u[UUID_LEN + 1], tok[TOKEN_LEN + 1], named[ID_LEN + 1];
+
+	(void)state;
+	id_new(id);
+	id_new(id2);
+	assert_true(id_valid(id));
+	assert_string_not_equal(id, id2);
+	assert_false(id_valid("0123456789abcdef0123456"));
+	assert_false(id_valid("0123456789abcdef012345678"));
+	assert_false(id_valid("0123456789abcdef0123456g"));
+	uuid_new(u);
+	assert_true(uuid_valid(u));
+	assert_true(uuid_valid("123e4567-E89B-12d3-a456-426614174000"));
+	assert_false(uuid_valid("123e4567e89b12d3a456426614174000"));
+	assert_false(uuid_valid("123e4567-e89b-12d3-a456-42661417400"));
+	assert_false(uuid_valid("{123e4567-e89b-12d3-a456-426614174000}"));
+	token_new(id, tok);
+	assert_int_equal(strlen(tok), TOKEN_LEN);
+	assert_true(token_subscription(tok, named));
+	assert_string_equal(named, id);
+	assert_false(token_subscription("sat_short", named));
+	assert_true(trace_id_valid("abc.DEF_1-2"));
+	assert_false(trace_id_valid(""));
+	assert_false(trace_id_valid("a b"));
+}
+
+static void route(const char *method, const char *path, handler_fn want, const char *param, int status,
+		  const char *allow)
+{
+	char p[ID_LEN + 41] = "", a[64];
+	int st = 0;
+	const struct route *r = router_match(method, path, p, sizeof(p), a, sizeof(a), &st);
+
+	if (want) {
+		assert_non_null(r);
+		assert_ptr_equal(r->handler, want);
+		if (param)
+			assert_string_equal(p, param);
+	} else {
+		assert_null(r);
+		assert_int_equal(st, status);
+		if (allow)
+			assert_string_equal(a, allow);
+	}
+}
+
+static void test_router(void **state)
+{
+	(void)state;
+	route("GET", "/api/plans", api_plans_list, NULL, 0, NULL);
+	route("POST", "/api/plans", api_plans_create, NULL, 0, NULL);
+	route("GET", "/api/plans/abc", api_plans_get, "abc", 0, NULL);
+	route("GET", "/api/plans/abc/stats", api_plans_stats, "abc", 0, NULL);
+	route("POST", "/api/subscriptions/purchase", api_subscriptions_purchase, NULL, 0, NULL);
+	route("GET", "/api/subscriptions/purchase", api_subscriptions_get, "purchase", 0, NULL);
+	route("POST", "/api/subscriptions/x1/cancel", api_subscriptions_cancel, "x1", 0, NULL);
+	route("GET", "/api/customers/c/subscriptions", api_customers_subscriptions, "c", 0, NULL);
+	route("DELETE", "/api/plans", NULL, NULL, 405, "GET, POST");
+	route("PUT", "/api/plans/x", NULL, NULL, 405, "GET, PATCH");
+	route("GET", "/api/plans/", NULL, NULL, 404, NULL);
+	route("GET", "/api/plans//stats", NULL, NULL, 404, NULL);
+	route("GET", "/api/nope", NULL, NULL, 404, NULL);
+	route("GET", "/api", NULL, NULL, 404, NULL);
+	route("GET", "", NULL, NULL, 404, NULL);
+}
+
+static void test_request_and_envelopes(void **state)
+{
+	char *env[] = {"REQUEST_METHOD=POST", "REQUEST_URI=/api/plans?x=1", "DOCUMENT_URI=/api/plans",
+		       "QUERY_STRING=status=all&name=a%20b+c&bad=%zz&nul=a%00b&flag", "HTTP_X_TRACE_ID=bad id",
+		       "REQUEST_ID=0123abcd", "CONTENT_LENGTH=12", NULL};
+	struct request rq;
+	struct response rs = {0};
+	struct json_object *o;
+	char *v, *head;
+
+	(void)state;
+	request_init(&rq, env);
+	assert_string_equal(rq.method, "POST");
+	assert_string_equal(rq.path, "/api/plans");
+	assert_string_equal(rq.trace_id, "0123abcd");
+	assert_int_equal(rq.content_length, 12);
+	v = request_query(&rq, "status");
+	assert_string_equal(v, "all");
+	free(v);
+	v = request_query(&rq, "name");
+	assert_string_equal(v, "a b c");
+	free(v);
+	v = request_query(&rq, "bad");
+	assert_string_equal(v, "%zz");
+	free(v);
+	v = request_query(&rq, "nul");
+	assert_int_equal(strlen(v), 3);
+	free(v);
+	v = request_query(&rq, "flag");
+	assert_string_equal(v, "");
+	free(v);
+	assert_null(request_query(&rq, "missing"));
+
+	response_error(&rs, &rq, 503, "SERVICE_UNAVAILABLE", "busy", NULL);
+	assert_int_equal(rs.retry_after, 1);
+	o = json_tokener_parse(rs.body);
+	assert_string_equal(json_object_get_string(json_object_object_get(o, "code")), "SERVICE_UNAVAILABLE");
+	assert_string_equal(json_object_get_string(json_object_object_get(o, "traceId")), "0123abcd");
+	assert_null(json_object_object_get(o, "details"));
+	json_object_put(o);
+	head = response_head(&rs, &rq);
+	assert_non_null(strstr(head, "Status: 503 Service Unavailable\r\n"));
+	assert_non_null(strstr(head, "Retry-After: 1\r\n"));
+	assert_non_null(strstr(head, "X-Trace-Id: 0123abcd\r\n"));
+	assert_int_equal(strcmp(head + strlen(head) - 4, "\r\n\r\n"), 0);
+	free(head);
+
+	response_invalid(&rs, &rq, "name", "is required");
+	o = json_tokener_parse(rs.body);
+	assert_int_equal(rs.status, 400);
+	assert_string_equal(json_object_get_string(json_object_object_get(json_object_object_get(o, "details"), "field")), "name");
+	json_object_put(o);
+
+	struct err e;
+	err_set(&e, ERR_CONFLICT, "PLAN_SOLD_OUT", "sold out");
+	response_err(&rs, &rq, &e);
+	assert_int_equal(rs.status, 409);
+	err_set(&e, ERR_RETRYABLE, "SERVICE_UNAVAILABLE", "busy");
+	response_err(&rs, &rq, &e);
+	assert_int_equal(rs.status, 503);
+	err_set(&e, ERR_INTERNAL, "X", "bug");
+	response_err(&rs, &rq, &e);
+	assert_int_equal(rs.status, 500);
+	assert_null(strstr(rs.body, "bug"));
+	response_free(&rs);
+	request_free(&rq);
+}
+
+static void test_config(void **state)
+{
+	struct config cfg;
+	struct err e = {0};
+
+	(void)state;
+	setenv("NUMATIX_WORKERS", "3", 1);
+	setenv("NUMATIX_DB", "sqlite:///tmp/x.db", 1);
+	assert_int_equal(config_load(&cfg, &e), 0);
+	assert_int_equal(cfg.workers, 3);
+	assert_int_equal(cfg.hold_ttl_s, 600);
+	assert_int_equal(cfg.max_body, 16384);
+	config_free(&cfg);
+	setenv("NUMATIX_WORKERS", "0", 1);
+	assert_int_equal(config_load(&cfg, &e), -1);
+	assert_non_null(strstr(e.msg, "NUMATIX_WORKERS"));
+	unsetenv("NUMATIX_WORKERS");
+	setenv("NUMATIX_PAYMENT_LATENCY_MS", "12x", 1);
+	assert_int_equal(config_load(&cfg, &e), -1);
+	assert_non_null(strstr(e.msg, "NUMATIX_PAYMENT_LATENCY_MS"));
+	unsetenv("NUMATIX_PAYMENT_LATENCY_MS");
+	setenv("NUMATIX_DB", "redis://x", 1);
+	assert_int_equal(config_load(&cfg, &e), -1);
+	assert_non_null(strstr(e.msg, "NUMATIX_DB"));
+	unsetenv("NUMATIX_DB");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_jsonx_parse),
+		cmocka_unit_test(test_canonical),
+		cmocka_unit_test(test_fingerprint),
+		cmocka_unit_test(test_valid),
+		cmocka_unit_test(test_email),
+		cmocka_unit_test(test_ids),
+		cmocka_unit_test(test_router),
+		cmocka_unit_test(test_request_and_envelopes),
+		cmocka_unit_test(test_config),
+	};
+	return cmocka_run_group_tests_name("pure", tests, NULL, NULL);
+}
