@@ -1,0 +1,84 @@
+#!/bin/sh
+# bench.sh - `make bench`: throughput of the real stack, each figure as a ratio against a
+# baseline measured in the same run (these machines are noisy; absolute numbers are not).
+#
+#   1. GET /api/plans through nginx + FastCGI + SQLite, against nginx serving a static file.
+#   2. Purchases/s with an instant processor, against GET /api/plans.
+#   3. Purchases/s of ONE plan with a 50 ms processor: many buyers at once, against one buyer
+#      at a time, which is the best the original service's design could do (it held a
+#      database transaction across the payment call, so one plan's purchases ran one by one).
+#
+# BENCH_SECONDS (default 5) and BENCH_WORKERS (default 16) tune it.
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SECS=${BENCH_SECONDS:-5}
+WORKERS=${BENCH_WORKERS:-16}
+PY=/usr/bin/python3
+command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+
+DIR=$(mktemp -d)
+STACK_PID=""
+cleanup() {
+	if [ -n "$STACK_PID" ]; then
+		kill -TERM "$STACK_PID" 2>/dev/null || true
+		wait "$STACK_PID" 2>/dev/null || true
+	fi
+	rm -rf "$DIR"
+}
+trap cleanup EXIT INT TERM
+
+# start_stack <latency ms>: the stack in the background, on a fresh store; sets PORT.
+start_stack() {
+	if [ -n "$STACK_PID" ]; then
+		kill -TERM "$STACK_PID"
+		wait "$STACK_PID" 2>/dev/null || true
+	fi
+	rm -rf "$DIR/var"
+	PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	export PORT
+	NUMATIX_VAR="$DIR/var" NUMATIX_WORKERS=$WORKERS NUMATIX_PAYMENT_LATENCY_MS=$1 \
+		NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 "$ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
+	STACK_PID=$!
+	until grep -q "Numatix is running" "$DIR/run.log"; do
+		kill -0 "$STACK_PID" 2>/dev/null || { cat "$DIR/run.log"; exit 1; }
+		sleep 0.1
+	done
+	BASE="http://127.0.0.1:$PORT"
+	PLAN_ID=$(curl -fsS -X POST "$BASE/api/plans" -H "Authorization: Bearer bench-admin-token-0123456789" \
+		-H "Content-Type: application/json" \
+		-d "{\"name\":\"Bench $1\",\"price_cents\":100,\"total_capacity\":1000000000}" |
+		$PY -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+	export PLAN_ID
+}
+
+# rate <connections> <url or -s script url>: requests per second that wrk measured.
+rate() {
+	c=$1
+	shift
+	t=2
+	[ "$c" -lt 2 ] && t=1
+	wrk -t$t -c"$c" -d"${SECS}s" "$@" > "$DIR/wrk.out" 2>&1
+	grep -E "^statuses:|Non-2xx" "$DIR/wrk.out" >&2 || true
+	awk '/^Requests\/sec:/ {print $2}' "$DIR/wrk.out"
+}
+
+ratio() { $PY -c "print('%.2f' % ($1 / $2))"; }
+
+start_stack 0
+STATIC=$(rate 32 "$BASE/index.html")
+PLANS=$(rate 32 "$BASE/api/plans")
+BUY=$(rate 32 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
+NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$ROOT/cgi-bin/numatix" check
+
+start_stack 50
+SERIAL=$(rate 1 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
+PARALLEL=$(rate 64 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
+NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$ROOT/cgi-bin/numatix" check
+
+echo
+echo "Numatix bench ($WORKERS workers, ${SECS}s per figure, $(nproc) cores)"
+printf '  %-52s %10s req/s\n' "nginx static file (baseline A)" "$STATIC"
+printf '  %-52s %10s req/s  = %s x A\n' "GET /api/plans (B)" "$PLANS" "$(ratio "$PLANS" "$STATIC")"
+printf '  %-52s %10s req/s  = %s x B\n' "purchases, instant processor" "$BUY" "$(ratio "$BUY" "$PLANS")"
+printf '  %-52s %10s req/s\n' "one plan, 50 ms processor, 1 buyer at a time (C)" "$SERIAL"
+printf '  %-52s %10s req/s  = %s x C\n' "one plan, 50 ms processor, 64 buyers at once" "$PARALLEL" "$(ratio "$PARALLEL" "$SERIAL")"
