@@ -3,7 +3,7 @@
 # what a fresh Debian 12 machine lacks first (scripts/deps.sh), then build in a sub-make so
 # pkg-config sees the freshly installed libraries.
 
-PKGS     := fcgi json-c sqlite3 uuid libcrypto
+PKGS     := fcgi json-c sqlite3 uuid libcrypto libmongoc-1.0
 BUILD    ?= build
 BIN      ?= cgi-bin/numatix
 SAN      ?=
@@ -11,7 +11,7 @@ CC       ?= cc
 WARN     := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow \
             -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=gnu11 -D_GNU_SOURCE $(WARN) -MMD -MP $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS   += -std=gnu11 -D_GNU_SOURCE $(WARN) -MMD -MP $(patsubst -I%,-isystem %,$(shell pkg-config --cflags $(PKGS) 2>/dev/null))
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifneq ($(SAN),)
 CFLAGS   += -fsanitize=$(SAN) -fno-omit-frame-pointer

@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="build-essential pkg-config libfcgi-dev libjson-c-dev libsqlite3-dev uuid-dev
-libssl-dev libcmocka-dev nginx-light sqlite3 python3 curl spawn-fcgi procps"
+libssl-dev libmongoc-dev libcmocka-dev python3-mockupdb wrk docker-compose nginx-light sqlite3 python3 curl spawn-fcgi procps"
 
 missing=""
 for p in $PACKAGES; do

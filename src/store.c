@@ -10,8 +10,10 @@ struct store *store_open(const char *url, struct err *e)
 {
 	if (!strncmp(url, "sqlite://", 9))
 		return store_sqlite_open(url, e);
+	if (!strncmp(url, "mongodb://", 10) || !strncmp(url, "mongodb+srv://", 14))
+		return store_mongo_open(url, e);
 	err_set(e, ERR_UNAVAILABLE, "SERVICE_UNAVAILABLE",
-		"no store in this build serves \"%.*s\"; use sqlite://",
+		"no store in this build serves \"%.*s\"; use sqlite:// or mongodb://",
 		(int)strcspn(url, ":"), url);
 	return NULL;
 }

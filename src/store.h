@@ -249,6 +249,7 @@ void store_close(struct store *s);  /* accepts NULL */
 
 /* Backends. */
 struct store *store_sqlite_open(const char *url, struct err *e);
+struct store *store_mongo_open(const char *url, struct err *e);
 
 /* Shared by the backends: the JSON text of seat counts in audit events. New, free(). */
 char *audit_counts_json(int64_t total, int64_t left, int64_t held);
