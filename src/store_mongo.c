@@ -4,10 +4,8 @@
  * subscriptions_left: {$gt: 0}} with $inc: MongoDB applies it to the one document atomically,
  * whatever the number of workers or machines. A step that touches several documents (the hold
  * with its subscription, audit event and key; a confirmation; a release) runs in a short
- * multi-document transaction, w: "majority", read concern "snapshot", through
- * mongoc_client_session_with_transaction, which retries the whole step on
- * TransientTransactionError and the commit on UnknownTransactionCommitResult as the driver
- * specifies. No transaction ever spans the payment call. Transactions need a replica set: on a
+ * multi-document transaction, w: "majority", read concern "snapshot", retried on
+ * TransientTransactionError and UnknownTransactionCommitResult as the driver documents. No transaction ever spans the payment call. Transactions need a replica set: on a
  * standalone mongod the store refuses to serve and says how to fix it.
  *
  * One mongoc client per worker process, made after fork by store_open. */
@@ -21,7 +19,6 @@
 #include "util.h"
 
 #define SERVER_SELECTION_MS 3000
-#define DOMAIN_NUMATIX 1000      /* bson_error_t domain for our own refusals in a transaction */
 
 struct mg {
 	struct store base;
@@ -190,41 +187,19 @@ static int64_t count(mongoc_collection_t *c, const bson_t *filter, struct err *e
 
 typedef int (*txn_fn)(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e);
 
-struct txn {
-	struct mg *s;
-	txn_fn fn;
-	void *arg;
-	struct err *e;
-};
+#define TXN_ATTEMPTS 5
 
-static bool txn_cb(mongoc_client_session_t *cs, void *ctx, bson_t **reply, bson_error_t *error)
-{
-	struct txn *t = ctx;
-	bson_t r;
-	int rc;
-
-	bson_init(&r);
-	err_clear(t->e);
-	rc = t->fn(t->s, cs, t->arg, &r, t->e);
-	if (rc == 0) {
-		bson_destroy(&r);
-		return true;
-	}
-	/* The server's reply carries the error labels that decide whether to retry. */
-	*reply = bson_copy(&r);
-	bson_destroy(&r);
-	bson_set_error(error, DOMAIN_NUMATIX, (uint32_t)t->e->kind, "%s", t->e->msg);
-	return false;
-}
-
-/* Runs fn as one multi-document transaction, retried as the driver specifies. */
+/* Runs fn as one multi-document transaction, retried as the driver's documentation shows:
+ * the whole transaction again on TransientTransactionError, the commit alone on
+ * UnknownTransactionCommitResult (the driver raises its write concern to majority for the
+ * retry). The attempts are bounded, unlike mongoc_client_session_with_transaction's two
+ * minutes: a request that cannot commit soon answers 503 and the client retries. */
 static int transaction(struct mg *s, txn_fn fn, void *arg, struct err *e)
 {
 	mongoc_client_session_t *cs = NULL;
 	mongoc_transaction_opt_t *topts = mongoc_transaction_opts_new();
 	mongoc_write_concern_t *wc = mongoc_write_concern_new();
 	mongoc_read_concern_t *rc_ = mongoc_read_concern_new();
-	struct txn t = {s, fn, arg, e};
 	bson_error_t be;
 	bson_t reply;
 	int rc = -1;
@@ -240,12 +215,37 @@ static int transaction(struct mg *s, txn_fn fn, void *arg, struct err *e)
 		mg_fail(&be, NULL, e, "start session");
 		goto out;
 	}
-	err_clear(e);
-	if (mongoc_client_session_with_transaction(cs, txn_cb, topts, &t, &reply, &be))
-		rc = 0;
-	else if (be.domain != DOMAIN_NUMATIX || e->kind == ERR_NONE)
-		mg_fail(&be, &reply, e, "transaction");
-	/* else: fn's own refusal (sold out, gone, ...) is in e already */
+	for (int attempt = 1; attempt <= TXN_ATTEMPTS; attempt++) {
+		bool transient = false;
+
+		if (!mongoc_client_session_start_transaction(cs, topts, &be)) {
+			mg_fail(&be, NULL, e, "start transaction");
+			goto out;
+		}
+		err_clear(e);
+		if (fn(s, cs, arg, &reply, e)) {
+			transient = mongoc_error_has_label(&reply, "TransientTransactionError");
+			bson_error_t ignored;
+			mongoc_client_session_abort_transaction(cs, &ignored);
+			if (transient && attempt < TXN_ATTEMPTS)
+				continue;
+			goto out;
+		}
+		for (int c = 1; c <= TXN_ATTEMPTS; c++) {
+			bson_destroy(&reply);
+			if (mongoc_client_session_commit_transaction(cs, &reply, &be)) {
+				rc = 0;
+				goto out;
+			}
+			if (mongoc_error_has_label(&reply, "UnknownTransactionCommitResult") && c < TXN_ATTEMPTS)
+				continue;
+			transient = mongoc_error_has_label(&reply, "TransientTransactionError");
+			mg_fail(&be, &reply, e, "commit");
+			break;
+		}
+		if (!transient || attempt == TXN_ATTEMPTS)
+			goto out;
+	}
 out:
 	bson_destroy(&reply);
 	mongoc_client_session_destroy(cs);
