@@ -26,7 +26,7 @@ for t in build/tests/test_*; do
 	failed=$((failed + f))
 done
 
-SUITES=${NUMATIX_SUITES:-"test_api test_hostile test_concurrency test_recovery test_gateway"}
+SUITES=${NUMATIX_SUITES:-"test_api test_hostile test_concurrency test_recovery test_gateway test_mongo_wire test_mongo_live"}
 for s in $SUITES; do
 	$PY tests/api/runner.py "$s" 2>&1 | tee "$out"
 	line=$(grep '^RESULT ' "$out" | tail -n1)

@@ -1,0 +1,319 @@
+"""test_mongo_wire.py - the MongoDB store's exact wire behaviour, pinned with MockupDB (a
+scriptable wire-protocol server): the commands each store operation sends (filters, updates,
+write concern, transaction fields, index specifications), and how each server answer that
+matters is handled. The binary runs as CGI, one request per process, against the mock.
+
+No MongoDB server can run on these machines; test_mongo_live.py runs the whole shared suite
+against a real one when MONGO_URI is set."""
+
+import collections
+import json
+import os
+import subprocess
+import threading
+import unittest
+import uuid
+
+from bson import ObjectId
+from mockupdb import Matcher, MockupDB
+
+from stack import ADMIN, BIN
+
+HELLO = {"ismaster": True, "isWritablePrimary": True, "setName": "rs0", "hosts": [],
+         "maxWireVersion": 13, "minWireVersion": 0, "logicalSessionTimeoutMinutes": 30}
+PLAN_ID = ObjectId()
+
+
+def plan_doc(left=9, held=1):
+    return {"_id": PLAN_ID, "name": "Wire plan", "name_key": "wire plan", "description": "", "price_cents": 1500,
+            "duration_days": 30, "total_capacity": 10, "subscriptions_left": left, "subscriptions_held": held,
+            "status": "active", "features": []}
+
+
+class Wire:
+    """A MockupDB that answers every command by a small table, records what it received, and
+    lets a test replace the answer to one command (once, or every time)."""
+
+    def __init__(self, hello=None):
+        self.hello = hello or HELLO
+        self.srv = MockupDB(auto_ismaster=self.hello, verbose=False)
+        self.srv.autoresponds(Matcher(), self.handle)
+        self.port = self.srv.run()
+        self.log = []
+        self.overrides = []       # [(command, collection, reply-or-fn, once)]
+        self.docs = collections.defaultdict(list)   # find results by collection
+        self.fam = {"plans": plan_doc(), "customers": None, "leases": None}
+        self.lock = threading.Lock()
+
+    def close(self):
+        self.srv.stop()
+
+    def uri(self):
+        return "mongodb://127.0.0.1:%d/numatix?directConnection=true&serverSelectionTimeoutMS=1500" % self.port
+
+    def override(self, command, collection, reply, once=True):
+        self.overrides.append((command, collection, reply, once))
+
+    def handle(self, req):
+        name = req.command_name
+        if name in ("hello", "ismaster", "isMaster"):
+            # the connection handshake is MockupDB's; a hello sent as a command (OP_MSG) is ours
+            if "$db" not in req.doc:
+                return False
+            req.reply(self.hello)
+            return True
+        doc = dict(req.doc)
+        coll = doc.get(name) if isinstance(doc.get(name), str) else None
+        with self.lock:
+            self.log.append((name, coll, doc))
+            for i, (c, col, reply, once) in enumerate(self.overrides):
+                if c == name and col in (None, coll):
+                    if once:
+                        self.overrides.pop(i)
+                    if callable(reply):
+                        return reply(req)
+                    req.reply(reply)
+                    return True
+        if name == "insert":
+            req.reply({"ok": 1, "n": len(doc.get("documents", []))})
+        elif name == "update":
+            req.reply({"ok": 1, "n": 1, "nModified": 1})
+        elif name == "delete":
+            req.reply({"ok": 1, "n": 1})
+        elif name == "findAndModify":
+            value = self.fam.get(coll)
+            if coll == "customers" and value is None:
+                value = dict(doc["update"]["$setOnInsert"])
+            if coll == "leases":
+                value = {"_id": "reaper"}
+            req.reply({"ok": 1, "value": value, "lastErrorObject": {"n": 1 if value else 0}})
+        elif name in ("find", "aggregate"):
+            req.reply({"ok": 1, "cursor": {"id": 0, "ns": "numatix.%s" % coll, "firstBatch": self.docs[coll]}})
+        else:
+            req.ok()
+        return True
+
+    def commands(self, name, coll=None):
+        return [d for n, c, d in self.log if n == name and (coll is None or c == coll)]
+
+
+def cgi(wire, method, path, body=None, headers=None):
+    env = {"PATH": os.environ["PATH"], "GATEWAY_INTERFACE": "CGI/1.1", "REQUEST_METHOD": method,
+           "PATH_INFO": path, "NUMATIX_DB": wire.uri(), "NUMATIX_ADMIN_TOKEN": ADMIN, "REMOTE_ADDR": "192.0.2.7"}
+    data = json.dumps(body).encode() if body is not None else b""
+    env["CONTENT_LENGTH"] = str(len(data))
+    for k, v in (headers or {}).items():
+        env["HTTP_" + k.upper().replace("-", "_")] = v
+    r = subprocess.run([BIN], input=data, env=env, capture_output=True, timeout=60)
+    head, _, payload = r.stdout.partition(b"\r\n\r\n")
+    status = int(head.split(b"\r\n")[0].split()[1])
+    return status, json.loads(payload), r.stderr.decode()
+
+
+def purchase(wire, key=None):
+    return cgi(wire, "POST", "/api/subscriptions/purchase",
+               {"planId": str(PLAN_ID), "paymentMethodId": "pm_card_visa",
+                "customer": {"email": "wire@example.com", "name": "Wire"}},
+               {"Idempotency-Key": key or str(uuid.uuid4())})
+
+
+def txn_of(doc):
+    return (doc["lsid"]["id"], doc.get("txnNumber"))
+
+
+class MongoWire(unittest.TestCase):
+    def setUp(self):
+        self.w = Wire()
+        # the subscription the payment step reads back for its plan id
+        self.w.docs["subscriptions"] = [{"_id": ObjectId(), "plan_id": PLAN_ID, "status": "pending"}]
+        self.w.docs["plans"] = [plan_doc()]
+
+    def tearDown(self):
+        self.w.close()
+
+    def test_indexes_created_at_start(self):
+        st, body, _ = cgi(self.w, "GET", "/api/health")
+        self.assertEqual((st, body["store"], body["status"]), (200, "mongodb", "ok"))
+        specs = {d["createIndexes"]: d for d in self.w.commands("createIndexes")}
+        self.assertEqual(set(specs), {"plans", "customers", "subscriptions", "payments", "audit_events",
+                                      "idempotency_keys"})
+        ix = lambda coll: {i["name"]: (dict(i["key"]), i.get("unique", False)) for i in specs[coll]["indexes"]}
+        self.assertEqual(ix("subscriptions")["idem_key_unique"], ({"idem_key": 1}, True))
+        self.assertEqual(ix("subscriptions")["hold_deadline"], ({"status": 1, "hold_deadline": 1}, False))
+        self.assertEqual(ix("payments")["idem_key_kind_unique"], ({"idem_key": 1, "kind": 1}, True))
+        self.assertEqual(ix("audit_events")["plan_at"], ({"plan_id": 1, "at": -1, "_id": -1}, False))
+        self.assertEqual(ix("plans")["name_key_unique"], ({"name_key": 1}, True))
+        self.assertEqual(ix("customers")["email_key_unique"], ({"email_key": 1}, True))
+        for d in specs.values():
+            self.assertEqual(d["writeConcern"]["w"], "majority")
+
+    def test_purchase_commands(self):
+        key = str(uuid.uuid4())
+        st, body, err = purchase(self.w, key)
+        self.assertEqual(st, 201, (body, err))
+        claim = self.w.commands("insert", "idempotency_keys")[0]
+        self.assertEqual(claim["documents"][0]["_id"], key)
+        self.assertEqual(claim["documents"][0]["state"], "started")
+        self.assertEqual(len(claim["documents"][0]["fingerprint"]), 64)
+        self.assertEqual(claim["writeConcern"]["w"], "majority")
+        cust = self.w.commands("findAndModify", "customers")[0]
+        self.assertEqual(dict(cust["query"]), {"email_key": "wire@example.com"})
+        self.assertTrue(cust["upsert"])
+        self.assertIn("$setOnInsert", cust["update"])
+
+        hold = self.w.commands("findAndModify", "plans")[0]
+        self.assertEqual(dict(hold["query"]), {"_id": PLAN_ID, "status": "active", "subscriptions_left": {"$gt": 0}})
+        self.assertEqual(dict(hold["update"]["$inc"]), {"subscriptions_left": -1, "subscriptions_held": 1})
+        self.assertTrue(hold["new"])
+        self.assertEqual((hold["startTransaction"], hold["autocommit"]), (True, False))
+        self.assertEqual(hold["readConcern"]["level"], "snapshot")
+        hold_txn = txn_of(hold)
+        # the hold's transaction: the subscription, seat.held, the key, then the commit
+        in_hold = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == hold_txn]
+        self.assertEqual(in_hold, [("findAndModify", "plans"), ("insert", "subscriptions"), ("insert", "audit_events"),
+                                   ("update", "idempotency_keys"), ("commitTransaction", None)])
+        sub = self.w.commands("insert", "subscriptions")[0]["documents"][0]
+        self.assertEqual((sub["status"], sub["idem_key"], sub["plan_id"]), ("pending", key, PLAN_ID))
+        audit = self.w.commands("insert", "audit_events")[0]["documents"][0]
+        self.assertEqual((audit["action"], audit["before"]["subscriptions_left"], audit["after"]["subscriptions_left"]),
+                         ("seat.held", 10, 9))
+        commit = [d for d in self.w.commands("commitTransaction") if txn_of(d) == hold_txn][0]
+        self.assertEqual(commit["writeConcern"]["w"], "majority")
+        # the charge is recorded in a transaction of its own: none spans the payment call
+        charge = self.w.commands("insert", "payments")[0]
+        self.assertNotEqual(txn_of(charge), hold_txn)
+        self.assertEqual(charge["documents"][0]["idem_key"], key)
+        # confirmation: pending -> active only while the hold is live
+        confirm = [d for d in self.w.commands("update", "subscriptions")][0]
+        q = confirm["updates"][0]["q"]
+        self.assertEqual(q["status"], "pending")
+        self.assertIn("$gt", q["hold_deadline"])
+        self.assertEqual(confirm["updates"][0]["u"]["$set"]["status"], "active")
+        self.assertTrue(confirm["startTransaction"])
+        done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]["u"]["$set"]
+        self.assertEqual((done["state"], done["response_status"]), ("done", 201))
+        self.assertEqual(json.loads(done["response_body"])["id"], body["id"])
+
+    def test_transient_error_retries_the_transaction(self):
+        self.w.override("findAndModify", "plans",
+                        {"ok": 0, "code": 112, "codeName": "WriteConflict", "errmsg": "write conflict",
+                         "errorLabels": ["TransientTransactionError"]})
+        st, body, err = purchase(self.w)
+        self.assertEqual(st, 201, (body, err))
+        holds = [d for d in self.w.commands("findAndModify", "plans") if d.get("startTransaction")]
+        self.assertGreaterEqual(len(holds), 2)
+        self.assertEqual(dict(holds[0]["query"]), dict(holds[1]["query"]))
+        self.assertNotEqual(holds[0]["txnNumber"], holds[1]["txnNumber"])
+        aborted = [txn_of(d) for d in self.w.commands("abortTransaction")]
+        self.assertIn(txn_of(holds[0]), aborted)
+        self.assertNotIn(txn_of(holds[0]), [txn_of(d) for d in self.w.commands("commitTransaction")])
+
+    def test_unknown_commit_result_retries_the_commit(self):
+        self.w.override("commitTransaction", None,
+                        {"ok": 0, "code": 50, "codeName": "MaxTimeMSExpired", "errmsg": "timeout",
+                         "errorLabels": ["UnknownTransactionCommitResult"]})
+        st, body, err = purchase(self.w)
+        self.assertEqual(st, 201, (body, err))
+        commits = self.w.commands("commitTransaction")
+        self.assertEqual(txn_of(commits[0]), txn_of(commits[1]))
+        self.assertEqual(commits[1]["writeConcern"]["w"], "majority")
+        # the hold ran once: the commit was retried, not the transaction
+        self.assertEqual(len([d for d in self.w.commands("findAndModify", "plans") if d.get("startTransaction")
+                              and txn_of(d) == txn_of(commits[0])]), 1)
+
+    def key_exists(self, doc):
+        self.w.override("insert", "idempotency_keys",
+                        {"ok": 1, "n": 0, "writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"}]})
+        self.w.docs["idempotency_keys"] = [doc]
+
+    def test_duplicate_key_decides_the_race(self):
+        key = str(uuid.uuid4())
+        # the fingerprint of this very request, as the first run stored it
+        st, _, _ = purchase(self.w, key)
+        fp = self.w.commands("insert", "idempotency_keys")[0]["documents"][0]["fingerprint"]
+        import datetime
+        future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
+        self.key_exists({"_id": key, "fingerprint": fp, "state": "held", "locked_until": future})
+        st, body, _ = purchase(self.w, key)
+        self.assertEqual((st, body["code"]), (409, "REQUEST_IN_PROGRESS"))
+        self.key_exists({"_id": key, "fingerprint": fp, "state": "done", "response_status": 201,
+                         "response_body": '{"id":"stored"}'})
+        st, body, _ = purchase(self.w, key)
+        self.assertEqual((st, body), (201, {"id": "stored"}))
+        self.key_exists({"_id": key, "fingerprint": "0" * 64, "state": "done", "response_status": 201,
+                         "response_body": "{}"})
+        st, body, _ = purchase(self.w, key)
+        self.assertEqual((st, body["code"]), (422, "IDEMPOTENCY_KEY_REUSED"))
+
+    def test_not_primary_is_503_and_leaves_nothing(self):
+        self.w.override("findAndModify", "plans",
+                        {"ok": 0, "code": 10107, "codeName": "NotWritablePrimary", "errmsg": "not primary"}, once=False)
+        st, body, _ = purchase(self.w)
+        self.assertEqual((st, body["code"]), (503, "SERVICE_UNAVAILABLE"))
+        self.assertEqual(self.w.commands("commitTransaction"), [])
+        self.assertEqual(len(self.w.commands("abortTransaction")), 1)
+        # the key is forgotten (nothing happened), so a retry may run
+        forget = self.w.commands("delete", "idempotency_keys")[0]["deletes"][0]["q"]
+        self.assertEqual(forget["state"], "started")
+        self.assertEqual(self.w.commands("insert", "payments"), [])
+
+    def test_network_error_is_503(self):
+        self.w.override("findAndModify", "plans", lambda req: req.hangup() or True, once=False)
+        st, body, _ = purchase(self.w)
+        self.assertEqual((st, body["code"]), (503, "SERVICE_UNAVAILABLE"))
+        self.assertEqual(self.w.commands("commitTransaction"), [])
+        self.assertEqual(self.w.commands("insert", "payments"), [])
+
+    def test_sold_out_and_inactive(self):
+        self.w.fam["plans"] = None
+        st, body, _ = purchase(self.w)
+        self.assertEqual((st, body["code"]), (409, "PLAN_SOLD_OUT"))
+        self.w.docs["plans"] = [dict(plan_doc(), status="inactive")]
+        st, body, _ = purchase(self.w)
+        self.assertEqual((st, body["code"]), (409, "PLAN_INACTIVE"))
+        self.w.docs["plans"] = []
+        st, body, _ = purchase(self.w)
+        self.assertEqual((st, body["code"]), (404, "PLAN_NOT_FOUND"))
+        self.assertEqual(self.w.commands("commitTransaction"), [])
+
+    def test_capacity_change_is_conditional(self):
+        st, body, err = cgi(self.w, "PATCH", "/api/plans/%s" % PLAN_ID, {"total_capacity": 12},
+                            {"Authorization": "Bearer " + ADMIN})
+        self.assertEqual((st, body["total_capacity"], body["subscriptions_left"]), (200, 12, 11), (body, err))
+        upd = self.w.commands("update", "plans")[0]
+        q = upd["updates"][0]["q"]
+        self.assertEqual((q["_id"], q["subscriptions_left"], q["subscriptions_held"]), (PLAN_ID, 9, 1))
+        self.assertEqual(upd["updates"][0]["u"]["$set"]["subscriptions_left"], 11)
+        # read and conditional write in one transaction
+        self.assertEqual(upd["autocommit"], False)
+        find = [d for d in self.w.commands("find", "plans") if d.get("startTransaction")][0]
+        self.assertEqual(txn_of(find), txn_of(upd))
+
+
+class MongoStandalone(unittest.TestCase):
+    def test_standalone_is_refused(self):
+        hello = dict(HELLO)
+        del hello["setName"]
+        w = Wire(hello)
+        try:
+            st, body, err = cgi(w, "GET", "/api/health")
+            self.assertEqual((st, body["status"]), (503, "unavailable"))
+            self.assertIn("--replSet", err)
+            st, body, _ = purchase(w)
+            self.assertEqual((st, body["code"]), (503, "SERVICE_UNAVAILABLE"))
+            self.assertEqual(w.commands("insert"), [])
+            self.assertEqual(w.commands("findAndModify"), [])
+        finally:
+            w.close()
+
+    def test_unreachable_is_503(self):
+        w = Wire()
+        w.close()
+        st, body, _ = cgi(w, "GET", "/api/health")
+        self.assertEqual(st, 503)
+        st, body, _ = purchase(w)
+        self.assertEqual((st, body["code"]), (503, "SERVICE_UNAVAILABLE"))
+
+
+if __name__ == "__main__":
+    unittest.main()
