@@ -29,7 +29,7 @@ Q := @
 quiet = @printf '  %-6s %s\n' $(1) $(2);
 endif
 
-.PHONY: all run test unit bench asan deps clean
+.PHONY: all run test test-mongo unit bench asan deps clean
 
 all: $(BIN)
 
@@ -54,6 +54,12 @@ run: deps
 test: deps
 	$(Q)$(MAKE) --no-print-directory all unit
 	$(Q)tests/run.sh
+
+# The shared suites against a live MongoDB replica set: make test-mongo MONGO_URI=mongodb://...
+test-mongo: deps
+	$(Q)test -n "$(MONGO_URI)" || { echo "test-mongo: set MONGO_URI to a MongoDB replica set"; exit 2; }
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)MONGO_URI="$(MONGO_URI)" NUMATIX_SUITES="test_mongo_live" tests/run.sh
 
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all

@@ -7,6 +7,7 @@ cd "$ROOT"
 PY=/usr/bin/python3
 passed=0
 failed=0
+skipped=0
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
@@ -34,11 +35,13 @@ for s in $SUITES; do
 		set -- $line
 		passed=$((passed + $2))
 		failed=$((failed + $3))
+		skipped=$((skipped + ${4:-0}))
 	else
 		echo "suite $s ended without a result"
 		failed=$((failed + 1))
 	fi
 done
 
+[ "$skipped" -gt 0 ] && echo "($skipped tests skipped, each says why above)"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,5 +1,5 @@
 """runner.py - runs the black-box test modules given on the command line with unittest, prints
-one line per test, the stack's logs after a failure, and a final 'RESULT <passed> <failed>'
+one line per test, the stack's logs after a failure, and a final 'RESULT <passed> <failed> <skipped>'
 line that tests/run.sh adds up."""
 
 import importlib
@@ -27,7 +27,7 @@ class Result(unittest.TextTestResult):
 
 
 def main():
-    passed = failed = 0
+    passed = failed = skipped = 0
     for name in sys.argv[1:]:
         module = importlib.import_module(name)
         suite = unittest.defaultTestLoader.loadTestsFromModule(module)
@@ -39,8 +39,9 @@ def main():
         # setUpModule failing counts as one failure of the module
         failed += bad
         passed += r.testsRun - bad - len(r.skipped)
+        skipped += len(r.skipped)
         print("== %s: %.1fs" % (name, time.time() - start), flush=True)
-    print("RESULT %d %d" % (passed, failed))
+    print("RESULT %d %d %d" % (passed, failed, skipped))
     return 0 if failed == 0 else 1
 
 

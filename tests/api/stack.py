@@ -15,11 +15,21 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "cgi-bin", "numatix")
 ADMIN = "test-admin-token-0123456789abcdef"
+
+
+def store_url(dir):
+    """The store a test stack uses: SQLite in its directory, or, with NUMATIX_TEST_STORE=mongodb,
+    a database of its own on the live MongoDB that MONGO_URI names."""
+    if os.environ.get("NUMATIX_TEST_STORE") == "mongodb":
+        u = urllib.parse.urlsplit(os.environ["MONGO_URI"])
+        return urllib.parse.urlunsplit((u.scheme, u.netloc, "/numatix_test_" + uuid.uuid4().hex[:12], u.query, ""))
+    return "sqlite://%s/numatix.db" % dir
 
 
 def free_port():
@@ -58,7 +68,7 @@ class Stack:
             "PORT": str(self.port),
             "NUMATIX_VAR": self.dir,
             "NUMATIX_ADMIN_TOKEN": ADMIN,
-            "NUMATIX_DB": store_url or "sqlite://%s/numatix.db" % self.dir,
+            "NUMATIX_DB": store_url or globals()["store_url"](self.dir),
             "NUMATIX_WORKERS": "4",
         })
         self.env.update({k: str(v) for k, v in env.items()})
