@@ -27,6 +27,18 @@ for t in build/tests/test_*; do
 	failed=$((failed + f))
 done
 
+# the compose file is validated without an engine (none runs on these machines)
+if [ -z "${NUMATIX_SUITES:-}" ]; then
+	echo "== docker-compose config"
+	if docker-compose -f docker-compose.yml config -q; then
+		echo "docker-compose.yml ... ok"
+		passed=$((passed + 1))
+	else
+		echo "docker-compose.yml ... FAIL"
+		failed=$((failed + 1))
+	fi
+fi
+
 SUITES=${NUMATIX_SUITES:-"test_api test_hostile test_concurrency test_recovery test_gateway test_mongo_wire test_mongo_live"}
 for s in $SUITES; do
 	$PY tests/api/runner.py "$s" 2>&1 | tee "$out"
@@ -43,5 +55,21 @@ for s in $SUITES; do
 done
 
 [ "$skipped" -gt 0 ] && echo "($skipped tests skipped, each says why above)"
+if [ -z "${NUMATIX_SUITES:-}" ]; then
+	echo "== browser pages (headless Chromium)"
+	[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
+	node tests/browser/pages.mjs 2>&1 | tee "$out" | grep -v ' numatix\[[0-9]*\] info '
+	line=$(grep '^RESULT ' "$out" | tail -n1)
+	if [ -n "$line" ]; then
+		set -- $line
+		passed=$((passed + $2))
+		failed=$((failed + $3))
+	else
+		echo "browser suite ended without a result"
+		failed=$((failed + 1))
+	fi
+	echo "screenshots: tests/artifacts/"
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
