@@ -38,7 +38,7 @@ def main():
         bad = len(r.failures) + len(r.errors) + len(r.unexpectedSuccesses)
         # setUpModule failing counts as one failure of the module
         failed += bad
-        passed += r.testsRun - bad - len(r.skipped)
+        passed += max(0, r.testsRun - bad - len(r.skipped))
         skipped += len(r.skipped)
         print("== %s: %.1fs" % (name, time.time() - start), flush=True)
     print("RESULT %d %d %d" % (passed, failed, skipped))

@@ -23,6 +23,7 @@ def cgi(env, body=b""):
          "SCRIPT_NAME": "/cgi-bin/numatix", "CONTENT_LENGTH": str(len(body))}
     e.update(env)
     r = subprocess.run([BIN], input=body, env=e, capture_output=True, timeout=30)
+    assert b"Sanitizer" not in r.stderr, r.stderr.decode()[-3000:]
     head, _, payload = r.stdout.partition(b"\r\n\r\n")
     headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n"))
     return int(headers["Status"].split()[0]), headers, json.loads(payload)

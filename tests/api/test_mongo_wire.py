@@ -105,6 +105,8 @@ def cgi(wire, method, path, body=None, headers=None):
     for k, v in (headers or {}).items():
         env["HTTP_" + k.upper().replace("-", "_")] = v
     r = subprocess.run([BIN], input=data, env=env, capture_output=True, timeout=60)
+    # under `make asan` a memory error or leak report fails the test
+    assert b"Sanitizer" not in r.stderr, r.stderr.decode()[-3000:]
     head, _, payload = r.stdout.partition(b"\r\n\r\n")
     status = int(head.split(b"\r\n")[0].split()[1])
     return status, json.loads(payload), r.stderr.decode()
