@@ -46,3 +46,21 @@ out:
 	free(limit);
 	return rc;
 }
+
+void api_page_response(struct response *rs, const char *key, struct json_object *items, const struct page *pg)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, key, items);
+	json_object_object_add(o, "nextCursor", *pg->next_cursor ? json_object_new_string(pg->next_cursor) : NULL);
+	response_json(rs, 200, o);
+}
+
+void api_page_error(struct response *rs, const struct request *rq, const struct err *e)
+{
+	/* The only invalid input a store reports on a list is a cursor it never gave. */
+	if (e->kind == ERR_INVALID)
+		response_invalid(rs, rq, "cursor", e->msg);
+	else
+		response_err(rs, rq, e);
+}

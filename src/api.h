@@ -30,5 +30,9 @@ int api_body(struct request *rq, struct response *rs, const struct field *fields
 /* A page's limit and cursor from the query (limit 1..max, default def); -1 after a 400. */
 struct page;
 int api_page(struct request *rq, struct response *rs, int def, int max, struct page *pg, char **cursor);
+/* A page of a list: {key: items, "nextCursor"}; takes items' reference. */
+void api_page_response(struct response *rs, const char *key, struct json_object *items, const struct page *pg);
+/* A list's failure: a bad cursor is a 400 on "cursor", anything else as its kind says. */
+void api_page_error(struct response *rs, const struct request *rq, const struct err *e);
 
 #endif

@@ -29,18 +29,13 @@ void api_audit_list(struct request *rq, struct response *rs)
 	f.trace_id = trace;
 	f.action = action;
 	if (rq->store->ops->audit_list(rq->store, &f, &pg, &ev, &n, &e)) {
-		if (e.kind == ERR_INVALID)
-			response_invalid(rs, rq, "cursor", e.msg);
-		else
-			response_err(rs, rq, &e);
+		api_page_error(rs, rq, &e);
 		goto out;
 	}
-	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	struct json_object *arr = json_object_new_array();
 	for (i = 0; i < n; i++)
 		json_object_array_add(arr, view_audit_event(&ev[i]));
-	json_object_object_add(o, "logs", arr);
-	json_object_object_add(o, "nextCursor", *pg.next_cursor ? json_object_new_string(pg.next_cursor) : NULL);
-	response_json(rs, 200, o);
+	api_page_response(rs, "logs", arr, &pg);
 out:
 	for (i = 0; i < n; i++)
 		audit_event_clear(&ev[i]);

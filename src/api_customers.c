@@ -65,18 +65,13 @@ void api_customers_subscriptions(struct request *rq, struct response *rs)
 		goto out;
 	if (rq->store->ops->customer_get(rq->store, rq->param, &c, &e) ||
 	    rq->store->ops->sub_list(rq->store, rq->param, status, &pg, &subs, &n, &e)) {
-		if (e.kind == ERR_INVALID)
-			response_invalid(rs, rq, "cursor", e.msg);
-		else
-			response_err(rs, rq, &e);
+		api_page_error(rs, rq, &e);
 		goto out;
 	}
-	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	struct json_object *arr = json_object_new_array();
 	for (i = 0; i < n; i++)
 		json_object_array_add(arr, view_subscription(&subs[i]));
-	json_object_object_add(o, "subscriptions", arr);
-	json_object_object_add(o, "nextCursor", *pg.next_cursor ? json_object_new_string(pg.next_cursor) : NULL);
-	response_json(rs, 200, o);
+	api_page_response(rs, "subscriptions", arr, &pg);
 out:
 	for (i = 0; i < n; i++)
 		subscription_clear(&subs[i]);

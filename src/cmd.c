@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "http.h"
 #include "ids.h"
 #include "reaper.h"
 #include "server.h"
@@ -229,9 +230,12 @@ int cmd_main(int argc, char **argv)
 			continue;
 		if (config_load(&cfg, &e)) {
 			fprintf(stderr, "numatix: %s\n", e.msg);
-			if (!strcmp(name, "cgi"))
-				printf("Status: 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n\r\n"
-				       "{\"code\":\"SERVICE_UNAVAILABLE\",\"message\":\"The service is misconfigured\",\"traceId\":\"-\"}");
+			if (!strcmp(name, "cgi")) {
+				/* A web server shows stderr to nobody: the client still gets a JSON 503. */
+				char *body = error_body("SERVICE_UNAVAILABLE", "The service is misconfigured", "-", NULL);
+				printf("Status: 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n\r\n%s", body);
+				free(body);
+			}
 			return 1;
 		}
 		rc = cmds[i].fn(&cfg, argc, argv);

@@ -251,7 +251,11 @@ void store_close(struct store *s);  /* accepts NULL */
 struct store *store_sqlite_open(const char *url, struct err *e);
 struct store *store_mongo_open(const char *url, struct err *e);
 
-/* Shared by the backends: the JSON text of seat counts in audit events. New, free(). */
+/* Shared by the backends. The JSON text of seat counts, and of a payment, in audit events
+ * (new, free()); a patch applied to a plan read inside the backend's atomic unit (-1 with
+ * CAPACITY_BELOW_SOLD when the capacity would drop below the seats sold or held). */
 char *audit_counts_json(int64_t total, int64_t left, int64_t held);
+char *audit_payment_json(const struct payment *p);
+int plan_apply_patch(struct plan *p, const struct plan_patch *pt, int64_t now, struct err *e);
 
 #endif

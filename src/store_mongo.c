@@ -567,36 +567,8 @@ static int plan_update_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, 
 	}
 	plan_read(doc, &p);
 	before = audit_counts_json(p.total_capacity, p.subscriptions_left, p.subscriptions_held);
-	if (pt->fields & PLAN_F_CAPACITY) {
-		int64_t delta = pt->total_capacity - p.total_capacity;
-		if (p.subscriptions_left + delta < 0) {
-			err_set(e, ERR_CONFLICT, "CAPACITY_BELOW_SOLD",
-				"capacity %lld is below the %lld seats sold or held", (long long)pt->total_capacity,
-				(long long)(p.total_capacity - p.subscriptions_left));
-			goto out;
-		}
-		p.total_capacity = pt->total_capacity;
-		p.subscriptions_left += delta;
-	}
-	if (pt->fields & PLAN_F_NAME) {
-		free(p.name);
-		p.name = xstrdup(pt->name);
-	}
-	if (pt->fields & PLAN_F_DESCRIPTION) {
-		free(p.description);
-		p.description = xstrdup(pt->description);
-	}
-	if (pt->fields & PLAN_F_PRICE)
-		p.price_cents = pt->price_cents;
-	if (pt->fields & PLAN_F_DURATION)
-		p.duration_days = pt->duration_days;
-	if (pt->fields & PLAN_F_STATUS)
-		snprintf(p.status, sizeof(p.status), "%s", pt->status);
-	if (pt->fields & PLAN_F_FEATURES) {
-		json_object_put(p.features);
-		p.features = json_object_get(pt->features);
-	}
-	p.updated_at = x->now;
+	if (plan_apply_patch(&p, pt, x->now, e))
+		goto out;
 	/* Conditional on the counts read: a purchase committed in between makes this transaction
 	 * conflict and run again, so its decrement is never overwritten. */
 	filter = by_id(x->id);
@@ -1200,7 +1172,6 @@ static int payment_record_tx(struct mg *s, mongoc_client_session_t *cs, void *ar
 	bson_t *f = BCON_NEW("idem_key", BCON_UTF8(p->idem_key), "kind", BCON_UTF8(p->kind)), *doc = NULL, *ins;
 	bson_t *sf = by_id(p->subscription_id), *sub = NULL;
 	char action[40], plan_id[ID_LEN + 1] = "", *after = NULL;
-	struct json_object *o = NULL;
 	int n, rc = -1;
 
 	*x->existed = false;
@@ -1226,16 +1197,9 @@ static int payment_record_tx(struct mg *s, mongoc_client_session_t *cs, void *ar
 	if (sub)
 		get_id(sub, "plan_id", plan_id, sizeof(plan_id));
 	snprintf(action, sizeof(action), "payment.%s", !strcmp(p->kind, "refund") ? "refunded" : p->status);
-	o = json_object_new_object();
-	json_object_object_add(o, "paymentId", json_object_new_string(p->id));
-	json_object_object_add(o, "amount_cents", json_object_new_int64(p->amount_cents));
-	json_object_object_add(o, "status", json_object_new_string(p->status));
-	if (*p->decline_code)
-		json_object_object_add(o, "declineCode", json_object_new_string(p->decline_code));
-	after = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	after = audit_payment_json(p);
 	rc = audit_put(s->audit, cs, x->a, p->created_at, action, "payment", p->id, plan_id, NULL, after, reply, e);
 out:
-	json_object_put(o);
 	free(after);
 	bson_destroy(f);
 	bson_destroy(doc);

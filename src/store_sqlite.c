@@ -373,7 +373,6 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 	struct sq *s = SQ(st_);
 	struct plan p = {0};
 	char *before = NULL, *after = NULL;
-	int64_t delta = 0;
 	int rc = -1;
 
 	if (tx_begin(s, e))
@@ -383,37 +382,8 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 	if (sq_plan_get(st_, id, &p, e))
 		goto out;
 	before = audit_counts_json(p.total_capacity, p.subscriptions_left, p.subscriptions_held);
-	if (pt->fields & PLAN_F_CAPACITY) {
-		delta = pt->total_capacity - p.total_capacity;
-		if (p.subscriptions_left + delta < 0) {
-			err_set(e, ERR_CONFLICT, "CAPACITY_BELOW_SOLD",
-				"capacity %lld is below the %lld seats sold or held",
-				(long long)pt->total_capacity,
-				(long long)(p.total_capacity - p.subscriptions_left));
-			goto out;
-		}
-		p.total_capacity = pt->total_capacity;
-		p.subscriptions_left += delta;
-	}
-	if (pt->fields & PLAN_F_NAME) {
-		free(p.name);
-		p.name = xstrdup(pt->name);
-	}
-	if (pt->fields & PLAN_F_DESCRIPTION) {
-		free(p.description);
-		p.description = xstrdup(pt->description);
-	}
-	if (pt->fields & PLAN_F_PRICE)
-		p.price_cents = pt->price_cents;
-	if (pt->fields & PLAN_F_DURATION)
-		p.duration_days = pt->duration_days;
-	if (pt->fields & PLAN_F_STATUS)
-		snprintf(p.status, sizeof(p.status), "%s", pt->status);
-	if (pt->fields & PLAN_F_FEATURES) {
-		json_object_put(p.features);
-		p.features = json_object_get(pt->features);
-	}
-	p.updated_at = now;
+	if (plan_apply_patch(&p, pt, now, e))
+		goto out;
 	if (run(s, q(s, sql, e, "ttiittiiit", p.name, p.description, p.price_cents, p.duration_days,
 		     features_text(p.features), p.status, p.total_capacity, p.subscriptions_left, now,
 		     id), e) < 0) {
@@ -804,7 +774,6 @@ static int sq_payment_record(struct store *st_, struct payment *p, bool *existed
 	struct sq *s = SQ(st_);
 	sqlite3_stmt *st;
 	char action[40], plan_id[ID_LEN + 1] = "", *after = NULL;
-	struct json_object *o = NULL;
 	int n, rc = -1;
 
 	*existed = false;
@@ -827,16 +796,9 @@ static int sq_payment_record(struct store *st_, struct payment *p, bool *existed
 		col_copy(st, 0, plan_id, sizeof(plan_id));
 	snprintf(action, sizeof(action), "payment.%s",
 		 !strcmp(p->kind, "refund") ? "refunded" : p->status);
-	o = json_object_new_object();
-	json_object_object_add(o, "paymentId", json_object_new_string(p->id));
-	json_object_object_add(o, "amount_cents", json_object_new_int64(p->amount_cents));
-	json_object_object_add(o, "status", json_object_new_string(p->status));
-	if (*p->decline_code)
-		json_object_object_add(o, "declineCode", json_object_new_string(p->decline_code));
-	after = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	after = audit_payment_json(p);
 	rc = audit_put(s, a, p->created_at, action, "payment", p->id, plan_id, NULL, after, e);
 out:
-	json_object_put(o);
 	free(after);
 	return tx_end(s, rc, e);
 }
