@@ -173,6 +173,19 @@ static int find_one(mongoc_collection_t *c, const bson_t *filter, const bson_t *
 	return rc;
 }
 
+/* The document whose _id is the hex id, into *out (new); -1 with ERR_NOT_FOUND and code when
+ * there is none. */
+static int get_by_id(mongoc_collection_t *c, const char *id, const char *code, bson_t **out, struct err *e)
+{
+	bson_t *f = by_id(id);
+	int r = find_one(c, f, NULL, NULL, out, e, code);
+
+	bson_destroy(f);
+	if (r == 0)
+		err_set(e, ERR_NOT_FOUND, code, "no document %s (%s)", id, code);
+	return r > 0 ? 0 : -1;
+}
+
 static int64_t count(mongoc_collection_t *c, const bson_t *filter, struct err *e)
 {
 	bson_error_t be;
@@ -459,13 +472,9 @@ static void append_plan(bson_t *b, const struct plan *p)
 
 static int mg_plan_get(struct store *st, const char *id, struct plan *out, struct err *e)
 {
-	bson_t *f = by_id(id), *doc = NULL;
-	int r = find_one(MG(st)->plans, f, NULL, NULL, &doc, e, "plan");
+	bson_t *doc = NULL;
 
-	bson_destroy(f);
-	if (r == 0)
-		err_set(e, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no plan %s", id);
-	if (r <= 0)
+	if (get_by_id(MG(st)->plans, id, "PLAN_NOT_FOUND", &doc, e))
 		return -1;
 	plan_read(doc, out);
 	bson_destroy(doc);
@@ -657,13 +666,9 @@ static bson_t *customer_doc(const struct customer *c)
 
 static int mg_customer_get(struct store *st, const char *id, struct customer *out, struct err *e)
 {
-	bson_t *f = by_id(id), *doc = NULL;
-	int r = find_one(MG(st)->customers, f, NULL, NULL, &doc, e, "customer");
+	bson_t *doc = NULL;
 
-	bson_destroy(f);
-	if (r == 0)
-		err_set(e, ERR_NOT_FOUND, "CUSTOMER_NOT_FOUND", "no customer %s", id);
-	if (r <= 0)
+	if (get_by_id(MG(st)->customers, id, "CUSTOMER_NOT_FOUND", &doc, e))
 		return -1;
 	customer_read(doc, out);
 	bson_destroy(doc);
@@ -878,16 +883,13 @@ static int sub_read(struct mg *s, const bson_t *d, struct subscription *o, struc
 
 static int mg_sub_get(struct store *st, const char *id, struct subscription *out, struct err *e)
 {
-	bson_t *f = by_id(id), *doc = NULL;
-	int r = find_one(MG(st)->subs, f, NULL, NULL, &doc, e, "subscription");
+	bson_t *doc = NULL;
+	int rc = get_by_id(MG(st)->subs, id, "SUBSCRIPTION_NOT_FOUND", &doc, e);
 
-	bson_destroy(f);
-	if (r == 0)
-		err_set(e, ERR_NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", "no subscription %s", id);
-	if (r > 0)
-		r = sub_read(MG(st), doc, out, e) == 0 ? 1 : -1;
+	if (rc == 0)
+		rc = sub_read(MG(st), doc, out, e);
 	bson_destroy(doc);
-	return r > 0 ? 0 : -1;
+	return rc;
 }
 
 struct hold_arg {
