@@ -27,12 +27,15 @@ void api_health(struct request *rq, struct response *rs);
  * returns -1. */
 struct field;
 int api_body(struct request *rq, struct response *rs, const struct field *fields);
-/* A page's limit and cursor from the query (limit 1..max, default def); -1 after a 400. */
-struct page;
-int api_page(struct request *rq, struct response *rs, int def, int max, struct page *pg, char **cursor);
+/* A page's limit and cursor from the query (limit 1..max, default def); -1 after a 400.
+ * pg->cursor: new, free(). */
+int api_page(struct request *rq, struct response *rs, int def, int max, struct page_req *pg);
 /* A page of a list: {key: items, "nextCursor"}; takes items' reference. */
-void api_page_response(struct response *rs, const char *key, struct json_object *items, const struct page *pg);
-/* A list's failure: a bad cursor is a 400 on "cursor", anything else as its kind says. */
+void api_page_response(struct response *rs, const char *key, struct json_object *items, const char *next);
+/* A list's failure: a bad cursor is a 400 on "cursor", anything else as its outcome says. */
 void api_page_error(struct response *rs, const struct request *rq, const struct err *e);
+
+/* How a purchase's final answers read, for the ledger to store on its key. */
+extern const struct ledger_replies api_replies;
 
 #endif

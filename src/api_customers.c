@@ -28,7 +28,7 @@ void api_customers_create(struct request *rq, struct response *rs)
 	json_object_object_get_ex(rq->json, "name", &v);
 	c.name = xstrdup(json_object_get_string(v));
 	c.created_at = now_ms();
-	if (rq->store->ops->customer_create(rq->store, &c, &e))
+	if (ledger_customer_create(rq->lg, &c, &e))
 		response_err(rs, rq, &e);
 	else
 		response_json(rs, 201, view_customer(&c));
@@ -40,10 +40,9 @@ static const char *const sub_statuses[] = {"pending", "active", "failed", "expir
 void api_customers_subscriptions(struct request *rq, struct response *rs)
 {
 	struct subscription *subs = NULL;
-	struct customer c = {0};
-	struct page pg;
+	struct page_req pg = {0};
 	struct err e = {0};
-	char *status = request_query(rq, "status"), *cursor = NULL;
+	char *status = request_query(rq, "status"), next[CURSOR_LEN];
 	size_t n = 0, i;
 
 	if (!id_valid(rq->param)) {
@@ -61,22 +60,20 @@ void api_customers_subscriptions(struct request *rq, struct response *rs)
 		free(status);
 		status = NULL;
 	}
-	if (api_page(rq, rs, 20, 100, &pg, &cursor))
+	if (api_page(rq, rs, 20, 100, &pg))
 		goto out;
-	if (rq->store->ops->customer_get(rq->store, rq->param, &c, &e) ||
-	    rq->store->ops->sub_list(rq->store, rq->param, status, &pg, &subs, &n, &e)) {
+	if (ledger_sub_list(rq->lg, rq->param, status, &pg, &subs, &n, next, &e)) {
 		api_page_error(rs, rq, &e);
 		goto out;
 	}
 	struct json_object *arr = json_object_new_array();
 	for (i = 0; i < n; i++)
 		json_object_array_add(arr, view_subscription(&subs[i]));
-	api_page_response(rs, "subscriptions", arr, &pg);
+	api_page_response(rs, "subscriptions", arr, next);
 out:
 	for (i = 0; i < n; i++)
 		subscription_clear(&subs[i]);
 	free(subs);
-	customer_clear(&c);
 	free(status);
-	free(cursor);
+	free(pg.cursor);
 }

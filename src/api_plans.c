@@ -40,7 +40,7 @@ static int plan_load(struct request *rq, struct response *rs, struct plan *p)
 		response_error(rs, rq, 404, "PLAN_NOT_FOUND", "Plan not found", NULL);
 		return -1;
 	}
-	if (rq->store->ops->plan_get(rq->store, rq->param, p, &e)) {
+	if (ledger_plan_get(rq->lg, rq->param, p, &e)) {
 		response_err(rs, rq, &e);
 		return -1;
 	}
@@ -58,8 +58,7 @@ void api_plans_list(struct request *rq, struct response *rs)
 		response_invalid(rs, rq, "status", "must be one of: active, inactive, all");
 		goto out;
 	}
-	if (rq->store->ops->plan_list(rq->store, !status ? "active" : !strcmp(status, "all") ? NULL : status,
-				      &plans, &n, &e)) {
+	if (ledger_plan_list(rq->lg, !status ? "active" : !strcmp(status, "all") ? NULL : status, &plans, &n, &e)) {
 		response_err(rs, rq, &e);
 		goto out;
 	}
@@ -120,7 +119,7 @@ void api_plans_create(struct request *rq, struct response *rs)
 	strcpy(p.status, "active");
 	p.features = (v = get(rq, "features")) ? json_object_get(v) : json_object_new_array();
 	p.created_at = p.updated_at = now_ms();
-	if (rq->store->ops->plan_create(rq->store, &p, &rq->audit, &e))
+	if (ledger_plan_create(rq->lg, &rq->actor, &p, &e))
 		response_err(rs, rq, &e);
 	else
 		response_json(rs, 201, view_plan(&p));
@@ -158,7 +157,7 @@ void api_plans_update(struct request *rq, struct response *rs)
 		response_invalid(rs, rq, "", "name at least one field to change");
 		return;
 	}
-	if (rq->store->ops->plan_update(rq->store, rq->param, &pt, now_ms(), &rq->audit, &p, &e))
+	if (ledger_plan_update(rq->lg, &rq->actor, rq->param, &pt, &p, &e))
 		response_err(rs, rq, &e);
 	else
 		response_json(rs, 200, view_plan(&p));

@@ -1,9 +1,11 @@
 /* api_subscriptions.c - /api/subscriptions: purchase, get, cancel. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
 #include "app.h"
+#include "idem.h"
 #include "purchase.h"
 #include "util.h"
 #include "valid.h"
@@ -36,13 +38,15 @@ static const char *str(struct request *rq, const char *key, const char *sub)
 void api_subscriptions_purchase(struct request *rq, struct response *rs)
 {
 	struct purchase_req p = {0};
+	struct purchase_result r;
+	char fp[65];
 
-	/* A missing or malformed key is reported first: it is about the request as a whole. */
+	/* A missing key is reported first: it is about the request as a whole. */
 	if (!rq->idem_key) {
-		response_error(rs, rq, 400, "MISSING_IDEMPOTENCY_KEY", "The Idempotency-Key header is required", NULL);
+		app_idem_key(rq, rs, true);
 		return;
 	}
-	if (api_body(rq, rs, purchase_fields))
+	if (api_body(rq, rs, purchase_fields) || app_idem_key(rq, rs, true))
 		return;
 	p.plan_id = str(rq, "planId", NULL);
 	p.payment_method = str(rq, "paymentMethodId", NULL);
@@ -57,31 +61,45 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs)
 		response_invalid(rs, rq, "customerId", "give either customerId or customer, not both or neither");
 		return;
 	}
-	purchase_run(rq, rs, &p);
+	idem_fingerprint(rq->method, rq->path, rq->json, fp);
+	p.key = rq->idem_key;
+	p.fingerprint = fp;
+	purchase_run(rq->lg, &rq->actor, &p, &r);
+	switch (r.end) {
+	case PURCHASE_ANSWERED:
+		response_reply(rs, &r.reply, r.replayed);
+		break;
+	case PURCHASE_REFUSED:
+		response_err(rs, rq, &r.err);
+		break;
+	case PURCHASE_IN_PROGRESS:
+		response_error(rs, rq, 409, "REQUEST_IN_PROGRESS",
+			       "A request with this Idempotency-Key is still running; retry later", NULL);
+		rs->retry_after = r.retry_after_s;
+		break;
+	case PURCHASE_KEY_REUSED:
+		response_error(rs, rq, 422, "IDEMPOTENCY_KEY_REUSED",
+			       "This Idempotency-Key was used for a different request", NULL);
+		break;
+	}
+	purchase_result_clear(&r);
 }
 
 /* The subscription the :id names, if the bearer may see it: the admin, or the subscription's
- * own access token. Returns -1 after answering 401, 403 or 404. */
+ * own access token. Returns -1 after answering 403 or 404 (401 was answered by the router). */
 static int subscription_load(struct request *rq, struct response *rs, struct subscription *sub)
 {
 	struct err e = {0};
-	char token_sub[ID_LEN + 1];
 
-	if (!rq->is_admin) {
-		if (!app_token_valid(rq, rq->bearer, token_sub)) {
-			response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
-			return -1;
-		}
-		if (strcmp(token_sub, rq->param)) {
-			response_error(rs, rq, 403, "FORBIDDEN", "This token belongs to another subscription", NULL);
-			return -1;
-		}
+	if (!rq->is_admin && strcmp(rq->auth.sub_id, rq->param)) {
+		response_error(rs, rq, 403, "FORBIDDEN", "This token belongs to another subscription", NULL);
+		return -1;
 	}
 	if (!id_valid(rq->param)) {
 		response_error(rs, rq, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found", NULL);
 		return -1;
 	}
-	if (rq->store->ops->sub_get(rq->store, rq->param, sub, &e)) {
+	if (ledger_sub_get(rq->lg, rq->param, sub, &e)) {
 		response_err(rs, rq, &e);
 		return -1;
 	}
@@ -101,6 +119,7 @@ void api_subscriptions_cancel(struct request *rq, struct response *rs)
 {
 	struct subscription sub = {0};
 	struct err e = {0};
+	char customer[ID_LEN + 1];
 
 	if (rq->json && (!json_object_is_type(rq->json, json_type_object) ||
 			 json_object_object_length(rq->json) > 0)) {
@@ -109,14 +128,16 @@ void api_subscriptions_cancel(struct request *rq, struct response *rs)
 	}
 	if (subscription_load(rq, rs, &sub))
 		goto out;
-	if (!rq->is_admin)
-		rq->audit.actor_id = sub.customer_id;
+	if (!rq->is_admin) {
+		snprintf(customer, sizeof(customer), "%s", sub.customer_id);
+		rq->actor.id = customer;
+	}
 	subscription_clear(&sub);
-	if (rq->store->ops->sub_cancel(rq->store, rq->param, now_ms(), &rq->audit, &sub, &e))
+	if (ledger_sub_cancel(rq->lg, &rq->actor, rq->param, &sub, &e))
 		response_err(rs, rq, &e);
 	else
 		response_json(rs, 200, view_subscription(&sub));
-	rq->audit.actor_id = NULL;
+	rq->actor.id = NULL;
 out:
 	subscription_clear(&sub);
 }

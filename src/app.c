@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
+#include "api.h"
 #include "config.h"
 #include "idem.h"
 #include "jsonx.h"
@@ -13,47 +13,35 @@
 #include "router.h"
 #include "util.h"
 
-bool app_token_valid(struct request *rq, const char *token, char sub_id[ID_LEN + 1])
+void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cfg)
 {
-	struct subscription sub = {0};
-	struct err e = {0};
-	char hash[65];
-	bool ok;
-
-	if (!token_subscription(token, sub_id) || rq->store->ops->sub_get(rq->store, sub_id, &sub, &e))
-		return false;
-	sha256_hex(token, strlen(token), hash);
-	ok = secret_equal(hash, sub.token_hash);
-	subscription_clear(&sub);
-	return ok;
+	lg->store = s;
+	lg->replies = &api_replies;
+	lg->hold_ttl_s = cfg->hold_ttl_s;
+	lg->payment_latency_ms = cfg->payment_latency_ms;
+	lg->key_retention_h = cfg->key_retention_h;
 }
 
 /* Who the request acts as. Returns 0, or -1 after answering 401/403. */
 static int authenticate(struct request *rq, struct response *rs, enum auth_need need)
 {
-	const char *h = rq->authorization;
-	char sub_id[ID_LEN + 1];
-
-	if (h && !strncasecmp(h, "Bearer ", 7)) {
-		rq->bearer = h + 7;
-		while (*rq->bearer == ' ')
-			rq->bearer++;
-		rq->is_admin = rq->cfg->admin_token && secret_equal(rq->bearer, rq->cfg->admin_token);
-	}
-	rq->audit.trace_id = rq->trace_id;
-	rq->audit.ip = rq->remote_addr;
-	rq->audit.actor_type = rq->is_admin ? "admin" : "customer";
+	auth_identify(rq->lg, rq->authorization, rq->cfg->admin_token, need != AUTH_ANYONE, &rq->auth);
+	rq->is_admin = rq->auth.who == AUTH_ADMIN_TOKEN;
+	rq->actor.trace_id = rq->trace_id;
+	rq->actor.ip = rq->remote_addr;
+	rq->actor.type = rq->is_admin ? "admin" : "customer";
 	if (need == AUTH_ANYONE || rq->is_admin)
 		return 0;
-	if (!rq->bearer || !*rq->bearer) {
+	if (rq->auth.who == AUTH_NOBODY) {
 		response_error(rs, rq, 401, "UNAUTHORIZED", "A bearer token is required", NULL);
 		return -1;
 	}
-	if (need == AUTH_ADMIN) {
-		if (app_token_valid(rq, rq->bearer, sub_id))
-			response_error(rs, rq, 403, "FORBIDDEN", "An access token cannot do this", NULL);
-		else
-			response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
+	if (need == AUTH_ADMIN && rq->auth.who == AUTH_SUBSCRIPTION) {
+		response_error(rs, rq, 403, "FORBIDDEN", "An access token cannot do this", NULL);
+		return -1;
+	}
+	if (rq->auth.who != AUTH_SUBSCRIPTION) {
+		response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
 		return -1;
 	}
 	return 0;
@@ -72,11 +60,63 @@ static int parse_body(struct request *rq, struct response *rs)
 	return 0;
 }
 
+int app_idem_key(struct request *rq, struct response *rs, bool required)
+{
+	if (!rq->idem_key) {
+		if (!required)
+			return 0;
+		response_error(rs, rq, 400, "MISSING_IDEMPOTENCY_KEY", "The Idempotency-Key header is required", NULL);
+		return -1;
+	}
+	if (!uuid_valid(rq->idem_key)) {
+		response_error(rs, rq, 400, "INVALID_IDEMPOTENCY_KEY", "The Idempotency-Key header must be a UUID", NULL);
+		return -1;
+	}
+	/* Keys compare in one case: a client that upper-cases a UUID means the same key. */
+	for (char *c = rq->idem_key; *c; c++)
+		if (*c >= 'A' && *c <= 'F')
+			*c = (char)(*c - 'A' + 'a');
+	return 0;
+}
+
+/* Claims a present key for a route whose effect is one step. 1: run the handler; 0: rs
+ * holds the answer. */
+static int idem_begin(struct request *rq, struct response *rs)
+{
+	struct idem_claim c;
+	struct err e = {0};
+	char fp[65];
+
+	idem_fingerprint(rq->method, rq->path, rq->json, fp);
+	if (idem_claim(rq->lg, rq->idem_key, fp, &c, &e)) {
+		LOG_WARN(rq->trace_id, "claiming key %s: %s", rq->idem_key, e.msg);
+		response_err(rs, rq, &e);
+		return 0;
+	}
+	switch (c.outcome) {
+	case IDEM_RUN:
+		break;
+	case IDEM_REPLAY:
+		response_reply(rs, &c.reply, true);
+		break;
+	case IDEM_IN_PROGRESS:
+		response_error(rs, rq, 409, "REQUEST_IN_PROGRESS",
+			       "A request with this Idempotency-Key is still running; retry later", NULL);
+		rs->retry_after = c.retry_after_s;
+		break;
+	case IDEM_REUSED:
+		response_error(rs, rq, 422, "IDEMPOTENCY_KEY_REUSED",
+			       "This Idempotency-Key was used for a different request", NULL);
+		break;
+	}
+	idem_claim_clear(&c);
+	return rs->status == 0;
+}
+
 void app_handle(struct request *rq, struct response *rs)
 {
 	char allow[sizeof(rs->allow)];
 	const struct route *r;
-	struct key_claim claim = {0};
 	bool claimed = false;
 	int64_t start = now_ms();
 	int status;
@@ -98,13 +138,18 @@ void app_handle(struct request *rq, struct response *rs)
 	}
 	if (authenticate(rq, rs, r->auth) || parse_body(rq, rs))
 		goto out;
-	if (r->idem == IDEM_HONOURED && !idem_claim(rq, rs, false, &claim, &claimed) && rq->idem_key)
-		goto out;
+	if (r->idem == IDEM_HONOURED) {
+		if (app_idem_key(rq, rs, false))
+			goto out;
+		if (rq->idem_key && !(claimed = idem_begin(rq, rs)))
+			goto out;
+	}
 	r->handler(rq, rs);
-	if (claimed)
-		idem_settle(rq, rs);
+	if (claimed) {
+		struct reply reply = {rs->status, rs->body};
+		idem_settle(rq->lg, rq->idem_key, &reply, rq->trace_id);
+	}
 out:
-	key_claim_clear(&claim);
 	LOG_INFO(rq->trace_id, "%s %s %d %lldms%s", rq->method, rq->path, rs->status,
 		 (long long)(now_ms() - start), rs->replayed ? " replayed" : "");
 }

@@ -4,12 +4,16 @@
 
 #include "http.h"
 
-/* Fills rs for rq. rq->store, rq->cfg and the body must be set. Never fails: every problem
+struct config;
+/* A ledger over store s with the settings of cfg and the API's replies. */
+void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cfg);
+
+/* Fills rs for rq. rq->lg, rq->cfg and the body must be set. Never fails: every problem
  * becomes a JSON error response. */
 void app_handle(struct request *rq, struct response *rs);
 
-/* Whether the bearer token is the access token of the subscription it names
- * (the subscription's id into sub_id). */
-bool app_token_valid(struct request *rq, const char *token, char sub_id[ID_LEN + 1]);
+/* The Idempotency-Key header checked (required or not) and put in lower case: 0 when it can
+ * be used (rq->idem_key NULL if absent and not required), -1 after answering 400. */
+int app_idem_key(struct request *rq, struct response *rs, bool required);
 
 #endif

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "app.h"
+#include "check.h"
 #include "config.h"
 #include "http.h"
 #include "ids.h"
@@ -32,20 +34,24 @@ static const struct demo_plan demo_plans[] = {
 	 120000, 56, 25, {"Weekly live sessions", "Code reviews", "Certificate", NULL}},
 };
 
-static struct store *open_store(const struct config *cfg)
+/* The store with a ledger over it, for a command. */
+static struct store *open_store(const struct config *cfg, struct ledger *lg)
 {
 	struct err e = {0};
 	struct store *s = store_open(cfg->db_url, &e);
 
 	if (!s)
 		fprintf(stderr, "numatix: %s\n", e.msg);
+	else
+		app_ledger_init(lg, s, cfg);
 	return s;
 }
 
 static int cmd_seed(const struct config *cfg, int argc, char **argv)
 {
-	struct audit_ctx a = {"seed", "system", "seed", NULL};
-	struct store *s = open_store(cfg);
+	struct actor a = {"seed", "system", "seed", NULL};
+	struct ledger lg;
+	struct store *s = open_store(cfg, &lg);
 	int created = 0, rc = 1;
 
 	(void)argc;
@@ -68,7 +74,7 @@ static int cmd_seed(const struct config *cfg, int argc, char **argv)
 		for (int f = 0; d->features[f]; f++)
 			json_object_array_add(p.features, json_object_new_string(d->features[f]));
 		p.created_at = p.updated_at = now_ms();
-		if (s->ops->plan_create(s, &p, &a, &e) == 0)
+		if (ledger_plan_create(&lg, &a, &p, &e) == 0)
 			created++;
 		else if (!e.code || strcmp(e.code, "PLAN_NAME_TAKEN")) {
 			fprintf(stderr, "numatix: seeding %s: %s\n", d->name, e.msg);
@@ -87,6 +93,7 @@ out:
 static int cmd_reset(const struct config *cfg, int argc, char **argv)
 {
 	struct store *s;
+	struct ledger lg;
 	struct err e = {0};
 	int rc = 1;
 
@@ -94,7 +101,7 @@ static int cmd_reset(const struct config *cfg, int argc, char **argv)
 		fprintf(stderr, "numatix: reset deletes every plan, subscription and payment; run 'numatix reset --yes'\n");
 		return 2;
 	}
-	if (!(s = open_store(cfg)))
+	if (!(s = open_store(cfg, &lg)))
 		return 1;
 	if (s->ops->reset(s, &e))
 		fprintf(stderr, "numatix: reset: %s\n", e.msg);
@@ -119,14 +126,15 @@ static void print_violation(void *arg, const char *fmt, ...)
 static int cmd_check(const struct config *cfg, int argc, char **argv)
 {
 	struct store *s;
+	struct ledger lg;
 	struct err e = {0};
 	int violations = 0, rc = 1;
 
 	(void)argc;
 	(void)argv;
-	if (!(s = open_store(cfg)))
+	if (!(s = open_store(cfg, &lg)))
 		return 1;
-	if (s->ops->check(s, print_violation, NULL, &violations, &e))
+	if (check_run(&lg, print_violation, NULL, &violations, &e))
 		fprintf(stderr, "numatix: check: %s\n", e.msg);
 	else if (violations)
 		printf("check: %d violations\n", violations);
@@ -142,17 +150,18 @@ static int cmd_reap(const struct config *cfg, int argc, char **argv)
 {
 	struct reap_stats st;
 	struct store *s;
+	struct ledger lg;
 	struct err e = {0};
 	char host[64] = "", holder[96];
 	int rc = 1;
 
 	(void)argc;
 	(void)argv;
-	if (!(s = open_store(cfg)))
+	if (!(s = open_store(cfg, &lg)))
 		return 1;
 	gethostname(host, sizeof(host) - 1);
 	snprintf(holder, sizeof(holder), "%s:%d", host, (int)getpid());
-	if (reaper_run(s, holder, cfg->key_retention_h, &st, &e))
+	if (reaper_run(&lg, holder, &st, &e))
 		fprintf(stderr, "numatix: reap: %s\n", e.msg);
 	else {
 		if (st.ran)

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "store.h"
 #include "util.h"
 
 char *config_project_root(void)
@@ -54,11 +55,11 @@ int config_load(struct config *cfg, struct err *e)
 	root = config_project_root();
 	v = getenv("NUMATIX_DB");
 	if (v && *v) {
-		if (strncmp(v, "sqlite://", 9) && strncmp(v, "postgresql://", 13) &&
-		    strncmp(v, "postgres://", 11) && strncmp(v, "mongodb://", 10) &&
-		    strncmp(v, "mongodb+srv://", 14)) {
-			err_set(e, ERR_INVALID, "CONFIG",
-				"NUMATIX_DB must start with sqlite://, postgresql:// or mongodb://, not \"%s\"", v);
+		if (!store_url_supported(v)) {
+			char shown[256];
+			err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_DB must start with sqlite:// or mongodb://, not \"%s\"%s",
+				store_url_redact(v, shown, sizeof(shown)),
+				strncmp(v, "postgres", 8) ? "" : " (this build has no PostgreSQL store yet)");
 			goto out;
 		}
 		cfg->db_url = xstrdup(v);

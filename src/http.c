@@ -200,6 +200,14 @@ void response_err(struct response *rs, const struct request *rq, const struct er
 	response_error(rs, rq, 500, "INTERNAL", "Internal error", NULL);
 }
 
+void response_reply(struct response *rs, const struct reply *r, bool replayed)
+{
+	free(rs->body);
+	rs->status = r->status;
+	rs->body = xstrdup(r->body ? r->body : "{}");
+	rs->replayed = replayed;
+}
+
 void response_invalid(struct response *rs, const struct request *rq, const char *field,
 		      const char *reason)
 {

@@ -6,8 +6,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "auth.h"
 #include "err.h"
-#include "store.h"
+#include "ledger.h"
 
 struct config;
 
@@ -27,11 +28,11 @@ struct request {
 	/* Filled while it is handled. */
 	char param[ID_LEN + 41];    /* the :id of the route, if any */
 	struct json_object *json;   /* the parsed body; one reference owned */
+	struct auth auth;           /* who the bearer token names */
 	bool is_admin;
-	const char *bearer;         /* borrowed from authorization */
-	struct audit_ctx audit;     /* who acts, for audit events */
+	struct actor actor;         /* who acts, for audit events */
 
-	struct store *store;        /* borrowed from the worker */
+	struct ledger *lg;          /* borrowed from the worker */
 	const struct config *cfg;   /* borrowed from the worker */
 };
 
@@ -58,7 +59,9 @@ void response_json(struct response *rs, int status, struct json_object *o);
 /* The error envelope {"code","message","traceId","details"?}; takes details' reference. */
 void response_error(struct response *rs, const struct request *rq, int status, const char *code,
 		    const char *message, struct json_object *details);
-/* The error envelope for an error from a lower layer: status and message by its code. */
+/* A stored or final answer, its body copied; replayed sets Idempotent-Replayed. */
+void response_reply(struct response *rs, const struct reply *r, bool replayed);
+/* The error envelope for an outcome of a lower layer: status and message by its code. */
 void response_err(struct response *rs, const struct request *rq, const struct err *e);
 /* 400 VALIDATION_ERROR with details {"field", "reason"}. */
 void response_invalid(struct response *rs, const struct request *rq, const char *field,

@@ -1,106 +1,71 @@
-/* idem.c - Idempotency-Key handling shared by every write route. */
+/* idem.c - Idempotency-Keys of the routes whose effect is one atomic step. */
 #include "idem.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
-#include "ids.h"
 #include "jsonx.h"
 #include "log.h"
+#include "purchase.h"
 #include "util.h"
 
-void idem_fingerprint(const struct request *rq, char out[65])
+void idem_claim_clear(struct idem_claim *c)
 {
-	char *canon = jsonx_canonical(rq->json);
-	char *text = xasprintf("%s\n%s\n%s", rq->method, rq->path, canon);
+	free(c->reply.body);
+	memset(c, 0, sizeof(*c));
+}
+
+void idem_fingerprint(const char *method, const char *path, struct json_object *body, char out[65])
+{
+	char *canon = jsonx_canonical(body);
+	char *text = xasprintf("%s\n%s\n%s", method, path, canon);
 
 	sha256_hex(text, strlen(text), out);
 	free(text);
 	free(canon);
 }
 
-long long idem_lease_ms(const struct request *rq)
+int idem_claim(struct ledger *lg, const char *key, const char *fingerprint, struct idem_claim *out,
+	       struct err *e)
 {
-	/* Half the hold: a retry after a crash resumes while the seat is still held. Capped,
-	 * because no live request runs longer than nginx waits for it. */
-	long long ms = (long long)rq->cfg->hold_ttl_s * 500;
+	int64_t now = now_ms(), wait;
+	struct claim_req r = {key, fingerprint, now, now + purchase_lease_ms(lg)};
+	struct claim c;
 
-	if (ms > 60000)
-		ms = 60000;
-	return ms < 1000 ? 1000 : ms;
-}
-
-int idem_claim(struct request *rq, struct response *rs, bool required, struct key_claim *claim,
-	       bool *claimed)
-{
-	struct err e = {0};
-	char fp[65];
-	int64_t now = now_ms();
-
-	*claimed = false;
-	memset(claim, 0, sizeof(*claim));
-	if (!rq->idem_key) {
-		if (required)
-			response_error(rs, rq, 400, "MISSING_IDEMPOTENCY_KEY",
-				       "The Idempotency-Key header is required", NULL);
-		return 0;
+	memset(out, 0, sizeof(*out));
+	if (lg->store->ops->key_claim(lg->store, &r, &c, e))
+		return -1;
+	if (c.result == CLAIM_NEW || c.taken_over) {
+		out->outcome = IDEM_RUN;
+	} else if (strcmp(c.key.fingerprint, fingerprint)) {
+		out->outcome = IDEM_REUSED;
+	} else if (c.key.state == KEY_DONE) {
+		out->outcome = IDEM_REPLAY;
+		out->reply = c.key.reply;
+		c.key.reply.body = NULL;
+	} else {
+		out->outcome = IDEM_IN_PROGRESS;
+		wait = (c.key.locked_until - now + 999) / 1000;
+		out->retry_after_s = wait < 1 ? 1 : (int)wait;
 	}
-	if (!uuid_valid(rq->idem_key)) {
-		response_error(rs, rq, 400, "INVALID_IDEMPOTENCY_KEY",
-			       "The Idempotency-Key header must be a UUID", NULL);
-		return 0;
-	}
-	/* Keys compare in one case: a client that upper-cases a UUID means the same key. */
-	for (char *c = rq->idem_key; *c; c++)
-		if (*c >= 'A' && *c <= 'F')
-			*c = (char)(*c - 'A' + 'a');
-	idem_fingerprint(rq, fp);
-	if (rq->store->ops->key_claim(rq->store, rq->idem_key, fp, now, now + idem_lease_ms(rq), claim, &e)) {
-		LOG_WARN(rq->trace_id, "claiming key %s: %s", rq->idem_key, e.msg);
-		response_err(rs, rq, &e);
-		return 0;
-	}
-	switch (claim->state) {
-	case KEY_NEW:
-	case KEY_RESUME:
-		*claimed = true;
-		return 1;
-	case KEY_REPLAY:
-		free(rs->body);
-		rs->status = claim->status;
-		rs->body = claim->body;
-		claim->body = NULL;
-		rs->replayed = true;
-		return 0;
-	case KEY_IN_PROGRESS: {
-		long long wait = (claim->locked_until - now + 999) / 1000;
-		response_error(rs, rq, 409, "REQUEST_IN_PROGRESS",
-			       "A request with this Idempotency-Key is still running; retry later", NULL);
-		rs->retry_after = wait < 1 ? 1 : (int)wait;
-		return 0;
-	}
-	case KEY_MISMATCH:
-		response_error(rs, rq, 422, "IDEMPOTENCY_KEY_REUSED",
-			       "This Idempotency-Key was used for a different request", NULL);
-		return 0;
-	}
+	claim_clear(&c);
 	return 0;
 }
 
-void idem_settle(struct request *rq, struct response *rs)
+void idem_settle(struct ledger *lg, const char *key, const struct reply *r, const char *trace_id)
 {
 	struct err e = {0};
+	bool matched = true;
 	int rc;
 
-	if (rs->status >= 200 && rs->status < 300) {
-		struct outcome o = {rs->status, rs->body};
-		rc = rq->store->ops->key_finish(rq->store, rq->idem_key, &o, now_ms(), &e);
-	} else {
-		rc = rq->store->ops->key_forget(rq->store, rq->idem_key, &e);
-	}
-	/* The effect already happened; a key left unsettled is forgotten by the reaper when its
-	 * lease ends, so the answer stands. */
+	if (r->status >= 200 && r->status < 300)
+		rc = lg->store->ops->key_finish(lg->store, key, r, &matched, &e);
+	else
+		rc = lg->store->ops->key_forget(lg->store, key, &e);
+	/* The effect already happened and its answer goes out; a key left unsettled is
+	 * resumed by a retry after its lease, or purged after the retention. */
 	if (rc)
-		LOG_WARN(rq->trace_id, "settling key %s: %s", rq->idem_key, e.msg);
+		LOG_WARN(trace_id, "settling key %s: %s", key, e.msg);
+	else if (!matched)
+		LOG_ERROR(trace_id, "key %s was gone or done before its answer was stored", key);
 }

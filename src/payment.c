@@ -33,37 +33,24 @@ static void network_latency(int ms)
 		;
 }
 
-int payment_charge(struct store *s, const struct subscription *sub, const char *method, int latency_ms,
-		   const struct audit_ctx *a, struct payment *out, struct err *e)
+int payment_charge(struct store *s, const char *key, int64_t amount_cents, const char *method,
+		   int latency_ms, struct processor_rec *out, struct err *e)
 {
 	const char *decline = payment_decline_code(method);
-	bool existed;
+	struct processor_rec want = {0};
 
 	network_latency(latency_ms);
-	memset(out, 0, sizeof(*out));
-	id_new_prefixed("pay_", out->id, sizeof(out->id));
-	snprintf(out->idem_key, sizeof(out->idem_key), "%s", sub->idem_key);
-	snprintf(out->kind, sizeof(out->kind), "charge");
-	snprintf(out->status, sizeof(out->status), "%s", decline ? "declined" : "succeeded");
-	snprintf(out->decline_code, sizeof(out->decline_code), "%s", decline ? decline : "");
-	snprintf(out->subscription_id, sizeof(out->subscription_id), "%s", sub->id);
-	out->amount_cents = sub->amount_cents;
-	out->created_at = now_ms();
-	return s->ops->payment_record(s, out, &existed, a, e);
+	want.state = decline ? PROC_DECLINED : PROC_CHARGED;
+	id_new_prefixed("pay_", want.charge_id, sizeof(want.charge_id));
+	snprintf(want.decline_code, sizeof(want.decline_code), "%s", decline ? decline : "");
+	want.amount_cents = amount_cents;
+	return s->ops->processor_charge(s, key, &want, out, e);
 }
 
-int payment_refund(struct store *s, const struct payment *charge, const struct audit_ctx *a,
-		   struct err *e)
+int payment_void(struct store *s, const char *key, struct processor_rec *out, struct err *e)
 {
-	struct payment r = {0};
-	bool existed;
+	char refund_id[32];
 
-	id_new_prefixed("pay_", r.id, sizeof(r.id));
-	snprintf(r.idem_key, sizeof(r.idem_key), "%s", charge->idem_key);
-	snprintf(r.kind, sizeof(r.kind), "refund");
-	snprintf(r.status, sizeof(r.status), "succeeded");
-	snprintf(r.subscription_id, sizeof(r.subscription_id), "%s", charge->subscription_id);
-	r.amount_cents = charge->amount_cents;
-	r.created_at = now_ms();
-	return s->ops->payment_record(s, &r, &existed, a, e);
+	id_new_prefixed("pay_", refund_id, sizeof(refund_id));
+	return s->ops->processor_void(s, key, refund_id, out, e);
 }

@@ -1,21 +1,20 @@
-/* payment.h - the simulated payment processor, with Stripe's test payment-method names.
- * It is keyed by the purchase's Idempotency-Key and never charges twice for one key: every
- * charge, decline and refund is a payment record in the store. */
+/* payment.h - the simulated payment processor, with Stripe's test payment-method names. It
+ * plays a remote service: it keeps its own records by the purchase's Idempotency-Key (apart
+ * from the ledger, see store.h), never charges twice for one key, and a key voided before its
+ * charge refuses any later charge. */
 #ifndef NUMATIX_PAYMENT_H
 #define NUMATIX_PAYMENT_H
-
-#include <stdbool.h>
 
 #include "store.h"
 
 /* The decline code the method name asks for, or NULL if it succeeds. */
 const char *payment_decline_code(const char *method);
-/* Charges sub's amount once for sub's key, after latency_ms of simulated network time.
- * out: the charge record (succeeded or declined), the earlier one on a retry. */
-int payment_charge(struct store *s, const struct subscription *sub, const char *method, int latency_ms,
-		   const struct audit_ctx *a, struct payment *out, struct err *e);
-/* Refunds a successful charge once; a second call finds the first refund. */
-int payment_refund(struct store *s, const struct payment *charge, const struct audit_ctx *a,
-		   struct err *e);
+/* Charges amount once for key, after latency_ms of simulated network time. out: the
+ * processor's record for the key (PROC_CHARGED or PROC_DECLINED, or what an earlier call
+ * left: PROC_REFUNDED, PROC_VOID). */
+int payment_charge(struct store *s, const char *key, int64_t amount_cents, const char *method,
+		   int latency_ms, struct processor_rec *out, struct err *e);
+/* Refunds the key's charge, or voids a key that has none. out: the record after. */
+int payment_void(struct store *s, const char *key, struct processor_rec *out, struct err *e);
 
 #endif

@@ -5,201 +5,334 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
-#include "idem.h"
 #include "log.h"
 #include "payment.h"
 #include "util.h"
-#include "view.h"
 
 #define DAY_MS (24LL * 3600 * 1000)
 
-/* Answers with the response stored on the key: the purchase ended, perhaps in another request
- * (a concurrent retry, or the reaper that expired the hold). */
-static void answer_stored(struct request *rq, struct response *rs)
+void purchase_result_clear(struct purchase_result *r)
 {
-	struct key_claim k = {0};
-	struct err e = {0};
-
-	if (rq->store->ops->key_get(rq->store, rq->idem_key, &k, &e) == 0 && k.state == KEY_REPLAY) {
-		free(rs->body);
-		rs->status = k.status;
-		rs->body = k.body;
-		k.body = NULL;
-	} else {
-		LOG_ERROR(rq->trace_id, "key %s has no final response: %s", rq->idem_key, e.msg);
-		response_error(rs, rq, 503, "SERVICE_UNAVAILABLE", "The purchase could not be settled; retry shortly", NULL);
-	}
-	key_claim_clear(&k);
+	free(r->reply.body);
+	memset(r, 0, sizeof(*r));
 }
 
-/* Step 3: a seat for a new purchase. Returns 0, or -1 after answering (the key forgotten, as
- * nothing happened). */
-static int hold(struct request *rq, struct response *rs, const struct purchase_req *p,
-		struct subscription *sub)
+int64_t purchase_lease_ms(const struct ledger *lg)
 {
-	struct store *s = rq->store;
-	struct customer c = {0};
-	struct err e = {0};
-	char sub_id[ID_LEN + 1];
-	int64_t now = now_ms();
-	int rc = -1;
+	/* Half the hold: a retry after a crash resumes while the seat is still held. Capped,
+	 * because no live request runs longer than nginx waits for it. */
+	int64_t ms = (int64_t)lg->hold_ttl_s * 500;
 
-	if (p->customer_id) {
-		if (s->ops->customer_get(s, p->customer_id, &c, &e))
-			goto out;
+	if (ms > 60000)
+		ms = 60000;
+	return ms < 1000 ? 1000 : ms;
+}
+
+static void refused(struct purchase_result *out, enum err_kind kind, const char *code, const char *msg)
+{
+	out->end = PURCHASE_REFUSED;
+	err_set(&out->err, kind, code, "%s", msg);
+}
+
+/* The answer stored on the key: the purchase ended, perhaps in another request (a concurrent
+ * retry, or the reaper that expired the hold). */
+static void answer_stored(struct ledger *lg, const char *key, struct purchase_result *out)
+{
+	struct key_record k = {0};
+	bool found;
+
+	if (lg->store->ops->key_get(lg->store, key, &k, &found, &out->err) == 0 && found &&
+	    k.state == KEY_DONE) {
+		out->end = PURCHASE_ANSWERED;
+		out->reply = k.reply;
+		k.reply.body = NULL;
 	} else {
+		LOG_ERROR(NULL, "key %s has no final answer: %s", key, out->err.msg);
+		refused(out, ERR_UNAVAILABLE, NULL, "the purchase could not be settled");
+	}
+	key_record_clear(&k);
+}
+
+static void payment_of(struct payment *p, const struct subscription *sub, const char *kind,
+		       const char *id, const char *status, const char *decline, int64_t amount, int64_t now)
+{
+	memset(p, 0, sizeof(*p));
+	snprintf(p->id, sizeof(p->id), "%s", id);
+	snprintf(p->idem_key, sizeof(p->idem_key), "%s", sub->idem_key);
+	snprintf(p->kind, sizeof(p->kind), "%s", kind);
+	snprintf(p->status, sizeof(p->status), "%s", status);
+	snprintf(p->decline_code, sizeof(p->decline_code), "%s", decline ? decline : "");
+	snprintf(p->subscription_id, sizeof(p->subscription_id), "%s", sub->id);
+	p->amount_cents = amount;
+	p->created_at = now;
+}
+
+static const char *payment_action(const struct payment *p)
+{
+	if (!strcmp(p->kind, "refund"))
+		return "payment.refunded";
+	return !strcmp(p->status, "succeeded") ? "payment.succeeded" : "payment.declined";
+}
+
+/* Records a payment on its own (a refund, a charge that came too late), once per key. */
+static int record(struct ledger *lg, const struct actor *a, const struct payment *p, struct err *e)
+{
+	char *detail = ledger_payment_detail(p);
+	const struct event_spec ev[] = {{payment_action(p), "payment", p->id, EV_NO_COUNTS, detail}};
+	bool existed;
+	int rc = lg->store->ops->payment_record(lg->store, p, ev, 1, a, &existed, e);
+
+	free(detail);
+	return rc;
+}
+
+int purchase_refund(struct ledger *lg, const struct actor *a, const struct subscription *sub,
+		    struct err *e)
+{
+	struct processor_rec pr;
+	struct payment charge, refund;
+	int64_t now = now_ms();
+
+	if (payment_void(lg->store, sub->idem_key, &pr, e))
+		return -1;
+	if (pr.state != PROC_REFUNDED)
+		return 0;
+	payment_of(&charge, sub, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now);
+	payment_of(&refund, sub, "refund", pr.refund_id, "succeeded", NULL, pr.amount_cents, now);
+	return record(lg, a, &charge, e) || record(lg, a, &refund, e) ? -1 : 0;
+}
+
+int purchase_expire(struct ledger *lg, const struct actor *a, const struct subscription *sub,
+		    const struct payment *charge, int64_t now, bool *moved, struct err *e)
+{
+	char *detail = charge ? ledger_payment_detail(charge) : NULL;
+	const struct event_spec ev[] = {
+		{"subscription.expired", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		{"payment.succeeded", "payment", charge ? charge->id : "", EV_NO_COUNTS, detail},
+	};
+	struct reply r = lg->replies->expired(a->trace_id);
+	struct transition t = {.sub_id = sub->id, .from = "pending", .due_by = now, .to = "expired",
+			       .now = now, .dleft = 1, .dheld = -1, .payment = charge, .events = ev,
+			       .nevents = charge ? 3 : 2, .reply = &r};
+	struct transition_out o;
+	int rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
+
+	*moved = rc == 0 && o.result == MOVED;
+	if (rc == 0 && o.result != MOVE_NOT_FOUND && strcmp(o.sub.status, "active") &&
+	    strcmp(o.sub.status, "cancelled") && strcmp(o.sub.status, "pending")) {
+		/* The hold ended without a seat: no charge is kept. The reaper refunds later what
+		 * cannot be refunded now. */
+		struct err re = {0};
+		if (purchase_refund(lg, a, sub, &re))
+			LOG_WARN(a->trace_id, "refund for %s deferred to the reaper: %s", sub->id, re.msg);
+	}
+	transition_out_clear(&o);
+	free(r.body);
+	free(detail);
+	return rc;
+}
+
+/* The hold is no longer pending, or past its deadline: expire it if still pending, make sure
+ * no charge is kept, answer what the key holds. */
+static void hold_gone(struct ledger *lg, const struct actor *a, const struct subscription *sub,
+		      const struct payment *charge, struct purchase_result *out)
+{
+	bool moved;
+
+	/* Expired here, or settled by someone else (the reaper): either way no charge is kept. */
+	if (purchase_expire(lg, a, sub, charge, now_ms(), &moved, &out->err)) {
+		refused(out, out->err.kind, NULL, out->err.msg);
+		return;
+	}
+	answer_stored(lg, sub->idem_key, out);
+}
+
+static void settle_paid(struct ledger *lg, const struct actor *a, struct subscription *sub,
+			const struct payment *charge, struct purchase_result *out)
+{
+	char token[TOKEN_LEN + 1], hash[65];
+	char *detail = ledger_payment_detail(charge);
+	const struct event_spec ev[] = {
+		{"payment.succeeded", "payment", charge->id, EV_NO_COUNTS, detail},
+		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+	};
+	int64_t now = now_ms();
+	struct transition_out o = {0};
+	struct transition t;
+	struct reply r;
+
+	/* The plaintext token exists only in this answer: a resumed purchase mints a new one. */
+	token_new(sub->id, token);
+	sha256_hex(token, strlen(token), hash);
+	sub->start_at = now;
+	sub->end_at = now + sub->duration_days * DAY_MS;
+	snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", charge->id);
+	snprintf(sub->status, sizeof(sub->status), "active");
+	sub->updated_at = now;
+	r = lg->replies->purchased(sub, token, a->trace_id);
+	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now, .to = "active",
+				.now = now, .dheld = -1, .payment_id = charge->id, .start_at = sub->start_at,
+				.end_at = sub->end_at, .token_hash = hash, .payment = charge, .events = ev,
+				.nevents = 2, .reply = &r};
+	if (lg->store->ops->transition(lg->store, &t, a, &o, &out->err)) {
+		/* Neither confirmed nor released: a retry or the reaper settles it. */
+		refused(out, out->err.kind, NULL, out->err.msg);
+	} else if (o.result == MOVED) {
+		out->end = PURCHASE_ANSWERED;
+		out->reply = r;
+		r.body = NULL;
+	} else {
+		hold_gone(lg, a, sub, charge, out);
+	}
+	transition_out_clear(&o);
+	free(r.body);
+	free(detail);
+}
+
+static void settle_declined(struct ledger *lg, const struct actor *a, const struct subscription *sub,
+			    const struct payment *charge, struct purchase_result *out)
+{
+	char *detail = ledger_payment_detail(charge);
+	const struct event_spec ev[] = {
+		{"payment.declined", "payment", charge->id, EV_NO_COUNTS, detail},
+		{"subscription.failed", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+	};
+	struct reply r = lg->replies->declined(charge->decline_code, a->trace_id);
+	struct transition t = {.sub_id = sub->id, .from = "pending", .to = "failed", .now = now_ms(),
+			       .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .nevents = 3,
+			       .reply = &r};
+	struct transition_out o = {0};
+
+	if (lg->store->ops->transition(lg->store, &t, a, &o, &out->err)) {
+		refused(out, out->err.kind, NULL, out->err.msg);
+	} else if (o.result == MOVED) {
+		out->end = PURCHASE_ANSWERED;
+		out->reply = r;
+		r.body = NULL;
+	} else {
+		struct err re = {0};
+		if (record(lg, a, charge, &re))
+			LOG_WARN(a->trace_id, "recording decline %s: %s", charge->id, re.msg);
+		answer_stored(lg, sub->idem_key, out);
+	}
+	transition_out_clear(&o);
+	free(r.body);
+	free(detail);
+}
+
+/* Charge outside any transaction, then settle in one atomic unit. */
+static void charge_and_settle(struct ledger *lg, const struct actor *a, struct subscription *sub,
+			      const char *method, struct purchase_result *out)
+{
+	struct processor_rec pr;
+	struct payment charge;
+
+	if (payment_charge(lg->store, sub->idem_key, sub->amount_cents, method, lg->payment_latency_ms, &pr,
+			   &out->err)) {
+		/* The key stays bound to the hold; a retry after the lease resumes here. */
+		LOG_WARN(a->trace_id, "charge for %s: %s", sub->id, out->err.msg);
+		refused(out, out->err.kind, NULL, out->err.msg);
+		return;
+	}
+	switch (pr.state) {
+	case PROC_CHARGED:
+		payment_of(&charge, sub, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now_ms());
+		settle_paid(lg, a, sub, &charge, out);
+		break;
+	case PROC_DECLINED:
+		payment_of(&charge, sub, "charge", pr.charge_id, "declined", pr.decline_code, pr.amount_cents,
+			   now_ms());
+		settle_declined(lg, a, sub, &charge, out);
+		break;
+	default:
+		/* Voided or refunded: whoever did it settled the hold first. */
+		hold_gone(lg, a, sub, NULL, out);
+		break;
+	}
+}
+
+/* The key existed: replay, refuse, or resume a request that died after its hold. */
+static void key_exists(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
+		       const struct claim *c, struct purchase_result *out)
+{
+	struct subscription sub = {0};
+	int64_t wait;
+
+	if (strcmp(c->key.fingerprint, p->fingerprint)) {
+		out->end = PURCHASE_KEY_REUSED;
+	} else if (c->key.state == KEY_DONE) {
+		out->end = PURCHASE_ANSWERED;
+		out->replayed = true;
+		out->reply.status = c->key.reply.status;
+		out->reply.body = xstrdup(c->key.reply.body ? c->key.reply.body : "{}");
+	} else if (!c->taken_over || c->key.state != KEY_HELD) {
+		out->end = PURCHASE_IN_PROGRESS;
+		wait = (c->key.locked_until - now_ms() + 999) / 1000;
+		out->retry_after_s = wait < 1 ? 1 : (int)wait;
+	} else if (ledger_sub_get(lg, c->key.subscription_id, &sub, &out->err)) {
+		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
+	} else if (strcmp(sub.status, "pending")) {
+		answer_stored(lg, p->key, out);
+		out->replayed = true;
+	} else {
+		struct actor buyer = *a;
+		buyer.id = sub.customer_id;
+		LOG_INFO(a->trace_id, "resuming purchase %s at its charge", sub.id);
+		charge_and_settle(lg, &buyer, &sub, p->payment_method, out);
+	}
+	subscription_clear(&sub);
+}
+
+void purchase_run(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
+		  struct purchase_result *out)
+{
+	char sub_id[ID_LEN + 1];
+	struct customer c = {0};
+	struct hold_out h = {0};
+	struct actor buyer = *a;
+	int64_t now = now_ms();
+
+	memset(out, 0, sizeof(*out));
+	id_new(sub_id);
+	const struct event_spec ev[] = {{"seat.held", "subscription", sub_id, EV_BEFORE_AFTER, NULL}};
+	if (!p->customer_id) {
 		id_new(c.id);
 		c.email = xstrdup(p->email);
 		c.name = xstrdup(p->name);
 		c.created_at = now;
-		if (s->ops->customer_upsert(s, &c, &e))
-			goto out;
 	}
-	id_new(sub_id);
-	rq->audit.actor_id = c.id;
-	/* No access token yet: it is made, and its hash stored, when the purchase is confirmed. */
-	struct hold_req hr = {sub_id, rq->idem_key, p->plan_id, c.id, "", now,
-			      now + (int64_t)rq->cfg->hold_ttl_s * 1000};
-	rc = s->ops->seat_hold(s, &hr, &rq->audit, sub, &e);
-	rq->audit.actor_id = NULL;
+	struct hold_req r = {{p->key, p->fingerprint, now, now + purchase_lease_ms(lg)}, sub_id, p->plan_id,
+			     p->customer_id, p->customer_id ? NULL : &c, now + (int64_t)lg->hold_ttl_s * 1000,
+			     ev, 1};
+	if (lg->store->ops->hold(lg->store, &r, a, &h, &out->err)) {
+		LOG_WARN(a->trace_id, "purchase hold: %s", out->err.msg);
+		out->end = PURCHASE_REFUSED;
+		goto out;
+	}
+	switch (h.result) {
+	case HOLD_TAKEN:
+		buyer.id = h.sub.customer_id;
+		charge_and_settle(lg, &buyer, &h.sub, p->payment_method, out);
+		break;
+	case HOLD_KEY_EXISTS:
+		key_exists(lg, a, p, &h.claim, out);
+		break;
+	case HOLD_NO_PLAN:
+		refused(out, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no such plan");
+		break;
+	case HOLD_PLAN_INACTIVE:
+		refused(out, ERR_CONFLICT, "PLAN_INACTIVE", "the plan is not on sale");
+		break;
+	case HOLD_SOLD_OUT:
+		refused(out, ERR_CONFLICT, "PLAN_SOLD_OUT", "the plan is sold out");
+		break;
+	case HOLD_NO_CUSTOMER:
+		refused(out, ERR_NOT_FOUND, "CUSTOMER_NOT_FOUND", "no such customer");
+		break;
+	}
 out:
-	if (rc) {
-		struct err ignored = {0};
-		if (e.kind == ERR_RETRYABLE || e.kind == ERR_UNAVAILABLE || e.kind == ERR_INTERNAL)
-			LOG_WARN(rq->trace_id, "purchase hold: %s", e.msg);
-		response_err(rs, rq, &e);
-		s->ops->key_forget(s, rq->idem_key, &ignored);
-	}
+	hold_out_clear(&h);
 	customer_clear(&c);
-	return rc;
-}
-
-/* Step 5, expired: the hold is gone or past its deadline. Expire it if nobody did, refund
- * the charge unless the subscription ended active, answer what the key holds. */
-static void expire(struct request *rq, struct response *rs, const struct subscription *sub,
-		   const struct payment *charge)
-{
-	struct store *s = rq->store;
-	struct subscription now_sub = {0};
-	struct err e = {0};
-	char *body = error_body("HOLD_EXPIRED",
-				"The seat hold expired before the payment finished; any charge is refunded",
-				rq->trace_id, NULL);
-	struct outcome o = {409, body};
-
-	if (s->ops->hold_release(s, sub->id, "expired", now_ms(), &o, &rq->audit, &e) &&
-	    e.kind != ERR_CONFLICT) {
-		response_err(rs, rq, &e);
-		goto out;
-	}
-	if (s->ops->sub_get(s, sub->id, &now_sub, &e)) {
-		response_err(rs, rq, &e);
-		goto out;
-	}
-	if (strcmp(now_sub.status, "active") && strcmp(now_sub.status, "cancelled") &&
-	    !strcmp(charge->status, "succeeded") && payment_refund(s, charge, &rq->audit, &e)) {
-		/* The reaper refunds charges of expired holds that were left unrefunded. */
-		LOG_WARN(rq->trace_id, "refund of %s deferred to the reaper: %s", charge->id, e.msg);
-	}
-	answer_stored(rq, rs);
-out:
-	subscription_clear(&now_sub);
-	free(body);
-}
-
-/* Steps 4 and 5: charge outside any transaction, then settle in one atomic unit. */
-static void charge_and_settle(struct request *rq, struct response *rs, struct subscription *sub,
-			      const char *payment_method, const char *token)
-{
-	struct store *s = rq->store;
-	struct payment charge;
-	struct err e = {0};
-	char *body = NULL;
-	int64_t now;
-
-	if (payment_charge(s, sub, payment_method, rq->cfg->payment_latency_ms, &rq->audit, &charge, &e)) {
-		/* The key stays bound to the hold; a retry after the lease resumes here. */
-		LOG_WARN(rq->trace_id, "charge for %s: %s", sub->id, e.msg);
-		response_err(rs, rq, &e);
-		return;
-	}
-	if (strcmp(charge.status, "succeeded")) {
-		struct json_object *d = json_object_new_object();
-		json_object_object_add(d, "declineCode", json_object_new_string(charge.decline_code));
-		body = error_body("PAYMENT_FAILED", "The payment was declined; the seat was given back",
-				  rq->trace_id, d);
-		struct outcome o = {402, body};
-		if (s->ops->hold_release(s, sub->id, "failed", now_ms(), &o, &rq->audit, &e) == 0) {
-			rs->status = 402;
-			rs->body = body;
-			body = NULL;
-		} else if (e.kind == ERR_CONFLICT) {
-			answer_stored(rq, rs);
-		} else {
-			response_err(rs, rq, &e);
-		}
-		goto out;
-	}
-	now = now_ms();
-	sub->start_at = now;
-	sub->end_at = now + sub->duration_days * DAY_MS;
-	snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", charge.id);
-	snprintf(sub->status, sizeof(sub->status), "active");
-	sub->updated_at = now;
-	struct json_object *view = view_purchase(sub, token, rq->trace_id);
-	body = xstrdup(json_object_to_json_string_ext(view, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-	json_object_put(view);
-	struct outcome o = {201, body};
-	if (s->ops->hold_confirm(s, sub, charge.id, now, &o, &rq->audit, &e) == 0) {
-		rs->status = 201;
-		rs->body = body;
-		body = NULL;
-	} else if (e.kind == ERR_CONFLICT) {
-		expire(rq, rs, sub, &charge);
-	} else {
-		/* Not confirmed, not released: the hold stays until a retry or the reaper settles it. */
-		response_err(rs, rq, &e);
-	}
-out:
-	free(body);
-}
-
-void purchase_run(struct request *rq, struct response *rs, const struct purchase_req *p)
-{
-	struct store *s = rq->store;
-	struct key_claim claim = {0};
-	struct subscription sub = {0};
-	struct err e = {0};
-	char token[TOKEN_LEN + 1], token_hash[65], actor[ID_LEN + 1] = "";
-	bool claimed;
-
-	if (!idem_claim(rq, rs, true, &claim, &claimed))
-		goto out;
-	if (*claim.subscription_id) {
-		/* Resuming a request that died after its hold: charge (once per key) and settle. */
-		if (s->ops->sub_get(s, claim.subscription_id, &sub, &e)) {
-			response_err(rs, rq, &e);
-			goto out;
-		}
-		if (strcmp(sub.status, "pending")) {
-			answer_stored(rq, rs);
-			goto out;
-		}
-		LOG_INFO(rq->trace_id, "resuming purchase %s at its charge", sub.id);
-	} else if (hold(rq, rs, p, &sub)) {
-		goto out;
-	}
-	/* The plaintext token exists only in this response: a resumed purchase mints a new one,
-	 * and confirm stores its hash. */
-	token_new(sub.id, token);
-	sha256_hex(token, strlen(token), token_hash);
-	snprintf(sub.token_hash, sizeof(sub.token_hash), "%s", token_hash);
-	snprintf(actor, sizeof(actor), "%s", sub.customer_id);
-	rq->audit.actor_id = actor;
-	charge_and_settle(rq, rs, &sub, p->payment_method, token);
-	rq->audit.actor_id = NULL;
-out:
-	subscription_clear(&sub);
-	key_claim_clear(&claim);
 }

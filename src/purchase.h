@@ -1,19 +1,53 @@
-/* purchase.h - the purchase state machine of DESIGN.md: claim the key, hold a seat, charge
- * outside any transaction, then confirm or give the seat back. Each step is one atomic unit
- * in the store; the key records how far a request got, so a retry resumes from there. */
+/* purchase.h - the purchase state machine of DESIGN.md, in two units of the store: claim
+ * the key and hold the seat; charge outside any transaction; record the charge and settle.
+ * The key records how far a request got, so a retry resumes from there. */
 #ifndef NUMATIX_PURCHASE_H
 #define NUMATIX_PURCHASE_H
 
-#include "http.h"
+#include <stdbool.h>
+
+#include "ledger.h"
 
 struct purchase_req {
+	const char *key;             /* the Idempotency-Key, valid and lower case */
+	const char *fingerprint;     /* of the request: method, path, canonical body */
 	const char *plan_id;
 	const char *payment_method;
 	const char *customer_id;     /* or */
 	const char *email, *name;    /* a customer found by email or created */
 };
 
-/* Runs the purchase for rq (its body already validated into p) and fills rs. */
-void purchase_run(struct request *rq, struct response *rs, const struct purchase_req *p);
+enum purchase_end {
+	PURCHASE_ANSWERED,           /* reply: the final answer (this run's, or stored) */
+	PURCHASE_REFUSED,            /* err: a refusal with its code, or the store unavailable */
+	PURCHASE_IN_PROGRESS,        /* another request runs this key: retry_after_s */
+	PURCHASE_KEY_REUSED,         /* the key was used for another request */
+};
+
+struct purchase_result {
+	enum purchase_end end;
+	struct reply reply;          /* body owned */
+	bool replayed;               /* the reply was stored by an earlier request */
+	int retry_after_s;
+	struct err err;
+};
+void purchase_result_clear(struct purchase_result *r);
+
+/* Runs the purchase (its input already validated). a: who acts (its id may be NULL). */
+void purchase_run(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
+		  struct purchase_result *out);
+
+/* Expires a pending hold past its deadline (seat back, HOLD_EXPIRED stored on its key),
+ * recording the charge when one was made, then has the processor refund the key's charge or
+ * void it. *moved: whether this call expired it. Used by the purchase and the reaper. */
+int purchase_expire(struct ledger *lg, const struct actor *a, const struct subscription *sub,
+		    const struct payment *charge, int64_t now, bool *moved, struct err *e);
+/* Has the processor refund the charge of a hold that ended without a seat (or void its key)
+ * and records the charge and its refund in the ledger. */
+int purchase_refund(struct ledger *lg, const struct actor *a, const struct subscription *sub,
+		    struct err *e);
+
+/* How long a request owns its key before a retry may take over (resume) its work. */
+int64_t purchase_lease_ms(const struct ledger *lg);
 
 #endif

@@ -1,61 +1,85 @@
 /* reaper.c - settles what crashed or slow requests left behind. */
 #include "reaper.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "http.h"
 #include "ids.h"
 #include "log.h"
-#include "payment.h"
+#include "purchase.h"
 #include "util.h"
 
 #define BATCH 200
 #define LEASE_MS 60000
 
-int reaper_run(struct store *s, const char *holder, int key_retention_h, struct reap_stats *st,
-	       struct err *e)
+static int expire_overdue(struct ledger *lg, const struct actor *a, int64_t now, struct reap_stats *st,
+			  struct err *e)
 {
-	struct hold_ref *holds = NULL;
+	struct subscription *holds = NULL;
+	size_t n = 0, i;
+	int rc = 0;
+
+	for (int batch = 0; batch < 50 && rc == 0; batch++) {
+		if (lg->store->ops->holds_overdue(lg->store, now, BATCH, &holds, &n, e))
+			return -1;
+		for (i = 0; i < n; i++) {
+			struct err he = {0};
+			bool moved;
+			if (purchase_expire(lg, a, &holds[i], NULL, now_ms(), &moved, &he))
+				LOG_WARN(a->trace_id, "reaper: expiring %s: %s", holds[i].id, he.msg);
+			else
+				st->expired += moved;
+		}
+		for (i = 0; i < n; i++)
+			subscription_clear(&holds[i]);
+		free(holds);
+		holds = NULL;
+		if (n < BATCH)
+			break;
+	}
+	return rc;
+}
+
+/* Charges recorded in the ledger whose hold ended without a seat and were never refunded
+ * (a crash between the two). */
+static int refund_unrefunded(struct ledger *lg, const struct actor *a, struct reap_stats *st, struct err *e)
+{
 	struct payment *charges = NULL;
+	size_t n = 0, i;
+	int rc = 0;
+
+	if (lg->store->ops->charges_unrefunded(lg->store, BATCH, &charges, &n, e))
+		return -1;
+	for (i = 0; i < n && rc == 0; i++) {
+		struct subscription sub = {0};
+		snprintf(sub.id, sizeof(sub.id), "%s", charges[i].subscription_id);
+		snprintf(sub.idem_key, sizeof(sub.idem_key), "%s", charges[i].idem_key);
+		if ((rc = purchase_refund(lg, a, &sub, e)) == 0)
+			st->refunded++;
+	}
+	free(charges);
+	return rc;
+}
+
+int reaper_run(struct ledger *lg, const char *holder, struct reap_stats *st, struct err *e)
+{
+	struct store *s = lg->store;
 	char trace[UUID_LEN + 1];
-	struct audit_ctx a = {trace, "system", "reaper", NULL};
-	char *body = NULL;
+	struct actor a = {trace, "system", "reaper", NULL};
 	int64_t now = now_ms();
-	size_t n, i;
+	bool taken;
 	int rc = -1;
 
 	memset(st, 0, sizeof(*st));
 	uuid_new(trace);
-	if (!s->ops->lease_take(s, "reaper", holder, now, now + LEASE_MS, e))
-		return e->kind == ERR_NONE ? 0 : -1;
+	if (s->ops->lease_take(s, "reaper", holder, now, now + LEASE_MS, &taken, e))
+		return -1;
+	if (!taken)
+		return 0;
 	st->ran = true;
-	body = error_body("HOLD_EXPIRED",
-			  "The seat hold expired before the payment finished; any charge is refunded",
-			  trace, NULL);
-	struct outcome o = {409, body};
-	for (int batch = 0; batch < 50; batch++) {
-		free(holds);
-		if (s->ops->holds_overdue(s, now, BATCH, &holds, &n, e))
-			goto out;
-		for (i = 0; i < n; i++) {
-			struct err he = {0};
-			if (s->ops->hold_release(s, holds[i].subscription_id, "expired", now_ms(), &o, &a, &he) == 0)
-				st->expired++;
-			else if (he.kind != ERR_CONFLICT)
-				LOG_WARN(trace, "reaper: expiring %s: %s", holds[i].subscription_id, he.msg);
-		}
-		if (n < BATCH)
-			break;
-	}
-	if (s->ops->charges_unsettled(s, BATCH, &charges, &n, e))
-		goto out;
-	for (i = 0; i < n; i++) {
-		if (payment_refund(s, &charges[i], &a, e))
-			goto out;
-		st->refunded++;
-	}
-	if (s->ops->keys_purge(s, now, now - (int64_t)key_retention_h * 3600 * 1000, &st->purged, e))
+	if (expire_overdue(lg, &a, now, st, e) || refund_unrefunded(lg, &a, st, e) ||
+	    s->ops->keys_purge(s, now - (int64_t)lg->key_retention_h * 3600 * 1000, &st->purged, e))
 		goto out;
 	if (st->expired || st->refunded)
 		LOG_INFO(trace, "reaper: %d holds expired, %d charges refunded, %d keys purged", st->expired,
@@ -65,10 +89,7 @@ out:
 	{
 		/* Give the lease back, so the next pass (from any machine) need not wait it out. */
 		struct err ignored = {0};
-		s->ops->lease_take(s, "reaper", holder, now_ms(), 0, &ignored);
+		s->ops->lease_take(s, "reaper", holder, now_ms(), 0, &taken, &ignored);
 	}
-	free(holds);
-	free(charges);
-	free(body);
 	return rc;
 }

@@ -1,5 +1,5 @@
 /* server.c - the FastCGI server's master process. It never opens the store itself: each
- * worker and each reaper pass opens its own handle after fork. */
+ * worker, and the one reaper process, opens its own handle after fork and keeps it. */
 #include "server.h"
 
 #include <errno.h>
@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "app.h"
 #include "config.h"
 #include "log.h"
 #include "reaper.h"
@@ -76,26 +77,45 @@ static pid_t spawn_worker(int fd, const struct config *cfg, const sigset_t *orig
 	return pid < 0 ? 0 : pid;
 }
 
-static pid_t spawn_reaper(const struct config *cfg, const sigset_t *orig)
+/* The reaper: one long-lived process with one store handle, a pass every interval. It keeps
+ * the master's blocked signals and waits for them between passes, so a stop or a reload
+ * never cuts a pass short. */
+static void reaper_loop(const struct config *cfg)
+{
+	struct timespec ts = {cfg->reap_interval_s, 0};
+	struct store *s = NULL;
+	struct reap_stats st;
+	struct ledger lg;
+	char host[64] = "", holder[96];
+	sigset_t stop;
+	int sig;
+
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGHUP);
+	gethostname(host, sizeof(host) - 1);
+	snprintf(holder, sizeof(holder), "%s:%d", host, (int)getpid());
+	do {
+		struct err e = {0};
+		if (!s && !(s = store_open(cfg->db_url, &e))) {
+			LOG_WARN(NULL, "reaper: %s", e.msg);
+			continue;
+		}
+		app_ledger_init(&lg, s, cfg);
+		if (reaper_run(&lg, holder, &st, &e))
+			LOG_WARN(NULL, "reaper: %s", e.msg);
+	} while ((sig = sigtimedwait(&stop, NULL, &ts)) < 0);
+	store_close(s);
+}
+
+static pid_t spawn_reaper(const struct config *cfg)
 {
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		struct reap_stats st;
-		struct err e = {0};
-		char host[64] = "", holder[96];
-		struct store *s;
-		int rc = 1;
-
-		sigprocmask(SIG_SETMASK, orig, NULL);
-		gethostname(host, sizeof(host) - 1);
-		snprintf(holder, sizeof(holder), "%s:%d", host, (int)getppid());
-		if ((s = store_open(cfg->db_url, &e)) && reaper_run(s, holder, cfg->key_retention_h, &st, &e) == 0)
-			rc = 0;
-		else
-			LOG_WARN(NULL, "reaper: %s", e.msg);
-		store_close(s);
-		_exit(rc);
+		reaper_loop(cfg);
+		_exit(0);
 	}
 	return pid < 0 ? 0 : pid;
 }
@@ -107,6 +127,8 @@ static void fill(struct pool *p, int fd, const struct config *cfg, const sigset_
 	for (int i = 0; i < p->n; i++)
 		if (!p->pids[i] && (p->pids[i] = spawn_worker(fd, cfg, orig)) == 0)
 			break;
+	if (!p->reaper)
+		p->reaper = spawn_reaper(cfg);
 }
 
 /* Collects exited children; a worker's slot is freed for respawn. */
@@ -118,6 +140,8 @@ static void collect(struct pool *p, bool stopping)
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		if (pid == p->reaper) {
 			p->reaper = 0;
+			if (!stopping)
+				p->respawn_at = now_ms() + 1000;
 			continue;
 		}
 		for (int i = 0; i < p->n; i++)
@@ -191,11 +215,8 @@ int server_run(const struct config *cfg, char **argv)
 	p.pids = xcalloc((size_t)p.n, sizeof(*p.pids));
 	fill(&p, fd, cfg, &orig);
 	LOG_INFO(NULL, "listening on %s with %d workers", cfg->socket, p.n);
-	int64_t next_reap = now_ms() + (int64_t)cfg->reap_interval_s * 1000;
 	for (;;) {
-		int64_t wait = next_reap - now_ms();
-		if (p.respawn_at && p.respawn_at - now_ms() < wait)
-			wait = p.respawn_at - now_ms();
+		int64_t wait = p.respawn_at ? p.respawn_at - now_ms() : 3600 * 1000;
 		if (wait < 0)
 			wait = 0;
 		struct timespec ts = {wait / 1000, (long)(wait % 1000) * 1000000L};
@@ -226,11 +247,6 @@ int server_run(const struct config *cfg, char **argv)
 		if (p.respawn_at && now_ms() >= p.respawn_at)
 			p.respawn_at = 0;
 		fill(&p, fd, cfg, &orig);
-		if (now_ms() >= next_reap) {
-			if (!p.reaper)
-				p.reaper = spawn_reaper(cfg, &orig);
-			next_reap = now_ms() + (int64_t)cfg->reap_interval_s * 1000;
-		}
 	}
 	free(p.pids);
 	close(fd);

@@ -1,171 +1,187 @@
-/* store.h - the store interface: the operations of the domain, each one atomic unit in the
- * database. Backends (store_sqlite.c, store_pg.c, store_mongo.c) plug in through a table of
- * function pointers and implement each operation with their own strongest primitive.
- * Handlers and services see only these structs, never SQL, BSON or driver types.
+/* store.h - the store interface: atomic primitives in the words of the domain, each one
+ * atomic unit in the database, built from that database's strongest native mechanism.
  *
- * Every function returns 0 on success and -1 on error with e filled: ERR_NOT_FOUND and
- * ERR_CONFLICT carry the API code (e.g. PLAN_SOLD_OUT); ERR_RETRYABLE and ERR_UNAVAILABLE
- * mean nothing was written and the client may retry. Output structs are filled by the callee
- * and own their strings: release them with the matching *_clear. */
+ * A store keeps and reports facts: rows, counts and an outcome enum. It never decides which
+ * API code a refusal gets, which event a change writes or what a client sees: the ledger
+ * (purchase.c, ledger.c, reaper.c, check.c) does, once for every store. The events a unit
+ * writes are given to it as event_spec lists; the store fills in the seat counts before and
+ * after the unit's own seat move, inside the unit.
+ *
+ * Every function returns 0 on success and -1 on error with e filled: ERR_RETRYABLE and
+ * ERR_UNAVAILABLE mean nothing was written and the caller may retry; ERR_INTERNAL a broken
+ * assumption. e->code is never set by a store. A primitive whose condition does not hold
+ * returns 0 with its outcome saying so, and wrote nothing. Output structs are filled by the
+ * callee and own their strings: release them with the matching *_clear of model.h. */
 #ifndef NUMATIX_STORE_H
 #define NUMATIX_STORE_H
 
-#include <json-c/json.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "err.h"
-#include "ids.h"
+#include "model.h"
 
-struct audit_ctx {
-	const char *trace_id;
-	const char *actor_type;  /* "admin", "customer", "system" */
-	const char *actor_id;    /* may be NULL */
-	const char *ip;          /* may be NULL */
+/* An audit event a unit writes; the store adds time, actor, plan and seat counts. */
+enum event_counts {
+	EV_NO_COUNTS,     /* detail only (a payment) */
+	EV_AFTER,         /* the counts after the unit (a plan created) */
+	EV_BEFORE_AFTER,  /* the counts before and after the unit */
 };
 
-struct plan {
-	char id[ID_LEN + 1];
-	char *name;
-	char *description;
-	int64_t price_cents;
-	int64_t duration_days;
-	int64_t total_capacity;
-	int64_t subscriptions_left;
-	int64_t subscriptions_held;
-	char status[16];                 /* "active" | "inactive" */
-	struct json_object *features;    /* array of strings; one reference owned */
-	int64_t created_at, updated_at;  /* ms since the epoch */
-};
-void plan_clear(struct plan *p);
-
-enum plan_field {
-	PLAN_F_NAME = 1 << 0,
-	PLAN_F_DESCRIPTION = 1 << 1,
-	PLAN_F_PRICE = 1 << 2,
-	PLAN_F_DURATION = 1 << 3,
-	PLAN_F_FEATURES = 1 << 4,
-	PLAN_F_STATUS = 1 << 5,
-	PLAN_F_CAPACITY = 1 << 6,
+struct event_spec {
+	const char *action;
+	const char *resource_type;
+	const char *resource_id;
+	enum event_counts counts;
+	const char *detail;               /* JSON text or NULL */
 };
 
-/* What a PATCH changes; the strings and features are borrowed for the call. */
-struct plan_patch {
-	unsigned fields;                 /* enum plan_field bits */
-	const char *name;
-	const char *description;
-	int64_t price_cents;
-	int64_t duration_days;
-	struct json_object *features;
-	const char *status;
-	int64_t total_capacity;
+/* --- outcomes ------------------------------------------------------------------------------ */
+
+enum write_result {
+	WRITE_DONE,
+	WRITE_NOT_FOUND,      /* no such row */
+	WRITE_DUPLICATE,      /* a unique name or email is taken */
+	WRITE_SEATS_SHORT,    /* a capacity change would leave fewer than 0 seats */
 };
 
-struct customer {
-	char id[ID_LEN + 1];
-	char *email;                     /* as given; matched case-insensitively */
-	char *name;
-	int64_t created_at;
-};
-void customer_clear(struct customer *c);
-
-struct subscription {
-	char id[ID_LEN + 1];
-	char status[16];                 /* pending|active|failed|expired|cancelled */
-	char plan_id[ID_LEN + 1];
-	char *plan_name;
-	char customer_id[ID_LEN + 1];
-	char idem_key[UUID_LEN + 1];
-	char payment_id[32];             /* the successful charge, "" before */
-	char token_hash[65];             /* SHA-256 of the access token */
-	int64_t amount_cents;
-	int64_t duration_days;
-	int64_t start_at, end_at;        /* 0 until active */
-	int64_t hold_deadline;
-	int64_t created_at, updated_at;
-};
-void subscription_clear(struct subscription *s);
-
-/* Claiming an Idempotency-Key. */
-enum key_state {
-	KEY_NEW,          /* first time: the caller owns the key's lease */
-	KEY_RESUME,       /* an earlier request died mid-way; the caller took over its lease */
-	KEY_REPLAY,       /* finished: status and body hold the stored response */
-	KEY_IN_PROGRESS,  /* another request holds the lease */
-	KEY_MISMATCH,     /* same key, another fingerprint */
+enum claim_result {
+	CLAIM_NEW,            /* the key was absent and is now ours (KEY_STARTED, our lease) */
+	CLAIM_EXISTS,         /* the key exists: see the record and taken_over */
 };
 
-struct key_claim {
-	enum key_state state;
-	char subscription_id[ID_LEN + 1]; /* the seat hold already taken, "" if none */
-	int status;                       /* KEY_REPLAY */
-	char *body;                       /* KEY_REPLAY; new */
-	int64_t locked_until;             /* KEY_IN_PROGRESS */
+struct claim {
+	enum claim_result result;
+	struct key_record key;            /* CLAIM_EXISTS: the record as found */
+	/* CLAIM_EXISTS: same fingerprint, not done, its lease ended: the lease is now ours. */
+	bool taken_over;
 };
-void key_claim_clear(struct key_claim *k);
+void claim_clear(struct claim *c);
 
-/* A final response, stored byte for byte on its key in the same atomic unit. */
-struct outcome {
-	int status;
-	const char *body;
-};
-
-struct hold_req {
-	const char *subscription_id;      /* made by the service */
-	const char *idem_key;
-	const char *plan_id;
-	const char *customer_id;
-	const char *token_hash;
+/* Claims an Idempotency-Key: inserted as KEY_STARTED if absent; if present with the same
+ * fingerprint, not done and its lease ended, the lease is taken over. Both one atomic step. */
+struct claim_req {
+	const char *key;
+	const char *fingerprint;
 	int64_t now;
+	int64_t lease_until;
+};
+
+/* A purchase's first unit: claim the key and, when the key is new, find or create the
+ * customer, take one seat (status active and left > 0), create the pending subscription,
+ * write the events (with the buyer as their actor) and keep the key as KEY_HELD. All or
+ * nothing: when the hold is refused the key is not kept either. */
+struct hold_req {
+	struct claim_req claim;
+	const char *subscription_id;      /* made by the ledger */
+	const char *plan_id;
+	const char *customer_id;          /* an existing customer, or */
+	const struct customer *customer;  /* found by email (case-insensitive) or created */
 	int64_t deadline;
+	const struct event_spec *events;  /* on the seat move */
+	size_t nevents;
 };
 
-struct payment {
-	char id[32];                      /* "pay_" + id */
-	char idem_key[UUID_LEN + 1];
-	char kind[8];                     /* "charge" | "refund" */
-	char status[12];                  /* "succeeded" | "declined" */
-	char decline_code[32];
-	char subscription_id[ID_LEN + 1];
-	int64_t amount_cents;
-	int64_t created_at;
+enum hold_result {
+	HOLD_TAKEN,
+	HOLD_KEY_EXISTS,      /* nothing taken: claim tells about the key */
+	HOLD_NO_PLAN,
+	HOLD_PLAN_INACTIVE,
+	HOLD_SOLD_OUT,
+	HOLD_NO_CUSTOMER,
 };
 
-struct hold_ref {
-	char subscription_id[ID_LEN + 1];
-	char idem_key[UUID_LEN + 1];
+struct hold_out {
+	enum hold_result result;
+	struct claim claim;               /* HOLD_KEY_EXISTS */
+	struct subscription sub;          /* HOLD_TAKEN */
+};
+void hold_out_clear(struct hold_out *h);
+
+/* Moves a subscription from one status to another if it is in `from` (and, when given, its
+ * hold deadline is after live_after / at or before due_by), moving seats of its plan by dleft
+ * and dheld, recording the payment (unique per key and kind), writing the events and storing
+ * the reply on the subscription's key, all in one atomic step. */
+struct transition {
+	const char *sub_id;
+	const char *from;
+	int64_t live_after;               /* > 0: require hold_deadline > live_after */
+	int64_t due_by;                   /* > 0: require hold_deadline <= due_by */
+	const char *to;
+	int64_t now;
+	int dleft, dheld;
+	/* to "active": the charge and the access token's hash */
+	const char *payment_id;
+	int64_t start_at, end_at;
+	const char *token_hash;
+	const struct payment *payment;    /* recorded in the unit, or NULL */
+	const struct event_spec *events;
+	size_t nevents;
+	const struct reply *reply;        /* stored on the subscription's key, or NULL */
 };
 
-struct audit_event {
-	char id[ID_LEN + 1];
-	int64_t at;
-	char action[40];
-	char actor_type[16];
-	char actor_id[ID_LEN + 8];
-	char resource_type[16];
-	char resource_id[32];
-	char plan_id[ID_LEN + 1];
-	char *before;                     /* JSON text or NULL */
-	char *after;                      /* JSON text or NULL */
-	char trace_id[65];
-	char ip[64];
+enum transition_result {
+	MOVED,
+	MOVE_NOT_FOUND,
+	MOVE_REFUSED,         /* status or deadline did not match; sub tells the facts */
 };
-void audit_event_clear(struct audit_event *a);
+
+struct transition_out {
+	enum transition_result result;
+	struct subscription sub;          /* after the step (MOVED) or as found (MOVE_REFUSED) */
+};
+void transition_out_clear(struct transition_out *t);
+
+/* A page of rows in the store's descending order of (seq, id): the rows after the position
+ * (before_seq, before_id), or from the newest when before_seq is 0. A store whose seq is
+ * unique may ignore before_id. */
+struct seq_page {
+	int64_t before_seq;
+	char before_id[ID_LEN + 1];
+	int limit;
+};
 
 struct audit_filter {
-	const char *plan_id, *trace_id, *action, *cursor;  /* each may be NULL */
-	int limit;
+	const char *plan_id, *trace_id, *action;  /* each may be NULL */
 };
 
-struct page {
-	int limit;
-	const char *cursor;               /* opaque, from an earlier page; may be NULL */
-	char next_cursor[32];             /* filled: "" on the last page */
+/* The simulated payment processor's own records. They play a remote service: kept apart
+ * from the ledger so they never take its write lock (for SQLite, a file of their own). */
+enum processor_state {
+	PROC_NONE,            /* nothing for this key */
+	PROC_CHARGED,         /* succeeded */
+	PROC_DECLINED,
+	PROC_REFUNDED,        /* charged, then refunded */
+	PROC_VOID,            /* voided before any charge: a later charge is refused */
 };
 
-/* Reports one violated invariant; check() calls it for each. */
-typedef void (*check_report_fn)(void *arg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+struct processor_rec {
+	enum processor_state state;
+	char charge_id[32];
+	char refund_id[32];
+	char decline_code[32];
+	int64_t amount_cents;
+};
+
+/* Each plan with the facts check() needs, read in the same snapshot as the rest. */
+struct plan_tally {
+	const struct plan *plan;
+	int64_t pending, active;          /* subscriptions taking a seat */
+	int64_t held_events, released_events;
+	bool has_last;                    /* the newest event with seat counts */
+	int64_t last_left;
+};
+
+/* check()'s walk over the store, in one read snapshot: every plan, then every
+ * subscription ordered by key, then every payment ordered by key. A callback returning -1
+ * stops the walk. */
+struct snapshot_visitor {
+	void *arg;
+	int (*plan)(void *arg, const struct plan_tally *t);
+	int (*subscription)(void *arg, const struct subscription *s);
+	int (*payment)(void *arg, const struct payment *p);
+};
 
 struct store;
 
@@ -175,87 +191,89 @@ struct store_ops {
 	int (*ping)(struct store *s, struct err *e);
 	int (*reset)(struct store *s, struct err *e);
 
-	int (*plan_create)(struct store *s, struct plan *p, const struct audit_ctx *a, struct err *e);
-	int (*plan_get)(struct store *s, const char *id, struct plan *out, struct err *e);
-	/* status: "active", "inactive" or NULL for all. *out: new array, free each with plan_clear. */
+	/* Plans. create: WRITE_DONE or WRITE_DUPLICATE, with its events. update: sets the
+	 * patched fields; a capacity change moves subscriptions_left by the same delta in the
+	 * same step (WRITE_SEATS_SHORT if it would go below 0); out: the plan after. */
+	int (*plan_create)(struct store *s, const struct plan *p, const struct event_spec *ev, size_t nev,
+			   const struct actor *a, enum write_result *res, struct err *e);
+	/* *found false when absent. */
+	int (*plan_get)(struct store *s, const char *id, struct plan *out, bool *found, struct err *e);
+	/* status: "active", "inactive" or NULL for all; ordered by price, name. *out: new array,
+	 * free each with plan_clear. */
 	int (*plan_list)(struct store *s, const char *status, struct plan **out, size_t *n, struct err *e);
 	int (*plan_update)(struct store *s, const char *id, const struct plan_patch *patch, int64_t now,
-			   const struct audit_ctx *a, struct plan *out, struct err *e);
+			   const struct event_spec *ev, size_t nev, const struct actor *a, struct plan *out,
+			   enum write_result *res, struct err *e);
 
-	int (*customer_create)(struct store *s, struct customer *c, struct err *e);
-	int (*customer_get)(struct store *s, const char *id, struct customer *out, struct err *e);
-	/* Finds the customer by email (case-insensitive) or creates c, atomically. */
-	int (*customer_upsert)(struct store *s, struct customer *c, struct err *e);
+	int (*customer_create)(struct store *s, const struct customer *c, enum write_result *res,
+			       struct err *e);
+	int (*customer_get)(struct store *s, const char *id, struct customer *out, bool *found,
+			    struct err *e);
 
-	int (*key_claim)(struct store *s, const char *key, const char *fingerprint, int64_t now,
-			 int64_t lease_until, struct key_claim *out, struct err *e);
-	/* Forgets a key whose request changed nothing, so the key stays usable. */
-	int (*key_forget)(struct store *s, const char *key, struct err *e);
-	int (*key_finish)(struct store *s, const char *key, const struct outcome *o, int64_t now,
+	/* Idempotency-Keys of routes whose effect is one step. finish: stores the reply on a
+	 * key not yet done (*matched false if no such key). forget: deletes a KEY_STARTED key. */
+	int (*key_claim)(struct store *s, const struct claim_req *r, struct claim *out, struct err *e);
+	int (*key_finish)(struct store *s, const char *key, const struct reply *r, bool *matched,
 			  struct err *e);
-	int (*key_get)(struct store *s, const char *key, struct key_claim *out, struct err *e);
+	int (*key_forget)(struct store *s, const char *key, struct err *e);
+	int (*key_get)(struct store *s, const char *key, struct key_record *out, bool *found,
+		       struct err *e);
 
-	/* Takes a seat: conditional decrement, a pending subscription, seat.held, the key marked. */
-	int (*seat_hold)(struct store *s, const struct hold_req *r, const struct audit_ctx *a,
-			 struct subscription *out, struct err *e);
-	/* pending -> active if the hold is still live, with sub's start, end and token hash;
-	 * subscription.activated; the final response on the key. ERR_CONFLICT HOLD_EXPIRED else. */
-	int (*hold_confirm)(struct store *s, const struct subscription *sub, const char *payment_id,
-			    int64_t now, const struct outcome *o, const struct audit_ctx *a, struct err *e);
-	/* pending -> status ("failed" or "expired"), the seat back, audit, the response on the key.
-	 * ERR_CONFLICT if the subscription is no longer pending. */
-	int (*hold_release)(struct store *s, const char *sub_id, const char *status, int64_t now,
-			    const struct outcome *o, const struct audit_ctx *a, struct err *e);
+	/* The purchase's two units, and every later move of a subscription. */
+	int (*hold)(struct store *s, const struct hold_req *r, const struct actor *a, struct hold_out *out,
+		    struct err *e);
+	int (*transition)(struct store *s, const struct transition *t, const struct actor *a,
+			  struct transition_out *out, struct err *e);
+	/* A payment alone (a refund, a charge that came too late), unless one of its kind exists
+	 * for its key; with its events. *existed tells which. */
+	int (*payment_record)(struct store *s, const struct payment *p, const struct event_spec *ev,
+			      size_t nev, const struct actor *a, bool *existed, struct err *e);
 
-	/* Inserts p unless a record of p->kind exists for p->idem_key; then p becomes that one.
-	 * *existed tells which. */
-	int (*payment_record)(struct store *s, struct payment *p, bool *existed,
-			      const struct audit_ctx *a, struct err *e);
-
-	int (*sub_get)(struct store *s, const char *id, struct subscription *out, struct err *e);
-	int (*sub_cancel)(struct store *s, const char *id, int64_t now, const struct audit_ctx *a,
-			  struct subscription *out, struct err *e);
-	int (*sub_list)(struct store *s, const char *customer_id, const char *status, struct page *pg,
-			struct subscription **out, size_t *n, struct err *e);
-
-	int (*audit_list)(struct store *s, const struct audit_filter *f, struct page *pg,
+	int (*sub_get)(struct store *s, const char *id, struct subscription *out, bool *found,
+		       struct err *e);
+	/* status may be NULL. *out: new array, free each with subscription_clear. */
+	int (*sub_list)(struct store *s, const char *customer_id, const char *status,
+			const struct seq_page *pg, struct subscription **out, size_t *n, struct err *e);
+	int (*audit_list)(struct store *s, const struct audit_filter *f, const struct seq_page *pg,
 			  struct audit_event **out, size_t *n, struct err *e);
 
-	/* The reaper's work. A lease is free when its holder let it go or its until passed; the
-	 * holder renews it, or releases it by taking it with until 0. */
-	bool (*lease_take)(struct store *s, const char *name, const char *holder, int64_t now,
-			   int64_t until, struct err *e);
-	int (*holds_overdue)(struct store *s, int64_t now, int limit, struct hold_ref **out, size_t *n,
-			     struct err *e);
-	/* Successful charges whose subscription failed or expired and that have no refund. */
-	int (*charges_unsettled)(struct store *s, int limit, struct payment **out, size_t *n,
-				 struct err *e);
-	/* Deletes finished keys older than before, and unfinished keys without a hold whose lease
-	 * ended. *n: how many. */
-	int (*keys_purge)(struct store *s, int64_t now, int64_t before, int *n, struct err *e);
+	/* A named lease: free when its holder let it go or its until passed. The holder renews
+	 * it, or releases it by taking it with until 0. *taken tells. */
+	int (*lease_take)(struct store *s, const char *name, const char *holder, int64_t now,
+			  int64_t until, bool *taken, struct err *e);
+	/* Pending subscriptions whose hold deadline is at or before now, oldest first. */
+	int (*holds_overdue)(struct store *s, int64_t now, int limit, struct subscription **out,
+			     size_t *n, struct err *e);
+	/* Successful charges whose subscription is failed or expired and that have no refund. */
+	int (*charges_unrefunded)(struct store *s, int limit, struct payment **out, size_t *n,
+				  struct err *e);
+	/* Deletes done and started keys created before `before`; a key that holds a seat stays
+	 * until its purchase is done. *n: how many. */
+	int (*keys_purge)(struct store *s, int64_t before, int *n, struct err *e);
 
-	/* Verifies the invariants of DESIGN.md; *violations counts what report was told. */
-	int (*check)(struct store *s, check_report_fn report, void *arg, int *violations, struct err *e);
+	/* The simulated processor's records, one per key. charge: records a charge (or a
+	 * decline) unless the key has a record, which is returned instead. void: refunds a
+	 * charge, or voids a key with no record; returns the record after. */
+	int (*processor_charge)(struct store *s, const char *key, const struct processor_rec *want,
+				struct processor_rec *out, struct err *e);
+	int (*processor_void)(struct store *s, const char *key, const char *refund_id,
+			      struct processor_rec *out, struct err *e);
+
+	/* Walks the store for check(), in one read snapshot. */
+	int (*snapshot)(struct store *s, const struct snapshot_visitor *v, struct err *e);
 };
 
 struct store {
 	const struct store_ops *ops;
 };
 
-/* Opens the store the connection string names and creates its schema, idempotently.
- * New, close with store_close. */
+/* Opens the store the connection string names and applies its schema, idempotently. New,
+ * close with store_close. The message in e never carries a password. */
 struct store *store_open(const char *url, struct err *e);
 void store_close(struct store *s);  /* accepts NULL */
-
-/* Backends. */
-struct store *store_sqlite_open(const char *url, struct err *e);
-struct store *store_mongo_open(const char *url, struct err *e);
-
-/* Shared by the backends. The JSON text of seat counts, and of a payment, in audit events
- * (new, free()); a patch applied to a plan read inside the backend's atomic unit (-1 with
- * CAPACITY_BELOW_SOLD when the capacity would drop below the seats sold or held). */
-char *audit_counts_json(int64_t total, int64_t left, int64_t held);
-char *audit_payment_json(const struct payment *p);
-int plan_apply_patch(struct plan *p, const struct plan_patch *pt, int64_t now, struct err *e);
+/* The connection string with any password replaced by "***", for messages. Returns out. */
+char *store_url_redact(const char *url, char *out, size_t len);
+/* Whether a connection string names a store this build has (for the check at start). */
+bool store_url_supported(const char *url);
 
 #endif

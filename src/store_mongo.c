@@ -2,11 +2,12 @@
  *
  * A seat is taken by one findAndModify filtered on {_id, status: "active",
  * subscriptions_left: {$gt: 0}} with $inc: MongoDB applies it to the one document atomically,
- * whatever the number of workers or machines. A step that touches several documents (the hold
- * with its subscription, audit event and key; a confirmation; a release) runs in a short
- * multi-document transaction, w: "majority", read concern "snapshot", retried on
- * TransientTransactionError and UnknownTransactionCommitResult as the driver documents. No transaction ever spans the payment call. Transactions need a replica set: on a
- * standalone mongod the store refuses to serve and says how to fix it.
+ * whatever the number of workers or machines. A primitive that touches several documents (the
+ * hold with its key, customer, subscription and events; a transition with its payment, events
+ * and reply) runs in a short multi-document transaction, w: "majority", read concern
+ * "snapshot", retried on TransientTransactionError and UnknownTransactionCommitResult as the
+ * driver documents. No transaction ever spans the payment call. Transactions need a replica
+ * set: on a standalone mongod the store refuses to serve and says how to fix it.
  *
  * One mongoc client per worker process, made after fork by store_open. */
 #include <mongoc/mongoc.h>
@@ -15,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store.h"
+#include "store_impl.h"
 #include "util.h"
 
 #define SERVER_SELECTION_MS 3000
@@ -25,6 +26,7 @@ struct mg {
 	mongoc_client_t *client;
 	mongoc_database_t *db;
 	mongoc_collection_t *plans, *customers, *subs, *keys, *payments, *audit, *leases;
+	mongoc_collection_t *processor;      /* the simulated processor's own records */
 	char not_replset[320];       /* non-empty: a standalone server, and how to fix it */
 };
 
@@ -41,14 +43,15 @@ static bool is_duplicate_key(const bson_error_t *be)
 static int mg_fail(const bson_error_t *be, const bson_t *reply, struct err *e, const char *what)
 {
 	if (is_duplicate_key(be)) {
-		err_set(e, ERR_CONFLICT, "CONFLICT", "%s: duplicate key: %s", what, be->message);
+		/* Only a duplicate key is a conflict: each caller turns it into its outcome. */
+		err_set(e, ERR_CONFLICT, NULL, "%s: duplicate key: %s", what, be->message);
 	} else if (be->code == 112 /* WriteConflict */ || be->code == 251 /* NoSuchTransaction */ ||
 		   (reply && mongoc_error_has_label(reply, "TransientTransactionError"))) {
-		err_set(e, ERR_RETRYABLE, "SERVICE_UNAVAILABLE", "%s: transient: %s", what, be->message);
+		err_set(e, ERR_RETRYABLE, NULL, "%s: transient: %s", what, be->message);
 	} else {
 		/* Network errors, server selection, "not primary" (10107, 13435), timeouts: the store
 		 * cannot be reached now; the client retries. */
-		err_set(e, ERR_UNAVAILABLE, "SERVICE_UNAVAILABLE", "%s: %s (domain %u, code %u)", what,
+		err_set(e, ERR_UNAVAILABLE, NULL, "%s: %s (domain %u, code %u)", what,
 			be->message, be->domain, be->code);
 	}
 	return -1;
@@ -58,7 +61,7 @@ static int refuse_standalone(struct mg *s, struct err *e)
 {
 	if (!*s->not_replset)
 		return 0;
-	err_set(e, ERR_UNAVAILABLE, "SERVICE_UNAVAILABLE", "%s", s->not_replset);
+	err_set(e, ERR_UNAVAILABLE, NULL, "%s", s->not_replset);
 	return -1;
 }
 
@@ -173,31 +176,10 @@ static int find_one(mongoc_collection_t *c, const bson_t *filter, const bson_t *
 	return rc;
 }
 
-/* The document whose _id is the hex id, into *out (new); -1 with ERR_NOT_FOUND and code when
- * there is none. */
-static int get_by_id(mongoc_collection_t *c, const char *id, const char *code, bson_t **out, struct err *e)
-{
-	bson_t *f = by_id(id);
-	int r = find_one(c, f, NULL, NULL, out, e, code);
-
-	bson_destroy(f);
-	if (r == 0)
-		err_set(e, ERR_NOT_FOUND, code, "no document %s (%s)", id, code);
-	return r > 0 ? 0 : -1;
-}
-
-static int64_t count(mongoc_collection_t *c, const bson_t *filter, struct err *e)
-{
-	bson_error_t be;
-	int64_t n = mongoc_collection_count_documents(c, filter, NULL, NULL, NULL, &be);
-
-	if (n < 0)
-		mg_fail(&be, NULL, e, "count");
-	return n;
-}
-
 /* --- transactions ------------------------------------------------------------------------- */
 
+/* A step of a transaction: 0 to commit, 1 to abort because its condition does not hold
+ * (nothing written, no error), -1 on error. */
 typedef int (*txn_fn)(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e);
 
 #define TXN_ATTEMPTS 5
@@ -206,7 +188,8 @@ typedef int (*txn_fn)(struct mg *s, mongoc_client_session_t *cs, void *arg, bson
  * the whole transaction again on TransientTransactionError, the commit alone on
  * UnknownTransactionCommitResult (the driver raises its write concern to majority for the
  * retry). The attempts are bounded, unlike mongoc_client_session_with_transaction's two
- * minutes: a request that cannot commit soon answers 503 and the client retries. */
+ * minutes: a request that cannot commit soon answers 503 and the client retries. Returns
+ * what fn returned, or -1 when the commit failed. */
 static int transaction(struct mg *s, txn_fn fn, void *arg, struct err *e)
 {
 	mongoc_client_session_t *cs = NULL;
@@ -236,10 +219,15 @@ static int transaction(struct mg *s, txn_fn fn, void *arg, struct err *e)
 			goto out;
 		}
 		err_clear(e);
-		if (fn(s, cs, arg, &reply, e)) {
-			transient = mongoc_error_has_label(&reply, "TransientTransactionError");
+		int r = fn(s, cs, arg, &reply, e);
+		if (r) {
+			transient = r < 0 && mongoc_error_has_label(&reply, "TransientTransactionError");
 			bson_error_t ignored;
 			mongoc_client_session_abort_transaction(cs, &ignored);
+			if (r > 0) {
+				rc = 1;
+				goto out;
+			}
 			if (transient && attempt < TXN_ATTEMPTS)
 				continue;
 			goto out;
@@ -332,81 +320,7 @@ static int modify(mongoc_collection_t *c, mongoc_client_session_t *cs, const bso
 	return rc;
 }
 
-/* --- audit -------------------------------------------------------------------------------- */
-
-static int audit_put(mongoc_collection_t *c, mongoc_client_session_t *cs, const struct audit_ctx *a,
-		     int64_t now, const char *action, const char *rtype, const char *rid, const char *plan_id,
-		     const char *before, const char *after, bson_t *reply, struct err *e)
-{
-	char id[ID_LEN + 1];
-	bson_t doc = BSON_INITIALIZER, sub;
-	bson_error_t be;
-	int rc;
-
-	id_new(id);
-	append_oid(&doc, "_id", id);
-	BSON_APPEND_DATE_TIME(&doc, "at", now);
-	BSON_APPEND_UTF8(&doc, "action", action);
-	BSON_APPEND_UTF8(&doc, "actor_type", a->actor_type);
-	BSON_APPEND_UTF8(&doc, "actor_id", a->actor_id ? a->actor_id : "");
-	BSON_APPEND_UTF8(&doc, "resource_type", rtype);
-	BSON_APPEND_UTF8(&doc, "resource_id", rid);
-	BSON_APPEND_UTF8(&doc, "plan_id", plan_id ? plan_id : "");
-	/* before/after are stored as documents, so the audit trail can be queried in MongoDB */
-	if (before && bson_init_from_json(&sub, before, -1, &be)) {
-		BSON_APPEND_DOCUMENT(&doc, "before", &sub);
-		bson_destroy(&sub);
-	}
-	if (after && bson_init_from_json(&sub, after, -1, &be)) {
-		BSON_APPEND_DOCUMENT(&doc, "after", &sub);
-		bson_destroy(&sub);
-	}
-	BSON_APPEND_UTF8(&doc, "trace_id", a->trace_id ? a->trace_id : "");
-	BSON_APPEND_UTF8(&doc, "ip", a->ip ? a->ip : "");
-	rc = insert(c, cs, &doc, reply, e, "audit");
-	bson_destroy(&doc);
-	return rc;
-}
-
-/* Moves a plan's seat counts and writes one audit event per action, in the transaction. */
-static int seats_move(struct mg *s, mongoc_client_session_t *cs, const char *plan_id, int dleft, int dheld,
-		      int64_t now, const struct audit_ctx *a, const char *const *actions, const char *rtype,
-		      const char *rid, bson_t *reply, struct err *e)
-{
-	bson_t *filter = by_id(plan_id), *upd, *doc = NULL;
-	char *before = NULL, *after = NULL;
-	bool found;
-	int rc = -1;
-
-	/* The filter keeps the counts from going negative even if a caller errs. */
-	BCON_APPEND(filter, "subscriptions_left", "{", "$gte", BCON_INT64(-dleft), "}",
-		    "subscriptions_held", "{", "$gte", BCON_INT64(-dheld), "}");
-	upd = BCON_NEW("$inc", "{", "subscriptions_left", BCON_INT64(dleft), "subscriptions_held",
-		       BCON_INT64(dheld), "}", "$set", "{", "updated_at", BCON_DATE_TIME(now), "}");
-	if (modify(s->plans, cs, filter, upd, &doc, &found, reply, e, "seats"))
-		goto out;
-	if (!found) {
-		err_set(e, ERR_INTERNAL, "INTERNAL", "seat counts of plan %s would go negative", plan_id);
-		goto out;
-	}
-	int64_t total = get_int(doc, "total_capacity"), left = get_int(doc, "subscriptions_left");
-	int64_t held = get_int(doc, "subscriptions_held");
-	before = audit_counts_json(total, left - dleft, held - dheld);
-	after = audit_counts_json(total, left, held);
-	for (; *actions; actions++)
-		if (audit_put(s->audit, cs, a, now, *actions, rtype, rid, plan_id, before, after, reply, e))
-			goto out;
-	rc = 0;
-out:
-	free(before);
-	free(after);
-	bson_destroy(doc);
-	bson_destroy(filter);
-	bson_destroy(upd);
-	return rc;
-}
-
-/* --- plans -------------------------------------------------------------------------------- */
+/* --- plans and customers: documents ------------------------------------------------------- */
 
 static void plan_read(const bson_t *d, struct plan *p)
 {
@@ -470,51 +384,181 @@ static void append_plan(bson_t *b, const struct plan *p)
 	BSON_APPEND_DATE_TIME(b, "updated_at", p->updated_at);
 }
 
-static int mg_plan_get(struct store *st, const char *id, struct plan *out, struct err *e)
+static void customer_read(const bson_t *d, struct customer *c)
 {
-	bson_t *doc = NULL;
+	memset(c, 0, sizeof(*c));
+	get_id(d, "_id", c->id, sizeof(c->id));
+	c->email = get_strdup(d, "email");
+	c->name = get_strdup(d, "name");
+	c->created_at = get_int(d, "created_at");
+}
 
-	if (get_by_id(MG(st)->plans, id, "PLAN_NOT_FOUND", &doc, e))
-		return -1;
-	plan_read(doc, out);
+static char *email_key(const char *email)
+{
+	char *k = xstrdup(email);
+
+	for (char *c = k; *c; c++)
+		if (*c >= 'A' && *c <= 'Z')
+			*c = (char)(*c + 32);
+	return k;
+}
+
+static bson_t *customer_doc(const struct customer *c)
+{
+	char *key = email_key(c->email);
+	bson_t *d = bson_new();
+
+	append_oid(d, "_id", c->id);
+	BSON_APPEND_UTF8(d, "email", c->email);
+	BSON_APPEND_UTF8(d, "email_key", key);
+	BSON_APPEND_UTF8(d, "name", c->name);
+	BSON_APPEND_DATE_TIME(d, "created_at", c->created_at);
+	free(key);
+	return d;
+}
+
+/* --- events and seats --------------------------------------------------------------------- */
+
+static void append_counts(bson_t *doc, const char *key, const struct seat_counts *c)
+{
+	bson_t sub;
+
+	BSON_APPEND_DOCUMENT_BEGIN(doc, key, &sub);
+	BSON_APPEND_INT64(&sub, "total_capacity", c->total);
+	BSON_APPEND_INT64(&sub, "subscriptions_left", c->left);
+	BSON_APPEND_INT64(&sub, "subscriptions_held", c->held);
+	bson_append_document_end(doc, &sub);
+}
+
+static bool read_counts(const bson_t *doc, const char *key, struct seat_counts *c)
+{
+	bson_iter_t it;
+	const uint8_t *data;
+	uint32_t len;
+	bson_t sub;
+
+	if (!bson_iter_init_find(&it, doc, key) || !BSON_ITER_HOLDS_DOCUMENT(&it))
+		return false;
+	bson_iter_document(&it, &len, &data);
+	bson_init_static(&sub, data, len);
+	c->total = get_int(&sub, "total_capacity");
+	c->left = get_int(&sub, "subscriptions_left");
+	c->held = get_int(&sub, "subscriptions_held");
+	return true;
+}
+
+static int events_put(struct mg *s, mongoc_client_session_t *cs, const struct actor *a, int64_t now,
+		      const char *plan_id, const struct event_spec *ev, size_t nev, const struct seat_counts *before,
+		      const struct seat_counts *after, bson_t *reply, struct err *e)
+{
+	char id[ID_LEN + 1];
+	int rc = 0;
+
+	for (size_t i = 0; i < nev && rc == 0; i++) {
+		bson_t doc = BSON_INITIALIZER;
+
+		id_new(id);
+		append_oid(&doc, "_id", id);
+		BSON_APPEND_DATE_TIME(&doc, "at", now);
+		BSON_APPEND_UTF8(&doc, "action", ev[i].action);
+		BSON_APPEND_UTF8(&doc, "actor_type", a->type);
+		BSON_APPEND_UTF8(&doc, "actor_id", a->id ? a->id : "");
+		BSON_APPEND_UTF8(&doc, "resource_type", ev[i].resource_type);
+		BSON_APPEND_UTF8(&doc, "resource_id", ev[i].resource_id);
+		BSON_APPEND_UTF8(&doc, "plan_id", plan_id ? plan_id : "");
+		if (ev[i].counts == EV_BEFORE_AFTER && before)
+			append_counts(&doc, "before", before);
+		if (ev[i].counts != EV_NO_COUNTS && after)
+			append_counts(&doc, "after", after);
+		if (ev[i].detail)
+			BSON_APPEND_UTF8(&doc, "detail", ev[i].detail);
+		BSON_APPEND_UTF8(&doc, "trace_id", a->trace_id ? a->trace_id : "");
+		BSON_APPEND_UTF8(&doc, "ip", a->ip ? a->ip : "");
+		rc = insert(s->audit, cs, &doc, reply, e, "audit");
+		bson_destroy(&doc);
+	}
+	return rc;
+}
+
+/* Moves a plan's seat counts, in the transaction; the counts after into *after. */
+static int seats_move(struct mg *s, mongoc_client_session_t *cs, const char *plan_id, int dleft, int dheld,
+		      int64_t now, struct seat_counts *after, bson_t *reply, struct err *e)
+{
+	bson_t *filter = by_id(plan_id), *upd, *doc = NULL;
+	bool found;
+	int rc = -1;
+
+	/* The filter keeps the counts from going negative even if a caller errs. */
+	BCON_APPEND(filter, "subscriptions_left", "{", "$gte", BCON_INT64(-dleft), "}",
+		    "subscriptions_held", "{", "$gte", BCON_INT64(-dheld), "}");
+	upd = BCON_NEW("$inc", "{", "subscriptions_left", BCON_INT64(dleft), "subscriptions_held",
+		       BCON_INT64(dheld), "}", "$set", "{", "updated_at", BCON_DATE_TIME(now), "}");
+	if (modify(s->plans, cs, filter, upd, &doc, &found, reply, e, "seats"))
+		goto out;
+	if (!found) {
+		err_set(e, ERR_INTERNAL, NULL, "seat counts of plan %s would go negative", plan_id);
+		goto out;
+	}
+	after->total = get_int(doc, "total_capacity");
+	after->left = get_int(doc, "subscriptions_left");
+	after->held = get_int(doc, "subscriptions_held");
+	rc = 0;
+out:
 	bson_destroy(doc);
-	return 0;
+	bson_destroy(filter);
+	bson_destroy(upd);
+	return rc;
+}
+
+/* --- plans -------------------------------------------------------------------------------- */
+
+static int mg_plan_get(struct store *st, const char *id, struct plan *out, bool *found, struct err *e)
+{
+	bson_t *f = by_id(id), *doc = NULL;
+	int r = find_one(MG(st)->plans, f, NULL, NULL, &doc, e, "plan");
+
+	bson_destroy(f);
+	*found = r == 1;
+	if (r == 1)
+		plan_read(doc, out);
+	bson_destroy(doc);
+	return r < 0 ? -1 : 0;
 }
 
 struct plan_create_arg {
-	struct plan *p;
-	const struct audit_ctx *a;
+	const struct plan *p;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
 };
 
 static int plan_create_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
 {
 	struct plan_create_arg *x = arg;
+	struct seat_counts after = {x->p->total_capacity, x->p->subscriptions_left, x->p->subscriptions_held};
 	bson_t doc = BSON_INITIALIZER;
-	char *after = NULL;
-	int rc = -1;
+	int rc;
 
 	append_oid(&doc, "_id", x->p->id);
 	append_plan(&doc, x->p);
 	BSON_APPEND_DATE_TIME(&doc, "created_at", x->p->created_at);
-	if (insert(s->plans, cs, &doc, reply, e, "plan")) {
-		if (e->kind == ERR_CONFLICT)
-			err_set(e, ERR_CONFLICT, "PLAN_NAME_TAKEN", "a plan is named \"%s\" already", x->p->name);
-		goto out;
-	}
-	after = audit_counts_json(x->p->total_capacity, x->p->subscriptions_left, x->p->subscriptions_held);
-	rc = audit_put(s->audit, cs, x->a, x->p->created_at, "plan.created", "plan", x->p->id, x->p->id, NULL,
-		       after, reply, e);
-out:
-	free(after);
+	rc = insert(s->plans, cs, &doc, reply, e, "plan");
+	if (rc && e->kind == ERR_CONFLICT)
+		rc = 1;  /* the name is taken */
+	else if (rc == 0)
+		rc = events_put(s, cs, x->a, x->p->created_at, x->p->id, x->ev, x->nev, NULL, &after, reply, e);
 	bson_destroy(&doc);
 	return rc;
 }
 
-static int mg_plan_create(struct store *st, struct plan *p, const struct audit_ctx *a, struct err *e)
+static int mg_plan_create(struct store *st, const struct plan *p, const struct event_spec *ev, size_t nev,
+			  const struct actor *a, enum write_result *res, struct err *e)
 {
-	struct plan_create_arg x = {p, a};
+	struct plan_create_arg x = {p, ev, nev, a};
+	int rc = transaction(MG(st), plan_create_tx, &x, e);
 
-	return transaction(MG(st), plan_create_tx, &x, e);
+	*res = rc == 1 ? WRITE_DUPLICATE : WRITE_DONE;
+	return rc < 0 ? -1 : 0;
 }
 
 static int mg_plan_list(struct store *st, const char *status, struct plan **out, size_t *n, struct err *e)
@@ -551,59 +595,97 @@ static int mg_plan_list(struct store *st, const char *status, struct plan **out,
 	return rc;
 }
 
+/* The patched fields applied to p as read; -1 when the capacity would leave fewer than 0
+ * seats. */
+static int patch_apply(struct plan *p, const struct plan_patch *pt, int64_t now)
+{
+	if (pt->fields & PLAN_F_CAPACITY) {
+		int64_t delta = pt->total_capacity - p->total_capacity;
+		if (p->subscriptions_left + delta < 0)
+			return -1;
+		p->total_capacity = pt->total_capacity;
+		p->subscriptions_left += delta;
+	}
+	if (pt->fields & PLAN_F_NAME) {
+		free(p->name);
+		p->name = xstrdup(pt->name);
+	}
+	if (pt->fields & PLAN_F_DESCRIPTION) {
+		free(p->description);
+		p->description = xstrdup(pt->description);
+	}
+	if (pt->fields & PLAN_F_PRICE)
+		p->price_cents = pt->price_cents;
+	if (pt->fields & PLAN_F_DURATION)
+		p->duration_days = pt->duration_days;
+	if (pt->fields & PLAN_F_STATUS)
+		snprintf(p->status, sizeof(p->status), "%s", pt->status);
+	if (pt->fields & PLAN_F_FEATURES) {
+		json_object_put(p->features);
+		p->features = json_object_get(pt->features);
+	}
+	p->updated_at = now;
+	return 0;
+}
+
 struct plan_update_arg {
 	const char *id;
 	const struct plan_patch *pt;
 	int64_t now;
-	const struct audit_ctx *a;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+	enum write_result res;
 	struct plan out;
 };
 
 static int plan_update_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
 {
 	struct plan_update_arg *x = arg;
-	const struct plan_patch *pt = x->pt;
 	bson_t *f = by_id(x->id), *doc = NULL, *filter = NULL, set = BSON_INITIALIZER, *upd = NULL;
-	char *before = NULL, *after = NULL;
+	struct seat_counts before, after;
 	struct plan p = {0};
 	int r, rc = -1;
 
 	plan_clear(&x->out);
 	if ((r = find_one(s->plans, f, NULL, cs, &doc, e, "plan")) <= 0) {
-		if (r == 0)
-			err_set(e, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no plan %s", x->id);
+		x->res = WRITE_NOT_FOUND;
+		rc = r < 0 ? -1 : 1;
 		goto out;
 	}
 	plan_read(doc, &p);
-	before = audit_counts_json(p.total_capacity, p.subscriptions_left, p.subscriptions_held);
-	if (plan_apply_patch(&p, pt, x->now, e))
+	before = (struct seat_counts){p.total_capacity, p.subscriptions_left, p.subscriptions_held};
+	if (patch_apply(&p, x->pt, x->now)) {
+		x->res = WRITE_SEATS_SHORT;
+		rc = 1;
 		goto out;
+	}
 	/* Conditional on the counts read: a purchase committed in between makes this transaction
 	 * conflict and run again, so its decrement is never overwritten. */
 	filter = by_id(x->id);
-	BCON_APPEND(filter, "subscriptions_left", BCON_INT64(get_int(doc, "subscriptions_left")),
-		    "subscriptions_held", BCON_INT64(get_int(doc, "subscriptions_held")));
+	BCON_APPEND(filter, "subscriptions_left", BCON_INT64(before.left), "subscriptions_held", BCON_INT64(before.held));
 	append_plan(&set, &p);
 	upd = BCON_NEW("$set", BCON_DOCUMENT(&set));
 	if ((r = update(s->plans, cs, filter, upd, reply, e, "plan update")) < 0) {
-		if (e->kind == ERR_CONFLICT)
-			err_set(e, ERR_CONFLICT, "PLAN_NAME_TAKEN", "a plan is named \"%s\" already", p.name);
+		if (e->kind == ERR_CONFLICT) {
+			x->res = WRITE_DUPLICATE;
+			rc = 1;
+		}
 		goto out;
 	}
 	if (r == 0 && get_int(reply, "matchedCount") == 0) {
-		err_set(e, ERR_RETRYABLE, "SERVICE_UNAVAILABLE", "plan %s changed meanwhile", x->id);
+		err_set(e, ERR_RETRYABLE, NULL, "plan %s changed meanwhile", x->id);
 		goto out;
 	}
-	after = audit_counts_json(p.total_capacity, p.subscriptions_left, p.subscriptions_held);
-	if (audit_put(s->audit, cs, x->a, x->now, "plan.updated", "plan", x->id, x->id, before, after, reply, e))
+	after = (struct seat_counts){p.total_capacity, p.subscriptions_left, p.subscriptions_held};
+	if (events_put(s, cs, x->a, x->now, x->id, x->ev, x->nev, &before, &after, reply, e))
 		goto out;
+	x->res = WRITE_DONE;
 	x->out = p;
 	memset(&p, 0, sizeof(p));
 	rc = 0;
 out:
 	plan_clear(&p);
-	free(before);
-	free(after);
 	bson_destroy(f);
 	bson_destroy(doc);
 	bson_destroy(filter);
@@ -613,144 +695,128 @@ out:
 }
 
 static int mg_plan_update(struct store *st, const char *id, const struct plan_patch *pt, int64_t now,
-			  const struct audit_ctx *a, struct plan *out, struct err *e)
+			  const struct event_spec *ev, size_t nev, const struct actor *a, struct plan *out,
+			  enum write_result *res, struct err *e)
 {
-	struct plan_update_arg x = {.id = id, .pt = pt, .now = now, .a = a};
+	struct plan_update_arg x = {.id = id, .pt = pt, .now = now, .ev = ev, .nev = nev, .a = a};
+	int rc = -1;
 
 	for (int attempt = 0; attempt < 5; attempt++) {
-		if (transaction(MG(st), plan_update_tx, &x, e) == 0) {
-			*out = x.out;
-			return 0;
-		}
-		if (e->kind != ERR_RETRYABLE)
+		err_clear(e);
+		if ((rc = transaction(MG(st), plan_update_tx, &x, e)) >= 0 || e->kind != ERR_RETRYABLE)
 			break;
 	}
-	plan_clear(&x.out);
-	return -1;
+	*res = x.res;
+	if (rc == 0)
+		*out = x.out;
+	else
+		plan_clear(&x.out);
+	return rc < 0 ? -1 : 0;
 }
 
 /* --- customers ---------------------------------------------------------------------------- */
 
-static void customer_read(const bson_t *d, struct customer *c)
+static int mg_customer_get(struct store *st, const char *id, struct customer *out, bool *found, struct err *e)
 {
-	memset(c, 0, sizeof(*c));
-	get_id(d, "_id", c->id, sizeof(c->id));
-	c->email = get_strdup(d, "email");
-	c->name = get_strdup(d, "name");
-	c->created_at = get_int(d, "created_at");
-}
+	bson_t *f = by_id(id), *doc = NULL;
+	int r = find_one(MG(st)->customers, f, NULL, NULL, &doc, e, "customer");
 
-static char *email_key(const char *email)
-{
-	char *k = xstrdup(email);
-
-	for (char *c = k; *c; c++)
-		if (*c >= 'A' && *c <= 'Z')
-			*c = (char)(*c + 32);
-	return k;
-}
-
-static bson_t *customer_doc(const struct customer *c)
-{
-	char *key = email_key(c->email);
-	bson_t *d = bson_new();
-
-	append_oid(d, "_id", c->id);
-	BSON_APPEND_UTF8(d, "email", c->email);
-	BSON_APPEND_UTF8(d, "email_key", key);
-	BSON_APPEND_UTF8(d, "name", c->name);
-	BSON_APPEND_DATE_TIME(d, "created_at", c->created_at);
-	free(key);
-	return d;
-}
-
-static int mg_customer_get(struct store *st, const char *id, struct customer *out, struct err *e)
-{
-	bson_t *doc = NULL;
-
-	if (get_by_id(MG(st)->customers, id, "CUSTOMER_NOT_FOUND", &doc, e))
-		return -1;
-	customer_read(doc, out);
+	bson_destroy(f);
+	*found = r == 1;
+	if (r == 1)
+		customer_read(doc, out);
 	bson_destroy(doc);
-	return 0;
+	return r < 0 ? -1 : 0;
 }
 
-static int mg_customer_create(struct store *st, struct customer *c, struct err *e)
+static int mg_customer_create(struct store *st, const struct customer *c, enum write_result *res, struct err *e)
 {
 	bson_t *d = customer_doc(c), reply;
 	int rc;
 
 	bson_init(&reply);
+	*res = WRITE_DONE;
 	rc = insert(MG(st)->customers, NULL, d, &reply, e, "customer");
-	if (rc && e->kind == ERR_CONFLICT)
-		err_set(e, ERR_CONFLICT, "CUSTOMER_EXISTS", "a customer has the email %s already", c->email);
-	bson_destroy(&reply);
-	bson_destroy(d);
-	return rc;
-}
-
-static int mg_customer_upsert(struct store *st, struct customer *c, struct err *e)
-{
-	struct mg *s = MG(st);
-	char *key = email_key(c->email);
-	bson_t *filter = BCON_NEW("email_key", BCON_UTF8(key)), *d = customer_doc(c), *upd, *doc = NULL, reply;
-	bool found = false;
-	int rc = -1;
-
-	/* One atomic upsert on the unique email_key index: found, or created from c. Two racing
-	 * upserts of a new email can both miss; the loser gets a duplicate key and reads the
-	 * winner's customer. */
-	bson_init(&reply);
-	upd = BCON_NEW("$setOnInsert", BCON_DOCUMENT(d));
-	mongoc_find_and_modify_opts_t *fo = mongoc_find_and_modify_opts_new();
-	mongoc_find_and_modify_opts_set_update(fo, upd);
-	mongoc_find_and_modify_opts_set_flags(fo, MONGOC_FIND_AND_MODIFY_UPSERT | MONGOC_FIND_AND_MODIFY_RETURN_NEW);
-	if (modify_with(s->customers, filter, fo, &doc, &found, &reply, e, "customer") == 0)
+	if (rc && e->kind == ERR_CONFLICT) {
+		*res = WRITE_DUPLICATE;
+		err_clear(e);
 		rc = 0;
-	else if (e->kind == ERR_CONFLICT && find_one(s->customers, filter, NULL, NULL, &doc, e, "customer") > 0)
-		rc = 0, found = true;
-	if (rc == 0 && !found) {
-		err_set(e, ERR_INTERNAL, "INTERNAL", "upsert of customer %s returned nothing", c->email);
-		rc = -1;
 	}
-	if (rc == 0) {
-		customer_clear(c);
-		customer_read(doc, c);
-	}
-	mongoc_find_and_modify_opts_destroy(fo);
 	bson_destroy(&reply);
-	bson_destroy(filter);
 	bson_destroy(d);
-	bson_destroy(upd);
-	bson_destroy(doc);
-	free(key);
 	return rc;
 }
 
 /* --- idempotency keys --------------------------------------------------------------------- */
 
-static void key_read(const bson_t *d, struct key_claim *k, char fp[65], char state[16])
+static void key_read(const bson_t *d, struct key_record *k)
 {
+	char state[16];
+
 	memset(k, 0, sizeof(*k));
-	get_str(d, "fingerprint", fp, 65);
-	get_str(d, "state", state, 16);
+	get_str(d, "_id", k->key, sizeof(k->key));
+	get_str(d, "fingerprint", k->fingerprint, sizeof(k->fingerprint));
+	get_str(d, "state", state, sizeof(state));
+	k->state = !strcmp(state, "done") ? KEY_DONE : !strcmp(state, "held") ? KEY_HELD : KEY_STARTED;
 	k->locked_until = get_int(d, "locked_until");
 	get_id(d, "subscription_id", k->subscription_id, sizeof(k->subscription_id));
-	k->status = (int)get_int(d, "response_status");
-	if (!strcmp(state, "done"))
-		k->body = get_strdup(d, "response_body");
+	k->reply.status = (int)get_int(d, "response_status");
+	if (k->state == KEY_DONE)
+		k->reply.body = get_strdup(d, "response_body");
+	k->created_at = get_int(d, "created_at");
 }
 
-static int mg_key_claim(struct store *st, const char *key, const char *fingerprint, int64_t now,
-			int64_t lease_until, struct key_claim *out, struct err *e)
+/* The claim of a key whose insert ran into the unique _id: read it, and take over the lease
+ * of a request that died, if nobody else just did. */
+static int key_existing(struct mg *s, const struct claim_req *r, struct claim *out, struct err *e)
+{
+	bson_t *f = BCON_NEW("_id", BCON_UTF8(r->key)), *doc = NULL, *take = NULL, *upd = NULL, reply;
+	bool found;
+	int rc = -1;
+
+	bson_init(&reply);
+	out->result = CLAIM_EXISTS;
+	if (find_one(s->keys, f, NULL, NULL, &doc, e, "key") <= 0) {
+		if (e->kind == ERR_NONE)
+			err_set(e, ERR_RETRYABLE, NULL, "key %s vanished while claimed", r->key);
+		goto out;
+	}
+	key_read(doc, &out->key);
+	if (!strcmp(out->key.fingerprint, r->fingerprint) && out->key.state != KEY_DONE &&
+	    out->key.locked_until <= r->now) {
+		take = BCON_NEW("_id", BCON_UTF8(r->key), "state", "{", "$ne", BCON_UTF8("done"), "}", "locked_until",
+				"{", "$lte", BCON_DATE_TIME(r->now), "}");
+		upd = BCON_NEW("$set", "{", "locked_until", BCON_DATE_TIME(r->lease_until), "}");
+		if (modify(s->keys, NULL, take, upd, NULL, &found, &reply, e, "key lease"))
+			goto out;
+		out->taken_over = found;
+		if (found)
+			out->key.locked_until = r->lease_until;
+	}
+	rc = 0;
+out:
+	bson_destroy(&reply);
+	bson_destroy(f);
+	bson_destroy(doc);
+	bson_destroy(take);
+	bson_destroy(upd);
+	return rc;
+}
+
+static bson_t *key_doc(const struct claim_req *r, const char *state, const char *sub_id)
+{
+	bson_t *doc = BCON_NEW("_id", BCON_UTF8(r->key), "fingerprint", BCON_UTF8(r->fingerprint), "state",
+			       BCON_UTF8(state), "locked_until", BCON_DATE_TIME(r->lease_until), "created_at",
+			       BCON_DATE_TIME(r->now));
+	if (sub_id)
+		append_oid(doc, "subscription_id", sub_id);
+	return doc;
+}
+
+static int mg_key_claim(struct store *st, const struct claim_req *r, struct claim *out, struct err *e)
 {
 	struct mg *s = MG(st);
-	bson_t *doc = BCON_NEW("_id", BCON_UTF8(key), "fingerprint", BCON_UTF8(fingerprint), "state",
-			       BCON_UTF8("started"), "locked_until", BCON_DATE_TIME(lease_until), "created_at",
-			       BCON_DATE_TIME(now));
-	bson_t *f = BCON_NEW("_id", BCON_UTF8(key)), *found_doc = NULL, *take = NULL, *upd = NULL, reply;
-	char fp[65], state[16];
-	bool found;
+	bson_t *doc = key_doc(r, "started", NULL), reply;
 	int rc = -1;
 
 	memset(out, 0, sizeof(*out));
@@ -759,62 +825,31 @@ static int mg_key_claim(struct store *st, const char *key, const char *fingerpri
 		goto out;
 	/* The unique _id decides the race: the first insert wins, every other sees the key. */
 	if (insert(s->keys, NULL, doc, &reply, e, "key") == 0) {
-		out->state = KEY_NEW;
+		out->result = CLAIM_NEW;
 		rc = 0;
-		goto out;
+	} else if (e->kind == ERR_CONFLICT) {
+		err_clear(e);
+		rc = key_existing(s, r, out, e);
 	}
-	if (e->kind != ERR_CONFLICT)
-		goto out;
-	if (find_one(s->keys, f, NULL, NULL, &found_doc, e, "key") <= 0) {
-		err_set(e, ERR_RETRYABLE, "SERVICE_UNAVAILABLE", "key %s vanished while claimed", key);
-		goto out;
-	}
-	key_read(found_doc, out, fp, state);
-	if (strcmp(fp, fingerprint))
-		out->state = KEY_MISMATCH;
-	else if (!strcmp(state, "done"))
-		out->state = KEY_REPLAY;
-	else if (out->locked_until > now)
-		out->state = KEY_IN_PROGRESS;
-	else {
-		/* Take over the lease of a request that died, if nobody else just did. */
-		take = BCON_NEW("_id", BCON_UTF8(key), "state", "{", "$ne", BCON_UTF8("done"), "}", "locked_until",
-				"{", "$lte", BCON_DATE_TIME(now), "}");
-		upd = BCON_NEW("$set", "{", "locked_until", BCON_DATE_TIME(lease_until), "}");
-		if (modify(s->keys, NULL, take, upd, NULL, &found, &reply, e, "key lease"))
-			goto out;
-		out->state = found ? KEY_RESUME : KEY_IN_PROGRESS;
-		if (!found)
-			out->locked_until = lease_until;
-	}
-	rc = 0;
 out:
 	if (rc)
-		key_claim_clear(out);
+		claim_clear(out);
 	bson_destroy(&reply);
 	bson_destroy(doc);
-	bson_destroy(f);
-	bson_destroy(found_doc);
-	bson_destroy(take);
-	bson_destroy(upd);
 	return rc;
 }
 
-static int mg_key_get(struct store *st, const char *key, struct key_claim *out, struct err *e)
+static int mg_key_get(struct store *st, const char *key, struct key_record *out, bool *found, struct err *e)
 {
 	bson_t *f = BCON_NEW("_id", BCON_UTF8(key)), *doc = NULL;
-	char fp[65], state[16];
 	int r = find_one(MG(st)->keys, f, NULL, NULL, &doc, e, "key");
 
 	bson_destroy(f);
-	if (r == 0)
-		err_set(e, ERR_NOT_FOUND, "NOT_FOUND", "no idempotency key %s", key);
-	if (r <= 0)
-		return -1;
-	key_read(doc, out, fp, state);
-	out->state = !strcmp(state, "done") ? KEY_REPLAY : KEY_IN_PROGRESS;
+	*found = r == 1;
+	if (r == 1)
+		key_read(doc, out);
 	bson_destroy(doc);
-	return 0;
+	return r < 0 ? -1 : 0;
 }
 
 static int mg_key_forget(struct store *st, const char *key, struct err *e)
@@ -829,34 +864,38 @@ static int mg_key_forget(struct store *st, const char *key, struct err *e)
 	return rc;
 }
 
-/* The update that stores a final response on a key. New, bson_destroy. */
-static bson_t *key_done(const struct outcome *o)
+/* The filter and update that store a final reply on a key not yet done. New, bson_destroy. */
+static bson_t *key_done_filter(const char *key)
 {
-	return BCON_NEW("$set", "{", "state", BCON_UTF8("done"), "locked_until", BCON_DATE_TIME(0),
-			"response_status", BCON_INT32(o->status), "response_body", BCON_UTF8(o->body), "}");
+	return BCON_NEW("_id", BCON_UTF8(key), "state", "{", "$ne", BCON_UTF8("done"), "}");
 }
 
-static int mg_key_finish(struct store *st, const char *key, const struct outcome *o, int64_t now,
-			 struct err *e)
+static bson_t *key_done(const struct reply *r)
 {
-	bson_t *f = BCON_NEW("_id", BCON_UTF8(key)), *upd = key_done(o), reply;
+	return BCON_NEW("$set", "{", "state", BCON_UTF8("done"), "locked_until", BCON_DATE_TIME(0),
+			"response_status", BCON_INT32(r->status), "response_body", BCON_UTF8(r->body), "}");
+}
+
+static int mg_key_finish(struct store *st, const char *key, const struct reply *r, bool *matched, struct err *e)
+{
+	bson_t *f = key_done_filter(key), *upd = key_done(r), reply;
 	int rc;
 
-	(void)now;
 	bson_init(&reply);
-	rc = update(MG(st)->keys, NULL, f, upd, &reply, e, "key finish") < 0 ? -1 : 0;
+	rc = update(MG(st)->keys, NULL, f, upd, &reply, e, "key finish");
+	*matched = rc >= 0 && get_int(&reply, "matchedCount") > 0;
 	bson_destroy(&reply);
 	bson_destroy(f);
 	bson_destroy(upd);
-	return rc;
+	return rc < 0 ? -1 : 0;
 }
 
-/* --- subscriptions and the purchase steps ------------------------------------------------- */
+/* --- subscriptions ------------------------------------------------------------------------ */
 
-static int sub_read(struct mg *s, const bson_t *d, struct subscription *o, struct err *e)
+/* The subscription document as a struct; plan_name from the plan name given (the caller
+ * reads plans in one query for a whole list). */
+static void sub_read(const bson_t *d, struct subscription *o)
 {
-	struct plan p = {0};
-
 	memset(o, 0, sizeof(*o));
 	get_id(d, "_id", o->id, sizeof(o->id));
 	get_str(d, "status", o->status, sizeof(o->status));
@@ -872,281 +911,230 @@ static int sub_read(struct mg *s, const bson_t *d, struct subscription *o, struc
 	o->hold_deadline = get_int(d, "hold_deadline");
 	o->created_at = get_int(d, "created_at");
 	o->updated_at = get_int(d, "updated_at");
-	/* The plan's current name, as SQLite's join gives it. */
-	if (mg_plan_get(&s->base, o->plan_id, &p, e))
-		return -1;
-	o->plan_name = p.name;
-	p.name = NULL;
-	plan_clear(&p);
-	return 0;
+	o->seq = o->created_at;
 }
 
-static int mg_sub_get(struct store *st, const char *id, struct subscription *out, struct err *e)
+/* Fills the plan names of n subscriptions with one query on plans, as SQLite's join does. */
+static int plan_names(struct mg *s, struct subscription *subs, size_t n, struct err *e)
 {
-	bson_t *doc = NULL;
-	int rc = get_by_id(MG(st)->subs, id, "SUBSCRIPTION_NOT_FOUND", &doc, e);
+	bson_t filter = BSON_INITIALIZER, in, ids;
+	const bson_t *doc;
+	mongoc_cursor_t *cur;
+	bson_error_t be;
+	char key[24], id[ID_LEN + 1];
+	int rc = 0;
 
-	if (rc == 0)
-		rc = sub_read(MG(st), doc, out, e);
-	bson_destroy(doc);
+	if (n == 0)
+		return 0;
+	BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &in);
+	BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "%zu", i);
+		append_oid(&ids, key, subs[i].plan_id);
+	}
+	bson_append_array_end(&in, &ids);
+	bson_append_document_end(&filter, &in);
+	cur = mongoc_collection_find_with_opts(s->plans, &filter, NULL, NULL);
+	while (mongoc_cursor_next(cur, &doc)) {
+		get_id(doc, "_id", id, sizeof(id));
+		for (size_t i = 0; i < n; i++)
+			if (!subs[i].plan_name && !strcmp(subs[i].plan_id, id))
+				subs[i].plan_name = get_strdup(doc, "name");
+	}
+	if (mongoc_cursor_error(cur, &be))
+		rc = mg_fail(&be, NULL, e, "plan names");
+	mongoc_cursor_destroy(cur);
+	bson_destroy(&filter);
+	for (size_t i = 0; i < n; i++)
+		if (!subs[i].plan_name)
+			subs[i].plan_name = xstrdup("");
 	return rc;
+}
+
+static int sub_find(struct mg *s, mongoc_client_session_t *cs, const char *id, struct subscription *out,
+		    bool *found, struct err *e)
+{
+	bson_t *f = by_id(id), *doc = NULL;
+	int r = find_one(s->subs, f, NULL, cs, &doc, e, "subscription");
+
+	bson_destroy(f);
+	*found = r == 1;
+	if (r == 1)
+		sub_read(doc, out);
+	bson_destroy(doc);
+	if (r == 1 && plan_names(s, out, 1, e)) {
+		subscription_clear(out);
+		return -1;
+	}
+	return r < 0 ? -1 : 0;
+}
+
+static int mg_sub_get(struct store *st, const char *id, struct subscription *out, bool *found, struct err *e)
+{
+	return sub_find(MG(st), NULL, id, out, found, e);
 }
 
 struct hold_arg {
 	const struct hold_req *r;
-	const struct audit_ctx *a;
-	struct subscription *out;
+	const struct actor *a;
+	struct hold_out *out;
 };
 
-static int seat_hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+/* The customer of a hold, in its transaction: the one named, or the one with the email,
+ * created atomically by an upsert on the unique email_key. 1 if absent. */
+static int hold_customer(struct mg *s, mongoc_client_session_t *cs, const struct hold_req *r, char id[ID_LEN + 1],
+			 bson_t *reply, struct err *e)
+{
+	bson_t *filter, *doc = NULL, *d = NULL, *upd = NULL, *extra = NULL;
+	mongoc_find_and_modify_opts_t *fo = NULL;
+	bool found = false;
+	int rc = -1;
+
+	if (r->customer_id) {
+		filter = by_id(r->customer_id);
+		rc = find_one(s->customers, filter, NULL, cs, &doc, e, "customer");
+		snprintf(id, ID_LEN + 1, "%s", r->customer_id);
+		rc = rc < 0 ? -1 : rc == 0 ? 1 : 0;
+		goto out;
+	}
+	char *key = email_key(r->customer->email);
+	filter = BCON_NEW("email_key", BCON_UTF8(key));
+	free(key);
+	d = customer_doc(r->customer);
+	upd = BCON_NEW("$setOnInsert", BCON_DOCUMENT(d));
+	extra = in_session(cs);
+	fo = mongoc_find_and_modify_opts_new();
+	mongoc_find_and_modify_opts_set_update(fo, upd);
+	mongoc_find_and_modify_opts_set_flags(fo, MONGOC_FIND_AND_MODIFY_UPSERT | MONGOC_FIND_AND_MODIFY_RETURN_NEW);
+	mongoc_find_and_modify_opts_append(fo, extra);
+	if (modify_with(s->customers, filter, fo, &doc, &found, reply, e, "customer"))
+		goto out;
+	if (!found) {
+		err_set(e, ERR_INTERNAL, NULL, "upsert of a customer returned nothing");
+		goto out;
+	}
+	get_id(doc, "_id", id, ID_LEN + 1);
+	rc = 0;
+out:
+	if (fo)
+		mongoc_find_and_modify_opts_destroy(fo);
+	bson_destroy(filter);
+	bson_destroy(doc);
+	bson_destroy(d);
+	bson_destroy(upd);
+	bson_destroy(extra);
+	return rc;
+}
+
+static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
 {
 	struct hold_arg *x = arg;
 	const struct hold_req *r = x->r;
-	struct subscription *o = x->out;
-	bson_t *filter = by_id(r->plan_id), *upd, *plan = NULL, *why = NULL, *sub = NULL, *kf = NULL, *ku = NULL;
-	char *before = NULL, *after = NULL;
+	struct subscription *o = &x->out->sub;
+	bson_t *filter = by_id(r->plan_id), *upd = NULL, *plan = NULL, *why = NULL, *sub = NULL, *key = NULL;
+	struct seat_counts before, after;
+	struct actor buyer = *x->a;
+	char customer_id[ID_LEN + 1], status[16];
+	int64_t now = r->claim.now;
 	bool found;
-	int rc = -1;
+	int n, rc = -1;
 
 	subscription_clear(o);
+	/* The unique _id of the key decides a race between two requests with one key. */
+	key = key_doc(&r->claim, "held", r->subscription_id);
+	if (insert(s->keys, cs, key, reply, e, "key")) {
+		if (e->kind == ERR_CONFLICT) {
+			x->out->result = HOLD_KEY_EXISTS;
+			rc = 1;
+		}
+		goto out;
+	}
+	if ((n = hold_customer(s, cs, r, customer_id, reply, e)) != 0) {
+		x->out->result = HOLD_NO_CUSTOMER;
+		rc = n;
+		goto out;
+	}
 	BCON_APPEND(filter, "status", BCON_UTF8("active"), "subscriptions_left", "{", "$gt", BCON_INT64(0), "}");
 	upd = BCON_NEW("$inc", "{", "subscriptions_left", BCON_INT64(-1), "subscriptions_held", BCON_INT64(1), "}",
-		       "$set", "{", "updated_at", BCON_DATE_TIME(r->now), "}");
+		       "$set", "{", "updated_at", BCON_DATE_TIME(now), "}");
 	if (modify(s->plans, cs, filter, upd, &plan, &found, reply, e, "seat hold"))
 		goto out;
 	if (!found) {
 		bson_t *f = by_id(r->plan_id);
-		int n = find_one(s->plans, f, NULL, cs, &why, e, "plan");
-		char status[16];
+		n = find_one(s->plans, f, NULL, cs, &why, e, "plan");
 		bson_destroy(f);
 		if (n < 0)
 			goto out;
-		if (n == 0) {
-			err_set(e, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no plan %s", r->plan_id);
-			goto out;
-		}
-		get_str(why, "status", status, sizeof(status));
-		if (strcmp(status, "active"))
-			err_set(e, ERR_CONFLICT, "PLAN_INACTIVE", "plan %s is not on sale", r->plan_id);
-		else
-			err_set(e, ERR_CONFLICT, "PLAN_SOLD_OUT", "plan %s is sold out", r->plan_id);
+		if (n == 1)
+			get_str(why, "status", status, sizeof(status));
+		x->out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE : HOLD_SOLD_OUT;
+		rc = 1;
 		goto out;
 	}
 	snprintf(o->id, sizeof(o->id), "%s", r->subscription_id);
 	snprintf(o->status, sizeof(o->status), "pending");
 	snprintf(o->plan_id, sizeof(o->plan_id), "%s", r->plan_id);
-	snprintf(o->customer_id, sizeof(o->customer_id), "%s", r->customer_id);
-	snprintf(o->idem_key, sizeof(o->idem_key), "%s", r->idem_key);
-	snprintf(o->token_hash, sizeof(o->token_hash), "%s", r->token_hash);
+	snprintf(o->customer_id, sizeof(o->customer_id), "%s", customer_id);
+	snprintf(o->idem_key, sizeof(o->idem_key), "%s", r->claim.key);
 	o->plan_name = get_strdup(plan, "name");
 	o->amount_cents = get_int(plan, "price_cents");
 	o->duration_days = get_int(plan, "duration_days");
 	o->hold_deadline = r->deadline;
-	o->created_at = o->updated_at = r->now;
+	o->created_at = o->updated_at = o->seq = now;
 	sub = bson_new();
 	append_oid(sub, "_id", o->id);
 	append_oid(sub, "plan_id", r->plan_id);
-	append_oid(sub, "customer_id", r->customer_id);
-	BCON_APPEND(sub, "idem_key", BCON_UTF8(r->idem_key), "status", BCON_UTF8("pending"), "amount_cents",
+	append_oid(sub, "customer_id", customer_id);
+	BCON_APPEND(sub, "idem_key", BCON_UTF8(r->claim.key), "status", BCON_UTF8("pending"), "amount_cents",
 		    BCON_INT64(o->amount_cents), "duration_days", BCON_INT64(o->duration_days), "payment_id",
-		    BCON_UTF8(""), "token_hash", BCON_UTF8(r->token_hash), "hold_deadline", BCON_DATE_TIME(r->deadline),
-		    "created_at", BCON_DATE_TIME(r->now), "updated_at", BCON_DATE_TIME(r->now));
+		    BCON_UTF8(""), "token_hash", BCON_UTF8(""), "hold_deadline", BCON_DATE_TIME(r->deadline),
+		    "created_at", BCON_DATE_TIME(now), "updated_at", BCON_DATE_TIME(now));
 	if (insert(s->subs, cs, sub, reply, e, "subscription"))
 		goto out;
-	int64_t total = get_int(plan, "total_capacity"), left = get_int(plan, "subscriptions_left");
-	int64_t held = get_int(plan, "subscriptions_held");
-	before = audit_counts_json(total, left + 1, held - 1);
-	after = audit_counts_json(total, left, held);
-	if (audit_put(s->audit, cs, x->a, r->now, "seat.held", "subscription", o->id, r->plan_id, before, after,
-		      reply, e))
+	after = (struct seat_counts){get_int(plan, "total_capacity"), get_int(plan, "subscriptions_left"),
+				     get_int(plan, "subscriptions_held")};
+	before = store_counts_before(after, -1, 1);
+	buyer.id = customer_id;
+	if (events_put(s, cs, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, reply, e))
 		goto out;
-	kf = BCON_NEW("_id", BCON_UTF8(r->idem_key));
-	ku = bson_new();
-	bson_t set;
-	BSON_APPEND_DOCUMENT_BEGIN(ku, "$set", &set);
-	BSON_APPEND_UTF8(&set, "state", "held");
-	append_oid(&set, "subscription_id", o->id);
-	bson_append_document_end(ku, &set);
-	if (update(s->keys, cs, kf, ku, reply, e, "key hold") < 0)
-		goto out;
+	x->out->result = HOLD_TAKEN;
 	rc = 0;
 out:
-	free(before);
-	free(after);
 	bson_destroy(filter);
 	bson_destroy(upd);
 	bson_destroy(plan);
 	bson_destroy(why);
 	bson_destroy(sub);
-	bson_destroy(kf);
-	bson_destroy(ku);
+	bson_destroy(key);
 	return rc;
 }
 
-static int mg_seat_hold(struct store *st, const struct hold_req *r, const struct audit_ctx *a,
-			struct subscription *out, struct err *e)
+static int mg_hold(struct store *st, const struct hold_req *r, const struct actor *a, struct hold_out *out,
+		   struct err *e)
 {
 	struct hold_arg x = {r, a, out};
+	int rc;
 
 	memset(out, 0, sizeof(*out));
-	if (transaction(MG(st), seat_hold_tx, &x, e)) {
-		subscription_clear(out);
-		return -1;
-	}
-	return 0;
+	rc = transaction(MG(st), hold_tx, &x, e);
+	if (rc)
+		subscription_clear(&out->sub);
+	if (rc == 1 && out->result == HOLD_KEY_EXISTS)
+		return key_existing(MG(st), &r->claim, &out->claim, e);
+	return rc < 0 ? -1 : 0;
 }
 
-struct settle_arg {
-	const struct subscription *sub;
-	const char *sub_id;
-	const char *payment_id;
-	const char *status;       /* release: "failed" | "expired" */
-	int64_t now;
-	const struct outcome *o;
-	const struct audit_ctx *a;
-};
-
-static int hold_confirm_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+static void append_payment(bson_t *doc, const struct payment *p)
 {
-	static const char *const actions[] = {"subscription.activated", NULL};
-	struct settle_arg *x = arg;
-	bson_t *f = by_id(x->sub->id), *upd, *kf = BCON_NEW("_id", BCON_UTF8(x->sub->idem_key)), *ku = key_done(x->o);
-	int n, rc = -1;
-
-	BCON_APPEND(f, "status", BCON_UTF8("pending"), "hold_deadline", "{", "$gt", BCON_DATE_TIME(x->now), "}");
-	upd = BCON_NEW("$set", "{", "status", BCON_UTF8("active"), "payment_id", BCON_UTF8(x->payment_id),
-		       "start_at", BCON_DATE_TIME(x->sub->start_at), "end_at", BCON_DATE_TIME(x->sub->end_at),
-		       "token_hash", BCON_UTF8(x->sub->token_hash), "updated_at", BCON_DATE_TIME(x->now), "}");
-	if ((n = update(s->subs, cs, f, upd, reply, e, "confirm")) < 0)
-		goto out;
-	if (n == 0) {
-		err_set(e, ERR_CONFLICT, "HOLD_EXPIRED", "the hold of subscription %s is gone", x->sub->id);
-		goto out;
-	}
-	if (seats_move(s, cs, x->sub->plan_id, 0, -1, x->now, x->a, actions, "subscription", x->sub->id, reply, e) ||
-	    update(s->keys, cs, kf, ku, reply, e, "key finish") < 0)
-		goto out;
-	rc = 0;
-out:
-	bson_destroy(f);
-	bson_destroy(upd);
-	bson_destroy(kf);
-	bson_destroy(ku);
-	return rc;
+	BSON_APPEND_UTF8(doc, "_id", p->id);
+	BSON_APPEND_UTF8(doc, "idem_key", p->idem_key);
+	BSON_APPEND_UTF8(doc, "kind", p->kind);
+	BSON_APPEND_UTF8(doc, "status", p->status);
+	BSON_APPEND_UTF8(doc, "decline_code", p->decline_code);
+	append_oid(doc, "subscription_id", p->subscription_id);
+	BSON_APPEND_INT64(doc, "amount_cents", p->amount_cents);
+	BSON_APPEND_DATE_TIME(doc, "created_at", p->created_at);
 }
-
-static int mg_hold_confirm(struct store *st, const struct subscription *sub, const char *payment_id, int64_t now,
-			   const struct outcome *o, const struct audit_ctx *a, struct err *e)
-{
-	struct settle_arg x = {sub, sub->id, payment_id, NULL, now, o, a};
-
-	return transaction(MG(st), hold_confirm_tx, &x, e);
-}
-
-static int hold_release_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
-{
-	struct settle_arg *x = arg;
-	bson_t *f = by_id(x->sub_id), *upd, *doc = NULL, *kf = NULL, *ku = key_done(x->o);
-	char plan_id[ID_LEN + 1], key[UUID_LEN + 1], action[40];
-	const char *actions[] = {action, "seat.released", NULL};
-	bool found;
-	int rc = -1;
-
-	BCON_APPEND(f, "status", BCON_UTF8("pending"));
-	upd = BCON_NEW("$set", "{", "status", BCON_UTF8(x->status), "updated_at", BCON_DATE_TIME(x->now), "}");
-	if (modify(s->subs, cs, f, upd, &doc, &found, reply, e, "release"))
-		goto out;
-	if (!found) {
-		err_set(e, ERR_CONFLICT, "HOLD_EXPIRED", "subscription %s is no longer pending", x->sub_id);
-		goto out;
-	}
-	get_id(doc, "plan_id", plan_id, sizeof(plan_id));
-	get_str(doc, "idem_key", key, sizeof(key));
-	snprintf(action, sizeof(action), "subscription.%s", x->status);
-	kf = BCON_NEW("_id", BCON_UTF8(key));
-	if (seats_move(s, cs, plan_id, 1, -1, x->now, x->a, actions, "subscription", x->sub_id, reply, e) ||
-	    update(s->keys, cs, kf, ku, reply, e, "key finish") < 0)
-		goto out;
-	rc = 0;
-out:
-	bson_destroy(f);
-	bson_destroy(upd);
-	bson_destroy(doc);
-	bson_destroy(kf);
-	bson_destroy(ku);
-	return rc;
-}
-
-static int mg_hold_release(struct store *st, const char *sub_id, const char *status, int64_t now,
-			   const struct outcome *o, const struct audit_ctx *a, struct err *e)
-{
-	struct settle_arg x = {NULL, sub_id, NULL, status, now, o, a};
-
-	return transaction(MG(st), hold_release_tx, &x, e);
-}
-
-struct cancel_arg {
-	const char *id;
-	int64_t now;
-	const struct audit_ctx *a;
-	struct subscription *out;
-};
-
-static int sub_cancel_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
-{
-	static const char *const actions[] = {"subscription.cancelled", "seat.released", NULL};
-	struct cancel_arg *x = arg;
-	bson_t *f = by_id(x->id), *upd, *doc = NULL, *any = NULL;
-	char status[16];
-	bool found;
-	int n, rc = -1;
-
-	BCON_APPEND(f, "status", BCON_UTF8("active"));
-	upd = BCON_NEW("$set", "{", "status", BCON_UTF8("cancelled"), "updated_at", BCON_DATE_TIME(x->now), "}");
-	if (modify(s->subs, cs, f, upd, &doc, &found, reply, e, "cancel"))
-		goto out;
-	if (!found) {
-		bson_t *byid = by_id(x->id);
-		n = find_one(s->subs, byid, NULL, cs, &any, e, "subscription");
-		bson_destroy(byid);
-		if (n == 0)
-			err_set(e, ERR_NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", "no subscription %s", x->id);
-		if (n <= 0)
-			goto out;
-		get_str(any, "status", status, sizeof(status));
-		if (!strcmp(status, "cancelled"))
-			err_set(e, ERR_CONFLICT, "ALREADY_CANCELLED", "subscription %s is cancelled already", x->id);
-		else
-			err_set(e, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "subscription %s is %s", x->id, status);
-		goto out;
-	}
-	subscription_clear(x->out);
-	if (sub_read(s, doc, x->out, e) ||
-	    seats_move(s, cs, x->out->plan_id, 1, 0, x->now, x->a, actions, "subscription", x->id, reply, e))
-		goto out;
-	rc = 0;
-out:
-	bson_destroy(f);
-	bson_destroy(upd);
-	bson_destroy(doc);
-	bson_destroy(any);
-	return rc;
-}
-
-static int mg_sub_cancel(struct store *st, const char *id, int64_t now, const struct audit_ctx *a,
-			 struct subscription *out, struct err *e)
-{
-	struct cancel_arg x = {id, now, a, out};
-
-	memset(out, 0, sizeof(*out));
-	if (transaction(MG(st), sub_cancel_tx, &x, e)) {
-		subscription_clear(out);
-		return -1;
-	}
-	return 0;
-}
-
-/* --- payments ----------------------------------------------------------------------------- */
 
 static void payment_read(const bson_t *d, struct payment *p)
 {
@@ -1161,329 +1149,358 @@ static void payment_read(const bson_t *d, struct payment *p)
 	p->created_at = get_int(d, "created_at");
 }
 
-struct payment_arg {
-	struct payment *p;
-	bool *existed;
-	const struct audit_ctx *a;
+struct transition_arg {
+	const struct transition *t;
+	const struct actor *a;
 };
 
-static int payment_record_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
 {
-	struct payment_arg *x = arg;
-	struct payment *p = x->p;
-	bson_t *f = BCON_NEW("idem_key", BCON_UTF8(p->idem_key), "kind", BCON_UTF8(p->kind)), *doc = NULL, *ins;
-	bson_t *sf = by_id(p->subscription_id), *sub = NULL;
-	char action[40], plan_id[ID_LEN + 1] = "", *after = NULL;
-	int n, rc = -1;
+	struct transition_arg *x = arg;
+	const struct transition *t = x->t;
+	bson_t *filter = by_id(t->sub_id), *upd = bson_new(), *doc = NULL, *pay = NULL, *kf = NULL, *ku = NULL;
+	bson_t set, cond;
+	struct seat_counts before, after;
+	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
+	bool found;
+	int rc = -1;
 
-	*x->existed = false;
-	if ((n = find_one(s->payments, f, NULL, cs, &doc, e, "payment")) < 0)
+	BSON_APPEND_UTF8(filter, "status", t->from);
+	if (t->live_after || t->due_by) {
+		BSON_APPEND_DOCUMENT_BEGIN(filter, "hold_deadline", &cond);
+		if (t->live_after)
+			BSON_APPEND_DATE_TIME(&cond, "$gt", t->live_after);
+		if (t->due_by)
+			BSON_APPEND_DATE_TIME(&cond, "$lte", t->due_by);
+		bson_append_document_end(filter, &cond);
+	}
+	BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
+	BSON_APPEND_UTF8(&set, "status", t->to);
+	BSON_APPEND_DATE_TIME(&set, "updated_at", t->now);
+	if (t->payment_id) {
+		BSON_APPEND_UTF8(&set, "payment_id", t->payment_id);
+		BSON_APPEND_DATE_TIME(&set, "start_at", t->start_at);
+		BSON_APPEND_DATE_TIME(&set, "end_at", t->end_at);
+		BSON_APPEND_UTF8(&set, "token_hash", t->token_hash);
+	}
+	bson_append_document_end(upd, &set);
+	if (modify(s->subs, cs, filter, upd, &doc, &found, reply, e, "subscription"))
 		goto out;
-	if (n == 1) {
-		payment_read(doc, p);
-		*x->existed = true;
-		rc = 0;
+	if (!found) {
+		rc = 1;
 		goto out;
 	}
-	ins = BCON_NEW("_id", BCON_UTF8(p->id), "idem_key", BCON_UTF8(p->idem_key), "kind", BCON_UTF8(p->kind),
-		       "status", BCON_UTF8(p->status), "decline_code", BCON_UTF8(p->decline_code),
-		       "amount_cents", BCON_INT64(p->amount_cents), "created_at", BCON_DATE_TIME(p->created_at));
-	append_oid(ins, "subscription_id", p->subscription_id);
-	/* The unique (idem_key, kind) index makes a racing second record fail, not duplicate. */
-	n = insert(s->payments, cs, ins, reply, e, "payment");
-	bson_destroy(ins);
-	if (n)
+	get_id(doc, "plan_id", plan_id, sizeof(plan_id));
+	get_str(doc, "idem_key", key, sizeof(key));
+	if (seats_move(s, cs, plan_id, t->dleft, t->dheld, t->now, &after, reply, e))
 		goto out;
-	if (find_one(s->subs, sf, NULL, cs, &sub, e, "subscription") < 0)
+	before = store_counts_before(after, t->dleft, t->dheld);
+	if (t->payment) {
+		pay = bson_new();
+		append_payment(pay, t->payment);
+		if (insert(s->payments, cs, pay, reply, e, "payment"))
+			goto out;
+	}
+	if (events_put(s, cs, x->a, t->now, plan_id, t->events, t->nevents, &before, &after, reply, e))
 		goto out;
-	if (sub)
-		get_id(sub, "plan_id", plan_id, sizeof(plan_id));
-	snprintf(action, sizeof(action), "payment.%s", !strcmp(p->kind, "refund") ? "refunded" : p->status);
-	after = audit_payment_json(p);
-	rc = audit_put(s->audit, cs, x->a, p->created_at, action, "payment", p->id, plan_id, NULL, after, reply, e);
+	if (t->reply) {
+		kf = key_done_filter(key);
+		ku = key_done(t->reply);
+		if (update(s->keys, cs, kf, ku, reply, e, "key done") < 0)
+			goto out;
+	}
+	rc = 0;
 out:
-	free(after);
-	bson_destroy(f);
+	bson_destroy(filter);
+	bson_destroy(upd);
 	bson_destroy(doc);
-	bson_destroy(sf);
+	bson_destroy(pay);
+	bson_destroy(kf);
+	bson_destroy(ku);
+	return rc;
+}
+
+static int mg_transition(struct store *st, const struct transition *t, const struct actor *a,
+			 struct transition_out *out, struct err *e)
+{
+	struct transition_arg x = {t, a};
+	bool found;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if ((rc = transaction(MG(st), transition_tx, &x, e)) < 0)
+		return -1;
+	if (sub_find(MG(st), NULL, t->sub_id, &out->sub, &found, e))
+		return -1;
+	out->result = rc == 0 ? MOVED : found ? MOVE_REFUSED : MOVE_NOT_FOUND;
+	return 0;
+}
+
+struct payment_arg {
+	const struct payment *p;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
+
+static int payment_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct payment_arg *x = arg;
+	bson_t *doc = bson_new(), *f = by_id(x->p->subscription_id), *sub = NULL;
+	char plan_id[ID_LEN + 1] = "";
+	int rc;
+
+	append_payment(doc, x->p);
+	rc = insert(s->payments, cs, doc, reply, e, "payment");
+	if (rc && e->kind == ERR_CONFLICT) {
+		rc = 1;  /* recorded already: (idem_key, kind) is unique */
+	} else if (rc == 0 && (rc = find_one(s->subs, f, NULL, cs, &sub, e, "subscription")) >= 0) {
+		if (sub)
+			get_id(sub, "plan_id", plan_id, sizeof(plan_id));
+		rc = events_put(s, cs, x->a, x->p->created_at, plan_id, x->ev, x->nev, NULL, NULL, reply, e);
+	}
+	bson_destroy(doc);
+	bson_destroy(f);
 	bson_destroy(sub);
 	return rc;
 }
 
-static int mg_payment_record(struct store *st, struct payment *p, bool *existed, const struct audit_ctx *a,
-			     struct err *e)
+static int mg_payment_record(struct store *st, const struct payment *p, const struct event_spec *ev, size_t nev,
+			     const struct actor *a, bool *existed, struct err *e)
 {
-	struct payment_arg x = {p, existed, a};
+	struct payment_arg x = {p, ev, nev, a};
+	int rc = transaction(MG(st), payment_tx, &x, e);
 
-	return transaction(MG(st), payment_record_tx, &x, e);
+	*existed = rc == 1;
+	return rc < 0 ? -1 : 0;
 }
 
-/* --- lists -------------------------------------------------------------------------------- */
+/* --- pages -------------------------------------------------------------------------------- */
 
-/* Cursors are "<ms>_<id>": the sort key of the last item of the page before. */
-static int cursor_parse(const char *cursor, int64_t *at, char id[ID_LEN + 1])
-{
-	char *end;
-
-	if (!cursor || !*cursor)
-		return 0;
-	*at = strtoll(cursor, &end, 10);
-	if (*end != '_' || !id_valid(end + 1))
-		return -1;
-	snprintf(id, ID_LEN + 1, "%s", end + 1);
-	return 1;
-}
-
-/* Adds {$or: [{key: {$lt: at}}, {key: at, _id: {$lt: id}}]} for a cursor. */
-static void append_after(bson_t *filter, const char *key, int64_t at, const char *id)
-{
-	bson_oid_t oid;
-
-	bson_oid_init_from_string(&oid, id);
-	BCON_APPEND(filter, "$or", "[", "{", key, "{", "$lt", BCON_DATE_TIME(at), "}", "}",
-		    "{", key, BCON_DATE_TIME(at), "_id", "{", "$lt", BCON_OID(&oid), "}", "}", "]");
-}
-
-/* Runs a paged find sorted newest first on key; calls read for each document. */
-static int page_find(mongoc_collection_t *c, bson_t *filter, const char *key, struct page *pg,
-		     int (*read)(void *ctx, const bson_t *doc, size_t i, struct err *e), void *ctx, size_t *n,
-		     struct err *e)
+/* Runs a find sorted newest first on (key, _id) after the page's position; read fills item i. */
+static int page_find(mongoc_collection_t *c, bson_t *filter, const char *key, const struct seq_page *pg,
+		     void (*read)(const bson_t *doc, void *items, size_t i), void *items, size_t *n, struct err *e)
 {
 	bson_t *opts = BCON_NEW("sort", "{", key, BCON_INT32(-1), "_id", BCON_INT32(-1), "}", "limit",
-				BCON_INT64(pg->limit + 1));
+				BCON_INT64(pg->limit));
 	mongoc_cursor_t *cur;
 	const bson_t *doc;
 	bson_error_t be;
-	char id[ID_LEN + 1];
-	int64_t at = 0, last_at = 0;
+	bson_oid_t oid;
 	int rc = 0;
 
 	*n = 0;
-	pg->next_cursor[0] = '\0';
-	switch (cursor_parse(pg->cursor, &at, id)) {
-	case -1:
-		bson_destroy(opts);
-		err_set(e, ERR_INVALID, "VALIDATION_ERROR", "cursor is not one this service gave");
-		return -1;
-	case 1:
-		append_after(filter, key, at, id);
-		break;
+	if (pg->before_seq) {
+		bson_oid_init_from_string(&oid, pg->before_id);
+		BCON_APPEND(filter, "$or", "[", "{", key, "{", "$lt", BCON_DATE_TIME(pg->before_seq), "}", "}",
+			    "{", key, BCON_DATE_TIME(pg->before_seq), "_id", "{", "$lt", BCON_OID(&oid), "}", "}", "]");
 	}
 	cur = mongoc_collection_find_with_opts(c, filter, opts, NULL);
-	while (mongoc_cursor_next(cur, &doc)) {
-		if (*n == (size_t)pg->limit) {
-			snprintf(pg->next_cursor, sizeof(pg->next_cursor), "%lld_%s", (long long)last_at, id);
-			break;
-		}
-		if (read(ctx, doc, *n, e)) {
-			rc = -1;
-			break;
-		}
-		last_at = get_int(doc, key);
-		get_id(doc, "_id", id, sizeof(id));
-		(*n)++;
-	}
-	if (rc == 0 && mongoc_cursor_error(cur, &be))
+	while ((int)*n < pg->limit && mongoc_cursor_next(cur, &doc))
+		read(doc, items, (*n)++);
+	if (mongoc_cursor_error(cur, &be))
 		rc = mg_fail(&be, NULL, e, "list");
 	mongoc_cursor_destroy(cur);
 	bson_destroy(opts);
 	return rc;
 }
 
-struct sub_page {
-	struct mg *s;
-	struct subscription *items;
-};
-
-static int sub_page_read(void *ctx, const bson_t *doc, size_t i, struct err *e)
+static void sub_item(const bson_t *doc, void *items, size_t i)
 {
-	struct sub_page *p = ctx;
-
-	return sub_read(p->s, doc, &p->items[i], e);
+	sub_read(doc, &((struct subscription *)items)[i]);
 }
 
-static int mg_sub_list(struct store *st, const char *customer_id, const char *status, struct page *pg,
+static int mg_sub_list(struct store *st, const char *customer_id, const char *status, const struct seq_page *pg,
 		       struct subscription **out, size_t *n, struct err *e)
 {
 	bson_t *filter = bson_new();
-	struct sub_page p = {MG(st), xcalloc((size_t)pg->limit + 1, sizeof(struct subscription))};
 	int rc;
 
+	*out = xcalloc((size_t)pg->limit + 1, sizeof(**out));
 	append_oid(filter, "customer_id", customer_id);
 	if (status)
 		BSON_APPEND_UTF8(filter, "status", status);
-	rc = page_find(MG(st)->subs, filter, "created_at", pg, sub_page_read, &p, n, e);
+	rc = page_find(MG(st)->subs, filter, "created_at", pg, sub_item, *out, n, e);
+	if (rc == 0)
+		rc = plan_names(MG(st), *out, *n, e);
 	bson_destroy(filter);
 	if (rc) {
-		for (size_t i = 0; i <= *n && i < (size_t)pg->limit; i++)
-			subscription_clear(&p.items[i]);
-		free(p.items);
+		for (size_t i = 0; i < *n; i++)
+			subscription_clear(&(*out)[i]);
+		free(*out);
 		*out = NULL;
 		*n = 0;
-		return -1;
 	}
-	*out = p.items;
-	return 0;
+	return rc;
 }
 
-static char *doc_json(const bson_t *doc, const char *key)
+static void audit_item(const bson_t *doc, void *items, size_t i)
 {
+	struct audit_event *a = &((struct audit_event *)items)[i];
 	bson_iter_t it;
-	const uint8_t *data;
-	uint32_t len;
-	bson_t sub;
-	char *j, *copy;
 
-	if (!bson_iter_init_find(&it, doc, key) || !BSON_ITER_HOLDS_DOCUMENT(&it))
-		return NULL;
-	bson_iter_document(&it, &len, &data);
-	bson_init_static(&sub, data, len);
-	j = bson_as_relaxed_extended_json(&sub, NULL);
-	copy = xstrdup(j);
-	bson_free(j);
-	return copy;
-}
-
-static int audit_page_read(void *ctx, const bson_t *doc, size_t i, struct err *e)
-{
-	struct audit_event *a = &((struct audit_event *)ctx)[i];
-
-	(void)e;
 	get_id(doc, "_id", a->id, sizeof(a->id));
-	a->at = get_int(doc, "at");
+	a->at = a->seq = get_int(doc, "at");
 	get_str(doc, "action", a->action, sizeof(a->action));
 	get_str(doc, "actor_type", a->actor_type, sizeof(a->actor_type));
 	get_str(doc, "actor_id", a->actor_id, sizeof(a->actor_id));
 	get_str(doc, "resource_type", a->resource_type, sizeof(a->resource_type));
 	get_str(doc, "resource_id", a->resource_id, sizeof(a->resource_id));
 	get_str(doc, "plan_id", a->plan_id, sizeof(a->plan_id));
-	a->before = doc_json(doc, "before");
-	a->after = doc_json(doc, "after");
+	a->has_before = read_counts(doc, "before", &a->before);
+	a->has_after = read_counts(doc, "after", &a->after);
+	if (bson_iter_init_find(&it, doc, "detail") && BSON_ITER_HOLDS_UTF8(&it))
+		a->detail = xstrdup(bson_iter_utf8(&it, NULL));
 	get_str(doc, "trace_id", a->trace_id, sizeof(a->trace_id));
 	get_str(doc, "ip", a->ip, sizeof(a->ip));
-	return 0;
 }
 
-static int mg_audit_list(struct store *st, const struct audit_filter *f, struct page *pg,
+static int mg_audit_list(struct store *st, const struct audit_filter *f, const struct seq_page *pg,
 			 struct audit_event **out, size_t *n, struct err *e)
 {
 	bson_t *filter = bson_new();
-	struct audit_event *items = xcalloc((size_t)pg->limit + 1, sizeof(*items));
 	int rc;
 
+	*out = xcalloc((size_t)pg->limit + 1, sizeof(**out));
 	if (f->plan_id)
 		BSON_APPEND_UTF8(filter, "plan_id", f->plan_id);
 	if (f->trace_id)
 		BSON_APPEND_UTF8(filter, "trace_id", f->trace_id);
 	if (f->action)
 		BSON_APPEND_UTF8(filter, "action", f->action);
-	rc = page_find(MG(st)->audit, filter, "at", pg, audit_page_read, items, n, e);
+	rc = page_find(MG(st)->audit, filter, "at", pg, audit_item, *out, n, e);
 	bson_destroy(filter);
 	if (rc) {
 		for (size_t i = 0; i < *n; i++)
-			audit_event_clear(&items[i]);
-		free(items);
+			audit_event_clear(&(*out)[i]);
+		free(*out);
 		*out = NULL;
 		*n = 0;
-		return -1;
 	}
-	*out = items;
-	return 0;
+	return rc;
 }
 
-/* --- reaper ------------------------------------------------------------------------------- */
+/* --- the reaper's facts ------------------------------------------------------------------- */
 
-static bool mg_lease_take(struct store *st, const char *name, const char *holder, int64_t now, int64_t until,
-			  struct err *e)
+static int mg_lease_take(struct store *st, const char *name, const char *holder, int64_t now, int64_t until,
+			 bool *taken, struct err *e)
 {
 	bson_t *f = BCON_NEW("_id", BCON_UTF8(name), "$or", "[", "{", "until", "{", "$lte", BCON_DATE_TIME(now), "}",
 			     "}", "{", "holder", BCON_UTF8(holder), "}", "]");
 	bson_t *upd = BCON_NEW("$set", "{", "holder", BCON_UTF8(holder), "until", BCON_DATE_TIME(until), "}"), reply;
 	mongoc_find_and_modify_opts_t *fo = mongoc_find_and_modify_opts_new();
-	bool found, taken = false;
+	bool found;
+	int rc = 0;
 
 	/* An upsert that matches no free lease runs into the unique _id of the held one. */
+	*taken = false;
 	bson_init(&reply);
 	mongoc_find_and_modify_opts_set_update(fo, upd);
 	mongoc_find_and_modify_opts_set_flags(fo, MONGOC_FIND_AND_MODIFY_UPSERT | MONGOC_FIND_AND_MODIFY_RETURN_NEW);
 	if (modify_with(MG(st)->leases, f, fo, NULL, &found, &reply, e, "lease") == 0)
-		taken = true;
+		*taken = true;
 	else if (e->kind == ERR_CONFLICT)
 		err_clear(e);
+	else
+		rc = -1;
 	bson_destroy(&reply);
 	mongoc_find_and_modify_opts_destroy(fo);
 	bson_destroy(f);
 	bson_destroy(upd);
-	return taken;
+	return rc;
 }
 
-static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct hold_ref **out, size_t *n,
+/* The documents of a find as an array of items; read fills item i. */
+static int find_all(struct mg *s, mongoc_collection_t *c, const bson_t *filter, const bson_t *opts, size_t size,
+		    void (*read)(const bson_t *doc, void *items, size_t i), void **out, size_t *n, struct err *e)
+{
+	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, filter, opts, NULL);
+	const bson_t *doc;
+	bson_error_t be;
+	size_t cap = 0;
+	int rc = 0;
+
+	(void)s;
+	*out = NULL;
+	*n = 0;
+	while (mongoc_cursor_next(cur, &doc)) {
+		if (*n == cap) {
+			cap = cap ? 2 * cap : 16;
+			*out = xrealloc(*out, cap * size);
+		}
+		read(doc, *out, (*n)++);
+	}
+	if (mongoc_cursor_error(cur, &be))
+		rc = mg_fail(&be, NULL, e, "find");
+	mongoc_cursor_destroy(cur);
+	return rc;
+}
+
+static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n,
 			    struct err *e)
 {
 	bson_t *f = BCON_NEW("status", BCON_UTF8("pending"), "hold_deadline", "{", "$lte", BCON_DATE_TIME(now), "}");
 	bson_t *opts = BCON_NEW("sort", "{", "hold_deadline", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
-	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(MG(st)->subs, f, opts, NULL);
-	const bson_t *doc;
-	bson_error_t be;
-	int rc = 0;
+	int rc = find_all(MG(st), MG(st)->subs, f, opts, sizeof(**out), sub_item, (void **)out, n, e);
 
-	*n = 0;
-	*out = xcalloc((size_t)limit, sizeof(**out));
-	while (mongoc_cursor_next(cur, &doc)) {
-		get_id(doc, "_id", (*out)[*n].subscription_id, sizeof((*out)[*n].subscription_id));
-		get_str(doc, "idem_key", (*out)[*n].idem_key, sizeof((*out)[*n].idem_key));
-		(*n)++;
-	}
-	if (mongoc_cursor_error(cur, &be))
-		rc = mg_fail(&be, NULL, e, "overdue holds");
-	mongoc_cursor_destroy(cur);
+	if (rc == 0)
+		rc = plan_names(MG(st), *out, *n, e);
 	bson_destroy(f);
 	bson_destroy(opts);
 	return rc;
 }
 
-static int mg_charges_unsettled(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+static void payment_item(const bson_t *doc, void *items, size_t i)
 {
-	struct mg *s = MG(st);
-	/* Charges whose subscription failed or expired, without a refund of the same key. */
-	bson_t *pipeline = BCON_NEW(
-		"pipeline", "[",
-		"{", "$match", "{", "kind", BCON_UTF8("charge"), "status", BCON_UTF8("succeeded"), "}", "}",
-		"{", "$lookup", "{", "from", BCON_UTF8("subscriptions"), "localField", BCON_UTF8("subscription_id"),
-		"foreignField", BCON_UTF8("_id"), "as", BCON_UTF8("sub"), "}", "}",
-		"{", "$match", "{", "sub.status", "{", "$in", "[", BCON_UTF8("failed"), BCON_UTF8("expired"), "]", "}", "}", "}",
-		"{", "$lookup", "{", "from", BCON_UTF8("payments"), "localField", BCON_UTF8("idem_key"),
-		"foreignField", BCON_UTF8("idem_key"), "as", BCON_UTF8("all"), "}", "}",
-		"{", "$match", "{", "all.kind", "{", "$ne", BCON_UTF8("refund"), "}", "}", "}",
-		"{", "$limit", BCON_INT64(limit), "}",
-		"]");
-	mongoc_cursor_t *cur = mongoc_collection_aggregate(s->payments, MONGOC_QUERY_NONE, pipeline, NULL, NULL);
-	const bson_t *doc;
-	bson_error_t be;
-	int rc = 0;
+	payment_read(doc, &((struct payment *)items)[i]);
+}
 
-	*n = 0;
+static int mg_charges_unrefunded(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+{
+	/* Subscriptions that ended without a seat, then their charges without a refund. */
+	bson_t *f = BCON_NEW("status", "{", "$in", "[", BCON_UTF8("failed"), BCON_UTF8("expired"), "]", "}");
+	struct subscription *subs = NULL;
+	size_t ns = 0;
+	int rc = find_all(MG(st), MG(st)->subs, f, NULL, sizeof(*subs), sub_item, (void **)&subs, &ns, e);
+
 	*out = xcalloc((size_t)limit, sizeof(**out));
-	while (*n < (size_t)limit && mongoc_cursor_next(cur, &doc))
-		payment_read(doc, &(*out)[(*n)++]);
-	if (mongoc_cursor_error(cur, &be))
-		rc = mg_fail(&be, NULL, e, "unsettled charges");
-	mongoc_cursor_destroy(cur);
-	bson_destroy(pipeline);
+	*n = 0;
+	for (size_t i = 0; i < ns && rc == 0 && *n < (size_t)limit; i++) {
+		bson_t *q = BCON_NEW("idem_key", BCON_UTF8(subs[i].idem_key));
+		struct payment *pays = NULL;
+		size_t np = 0;
+		const struct payment *charge = NULL;
+		bool refunded = false;
+		rc = find_all(MG(st), MG(st)->payments, q, NULL, sizeof(*pays), payment_item, (void **)&pays, &np, e);
+		for (size_t j = 0; j < np; j++) {
+			if (!strcmp(pays[j].kind, "refund"))
+				refunded = true;
+			else if (!strcmp(pays[j].status, "succeeded"))
+				charge = &pays[j];
+		}
+		if (charge && !refunded)
+			(*out)[(*n)++] = *charge;
+		free(pays);
+		bson_destroy(q);
+	}
+	for (size_t i = 0; i < ns; i++)
+		subscription_clear(&subs[i]);
+	free(subs);
+	bson_destroy(f);
 	return rc;
 }
 
-static int mg_keys_purge(struct store *st, int64_t now, int64_t before, int *n, struct err *e)
+static int mg_keys_purge(struct store *st, int64_t before, int *n, struct err *e)
 {
-	bson_t *f = BCON_NEW("$or", "[", "{", "state", BCON_UTF8("done"), "created_at", "{", "$lt",
-			     BCON_DATE_TIME(before), "}", "}", "{", "state", BCON_UTF8("started"), "locked_until", "{",
-			     "$lte", BCON_DATE_TIME(now), "}", "}", "]");
+	bson_t *f = BCON_NEW("state", "{", "$in", "[", BCON_UTF8("done"), BCON_UTF8("started"), "]", "}",
+			     "created_at", "{", "$lt", BCON_DATE_TIME(before), "}");
 	bson_t reply;
 	bson_error_t be;
 	int rc = 0;
 
+	*n = 0;
 	if (!mongoc_collection_delete_many(MG(st)->keys, f, NULL, &reply, &be))
-		rc = mg_fail(&be, &reply, e, "purge keys");
+		rc = mg_fail(&be, &reply, e, "key purge");
 	else
 		*n = (int)get_int(&reply, "deletedCount");
 	bson_destroy(&reply);
@@ -1491,124 +1508,222 @@ static int mg_keys_purge(struct store *st, int64_t now, int64_t before, int *n, 
 	return rc;
 }
 
-/* --- invariants --------------------------------------------------------------------------- */
+/* --- the simulated processor's records ---------------------------------------------------- */
 
-static int mg_check(struct store *st, check_report_fn report, void *arg, int *violations, struct err *e)
+static void proc_read(const bson_t *d, struct processor_rec *out)
 {
-	struct mg *s = MG(st);
-	struct plan *plans = NULL;
-	size_t np = 0, i;
+	memset(out, 0, sizeof(*out));
+	out->state = (enum processor_state)get_int(d, "state");
+	get_str(d, "charge_id", out->charge_id, sizeof(out->charge_id));
+	get_str(d, "refund_id", out->refund_id, sizeof(out->refund_id));
+	get_str(d, "decline_code", out->decline_code, sizeof(out->decline_code));
+	out->amount_cents = get_int(d, "amount_cents");
+}
+
+/* Inserts doc for key unless one exists; out: the record for key after. */
+static int proc_insert(struct mg *s, const char *key, const bson_t *doc, struct processor_rec *out, struct err *e)
+{
+	bson_t *f = BCON_NEW("_id", BCON_UTF8(key)), *found = NULL, reply;
+	int rc = 0;
+
+	bson_init(&reply);
+	if (insert(s->processor, NULL, doc, &reply, e, "processor")) {
+		rc = -1;
+		if (e->kind == ERR_CONFLICT && find_one(s->processor, f, NULL, NULL, &found, e, "processor") > 0) {
+			err_clear(e);
+			proc_read(found, out);
+			rc = 0;
+		}
+	}
+	bson_destroy(&reply);
+	bson_destroy(f);
+	bson_destroy(found);
+	return rc;
+}
+
+static int mg_processor_charge(struct store *st, const char *key, const struct processor_rec *want,
+			       struct processor_rec *out, struct err *e)
+{
+	bson_t *doc = BCON_NEW("_id", BCON_UTF8(key), "state", BCON_INT32((int32_t)want->state), "charge_id",
+			       BCON_UTF8(want->charge_id), "refund_id", BCON_UTF8(""), "decline_code",
+			       BCON_UTF8(want->decline_code), "amount_cents", BCON_INT64(want->amount_cents));
+	int rc;
+
+	*out = *want;
+	rc = proc_insert(MG(st), key, doc, out, e);
+	bson_destroy(doc);
+	return rc;
+}
+
+static int mg_processor_void(struct store *st, const char *key, const char *refund_id, struct processor_rec *out,
+			     struct err *e)
+{
+	bson_t *f = BCON_NEW("_id", BCON_UTF8(key), "state", BCON_INT32(PROC_CHARGED));
+	bson_t *upd = BCON_NEW("$set", "{", "state", BCON_INT32(PROC_REFUNDED), "refund_id", BCON_UTF8(refund_id), "}");
+	bson_t *doc = NULL, *v = NULL, reply;
+	bool found;
+	int rc;
+
+	bson_init(&reply);
+	memset(out, 0, sizeof(*out));
+	rc = modify(MG(st)->processor, NULL, f, upd, &doc, &found, &reply, e, "processor refund");
+	if (rc == 0 && found) {
+		proc_read(doc, out);
+	} else if (rc == 0) {
+		v = BCON_NEW("_id", BCON_UTF8(key), "state", BCON_INT32(PROC_VOID));
+		out->state = PROC_VOID;
+		rc = proc_insert(MG(st), key, v, out, e);
+	}
+	bson_destroy(&reply);
+	bson_destroy(f);
+	bson_destroy(upd);
+	bson_destroy(doc);
+	bson_destroy(v);
+	return rc;
+}
+
+/* --- the snapshot for check ----------------------------------------------------------------- */
+
+static int64_t count_in(struct mg *s, mongoc_client_session_t *cs, mongoc_collection_t *c, const bson_t *filter,
+			struct err *e)
+{
+	bson_t *opts = in_session(cs);
+	bson_error_t be;
+	int64_t n = mongoc_collection_count_documents(c, filter, opts, NULL, NULL, &be);
+
+	(void)s;
+	bson_destroy(opts);
+	if (n < 0)
+		mg_fail(&be, NULL, e, "count");
+	return n;
+}
+
+/* Walks a sorted find in the snapshot session, calling visit for each document. */
+static int walk(mongoc_collection_t *c, mongoc_client_session_t *cs, const bson_t *sort,
+		int (*visit)(const bson_t *doc, void *ctx), void *ctx, struct err *e)
+{
+	bson_t *filter = bson_new(), *opts = in_session(cs);
+	mongoc_cursor_t *cur;
+	const bson_t *doc;
+	bson_error_t be;
+	int rc = 0;
+
+	BSON_APPEND_DOCUMENT(opts, "sort", sort);
+	cur = mongoc_collection_find_with_opts(c, filter, opts, NULL);
+	while (rc == 0 && mongoc_cursor_next(cur, &doc))
+		rc = visit(doc, ctx);
+	if (rc == 0 && mongoc_cursor_error(cur, &be))
+		rc = mg_fail(&be, NULL, e, "snapshot");
+	mongoc_cursor_destroy(cur);
+	bson_destroy(filter);
+	bson_destroy(opts);
+	return rc;
+}
+
+struct snap {
+	struct mg *s;
+	mongoc_client_session_t *cs;
+	const struct snapshot_visitor *v;
+	struct err *e;
+};
+
+static int snap_plan(const bson_t *doc, void *ctx)
+{
+	struct snap *x = ctx;
+	struct plan p;
+	struct plan_tally t = {&p, 0, 0, 0, 0, false, 0};
+	bson_t *f, *last = NULL;
+	struct seat_counts c;
 	int rc = -1;
 
-	*violations = 0;
-	if (mg_plan_list(st, NULL, &plans, &np, e))
-		return -1;
-	for (i = 0; i < np; i++) {
-		struct plan *p = &plans[i];
-		bson_oid_t oid;
-		bson_oid_init_from_string(&oid, p->id);
-		bson_t *fp = BCON_NEW("plan_id", BCON_OID(&oid), "status", BCON_UTF8("pending"));
-		bson_t *fa = BCON_NEW("plan_id", BCON_OID(&oid), "status", BCON_UTF8("active"));
-		bson_t *fh = BCON_NEW("plan_id", BCON_UTF8(p->id), "action", BCON_UTF8("seat.held"));
-		bson_t *fr = BCON_NEW("plan_id", BCON_UTF8(p->id), "action", BCON_UTF8("seat.released"));
-		bson_t *fl = BCON_NEW("plan_id", BCON_UTF8(p->id), "after.subscriptions_left", "{", "$exists",
-				      BCON_BOOL(true), "}");
-		bson_t *sort = BCON_NEW("at", BCON_INT32(-1), "_id", BCON_INT32(-1)), *last = NULL;
-		int64_t pending = count(s->subs, fp, e), active = count(s->subs, fa, e);
-		int64_t holds = count(s->audit, fh, e), releases = count(s->audit, fr, e);
-		int found = find_one(s->audit, fl, sort, NULL, &last, e, "audit");
-
-		bson_destroy(fp);
-		bson_destroy(fa);
-		bson_destroy(fh);
-		bson_destroy(fr);
-		bson_destroy(fl);
-		bson_destroy(sort);
-		if (pending < 0 || active < 0 || holds < 0 || releases < 0 || found < 0) {
-			bson_destroy(last);
-			goto out;
-		}
-		if (p->subscriptions_left < 0 || p->subscriptions_left + pending + active != p->total_capacity) {
-			report(arg, "plan %s: left %lld + pending %lld + active %lld != total %lld", p->id,
-			       (long long)p->subscriptions_left, (long long)pending, (long long)active,
-			       (long long)p->total_capacity);
-			(*violations)++;
-		}
-		if (p->subscriptions_held != pending) {
-			report(arg, "plan %s: subscriptions_held %lld != pending subscriptions %lld", p->id,
-			       (long long)p->subscriptions_held, (long long)pending);
-			(*violations)++;
-		}
-		if (holds - releases != pending + active) {
-			report(arg, "plan %s: audit has %lld seat.held - %lld seat.released, but %lld seats are taken",
-			       p->id, (long long)holds, (long long)releases, (long long)(pending + active));
-			(*violations)++;
-		}
-		bson_iter_t top, it;
-		if (!last || !bson_iter_init(&top, last) ||
-		    !bson_iter_find_descendant(&top, "after.subscriptions_left", &it) ||
-		    bson_iter_as_int64(&it) != p->subscriptions_left) {
-			report(arg, "plan %s: the last audit event does not end at %lld seats left", p->id,
-			       (long long)p->subscriptions_left);
-			(*violations)++;
-		}
-		bson_destroy(last);
+	plan_read(doc, &p);
+	bson_oid_t oid;
+	bson_oid_init_from_string(&oid, p.id);
+	f = BCON_NEW("plan_id", BCON_OID(&oid), "status", BCON_UTF8("pending"));
+	t.pending = count_in(x->s, x->cs, x->s->subs, f, x->e);
+	bson_destroy(f);
+	f = BCON_NEW("plan_id", BCON_OID(&oid), "status", BCON_UTF8("active"));
+	t.active = count_in(x->s, x->cs, x->s->subs, f, x->e);
+	bson_destroy(f);
+	f = BCON_NEW("plan_id", BCON_UTF8(p.id), "action", BCON_UTF8("seat.held"));
+	t.held_events = count_in(x->s, x->cs, x->s->audit, f, x->e);
+	bson_destroy(f);
+	f = BCON_NEW("plan_id", BCON_UTF8(p.id), "action", BCON_UTF8("seat.released"));
+	t.released_events = count_in(x->s, x->cs, x->s->audit, f, x->e);
+	bson_destroy(f);
+	if (t.pending < 0 || t.active < 0 || t.held_events < 0 || t.released_events < 0)
+		goto out;
+	f = BCON_NEW("plan_id", BCON_UTF8(p.id), "after", "{", "$exists", BCON_BOOL(true), "}");
+	bson_t *sort = BCON_NEW("at", BCON_INT32(-1), "_id", BCON_INT32(-1));
+	int r = find_one(x->s->audit, f, sort, x->cs, &last, x->e, "last event");
+	bson_destroy(sort);
+	bson_destroy(f);
+	if (r < 0)
+		goto out;
+	if (r == 1 && read_counts(last, "after", &c)) {
+		t.has_last = true;
+		t.last_left = c.left;
 	}
-	/* 3: charges against subscriptions, by scanning the successful charges. */
-	{
-		bson_t *f = BCON_NEW("kind", BCON_UTF8("charge"), "status", BCON_UTF8("succeeded"));
-		mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->payments, f, NULL, NULL);
-		const bson_t *doc;
-		bson_error_t be;
-
-		while (mongoc_cursor_next(cur, &doc)) {
-			char sid[ID_LEN + 1], key[UUID_LEN + 1], pid[32], status[16] = "(none)";
-			bson_t *sf, *sub = NULL, *rf;
-			get_id(doc, "subscription_id", sid, sizeof(sid));
-			get_str(doc, "idem_key", key, sizeof(key));
-			get_str(doc, "_id", pid, sizeof(pid));
-			sf = by_id(sid);
-			if (find_one(s->subs, sf, NULL, NULL, &sub, e, "subscription") > 0)
-				get_str(sub, "status", status, sizeof(status));
-			rf = BCON_NEW("idem_key", BCON_UTF8(key), "kind", BCON_UTF8("refund"));
-			if (strcmp(status, "active") && strcmp(status, "cancelled") && strcmp(status, "pending") &&
-			    count(s->payments, rf, e) == 0) {
-				report(arg, "charge %s succeeded, but subscription %s is %s and nothing was refunded",
-				       pid, sid, status);
-				(*violations)++;
-			}
-			bson_destroy(sf);
-			bson_destroy(sub);
-			bson_destroy(rf);
-		}
-		if (mongoc_cursor_error(cur, &be))
-			mg_fail(&be, NULL, e, "check charges");
-		mongoc_cursor_destroy(cur);
-		bson_destroy(f);
-		f = BCON_NEW("status", "{", "$in", "[", BCON_UTF8("active"), BCON_UTF8("cancelled"), "]", "}");
-		cur = mongoc_collection_find_with_opts(s->subs, f, NULL, NULL);
-		while (mongoc_cursor_next(cur, &doc)) {
-			char sid[ID_LEN + 1], pay[32];
-			get_id(doc, "_id", sid, sizeof(sid));
-			get_str(doc, "payment_id", pay, sizeof(pay));
-			bson_t *pf = BCON_NEW("_id", BCON_UTF8(pay), "kind", BCON_UTF8("charge"), "status",
-					      BCON_UTF8("succeeded"));
-			if (count(s->payments, pf, e) != 1) {
-				report(arg, "subscription %s was activated without a successful charge", sid);
-				(*violations)++;
-			}
-			bson_destroy(pf);
-		}
-		if (mongoc_cursor_error(cur, &be))
-			mg_fail(&be, NULL, e, "check subscriptions");
-		mongoc_cursor_destroy(cur);
-		bson_destroy(f);
-	}
-	rc = e->kind == ERR_NONE ? 0 : -1;
+	rc = x->v->plan(x->v->arg, &t);
 out:
-	for (i = 0; i < np; i++)
-		plan_clear(&plans[i]);
-	free(plans);
+	bson_destroy(last);
+	plan_clear(&p);
+	return rc;
+}
+
+static int snap_sub(const bson_t *doc, void *ctx)
+{
+	struct snap *x = ctx;
+	struct subscription s;
+	int rc;
+
+	sub_read(doc, &s);
+	rc = x->v->subscription(x->v->arg, &s);
+	subscription_clear(&s);
+	return rc;
+}
+
+static int snap_payment(const bson_t *doc, void *ctx)
+{
+	struct snap *x = ctx;
+	struct payment p;
+
+	payment_read(doc, &p);
+	return x->v->payment(x->v->arg, &p);
+}
+
+static int mg_snapshot(struct store *st, const struct snapshot_visitor *v, struct err *e)
+{
+	struct mg *s = MG(st);
+	mongoc_session_opt_t *so = mongoc_session_opts_new();
+	mongoc_client_session_t *cs = NULL;
+	bson_t *by_plan = BCON_NEW("_id", BCON_INT32(1));
+	bson_t *by_key = BCON_NEW("idem_key", BCON_INT32(1), "_id", BCON_INT32(1));
+	bson_t *by_key_kind = BCON_NEW("idem_key", BCON_INT32(1), "kind", BCON_INT32(1));
+	struct snap x = {s, NULL, v, e};
+	bson_error_t be;
+	int rc = -1;
+
+	/* Every read of a snapshot session sees the same point in time (MongoDB 5.0 and later). */
+	mongoc_session_opts_set_snapshot(so, true);
+	if (refuse_standalone(s, e))
+		goto out;
+	if (!(cs = mongoc_client_start_session(s->client, so, &be))) {
+		mg_fail(&be, NULL, e, "snapshot session");
+		goto out;
+	}
+	x.cs = cs;
+	rc = walk(s->plans, cs, by_plan, snap_plan, &x, e);
+	if (rc == 0)
+		rc = walk(s->subs, cs, by_key, snap_sub, &x, e);
+	if (rc == 0)
+		rc = walk(s->payments, cs, by_key_kind, snap_payment, &x, e);
+out:
+	mongoc_client_session_destroy(cs);
+	mongoc_session_opts_destroy(so);
+	bson_destroy(by_plan);
+	bson_destroy(by_key);
+	bson_destroy(by_key_kind);
 	return rc;
 }
 
@@ -1633,7 +1748,8 @@ static int mg_ping(struct store *st, struct err *e)
 static int mg_reset(struct store *st, struct err *e)
 {
 	struct mg *s = MG(st);
-	mongoc_collection_t *all[] = {s->audit, s->payments, s->keys, s->subs, s->customers, s->plans, s->leases};
+	mongoc_collection_t *all[] = {s->audit, s->payments, s->keys, s->subs, s->customers, s->plans, s->leases,
+				      s->processor};
 	bson_t *empty = bson_new();
 	bson_error_t be;
 	int rc = 0;
@@ -1656,6 +1772,7 @@ static void mg_close(struct store *st)
 	mongoc_collection_destroy(s->payments);
 	mongoc_collection_destroy(s->audit);
 	mongoc_collection_destroy(s->leases);
+	mongoc_collection_destroy(s->processor);
 	mongoc_database_destroy(s->db);
 	mongoc_client_destroy(s->client);
 	free(s);
@@ -1672,24 +1789,23 @@ static const struct store_ops mongo_ops = {
 	.plan_update = mg_plan_update,
 	.customer_create = mg_customer_create,
 	.customer_get = mg_customer_get,
-	.customer_upsert = mg_customer_upsert,
 	.key_claim = mg_key_claim,
-	.key_forget = mg_key_forget,
 	.key_finish = mg_key_finish,
+	.key_forget = mg_key_forget,
 	.key_get = mg_key_get,
-	.seat_hold = mg_seat_hold,
-	.hold_confirm = mg_hold_confirm,
-	.hold_release = mg_hold_release,
+	.hold = mg_hold,
+	.transition = mg_transition,
 	.payment_record = mg_payment_record,
 	.sub_get = mg_sub_get,
-	.sub_cancel = mg_sub_cancel,
 	.sub_list = mg_sub_list,
 	.audit_list = mg_audit_list,
 	.lease_take = mg_lease_take,
 	.holds_overdue = mg_holds_overdue,
-	.charges_unsettled = mg_charges_unsettled,
+	.charges_unrefunded = mg_charges_unrefunded,
 	.keys_purge = mg_keys_purge,
-	.check = mg_check,
+	.processor_charge = mg_processor_charge,
+	.processor_void = mg_processor_void,
+	.snapshot = mg_snapshot,
 };
 
 /* One index: {name, key, unique?}. */
@@ -1770,6 +1886,8 @@ static int schema(struct mg *s, struct err *e)
 /* Transactions need a replica set (or mongos); a standalone mongod cannot run them. */
 static int topology(struct mg *s, const char *url, struct err *e)
 {
+	char shown[256];
+
 	bson_t *cmd = BCON_NEW("hello", BCON_INT32(1)), reply;
 	bson_error_t be;
 	bson_iter_t it;
@@ -1784,7 +1902,7 @@ static int topology(struct mg *s, const char *url, struct err *e)
 			 "MongoDB at %.80s is a standalone server, which cannot run the transactions a purchase "
 			 "needs: start mongod with --replSet rs0 and run rs.initiate() once, or use "
 			 "`docker compose up`, which starts a single-node replica set",
-			 url);
+			 store_url_redact(url, shown, sizeof(shown)));
 	}
 	bson_destroy(&reply);
 	bson_destroy(cmd);
@@ -1812,7 +1930,7 @@ struct store *store_mongo_open(const char *url, struct err *e)
 	mongoc_init_once();
 	s->base.ops = &mongo_ops;
 	if (!(uri = mongoc_uri_new_with_error(url, &be))) {
-		err_set(e, ERR_UNAVAILABLE, "SERVICE_UNAVAILABLE", "NUMATIX_DB is not a MongoDB URI: %s", be.message);
+		err_set(e, ERR_UNAVAILABLE, NULL, "NUMATIX_DB is not a MongoDB URI: %s", be.message);
 		goto fail;
 	}
 	if (!mongoc_uri_has_option(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS))
@@ -1823,7 +1941,7 @@ struct store *store_mongo_open(const char *url, struct err *e)
 	mongoc_uri_set_write_concern(uri, wc);
 	mongoc_uri_set_appname(uri, "numatix");
 	if (!(s->client = mongoc_client_new_from_uri_with_error(uri, &be))) {
-		err_set(e, ERR_UNAVAILABLE, "SERVICE_UNAVAILABLE", "MongoDB client: %s", be.message);
+		err_set(e, ERR_UNAVAILABLE, NULL, "MongoDB client: %s", be.message);
 		goto fail;
 	}
 	mongoc_client_set_error_api(s->client, MONGOC_ERROR_API_VERSION_2);
@@ -1836,6 +1954,7 @@ struct store *store_mongo_open(const char *url, struct err *e)
 	s->payments = mongoc_database_get_collection(s->db, "payments");
 	s->audit = mongoc_database_get_collection(s->db, "audit_events");
 	s->leases = mongoc_database_get_collection(s->db, "leases");
+	s->processor = mongoc_database_get_collection(s->db, "processor");
 	if (topology(s, url, e) || schema(s, e))
 		goto fail;
 	mongoc_write_concern_destroy(wc);

@@ -1,29 +1,36 @@
 /* store_sqlite.c - the embedded SQLite store.
  *
- * Every operation that writes is one BEGIN IMMEDIATE transaction: it takes SQLite's single
+ * Every primitive that writes is one BEGIN IMMEDIATE transaction: it takes SQLite's single
  * write lock at the start, so a read followed by a write inside it cannot interleave with
  * another process. WAL mode lets readers run beside the writer; synchronous=FULL makes every
- * commit durable before a 2xx leaves; the busy timeout queues writers instead of failing. */
+ * commit durable before a 2xx leaves; the busy timeout queues writers instead of failing.
+ * The simulated processor's records live in a second file with a write lock of its own. */
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "store.h"
+#include "store_impl.h"
 #include "util.h"
 
 #define STMT_CACHE 64
 #define BUSY_TIMEOUT_MS 10000
+#define SCHEMA_VERSION 2
 
-struct sq {
-	struct store base;
-	sqlite3 *db;
+struct stmt_cache {
 	struct {
 		const char *sql;        /* static text: the cache key is its address */
 		sqlite3_stmt *st;
-	} cache[STMT_CACHE];
-	int ncache;
+	} at[STMT_CACHE];
+	int n;
+};
+
+struct sq {
+	struct store base;
+	sqlite3 *db;                    /* the ledger */
+	sqlite3 *proc;                  /* the simulated processor's records */
+	struct stmt_cache cache, proc_cache;
 };
 
 static const char SCHEMA[] =
@@ -62,102 +69,142 @@ static const char SCHEMA[] =
 	" seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, at INTEGER NOT NULL,"
 	" action TEXT NOT NULL, actor_type TEXT NOT NULL, actor_id TEXT NOT NULL DEFAULT '',"
 	" resource_type TEXT NOT NULL, resource_id TEXT NOT NULL, plan_id TEXT NOT NULL DEFAULT '',"
-	" before TEXT, after TEXT, trace_id TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '');"
+	" b_total INTEGER, b_left INTEGER, b_held INTEGER, a_total INTEGER, a_left INTEGER,"
+	" a_held INTEGER, detail TEXT, trace_id TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '');"
 	"CREATE INDEX IF NOT EXISTS audit_plan ON audit_events(plan_id, seq);"
 	"CREATE INDEX IF NOT EXISTS audit_trace ON audit_events(trace_id, seq);"
 	"CREATE TABLE IF NOT EXISTS leases ("
 	" name TEXT PRIMARY KEY, holder TEXT NOT NULL, until INTEGER NOT NULL);";
 
+/* Version 1 kept an event's seat counts as JSON text in before/after; version 2 keeps them as
+ * numbers, and a payment's summary in detail. */
+static const char MIGRATE_1_2[] =
+	"ALTER TABLE audit_events ADD COLUMN b_total INTEGER;"
+	"ALTER TABLE audit_events ADD COLUMN b_left INTEGER;"
+	"ALTER TABLE audit_events ADD COLUMN b_held INTEGER;"
+	"ALTER TABLE audit_events ADD COLUMN a_total INTEGER;"
+	"ALTER TABLE audit_events ADD COLUMN a_left INTEGER;"
+	"ALTER TABLE audit_events ADD COLUMN a_held INTEGER;"
+	"ALTER TABLE audit_events ADD COLUMN detail TEXT;"
+	"UPDATE audit_events SET"
+	" b_total = json_extract(before, '$.total_capacity'), b_left = json_extract(before, '$.subscriptions_left'),"
+	" b_held = json_extract(before, '$.subscriptions_held'), a_total = json_extract(after, '$.total_capacity'),"
+	" a_left = json_extract(after, '$.subscriptions_left'), a_held = json_extract(after, '$.subscriptions_held')"
+	" WHERE resource_type != 'payment';"
+	"UPDATE audit_events SET detail = after WHERE resource_type = 'payment';";
+
+static const char PROC_SCHEMA[] =
+	"CREATE TABLE IF NOT EXISTS processor ("
+	" key TEXT PRIMARY KEY, state INTEGER NOT NULL, charge_id TEXT NOT NULL DEFAULT '',"
+	" refund_id TEXT NOT NULL DEFAULT '', decline_code TEXT NOT NULL DEFAULT '',"
+	" amount_cents INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL);";
+
 #define SQ(s) ((struct sq *)(s))
 
 /* --- statements --------------------------------------------------------------------------- */
 
-static int db_error(struct sq *s, int rc, struct err *e)
+static int db_error(sqlite3 *db, int rc, struct err *e)
 {
 	int base = rc & 0xff;
 
 	if (base == SQLITE_BUSY || base == SQLITE_LOCKED)
-		err_set(e, ERR_RETRYABLE, "SERVICE_UNAVAILABLE", "sqlite busy: %s", sqlite3_errmsg(s->db));
+		err_set(e, ERR_RETRYABLE, NULL, "sqlite busy: %s", sqlite3_errmsg(db));
 	else if (base == SQLITE_CONSTRAINT)
-		err_set(e, ERR_CONFLICT, "CONFLICT", "sqlite constraint: %s", sqlite3_errmsg(s->db));
+		err_set(e, ERR_INTERNAL, NULL, "sqlite constraint: %s", sqlite3_errmsg(db));
 	else
-		err_set(e, ERR_UNAVAILABLE, "SERVICE_UNAVAILABLE", "sqlite error %d: %s", rc,
-			sqlite3_errmsg(s->db));
+		err_set(e, ERR_UNAVAILABLE, NULL, "sqlite error %d: %s", rc, sqlite3_errmsg(db));
 	return -1;
 }
 
 /* A prepared statement for sql with the arguments bound by fmt: 't' text (NULL binds NULL),
- * 'i' int64. Borrowed: valid until the next q() of the same sql. */
-static sqlite3_stmt *q(struct sq *s, const char *sql, struct err *e, const char *fmt, ...)
+ * 'i' int64, 'I' int64 where 0 binds NULL. Borrowed: valid until the next use of the same sql. */
+static sqlite3_stmt *qv(sqlite3 *db, struct stmt_cache *c, const char *sql, struct err *e,
+			const char *fmt, va_list ap)
 {
 	sqlite3_stmt *st = NULL;
-	va_list ap;
 	int rc, i;
 
-	for (i = 0; i < s->ncache; i++)
-		if (s->cache[i].sql == sql) {
-			st = s->cache[i].st;
+	for (i = 0; i < c->n; i++)
+		if (c->at[i].sql == sql) {
+			st = c->at[i].st;
 			sqlite3_reset(st);
 			sqlite3_clear_bindings(st);
 			break;
 		}
 	if (!st) {
-		rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+		rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
 		if (rc != SQLITE_OK) {
-			db_error(s, rc, e);
+			db_error(db, rc, e);
 			return NULL;
 		}
-		if (s->ncache < STMT_CACHE) {
-			s->cache[s->ncache].sql = sql;
-			s->cache[s->ncache].st = st;
-			s->ncache++;
-		} else {
+		if (c->n == STMT_CACHE)
 			abort(); /* more distinct statements than the cache holds: raise STMT_CACHE */
-		}
+		c->at[c->n].sql = sql;
+		c->at[c->n].st = st;
+		c->n++;
 	}
-	va_start(ap, fmt);
 	for (i = 0; fmt[i]; i++) {
 		if (fmt[i] == 't') {
 			const char *v = va_arg(ap, const char *);
 			rc = v ? sqlite3_bind_text(st, i + 1, v, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i + 1);
 		} else {
-			rc = sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+			int64_t v = va_arg(ap, int64_t);
+			rc = fmt[i] == 'I' && !v ? sqlite3_bind_null(st, i + 1) : sqlite3_bind_int64(st, i + 1, v);
 		}
 		if (rc != SQLITE_OK) {
-			va_end(ap);
-			db_error(s, rc, e);
+			db_error(db, rc, e);
 			return NULL;
 		}
 	}
+	return st;
+}
+
+static sqlite3_stmt *q(struct sq *s, const char *sql, struct err *e, const char *fmt, ...)
+{
+	va_list ap;
+	sqlite3_stmt *st;
+
+	va_start(ap, fmt);
+	st = qv(s->db, &s->cache, sql, e, fmt, ap);
+	va_end(ap);
+	return st;
+}
+
+static sqlite3_stmt *qp(struct sq *s, const char *sql, struct err *e, const char *fmt, ...)
+{
+	va_list ap;
+	sqlite3_stmt *st;
+
+	va_start(ap, fmt);
+	st = qv(s->proc, &s->proc_cache, sql, e, fmt, ap);
 	va_end(ap);
 	return st;
 }
 
 /* Steps st: 1 for a row, 0 when done, -1 on error (e filled). */
-static int step(struct sq *s, sqlite3_stmt *st, struct err *e)
+static int step(sqlite3_stmt *st, struct err *e)
 {
-	int rc = sqlite3_step(st);
+	int rc;
 
+	if (!st)
+		return -1;
+	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW)
 		return 1;
 	if (rc == SQLITE_DONE)
 		return 0;
-	db_error(s, rc, e);
+	db_error(sqlite3_db_handle(st), rc, e);
 	return -1;
 }
 
 /* Runs a statement without rows; returns the number of rows changed, or -1. */
-static int run(struct sq *s, sqlite3_stmt *st, struct err *e)
+static int run(sqlite3_stmt *st, struct err *e)
 {
 	int r;
 
-	if (!st)
-		return -1;
-	while ((r = step(s, st, e)) == 1)
+	while ((r = step(st, e)) == 1)
 		;
-	if (r < 0)
-		return -1;
-	return sqlite3_changes(s->db);
+	return r < 0 ? -1 : sqlite3_changes(sqlite3_db_handle(st));
 }
 
 static char *col_str(sqlite3_stmt *st, int i)
@@ -172,89 +219,101 @@ static void col_copy(sqlite3_stmt *st, int i, char *dst, size_t len)
 	snprintf(dst, len, "%s", t ? (const char *)t : "");
 }
 
-static int tx_begin(struct sq *s, struct err *e)
+static void cache_reset(struct stmt_cache *c)
 {
-	int rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
-	return rc == SQLITE_OK ? 0 : db_error(s, rc, e);
+	for (int i = 0; i < c->n; i++)
+		sqlite3_reset(c->at[i].st);
 }
 
-static int tx_commit(struct sq *s, struct err *e)
+static int tx_begin(sqlite3 *db, struct err *e)
 {
-	int rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
-
-	if (rc == SQLITE_OK)
-		return 0;
-	db_error(s, rc, e);
-	sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-	return -1;
+	int rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : db_error(db, rc, e);
 }
 
 /* Ends a transaction: commits when rc is 0, else rolls back. Returns 0 or -1. */
-static int tx_end(struct sq *s, int rc, struct err *e)
+static int tx_end(sqlite3 *db, struct stmt_cache *c, int rc, struct err *e)
 {
-	for (int i = 0; i < s->ncache; i++)
-		sqlite3_reset(s->cache[i].st);
-	if (rc == 0)
-		return tx_commit(s, e);
-	if (sqlite3_get_autocommit(s->db) == 0)
-		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	cache_reset(c);
+	if (rc == 0) {
+		int r = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+		if (r == SQLITE_OK)
+			return 0;
+		db_error(db, r, e);
+	}
+	if (sqlite3_get_autocommit(db) == 0)
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
 	return -1;
 }
 
-/* --- audit -------------------------------------------------------------------------------- */
+#define BEGIN(s, e) tx_begin((s)->db, (e))
+#define END(s, rc, e) tx_end((s)->db, &(s)->cache, (rc), (e))
 
-static int audit_put(struct sq *s, const struct audit_ctx *a, int64_t now, const char *action,
-		     const char *rtype, const char *rid, const char *plan_id, const char *before,
-		     const char *after, struct err *e)
+/* --- events and seats --------------------------------------------------------------------- */
+
+static int events_put(struct sq *s, const struct actor *a, int64_t now, const char *plan_id,
+		      const struct event_spec *ev, size_t nev, const struct seat_counts *before,
+		      const struct seat_counts *after, struct err *e)
 {
 	static const char sql[] =
 		"INSERT INTO audit_events (id, at, action, actor_type, actor_id, resource_type,"
-		" resource_id, plan_id, before, after, trace_id, ip) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)";
+		" resource_id, plan_id, b_total, b_left, b_held, a_total, a_left, a_held, detail,"
+		" trace_id, ip) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 	char id[ID_LEN + 1];
 
-	id_new(id);
-	return run(s, q(s, sql, e, "titttttttttt", id, now, action, a->actor_type,
-			a->actor_id ? a->actor_id : "", rtype, rid, plan_id ? plan_id : "", before,
-			after, a->trace_id ? a->trace_id : "", a->ip ? a->ip : ""), e) < 0 ? -1 : 0;
+	for (size_t i = 0; i < nev; i++) {
+		bool b = ev[i].counts == EV_BEFORE_AFTER && before, af = ev[i].counts != EV_NO_COUNTS && after;
+		sqlite3_stmt *st;
+
+		id_new(id);
+		st = q(s, sql, e, "titttttt", id, now, ev[i].action, a->type, a->id ? a->id : "",
+		       ev[i].resource_type, ev[i].resource_id, plan_id ? plan_id : "");
+		if (!st)
+			return -1;
+		if (b) {
+			sqlite3_bind_int64(st, 9, before->total);
+			sqlite3_bind_int64(st, 10, before->left);
+			sqlite3_bind_int64(st, 11, before->held);
+		}
+		if (af) {
+			sqlite3_bind_int64(st, 12, after->total);
+			sqlite3_bind_int64(st, 13, after->left);
+			sqlite3_bind_int64(st, 14, after->held);
+		}
+		if (ev[i].detail)
+			sqlite3_bind_text(st, 15, ev[i].detail, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 16, a->trace_id ? a->trace_id : "", -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 17, a->ip ? a->ip : "", -1, SQLITE_TRANSIENT);
+		if (run(st, e) < 0)
+			return -1;
+	}
+	return 0;
 }
 
-/* Moves a plan's seat counts by dleft and dheld and writes one audit event per action with the
- * counts before and after. The WHERE clause keeps left >= 0 even if a caller errs. */
+/* Moves a plan's seat counts by dleft and dheld; the counts after into *after. The WHERE
+ * clause keeps both >= 0 even if a caller errs. */
 static int seats_move(struct sq *s, const char *plan_id, int dleft, int dheld, int64_t now,
-		      const struct audit_ctx *a, const char *const *actions, const char *rtype,
-		      const char *rid, struct err *e)
+		      struct seat_counts *after, struct err *e)
 {
 	static const char sql[] =
-		"UPDATE plans SET subscriptions_left = subscriptions_left + ?,"
-		" subscriptions_held = subscriptions_held + ?, updated_at = ?"
-		" WHERE id = ? AND subscriptions_left + ? >= 0 AND subscriptions_held + ? >= 0"
+		"UPDATE plans SET subscriptions_left = subscriptions_left + ?1,"
+		" subscriptions_held = subscriptions_held + ?2, updated_at = ?3"
+		" WHERE id = ?4 AND subscriptions_left + ?1 >= 0 AND subscriptions_held + ?2 >= 0"
 		" RETURNING total_capacity, subscriptions_left, subscriptions_held";
-	sqlite3_stmt *st = q(s, sql, e, "iiitii", (int64_t)dleft, (int64_t)dheld, now, plan_id,
-			     (int64_t)dleft, (int64_t)dheld);
-	char *before = NULL, *after = NULL;
-	int64_t total, left, held;
-	int r, rc = -1;
+	sqlite3_stmt *st = q(s, sql, e, "iiit", (int64_t)dleft, (int64_t)dheld, now, plan_id);
+	int r = step(st, e);
 
-	if (!st || (r = step(s, st, e)) < 0)
+	if (r < 0)
 		return -1;
 	if (r == 0) {
-		err_set(e, ERR_INTERNAL, "INTERNAL", "seat counts of plan %s would go negative", plan_id);
+		err_set(e, ERR_INTERNAL, NULL, "seat counts of plan %s would go negative", plan_id);
 		return -1;
 	}
-	total = sqlite3_column_int64(st, 0);
-	left = sqlite3_column_int64(st, 1);
-	held = sqlite3_column_int64(st, 2);
+	after->total = sqlite3_column_int64(st, 0);
+	after->left = sqlite3_column_int64(st, 1);
+	after->held = sqlite3_column_int64(st, 2);
 	sqlite3_reset(st);
-	before = audit_counts_json(total, left - dleft, held - dheld);
-	after = audit_counts_json(total, left, held);
-	for (; *actions; actions++)
-		if (audit_put(s, a, now, *actions, rtype, rid, plan_id, before, after, e))
-			goto out;
-	rc = 0;
-out:
-	free(before);
-	free(after);
-	return rc;
+	return 0;
 }
 
 /* --- plans -------------------------------------------------------------------------------- */
@@ -289,45 +348,53 @@ static const char *features_text(struct json_object *f)
 	return f ? json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN) : "[]";
 }
 
-static int sq_plan_get(struct store *st_, const char *id, struct plan *out, struct err *e)
+static int sq_plan_get(struct store *st_, const char *id, struct plan *out, bool *found, struct err *e)
 {
 	static const char sql[] = "SELECT " PLAN_COLS " FROM plans WHERE id = ?";
-	struct sq *s = SQ(st_);
-	sqlite3_stmt *st = q(s, sql, e, "t", id);
-	int r;
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "t", id);
+	int r = step(st, e);
 
-	if (!st || (r = step(s, st, e)) < 0)
+	if (r < 0)
 		return -1;
-	if (r == 0) {
-		err_set(e, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no plan %s", id);
-		return -1;
-	}
-	plan_read(st, out);
+	*found = r == 1;
+	if (r == 1)
+		plan_read(st, out);
 	sqlite3_reset(st);
 	return 0;
 }
 
-static int sq_plan_create(struct store *st_, struct plan *p, const struct audit_ctx *a, struct err *e)
+static bool is_unique_violation(sqlite3 *db)
+{
+	return sqlite3_extended_errcode(db) == SQLITE_CONSTRAINT_UNIQUE;
+}
+
+static int sq_plan_create(struct store *st_, const struct plan *p, const struct event_spec *ev, size_t nev,
+			  const struct actor *a, enum write_result *res, struct err *e)
 {
 	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)";
 	struct sq *s = SQ(st_);
-	char *after = NULL;
+	struct seat_counts after = {p->total_capacity, p->subscriptions_left, p->subscriptions_held};
 	int rc = -1;
 
-	if (tx_begin(s, e))
+	*res = WRITE_DONE;
+	if (BEGIN(s, e))
 		return -1;
-	if (run(s, q(s, sql, e, "tttiiiiittii", p->id, p->name, p->description, p->price_cents,
-		     p->duration_days, p->total_capacity, p->subscriptions_left, p->subscriptions_held,
-		     p->status, features_text(p->features), p->created_at, p->updated_at), e) < 0) {
-		if (e->kind == ERR_CONFLICT)
-			err_set(e, ERR_CONFLICT, "PLAN_NAME_TAKEN", "a plan is named \"%s\" already", p->name);
+	if (run(q(s, sql, e, "tttiiiiittii", p->id, p->name, p->description, p->price_cents,
+		  p->duration_days, p->total_capacity, p->subscriptions_left, p->subscriptions_held,
+		  p->status, features_text(p->features), p->created_at, p->updated_at), e) < 0) {
+		if (is_unique_violation(s->db)) {
+			*res = WRITE_DUPLICATE;
+			err_clear(e);
+		}
 		goto out;
 	}
-	after = audit_counts_json(p->total_capacity, p->subscriptions_left, p->subscriptions_held);
-	rc = audit_put(s, a, p->created_at, "plan.created", "plan", p->id, p->id, NULL, after, e);
+	rc = events_put(s, a, p->created_at, p->id, ev, nev, NULL, &after, e);
 out:
-	free(after);
-	return tx_end(s, rc, e);
+	if (*res != WRITE_DONE) {
+		END(s, -1, e);
+		return 0;
+	}
+	return END(s, rc, e);
 }
 
 static int sq_plan_list(struct store *st_, const char *status, struct plan **out, size_t *n,
@@ -335,23 +402,21 @@ static int sq_plan_list(struct store *st_, const char *status, struct plan **out
 {
 	static const char sql[] = "SELECT " PLAN_COLS " FROM plans WHERE ?1 IS NULL OR status = ?1"
 				  " ORDER BY price_cents, name, id";
-	struct sq *s = SQ(st_);
-	sqlite3_stmt *st = q(s, sql, e, "t", status);
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "t", status);
 	size_t cap = 0;
 	int r;
 
 	*out = NULL;
 	*n = 0;
-	if (!st)
-		return -1;
-	while ((r = step(s, st, e)) == 1) {
+	while ((r = step(st, e)) == 1) {
 		if (*n == cap) {
 			cap = cap ? 2 * cap : 16;
 			*out = xrealloc(*out, cap * sizeof(**out));
 		}
 		plan_read(st, &(*out)[(*n)++]);
 	}
-	sqlite3_reset(st);
+	if (st)
+		sqlite3_reset(st);
 	if (r < 0) {
 		for (size_t i = 0; i < *n; i++)
 			plan_clear(&(*out)[i]);
@@ -364,211 +429,235 @@ static int sq_plan_list(struct store *st_, const char *status, struct plan **out
 }
 
 static int sq_plan_update(struct store *st_, const char *id, const struct plan_patch *pt, int64_t now,
-			  const struct audit_ctx *a, struct plan *out, struct err *e)
+			  const struct event_spec *ev, size_t nev, const struct actor *a, struct plan *out,
+			  enum write_result *res, struct err *e)
 {
+	/* One statement: the capacity moves what is left by its delta, conditionally, so a
+	 * concurrent purchase's decrement is never overwritten. */
 	static const char sql[] =
-		"UPDATE plans SET name = ?, description = ?, price_cents = ?, duration_days = ?,"
-		" features = ?, status = ?, total_capacity = ?, subscriptions_left = ?, updated_at = ?"
-		" WHERE id = ?";
+		"UPDATE plans SET name = coalesce(?1, name), description = coalesce(?2, description),"
+		" price_cents = coalesce(?3, price_cents), duration_days = coalesce(?4, duration_days),"
+		" features = coalesce(?5, features), status = coalesce(?6, status),"
+		" subscriptions_left = subscriptions_left + coalesce(?7 - total_capacity, 0),"
+		" total_capacity = coalesce(?7, total_capacity), updated_at = ?8"
+		" WHERE id = ?9 AND subscriptions_left + coalesce(?7 - total_capacity, 0) >= 0"
+		" RETURNING " PLAN_COLS;
 	struct sq *s = SQ(st_);
-	struct plan p = {0};
-	char *before = NULL, *after = NULL;
-	int rc = -1;
+	sqlite3_stmt *st;
+	struct seat_counts before, after;
+	bool found;
+	int r, rc = -1;
 
-	if (tx_begin(s, e))
+	*res = WRITE_DONE;
+	if (BEGIN(s, e))
 		return -1;
-	/* Inside BEGIN IMMEDIATE no other writer runs, so this read and the write below are one
-	 * atomic step: a concurrent purchase's decrement is never overwritten. */
-	if (sq_plan_get(st_, id, &p, e))
+	if (sq_plan_get(st_, id, out, &found, e))
 		goto out;
-	before = audit_counts_json(p.total_capacity, p.subscriptions_left, p.subscriptions_held);
-	if (plan_apply_patch(&p, pt, now, e))
-		goto out;
-	if (run(s, q(s, sql, e, "ttiittiiit", p.name, p.description, p.price_cents, p.duration_days,
-		     features_text(p.features), p.status, p.total_capacity, p.subscriptions_left, now,
-		     id), e) < 0) {
-		if (e->kind == ERR_CONFLICT)
-			err_set(e, ERR_CONFLICT, "PLAN_NAME_TAKEN", "a plan is named \"%s\" already", p.name);
+	if (!found) {
+		*res = WRITE_NOT_FOUND;
 		goto out;
 	}
-	after = audit_counts_json(p.total_capacity, p.subscriptions_left, p.subscriptions_held);
-	if (audit_put(s, a, now, "plan.updated", "plan", id, id, before, after, e))
+	before = (struct seat_counts){out->total_capacity, out->subscriptions_left, out->subscriptions_held};
+	plan_clear(out);
+	st = q(s, sql, e, "ttIItt", pt->fields & PLAN_F_NAME ? pt->name : NULL,
+	       pt->fields & PLAN_F_DESCRIPTION ? pt->description : NULL,
+	       (int64_t)0, (int64_t)0, pt->fields & PLAN_F_FEATURES ? features_text(pt->features) : NULL,
+	       pt->fields & PLAN_F_STATUS ? pt->status : NULL);
+	if (!st)
 		goto out;
-	*out = p;
-	memset(&p, 0, sizeof(p));
-	rc = 0;
+	/* 0 is a price and a capacity like any other: bind NULL only for fields not patched. */
+	if (pt->fields & PLAN_F_PRICE)
+		sqlite3_bind_int64(st, 3, pt->price_cents);
+	if (pt->fields & PLAN_F_DURATION)
+		sqlite3_bind_int64(st, 4, pt->duration_days);
+	if (pt->fields & PLAN_F_CAPACITY)
+		sqlite3_bind_int64(st, 7, pt->total_capacity);
+	sqlite3_bind_int64(st, 8, now);
+	sqlite3_bind_text(st, 9, id, -1, SQLITE_TRANSIENT);
+	if ((r = step(st, e)) < 0) {
+		if (is_unique_violation(s->db)) {
+			*res = WRITE_DUPLICATE;
+			err_clear(e);
+		}
+		goto out;
+	}
+	if (r == 0) {
+		*res = WRITE_SEATS_SHORT; /* the plan exists: this transaction read it */
+		goto out;
+	}
+	plan_read(st, out);
+	sqlite3_reset(st);
+	after = (struct seat_counts){out->total_capacity, out->subscriptions_left, out->subscriptions_held};
+	rc = events_put(s, a, now, id, ev, nev, &before, &after, e);
 out:
-	plan_clear(&p);
-	free(before);
-	free(after);
-	return tx_end(s, rc, e);
+	if (*res != WRITE_DONE) {
+		plan_clear(out);
+		END(s, -1, e);
+		return e->kind == ERR_NONE ? 0 : -1;
+	}
+	if (rc)
+		plan_clear(out);
+	return END(s, rc, e);
 }
 
 /* --- customers ---------------------------------------------------------------------------- */
-
-static int customer_find(struct sq *s, const char *sql, const char *arg, struct customer *out,
-			 struct err *e)
-{
-	sqlite3_stmt *st = q(s, sql, e, "t", arg);
-	int r;
-
-	if (!st || (r = step(s, st, e)) < 0)
-		return -1;
-	if (r == 0) {
-		err_set(e, ERR_NOT_FOUND, "CUSTOMER_NOT_FOUND", "no customer %s", arg);
-		return -1;
-	}
-	memset(out, 0, sizeof(*out));
-	col_copy(st, 0, out->id, sizeof(out->id));
-	out->email = col_str(st, 1);
-	out->name = col_str(st, 2);
-	out->created_at = sqlite3_column_int64(st, 3);
-	sqlite3_reset(st);
-	return 0;
-}
 
 static const char CUSTOMER_BY_ID[] = "SELECT id, email, name, created_at FROM customers WHERE id = ?";
 static const char CUSTOMER_BY_EMAIL[] =
 	"SELECT id, email, name, created_at FROM customers WHERE email = ? COLLATE NOCASE";
 static const char CUSTOMER_INSERT[] = "INSERT INTO customers (id, email, name, created_at) VALUES (?,?,?,?)";
 
-static int sq_customer_get(struct store *st_, const char *id, struct customer *out, struct err *e)
+/* 1 found (into out, if given), 0 absent, -1 error. */
+static int customer_find(struct sq *s, const char *sql, const char *arg, struct customer *out, struct err *e)
 {
-	return customer_find(SQ(st_), CUSTOMER_BY_ID, id, out, e);
+	sqlite3_stmt *st = q(s, sql, e, "t", arg);
+	int r = step(st, e);
+
+	if (r == 1 && out) {
+		memset(out, 0, sizeof(*out));
+		col_copy(st, 0, out->id, sizeof(out->id));
+		out->email = col_str(st, 1);
+		out->name = col_str(st, 2);
+		out->created_at = sqlite3_column_int64(st, 3);
+	}
+	if (st)
+		sqlite3_reset(st);
+	return r;
 }
 
-static int sq_customer_create(struct store *st_, struct customer *c, struct err *e)
+static int sq_customer_get(struct store *st_, const char *id, struct customer *out, bool *found, struct err *e)
+{
+	int r = customer_find(SQ(st_), CUSTOMER_BY_ID, id, out, e);
+
+	*found = r == 1;
+	return r < 0 ? -1 : 0;
+}
+
+static int sq_customer_create(struct store *st_, const struct customer *c, enum write_result *res,
+			      struct err *e)
 {
 	struct sq *s = SQ(st_);
 
-	if (run(s, q(s, CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name, c->created_at), e) < 0) {
-		if (e->kind == ERR_CONFLICT)
-			err_set(e, ERR_CONFLICT, "CUSTOMER_EXISTS", "a customer has the email %s already",
-				c->email);
+	*res = WRITE_DONE;
+	if (run(q(s, CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name, c->created_at), e) >= 0)
+		return 0;
+	if (!is_unique_violation(s->db))
 		return -1;
-	}
+	*res = WRITE_DUPLICATE;
+	err_clear(e);
 	return 0;
-}
-
-static int sq_customer_upsert(struct store *st_, struct customer *c, struct err *e)
-{
-	struct sq *s = SQ(st_);
-	struct customer found;
-	int rc = -1;
-
-	if (tx_begin(s, e))
-		return -1;
-	if (customer_find(s, CUSTOMER_BY_EMAIL, c->email, &found, e) == 0) {
-		customer_clear(c);
-		*c = found;
-		rc = 0;
-	} else if (e->kind == ERR_NOT_FOUND) {
-		rc = run(s, q(s, CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name, c->created_at), e) < 0 ? -1 : 0;
-	}
-	return tx_end(s, rc, e);
 }
 
 /* --- idempotency keys --------------------------------------------------------------------- */
 
 static const char KEY_SELECT[] =
-	"SELECT fingerprint, state, locked_until, subscription_id, response_status, response_body"
-	" FROM idempotency_keys WHERE key = ?";
+	"SELECT key, fingerprint, state, locked_until, subscription_id, response_status, response_body,"
+	" created_at FROM idempotency_keys WHERE key = ?";
 
-/* Reads a key's row into out; 1 found, 0 absent, -1 error. fp receives the fingerprint. */
-static int key_read(struct sq *s, const char *key, struct key_claim *out, char fp[65], char state[16],
-		    struct err *e)
+static enum key_state key_state_of(const char *s)
+{
+	return !strcmp(s, "done") ? KEY_DONE : !strcmp(s, "held") ? KEY_HELD : KEY_STARTED;
+}
+
+/* Reads a key's row into out; 1 found, 0 absent, -1 error. */
+static int key_read(struct sq *s, const char *key, struct key_record *out, struct err *e)
 {
 	sqlite3_stmt *st = q(s, KEY_SELECT, e, "t", key);
-	int r;
+	char state[16];
+	int r = step(st, e);
 
-	if (!st || (r = step(s, st, e)) <= 0)
-		return st ? r : -1;
-	memset(out, 0, sizeof(*out));
-	col_copy(st, 0, fp, 65);
-	col_copy(st, 1, state, 16);
-	out->locked_until = sqlite3_column_int64(st, 2);
-	col_copy(st, 3, out->subscription_id, sizeof(out->subscription_id));
-	out->status = sqlite3_column_int(st, 4);
-	if (sqlite3_column_type(st, 5) != SQLITE_NULL)
-		out->body = col_str(st, 5);
-	sqlite3_reset(st);
+	if (r == 1) {
+		memset(out, 0, sizeof(*out));
+		col_copy(st, 0, out->key, sizeof(out->key));
+		col_copy(st, 1, out->fingerprint, sizeof(out->fingerprint));
+		col_copy(st, 2, state, sizeof(state));
+		out->state = key_state_of(state);
+		out->locked_until = sqlite3_column_int64(st, 3);
+		col_copy(st, 4, out->subscription_id, sizeof(out->subscription_id));
+		out->reply.status = sqlite3_column_int(st, 5);
+		if (sqlite3_column_type(st, 6) != SQLITE_NULL)
+			out->reply.body = col_str(st, 6);
+		out->created_at = sqlite3_column_int64(st, 7);
+	}
+	if (st)
+		sqlite3_reset(st);
+	return r;
+}
+
+/* The claim's first half, inside the caller's transaction: 1 when the key exists (out filled,
+ * the lease taken over if it may be), 0 when it is absent. */
+static int key_existing(struct sq *s, const struct claim_req *r, struct claim *out, struct err *e)
+{
+	static const char relock[] = "UPDATE idempotency_keys SET locked_until = ? WHERE key = ?";
+	int found = key_read(s, r->key, &out->key, e);
+
+	if (found <= 0)
+		return found;
+	out->result = CLAIM_EXISTS;
+	if (!strcmp(out->key.fingerprint, r->fingerprint) && out->key.state != KEY_DONE &&
+	    out->key.locked_until <= r->now) {
+		if (run(q(s, relock, e, "it", r->lease_until, r->key), e) < 0)
+			return -1;
+		out->taken_over = true;
+		out->key.locked_until = r->lease_until;
+	}
 	return 1;
 }
 
-static int sq_key_claim(struct store *st_, const char *key, const char *fingerprint, int64_t now,
-			int64_t lease_until, struct key_claim *out, struct err *e)
+static int sq_key_claim(struct store *st_, const struct claim_req *r, struct claim *out, struct err *e)
 {
 	static const char ins[] =
 		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, created_at)"
 		" VALUES (?, ?, 'started', ?, ?)";
-	static const char relock[] = "UPDATE idempotency_keys SET locked_until = ? WHERE key = ?";
 	struct sq *s = SQ(st_);
-	char fp[65], state[16];
-	int r, rc = -1;
+	int found, rc = -1;
 
 	memset(out, 0, sizeof(*out));
-	if (tx_begin(s, e))
+	if (BEGIN(s, e))
 		return -1;
-	r = key_read(s, key, out, fp, state, e);
-	if (r < 0)
+	if ((found = key_existing(s, r, out, e)) < 0)
 		goto out;
-	if (r == 0) {
-		out->state = KEY_NEW;
-		rc = run(s, q(s, ins, e, "ttii", key, fingerprint, lease_until, now), e) < 0 ? -1 : 0;
-	} else if (strcmp(fp, fingerprint)) {
-		out->state = KEY_MISMATCH;
-		rc = 0;
-	} else if (!strcmp(state, "done")) {
-		out->state = KEY_REPLAY;
-		rc = 0;
-	} else if (out->locked_until > now) {
-		out->state = KEY_IN_PROGRESS;
-		rc = 0;
-	} else {
-		out->state = KEY_RESUME;
-		rc = run(s, q(s, relock, e, "it", lease_until, key), e) < 0 ? -1 : 0;
+	if (found == 0) {
+		out->result = CLAIM_NEW;
+		if (run(q(s, ins, e, "ttii", r->key, r->fingerprint, r->lease_until, r->now), e) < 0)
+			goto out;
 	}
+	rc = 0;
 out:
 	if (rc)
-		key_claim_clear(out);
-	return tx_end(s, rc, e);
+		claim_clear(out);
+	return END(s, rc, e);
 }
 
-static int sq_key_get(struct store *st_, const char *key, struct key_claim *out, struct err *e)
+static int sq_key_get(struct store *st_, const char *key, struct key_record *out, bool *found, struct err *e)
 {
-	char fp[65], state[16];
-	int r = key_read(SQ(st_), key, out, fp, state, e);
+	int r = key_read(SQ(st_), key, out, e);
 
-	if (r == 0)
-		err_set(e, ERR_NOT_FOUND, "NOT_FOUND", "no idempotency key %s", key);
-	if (r <= 0)
-		return -1;
-	out->state = !strcmp(state, "done") ? KEY_REPLAY : KEY_IN_PROGRESS;
-	return 0;
+	*found = r == 1;
+	return r < 0 ? -1 : 0;
 }
 
 static int sq_key_forget(struct store *st_, const char *key, struct err *e)
 {
 	static const char sql[] = "DELETE FROM idempotency_keys WHERE key = ? AND state = 'started'";
-	struct sq *s = SQ(st_);
 
-	return run(s, q(s, sql, e, "t", key), e) < 0 ? -1 : 0;
+	return run(q(SQ(st_), sql, e, "t", key), e) < 0 ? -1 : 0;
 }
 
-static const char KEY_DONE[] =
+static const char KEY_DONE_SQL[] =
 	"UPDATE idempotency_keys SET state = 'done', locked_until = 0, response_status = ?,"
-	" response_body = ? WHERE key = ?";
+	" response_body = ? WHERE key = ? AND state != 'done'";
 
-static int sq_key_finish(struct store *st_, const char *key, const struct outcome *o, int64_t now,
+static int sq_key_finish(struct store *st_, const char *key, const struct reply *r, bool *matched,
 			 struct err *e)
 {
-	struct sq *s = SQ(st_);
+	int n = run(q(SQ(st_), KEY_DONE_SQL, e, "itt", (int64_t)r->status, r->body, key), e);
 
-	(void)now;
-	return run(s, q(s, KEY_DONE, e, "itt", (int64_t)o->status, o->body, key), e) < 0 ? -1 : 0;
+	*matched = n > 0;
+	return n < 0 ? -1 : 0;
 }
 
-/* --- purchase steps ----------------------------------------------------------------------- */
+/* --- subscriptions ------------------------------------------------------------------------ */
 
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
@@ -593,29 +682,27 @@ static void sub_read(sqlite3_stmt *st, struct subscription *o)
 	o->hold_deadline = sqlite3_column_int64(st, 12);
 	o->created_at = sqlite3_column_int64(st, 13);
 	o->updated_at = sqlite3_column_int64(st, 14);
+	o->seq = sqlite3_column_int64(st, 15);
 }
 
-static int sq_sub_get(struct store *st_, const char *id, struct subscription *out, struct err *e)
+static int sq_sub_get(struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e)
 {
 	static const char sql[] =
 		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.id = ?";
-	struct sq *s = SQ(st_);
-	sqlite3_stmt *st = q(s, sql, e, "t", id);
-	int r;
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "t", id);
+	int r = step(st, e);
 
-	if (!st || (r = step(s, st, e)) < 0)
+	if (r < 0)
 		return -1;
-	if (r == 0) {
-		err_set(e, ERR_NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", "no subscription %s", id);
-		return -1;
-	}
-	sub_read(st, out);
+	*found = r == 1;
+	if (r == 1)
+		sub_read(st, out);
 	sqlite3_reset(st);
 	return 0;
 }
 
-static int sq_seat_hold(struct store *st_, const struct hold_req *r, const struct audit_ctx *a,
-			struct subscription *out, struct err *e)
+static int sq_hold(struct store *st_, const struct hold_req *r, const struct actor *a, struct hold_out *out,
+		   struct err *e)
 {
 	static const char take[] =
 		"UPDATE plans SET subscriptions_left = subscriptions_left - 1,"
@@ -627,335 +714,288 @@ static int sq_seat_hold(struct store *st_, const struct hold_req *r, const struc
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
 		" duration_days, token_hash, hold_deadline, created_at, updated_at)"
-		" VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)";
-	static const char mark[] =
-		"UPDATE idempotency_keys SET state = 'held', subscription_id = ? WHERE key = ?";
+		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?)";
+	static const char key_ins[] =
+		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, subscription_id, created_at)"
+		" VALUES (?, ?, 'held', ?, ?, ?)";
 	struct sq *s = SQ(st_);
+	struct subscription *sub = &out->sub;
+	struct customer found_c = {0};
+	const char *customer_id = r->customer_id;
+	struct seat_counts before, after;
+	struct actor buyer;
 	sqlite3_stmt *st;
-	char *before = NULL, *after = NULL, status[16];
-	int64_t total, left, held;
+	int64_t now = r->claim.now;
+	char status[16];
 	int n, rc = -1;
 
-	if (tx_begin(s, e))
-		return -1;
-	if (!(st = q(s, take, e, "it", r->now, r->plan_id)) || (n = step(s, st, e)) < 0)
-		goto out;
-	if (n == 0) {
-		if (!(st = q(s, why, e, "t", r->plan_id)) || (n = step(s, st, e)) < 0)
-			goto out;
-		if (n == 0) {
-			err_set(e, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no plan %s", r->plan_id);
-			goto out;
-		}
-		col_copy(st, 0, status, sizeof(status));
-		if (strcmp(status, "active"))
-			err_set(e, ERR_CONFLICT, "PLAN_INACTIVE", "plan %s is not on sale", r->plan_id);
-		else
-			err_set(e, ERR_CONFLICT, "PLAN_SOLD_OUT", "plan %s is sold out", r->plan_id);
-		goto out;
-	}
 	memset(out, 0, sizeof(*out));
-	snprintf(out->id, sizeof(out->id), "%s", r->subscription_id);
-	snprintf(out->status, sizeof(out->status), "pending");
-	snprintf(out->plan_id, sizeof(out->plan_id), "%s", r->plan_id);
-	snprintf(out->customer_id, sizeof(out->customer_id), "%s", r->customer_id);
-	snprintf(out->idem_key, sizeof(out->idem_key), "%s", r->idem_key);
-	snprintf(out->token_hash, sizeof(out->token_hash), "%s", r->token_hash);
-	out->plan_name = col_str(st, 0);
-	out->amount_cents = sqlite3_column_int64(st, 1);
-	out->duration_days = sqlite3_column_int64(st, 2);
-	total = sqlite3_column_int64(st, 3);
-	left = sqlite3_column_int64(st, 4);
-	held = sqlite3_column_int64(st, 5);
-	sqlite3_reset(st);
-	out->hold_deadline = r->deadline;
-	out->created_at = out->updated_at = r->now;
-	if (run(s, q(s, ins, e, "ttttiitiii", out->id, r->plan_id, r->customer_id, r->idem_key,
-		     out->amount_cents, out->duration_days, r->token_hash, r->deadline, r->now, r->now),
-		e) < 0)
-		goto out;
-	before = audit_counts_json(total, left + 1, held - 1);
-	after = audit_counts_json(total, left, held);
-	if (audit_put(s, a, r->now, "seat.held", "subscription", out->id, r->plan_id, before, after, e) ||
-	    run(s, q(s, mark, e, "tt", out->id, r->idem_key), e) < 0)
-		goto out;
-	rc = 0;
-out:
-	free(before);
-	free(after);
-	if (rc && out->plan_name)
-		subscription_clear(out);
-	return tx_end(s, rc, e);
-}
-
-static int sq_hold_confirm(struct store *st_, const struct subscription *sub, const char *payment_id,
-			   int64_t now, const struct outcome *o, const struct audit_ctx *a, struct err *e)
-{
-	static const char sql[] =
-		"UPDATE subscriptions SET status = 'active', payment_id = ?, start_at = ?, end_at = ?,"
-		" token_hash = ?, updated_at = ? WHERE id = ? AND status = 'pending' AND hold_deadline > ?";
-	static const char *const actions[] = {"subscription.activated", NULL};
-	struct sq *s = SQ(st_);
-	int n, rc = -1;
-
-	if (tx_begin(s, e))
+	if (BEGIN(s, e))
 		return -1;
-	n = run(s, q(s, sql, e, "tiititi", payment_id, sub->start_at, sub->end_at, sub->token_hash, now,
-		     sub->id, now), e);
-	if (n < 0)
-		goto out;
-	if (n == 0) {
-		err_set(e, ERR_CONFLICT, "HOLD_EXPIRED", "the hold of subscription %s is gone", sub->id);
-		goto out;
+	if ((n = key_existing(s, &r->claim, &out->claim, e)) != 0) {
+		out->result = HOLD_KEY_EXISTS;
+		rc = n < 0 ? -1 : 0;
+		return END(s, rc, e);
 	}
-	if (seats_move(s, sub->plan_id, 0, -1, now, a, actions, "subscription", sub->id, e) ||
-	    run(s, q(s, KEY_DONE, e, "itt", (int64_t)o->status, o->body, sub->idem_key), e) < 0)
+	if (customer_id) {
+		if ((n = customer_find(s, CUSTOMER_BY_ID, customer_id, NULL, e)) <= 0) {
+			out->result = HOLD_NO_CUSTOMER;
+			goto refused;
+		}
+	} else {
+		if ((n = customer_find(s, CUSTOMER_BY_EMAIL, r->customer->email, &found_c, e)) < 0)
+			goto refused;
+		if (n == 0 && run(q(s, CUSTOMER_INSERT, e, "ttti", r->customer->id, r->customer->email,
+				    r->customer->name, r->customer->created_at), e) < 0)
+			goto refused;
+		customer_id = n ? found_c.id : r->customer->id;
+	}
+	if ((n = step(st = q(s, take, e, "it", now, r->plan_id), e)) < 0)
+		goto refused;
+	if (n == 0) {
+		if ((n = step(st = q(s, why, e, "t", r->plan_id), e)) < 0)
+			goto refused;
+		if (n == 1)
+			col_copy(st, 0, status, sizeof(status));
+		out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE : HOLD_SOLD_OUT;
+		goto refused;
+	}
+	out->result = HOLD_TAKEN;
+	snprintf(sub->id, sizeof(sub->id), "%s", r->subscription_id);
+	snprintf(sub->status, sizeof(sub->status), "pending");
+	snprintf(sub->plan_id, sizeof(sub->plan_id), "%s", r->plan_id);
+	snprintf(sub->customer_id, sizeof(sub->customer_id), "%s", customer_id);
+	snprintf(sub->idem_key, sizeof(sub->idem_key), "%s", r->claim.key);
+	sub->plan_name = col_str(st, 0);
+	sub->amount_cents = sqlite3_column_int64(st, 1);
+	sub->duration_days = sqlite3_column_int64(st, 2);
+	after = (struct seat_counts){sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4),
+				     sqlite3_column_int64(st, 5)};
+	sqlite3_reset(st);
+	before = store_counts_before(after, -1, 1);
+	buyer = *a;
+	buyer.id = customer_id;
+	sub->hold_deadline = r->deadline;
+	sub->created_at = sub->updated_at = now;
+	if (run(q(s, ins, e, "ttttiiiii", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+		  sub->duration_days, r->deadline, now, now), e) < 0 ||
+	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e) ||
+	    run(q(s, key_ins, e, "ttiti", r->claim.key, r->claim.fingerprint, r->claim.lease_until, sub->id, now), e) < 0)
 		goto out;
 	rc = 0;
 out:
-	return tx_end(s, rc, e);
+	customer_clear(&found_c);
+	if (rc)
+		hold_out_clear(out);
+	return END(s, rc, e);
+refused:
+	/* Nothing of a refused hold is kept, the key included. */
+	customer_clear(&found_c);
+	END(s, -1, e);
+	return e->kind == ERR_NONE ? 0 : -1;
 }
 
-static int sq_hold_release(struct store *st_, const char *sub_id, const char *status, int64_t now,
-			   const struct outcome *o, const struct audit_ctx *a, struct err *e)
+#define PAY_COLS "id, idem_key, kind, status, decline_code, subscription_id, amount_cents, created_at"
+
+static int payment_put(struct sq *s, const struct payment *p, struct err *e)
 {
-	static const char sql[] =
-		"UPDATE subscriptions SET status = ?, updated_at = ? WHERE id = ? AND status = 'pending'"
+	static const char ins[] = "INSERT INTO payments (" PAY_COLS ") VALUES (?,?,?,?,?,?,?,?)";
+
+	return run(q(s, ins, e, "ttttttii", p->id, p->idem_key, p->kind, p->status, p->decline_code,
+		     p->subscription_id, p->amount_cents, p->created_at), e) < 0 ? -1 : 0;
+}
+
+static int sq_transition(struct store *st_, const struct transition *t, const struct actor *a,
+			 struct transition_out *out, struct err *e)
+{
+	static const char move[] =
+		"UPDATE subscriptions SET status = ?1, updated_at = ?2, payment_id = coalesce(?3, payment_id),"
+		" start_at = coalesce(?4, start_at), end_at = coalesce(?5, end_at),"
+		" token_hash = coalesce(?6, token_hash)"
+		" WHERE id = ?7 AND status = ?8 AND (?9 IS NULL OR hold_deadline > ?9)"
+		" AND (?10 IS NULL OR hold_deadline <= ?10)"
 		" RETURNING plan_id, idem_key";
 	struct sq *s = SQ(st_);
+	struct seat_counts before, after;
+	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
 	sqlite3_stmt *st;
-	char plan_id[ID_LEN + 1], key[UUID_LEN + 1], action[40];
-	const char *actions[] = {action, "seat.released", NULL};
+	bool found;
 	int n, rc = -1;
 
-	if (tx_begin(s, e))
+	memset(out, 0, sizeof(*out));
+	if (BEGIN(s, e))
 		return -1;
-	if (!(st = q(s, sql, e, "tit", status, now, sub_id)) || (n = step(s, st, e)) < 0)
+	st = q(s, move, e, "titIItttII", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
+	       t->sub_id, t->from, t->live_after, t->due_by);
+	if ((n = step(st, e)) < 0)
 		goto out;
 	if (n == 0) {
-		err_set(e, ERR_CONFLICT, "HOLD_EXPIRED", "subscription %s is no longer pending", sub_id);
-		goto out;
+		sqlite3_reset(st);
+		if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e))
+			goto out;
+		out->result = found ? MOVE_REFUSED : MOVE_NOT_FOUND;
+		END(s, -1, e);
+		return 0;
 	}
 	col_copy(st, 0, plan_id, sizeof(plan_id));
 	col_copy(st, 1, key, sizeof(key));
 	sqlite3_reset(st);
-	snprintf(action, sizeof(action), "subscription.%s", status);
-	if (seats_move(s, plan_id, 1, -1, now, a, actions, "subscription", sub_id, e) ||
-	    run(s, q(s, KEY_DONE, e, "itt", (int64_t)o->status, o->body, key), e) < 0)
+	if (seats_move(s, plan_id, t->dleft, t->dheld, t->now, &after, e))
 		goto out;
+	before = store_counts_before(after, t->dleft, t->dheld);
+	if ((t->payment && payment_put(s, t->payment, e)) ||
+	    events_put(s, a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
+		goto out;
+	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body, key), e) < 0)
+		goto out;
+	if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e))
+		goto out;
+	out->result = MOVED;
 	rc = 0;
 out:
-	return tx_end(s, rc, e);
+	if (rc)
+		transition_out_clear(out);
+	return END(s, rc, e);
 }
 
-/* --- payments ----------------------------------------------------------------------------- */
-
-#define PAY_COLS "id, idem_key, kind, status, decline_code, subscription_id, amount_cents, created_at"
-
-static void payment_read(sqlite3_stmt *st, struct payment *p)
+static void payment_read(sqlite3_stmt *st, int col, struct payment *p)
 {
 	memset(p, 0, sizeof(*p));
-	col_copy(st, 0, p->id, sizeof(p->id));
-	col_copy(st, 1, p->idem_key, sizeof(p->idem_key));
-	col_copy(st, 2, p->kind, sizeof(p->kind));
-	col_copy(st, 3, p->status, sizeof(p->status));
-	col_copy(st, 4, p->decline_code, sizeof(p->decline_code));
-	col_copy(st, 5, p->subscription_id, sizeof(p->subscription_id));
-	p->amount_cents = sqlite3_column_int64(st, 6);
-	p->created_at = sqlite3_column_int64(st, 7);
+	col_copy(st, col + 0, p->id, sizeof(p->id));
+	col_copy(st, col + 1, p->idem_key, sizeof(p->idem_key));
+	col_copy(st, col + 2, p->kind, sizeof(p->kind));
+	col_copy(st, col + 3, p->status, sizeof(p->status));
+	col_copy(st, col + 4, p->decline_code, sizeof(p->decline_code));
+	col_copy(st, col + 5, p->subscription_id, sizeof(p->subscription_id));
+	p->amount_cents = sqlite3_column_int64(st, col + 6);
+	p->created_at = sqlite3_column_int64(st, col + 7);
 }
 
-static int sq_payment_record(struct store *st_, struct payment *p, bool *existed,
-			     const struct audit_ctx *a, struct err *e)
+static int sq_payment_record(struct store *st_, const struct payment *p, const struct event_spec *ev,
+			     size_t nev, const struct actor *a, bool *existed, struct err *e)
 {
-	static const char sel[] = "SELECT " PAY_COLS " FROM payments WHERE idem_key = ? AND kind = ?";
-	static const char ins[] = "INSERT INTO payments (" PAY_COLS ") VALUES (?,?,?,?,?,?,?,?)";
+	static const char sel[] = "SELECT 1 FROM payments WHERE idem_key = ? AND kind = ?";
 	static const char plan[] = "SELECT plan_id FROM subscriptions WHERE id = ?";
 	struct sq *s = SQ(st_);
 	sqlite3_stmt *st;
-	char action[40], plan_id[ID_LEN + 1] = "", *after = NULL;
+	char plan_id[ID_LEN + 1] = "";
 	int n, rc = -1;
 
 	*existed = false;
-	if (tx_begin(s, e))
+	if (BEGIN(s, e))
 		return -1;
-	if (!(st = q(s, sel, e, "tt", p->idem_key, p->kind)) || (n = step(s, st, e)) < 0)
+	if ((n = step(q(s, sel, e, "tt", p->idem_key, p->kind), e)) < 0)
 		goto out;
 	if (n == 1) {
-		payment_read(st, p);
 		*existed = true;
 		rc = 0;
 		goto out;
 	}
-	if (run(s, q(s, ins, e, "ttttttii", p->id, p->idem_key, p->kind, p->status, p->decline_code,
-		     p->subscription_id, p->amount_cents, p->created_at), e) < 0)
-		goto out;
-	if (!(st = q(s, plan, e, "t", p->subscription_id)) || (n = step(s, st, e)) < 0)
+	if (payment_put(s, p, e) || (n = step(st = q(s, plan, e, "t", p->subscription_id), e)) < 0)
 		goto out;
 	if (n == 1)
 		col_copy(st, 0, plan_id, sizeof(plan_id));
-	snprintf(action, sizeof(action), "payment.%s",
-		 !strcmp(p->kind, "refund") ? "refunded" : p->status);
-	after = audit_payment_json(p);
-	rc = audit_put(s, a, p->created_at, action, "payment", p->id, plan_id, NULL, after, e);
+	rc = events_put(s, a, p->created_at, plan_id, ev, nev, NULL, NULL, e);
 out:
-	free(after);
-	return tx_end(s, rc, e);
+	return END(s, rc, e);
 }
 
-/* --- subscriptions ------------------------------------------------------------------------ */
+/* Runs a paged query whose rows end in their seq; read fills one item. */
+typedef void (*row_fn)(sqlite3_stmt *st, void *item);
 
-static int sq_sub_cancel(struct store *st_, const char *id, int64_t now, const struct audit_ctx *a,
-			 struct subscription *out, struct err *e)
+static int page_rows(sqlite3_stmt *st, size_t size, int limit, row_fn read, void **out, size_t *n,
+		     void (*clear)(void *), struct err *e)
 {
-	static const char sql[] =
-		"UPDATE subscriptions SET status = 'cancelled', updated_at = ? WHERE id = ? AND status = 'active'";
-	static const char *const actions[] = {"subscription.cancelled", "seat.released", NULL};
-	struct sq *s = SQ(st_);
-	int n, rc = -1;
+	int r;
 
-	if (tx_begin(s, e))
+	*out = xcalloc((size_t)limit + 1, size);
+	*n = 0;
+	while ((r = step(st, e)) == 1)
+		read(st, (char *)*out + (*n)++ * size);
+	if (st)
+		sqlite3_reset(st);
+	if (r < 0) {
+		for (size_t i = 0; i < *n; i++)
+			clear((char *)*out + i * size);
+		free(*out);
+		*out = NULL;
+		*n = 0;
 		return -1;
-	if (sq_sub_get(st_, id, out, e))
-		goto out;
-	if (!strcmp(out->status, "cancelled")) {
-		err_set(e, ERR_CONFLICT, "ALREADY_CANCELLED", "subscription %s is cancelled already", id);
-		goto out;
 	}
-	if ((n = run(s, q(s, sql, e, "it", now, id), e)) < 0)
-		goto out;
-	if (n == 0) {
-		err_set(e, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "subscription %s is %s, not active", id,
-			out->status);
-		goto out;
-	}
-	if (seats_move(s, out->plan_id, 1, 0, now, a, actions, "subscription", id, e))
-		goto out;
-	snprintf(out->status, sizeof(out->status), "cancelled");
-	out->updated_at = now;
-	rc = 0;
-out:
-	if (rc)
-		subscription_clear(out);
-	return tx_end(s, rc, e);
+	return 0;
 }
 
-static int cursor_seq(const char *cursor, int64_t *seq)
+static void sub_row(sqlite3_stmt *st, void *item)
 {
-	char *end;
-
-	*seq = INT64_MAX;
-	if (!cursor || !*cursor)
-		return 0;
-	*seq = strtoll(cursor, &end, 10);
-	return *end || *seq <= 0 ? -1 : 0;
+	sub_read(st, item);
 }
 
-static int sq_sub_list(struct store *st_, const char *customer_id, const char *status, struct page *pg,
-		       struct subscription **out, size_t *n, struct err *e)
+static void sub_clear_v(void *item)
+{
+	subscription_clear(item);
+}
+
+static int sq_sub_list(struct store *st_, const char *customer_id, const char *status,
+		       const struct seq_page *pg, struct subscription **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
 		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
 		" WHERE s.customer_id = ? AND (?2 IS NULL OR s.status = ?2) AND s.seq < ?"
 		" ORDER BY s.seq DESC LIMIT ?";
-	struct sq *s = SQ(st_);
-	sqlite3_stmt *st;
-	int64_t seq, last = 0;
-	int r;
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "ttii", customer_id, status,
+			     pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit);
 
-	*out = NULL;
-	*n = 0;
-	pg->next_cursor[0] = '\0';
-	if (cursor_seq(pg->cursor, &seq)) {
-		err_set(e, ERR_INVALID, "VALIDATION_ERROR", "cursor is not one this service gave");
-		return -1;
-	}
-	if (!(st = q(s, sql, e, "ttii", customer_id, status, seq, (int64_t)pg->limit + 1)))
-		return -1;
-	*out = xcalloc((size_t)pg->limit + 1, sizeof(**out));
-	while ((r = step(s, st, e)) == 1) {
-		if (*n == (size_t)pg->limit) {
-			snprintf(pg->next_cursor, sizeof(pg->next_cursor), "%lld", (long long)last);
-			break;
-		}
-		sub_read(st, &(*out)[*n]);
-		last = sqlite3_column_int64(st, 15);
-		(*n)++;
-	}
-	sqlite3_reset(st);
-	if (r < 0) {
-		for (size_t i = 0; i < *n; i++)
-			subscription_clear(&(*out)[i]);
-		free(*out);
-		*out = NULL;
-		*n = 0;
-		return -1;
-	}
-	return 0;
+	return page_rows(st, sizeof(**out), pg->limit, sub_row, (void **)out, n, sub_clear_v, e);
 }
 
-/* --- audit log ---------------------------------------------------------------------------- */
+static void audit_row(sqlite3_stmt *st, void *item)
+{
+	struct audit_event *a = item;
 
-static int sq_audit_list(struct store *st_, const struct audit_filter *f, struct page *pg,
+	memset(a, 0, sizeof(*a));
+	col_copy(st, 0, a->id, sizeof(a->id));
+	a->at = sqlite3_column_int64(st, 1);
+	col_copy(st, 2, a->action, sizeof(a->action));
+	col_copy(st, 3, a->actor_type, sizeof(a->actor_type));
+	col_copy(st, 4, a->actor_id, sizeof(a->actor_id));
+	col_copy(st, 5, a->resource_type, sizeof(a->resource_type));
+	col_copy(st, 6, a->resource_id, sizeof(a->resource_id));
+	col_copy(st, 7, a->plan_id, sizeof(a->plan_id));
+	if ((a->has_before = sqlite3_column_type(st, 9) != SQLITE_NULL))
+		a->before = (struct seat_counts){sqlite3_column_int64(st, 8), sqlite3_column_int64(st, 9),
+						 sqlite3_column_int64(st, 10)};
+	if ((a->has_after = sqlite3_column_type(st, 12) != SQLITE_NULL))
+		a->after = (struct seat_counts){sqlite3_column_int64(st, 11), sqlite3_column_int64(st, 12),
+						sqlite3_column_int64(st, 13)};
+	a->detail = sqlite3_column_type(st, 14) == SQLITE_NULL ? NULL : col_str(st, 14);
+	col_copy(st, 15, a->trace_id, sizeof(a->trace_id));
+	col_copy(st, 16, a->ip, sizeof(a->ip));
+	a->seq = sqlite3_column_int64(st, 17);
+}
+
+static void audit_clear_v(void *item)
+{
+	audit_event_clear(item);
+}
+
+static int sq_audit_list(struct store *st_, const struct audit_filter *f, const struct seq_page *pg,
 			 struct audit_event **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
 		"SELECT id, at, action, actor_type, actor_id, resource_type, resource_id, plan_id,"
-		" before, after, trace_id, ip, seq FROM audit_events"
+		" b_total, b_left, b_held, a_total, a_left, a_held, detail, trace_id, ip, seq FROM audit_events"
 		" WHERE (?1 IS NULL OR plan_id = ?1) AND (?2 IS NULL OR trace_id = ?2)"
 		" AND (?3 IS NULL OR action = ?3) AND seq < ?4 ORDER BY seq DESC LIMIT ?5";
-	struct sq *s = SQ(st_);
-	sqlite3_stmt *st;
-	int64_t seq, last = 0;
-	int r;
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "tttii", f->plan_id, f->trace_id, f->action,
+			     pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit);
 
-	*out = NULL;
-	*n = 0;
-	pg->next_cursor[0] = '\0';
-	if (cursor_seq(pg->cursor, &seq)) {
-		err_set(e, ERR_INVALID, "VALIDATION_ERROR", "cursor is not one this service gave");
-		return -1;
-	}
-	if (!(st = q(s, sql, e, "tttii", f->plan_id, f->trace_id, f->action, seq, (int64_t)pg->limit + 1)))
-		return -1;
-	*out = xcalloc((size_t)pg->limit + 1, sizeof(**out));
-	while ((r = step(s, st, e)) == 1) {
-		struct audit_event *a = &(*out)[*n];
-		if (*n == (size_t)pg->limit) {
-			snprintf(pg->next_cursor, sizeof(pg->next_cursor), "%lld", (long long)last);
-			break;
-		}
-		col_copy(st, 0, a->id, sizeof(a->id));
-		a->at = sqlite3_column_int64(st, 1);
-		col_copy(st, 2, a->action, sizeof(a->action));
-		col_copy(st, 3, a->actor_type, sizeof(a->actor_type));
-		col_copy(st, 4, a->actor_id, sizeof(a->actor_id));
-		col_copy(st, 5, a->resource_type, sizeof(a->resource_type));
-		col_copy(st, 6, a->resource_id, sizeof(a->resource_id));
-		col_copy(st, 7, a->plan_id, sizeof(a->plan_id));
-		a->before = sqlite3_column_type(st, 8) == SQLITE_NULL ? NULL : col_str(st, 8);
-		a->after = sqlite3_column_type(st, 9) == SQLITE_NULL ? NULL : col_str(st, 9);
-		col_copy(st, 10, a->trace_id, sizeof(a->trace_id));
-		col_copy(st, 11, a->ip, sizeof(a->ip));
-		last = sqlite3_column_int64(st, 12);
-		(*n)++;
-	}
-	sqlite3_reset(st);
-	if (r < 0) {
-		for (size_t i = 0; i < *n; i++)
-			audit_event_clear(&(*out)[i]);
-		free(*out);
-		*out = NULL;
-		*n = 0;
-		return -1;
-	}
-	return 0;
+	return page_rows(st, sizeof(**out), pg->limit, audit_row, (void **)out, n, audit_clear_v, e);
 }
 
-/* --- reaper ------------------------------------------------------------------------------- */
+/* --- the reaper's facts ------------------------------------------------------------------- */
 
-static bool sq_lease_take(struct store *st_, const char *name, const char *holder, int64_t now,
-			  int64_t until, struct err *e)
+static int sq_lease_take(struct store *st_, const char *name, const char *holder, int64_t now,
+			 int64_t until, bool *taken, struct err *e)
 {
 	static const char ins[] = "INSERT OR IGNORE INTO leases (name, holder, until) VALUES (?, '', 0)";
 	static const char take[] =
@@ -963,38 +1003,40 @@ static bool sq_lease_take(struct store *st_, const char *name, const char *holde
 	struct sq *s = SQ(st_);
 	int n = -1;
 
-	if (tx_begin(s, e))
-		return false;
-	if (run(s, q(s, ins, e, "t", name), e) >= 0)
-		n = run(s, q(s, take, e, "titit", holder, until, name, now, holder), e);
-	return tx_end(s, n < 0 ? -1 : 0, e) == 0 && n == 1;
+	*taken = false;
+	if (BEGIN(s, e))
+		return -1;
+	if (run(q(s, ins, e, "t", name), e) >= 0)
+		n = run(q(s, take, e, "titit", holder, until, name, now, holder), e);
+	if (END(s, n < 0 ? -1 : 0, e))
+		return -1;
+	*taken = n == 1;
+	return 0;
 }
 
-static int sq_holds_overdue(struct store *st_, int64_t now, int limit, struct hold_ref **out,
+static int sq_holds_overdue(struct store *st_, int64_t now, int limit, struct subscription **out,
 			    size_t *n, struct err *e)
 {
 	static const char sql[] =
-		"SELECT id, idem_key FROM subscriptions WHERE status = 'pending' AND hold_deadline <= ?"
-		" ORDER BY hold_deadline LIMIT ?";
-	struct sq *s = SQ(st_);
-	sqlite3_stmt *st = q(s, sql, e, "ii", now, (int64_t)limit);
-	int r;
+		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
+		" WHERE s.status = 'pending' AND s.hold_deadline <= ? ORDER BY s.hold_deadline LIMIT ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "ii", now, (int64_t)limit);
 
-	*n = 0;
-	*out = xcalloc((size_t)limit, sizeof(**out));
-	if (!st)
-		return -1;
-	while ((r = step(s, st, e)) == 1) {
-		col_copy(st, 0, (*out)[*n].subscription_id, sizeof((*out)[*n].subscription_id));
-		col_copy(st, 1, (*out)[*n].idem_key, sizeof((*out)[*n].idem_key));
-		(*n)++;
-	}
-	sqlite3_reset(st);
-	return r < 0 ? -1 : 0;
+	return page_rows(st, sizeof(**out), limit, sub_row, (void **)out, n, sub_clear_v, e);
 }
 
-static int sq_charges_unsettled(struct store *st_, int limit, struct payment **out, size_t *n,
-				struct err *e)
+static void payment_row(sqlite3_stmt *st, void *item)
+{
+	payment_read(st, 0, item);
+}
+
+static void no_clear(void *item)
+{
+	(void)item;
+}
+
+static int sq_charges_unrefunded(struct store *st_, int limit, struct payment **out, size_t *n,
+				 struct err *e)
 {
 	static const char sql[] =
 		"SELECT " PAY_COLS " FROM payments c WHERE c.kind = 'charge' AND c.status = 'succeeded'"
@@ -1002,129 +1044,152 @@ static int sq_charges_unsettled(struct store *st_, int limit, struct payment **o
 		"             AND s.status IN ('failed', 'expired'))"
 		" AND NOT EXISTS (SELECT 1 FROM payments r WHERE r.idem_key = c.idem_key AND r.kind = 'refund')"
 		" LIMIT ?";
-	struct sq *s = SQ(st_);
-	sqlite3_stmt *st = q(s, sql, e, "i", (int64_t)limit);
-	int r;
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "i", (int64_t)limit);
 
-	*n = 0;
-	*out = xcalloc((size_t)limit, sizeof(**out));
-	if (!st)
-		return -1;
-	while ((r = step(s, st, e)) == 1)
-		payment_read(st, &(*out)[(*n)++]);
-	sqlite3_reset(st);
-	return r < 0 ? -1 : 0;
+	return page_rows(st, sizeof(**out), limit, payment_row, (void **)out, n, no_clear, e);
 }
 
-static int sq_keys_purge(struct store *st_, int64_t now, int64_t before, int *n, struct err *e)
+static int sq_keys_purge(struct store *st_, int64_t before, int *n, struct err *e)
 {
+	/* A key that holds a seat stays until its purchase ends (done). */
 	static const char sql[] =
-		"DELETE FROM idempotency_keys WHERE (state = 'done' AND created_at < ?)"
-		" OR (state = 'started' AND locked_until <= ?)";
-	struct sq *s = SQ(st_);
+		"DELETE FROM idempotency_keys WHERE state IN ('done', 'started') AND created_at < ?";
 
-	*n = run(s, q(s, sql, e, "ii", before, now), e);
+	*n = run(q(SQ(st_), sql, e, "i", before), e);
 	return *n < 0 ? -1 : 0;
 }
 
-/* --- invariants --------------------------------------------------------------------------- */
+/* --- the simulated processor's records ---------------------------------------------------- */
 
-static int sq_check(struct store *st_, check_report_fn report, void *arg, int *violations, struct err *e)
+static int proc_read(struct sq *s, const char *key, struct processor_rec *out, struct err *e)
 {
-	/* 1 and 4: seat counts against subscriptions, and against the audit trail. */
-	static const char seats[] =
-		"SELECT p.id, p.total_capacity, p.subscriptions_left, p.subscriptions_held,"
+	static const char sql[] =
+		"SELECT state, charge_id, refund_id, decline_code, amount_cents FROM processor WHERE key = ?";
+	sqlite3_stmt *st = qp(s, sql, e, "t", key);
+	int r = step(st, e);
+
+	memset(out, 0, sizeof(*out));
+	if (r == 1) {
+		out->state = (enum processor_state)sqlite3_column_int(st, 0);
+		col_copy(st, 1, out->charge_id, sizeof(out->charge_id));
+		col_copy(st, 2, out->refund_id, sizeof(out->refund_id));
+		col_copy(st, 3, out->decline_code, sizeof(out->decline_code));
+		out->amount_cents = sqlite3_column_int64(st, 4);
+	}
+	if (st)
+		sqlite3_reset(st);
+	return r;
+}
+
+static int sq_processor_charge(struct store *st_, const char *key, const struct processor_rec *want,
+			       struct processor_rec *out, struct err *e)
+{
+	static const char ins[] =
+		"INSERT INTO processor (key, state, charge_id, decline_code, amount_cents, created_at)"
+		" VALUES (?, ?, ?, ?, ?, ?)";
+	struct sq *s = SQ(st_);
+	int r, rc = -1;
+
+	if (tx_begin(s->proc, e))
+		return -1;
+	if ((r = proc_read(s, key, out, e)) < 0)
+		goto out;
+	if (r == 0) {
+		*out = *want;
+		if (run(qp(s, ins, e, "tittii", key, (int64_t)want->state, want->charge_id, want->decline_code,
+			   want->amount_cents, now_ms()), e) < 0)
+			goto out;
+	}
+	rc = 0;
+out:
+	return tx_end(s->proc, &s->proc_cache, rc, e);
+}
+
+static int sq_processor_void(struct store *st_, const char *key, const char *refund_id,
+			     struct processor_rec *out, struct err *e)
+{
+	static const char ins[] = "INSERT INTO processor (key, state, created_at) VALUES (?, ?, ?)";
+	static const char refund[] = "UPDATE processor SET state = ?, refund_id = ? WHERE key = ?";
+	struct sq *s = SQ(st_);
+	int r, rc = -1;
+
+	if (tx_begin(s->proc, e))
+		return -1;
+	if ((r = proc_read(s, key, out, e)) < 0)
+		goto out;
+	if (r == 0) {
+		out->state = PROC_VOID;
+		if (run(qp(s, ins, e, "tii", key, (int64_t)PROC_VOID, now_ms()), e) < 0)
+			goto out;
+	} else if (out->state == PROC_CHARGED) {
+		out->state = PROC_REFUNDED;
+		snprintf(out->refund_id, sizeof(out->refund_id), "%s", refund_id);
+		if (run(qp(s, refund, e, "itt", (int64_t)PROC_REFUNDED, refund_id, key), e) < 0)
+			goto out;
+	}
+	rc = 0;
+out:
+	return tx_end(s->proc, &s->proc_cache, rc, e);
+}
+
+/* --- the snapshot for check ----------------------------------------------------------------- */
+
+static int sq_snapshot(struct store *st_, const struct snapshot_visitor *v, struct err *e)
+{
+	static const char plans[] =
+		"SELECT " PLAN_COLS ","
 		" (SELECT count(*) FROM subscriptions s WHERE s.plan_id = p.id AND s.status = 'pending'),"
 		" (SELECT count(*) FROM subscriptions s WHERE s.plan_id = p.id AND s.status = 'active'),"
 		" (SELECT count(*) FROM audit_events a WHERE a.plan_id = p.id AND a.action = 'seat.held'),"
 		" (SELECT count(*) FROM audit_events a WHERE a.plan_id = p.id AND a.action = 'seat.released'),"
-		" (SELECT json_extract(a.after, '$.subscriptions_left') FROM audit_events a"
-		"   WHERE a.plan_id = p.id AND a.resource_type IN ('plan', 'subscription')"
+		" (SELECT a.a_left FROM audit_events a WHERE a.plan_id = p.id AND a.a_left IS NOT NULL"
 		"   ORDER BY a.seq DESC LIMIT 1)"
-		" FROM plans p";
-	/* 2: one hold and one charge per key. */
-	static const char per_key[] =
-		"SELECT idem_key, 'subscriptions' FROM subscriptions GROUP BY idem_key HAVING count(*) > 1"
-		" UNION ALL SELECT idem_key, kind || ' payments' FROM payments GROUP BY idem_key, kind"
-		" HAVING count(*) > 1";
-	/* 3: charges against subscriptions. */
-	static const char charges[] =
-		"SELECT c.id, coalesce(s.id, '(none)'), coalesce(s.status, '(none)') FROM payments c"
-		" LEFT JOIN subscriptions s ON s.idem_key = c.idem_key"
-		" WHERE c.kind = 'charge' AND c.status = 'succeeded'"
-		" AND coalesce(s.status, '') NOT IN ('active', 'cancelled', 'pending')"
-		" AND NOT EXISTS (SELECT 1 FROM payments r WHERE r.idem_key = c.idem_key AND r.kind = 'refund')";
-	static const char unpaid[] =
-		"SELECT s.id FROM subscriptions s WHERE s.status IN ('active', 'cancelled') AND NOT EXISTS"
-		" (SELECT 1 FROM payments c WHERE c.idem_key = s.idem_key AND c.kind = 'charge'"
-		"  AND c.status = 'succeeded' AND c.id = s.payment_id)";
+		" FROM plans p ORDER BY p.id";
+	static const char subs[] =
+		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id ORDER BY s.idem_key";
+	static const char pays[] = "SELECT " PAY_COLS " FROM payments ORDER BY idem_key, kind";
 	struct sq *s = SQ(st_);
 	sqlite3_stmt *st;
 	int r, rc = -1;
 
-	*violations = 0;
 	/* One read transaction: every query sees the same snapshot. */
 	if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
-		return db_error(s, sqlite3_errcode(s->db), e);
-	if (!(st = q(s, seats, e, "")))
-		goto out;
-	while ((r = step(s, st, e)) == 1) {
-		const char *id = (const char *)sqlite3_column_text(st, 0);
-		int64_t total = sqlite3_column_int64(st, 1), left = sqlite3_column_int64(st, 2);
-		int64_t held = sqlite3_column_int64(st, 3), pending = sqlite3_column_int64(st, 4);
-		int64_t active = sqlite3_column_int64(st, 5), holds = sqlite3_column_int64(st, 6);
-		int64_t releases = sqlite3_column_int64(st, 7);
-
-		if (left < 0 || left + pending + active != total) {
-			report(arg, "plan %s: left %lld + pending %lld + active %lld != total %lld", id,
-			       (long long)left, (long long)pending, (long long)active, (long long)total);
-			(*violations)++;
-		}
-		if (held != pending) {
-			report(arg, "plan %s: subscriptions_held %lld != pending subscriptions %lld", id,
-			       (long long)held, (long long)pending);
-			(*violations)++;
-		}
-		if (holds - releases != pending + active) {
-			report(arg, "plan %s: audit has %lld seat.held - %lld seat.released, but %lld seats are taken",
-			       id, (long long)holds, (long long)releases, (long long)(pending + active));
-			(*violations)++;
-		}
-		if (sqlite3_column_type(st, 8) == SQLITE_NULL || sqlite3_column_int64(st, 8) != left) {
-			report(arg, "plan %s: the last audit event does not end at %lld seats left", id,
-			       (long long)left);
-			(*violations)++;
-		}
+		return db_error(s->db, sqlite3_errcode(s->db), e);
+	st = q(s, plans, e, "");
+	while ((r = step(st, e)) == 1) {
+		struct plan p;
+		struct plan_tally t = {&p, sqlite3_column_int64(st, 12), sqlite3_column_int64(st, 13),
+				       sqlite3_column_int64(st, 14), sqlite3_column_int64(st, 15),
+				       sqlite3_column_type(st, 16) != SQLITE_NULL, sqlite3_column_int64(st, 16)};
+		plan_read(st, &p);
+		r = v->plan(v->arg, &t);
+		plan_clear(&p);
+		if (r)
+			goto out;
 	}
-	sqlite3_reset(st);
-	if (r < 0 || !(st = q(s, per_key, e, "")))
-		goto out;
-	while ((r = step(s, st, e)) == 1) {
-		report(arg, "idempotency key %s has more than one of %s", sqlite3_column_text(st, 0),
-		       sqlite3_column_text(st, 1));
-		(*violations)++;
-	}
-	sqlite3_reset(st);
-	if (r < 0 || !(st = q(s, charges, e, "")))
-		goto out;
-	while ((r = step(s, st, e)) == 1) {
-		report(arg, "charge %s succeeded, but subscription %s is %s and nothing was refunded",
-		       sqlite3_column_text(st, 0), sqlite3_column_text(st, 1), sqlite3_column_text(st, 2));
-		(*violations)++;
-	}
-	sqlite3_reset(st);
-	if (r < 0 || !(st = q(s, unpaid, e, "")))
-		goto out;
-	while ((r = step(s, st, e)) == 1) {
-		report(arg, "subscription %s was activated without a successful charge",
-		       sqlite3_column_text(st, 0));
-		(*violations)++;
-	}
-	sqlite3_reset(st);
 	if (r < 0)
 		goto out;
-	rc = 0;
+	st = q(s, subs, e, "");
+	while ((r = step(st, e)) == 1) {
+		struct subscription sub;
+		sub_read(st, &sub);
+		r = v->subscription(v->arg, &sub);
+		subscription_clear(&sub);
+		if (r)
+			goto out;
+	}
+	if (r < 0)
+		goto out;
+	st = q(s, pays, e, "");
+	while ((r = step(st, e)) == 1) {
+		struct payment p;
+		payment_read(st, 0, &p);
+		if (v->payment(v->arg, &p))
+			goto out;
+	}
+	rc = r < 0 ? -1 : 0;
 out:
+	cache_reset(&s->cache);
 	sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
 	return rc;
 }
@@ -1134,9 +1199,8 @@ out:
 static int sq_ping(struct store *st_, struct err *e)
 {
 	static const char sql[] = "SELECT count(*) FROM plans";
-	struct sq *s = SQ(st_);
-	sqlite3_stmt *st = q(s, sql, e, "");
-	int r = st ? step(s, st, e) : -1;
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "");
+	int r = step(st, e);
 
 	if (st)
 		sqlite3_reset(st);
@@ -1152,21 +1216,31 @@ static int sq_reset(struct store *st_, struct err *e)
 			      " DELETE FROM plans; DELETE FROM leases; COMMIT;",
 			      NULL, NULL, NULL);
 
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(s->proc, "DELETE FROM processor", NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
-		db_error(s, rc, e);
+		db_error(s->db, rc, e);
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 		return -1;
 	}
 	return 0;
 }
 
+static void cache_free(struct stmt_cache *c)
+{
+	for (int i = 0; i < c->n; i++)
+		sqlite3_finalize(c->at[i].st);
+	c->n = 0;
+}
+
 static void sq_close(struct store *st_)
 {
 	struct sq *s = SQ(st_);
 
-	for (int i = 0; i < s->ncache; i++)
-		sqlite3_finalize(s->cache[i].st);
+	cache_free(&s->cache);
+	cache_free(&s->proc_cache);
 	sqlite3_close(s->db);
+	sqlite3_close(s->proc);
 	free(s);
 }
 
@@ -1181,55 +1255,95 @@ static const struct store_ops sqlite_ops = {
 	.plan_update = sq_plan_update,
 	.customer_create = sq_customer_create,
 	.customer_get = sq_customer_get,
-	.customer_upsert = sq_customer_upsert,
 	.key_claim = sq_key_claim,
-	.key_forget = sq_key_forget,
 	.key_finish = sq_key_finish,
+	.key_forget = sq_key_forget,
 	.key_get = sq_key_get,
-	.seat_hold = sq_seat_hold,
-	.hold_confirm = sq_hold_confirm,
-	.hold_release = sq_hold_release,
+	.hold = sq_hold,
+	.transition = sq_transition,
 	.payment_record = sq_payment_record,
 	.sub_get = sq_sub_get,
-	.sub_cancel = sq_sub_cancel,
 	.sub_list = sq_sub_list,
 	.audit_list = sq_audit_list,
 	.lease_take = sq_lease_take,
 	.holds_overdue = sq_holds_overdue,
-	.charges_unsettled = sq_charges_unsettled,
+	.charges_unrefunded = sq_charges_unrefunded,
 	.keys_purge = sq_keys_purge,
-	.check = sq_check,
+	.processor_charge = sq_processor_charge,
+	.processor_void = sq_processor_void,
+	.snapshot = sq_snapshot,
 };
+
+static int db_open(const char *path, sqlite3 **db, struct err *e)
+{
+	int rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+
+	if (rc != SQLITE_OK) {
+		err_set(e, ERR_UNAVAILABLE, NULL, "cannot open %s: %s", path,
+			*db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
+		return -1;
+	}
+	sqlite3_busy_timeout(*db, BUSY_TIMEOUT_MS);
+	rc = sqlite3_exec(*db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;"
+			  " PRAGMA foreign_keys = ON;", NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : db_error(*db, rc, e);
+}
+
+/* Creates the schema or brings it to SCHEMA_VERSION, in one write transaction, so that many
+ * workers starting at once apply it once. */
+static int schema(struct sq *s, struct err *e)
+{
+	sqlite3_stmt *st = NULL;
+	int version = 0, legacy = 0, rc;
+
+	rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc == SQLITE_OK && sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc == SQLITE_OK && version < SCHEMA_VERSION &&
+	    sqlite3_prepare_v2(s->db, "SELECT count(*) FROM pragma_table_info('audit_events') WHERE name = 'before'",
+			       -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		legacy = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	if (rc == SQLITE_OK && version < SCHEMA_VERSION) {
+		rc = sqlite3_exec(s->db, legacy ? MIGRATE_1_2 : SCHEMA, NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(s->db, "PRAGMA user_version = 2", NULL, NULL, NULL);
+	}
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		db_error(s->db, rc, e);
+		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+		return -1;
+	}
+	rc = sqlite3_exec(s->proc, PROC_SCHEMA, NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : db_error(s->proc, rc, e);
+}
 
 struct store *store_sqlite_open(const char *url, struct err *e)
 {
 	const char *path = url + strlen("sqlite://");
 	struct sq *s = xcalloc(1, sizeof(*s));
-	int rc;
+	size_t len = strlen(path);
+	char *proc_path = NULL;
 
 	s->base.ops = &sqlite_ops;
 	if (!*path) {
-		err_set(e, ERR_UNAVAILABLE, "SERVICE_UNAVAILABLE", "NUMATIX_DB sqlite:// names no file");
+		err_set(e, ERR_UNAVAILABLE, NULL, "NUMATIX_DB sqlite:// names no file");
 		goto fail;
 	}
-	rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-			     NULL);
-	if (rc != SQLITE_OK) {
-		err_set(e, ERR_UNAVAILABLE, "SERVICE_UNAVAILABLE", "cannot open %s: %s", path,
-			s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+	/* numatix.db -> numatix.processor.db */
+	proc_path = len > 3 && !strcmp(path + len - 3, ".db") ? xasprintf("%.*s.processor.db", (int)(len - 3), path)
+							      : xasprintf("%s.processor", path);
+	if (db_open(path, &s->db, e) || db_open(proc_path, &s->proc, e) || schema(s, e))
 		goto fail;
-	}
-	sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
-	rc = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;"
-			  " PRAGMA foreign_keys = ON;", NULL, NULL, NULL);
-	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL);
-	if (rc != SQLITE_OK) {
-		db_error(s, rc, e);
-		goto fail;
-	}
+	free(proc_path);
 	return &s->base;
 fail:
+	free(proc_path);
 	sq_close(&s->base);
 	return NULL;
 }

@@ -114,9 +114,14 @@ struct json_object *view_purchase(const struct subscription *s, const char *acce
 	return o;
 }
 
-static struct json_object *parsed(const char *text)
+static struct json_object *counts(const struct seat_counts *c)
 {
-	return text ? json_tokener_parse(text) : NULL;
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "total_capacity", INT(c->total));
+	ADD(o, "subscriptions_left", INT(c->left));
+	ADD(o, "subscriptions_held", INT(c->held));
+	return o;
 }
 
 struct json_object *view_audit_event(const struct audit_event *a)
@@ -131,8 +136,8 @@ struct json_object *view_audit_event(const struct audit_event *a)
 	ADD(o, "resourceType", STR(a->resource_type));
 	ADD(o, "resourceId", STR(a->resource_id));
 	ADD(o, "planId", *a->plan_id ? STR(a->plan_id) : NULL);
-	ADD(o, "before", parsed(a->before));
-	ADD(o, "after", parsed(a->after));
+	ADD(o, "before", a->has_before ? counts(&a->before) : NULL);
+	ADD(o, "after", a->has_after ? counts(&a->after) : a->detail ? json_tokener_parse(a->detail) : NULL);
 	ADD(o, "traceId", STR(a->trace_id));
 	ADD(o, "ip", *a->ip ? STR(a->ip) : NULL);
 	return o;

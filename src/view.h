@@ -5,7 +5,7 @@
 
 #include <json-c/json.h>
 
-#include "store.h"
+#include "model.h"
 
 struct json_object *view_plan(const struct plan *p);
 struct json_object *view_plan_stats(const struct plan *p);

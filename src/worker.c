@@ -2,6 +2,7 @@
 #include "worker.h"
 
 #include <fcgiapp.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,16 +25,18 @@ struct io {
 	void *in, *out;
 };
 
-static volatile sig_atomic_t in_request;
 static volatile sig_atomic_t stopping;
+static int listen_fd = -1, devnull_fd = -1;
 
 static void on_term(int sig)
 {
 	(void)sig;
-	/* Idle in accept(): leave now. Mid-request: finish it, then leave. */
-	if (!in_request)
-		_exit(0);
 	stopping = 1;
+	/* No new connection from now on: accept() on /dev/null fails at once, whether the
+	 * signal came while waiting in it (EINTR), just before it, or just after it returned a
+	 * connection, which is then served to the end. The socket itself stays open for the
+	 * other workers (and for the next image after SIGHUP). */
+	dup2(devnull_fd, listen_fd);
 }
 
 /* Reads the body: all of it when within the limit, else drains it so the gateway is not
@@ -72,14 +75,17 @@ static void serve(struct store **s, const struct config *cfg, char **envp, const
 {
 	struct request rq;
 	struct response rs = {0};
+	struct ledger lg;
 	char *head;
 
 	request_init(&rq, envp);
 	rq.cfg = cfg;
 	read_body(&rq, io, cfg->max_body);
-	if ((rq.store = store_get(s, cfg, rq.trace_id)))
+	if (store_get(s, cfg, rq.trace_id)) {
+		app_ledger_init(&lg, *s, cfg);
+		rq.lg = &lg;
 		app_handle(&rq, &rs);
-	else
+	} else
 		response_error(&rs, &rq, 503, "SERVICE_UNAVAILABLE", "The store cannot be reached; retry shortly", NULL);
 	head = response_head(&rs, &rq);
 	io->write(io->out, head, strlen(head));
@@ -99,12 +105,15 @@ static void fcgi_write(void *ctx, const char *buf, size_t n)
 	FCGX_PutStr(buf, (int)n, ctx);
 }
 
-int worker_run(int listen_fd, const struct config *cfg)
+int worker_run(int fd, const struct config *cfg)
 {
 	struct sigaction sa = {0};
 	struct store *store = NULL;
 	FCGX_Request req;
 
+	listen_fd = fd;
+	devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	/* No SA_RESTART: a signal interrupts accept(). */
 	sa.sa_handler = on_term;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
@@ -116,11 +125,9 @@ int worker_run(int listen_fd, const struct config *cfg)
 	while (!stopping) {
 		if (FCGX_Accept_r(&req) < 0)
 			break;
-		in_request = 1;
 		struct io io = {fcgi_read, fcgi_write, req.in, req.out};
 		serve(&store, cfg, req.envp, &io);
 		FCGX_Finish_r(&req);
-		in_request = 0;
 	}
 	store_close(store);
 	return 0;

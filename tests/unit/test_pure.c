@@ -80,29 +80,24 @@ static void test_canonical(void **state)
 
 static void test_fingerprint(void **state)
 {
-	struct request r1 = {0}, r2 = {0};
+	const char *path = "/api/subscriptions/purchase";
+	struct json_object *j1 = parse("{\"planId\":\"x\",\"n\":1}");
+	struct json_object *j2 = parse("{ \"n\" : 1, \"planId\" : \"x\" }");
 	char f1[65], f2[65];
 
 	(void)state;
-	r1.method = "POST";
-	r1.path = "/api/subscriptions/purchase";
-	r1.json = parse("{\"planId\":\"x\",\"n\":1}");
-	r2 = r1;
-	r2.json = parse("{ \"n\" : 1, \"planId\" : \"x\" }");
-	idem_fingerprint(&r1, f1);
-	idem_fingerprint(&r2, f2);
+	idem_fingerprint("POST", path, j1, f1);
+	idem_fingerprint("POST", path, j2, f2);
 	assert_string_equal(f1, f2);
 	assert_int_equal(strlen(f1), 64);
-	r2.path = "/api/plans";
-	idem_fingerprint(&r2, f2);
+	idem_fingerprint("POST", "/api/plans", j2, f2);
 	assert_string_not_equal(f1, f2);
-	r2.path = r1.path;
-	json_object_put(r2.json);
-	r2.json = parse("{\"n\":2,\"planId\":\"x\"}");
-	idem_fingerprint(&r2, f2);
+	json_object_put(j2);
+	j2 = parse("{\"n\":2,\"planId\":\"x\"}");
+	idem_fingerprint("POST", path, j2, f2);
 	assert_string_not_equal(f1, f2);
-	json_object_put(r1.json);
-	json_object_put(r2.json);
+	json_object_put(j1);
+	json_object_put(j2);
 }
 
 static const char *const colours[] = {"red", "blue", NULL};

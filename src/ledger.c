@@ -1,0 +1,202 @@
+/* ledger.c - plans, customers, subscriptions and the audit trail: the refusal codes, the
+ * events of each change, and cursors, once for every store. */
+#include "ledger.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* A store error passes as it is; a refusal gets its code. */
+static int refuse(struct err *e, enum err_kind kind, const char *code, const char *what, const char *id)
+{
+	err_set(e, kind, code, "%s %s", what, id);
+	return -1;
+}
+
+int ledger_ping(struct ledger *lg, const char **store_name, struct err *e)
+{
+	*store_name = lg->store->ops->name;
+	return lg->store->ops->ping(lg->store, e);
+}
+
+int ledger_plan_create(struct ledger *lg, const struct actor *a, const struct plan *p, struct err *e)
+{
+	const struct event_spec ev[] = {{"plan.created", "plan", p->id, EV_AFTER, NULL}};
+	enum write_result res;
+
+	if (lg->store->ops->plan_create(lg->store, p, ev, 1, a, &res, e))
+		return -1;
+	if (res == WRITE_DUPLICATE)
+		return refuse(e, ERR_CONFLICT, "PLAN_NAME_TAKEN", "a plan is named", p->name);
+	return 0;
+}
+
+int ledger_plan_update(struct ledger *lg, const struct actor *a, const char *id,
+		       const struct plan_patch *pt, struct plan *out, struct err *e)
+{
+	const struct event_spec ev[] = {{"plan.updated", "plan", id, EV_BEFORE_AFTER, NULL}};
+	enum write_result res;
+
+	if (lg->store->ops->plan_update(lg->store, id, pt, now_ms(), ev, 1, a, out, &res, e))
+		return -1;
+	switch (res) {
+	case WRITE_DONE:
+		return 0;
+	case WRITE_NOT_FOUND:
+		return refuse(e, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no plan", id);
+	case WRITE_DUPLICATE:
+		return refuse(e, ERR_CONFLICT, "PLAN_NAME_TAKEN", "a plan is named", pt->name);
+	case WRITE_SEATS_SHORT:
+		return refuse(e, ERR_CONFLICT, "CAPACITY_BELOW_SOLD", "capacity below the seats taken of", id);
+	}
+	return 0;
+}
+
+int ledger_plan_get(struct ledger *lg, const char *id, struct plan *out, struct err *e)
+{
+	bool found;
+
+	if (lg->store->ops->plan_get(lg->store, id, out, &found, e))
+		return -1;
+	return found ? 0 : refuse(e, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no plan", id);
+}
+
+int ledger_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, struct err *e)
+{
+	return lg->store->ops->plan_list(lg->store, status, out, n, e);
+}
+
+int ledger_customer_create(struct ledger *lg, const struct customer *c, struct err *e)
+{
+	enum write_result res;
+
+	if (lg->store->ops->customer_create(lg->store, c, &res, e))
+		return -1;
+	return res == WRITE_DONE ? 0 : refuse(e, ERR_CONFLICT, "CUSTOMER_EXISTS", "a customer has the email", c->email);
+}
+
+int ledger_customer_get(struct ledger *lg, const char *id, struct customer *out, struct err *e)
+{
+	bool found;
+
+	if (lg->store->ops->customer_get(lg->store, id, out, &found, e))
+		return -1;
+	return found ? 0 : refuse(e, ERR_NOT_FOUND, "CUSTOMER_NOT_FOUND", "no customer", id);
+}
+
+int ledger_sub_get(struct ledger *lg, const char *id, struct subscription *out, struct err *e)
+{
+	bool found;
+
+	if (lg->store->ops->sub_get(lg->store, id, out, &found, e))
+		return -1;
+	return found ? 0 : refuse(e, ERR_NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", "no subscription", id);
+}
+
+int ledger_sub_cancel(struct ledger *lg, const struct actor *a, const char *id, struct subscription *out,
+		      struct err *e)
+{
+	const struct event_spec ev[] = {
+		{"subscription.cancelled", "subscription", id, EV_BEFORE_AFTER, NULL},
+		{"seat.released", "subscription", id, EV_BEFORE_AFTER, NULL},
+	};
+	struct transition t = {.sub_id = id, .from = "active", .to = "cancelled", .now = now_ms(),
+			       .dleft = 1, .events = ev, .nevents = 2};
+	struct transition_out o;
+
+	if (lg->store->ops->transition(lg->store, &t, a, &o, e))
+		return -1;
+	*out = o.sub;
+	if (o.result == MOVED)
+		return 0;
+	memset(&o.sub, 0, sizeof(o.sub));
+	if (o.result == MOVE_NOT_FOUND)
+		return refuse(e, ERR_NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", "no subscription", id);
+	if (!strcmp(out->status, "cancelled"))
+		refuse(e, ERR_CONFLICT, "ALREADY_CANCELLED", "cancelled already:", id);
+	else
+		refuse(e, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "not active:", id);
+	subscription_clear(out);
+	return -1;
+}
+
+/* Cursors name the last row of a page: "<seq>.<id>". */
+static int cursor_decode(const char *cursor, struct seq_page *pg, struct err *e)
+{
+	char *end;
+
+	pg->before_seq = 0;
+	pg->before_id[0] = '\0';
+	if (!cursor || !*cursor)
+		return 0;
+	pg->before_seq = strtoll(cursor, &end, 10);
+	if (pg->before_seq <= 0 || *end != '.' || !id_valid(end + 1)) {
+		err_set(e, ERR_INVALID, "VALIDATION_ERROR", "cursor is not one this service gave");
+		return -1;
+	}
+	snprintf(pg->before_id, sizeof(pg->before_id), "%s", end + 1);
+	return 0;
+}
+
+static void cursor_encode(int64_t seq, const char *id, char next[CURSOR_LEN])
+{
+	snprintf(next, CURSOR_LEN, "%" PRId64 ".%s", seq, id);
+}
+
+/* Asks the store for one row more than the page, to know whether another page follows. */
+int ledger_sub_list(struct ledger *lg, const char *customer_id, const char *status,
+		    const struct page_req *pr, struct subscription **out, size_t *n,
+		    char next[CURSOR_LEN], struct err *e)
+{
+	struct seq_page pg = {.limit = pr->limit + 1};
+	struct customer c = {0};
+
+	*out = NULL;
+	*n = 0;
+	next[0] = '\0';
+	if (cursor_decode(pr->cursor, &pg, e) || ledger_customer_get(lg, customer_id, &c, e))
+		return -1;
+	customer_clear(&c);
+	if (lg->store->ops->sub_list(lg->store, customer_id, status, &pg, out, n, e))
+		return -1;
+	if (*n > (size_t)pr->limit) {
+		subscription_clear(&(*out)[--*n]);
+		cursor_encode((*out)[*n - 1].seq, (*out)[*n - 1].id, next);
+	}
+	return 0;
+}
+
+int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const struct page_req *pr,
+		      struct audit_event **out, size_t *n, char next[CURSOR_LEN], struct err *e)
+{
+	struct seq_page pg = {.limit = pr->limit + 1};
+
+	*out = NULL;
+	*n = 0;
+	next[0] = '\0';
+	if (cursor_decode(pr->cursor, &pg, e) || lg->store->ops->audit_list(lg->store, f, &pg, out, n, e))
+		return -1;
+	if (*n > (size_t)pr->limit) {
+		audit_event_clear(&(*out)[--*n]);
+		cursor_encode((*out)[*n - 1].seq, (*out)[*n - 1].id, next);
+	}
+	return 0;
+}
+
+char *ledger_payment_detail(const struct payment *p)
+{
+	struct json_object *o = json_object_new_object();
+	char *s;
+
+	json_object_object_add(o, "paymentId", json_object_new_string(p->id));
+	json_object_object_add(o, "amount_cents", json_object_new_int64(p->amount_cents));
+	json_object_object_add(o, "status", json_object_new_string(p->status));
+	if (*p->decline_code)
+		json_object_object_add(o, "declineCode", json_object_new_string(p->decline_code));
+	s = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	json_object_put(o);
+	return s;
+}

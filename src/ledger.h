@@ -1,0 +1,72 @@
+/* ledger.h - the domain, once for every store: which refusal gets which code, which events a
+ * change writes, cursors and retention. The purchase (purchase.h), the Idempotency-Keys of
+ * other routes (idem.h), the reaper (reaper.h) and the invariants (check.h) build on it.
+ *
+ * Services take a struct ledger and return outcomes: 0, or -1 with e filled. A refusal has
+ * e->kind ERR_NOT_FOUND, ERR_CONFLICT or ERR_INVALID and e->code the API code
+ * ("PLAN_SOLD_OUT"); ERR_RETRYABLE / ERR_UNAVAILABLE mean the store could not do it now. Only
+ * handlers turn outcomes into HTTP. */
+#ifndef NUMATIX_LEDGER_H
+#define NUMATIX_LEDGER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "err.h"
+#include "model.h"
+#include "store.h"
+
+/* How the final answers of a purchase read; the API layer provides them, since they are
+ * stored on the purchase's key and replayed byte for byte. Each returns a new body. */
+struct ledger_replies {
+	struct reply (*purchased)(const struct subscription *s, const char *access_token,
+				  const char *trace_id);
+	struct reply (*declined)(const char *decline_code, const char *trace_id);
+	struct reply (*expired)(const char *trace_id);
+};
+
+struct ledger {
+	struct store *store;                  /* borrowed */
+	const struct ledger_replies *replies; /* borrowed */
+	int hold_ttl_s;
+	int payment_latency_ms;
+	int key_retention_h;
+};
+
+/* A page of a list: limit, and the cursor of an earlier page (NULL: the first), owned by
+ * whoever filled it. */
+struct page_req {
+	int limit;
+	char *cursor;
+};
+/* The cursor of the next page into next ("" on the last). */
+#define CURSOR_LEN 48
+
+/* Whether the store answers; *store_name: its kind ("sqlite", ...). */
+int ledger_ping(struct ledger *lg, const char **store_name, struct err *e);
+
+int ledger_plan_create(struct ledger *lg, const struct actor *a, const struct plan *p, struct err *e);
+int ledger_plan_update(struct ledger *lg, const struct actor *a, const char *id,
+		       const struct plan_patch *pt, struct plan *out, struct err *e);
+int ledger_plan_get(struct ledger *lg, const char *id, struct plan *out, struct err *e);
+/* status: "active", "inactive" or NULL for all. *out: new, free each with plan_clear. */
+int ledger_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, struct err *e);
+
+int ledger_customer_create(struct ledger *lg, const struct customer *c, struct err *e);
+int ledger_customer_get(struct ledger *lg, const char *id, struct customer *out, struct err *e);
+
+int ledger_sub_get(struct ledger *lg, const char *id, struct subscription *out, struct err *e);
+/* active -> cancelled with its seat back, one atomic step. out: the subscription after. */
+int ledger_sub_cancel(struct ledger *lg, const struct actor *a, const char *id, struct subscription *out,
+		      struct err *e);
+/* A customer's subscriptions, newest first. *out: new, free each with subscription_clear. */
+int ledger_sub_list(struct ledger *lg, const char *customer_id, const char *status,
+		    const struct page_req *pg, struct subscription **out, size_t *n,
+		    char next[CURSOR_LEN], struct err *e);
+int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const struct page_req *pg,
+		      struct audit_event **out, size_t *n, char next[CURSOR_LEN], struct err *e);
+
+/* The detail of a payment's audit event (JSON text). New, free(). */
+char *ledger_payment_detail(const struct payment *p);
+
+#endif

@@ -1,0 +1,148 @@
+/* model.h - the things the service keeps: plans, customers, subscriptions, payments, audit
+ * events and Idempotency-Keys. Plain structs shared by the ledger (the domain rules) and the
+ * stores (which keep them); neither HTTP nor any database appears here.
+ *
+ * A struct with a *_clear owns its strings: release it with that function, which accepts a
+ * zeroed struct. */
+#ifndef NUMATIX_MODEL_H
+#define NUMATIX_MODEL_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ids.h"
+
+struct plan {
+	char id[ID_LEN + 1];
+	char *name;
+	char *description;
+	int64_t price_cents;
+	int64_t duration_days;
+	int64_t total_capacity;
+	int64_t subscriptions_left;
+	int64_t subscriptions_held;
+	char status[16];                 /* "active" | "inactive" */
+	struct json_object *features;    /* array of strings; one reference owned */
+	int64_t created_at, updated_at;  /* ms since the epoch */
+};
+void plan_clear(struct plan *p);
+
+enum plan_field {
+	PLAN_F_NAME = 1 << 0,
+	PLAN_F_DESCRIPTION = 1 << 1,
+	PLAN_F_PRICE = 1 << 2,
+	PLAN_F_DURATION = 1 << 3,
+	PLAN_F_FEATURES = 1 << 4,
+	PLAN_F_STATUS = 1 << 5,
+	PLAN_F_CAPACITY = 1 << 6,
+};
+
+/* What a PATCH changes; the strings and features are borrowed for the call. */
+struct plan_patch {
+	unsigned fields;                 /* enum plan_field bits */
+	const char *name;
+	const char *description;
+	int64_t price_cents;
+	int64_t duration_days;
+	struct json_object *features;
+	const char *status;
+	int64_t total_capacity;
+};
+
+struct customer {
+	char id[ID_LEN + 1];
+	char *email;                     /* as given; matched case-insensitively */
+	char *name;
+	int64_t created_at;
+};
+void customer_clear(struct customer *c);
+
+/* pending: seat held, payment running; active; failed: declined; expired: hold timed out;
+ * cancelled. Only pending and active take a seat. */
+struct subscription {
+	char id[ID_LEN + 1];
+	char status[16];
+	char plan_id[ID_LEN + 1];
+	char *plan_name;
+	char customer_id[ID_LEN + 1];
+	char idem_key[UUID_LEN + 1];
+	char payment_id[32];             /* the successful charge, "" before */
+	char token_hash[65];             /* SHA-256 of the access token */
+	int64_t amount_cents;
+	int64_t duration_days;
+	int64_t start_at, end_at;        /* 0 until active */
+	int64_t hold_deadline;
+	int64_t created_at, updated_at;
+	int64_t seq;                     /* the store's order of creation, for paging */
+};
+void subscription_clear(struct subscription *s);
+
+struct payment {
+	char id[32];                      /* "pay_" + id */
+	char idem_key[UUID_LEN + 1];
+	char kind[8];                     /* "charge" | "refund" */
+	char status[12];                  /* "succeeded" | "declined" */
+	char decline_code[32];
+	char subscription_id[ID_LEN + 1];
+	int64_t amount_cents;
+	int64_t created_at;
+};
+
+/* A plan's seat counts at one moment. */
+struct seat_counts {
+	int64_t total, left, held;
+};
+
+/* Who acts, for audit events. Borrowed strings. */
+struct actor {
+	const char *trace_id;
+	const char *type;                 /* "admin", "customer", "system" */
+	const char *id;                   /* may be NULL */
+	const char *ip;                   /* may be NULL */
+};
+
+struct audit_event {
+	int64_t seq;                      /* commit order within the store */
+	char id[ID_LEN + 1];
+	int64_t at;
+	char action[40];
+	char actor_type[16];
+	char actor_id[ID_LEN + 8];
+	char resource_type[16];
+	char resource_id[32];
+	char plan_id[ID_LEN + 1];
+	bool has_before, has_after;       /* seat counts recorded with the change */
+	struct seat_counts before, after;
+	char *detail;                     /* JSON text the ledger wrote (a payment), or NULL */
+	char trace_id[65];
+	char ip[64];
+};
+void audit_event_clear(struct audit_event *a);
+
+/* A final answer, stored byte for byte on its Idempotency-Key for replays. */
+struct reply {
+	int status;
+	char *body;                       /* owned where a struct owns it, else borrowed */
+};
+
+enum key_state {
+	KEY_STARTED,      /* a request runs under its lease */
+	KEY_HELD,         /* a purchase holds a seat: subscription_id names it */
+	KEY_DONE,         /* finished: reply holds the stored answer */
+};
+
+/* An Idempotency-Key as the store keeps it. */
+struct key_record {
+	char key[UUID_LEN + 1];
+	char fingerprint[65];
+	enum key_state state;
+	int64_t locked_until;             /* the lease of the request that runs it */
+	char subscription_id[ID_LEN + 1]; /* KEY_HELD and after, for purchases */
+	struct reply reply;               /* KEY_DONE; body owned */
+	int64_t created_at;
+};
+void key_record_clear(struct key_record *k);
+
+#endif

@@ -1,0 +1,16 @@
+/* store_impl.h - for the backends only (store_<kind>.c): their constructors, and what every
+ * backend needs alike. Nothing above the store includes this. */
+#ifndef NUMATIX_STORE_IMPL_H
+#define NUMATIX_STORE_IMPL_H
+
+#include <stddef.h>
+
+#include "store.h"
+
+struct store *store_sqlite_open(const char *url, struct err *e);
+struct store *store_mongo_open(const char *url, struct err *e);
+
+/* The seat counts of an event before a unit's move, from the counts after it. */
+struct seat_counts store_counts_before(struct seat_counts after, int dleft, int dheld);
+
+#endif
