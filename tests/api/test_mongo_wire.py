@@ -42,7 +42,9 @@ class Wire:
         self.log = []
         self.overrides = []       # [(command, collection, reply-or-fn, once)]
         self.docs = collections.defaultdict(list)   # find results by collection
-        self.fam = {"plans": plan_doc(), "customers": None, "leases": None}
+        self.fam = {"plans": plan_doc(), "customers": None, "leases": None,
+                    "subscriptions": {"_id": ObjectId(), "plan_id": PLAN_ID, "status": "active",
+                                      "idem_key": "k"}}
         self.lock = threading.Lock()
 
     def close(self):
@@ -153,48 +155,60 @@ class MongoWire(unittest.TestCase):
         key = str(uuid.uuid4())
         st, body, err = purchase(self.w, key)
         self.assertEqual(st, 201, (body, err))
-        claim = self.w.commands("insert", "idempotency_keys")[0]
-        self.assertEqual(claim["documents"][0]["_id"], key)
-        self.assertEqual(claim["documents"][0]["state"], "started")
-        self.assertEqual(len(claim["documents"][0]["fingerprint"]), 64)
-        self.assertEqual(claim["writeConcern"]["w"], "majority")
-        cust = self.w.commands("findAndModify", "customers")[0]
-        self.assertEqual(dict(cust["query"]), {"email_key": "wire@example.com"})
-        self.assertTrue(cust["upsert"])
-        self.assertIn("$setOnInsert", cust["update"])
-
         hold = self.w.commands("findAndModify", "plans")[0]
         self.assertEqual(dict(hold["query"]), {"_id": PLAN_ID, "status": "active", "subscriptions_left": {"$gt": 0}})
         self.assertEqual(dict(hold["update"]["$inc"]), {"subscriptions_left": -1, "subscriptions_held": 1})
         self.assertTrue(hold["new"])
-        self.assertEqual((hold["startTransaction"], hold["autocommit"]), (True, False))
-        self.assertEqual(hold["readConcern"]["level"], "snapshot")
         hold_txn = txn_of(hold)
-        # the hold's transaction: the subscription, seat.held, the key, then the commit
+        # the first unit: the key claimed, the customer found or made, the seat, the pending
+        # subscription and seat.held, in one transaction with one commit
         in_hold = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == hold_txn]
-        self.assertEqual(in_hold, [("findAndModify", "plans"), ("insert", "subscriptions"), ("insert", "audit_events"),
-                                   ("update", "idempotency_keys"), ("commitTransaction", None)])
+        self.assertEqual(in_hold, [("insert", "idempotency_keys"), ("findAndModify", "customers"),
+                                   ("findAndModify", "plans"), ("insert", "subscriptions"),
+                                   ("insert", "audit_events"), ("commitTransaction", None)])
+        first = [d for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == hold_txn][0]
+        self.assertEqual((first["startTransaction"], first["autocommit"]), (True, False))
+        self.assertEqual(first["readConcern"]["level"], "snapshot")
+        claim = first["documents"][0]
+        self.assertEqual((claim["_id"], claim["state"], len(claim["fingerprint"])), (key, "held", 64))
+        cust = self.w.commands("findAndModify", "customers")[0]
+        self.assertEqual(dict(cust["query"]), {"email_key": "wire@example.com"})
+        self.assertTrue(cust["upsert"])
+        self.assertIn("$setOnInsert", cust["update"])
         sub = self.w.commands("insert", "subscriptions")[0]["documents"][0]
         self.assertEqual((sub["status"], sub["idem_key"], sub["plan_id"]), ("pending", key, PLAN_ID))
+        self.assertEqual(claim["subscription_id"], sub["_id"])
         audit = self.w.commands("insert", "audit_events")[0]["documents"][0]
         self.assertEqual((audit["action"], audit["before"]["subscriptions_left"], audit["after"]["subscriptions_left"]),
                          ("seat.held", 10, 9))
         commit = [d for d in self.w.commands("commitTransaction") if txn_of(d) == hold_txn][0]
         self.assertEqual(commit["writeConcern"]["w"], "majority")
-        # the charge is recorded in a transaction of its own: none spans the payment call
-        charge = self.w.commands("insert", "payments")[0]
-        self.assertNotEqual(txn_of(charge), hold_txn)
-        self.assertEqual(charge["documents"][0]["idem_key"], key)
-        # confirmation: pending -> active only while the hold is live
-        confirm = [d for d in self.w.commands("update", "subscriptions")][0]
-        q = confirm["updates"][0]["q"]
-        self.assertEqual(q["status"], "pending")
-        self.assertIn("$gt", q["hold_deadline"])
-        self.assertEqual(confirm["updates"][0]["u"]["$set"]["status"], "active")
+        # the simulated processor keeps its own record, outside any transaction
+        proc = self.w.commands("insert", "processor")[0]
+        self.assertNotIn("startTransaction", proc)
+        self.assertNotIn("autocommit", proc)
+        self.assertEqual(proc["documents"][0]["_id"], key)
+        # the second unit: pending -> active only while the hold is live, the seat counted
+        # sold, the charge recorded, its events and the 201 stored on the key, one commit
+        confirm = self.w.commands("findAndModify", "subscriptions")[0]
+        self.assertEqual(confirm["query"]["status"], "pending")
+        self.assertIn("$gt", confirm["query"]["hold_deadline"])
+        self.assertEqual(confirm["update"]["$set"]["status"], "active")
         self.assertTrue(confirm["startTransaction"])
-        done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]["u"]["$set"]
-        self.assertEqual((done["state"], done["response_status"]), ("done", 201))
-        self.assertEqual(json.loads(done["response_body"])["id"], body["id"])
+        settle = txn_of(confirm)
+        self.assertNotEqual(settle, hold_txn)
+        in_settle = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == settle]
+        self.assertEqual(in_settle, [("findAndModify", "subscriptions"), ("findAndModify", "plans"),
+                                     ("insert", "payments"), ("insert", "audit_events"), ("insert", "audit_events"),
+                                     ("update", "idempotency_keys"), ("commitTransaction", None)])
+        charge = self.w.commands("insert", "payments")[0]
+        self.assertEqual(charge["documents"][0]["idem_key"], key)
+        done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
+        self.assertEqual(done["q"]["state"], {"$ne": "done"})
+        self.assertEqual((done["u"]["$set"]["state"], done["u"]["$set"]["response_status"]), ("done", 201))
+        self.assertEqual(json.loads(done["u"]["$set"]["response_body"])["id"], body["id"])
+        # two commits of the store's own per purchase
+        self.assertEqual(len(self.w.commands("commitTransaction")), 2)
 
     def test_transient_error_retries_the_transaction(self):
         self.w.override("findAndModify", "plans",
@@ -202,7 +216,7 @@ class MongoWire(unittest.TestCase):
                          "errorLabels": ["TransientTransactionError"]})
         st, body, err = purchase(self.w)
         self.assertEqual(st, 201, (body, err))
-        holds = [d for d in self.w.commands("findAndModify", "plans") if d.get("startTransaction")]
+        holds = self.w.commands("findAndModify", "plans")
         self.assertGreaterEqual(len(holds), 2)
         self.assertEqual(dict(holds[0]["query"]), dict(holds[1]["query"]))
         self.assertNotEqual(holds[0]["txnNumber"], holds[1]["txnNumber"])
@@ -220,12 +234,12 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(txn_of(commits[0]), txn_of(commits[1]))
         self.assertEqual(commits[1]["writeConcern"]["w"], "majority")
         # the hold ran once: the commit was retried, not the transaction
-        self.assertEqual(len([d for d in self.w.commands("findAndModify", "plans") if d.get("startTransaction")
-                              and txn_of(d) == txn_of(commits[0])]), 1)
+        self.assertEqual(len([d for d in self.w.commands("findAndModify", "plans")
+                              if txn_of(d) == txn_of(commits[0])]), 1)
 
     def key_exists(self, doc):
         self.w.override("insert", "idempotency_keys",
-                        {"ok": 1, "n": 0, "writeErrors": [{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"}]})
+                        {"ok": 0, "code": 11000, "codeName": "DuplicateKey", "errmsg": "E11000 duplicate key"})
         self.w.docs["idempotency_keys"] = [doc]
 
     def test_duplicate_key_decides_the_race(self):
@@ -253,11 +267,13 @@ class MongoWire(unittest.TestCase):
         st, body, _ = purchase(self.w)
         self.assertEqual((st, body["code"]), (503, "SERVICE_UNAVAILABLE"))
         self.assertEqual(self.w.commands("commitTransaction"), [])
-        self.assertEqual(len(self.w.commands("abortTransaction")), 1)
-        # the key is forgotten (nothing happened), so a retry may run
-        forget = self.w.commands("delete", "idempotency_keys")[0]["deletes"][0]["q"]
-        self.assertEqual(forget["state"], "started")
+        aborted = self.w.commands("abortTransaction")
+        self.assertEqual(len(aborted), 1)
+        # the key was claimed inside the aborted transaction: nothing kept, a retry may run
+        claim = self.w.commands("insert", "idempotency_keys")[0]
+        self.assertEqual(txn_of(claim), txn_of(aborted[0]))
         self.assertEqual(self.w.commands("insert", "payments"), [])
+        self.assertEqual(self.w.commands("insert", "processor"), [])
 
     def test_network_error_is_503(self):
         self.w.override("findAndModify", "plans", lambda req: req.hangup() or True, once=False)
