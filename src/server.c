@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -90,6 +91,8 @@ static void reaper_loop(const struct config *cfg)
 	sigset_t stop;
 	int sig;
 
+	/* Named apart from the workers, for ps and for the operator. */
+	prctl(PR_SET_NAME, "numatix-reaper");
 	sigemptyset(&stop);
 	sigaddset(&stop, SIGTERM);
 	sigaddset(&stop, SIGINT);
@@ -216,7 +219,9 @@ int server_run(const struct config *cfg, char **argv)
 	fill(&p, fd, cfg, &orig);
 	LOG_INFO(NULL, "listening on %s with %d workers", cfg->socket, p.n);
 	for (;;) {
-		int64_t wait = p.respawn_at ? p.respawn_at - now_ms() : 3600 * 1000;
+		/* A child of the image before a SIGHUP re-exec may have ended while SIGCHLD was not
+		 * blocked, which discards it: look for ended children every second regardless. */
+		int64_t wait = p.respawn_at && p.respawn_at - now_ms() < 1000 ? p.respawn_at - now_ms() : 1000;
 		if (wait < 0)
 			wait = 0;
 		struct timespec ts = {wait / 1000, (long)(wait % 1000) * 1000000L};

@@ -131,15 +131,22 @@ class Stack:
         r = self.command("check")
         return r.returncode == 0, r.stdout + r.stderr
 
+    @staticmethod
+    def _comm(pid):
+        try:
+            return open("/proc/%d/comm" % pid).read().strip()
+        except OSError:
+            return ""
+
     def server_pids(self):
-        """The master's pid and its workers' pids."""
+        """The master's pid and its workers' pids (its reaper process, named numatix-reaper, apart)."""
         out = subprocess.run(["pgrep", "-f", "%s serve" % BIN], capture_output=True, text=True).stdout
         masters = [int(p) for p in out.split()]
         for m in masters:
             env = open("/proc/%d/environ" % m, "rb").read()
             if ("NUMATIX_VAR=%s" % self.dir).encode() in env:
                 kids = subprocess.run(["pgrep", "-P", str(m)], capture_output=True, text=True).stdout
-                return m, [int(k) for k in kids.split()]
+                return m, [int(k) for k in kids.split() if self._comm(int(k)) != "numatix-reaper"]
         raise RuntimeError("no master found")
 
     # --- HTTP ------------------------------------------------------------------------------
