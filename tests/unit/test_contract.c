@@ -1,0 +1,454 @@
+/* test_contract.c - the contract every store must keep, run through the ledger: the purchase
+ * state machine, its crash points, the reaper and check, on SQLite always and on a live
+ * MongoDB when MONGO_URI names a replica set. A fault wrapper (below, test-only) fails one
+ * primitive once, which is how a crash between two units of a purchase is reached. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "api.h"
+#include "check.h"
+#include "ledger.h"
+#include "purchase.h"
+#include "reaper.h"
+#include "store.h"
+#include "util.h"
+
+static char store_url[512];
+
+/* --- the fault wrapper: the real store's ops, with three that can fail once --------------- */
+
+static const struct store_ops *real_ops;
+static struct store_ops faulty_ops;
+static const char *fail_at;          /* "hold", "processor_charge", "transition" or NULL */
+
+static bool trip(const char *op, struct err *e)
+{
+	if (!fail_at || strcmp(fail_at, op))
+		return false;
+	fail_at = NULL;
+	err_set(e, ERR_UNAVAILABLE, NULL, "injected crash at %s", op);
+	return true;
+}
+
+static int f_hold(struct store *s, const struct hold_req *r, const struct actor *a, struct hold_out *o, struct err *e)
+{
+	return trip("hold", e) ? -1 : real_ops->hold(s, r, a, o, e);
+}
+
+static int f_transition(struct store *s, const struct transition *t, const struct actor *a, struct transition_out *o,
+			struct err *e)
+{
+	return trip("transition", e) ? -1 : real_ops->transition(s, t, a, o, e);
+}
+
+static int f_charge(struct store *s, const char *key, const struct processor_rec *w, struct processor_rec *o,
+		    struct err *e)
+{
+	return trip("processor_charge", e) ? -1 : real_ops->processor_charge(s, key, w, o, e);
+}
+
+struct fixture {
+	struct store *s;
+	struct ledger lg;
+	char plan_id[ID_LEN + 1];
+};
+
+static struct fixture *fixture_new(int capacity, int hold_ttl_s)
+{
+	struct fixture *x = xcalloc(1, sizeof(*x));
+	struct err e = {0};
+	struct plan p = {0};
+	struct actor a = {"test", "admin", NULL, NULL};
+
+	x->s = store_open(store_url, &e);
+	assert_non_null(x->s);
+	assert_int_equal(x->s->ops->reset(x->s, &e), 0);
+	real_ops = x->s->ops;
+	faulty_ops = *real_ops;
+	faulty_ops.hold = f_hold;
+	faulty_ops.transition = f_transition;
+	faulty_ops.processor_charge = f_charge;
+	x->s->ops = &faulty_ops;
+	fail_at = NULL;
+	x->lg = (struct ledger){x->s, &api_replies, hold_ttl_s, 0, 24};
+	id_new(p.id);
+	p.name = xasprintf("Plan %s", p.id);
+	p.description = xstrdup("");
+	p.price_cents = 1500;
+	p.duration_days = 30;
+	p.total_capacity = p.subscriptions_left = capacity;
+	strcpy(p.status, "active");
+	p.features = json_object_new_array();
+	p.created_at = p.updated_at = now_ms();
+	if (ledger_plan_create(&x->lg, &a, &p, &e))
+		fail_msg("plan create: %s", e.msg);
+	snprintf(x->plan_id, sizeof(x->plan_id), "%s", p.id);
+	plan_clear(&p);
+	return x;
+}
+
+static void fixture_free(struct fixture *x)
+{
+	x->s->ops = real_ops;
+	store_close(x->s);
+	free(x);
+}
+
+static void ignore(void *arg, const char *fmt, ...)
+{
+	va_list ap;
+
+	(void)arg;
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+static int violations(struct fixture *x)
+{
+	struct err e = {0};
+	int v = -1;
+
+	assert_int_equal(check_run(&x->lg, ignore, NULL, &v, &e), 0);
+	return v;
+}
+
+static struct plan plan_now(struct fixture *x)
+{
+	struct plan p = {0};
+	struct err e = {0};
+
+	assert_int_equal(ledger_plan_get(&x->lg, x->plan_id, &p, &e), 0);
+	return p;
+}
+
+static void buy(struct fixture *x, const char *key, const char *method, struct purchase_result *r)
+{
+	struct actor a = {"test", "customer", NULL, NULL};
+	struct purchase_req p = {key, "fingerprint-of-this-request", x->plan_id, method, NULL, "ada@example.com", "Ada"};
+
+	purchase_run(&x->lg, &a, &p, r);
+}
+
+static void new_key(char key[UUID_LEN + 1])
+{
+	uuid_new(key);
+}
+
+/* Waits until the key's lease has ended: the retry after a crash may then take over. */
+static void lease_ends(struct fixture *x, const char *key)
+{
+	struct key_record k = {0};
+	struct err e = {0};
+	bool found;
+
+	assert_int_equal(x->s->ops->key_get(x->s, key, &k, &found, &e), 0);
+	assert_true(found);
+	while (now_ms() <= k.locked_until) {
+		struct timespec ts = {0, 20 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	key_record_clear(&k);
+}
+
+/* --- the tests ----------------------------------------------------------------------------- */
+
+static void test_purchase_and_replay(void **state)
+{
+	struct fixture *x = fixture_new(2, 600);
+	struct purchase_result r, again;
+	char key[UUID_LEN + 1];
+	struct plan p;
+
+	(void)state;
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.end, PURCHASE_ANSWERED);
+	assert_int_equal(r.reply.status, 201);
+	assert_false(r.replayed);
+	buy(x, key, "pm_card_visa", &again);
+	assert_int_equal(again.end, PURCHASE_ANSWERED);
+	assert_true(again.replayed);
+	assert_string_equal(again.reply.body, r.reply.body);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 1);
+	assert_int_equal(p.subscriptions_held, 0);
+	assert_int_equal(violations(x), 0);
+	plan_clear(&p);
+	purchase_result_clear(&r);
+	purchase_result_clear(&again);
+	fixture_free(x);
+}
+
+static void test_refusals_keep_no_key(void **state)
+{
+	struct fixture *x = fixture_new(1, 600);
+	struct purchase_result r;
+	struct key_record k = {0};
+	char key[UUID_LEN + 1];
+	struct err e = {0};
+	bool found;
+
+	(void)state;
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.reply.status, 201);
+	purchase_result_clear(&r);
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	assert_string_equal(r.err.code, "PLAN_SOLD_OUT");
+	assert_int_equal(x->s->ops->key_get(x->s, key, &k, &found, &e), 0);
+	assert_false(found);
+	purchase_result_clear(&r);
+	snprintf(x->plan_id, sizeof(x->plan_id), "%s", "0123456789abcdef01234567");
+	buy(x, key, "pm_card_visa", &r);
+	assert_string_equal(r.err.code, "PLAN_NOT_FOUND");
+	purchase_result_clear(&r);
+	fixture_free(x);
+}
+
+static void test_key_reused_and_in_progress(void **state)
+{
+	struct fixture *x = fixture_new(3, 600);
+	struct actor a = {"test", "customer", NULL, NULL};
+	struct purchase_result r;
+	char key[UUID_LEN + 1];
+
+	(void)state;
+	new_key(key);
+	fail_at = "processor_charge";
+	buy(x, key, "pm_card_visa", &r);  /* dies after its hold: the key stays leased */
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	purchase_result_clear(&r);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.end, PURCHASE_IN_PROGRESS);
+	assert_true(r.retry_after_s >= 1);
+	purchase_result_clear(&r);
+	struct purchase_req other = {key, "another-fingerprint", x->plan_id, "pm_card_visa", NULL, "b@example.com", "B"};
+	purchase_run(&x->lg, &a, &other, &r);
+	assert_int_equal(r.end, PURCHASE_KEY_REUSED);
+	purchase_result_clear(&r);
+	fixture_free(x);
+}
+
+static void test_decline_gives_the_seat_back(void **state)
+{
+	struct fixture *x = fixture_new(1, 600);
+	struct purchase_result r;
+	char key[UUID_LEN + 1];
+	struct plan p;
+
+	(void)state;
+	new_key(key);
+	buy(x, key, "pm_card_chargeDeclinedInsufficientFunds", &r);
+	assert_int_equal(r.reply.status, 402);
+	assert_non_null(strstr(r.reply.body, "insufficient_funds"));
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 1);
+	assert_int_equal(violations(x), 0);
+	plan_clear(&p);
+	purchase_result_clear(&r);
+	fixture_free(x);
+}
+
+/* Crash after the charge, before the settle: the retry resumes at the charge, which the
+ * processor answers from its records, and settles once. */
+static void test_crash_after_charge_retry_settles_once(void **state)
+{
+	struct fixture *x = fixture_new(2, 2);
+	struct purchase_result r;
+	char key[UUID_LEN + 1];
+	struct plan p;
+
+	(void)state;
+	new_key(key);
+	fail_at = "transition";
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	assert_int_equal(r.err.kind, ERR_UNAVAILABLE);
+	purchase_result_clear(&r);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_held, 1);
+	plan_clear(&p);
+	lease_ends(x, key);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.end, PURCHASE_ANSWERED);
+	assert_int_equal(r.reply.status, 201);
+	purchase_result_clear(&r);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 1);
+	assert_int_equal(p.subscriptions_held, 0);
+	assert_int_equal(violations(x), 0);
+	plan_clear(&p);
+	fixture_free(x);
+}
+
+/* Crash after the charge and no retry: the reaper expires the hold past its deadline and the
+ * processor refunds the charge; check finds every charge refunded or kept by a seat. */
+static void test_crash_after_charge_reaper_refunds(void **state)
+{
+	struct fixture *x = fixture_new(2, 1);
+	struct purchase_result r;
+	struct reap_stats st;
+	struct err e = {0};
+	char key[UUID_LEN + 1];
+	struct plan p;
+
+	(void)state;
+	new_key(key);
+	fail_at = "transition";
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	purchase_result_clear(&r);
+	lease_ends(x, key);
+	do {
+		assert_int_equal(reaper_run(&x->lg, "test", &st, &e), 0);
+	} while (st.expired == 0);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 2);
+	assert_int_equal(p.subscriptions_held, 0);
+	plan_clear(&p);
+	/* the processor refunded the charge the crashed request made */
+	struct processor_rec pr;
+	assert_int_equal(x->s->ops->processor_void(x->s, key, "pay_unused", &pr, &e), 0);
+	assert_int_equal(pr.state, PROC_REFUNDED);
+	/* the retry now gets the stored HOLD_EXPIRED, and nothing is charged again */
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.reply.status, 409);
+	assert_non_null(strstr(r.reply.body, "HOLD_EXPIRED"));
+	purchase_result_clear(&r);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+static void test_cancel_and_capacity(void **state)
+{
+	struct fixture *x = fixture_new(1, 600);
+	struct actor a = {"test", "admin", NULL, NULL};
+	struct purchase_result r;
+	struct subscription sub = {0};
+	struct plan_patch pt = {PLAN_F_CAPACITY, NULL, NULL, 0, 0, NULL, NULL, 0};
+	struct plan p = {0};
+	struct err e = {0};
+	char key[UUID_LEN + 1], sub_id[ID_LEN + 1];
+
+	(void)state;
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.reply.status, 201);
+	snprintf(sub_id, sizeof(sub_id), "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
+	purchase_result_clear(&r);
+	pt.total_capacity = 0 + 1 - 1;
+	assert_int_equal(ledger_plan_update(&x->lg, &a, x->plan_id, &pt, &p, &e), -1);
+	assert_string_equal(e.code, "CAPACITY_BELOW_SOLD");
+	assert_int_equal(ledger_sub_cancel(&x->lg, &a, sub_id, &sub, &e), 0);
+	assert_string_equal(sub.status, "cancelled");
+	subscription_clear(&sub);
+	assert_int_equal(ledger_sub_cancel(&x->lg, &a, sub_id, &sub, &e), -1);
+	assert_string_equal(e.code, "ALREADY_CANCELLED");
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 1);
+	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+/* Processes race for the seats, each with its own store handle: exactly capacity win. */
+static void test_racing_processes_sell_exactly_capacity(void **state)
+{
+	enum { PROCS = 6, EACH = 5, CAPACITY = 7 };
+	struct fixture *x = fixture_new(CAPACITY, 600);
+	int fds[2], won = 0, status;
+	struct plan p;
+
+	(void)state;
+	assert_int_equal(pipe(fds), 0);
+	for (int i = 0; i < PROCS; i++) {
+		if (fork() == 0) {
+			struct err e = {0};
+			struct store *s = store_open(store_url, &e);
+			struct ledger lg = {s, &api_replies, 600, 0, 24};
+			struct actor a = {"race", "customer", NULL, NULL};
+			char n = 0, key[UUID_LEN + 1], email[64];
+			for (int j = 0; j < EACH; j++) {
+				struct purchase_result r;
+				uuid_new(key);
+				snprintf(email, sizeof(email), "racer%d-%d@example.com", i, j);
+				struct purchase_req pr = {key, "fp", x->plan_id, "pm_card_visa", NULL, email, "Racer"};
+				purchase_run(&lg, &a, &pr, &r);
+				n += r.end == PURCHASE_ANSWERED && r.reply.status == 201;
+				purchase_result_clear(&r);
+			}
+			if (write(fds[1], &n, 1) != 1)
+				_exit(1);
+			store_close(s);
+			_exit(0);
+		}
+	}
+	close(fds[1]);
+	for (int i = 0; i < PROCS; i++) {
+		char n;
+		assert_int_equal(read(fds[0], &n, 1), 1);
+		won += n;
+	}
+	close(fds[0]);
+	while (wait(&status) > 0)
+		assert_int_equal(status, 0);
+	assert_int_equal(won, CAPACITY);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 0);
+	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+static int run_on(const char *url, const char *name)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_purchase_and_replay),
+		cmocka_unit_test(test_refusals_keep_no_key),
+		cmocka_unit_test(test_key_reused_and_in_progress),
+		cmocka_unit_test(test_decline_gives_the_seat_back),
+		cmocka_unit_test(test_crash_after_charge_retry_settles_once),
+		cmocka_unit_test(test_crash_after_charge_reaper_refunds),
+		cmocka_unit_test(test_cancel_and_capacity),
+		cmocka_unit_test(test_racing_processes_sell_exactly_capacity),
+	};
+
+	snprintf(store_url, sizeof(store_url), "%s", url);
+	return _cmocka_run_group_tests(name, tests, sizeof(tests) / sizeof(tests[0]), NULL, NULL);
+}
+
+int main(void)
+{
+	char dir[] = "/tmp/numatix-contract-XXXXXX", url[256];
+	const char *mongo = getenv("MONGO_URI");
+	int failed;
+
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(url, sizeof(url), "sqlite://%s/contract.db", dir);
+	failed = run_on(url, "contract_sqlite");
+	if (mongo && *mongo) {
+		/* A database of its own on that server: every test resets it. */
+		const char *host = strstr(mongo, "://"), *q;
+		host = host ? host + 3 : mongo;
+		q = host + strcspn(host, "/?");
+		snprintf(url, sizeof(url), "%.*s/numatix_contract%s", (int)(q - mongo), mongo, strchr(q, '?') ? strchr(q, '?') : "");
+		failed += run_on(url, "contract_mongodb");
+	}
+	else
+		printf("contract_mongodb: skipped, MONGO_URI names no live replica set\n");
+	return failed ? 1 : 0;
+}
