@@ -23,6 +23,8 @@ OBJ      := $(SRC:src/%.c=$(BUILD)/%.o)
 LIBOBJ   := $(filter-out $(BUILD)/main.o,$(OBJ))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+# test doubles and helpers beside the tests (tests/unit/*.c that are not a test_*.c)
+UNIT_LIB := $(filter-out $(UNIT_SRC),$(wildcard tests/unit/*.c))
 
 ifeq ($(V),)
 Q := @
@@ -39,8 +41,8 @@ $(BIN): $(OBJ)
 $(BUILD)/%.o: src/%.c
 	$(call quiet,CC,$@)mkdir -p $(dir $@) && $(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJ)
-	$(call quiet,CC,$@)mkdir -p $(dir $@) && $(CC) $(CFLAGS) -Isrc -o $@ $< $(LIBOBJ) $(LDFLAGS) $(LDLIBS) -lcmocka
+$(BUILD)/tests/%: tests/unit/%.c $(UNIT_LIB) $(LIBOBJ)
+	$(call quiet,CC,$@)mkdir -p $(dir $@) && $(CC) $(CFLAGS) -Isrc -Itests/unit -o $@ $< $(UNIT_LIB) $(LIBOBJ) $(LDFLAGS) $(LDLIBS) -lcmocka
 
 unit: $(UNIT_BIN)
 

@@ -4,7 +4,6 @@
 #include <string.h>
 
 #include "api.h"
-#include "app.h"
 #include "idem.h"
 #include "purchase.h"
 #include "util.h"
@@ -43,10 +42,10 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs)
 
 	/* A missing key is reported first: it is about the request as a whole. */
 	if (!rq->idem_key) {
-		app_idem_key(rq, rs, true);
+		request_idem_key(rq, rs, true);
 		return;
 	}
-	if (api_body(rq, rs, purchase_fields) || app_idem_key(rq, rs, true))
+	if (api_body(rq, rs, purchase_fields) || request_idem_key(rq, rs, true))
 		return;
 	p.plan_id = str(rq, "planId", NULL);
 	p.payment_method = str(rq, "paymentMethodId", NULL);
@@ -73,13 +72,10 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs)
 		response_err(rs, rq, &r.err);
 		break;
 	case PURCHASE_IN_PROGRESS:
-		response_error(rs, rq, 409, "REQUEST_IN_PROGRESS",
-			       "A request with this Idempotency-Key is still running; retry later", NULL);
-		rs->retry_after = r.retry_after_s;
+		response_key_busy(rs, rq, r.retry_after_s);
 		break;
 	case PURCHASE_KEY_REUSED:
-		response_error(rs, rq, 422, "IDEMPOTENCY_KEY_REUSED",
-			       "This Idempotency-Key was used for a different request", NULL);
+		response_key_reused(rs, rq);
 		break;
 	}
 	purchase_result_clear(&r);

@@ -60,25 +60,6 @@ static int parse_body(struct request *rq, struct response *rs)
 	return 0;
 }
 
-int app_idem_key(struct request *rq, struct response *rs, bool required)
-{
-	if (!rq->idem_key) {
-		if (!required)
-			return 0;
-		response_error(rs, rq, 400, "MISSING_IDEMPOTENCY_KEY", "The Idempotency-Key header is required", NULL);
-		return -1;
-	}
-	if (!uuid_valid(rq->idem_key)) {
-		response_error(rs, rq, 400, "INVALID_IDEMPOTENCY_KEY", "The Idempotency-Key header must be a UUID", NULL);
-		return -1;
-	}
-	/* Keys compare in one case: a client that upper-cases a UUID means the same key. */
-	for (char *c = rq->idem_key; *c; c++)
-		if (*c >= 'A' && *c <= 'F')
-			*c = (char)(*c - 'A' + 'a');
-	return 0;
-}
-
 /* Claims a present key for a route whose effect is one step. 1: run the handler; 0: rs
  * holds the answer. */
 static int idem_begin(struct request *rq, struct response *rs)
@@ -100,13 +81,10 @@ static int idem_begin(struct request *rq, struct response *rs)
 		response_reply(rs, &c.reply, true);
 		break;
 	case IDEM_IN_PROGRESS:
-		response_error(rs, rq, 409, "REQUEST_IN_PROGRESS",
-			       "A request with this Idempotency-Key is still running; retry later", NULL);
-		rs->retry_after = c.retry_after_s;
+		response_key_busy(rs, rq, c.retry_after_s);
 		break;
 	case IDEM_REUSED:
-		response_error(rs, rq, 422, "IDEMPOTENCY_KEY_REUSED",
-			       "This Idempotency-Key was used for a different request", NULL);
+		response_key_reused(rs, rq);
 		break;
 	}
 	idem_claim_clear(&c);
@@ -139,7 +117,7 @@ void app_handle(struct request *rq, struct response *rs)
 	if (authenticate(rq, rs, r->auth) || parse_body(rq, rs))
 		goto out;
 	if (r->idem == IDEM_HONOURED) {
-		if (app_idem_key(rq, rs, false))
+		if (request_idem_key(rq, rs, false))
 			goto out;
 		if (rq->idem_key && !(claimed = idem_begin(rq, rs)))
 			goto out;

@@ -12,8 +12,4 @@ void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cf
  * becomes a JSON error response. */
 void app_handle(struct request *rq, struct response *rs);
 
-/* The Idempotency-Key header checked (required or not) and put in lower case: 0 when it can
- * be used (rq->idem_key NULL if absent and not required), -1 after answering 400. */
-int app_idem_key(struct request *rq, struct response *rs, bool required);
-
 #endif

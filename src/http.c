@@ -208,6 +208,38 @@ void response_reply(struct response *rs, const struct reply *r, bool replayed)
 	rs->replayed = replayed;
 }
 
+void response_key_busy(struct response *rs, const struct request *rq, int retry_after_s)
+{
+	response_error(rs, rq, 409, "REQUEST_IN_PROGRESS",
+		       "A request with this Idempotency-Key is still running; retry later", NULL);
+	rs->retry_after = retry_after_s;
+}
+
+void response_key_reused(struct response *rs, const struct request *rq)
+{
+	response_error(rs, rq, 422, "IDEMPOTENCY_KEY_REUSED", "This Idempotency-Key was used for a different request",
+		       NULL);
+}
+
+int request_idem_key(struct request *rq, struct response *rs, bool required)
+{
+	if (!rq->idem_key) {
+		if (!required)
+			return 0;
+		response_error(rs, rq, 400, "MISSING_IDEMPOTENCY_KEY", "The Idempotency-Key header is required", NULL);
+		return -1;
+	}
+	if (!uuid_valid(rq->idem_key)) {
+		response_error(rs, rq, 400, "INVALID_IDEMPOTENCY_KEY", "The Idempotency-Key header must be a UUID", NULL);
+		return -1;
+	}
+	/* Keys compare in one case: a client that upper-cases a UUID means the same key. */
+	for (char *c = rq->idem_key; *c; c++)
+		if (*c >= 'A' && *c <= 'F')
+			*c = (char)(*c - 'A' + 'a');
+	return 0;
+}
+
 void response_invalid(struct response *rs, const struct request *rq, const char *field,
 		      const char *reason)
 {

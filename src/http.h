@@ -63,6 +63,12 @@ void response_error(struct response *rs, const struct request *rq, int status, c
 void response_reply(struct response *rs, const struct reply *r, bool replayed);
 /* The error envelope for an outcome of a lower layer: status and message by its code. */
 void response_err(struct response *rs, const struct request *rq, const struct err *e);
+/* 409 REQUEST_IN_PROGRESS with Retry-After, and 422 IDEMPOTENCY_KEY_REUSED. */
+void response_key_busy(struct response *rs, const struct request *rq, int retry_after_s);
+void response_key_reused(struct response *rs, const struct request *rq);
+/* The Idempotency-Key header checked (required or not) and put in lower case: 0 when it can
+ * be used (rq->idem_key NULL if absent and not required), -1 after answering 400. */
+int request_idem_key(struct request *rq, struct response *rs, bool required);
 /* 400 VALIDATION_ERROR with details {"field", "reason"}. */
 void response_invalid(struct response *rs, const struct request *rq, const char *field,
 		      const char *reason);

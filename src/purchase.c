@@ -148,6 +148,29 @@ static void hold_gone(struct ledger *lg, const struct actor *a, const struct sub
 	answer_stored(lg, sub->idem_key, out);
 }
 
+/* The second unit: t stores reply r on the key. 1 when it moved (out answered with r, whose
+ * body it takes), 0 when the hold was no longer pending as t requires, -1 when the store
+ * failed (out refused; the hold stays until a retry or the reaper settles it). */
+static int settle(struct ledger *lg, const struct actor *a, const struct transition *t, struct reply *r,
+		  struct purchase_result *out)
+{
+	struct transition_out o = {0};
+	int rc = -1;
+
+	if (lg->store->ops->transition(lg->store, t, a, &o, &out->err)) {
+		refused(out, out->err.kind, NULL, out->err.msg);
+	} else if (o.result == MOVED) {
+		out->end = PURCHASE_ANSWERED;
+		out->reply = *r;
+		r->body = NULL;
+		rc = 1;
+	} else {
+		rc = 0;
+	}
+	transition_out_clear(&o);
+	return rc;
+}
+
 static void settle_paid(struct ledger *lg, const struct actor *a, struct subscription *sub,
 			const struct payment *charge, struct purchase_result *out)
 {
@@ -158,7 +181,6 @@ static void settle_paid(struct ledger *lg, const struct actor *a, struct subscri
 		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
 	};
 	int64_t now = now_ms();
-	struct transition_out o = {0};
 	struct transition t;
 	struct reply r;
 
@@ -175,17 +197,8 @@ static void settle_paid(struct ledger *lg, const struct actor *a, struct subscri
 				.now = now, .dheld = -1, .payment_id = charge->id, .start_at = sub->start_at,
 				.end_at = sub->end_at, .token_hash = hash, .payment = charge, .events = ev,
 				.nevents = 2, .reply = &r};
-	if (lg->store->ops->transition(lg->store, &t, a, &o, &out->err)) {
-		/* Neither confirmed nor released: a retry or the reaper settles it. */
-		refused(out, out->err.kind, NULL, out->err.msg);
-	} else if (o.result == MOVED) {
-		out->end = PURCHASE_ANSWERED;
-		out->reply = r;
-		r.body = NULL;
-	} else {
+	if (settle(lg, a, &t, &r, out) == 0)
 		hold_gone(lg, a, sub, charge, out);
-	}
-	transition_out_clear(&o);
 	free(r.body);
 	free(detail);
 }
@@ -203,21 +216,14 @@ static void settle_declined(struct ledger *lg, const struct actor *a, const stru
 	struct transition t = {.sub_id = sub->id, .from = "pending", .to = "failed", .now = now_ms(),
 			       .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .nevents = 3,
 			       .reply = &r};
-	struct transition_out o = {0};
 
-	if (lg->store->ops->transition(lg->store, &t, a, &o, &out->err)) {
-		refused(out, out->err.kind, NULL, out->err.msg);
-	} else if (o.result == MOVED) {
-		out->end = PURCHASE_ANSWERED;
-		out->reply = r;
-		r.body = NULL;
-	} else {
+	if (settle(lg, a, &t, &r, out) == 0) {
+		/* Settled by someone else (the reaper): keep the decline on record. */
 		struct err re = {0};
 		if (record(lg, a, charge, &re))
 			LOG_WARN(a->trace_id, "recording decline %s: %s", charge->id, re.msg);
 		answer_stored(lg, sub->idem_key, out);
 	}
-	transition_out_clear(&o);
 	free(r.body);
 	free(detail);
 }
