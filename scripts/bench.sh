@@ -2,15 +2,20 @@
 # bench.sh - `make bench`: throughput of the real stack, each figure as a ratio against a
 # baseline measured in the same run (these machines are noisy; absolute numbers are not).
 #
+#   0. Purchases of one hot plan, instant processor, 16 connections, against the raw durable
+#      purchase transaction on the same SQLite file (scripts/bench/raw_purchase.c, 16
+#      processes): how close the service comes to what the store itself can do; with p99.
 #   1. GET /api/plans through nginx + FastCGI + SQLite, against nginx serving a static file.
 #   2. Purchases/s with an instant processor, against GET /api/plans.
 #   3. Purchases/s of ONE plan with a 50 ms processor: many buyers at once, against one buyer
 #      at a time, which is the best the original service's design could do (it held a
 #      database transaction across the payment call, so one plan's purchases ran one by one).
 #
-# BENCH_SECONDS (default 5) and BENCH_WORKERS (default 16) tune it.
+# BENCH_SECONDS (default 5) and BENCH_WORKERS (default 16) tune it. BENCH_STACK_ROOT runs
+# another checkout's build (say, the commit before a change) under the same measurement.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STACK_ROOT=${BENCH_STACK_ROOT:-$ROOT}
 SECS=${BENCH_SECONDS:-5}
 WORKERS=${BENCH_WORKERS:-16}
 PY=/usr/bin/python3
@@ -37,7 +42,7 @@ start_stack() {
 	PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 	export PORT
 	NUMATIX_VAR="$DIR/var" NUMATIX_WORKERS=$WORKERS NUMATIX_PAYMENT_LATENCY_MS=$1 \
-		NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 "$ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
+		NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 "$STACK_ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
 	STACK_PID=$!
 	until grep -q "Numatix is running" "$DIR/run.log"; do
 		kill -0 "$STACK_PID" 2>/dev/null || { cat "$DIR/run.log"; exit 1; }
@@ -57,26 +62,39 @@ rate() {
 	shift
 	t=2
 	[ "$c" -lt 2 ] && t=1
-	wrk -t$t -c"$c" -d"${SECS}s" "$@" > "$DIR/wrk.out" 2>&1
+	wrk -t$t -c"$c" -d"${SECS}s" --latency "$@" > "$DIR/wrk.out" 2>&1
 	grep -E "^statuses:|Non-2xx" "$DIR/wrk.out" >&2 || true
 	awk '/^Requests\/sec:/ {print $2}' "$DIR/wrk.out"
 }
 
+# p99 of the last rate() run, as wrk printed it (e.g. 12.34ms).
+p99() { awk '$1 == "99%" {print $2}' "$DIR/wrk.out"; }
+
 ratio() { $PY -c "print('%.2f' % ($1 / $2))"; }
+
+cc -O2 -o "$DIR/raw_purchase" "$ROOT/scripts/bench/raw_purchase.c" $(pkg-config --cflags --libs sqlite3)
+
+start_stack 0
+HOT=$(rate 16 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
+HOT_P99=$(p99)
+RAW=$("$DIR/raw_purchase" "$DIR/var/numatix.db" "$PLAN_ID" 16 "$SECS")
+NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$STACK_ROOT/cgi-bin/numatix" check >/dev/null || true
 
 start_stack 0
 STATIC=$(rate 32 "$BASE/index.html")
 PLANS=$(rate 32 "$BASE/api/plans")
 BUY=$(rate 32 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
-NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$ROOT/cgi-bin/numatix" check
+NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$STACK_ROOT/cgi-bin/numatix" check
 
 start_stack 50
 SERIAL=$(rate 1 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
 PARALLEL=$(rate 64 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
-NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$ROOT/cgi-bin/numatix" check
+NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$STACK_ROOT/cgi-bin/numatix" check
 
 echo
-echo "Numatix bench ($WORKERS workers, ${SECS}s per figure, $(nproc) cores)"
+echo "Numatix bench ($WORKERS workers, ${SECS}s per figure, $(nproc) cores, $STACK_ROOT)"
+printf '  %-52s %10s tx/s\n' "raw durable purchase transaction, 16 processes (R)" "$RAW"
+printf '  %-52s %10s req/s  = %s x R, p99 %s\n' "hot-plan purchases, 16 connections" "$HOT" "$(ratio "$HOT" "$RAW")" "$HOT_P99"
 printf '  %-52s %10s req/s\n' "nginx static file (baseline A)" "$STATIC"
 printf '  %-52s %10s req/s  = %s x A\n' "GET /api/plans (B)" "$PLANS" "$(ratio "$PLANS" "$STATIC")"
 printf '  %-52s %10s req/s  = %s x B\n' "purchases, instant processor" "$BUY" "$(ratio "$BUY" "$PLANS")"
