@@ -167,11 +167,14 @@ class Unavailable(unittest.TestCase):
 
     def test_bad_configuration_is_refused(self):
         for var, value in (("NUMATIX_WORKERS", "many"), ("NUMATIX_HOLD_TTL", "0"),
-                           ("NUMATIX_DB", "mysql://x"), ("NUMATIX_ADMIN_TOKEN", "short")):
+                           ("NUMATIX_DB", "mysql://x"), ("NUMATIX_ADMIN_TOKEN", "short"),
+                           # no PostgreSQL store in this build: refused at start, not 503 forever
+                           ("NUMATIX_DB", "postgresql://app:s3cret@db.example/numatix")):
             env = dict(os.environ, **{var: value})
             r = subprocess.run([BIN, "serve"], env=env, capture_output=True, text=True, timeout=10)
             self.assertEqual(r.returncode, 1)
             self.assertIn(var, r.stderr)
+            self.assertNotIn("s3cret", r.stderr)
 
 
 if __name__ == "__main__":
