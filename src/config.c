@@ -57,9 +57,9 @@ int config_load(struct config *cfg, struct err *e)
 	if (v && *v) {
 		if (!store_url_supported(v)) {
 			char shown[256];
-			err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_DB must start with sqlite:// or mongodb://, not \"%s\"%s",
-				store_url_redact(v, shown, sizeof(shown)),
-				strncmp(v, "postgres", 8) ? "" : " (this build has no PostgreSQL store yet)");
+			err_set(e, ERR_INVALID, "CONFIG",
+				"NUMATIX_DB must be sqlite://, postgresql:// (or host=... dbname=...) or mongodb://, not \"%s\"",
+				store_url_redact(v, shown, sizeof(shown)));
 			goto out;
 		}
 		cfg->db_url = xstrdup(v);

@@ -14,10 +14,20 @@ static const struct {
 	{"sqlite://", store_sqlite_open},
 	{"mongodb://", store_mongo_open},
 	{"mongodb+srv://", store_mongo_open},
+	{"postgresql://", store_pg_open},
+	{"postgres://", store_pg_open},
 };
+
+/* A libpq key=value connection string ("host=/run/pg dbname=numatix"). */
+static bool pg_conninfo(const char *url)
+{
+	return !strstr(url, "://") && (strstr(url, "dbname=") || strstr(url, "host="));
+}
 
 bool store_url_supported(const char *url)
 {
+	if (pg_conninfo(url))
+		return true;
 	for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
 		if (!strncmp(url, backends[i].scheme, strlen(backends[i].scheme)))
 			return true;
@@ -26,10 +36,12 @@ bool store_url_supported(const char *url)
 
 struct store *store_open(const char *url, struct err *e)
 {
+	if (pg_conninfo(url))
+		return store_pg_open(url, e);
 	for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
 		if (!strncmp(url, backends[i].scheme, strlen(backends[i].scheme)))
 			return backends[i].open(url, e);
-	err_set(e, ERR_UNAVAILABLE, NULL, "no store in this build serves \"%.*s\"; use sqlite:// or mongodb://",
+	err_set(e, ERR_UNAVAILABLE, NULL, "no store in this build serves \"%.*s\"; use sqlite://, postgresql:// or mongodb://",
 		(int)strcspn(url, ":"), url);
 	return NULL;
 }
@@ -63,9 +75,15 @@ char *store_url_redact(const char *url, char *out, size_t len)
 {
 	/* scheme://user:password@host...: the password runs from the ':' after the user to the
 	 * last '@' before the path. */
-	const char *auth = strstr(url, "://"), *at, *colon, *end;
+	const char *auth = strstr(url, "://"), *at, *colon, *end, *pw = strstr(url, "password=");
 
 	snprintf(out, len, "%s", url);
+	if (pw) {
+		/* key=value: password=secret up to the next space */
+		const char *rest = pw + 9 + strcspn(pw + 9, " ");
+		snprintf(out, len, "%.*spassword=***%s", (int)(pw - url), url, rest);
+		return out;
+	}
 	if (!auth)
 		return out;
 	auth += 3;

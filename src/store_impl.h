@@ -9,6 +9,7 @@
 
 struct store *store_sqlite_open(const char *url, struct err *e);
 struct store *store_mongo_open(const char *url, struct err *e);
+struct store *store_pg_open(const char *url, struct err *e);
 
 /* The seat counts of an event before a unit's move, from the counts after it. */
 struct seat_counts store_counts_before(struct seat_counts after, int dleft, int dheld);

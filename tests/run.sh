@@ -9,7 +9,24 @@ passed=0
 failed=0
 skipped=0
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+PGDIR=""
+cleanup() {
+	[ -n "$PGDIR" ] && tests/pg_server.sh stop "$PGDIR" 2>/dev/null
+	[ -n "$PGDIR" ] && rm -rf "$PGDIR"
+	rm -f "$out"
+}
+trap cleanup EXIT
+
+# One throwaway PostgreSQL for the whole run: the contract suite and the black-box suites
+# run against it as well as against SQLite.
+PGDIR=$(mktemp -d /tmp/numatix-pg-XXXXXX)
+if NUMATIX_TEST_PG=$(tests/pg_server.sh start "$PGDIR"); then
+	export NUMATIX_TEST_PG
+	echo "== PostgreSQL for the tests: $NUMATIX_TEST_PG"
+else
+	echo "could not start PostgreSQL:"; cat "$PGDIR"/*.log
+	failed_pg=1
+fi
 
 echo "== unit tests (cmocka)"
 for t in build/tests/test_*; do
@@ -17,10 +34,9 @@ for t in build/tests/test_*; do
 	"$t" > "$out" 2>&1
 	rc=$?
 	cat "$out"
-	p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$out" | tail -n1)
-	f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$out" | tail -n1)
-	p=${p:-0}
-	f=${f:-0}
+	# a binary may run several groups (one per store): add up every group's summary
+	p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$out" | awk '{n += $1} END {print n + 0}')
+	f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$out" | awk '{n += $1} END {print n + 0}')
 	# a binary that crashed before its summary counts as one failure
 	[ $rc -ne 0 ] && [ "$f" -eq 0 ] && f=1
 	passed=$((passed + p))
@@ -39,9 +55,16 @@ if [ -z "${NUMATIX_SUITES:-}" ]; then
 	fi
 fi
 
+failed=$((failed + ${failed_pg:-0}))
 SUITES=${NUMATIX_SUITES:-"test_api test_hostile test_concurrency test_recovery test_gateway test_mongo_wire test_mongo_live"}
+# the shared black-box suites once more, against PostgreSQL ("pg:" marks the store)
+PG_SUITES=${NUMATIX_PG_SUITES-"test_api test_hostile test_concurrency test_recovery test_pg_faults"}
+[ -n "${NUMATIX_TEST_PG:-}" ] && for s in $PG_SUITES; do SUITES="$SUITES pg:$s"; done
 for s in $SUITES; do
-	$PY tests/api/runner.py "$s" 2>&1 | tee "$out"
+	case $s in
+	pg:*) NUMATIX_TEST_STORE=postgresql $PY tests/api/runner.py "${s#pg:}" 2>&1 | tee "$out" ;;
+	*) $PY tests/api/runner.py "$s" 2>&1 | tee "$out" ;;
+	esac
 	line=$(grep '^RESULT ' "$out" | tail -n1)
 	if [ -n "$line" ]; then
 		set -- $line

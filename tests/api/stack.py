@@ -23,9 +23,22 @@ BIN = os.path.join(ROOT, "cgi-bin", "numatix")
 ADMIN = "test-admin-token-0123456789abcdef"
 
 
+def pg_database(server_url, name):
+    """Creates database `name` on the PostgreSQL server_url names; its connection string."""
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", server_url, "-c", 'CREATE DATABASE "%s"' % name],
+                   check=True, capture_output=True)
+    u = urllib.parse.urlsplit(server_url)
+    # built by hand: urlunsplit drops the empty host of postgresql:///db?host=/socket/dir
+    return "%s://%s/%s%s" % (u.scheme, u.netloc, name, "?" + u.query if u.query else "")
+
+
 def store_url(dir):
-    """The store a test stack uses: SQLite in its directory, or, with NUMATIX_TEST_STORE=mongodb,
-    a database of its own on the live MongoDB that MONGO_URI names."""
+    """The store a test stack uses: SQLite in its directory; with NUMATIX_TEST_STORE=postgresql,
+    a database of its own on the throwaway server NUMATIX_TEST_PG names (tests/run.sh starts
+    it); with NUMATIX_TEST_STORE=mongodb, a database of its own on the live MongoDB that
+    MONGO_URI names."""
+    if os.environ.get("NUMATIX_TEST_STORE") == "postgresql":
+        return pg_database(os.environ["NUMATIX_TEST_PG"], "numatix_test_" + uuid.uuid4().hex[:12])
     if os.environ.get("NUMATIX_TEST_STORE") == "mongodb":
         u = urllib.parse.urlsplit(os.environ["MONGO_URI"])
         return urllib.parse.urlunsplit((u.scheme, u.netloc, "/numatix_test_" + uuid.uuid4().hex[:12], u.query, ""))

@@ -1,6 +1,7 @@
 /* test_contract.c - the contract every store must keep, run through the ledger: the purchase
- * state machine, its crash points, the reaper and check, on SQLite always and on a live
- * MongoDB when MONGO_URI names a replica set. A fault wrapper (below, test-only) fails one
+ * state machine, its crash points, the reaper and check, on SQLite always, on PostgreSQL when
+ * NUMATIX_TEST_PG names a server (make test starts one), and on a live MongoDB when MONGO_URI
+ * names a replica set. A fault wrapper (below, test-only) fails one
  * primitive once, which is how a crash between two units of a purchase is reached. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -433,13 +434,18 @@ static int run_on(const char *url, const char *name)
 int main(void)
 {
 	char dir[] = "/tmp/numatix-contract-XXXXXX", url[256];
-	const char *mongo = getenv("MONGO_URI");
+	const char *mongo = getenv("MONGO_URI"), *pg = getenv("NUMATIX_TEST_PG");
 	int failed;
 
 	if (!mkdtemp(dir))
 		return 1;
 	snprintf(url, sizeof(url), "sqlite://%s/contract.db", dir);
 	failed = run_on(url, "contract_sqlite");
+	/* tests/run.sh starts a throwaway PostgreSQL and names it here */
+	if (pg && *pg)
+		failed += run_on(pg, "contract_postgresql");
+	else
+		printf("contract_postgresql: skipped, NUMATIX_TEST_PG names no server\n");
 	if (mongo && *mongo) {
 		/* A database of its own on that server: every test resets it. */
 		const char *host = strstr(mongo, "://"), *q;

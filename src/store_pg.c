@@ -1,0 +1,1222 @@
+/* store_pg.c - the PostgreSQL store on libpq.
+ *
+ * Each primitive is one short READ COMMITTED transaction with durable commits
+ * (synchronous_commit on). A seat is one
+ *   UPDATE plans SET subscriptions_left = subscriptions_left - 1 ... WHERE id = $1
+ *     AND status = 'active' AND subscriptions_left > 0 RETURNING ...
+ * under a CHECK (subscriptions_left >= 0): PostgreSQL re-checks the WHERE clause on the row
+ * a concurrent update committed, so two buyers never take one seat. Unique races are decided
+ * by INSERT ... ON CONFLICT DO NOTHING (a failed insert would abort the transaction).
+ * Deadlocks and serialization failures are retried a bounded number of times;
+ * statement_timeout and lock_timeout make a stuck lock a 503, never a hung worker. The
+ * schema is migrated at start under an advisory lock, so many workers and machines can start
+ * at once. One connection per process, opened after fork, reset when it breaks. */
+#include <libpq-fe.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_impl.h"
+#include "util.h"
+
+#define MAX_PREPARED 64
+#define MAX_PARAMS 20
+#define TX_ATTEMPTS 5
+
+struct pg {
+	struct store base;
+	PGconn *conn;
+	const char *prepared[MAX_PREPARED];  /* static SQL texts: the statement's name is its slot */
+	int nprepared;
+};
+
+#define PG(s) ((struct pg *)(s))
+
+static const char *const MIGRATIONS[] = {
+	/* 1 */
+	"CREATE TABLE plans ("
+	" id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,"
+	" price_cents BIGINT NOT NULL, duration_days BIGINT NOT NULL, total_capacity BIGINT NOT NULL,"
+	" subscriptions_left BIGINT NOT NULL CHECK (subscriptions_left >= 0),"
+	" subscriptions_held BIGINT NOT NULL CHECK (subscriptions_held >= 0),"
+	" status TEXT NOT NULL, features TEXT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);"
+	"CREATE UNIQUE INDEX plans_name ON plans (lower(name));"
+	"CREATE TABLE customers (id TEXT PRIMARY KEY, email TEXT NOT NULL, name TEXT NOT NULL,"
+	" created_at BIGINT NOT NULL);"
+	"CREATE UNIQUE INDEX customers_email ON customers (lower(email));"
+	"CREATE TABLE subscriptions ("
+	" seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, plan_id TEXT NOT NULL REFERENCES plans(id),"
+	" customer_id TEXT NOT NULL REFERENCES customers(id), idem_key TEXT NOT NULL UNIQUE,"
+	" status TEXT NOT NULL, amount_cents BIGINT NOT NULL, duration_days BIGINT NOT NULL,"
+	" payment_id TEXT NOT NULL DEFAULT '', token_hash TEXT NOT NULL, start_at BIGINT NOT NULL DEFAULT 0,"
+	" end_at BIGINT NOT NULL DEFAULT 0, hold_deadline BIGINT NOT NULL, created_at BIGINT NOT NULL,"
+	" updated_at BIGINT NOT NULL);"
+	"CREATE INDEX subscriptions_hold ON subscriptions (status, hold_deadline);"
+	"CREATE INDEX subscriptions_customer ON subscriptions (customer_id, seq);"
+	"CREATE INDEX subscriptions_plan ON subscriptions (plan_id, status);"
+	"CREATE TABLE idempotency_keys ("
+	" key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, locked_until BIGINT NOT NULL,"
+	" subscription_id TEXT NOT NULL DEFAULT '', response_status INTEGER NOT NULL DEFAULT 0,"
+	" response_body TEXT, created_at BIGINT NOT NULL);"
+	"CREATE INDEX idempotency_keys_age ON idempotency_keys (state, created_at);"
+	"CREATE TABLE payments ("
+	" id TEXT PRIMARY KEY, idem_key TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,"
+	" decline_code TEXT NOT NULL DEFAULT '', subscription_id TEXT NOT NULL, amount_cents BIGINT NOT NULL,"
+	" created_at BIGINT NOT NULL, UNIQUE (idem_key, kind));"
+	"CREATE TABLE audit_events ("
+	" seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, at BIGINT NOT NULL, action TEXT NOT NULL,"
+	" actor_type TEXT NOT NULL, actor_id TEXT NOT NULL DEFAULT '', resource_type TEXT NOT NULL,"
+	" resource_id TEXT NOT NULL, plan_id TEXT NOT NULL DEFAULT '', b_total BIGINT, b_left BIGINT,"
+	" b_held BIGINT, a_total BIGINT, a_left BIGINT, a_held BIGINT, detail TEXT,"
+	" trace_id TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '');"
+	"CREATE INDEX audit_plan ON audit_events (plan_id, seq);"
+	"CREATE INDEX audit_trace ON audit_events (trace_id, seq);"
+	"CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until BIGINT NOT NULL);"
+	"CREATE TABLE processor ("
+	" key TEXT PRIMARY KEY, state INTEGER NOT NULL, charge_id TEXT NOT NULL DEFAULT '',"
+	" refund_id TEXT NOT NULL DEFAULT '', decline_code TEXT NOT NULL DEFAULT '',"
+	" amount_cents BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);",
+};
+
+/* --- statements --------------------------------------------------------------------------- */
+
+/* Maps a failed result (or a broken connection) to the store's error kinds; clears res. */
+static int pg_fail(struct pg *s, PGresult *res, struct err *e)
+{
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *msg = res ? PQresultErrorMessage(res) : PQerrorMessage(s->conn);
+
+	if (state && (!strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03") ||
+		      !strcmp(state, "57014")))
+		/* serialization failure, deadlock, lock_timeout, statement_timeout */
+		err_set(e, ERR_RETRYABLE, NULL, "postgresql %s: %.200s", state, msg);
+	else if (state && !strncmp(state, "23", 2))
+		err_set(e, ERR_INTERNAL, NULL, "postgresql constraint %s: %.200s", state, msg);
+	else
+		err_set(e, ERR_UNAVAILABLE, NULL, "postgresql %s: %.200s", state ? state : "connection", msg);
+	PQclear(res);
+	return -1;
+}
+
+static bool is_unique_violation(const struct err *e)
+{
+	return e->kind == ERR_INTERNAL && strstr(e->msg, "constraint 23505");
+}
+
+/* Runs sql (prepared once per connection) with arguments by fmt: 't' text (NULL binds NULL),
+ * 'i' int64, 'I' int64 where 0 binds NULL. New result, PQclear; NULL on error (e filled). */
+static PGresult *q(struct pg *s, const char *sql, struct err *e, const char *fmt, ...)
+{
+	const char *values[MAX_PARAMS];
+	char ints[MAX_PARAMS][24], name[16];
+	PGresult *res;
+	va_list ap;
+	int slot, n = (int)strlen(fmt);
+
+	for (slot = 0; slot < s->nprepared && s->prepared[slot] != sql; slot++)
+		;
+	snprintf(name, sizeof(name), "s%d", slot);
+	if (slot == s->nprepared) {
+		if (slot == MAX_PREPARED)
+			abort(); /* more distinct statements than the table holds: raise MAX_PREPARED */
+		res = PQprepare(s->conn, name, sql, 0, NULL);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+			pg_fail(s, res, e);
+			return NULL;
+		}
+		PQclear(res);
+		s->prepared[s->nprepared++] = sql;
+	}
+	va_start(ap, fmt);
+	for (int i = 0; i < n; i++) {
+		if (fmt[i] == 't') {
+			values[i] = va_arg(ap, const char *);
+		} else {
+			int64_t v = va_arg(ap, int64_t);
+			snprintf(ints[i], sizeof(ints[i]), "%" PRId64, v);
+			values[i] = fmt[i] == 'I' && !v ? NULL : ints[i];
+		}
+	}
+	va_end(ap);
+	res = PQexecPrepared(s->conn, name, n, values, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
+		pg_fail(s, res, e);
+		return NULL;
+	}
+	return res;
+}
+
+/* Runs a statement without rows of interest; the number of rows it touched, or -1. */
+static int run(PGresult *res)
+{
+	int n;
+
+	if (!res)
+		return -1;
+	n = atoi(PQcmdTuples(res));
+	PQclear(res);
+	return n;
+}
+
+static int exec(struct pg *s, const char *sql, struct err *e)
+{
+	PGresult *res = PQexec(s->conn, sql);
+
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+		return pg_fail(s, res, e);
+	PQclear(res);
+	return 0;
+}
+
+static int64_t col_int(PGresult *r, int row, int col)
+{
+	return PQgetisnull(r, row, col) ? 0 : strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static char *col_str(PGresult *r, int row, int col)
+{
+	return xstrdup(PQgetvalue(r, row, col));
+}
+
+static void col_copy(PGresult *r, int row, int col, char *dst, size_t len)
+{
+	snprintf(dst, len, "%s", PQgetvalue(r, row, col));
+}
+
+/* A unit of work: 0 to commit, 1 to roll back because its condition does not hold (no
+ * error), -1 on error. */
+typedef int (*tx_fn)(struct pg *s, void *arg, struct err *e);
+
+/* Runs fn in one transaction, again after a deadlock or serialization failure (bounded).
+ * Returns what fn returned, or -1. A broken connection is reset for the next call. */
+static int tx(struct pg *s, const char *begin, tx_fn fn, void *arg, struct err *e)
+{
+	int rc = -1;
+
+	if (PQstatus(s->conn) != CONNECTION_OK) {
+		PQreset(s->conn);
+		s->nprepared = 0;
+		if (PQstatus(s->conn) != CONNECTION_OK)
+			return pg_fail(s, NULL, e);
+	}
+	for (int attempt = 1; attempt <= TX_ATTEMPTS; attempt++) {
+		err_clear(e);
+		if (exec(s, begin, e))
+			break;
+		rc = fn(s, arg, e);
+		if (rc == 0 && exec(s, "COMMIT", e) == 0)
+			return 0;
+		if (PQtransactionStatus(s->conn) != PQTRANS_IDLE) {
+			struct err ignored = {0};
+			exec(s, "ROLLBACK", &ignored);
+		}
+		if (rc > 0)
+			return rc;
+		rc = -1;
+		if (e->kind != ERR_RETRYABLE || !strstr(e->msg, "postgresql 40"))
+			break;
+	}
+	if (PQstatus(s->conn) != CONNECTION_OK)
+		s->nprepared = 0;
+	return rc;
+}
+
+#define WRITE "BEGIN"
+#define SNAPSHOT "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+/* --- events and seats --------------------------------------------------------------------- */
+
+static int events_put(struct pg *s, const struct actor *a, int64_t now, const char *plan_id,
+		      const struct event_spec *ev, size_t nev, const struct seat_counts *b,
+		      const struct seat_counts *af, struct err *e)
+{
+	static const char sql[] =
+		"INSERT INTO audit_events (id, at, action, actor_type, actor_id, resource_type, resource_id,"
+		" plan_id, b_total, b_left, b_held, a_total, a_left, a_held, detail, trace_id, ip)"
+		" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)";
+	char id[ID_LEN + 1];
+
+	for (size_t i = 0; i < nev; i++) {
+		bool hb = ev[i].counts == EV_BEFORE_AFTER && b, ha = ev[i].counts != EV_NO_COUNTS && af;
+		char nums[6][24];
+		const char *v[6] = {NULL};
+
+		if (hb) {
+			snprintf(nums[0], 24, "%" PRId64, b->total), v[0] = nums[0];
+			snprintf(nums[1], 24, "%" PRId64, b->left), v[1] = nums[1];
+			snprintf(nums[2], 24, "%" PRId64, b->held), v[2] = nums[2];
+		}
+		if (ha) {
+			snprintf(nums[3], 24, "%" PRId64, af->total), v[3] = nums[3];
+			snprintf(nums[4], 24, "%" PRId64, af->left), v[4] = nums[4];
+			snprintf(nums[5], 24, "%" PRId64, af->held), v[5] = nums[5];
+		}
+		id_new(id);
+		if (run(q(s, sql, e, "tittttttttttttttt", id, now, ev[i].action, a->type, a->id ? a->id : "",
+			  ev[i].resource_type, ev[i].resource_id, plan_id ? plan_id : "", v[0], v[1], v[2], v[3], v[4],
+			  v[5], ev[i].detail, a->trace_id ? a->trace_id : "", a->ip ? a->ip : "")) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int seats_move(struct pg *s, const char *plan_id, int dleft, int dheld, int64_t now,
+		      struct seat_counts *after, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE plans SET subscriptions_left = subscriptions_left + $1, subscriptions_held = subscriptions_held + $2,"
+		" updated_at = $3 WHERE id = $4 AND subscriptions_left + $1 >= 0 AND subscriptions_held + $2 >= 0"
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held";
+	PGresult *r = q(s, sql, e, "iiit", (int64_t)dleft, (int64_t)dheld, now, plan_id);
+
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		err_set(e, ERR_INTERNAL, NULL, "seat counts of plan %s would go negative", plan_id);
+		return -1;
+	}
+	*after = (struct seat_counts){col_int(r, 0, 0), col_int(r, 0, 1), col_int(r, 0, 2)};
+	PQclear(r);
+	return 0;
+}
+
+/* --- plans and customers ------------------------------------------------------------------- */
+
+#define PLAN_COLS                                                                            \
+	"id, name, description, price_cents, duration_days, total_capacity, subscriptions_left," \
+	" subscriptions_held, status, features, created_at, updated_at"
+
+static void plan_read(PGresult *r, int row, struct plan *p)
+{
+	memset(p, 0, sizeof(*p));
+	col_copy(r, row, 0, p->id, sizeof(p->id));
+	p->name = col_str(r, row, 1);
+	p->description = col_str(r, row, 2);
+	p->price_cents = col_int(r, row, 3);
+	p->duration_days = col_int(r, row, 4);
+	p->total_capacity = col_int(r, row, 5);
+	p->subscriptions_left = col_int(r, row, 6);
+	p->subscriptions_held = col_int(r, row, 7);
+	col_copy(r, row, 8, p->status, sizeof(p->status));
+	p->features = json_tokener_parse(PQgetvalue(r, row, 9));
+	if (!p->features)
+		p->features = json_object_new_array();
+	p->created_at = col_int(r, row, 10);
+	p->updated_at = col_int(r, row, 11);
+}
+
+static const char *features_text(struct json_object *f)
+{
+	return f ? json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN) : "[]";
+}
+
+/* A read outside any unit (one statement sees one snapshot). */
+static int read_tx(struct pg *s, struct err *e)
+{
+	if (PQstatus(s->conn) != CONNECTION_OK) {
+		PQreset(s->conn);
+		s->nprepared = 0;
+		if (PQstatus(s->conn) != CONNECTION_OK)
+			return pg_fail(s, NULL, e);
+	}
+	return 0;
+}
+
+static int pg_plan_get(struct store *st, const char *id, struct plan *out, bool *found, struct err *e)
+{
+	static const char sql[] = "SELECT " PLAN_COLS " FROM plans WHERE id = $1";
+	PGresult *r;
+
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
+		return -1;
+	if ((*found = PQntuples(r) == 1))
+		plan_read(r, 0, out);
+	PQclear(r);
+	return 0;
+}
+
+struct plan_create_arg {
+	const struct plan *p;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
+
+static int plan_create_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+				  " ON CONFLICT DO NOTHING";
+	struct plan_create_arg *x = arg;
+	const struct plan *p = x->p;
+	struct seat_counts after = {p->total_capacity, p->subscriptions_left, p->subscriptions_held};
+	int n = run(q(s, sql, e, "tttiiiiittii", p->id, p->name, p->description, p->price_cents, p->duration_days,
+		      p->total_capacity, p->subscriptions_left, p->subscriptions_held, p->status,
+		      features_text(p->features), p->created_at, p->updated_at));
+
+	if (n <= 0)
+		return n < 0 ? -1 : 1;
+	return events_put(s, x->a, p->created_at, p->id, x->ev, x->nev, NULL, &after, e);
+}
+
+static int pg_plan_create(struct store *st, const struct plan *p, const struct event_spec *ev, size_t nev,
+			  const struct actor *a, enum write_result *res, struct err *e)
+{
+	struct plan_create_arg x = {p, ev, nev, a};
+	int rc = tx(PG(st), WRITE, plan_create_tx, &x, e);
+
+	*res = rc == 1 ? WRITE_DUPLICATE : WRITE_DONE;
+	return rc < 0 ? -1 : 0;
+}
+
+static int pg_plan_list(struct store *st, const char *status, struct plan **out, size_t *n, struct err *e)
+{
+	static const char sql[] = "SELECT " PLAN_COLS " FROM plans WHERE $1::text IS NULL OR status = $1"
+				  " ORDER BY price_cents, name, id";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "t", status)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		plan_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
+struct plan_update_arg {
+	const char *id;
+	const struct plan_patch *pt;
+	int64_t now;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+	struct plan *out;
+	enum write_result res;
+};
+
+static int plan_update_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char lock[] = "SELECT " PLAN_COLS " FROM plans WHERE id = $1 FOR UPDATE";
+	/* The capacity moves what is left by its delta, conditionally, in the row's lock. */
+	static const char sql[] =
+		"UPDATE plans SET name = coalesce($1, name), description = coalesce($2, description),"
+		" price_cents = coalesce($3::bigint, price_cents), duration_days = coalesce($4::bigint, duration_days),"
+		" features = coalesce($5, features), status = coalesce($6, status),"
+		" subscriptions_left = subscriptions_left + coalesce($7::bigint - total_capacity, 0),"
+		" total_capacity = coalesce($7::bigint, total_capacity), updated_at = $8"
+		" WHERE id = $9 AND subscriptions_left + coalesce($7::bigint - total_capacity, 0) >= 0"
+		" RETURNING " PLAN_COLS;
+	struct plan_update_arg *x = arg;
+	const struct plan_patch *pt = x->pt;
+	struct seat_counts before, after;
+	char price[24], duration[24], capacity[24], now[24];
+	PGresult *r;
+
+	if (!(r = q(s, lock, e, "t", x->id)))
+		return -1;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		x->res = WRITE_NOT_FOUND;
+		return 1;
+	}
+	before = (struct seat_counts){col_int(r, 0, 5), col_int(r, 0, 6), col_int(r, 0, 7)};
+	PQclear(r);
+	snprintf(price, sizeof(price), "%" PRId64, pt->price_cents);
+	snprintf(duration, sizeof(duration), "%" PRId64, pt->duration_days);
+	snprintf(capacity, sizeof(capacity), "%" PRId64, pt->total_capacity);
+	snprintf(now, sizeof(now), "%" PRId64, x->now);
+	r = q(s, sql, e, "ttttttttt", pt->fields & PLAN_F_NAME ? pt->name : NULL,
+	      pt->fields & PLAN_F_DESCRIPTION ? pt->description : NULL, pt->fields & PLAN_F_PRICE ? price : NULL,
+	      pt->fields & PLAN_F_DURATION ? duration : NULL,
+	      pt->fields & PLAN_F_FEATURES ? features_text(pt->features) : NULL,
+	      pt->fields & PLAN_F_STATUS ? pt->status : NULL, pt->fields & PLAN_F_CAPACITY ? capacity : NULL, now,
+	      x->id);
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		x->res = WRITE_SEATS_SHORT;
+		return 1;
+	}
+	plan_read(r, 0, x->out);
+	PQclear(r);
+	after = (struct seat_counts){x->out->total_capacity, x->out->subscriptions_left, x->out->subscriptions_held};
+	return events_put(s, x->a, x->now, x->id, x->ev, x->nev, &before, &after, e);
+}
+
+static int pg_plan_update(struct store *st, const char *id, const struct plan_patch *pt, int64_t now,
+			  const struct event_spec *ev, size_t nev, const struct actor *a, struct plan *out,
+			  enum write_result *res, struct err *e)
+{
+	struct plan_update_arg x = {id, pt, now, ev, nev, a, out, WRITE_DONE};
+	int rc = tx(PG(st), WRITE, plan_update_tx, &x, e);
+
+	if (rc < 0 && is_unique_violation(e)) {
+		err_clear(e);
+		x.res = WRITE_DUPLICATE;
+		rc = 1;
+	}
+	*res = x.res;
+	if (rc)
+		plan_clear(out);
+	return rc < 0 ? -1 : 0;
+}
+
+static const char CUSTOMER_INSERT[] =
+	"INSERT INTO customers (id, email, name, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+
+static int pg_customer_create(struct store *st, const struct customer *c, enum write_result *res, struct err *e)
+{
+	int n;
+
+	if (read_tx(PG(st), e) || (n = run(q(PG(st), CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name,
+					     c->created_at))) < 0)
+		return -1;
+	*res = n ? WRITE_DONE : WRITE_DUPLICATE;
+	return 0;
+}
+
+static int pg_customer_get(struct store *st, const char *id, struct customer *out, bool *found, struct err *e)
+{
+	static const char sql[] = "SELECT id, email, name, created_at FROM customers WHERE id = $1";
+	PGresult *r;
+
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
+		return -1;
+	if ((*found = PQntuples(r) == 1)) {
+		memset(out, 0, sizeof(*out));
+		col_copy(r, 0, 0, out->id, sizeof(out->id));
+		out->email = col_str(r, 0, 1);
+		out->name = col_str(r, 0, 2);
+		out->created_at = col_int(r, 0, 3);
+	}
+	PQclear(r);
+	return 0;
+}
+
+/* --- idempotency keys --------------------------------------------------------------------- */
+
+static const char KEY_SELECT[] =
+	"SELECT key, fingerprint, state, locked_until, subscription_id, response_status, response_body, created_at"
+	" FROM idempotency_keys WHERE key = $1";
+
+static void key_read(PGresult *r, struct key_record *k)
+{
+	const char *state = PQgetvalue(r, 0, 2);
+
+	memset(k, 0, sizeof(*k));
+	col_copy(r, 0, 0, k->key, sizeof(k->key));
+	col_copy(r, 0, 1, k->fingerprint, sizeof(k->fingerprint));
+	k->state = !strcmp(state, "done") ? KEY_DONE : !strcmp(state, "held") ? KEY_HELD : KEY_STARTED;
+	k->locked_until = col_int(r, 0, 3);
+	col_copy(r, 0, 4, k->subscription_id, sizeof(k->subscription_id));
+	k->reply.status = (int)col_int(r, 0, 5);
+	if (!PQgetisnull(r, 0, 6))
+		k->reply.body = col_str(r, 0, 6);
+	k->created_at = col_int(r, 0, 7);
+}
+
+/* The claim of a key that exists, in the caller's transaction: read it locked, take over the
+ * lease of a request that died. 1 when it exists, 0 when absent, -1 on error. */
+static int key_existing(struct pg *s, const struct claim_req *r, struct claim *out, struct err *e)
+{
+	static const char lock[] =
+		"SELECT key, fingerprint, state, locked_until, subscription_id, response_status, response_body,"
+		" created_at FROM idempotency_keys WHERE key = $1 FOR UPDATE";
+	static const char relock[] = "UPDATE idempotency_keys SET locked_until = $1 WHERE key = $2";
+	PGresult *res = q(s, lock, e, "t", r->key);
+
+	if (!res)
+		return -1;
+	if (PQntuples(res) == 0) {
+		PQclear(res);
+		return 0;
+	}
+	out->result = CLAIM_EXISTS;
+	key_read(res, &out->key);
+	PQclear(res);
+	if (!strcmp(out->key.fingerprint, r->fingerprint) && out->key.state != KEY_DONE &&
+	    out->key.locked_until <= r->now) {
+		if (run(q(s, relock, e, "it", r->lease_until, r->key)) < 0)
+			return -1;
+		out->taken_over = true;
+		out->key.locked_until = r->lease_until;
+	}
+	return 1;
+}
+
+struct claim_arg {
+	const struct claim_req *r;
+	struct claim *out;
+};
+
+static int key_claim_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char ins[] =
+		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, created_at)"
+		" VALUES ($1, $2, 'started', $3, $4) ON CONFLICT DO NOTHING";
+	struct claim_arg *x = arg;
+	int n = run(q(s, ins, e, "ttii", x->r->key, x->r->fingerprint, x->r->lease_until, x->r->now));
+
+	claim_clear(x->out);
+	if (n < 0)
+		return -1;
+	if (n == 1) {
+		x->out->result = CLAIM_NEW;
+		return 0;
+	}
+	return key_existing(s, x->r, x->out, e) < 0 ? -1 : 0;
+}
+
+static int pg_key_claim(struct store *st, const struct claim_req *r, struct claim *out, struct err *e)
+{
+	struct claim_arg x = {r, out};
+
+	memset(out, 0, sizeof(*out));
+	if (tx(PG(st), WRITE, key_claim_tx, &x, e)) {
+		claim_clear(out);
+		return -1;
+	}
+	return 0;
+}
+
+static int pg_key_get(struct store *st, const char *key, struct key_record *out, bool *found, struct err *e)
+{
+	PGresult *r;
+
+	if (read_tx(PG(st), e) || !(r = q(PG(st), KEY_SELECT, e, "t", key)))
+		return -1;
+	if ((*found = PQntuples(r) == 1))
+		key_read(r, out);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_key_forget(struct store *st, const char *key, struct err *e)
+{
+	static const char sql[] = "DELETE FROM idempotency_keys WHERE key = $1 AND state = 'started'";
+
+	return read_tx(PG(st), e) || run(q(PG(st), sql, e, "t", key)) < 0 ? -1 : 0;
+}
+
+static const char KEY_DONE_SQL[] =
+	"UPDATE idempotency_keys SET state = 'done', locked_until = 0, response_status = $1, response_body = $2"
+	" WHERE key = $3 AND state <> 'done'";
+
+static int pg_key_finish(struct store *st, const char *key, const struct reply *rp, bool *matched, struct err *e)
+{
+	int n;
+
+	if (read_tx(PG(st), e) || (n = run(q(PG(st), KEY_DONE_SQL, e, "itt", (int64_t)rp->status, rp->body, key))) < 0)
+		return -1;
+	*matched = n > 0;
+	return 0;
+}
+
+/* --- subscriptions ------------------------------------------------------------------------ */
+
+#define SUB_COLS                                                                                \
+	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
+	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
+	" s.updated_at, s.seq"
+
+static void sub_read(PGresult *r, int row, struct subscription *o)
+{
+	memset(o, 0, sizeof(*o));
+	col_copy(r, row, 0, o->id, sizeof(o->id));
+	col_copy(r, row, 1, o->status, sizeof(o->status));
+	col_copy(r, row, 2, o->plan_id, sizeof(o->plan_id));
+	o->plan_name = col_str(r, row, 3);
+	col_copy(r, row, 4, o->customer_id, sizeof(o->customer_id));
+	col_copy(r, row, 5, o->idem_key, sizeof(o->idem_key));
+	col_copy(r, row, 6, o->payment_id, sizeof(o->payment_id));
+	col_copy(r, row, 7, o->token_hash, sizeof(o->token_hash));
+	o->amount_cents = col_int(r, row, 8);
+	o->duration_days = col_int(r, row, 9);
+	o->start_at = col_int(r, row, 10);
+	o->end_at = col_int(r, row, 11);
+	o->hold_deadline = col_int(r, row, 12);
+	o->created_at = col_int(r, row, 13);
+	o->updated_at = col_int(r, row, 14);
+	o->seq = col_int(r, row, 15);
+}
+
+static const char SUB_BY_ID[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.id = $1";
+
+static int sub_find(struct pg *s, const char *id, struct subscription *out, bool *found, struct err *e)
+{
+	PGresult *r = q(s, SUB_BY_ID, e, "t", id);
+
+	if (!r)
+		return -1;
+	if ((*found = PQntuples(r) == 1))
+		sub_read(r, 0, out);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_sub_get(struct store *st, const char *id, struct subscription *out, bool *found, struct err *e)
+{
+	return read_tx(PG(st), e) ? -1 : sub_find(PG(st), id, out, found, e);
+}
+
+struct hold_arg {
+	const struct hold_req *r;
+	const struct actor *a;
+	struct hold_out *out;
+};
+
+static int hold_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char key_ins[] =
+		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, subscription_id, created_at)"
+		" VALUES ($1, $2, 'held', $3, $4, $5) ON CONFLICT DO NOTHING";
+	static const char by_id[] = "SELECT id FROM customers WHERE id = $1";
+	static const char by_email[] = "SELECT id FROM customers WHERE lower(email) = lower($1)";
+	static const char take[] =
+		"UPDATE plans SET subscriptions_left = subscriptions_left - 1, subscriptions_held = subscriptions_held + 1,"
+		" updated_at = $1 WHERE id = $2 AND status = 'active' AND subscriptions_left > 0"
+		" RETURNING name, price_cents, duration_days, total_capacity, subscriptions_left, subscriptions_held";
+	static const char why[] = "SELECT status FROM plans WHERE id = $1";
+	static const char ins[] =
+		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents, duration_days,"
+		" token_hash, hold_deadline, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9)";
+	struct hold_arg *x = arg;
+	const struct hold_req *r = x->r;
+	struct subscription *sub = &x->out->sub;
+	struct seat_counts before, after;
+	struct actor buyer = *x->a;
+	char customer_id[ID_LEN + 1];
+	int64_t now = r->claim.now;
+	PGresult *res;
+	int n;
+
+	hold_out_clear(x->out);
+	if ((n = run(q(s, key_ins, e, "ttiti", r->claim.key, r->claim.fingerprint, r->claim.lease_until,
+		       r->subscription_id, now))) < 0)
+		return -1;
+	if (n == 0) {
+		/* The key exists: nothing is taken, but a lease may be taken over (committed). */
+		x->out->result = HOLD_KEY_EXISTS;
+		return key_existing(s, &r->claim, &x->out->claim, e) < 0 ? -1 : 0;
+	}
+	if (!r->customer_id && run(q(s, CUSTOMER_INSERT, e, "ttti", r->customer->id, r->customer->email,
+				     r->customer->name, r->customer->created_at)) < 0)
+		return -1;
+	res = r->customer_id ? q(s, by_id, e, "t", r->customer_id) : q(s, by_email, e, "t", r->customer->email);
+	if (!res)
+		return -1;
+	if (PQntuples(res) == 0) {
+		PQclear(res);
+		x->out->result = HOLD_NO_CUSTOMER;
+		return 1;
+	}
+	col_copy(res, 0, 0, customer_id, sizeof(customer_id));
+	PQclear(res);
+	if (!(res = q(s, take, e, "it", now, r->plan_id)))
+		return -1;
+	if (PQntuples(res) == 0) {
+		PQclear(res);
+		if (!(res = q(s, why, e, "t", r->plan_id)))
+			return -1;
+		x->out->result = PQntuples(res) == 0 ? HOLD_NO_PLAN
+			       : strcmp(PQgetvalue(res, 0, 0), "active") ? HOLD_PLAN_INACTIVE : HOLD_SOLD_OUT;
+		PQclear(res);
+		return 1;
+	}
+	snprintf(sub->id, sizeof(sub->id), "%s", r->subscription_id);
+	snprintf(sub->status, sizeof(sub->status), "pending");
+	snprintf(sub->plan_id, sizeof(sub->plan_id), "%s", r->plan_id);
+	snprintf(sub->customer_id, sizeof(sub->customer_id), "%s", customer_id);
+	snprintf(sub->idem_key, sizeof(sub->idem_key), "%s", r->claim.key);
+	sub->plan_name = col_str(res, 0, 0);
+	sub->amount_cents = col_int(res, 0, 1);
+	sub->duration_days = col_int(res, 0, 2);
+	after = (struct seat_counts){col_int(res, 0, 3), col_int(res, 0, 4), col_int(res, 0, 5)};
+	PQclear(res);
+	before = store_counts_before(after, -1, 1);
+	sub->hold_deadline = r->deadline;
+	sub->created_at = sub->updated_at = now;
+	buyer.id = customer_id;
+	if (run(q(s, ins, e, "ttttiiiii", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+		  sub->duration_days, r->deadline, now, now)) < 0 ||
+	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e))
+		return -1;
+	x->out->result = HOLD_TAKEN;
+	return 0;
+}
+
+static int pg_hold(struct store *st, const struct hold_req *r, const struct actor *a, struct hold_out *out,
+		   struct err *e)
+{
+	struct hold_arg x = {r, a, out};
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = tx(PG(st), WRITE, hold_tx, &x, e);
+	if (rc)
+		subscription_clear(&out->sub);
+	if (rc < 0)
+		hold_out_clear(out);
+	return rc < 0 ? -1 : 0;
+}
+
+#define PAY_COLS "id, idem_key, kind, status, decline_code, subscription_id, amount_cents, created_at"
+
+static int payment_put(struct pg *s, const struct payment *p, struct err *e)
+{
+	static const char ins[] = "INSERT INTO payments (" PAY_COLS ") VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
+				  " ON CONFLICT DO NOTHING";
+
+	return run(q(s, ins, e, "ttttttii", p->id, p->idem_key, p->kind, p->status, p->decline_code,
+		     p->subscription_id, p->amount_cents, p->created_at));
+}
+
+struct transition_arg {
+	const struct transition *t;
+	const struct actor *a;
+	struct transition_out *out;
+};
+
+static int transition_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char move[] =
+		"UPDATE subscriptions SET status = $1, updated_at = $2, payment_id = coalesce($3, payment_id),"
+		" start_at = coalesce($4::bigint, start_at), end_at = coalesce($5::bigint, end_at),"
+		" token_hash = coalesce($6, token_hash)"
+		" WHERE id = $7 AND status = $8 AND ($9::bigint IS NULL OR hold_deadline > $9::bigint)"
+		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) RETURNING plan_id, idem_key";
+	struct transition_arg *x = arg;
+	const struct transition *t = x->t;
+	struct seat_counts before, after;
+	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
+	bool found;
+	PGresult *r;
+
+	transition_out_clear(x->out);
+	if (!(r = q(s, move, e, "titIItttII", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
+		    t->sub_id, t->from, t->live_after, t->due_by)))
+		return -1;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		if (sub_find(s, t->sub_id, &x->out->sub, &found, e))
+			return -1;
+		x->out->result = found ? MOVE_REFUSED : MOVE_NOT_FOUND;
+		return 1;
+	}
+	col_copy(r, 0, 0, plan_id, sizeof(plan_id));
+	col_copy(r, 0, 1, key, sizeof(key));
+	PQclear(r);
+	if (seats_move(s, plan_id, t->dleft, t->dheld, t->now, &after, e))
+		return -1;
+	before = store_counts_before(after, t->dleft, t->dheld);
+	if (t->payment && payment_put(s, t->payment, e) != 1) {
+		if (e->kind == ERR_NONE)
+			err_set(e, ERR_INTERNAL, NULL, "a %s payment exists for key %s", t->payment->kind, key);
+		return -1;
+	}
+	if (events_put(s, x->a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
+		return -1;
+	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body, key)) < 0)
+		return -1;
+	if (sub_find(s, t->sub_id, &x->out->sub, &found, e))
+		return -1;
+	x->out->result = MOVED;
+	return 0;
+}
+
+static int pg_transition(struct store *st, const struct transition *t, const struct actor *a,
+			 struct transition_out *out, struct err *e)
+{
+	struct transition_arg x = {t, a, out};
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = tx(PG(st), WRITE, transition_tx, &x, e);
+	if (rc < 0)
+		transition_out_clear(out);
+	return rc < 0 ? -1 : 0;
+}
+
+struct payment_arg {
+	const struct payment *p;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
+
+static int payment_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char plan[] = "SELECT plan_id FROM subscriptions WHERE id = $1";
+	struct payment_arg *x = arg;
+	char plan_id[ID_LEN + 1] = "";
+	PGresult *r;
+	int n = payment_put(s, x->p, e);
+
+	if (n <= 0)
+		return n < 0 ? -1 : 1;
+	if (!(r = q(s, plan, e, "t", x->p->subscription_id)))
+		return -1;
+	if (PQntuples(r) == 1)
+		col_copy(r, 0, 0, plan_id, sizeof(plan_id));
+	PQclear(r);
+	return events_put(s, x->a, x->p->created_at, plan_id, x->ev, x->nev, NULL, NULL, e);
+}
+
+static int pg_payment_record(struct store *st, const struct payment *p, const struct event_spec *ev, size_t nev,
+			     const struct actor *a, bool *existed, struct err *e)
+{
+	struct payment_arg x = {p, ev, nev, a};
+	int rc = tx(PG(st), WRITE, payment_tx, &x, e);
+
+	*existed = rc == 1;
+	return rc < 0 ? -1 : 0;
+}
+
+static int pg_sub_list(struct store *st, const char *customer_id, const char *status, const struct seq_page *pg,
+		       struct subscription **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
+		" WHERE s.customer_id = $1 AND ($2::text IS NULL OR s.status = $2) AND s.seq < $3"
+		" ORDER BY s.seq DESC LIMIT $4";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "ttii", customer_id, status,
+					  pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		sub_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_audit_list(struct store *st, const struct audit_filter *f, const struct seq_page *pg,
+			 struct audit_event **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT id, at, action, actor_type, actor_id, resource_type, resource_id, plan_id,"
+		" b_total, b_left, b_held, a_total, a_left, a_held, detail, trace_id, ip, seq FROM audit_events"
+		" WHERE ($1::text IS NULL OR plan_id = $1) AND ($2::text IS NULL OR trace_id = $2)"
+		" AND ($3::text IS NULL OR action = $3) AND seq < $4 ORDER BY seq DESC LIMIT $5";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "tttii", f->plan_id, f->trace_id, f->action,
+					  pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++) {
+		struct audit_event *a = &(*out)[(*n)++];
+		col_copy(r, i, 0, a->id, sizeof(a->id));
+		a->at = col_int(r, i, 1);
+		col_copy(r, i, 2, a->action, sizeof(a->action));
+		col_copy(r, i, 3, a->actor_type, sizeof(a->actor_type));
+		col_copy(r, i, 4, a->actor_id, sizeof(a->actor_id));
+		col_copy(r, i, 5, a->resource_type, sizeof(a->resource_type));
+		col_copy(r, i, 6, a->resource_id, sizeof(a->resource_id));
+		col_copy(r, i, 7, a->plan_id, sizeof(a->plan_id));
+		if ((a->has_before = !PQgetisnull(r, i, 9)))
+			a->before = (struct seat_counts){col_int(r, i, 8), col_int(r, i, 9), col_int(r, i, 10)};
+		if ((a->has_after = !PQgetisnull(r, i, 12)))
+			a->after = (struct seat_counts){col_int(r, i, 11), col_int(r, i, 12), col_int(r, i, 13)};
+		a->detail = PQgetisnull(r, i, 14) ? NULL : col_str(r, i, 14);
+		col_copy(r, i, 15, a->trace_id, sizeof(a->trace_id));
+		col_copy(r, i, 16, a->ip, sizeof(a->ip));
+		a->seq = col_int(r, i, 17);
+	}
+	PQclear(r);
+	return 0;
+}
+
+/* --- the reaper's facts ------------------------------------------------------------------- */
+
+static int pg_lease_take(struct store *st, const char *name, const char *holder, int64_t now, int64_t until,
+			 bool *taken, struct err *e)
+{
+	static const char sql[] =
+		"INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE"
+		" SET holder = $2, until = $3 WHERE leases.until <= $4 OR leases.holder = $2";
+	int n;
+
+	if (read_tx(PG(st), e) || (n = run(q(PG(st), sql, e, "ttii", name, holder, until, now))) < 0)
+		return -1;
+	*taken = n == 1;
+	return 0;
+}
+
+static int pg_holds_overdue(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n,
+			    struct err *e)
+{
+	static const char sql[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
+				  " WHERE s.status = 'pending' AND s.hold_deadline <= $1 ORDER BY s.hold_deadline LIMIT $2";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "ii", now, (int64_t)limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		sub_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
+static void payment_read(PGresult *r, int row, struct payment *p)
+{
+	memset(p, 0, sizeof(*p));
+	col_copy(r, row, 0, p->id, sizeof(p->id));
+	col_copy(r, row, 1, p->idem_key, sizeof(p->idem_key));
+	col_copy(r, row, 2, p->kind, sizeof(p->kind));
+	col_copy(r, row, 3, p->status, sizeof(p->status));
+	col_copy(r, row, 4, p->decline_code, sizeof(p->decline_code));
+	col_copy(r, row, 5, p->subscription_id, sizeof(p->subscription_id));
+	p->amount_cents = col_int(r, row, 6);
+	p->created_at = col_int(r, row, 7);
+}
+
+static int pg_charges_unrefunded(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " PAY_COLS " FROM payments c WHERE c.kind = 'charge' AND c.status = 'succeeded'"
+		" AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.idem_key = c.idem_key AND s.status IN ('failed', 'expired'))"
+		" AND NOT EXISTS (SELECT 1 FROM payments r WHERE r.idem_key = c.idem_key AND r.kind = 'refund') LIMIT $1";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "i", (int64_t)limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		payment_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_keys_purge(struct store *st, int64_t before, int *n, struct err *e)
+{
+	static const char sql[] = "DELETE FROM idempotency_keys WHERE state IN ('done', 'started') AND created_at < $1";
+
+	if (read_tx(PG(st), e) || (*n = run(q(PG(st), sql, e, "i", before))) < 0)
+		return -1;
+	return 0;
+}
+
+/* --- the simulated processor's records (row locks only: never the ledger's rows) --------- */
+
+static void proc_read(PGresult *r, struct processor_rec *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->state = (enum processor_state)col_int(r, 0, 0);
+	col_copy(r, 0, 1, out->charge_id, sizeof(out->charge_id));
+	col_copy(r, 0, 2, out->refund_id, sizeof(out->refund_id));
+	col_copy(r, 0, 3, out->decline_code, sizeof(out->decline_code));
+	out->amount_cents = col_int(r, 0, 4);
+}
+
+static int pg_processor_charge(struct store *st, const char *key, const struct processor_rec *want,
+			       struct processor_rec *out, struct err *e)
+{
+	/* The no-op update makes RETURNING give the row that was there first. */
+	static const char sql[] =
+		"INSERT INTO processor (key, state, charge_id, decline_code, amount_cents, created_at)"
+		" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO UPDATE SET key = processor.key"
+		" RETURNING state, charge_id, refund_id, decline_code, amount_cents";
+	PGresult *r;
+
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "tittii", key, (int64_t)want->state, want->charge_id,
+					  want->decline_code, want->amount_cents, now_ms())))
+		return -1;
+	proc_read(r, out);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_processor_void(struct store *st, const char *key, const char *refund_id, struct processor_rec *out,
+			     struct err *e)
+{
+	static const char sql[] =
+		"INSERT INTO processor (key, state, created_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE"
+		" SET state = CASE WHEN processor.state = $4 THEN $5 ELSE processor.state END,"
+		" refund_id = CASE WHEN processor.state = $4 THEN $6 ELSE processor.refund_id END"
+		" RETURNING state, charge_id, refund_id, decline_code, amount_cents";
+	PGresult *r;
+
+	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "tiiiit", key, (int64_t)PROC_VOID, now_ms(),
+					  (int64_t)PROC_CHARGED, (int64_t)PROC_REFUNDED, refund_id)))
+		return -1;
+	proc_read(r, out);
+	PQclear(r);
+	return 0;
+}
+
+/* --- the snapshot for check ----------------------------------------------------------------- */
+
+struct snap_arg {
+	const struct snapshot_visitor *v;
+};
+
+static int snapshot_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char plans[] =
+		"SELECT " PLAN_COLS ","
+		" (SELECT count(*) FROM subscriptions s WHERE s.plan_id = p.id AND s.status = 'pending'),"
+		" (SELECT count(*) FROM subscriptions s WHERE s.plan_id = p.id AND s.status = 'active'),"
+		" (SELECT count(*) FROM audit_events a WHERE a.plan_id = p.id AND a.action = 'seat.held'),"
+		" (SELECT count(*) FROM audit_events a WHERE a.plan_id = p.id AND a.action = 'seat.released'),"
+		" (SELECT a.a_left FROM audit_events a WHERE a.plan_id = p.id AND a.a_left IS NOT NULL"
+		"   ORDER BY a.seq DESC LIMIT 1)"
+		" FROM plans p ORDER BY p.id";
+	static const char subs[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
+				   " ORDER BY s.idem_key COLLATE \"C\"";
+	static const char pays[] = "SELECT " PAY_COLS " FROM payments ORDER BY idem_key COLLATE \"C\", kind";
+	const struct snapshot_visitor *v = ((struct snap_arg *)arg)->v;
+	PGresult *r;
+	int rc = 0;
+
+	if (!(r = q(s, plans, e, "")))
+		return -1;
+	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+		struct plan p;
+		struct plan_tally t = {&p, col_int(r, i, 12), col_int(r, i, 13), col_int(r, i, 14), col_int(r, i, 15),
+				       !PQgetisnull(r, i, 16), col_int(r, i, 16)};
+		plan_read(r, i, &p);
+		rc = v->plan(v->arg, &t);
+		plan_clear(&p);
+	}
+	PQclear(r);
+	if (rc || !(r = q(s, subs, e, "")))
+		return rc ? 0 : -1;
+	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+		struct subscription sub;
+		sub_read(r, i, &sub);
+		rc = v->subscription(v->arg, &sub);
+		subscription_clear(&sub);
+	}
+	PQclear(r);
+	if (rc || !(r = q(s, pays, e, "")))
+		return rc ? 0 : -1;
+	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+		struct payment p;
+		payment_read(r, i, &p);
+		rc = v->payment(v->arg, &p);
+	}
+	PQclear(r);
+	return 0;
+}
+
+static int pg_snapshot(struct store *st, const struct snapshot_visitor *v, struct err *e)
+{
+	struct snap_arg x = {v};
+
+	return tx(PG(st), SNAPSHOT, snapshot_tx, &x, e) < 0 ? -1 : 0;
+}
+
+/* --- lifecycle ---------------------------------------------------------------------------- */
+
+static int pg_ping(struct store *st, struct err *e)
+{
+	return read_tx(PG(st), e) || exec(PG(st), "SELECT 1", e) ? -1 : 0;
+}
+
+static int pg_reset(struct store *st, struct err *e)
+{
+	return read_tx(PG(st), e) ||
+	       exec(PG(st), "TRUNCATE audit_events, payments, idempotency_keys, subscriptions, customers, plans,"
+			    " leases, processor", e) ? -1 : 0;
+}
+
+static void pg_close(struct store *st)
+{
+	PQfinish(PG(st)->conn);
+	free(st);
+}
+
+static const struct store_ops pg_ops = {
+	.name = "postgresql",
+	.close = pg_close,
+	.ping = pg_ping,
+	.reset = pg_reset,
+	.plan_create = pg_plan_create,
+	.plan_get = pg_plan_get,
+	.plan_list = pg_plan_list,
+	.plan_update = pg_plan_update,
+	.customer_create = pg_customer_create,
+	.customer_get = pg_customer_get,
+	.key_claim = pg_key_claim,
+	.key_finish = pg_key_finish,
+	.key_forget = pg_key_forget,
+	.key_get = pg_key_get,
+	.hold = pg_hold,
+	.transition = pg_transition,
+	.payment_record = pg_payment_record,
+	.sub_get = pg_sub_get,
+	.sub_list = pg_sub_list,
+	.audit_list = pg_audit_list,
+	.lease_take = pg_lease_take,
+	.holds_overdue = pg_holds_overdue,
+	.charges_unrefunded = pg_charges_unrefunded,
+	.keys_purge = pg_keys_purge,
+	.processor_charge = pg_processor_charge,
+	.processor_void = pg_processor_void,
+	.snapshot = pg_snapshot,
+};
+
+/* Applies the migrations not yet applied, one transaction under an advisory lock, so that many
+ * processes starting at once apply each once. */
+static int migrate_tx(struct pg *s, void *arg, struct err *e)
+{
+	PGresult *r;
+	int have;
+
+	(void)arg;
+	if (exec(s, "SELECT pg_advisory_xact_lock(7261031)", e) ||
+	    exec(s, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)", e))
+		return -1;
+	r = PQexec(s->conn, "SELECT coalesce(max(version), 0) FROM schema_migrations");
+	if (PQresultStatus(r) != PGRES_TUPLES_OK)
+		return pg_fail(s, r, e);
+	have = atoi(PQgetvalue(r, 0, 0));
+	PQclear(r);
+	for (int v = have; v < (int)(sizeof(MIGRATIONS) / sizeof(MIGRATIONS[0])); v++) {
+		char mark[96];
+		snprintf(mark, sizeof(mark), "INSERT INTO schema_migrations VALUES (%d, %" PRId64 ")", v + 1, now_ms());
+		if (exec(s, MIGRATIONS[v], e) || exec(s, mark, e))
+			return -1;
+	}
+	return 0;
+}
+
+struct store *store_pg_open(const char *url, struct err *e)
+{
+	struct pg *s = xcalloc(1, sizeof(*s));
+	char shown[256];
+
+	s->base.ops = &pg_ops;
+	s->conn = PQconnectdb(url);
+	if (PQstatus(s->conn) != CONNECTION_OK) {
+		err_set(e, ERR_UNAVAILABLE, NULL, "PostgreSQL at %s: %.160s", store_url_redact(url, shown, sizeof(shown)),
+			PQerrorMessage(s->conn));
+		goto fail;
+	}
+	/* A stuck lock or statement answers 503, never hangs a worker; every commit is durable. */
+	if (exec(s, "SET statement_timeout = 5000; SET lock_timeout = 3000; SET synchronous_commit = on;"
+		    " SET client_min_messages = warning", e) ||
+	    tx(s, WRITE, migrate_tx, NULL, e) < 0)
+		goto fail;
+	return &s->base;
+fail:
+	pg_close(&s->base);
+	return NULL;
+}

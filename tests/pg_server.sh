@@ -1,0 +1,26 @@
+#!/bin/sh
+# pg_server.sh - a throwaway PostgreSQL for the tests, from Debian's postgresql package:
+#   pg_server.sh start DIR   initdb into DIR, start it on a unix socket in DIR (no TCP), print
+#                            the connection string of its database "numatix"
+#   pg_server.sh stop DIR    fast shutdown
+# The server refuses to run as root, so as root it runs as the postgres user.
+set -eu
+BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+DIR=$2
+as_pg() {
+	if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+case $1 in
+start)
+	mkdir -p "$DIR"
+	[ "$(id -u)" -eq 0 ] && chown postgres "$DIR"
+	as_pg "$BIN/initdb" -D "$DIR/data" -A trust -U postgres > "$DIR/initdb.log" 2>&1
+	as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w \
+		-o "-k $DIR -c listen_addresses='' -c max_connections=200" start > /dev/null
+	as_pg "$BIN/createdb" -h "$DIR" -U postgres numatix
+	echo "postgresql:///numatix?host=$DIR&user=postgres"
+	;;
+stop)
+	as_pg "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop > /dev/null
+	;;
+esac
