@@ -28,6 +28,7 @@
 struct pg {
 	struct store base;
 	PGconn *conn;
+	bool in_tx;
 	const char *prepared[MAX_PREPARED];  /* static SQL texts: the statement's name is its slot */
 	int nprepared;
 };
@@ -105,6 +106,17 @@ static bool is_unique_violation(const struct err *e)
 	return e->kind == ERR_INTERNAL && strstr(e->msg, "constraint 23505");
 }
 
+/* After the server restarted, the first use of the old connection fails: when no
+ * transaction was open (nothing half-done), reconnect once and let the caller run again. */
+static bool reconnected(struct pg *s)
+{
+	if (s->in_tx || PQstatus(s->conn) != CONNECTION_BAD)
+		return false;
+	PQreset(s->conn);
+	s->nprepared = 0;
+	return PQstatus(s->conn) == CONNECTION_OK;
+}
+
 /* Runs sql (prepared once per connection) with arguments by fmt: 't' text (NULL binds NULL),
  * 'i' int64, 'I' int64 where 0 binds NULL. New result, PQclear; NULL on error (e filled). */
 static PGresult *q(struct pg *s, const char *sql, struct err *e, const char *fmt, ...)
@@ -114,7 +126,9 @@ static PGresult *q(struct pg *s, const char *sql, struct err *e, const char *fmt
 	PGresult *res;
 	va_list ap;
 	int slot, n = (int)strlen(fmt);
+	bool retried = false;
 
+again:
 	for (slot = 0; slot < s->nprepared && s->prepared[slot] != sql; slot++)
 		;
 	snprintf(name, sizeof(name), "s%d", slot);
@@ -124,6 +138,8 @@ static PGresult *q(struct pg *s, const char *sql, struct err *e, const char *fmt
 		res = PQprepare(s->conn, name, sql, 0, NULL);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
 			pg_fail(s, res, e);
+			if (!retried && (retried = true) && reconnected(s))
+				goto again;
 			return NULL;
 		}
 		PQclear(res);
@@ -143,6 +159,10 @@ static PGresult *q(struct pg *s, const char *sql, struct err *e, const char *fmt
 	res = PQexecPrepared(s->conn, name, n, values, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
 		pg_fail(s, res, e);
+		if (!retried && (retried = true) && reconnected(s)) {
+			err_clear(e);
+			goto again;
+		}
 		return NULL;
 	}
 	return res;
@@ -203,11 +223,18 @@ static int tx(struct pg *s, const char *begin, tx_fn fn, void *arg, struct err *
 	}
 	for (int attempt = 1; attempt <= TX_ATTEMPTS; attempt++) {
 		err_clear(e);
-		if (exec(s, begin, e))
+		if (exec(s, begin, e)) {
+			if (attempt == 1 && reconnected(s))
+				continue;
 			break;
+		}
+		s->in_tx = true;
 		rc = fn(s, arg, e);
-		if (rc == 0 && exec(s, "COMMIT", e) == 0)
+		if (rc == 0 && exec(s, "COMMIT", e) == 0) {
+			s->in_tx = false;
 			return 0;
+		}
+		s->in_tx = false;
 		if (PQtransactionStatus(s->conn) != PQTRANS_IDLE) {
 			struct err ignored = {0};
 			exec(s, "ROLLBACK", &ignored);

@@ -3,6 +3,7 @@
 #   pg_server.sh start DIR   initdb into DIR, start it on a unix socket in DIR (no TCP), print
 #                            the connection string of its database "numatix"
 #   pg_server.sh stop DIR    fast shutdown
+#   pg_server.sh resume DIR  start the stopped server again, with its data
 # The server refuses to run as root, so as root it runs as the postgres user.
 set -eu
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
@@ -22,5 +23,9 @@ start)
 	;;
 stop)
 	as_pg "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop > /dev/null
+	;;
+resume)
+	as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w \
+		-o "-k $DIR -c listen_addresses='' -c max_connections=200" start > /dev/null
 	;;
 esac
