@@ -5,6 +5,10 @@
 #
 # NUMATIX_VAR (default <project>/var) holds the database, the socket, nginx's files and the
 # generated admin token. An existing database is kept, never reset.
+#
+# NUMATIX_UPSTREAMS="host:port host:port ..." puts nginx in front of FastCGI servers that run
+# elsewhere (other machines, each `numatix serve` with NUMATIX_SOCKET=host:port against one
+# PostgreSQL) instead of starting one here.
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,7 +41,12 @@ ln -sf /etc/nginx/fastcgi_params "$NGX/fastcgi_params"
 USER_LINE=""
 # As root, nginx's workers would drop to nobody and could not reach the socket.
 [ "$(id -u)" -eq 0 ] && USER_LINE="user root root;"
-sed -e "s|@USER@|$USER_LINE|" -e "s|@VAR@|$NGX|g" -e "s|@SOCKET@|$NUMATIX_SOCKET|g" \
+UPSTREAM="server unix:$NUMATIX_SOCKET;"
+if [ -n "${NUMATIX_UPSTREAMS:-}" ]; then
+	UPSTREAM=""
+	for u in $NUMATIX_UPSTREAMS; do UPSTREAM="$UPSTREAM server $u;"; done
+fi
+sed -e "s|@USER@|$USER_LINE|" -e "s|@VAR@|$NGX|g" -e "s|@UPSTREAM@|$UPSTREAM|g" \
 	-e "s|@PORT@|$PORT|g" -e "s|@ROOT@|$ROOT|g" "$ROOT/nginx/local.conf.in" > "$NGX/nginx.conf"
 
 SERVER_PID=""
@@ -51,18 +60,20 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$BIN" serve &
-SERVER_PID=$!
-# Wait for the socket before nginx forwards to it.
-i=0
-while [ ! -S "$NUMATIX_SOCKET" ]; do
-	i=$((i + 1))
-	if [ $i -gt 100 ] || ! kill -0 "$SERVER_PID" 2>/dev/null; then
-		echo "run: the FastCGI server did not start" >&2
-		exit 1
-	fi
-	sleep 0.1
-done
+if [ -z "${NUMATIX_UPSTREAMS:-}" ]; then
+	"$BIN" serve &
+	SERVER_PID=$!
+	# Wait for the socket before nginx forwards to it.
+	i=0
+	while [ ! -S "$NUMATIX_SOCKET" ]; do
+		i=$((i + 1))
+		if [ $i -gt 100 ] || ! kill -0 "$SERVER_PID" 2>/dev/null; then
+			echo "run: the FastCGI server did not start" >&2
+			exit 1
+		fi
+		sleep 0.1
+	done
+fi
 /usr/sbin/nginx -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/nginx-error.log" &
 NGINX_PID=$!
 
@@ -81,4 +92,4 @@ echo "Numatix is running at http://127.0.0.1:$PORT/"
 echo "Admin token: $NUMATIX_ADMIN_TOKEN"
 echo "Store: $NUMATIX_DB"
 echo "Press Ctrl-C to stop."
-wait "$NGINX_PID" "$SERVER_PID"
+wait "$NGINX_PID" $SERVER_PID
