@@ -5,6 +5,9 @@
 #   0. Purchases of one hot plan, instant processor, 16 connections, against the raw durable
 #      purchase transaction on the same SQLite file (scripts/bench/raw_purchase.c, 16
 #      processes): how close the service comes to what the store itself can do; with p99.
+#   0'. The same on PostgreSQL (a throwaway server from tests/pg_server.sh), against pgbench
+#      running the same statements (scripts/bench/raw_purchase.sql): SQLite and PostgreSQL
+#      side by side in one run.
 #   1. GET /api/plans through nginx + FastCGI + SQLite, against nginx serving a static file.
 #   2. Purchases/s with an instant processor, against GET /api/plans.
 #   3. Purchases/s of ONE plan with a 50 ms processor: many buyers at once, against one buyer
@@ -28,9 +31,15 @@ cleanup() {
 		kill -TERM "$STACK_PID" 2>/dev/null || true
 		wait "$STACK_PID" 2>/dev/null || true
 	fi
+	stop_pg
 	rm -rf "$DIR"
 }
 trap cleanup EXIT INT TERM
+PGDIR=""
+stop_pg() {
+	[ -n "$PGDIR" ] && "$ROOT/tests/pg_server.sh" stop "$PGDIR" 2>/dev/null && rm -rf "$PGDIR"
+	PGDIR=""
+}
 
 # start_stack <latency ms>: the stack in the background, on a fresh store; sets PORT.
 start_stack() {
@@ -41,7 +50,7 @@ start_stack() {
 	rm -rf "$DIR/var"
 	PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 	export PORT
-	NUMATIX_VAR="$DIR/var" NUMATIX_WORKERS=$WORKERS NUMATIX_PAYMENT_LATENCY_MS=$1 \
+	NUMATIX_DB=${STACK_DB:-sqlite://$DIR/var/numatix.db} NUMATIX_VAR="$DIR/var" NUMATIX_WORKERS=$WORKERS NUMATIX_PAYMENT_LATENCY_MS=$1 \
 		NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 "$STACK_ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
 	STACK_PID=$!
 	until grep -q "Numatix is running" "$DIR/run.log"; do
@@ -80,6 +89,18 @@ HOT_P99=$(p99)
 RAW=$("$DIR/raw_purchase" "$DIR/var/numatix.db" "$PLAN_ID" 16 "$SECS")
 NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$STACK_ROOT/cgi-bin/numatix" check >/dev/null || true
 
+PG_HOT="-" PG_P99="-" PG_RAW="-"
+if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+	PGDIR=$(mktemp -d /tmp/numatix-bench-pg-XXXXXX)
+	STACK_DB=$("$ROOT/tests/pg_server.sh" start "$PGDIR")
+	start_stack 0
+	PG_HOT=$(rate 16 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
+	PG_P99=$(p99)
+	PG_RAW=$(pgbench -n -U postgres -h "$PGDIR" -c 16 -j 2 -T "$SECS" -D plan="$PLAN_ID" \
+		-f "$ROOT/scripts/bench/raw_purchase.sql" numatix 2>&1 | awk '/^tps/ {print int($3)}')
+	unset STACK_DB
+fi
+
 start_stack 0
 STATIC=$(rate 32 "$BASE/index.html")
 PLANS=$(rate 32 "$BASE/api/plans")
@@ -95,6 +116,9 @@ echo
 echo "Numatix bench ($WORKERS workers, ${SECS}s per figure, $(nproc) cores, $STACK_ROOT)"
 printf '  %-52s %10s tx/s\n' "raw durable purchase transaction, 16 processes (R)" "$RAW"
 printf '  %-52s %10s req/s  = %s x R, p99 %s\n' "hot-plan purchases, 16 connections" "$HOT" "$(ratio "$HOT" "$RAW")" "$HOT_P99"
+printf '  %-52s %10s tx/s\n' "PostgreSQL: raw purchase transaction, pgbench -c 16 (P)" "$PG_RAW"
+printf '  %-52s %10s req/s  = %s x P, %s x the SQLite figure, p99 %s\n' "PostgreSQL: hot-plan purchases, 16 connections" "$PG_HOT" \
+	"$( [ "$PG_RAW" != - ] && ratio "$PG_HOT" "$PG_RAW" || echo -)" "$( [ "$PG_HOT" != - ] && ratio "$PG_HOT" "$HOT" || echo -)" "$PG_P99"
 printf '  %-52s %10s req/s\n' "nginx static file (baseline A)" "$STATIC"
 printf '  %-52s %10s req/s  = %s x A\n' "GET /api/plans (B)" "$PLANS" "$(ratio "$PLANS" "$STATIC")"
 printf '  %-52s %10s req/s  = %s x B\n' "purchases, instant processor" "$BUY" "$(ratio "$BUY" "$PLANS")"
