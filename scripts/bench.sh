@@ -96,7 +96,7 @@ if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
 	start_stack 0
 	PG_HOT=$(rate 16 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
 	PG_P99=$(p99)
-	PG_RAW=$(pgbench -n -U postgres -h "$PGDIR" -c 16 -j 2 -T "$SECS" -D plan="$PLAN_ID" \
+	PG_RAW=$(pgbench -n -U postgres -h "$PGDIR" -c 16 -j 2 -T "$SECS" -D plan="'$PLAN_ID'" \
 		-f "$ROOT/scripts/bench/raw_purchase.sql" numatix 2>&1 | awk '/^tps/ {print int($3)}')
 	unset STACK_DB
 fi
