@@ -11,8 +11,8 @@ CC       ?= cc
 WARN     := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow \
             -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=gnu11 -D_GNU_SOURCE $(WARN) -MMD -MP $(patsubst -I%,-isystem %,$(shell pkg-config --cflags $(PKGS) 2>/dev/null))
-LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CFLAGS   += -std=gnu11 -D_GNU_SOURCE -pthread $(WARN) -MMD -MP $(patsubst -I%,-isystem %,$(shell pkg-config --cflags $(PKGS) 2>/dev/null))
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
 ifneq ($(SAN),)
 CFLAGS   += -fsanitize=$(SAN) -fno-omit-frame-pointer
 LDFLAGS  += -fsanitize=$(SAN)

@@ -8,6 +8,8 @@
 #   0'. The same on PostgreSQL (a throwaway server from tests/pg_server.sh), against pgbench
 #      running the same statements (scripts/bench/raw_purchase.sql): SQLite and PostgreSQL
 #      side by side in one run.
+#   3. Purchases with a 500 ms processor, 256 buyers at once, the default worker count, against
+#      the original design reproduced (raw_purchase with the payment inside the transaction).
 #   1. GET /api/plans through nginx + FastCGI + SQLite, against nginx serving a static file.
 #   2. Purchases/s with an instant processor, against GET /api/plans.
 #   3. Purchases/s of ONE plan with a 50 ms processor: many buyers at once, against one buyer
@@ -50,7 +52,7 @@ start_stack() {
 	rm -rf "$DIR/var"
 	PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 	export PORT
-	NUMATIX_DB=${STACK_DB:-sqlite://$DIR/var/numatix.db} NUMATIX_VAR="$DIR/var" NUMATIX_WORKERS=$WORKERS NUMATIX_PAYMENT_LATENCY_MS=$1 \
+	NUMATIX_DB=${STACK_DB:-sqlite://$DIR/var/numatix.db} NUMATIX_VAR="$DIR/var" NUMATIX_WORKERS=${STACK_WORKERS-$WORKERS} NUMATIX_PAYMENT_LATENCY_MS=$1 \
 		NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 "$STACK_ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
 	STACK_PID=$!
 	until grep -q "Numatix is running" "$DIR/run.log"; do
@@ -101,6 +103,11 @@ if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
 	unset STACK_DB
 fi
 
+STACK_WORKERS="" start_stack 500
+SLOW=$(rate 256 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
+SLOW_P99=$(p99)
+ORIGINAL=$("$DIR/raw_purchase" "$DIR/var/numatix.db" "$PLAN_ID" 256 "$SECS" 500 | awk '{printf "%.2f", $1}')
+
 start_stack 0
 STATIC=$(rate 32 "$BASE/index.html")
 PLANS=$(rate 32 "$BASE/api/plans")
@@ -119,6 +126,8 @@ printf '  %-52s %10s req/s  = %s x R, p99 %s\n' "hot-plan purchases, 16 connecti
 printf '  %-52s %10s tx/s\n' "PostgreSQL: raw purchase transaction, pgbench -c 16 (P)" "$PG_RAW"
 printf '  %-52s %10s req/s  = %s x P, %s x the SQLite figure, p99 %s\n' "PostgreSQL: hot-plan purchases, 16 connections" "$PG_HOT" \
 	"$( [ "$PG_RAW" != - ] && ratio "$PG_HOT" "$PG_RAW" || echo -)" "$( [ "$PG_HOT" != - ] && ratio "$PG_HOT" "$HOT" || echo -)" "$PG_P99"
+printf '  %-52s %10s tx/s\n' "original design: payment inside the transaction (O)" "$ORIGINAL"
+printf '  %-52s %10s req/s  = %s x O, p99 %s\n' "500 ms processor, 256 buyers, default workers" "$SLOW" "$(ratio "$SLOW" "$ORIGINAL")" "$SLOW_P99"
 printf '  %-52s %10s req/s\n' "nginx static file (baseline A)" "$STATIC"
 printf '  %-52s %10s req/s  = %s x A\n' "GET /api/plans (B)" "$PLANS" "$(ratio "$PLANS" "$STATIC")"
 printf '  %-52s %10s req/s  = %s x B\n' "purchases, instant processor" "$BUY" "$(ratio "$BUY" "$PLANS")"

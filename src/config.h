@@ -9,6 +9,8 @@ struct config {
 	char *admin_token;       /* NUMATIX_ADMIN_TOKEN; NULL: admin routes answer 401 */
 	char *socket;            /* NUMATIX_SOCKET: unix path or host:port */
 	int workers;             /* NUMATIX_WORKERS */
+	int threads;             /* NUMATIX_THREADS: requests in flight per worker */
+	int store_handles;       /* NUMATIX_STORE_HANDLES: database connections per worker */
 	int hold_ttl_s;          /* NUMATIX_HOLD_TTL */
 	int payment_latency_ms;  /* NUMATIX_PAYMENT_LATENCY_MS */
 	int max_body;            /* NUMATIX_MAX_BODY bytes */

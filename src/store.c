@@ -9,19 +9,30 @@
 
 static const struct {
 	const char *scheme;
+	const char *kind;
 	struct store *(*open)(const char *url, struct err *e);
 } backends[] = {
-	{"sqlite://", store_sqlite_open},
-	{"mongodb://", store_mongo_open},
-	{"mongodb+srv://", store_mongo_open},
-	{"postgresql://", store_pg_open},
-	{"postgres://", store_pg_open},
+	{"sqlite://", "sqlite", store_sqlite_open},
+	{"mongodb://", "mongodb", store_mongo_open},
+	{"mongodb+srv://", "mongodb", store_mongo_open},
+	{"postgresql://", "postgresql", store_pg_open},
+	{"postgres://", "postgresql", store_pg_open},
 };
 
 /* A libpq key=value connection string ("host=/run/pg dbname=numatix"). */
 static bool pg_conninfo(const char *url)
 {
 	return !strstr(url, "://") && (strstr(url, "dbname=") || strstr(url, "host="));
+}
+
+const char *store_kind(const char *url)
+{
+	if (pg_conninfo(url))
+		return "postgresql";
+	for (size_t i = 0; i < sizeof(backends) / sizeof(backends[0]); i++)
+		if (!strncmp(url, backends[i].scheme, strlen(backends[i].scheme)))
+			return backends[i].kind;
+	return "unknown";
 }
 
 bool store_url_supported(const char *url)

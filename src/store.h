@@ -271,6 +271,12 @@ struct store {
  * close with store_close. The message in e never carries a password. */
 struct store *store_open(const char *url, struct err *e);
 void store_close(struct store *s);  /* accepts NULL */
+/* A store for the threads of one process: each primitive borrows one of at most `handles`
+ * real handles of url for the length of the call. New, close with store_close. */
+struct store *store_pool_new(const char *url, int handles);
+/* The kind of store a connection string names ("sqlite", "postgresql", "mongodb"). */
+const char *store_kind(const char *url);
+
 /* The connection string with any password replaced by "***", for messages. Returns out. */
 char *store_url_redact(const char *url, char *out, size_t len);
 /* Whether a connection string names a store this build has (for the check at start). */

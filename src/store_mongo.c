@@ -11,6 +11,7 @@
  *
  * One mongoc client per worker process, made after fork by store_open. */
 #include <mongoc/mongoc.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1911,12 +1912,10 @@ static int topology(struct mg *s, const char *url, struct err *e)
 
 static void mongoc_init_once(void)
 {
-	static bool done;
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-	if (!done) {
-		mongoc_init();
-		done = true;
-	}
+	/* Threads of a worker open their stores at once. */
+	pthread_once(&once, mongoc_init);
 }
 
 struct store *store_mongo_open(const char *url, struct err *e)

@@ -1,8 +1,11 @@
-/* worker.c - the FastCGI accept loop of one worker process, and the single request of CGI. */
+/* worker.c - one worker process: NUMATIX_THREADS threads that each accept FastCGI requests
+ * and keep their own store handle, so a worker keeps that many purchases in flight while
+ * their payments run; and the single request of CGI. */
 #include "worker.h"
 
 #include <fcgiapp.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -26,17 +29,16 @@ struct io {
 };
 
 static volatile sig_atomic_t stopping;
-static int listen_fd = -1, devnull_fd = -1;
+static int listen_fd = -1;
+/* libfcgi's threaded example serialises accept(): one thread waits in it at a time. */
+static pthread_mutex_t accept_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void on_term(int sig)
+/* Wakes a thread out of a blocking call. With SA_RESTART the call starts again: accept() on
+ * the listening fd, which by then is /dev/null, fails at once; any other call (a read of a
+ * request, the payment's sleep) simply goes on. */
+static void on_wake(int sig)
 {
 	(void)sig;
-	stopping = 1;
-	/* No new connection from now on: accept() on /dev/null fails at once, whether the
-	 * signal came while waiting in it (EINTR), just before it, or just after it returned a
-	 * connection, which is then served to the end. The socket itself stays open for the
-	 * other workers (and for the next image after SIGHUP). */
-	dup2(devnull_fd, listen_fd);
 }
 
 /* Reads the body: all of it when within the limit, else drains it so the gateway is not
@@ -105,31 +107,79 @@ static void fcgi_write(void *ctx, const char *buf, size_t n)
 	FCGX_PutStr(buf, (int)n, ctx);
 }
 
+struct thread {
+	pthread_t id;
+	const struct config *cfg;
+	struct store *store;          /* the process's pool, shared */
+};
+
+static void *serve_thread(void *arg)
+{
+	const struct thread *t = arg;
+	struct store *store = t->store;
+	FCGX_Request req;
+	int rc;
+
+	FCGX_InitRequest(&req, listen_fd, 0);
+	for (;;) {
+		pthread_mutex_lock(&accept_lock);
+		rc = stopping ? -1 : FCGX_Accept_r(&req);
+		pthread_mutex_unlock(&accept_lock);
+		if (rc < 0)
+			break;
+		struct io io = {fcgi_read, fcgi_write, req.in, req.out};
+		serve(&store, t->cfg, req.envp, &io);
+		FCGX_Finish_r(&req);
+	}
+	return NULL;
+}
+
 int worker_run(int fd, const struct config *cfg)
 {
 	struct sigaction sa = {0};
-	struct store *store = NULL;
-	FCGX_Request req;
+	struct thread *threads;
+	struct store *pool;
+	sigset_t stop, old;
+	int n = cfg->threads, sig, devnull;
 
 	listen_fd = fd;
-	devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	/* No SA_RESTART: a signal interrupts accept(). */
-	sa.sa_handler = on_term;
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	signal(SIGHUP, SIG_IGN);
 	signal(SIGPIPE, SIG_IGN);
+	sa.sa_handler = on_wake;
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGUSR1, &sa, NULL);
+	/* The threads never see a stop signal: this thread waits for it. */
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &stop, &old);
 	FCGX_Init();
-	FCGX_InitRequest(&req, listen_fd, FCGI_FAIL_ACCEPT_ON_INTR);
-	store_get(&store, cfg, NULL);
-	while (!stopping) {
-		if (FCGX_Accept_r(&req) < 0)
+	threads = xcalloc((size_t)n, sizeof(*threads));
+	pool = store_pool_new(cfg->db_url, cfg->store_handles);
+	for (int i = 0; i < n; i++) {
+		threads[i].cfg = cfg;
+		threads[i].store = pool;
+		if (pthread_create(&threads[i].id, NULL, serve_thread, &threads[i])) {
+			LOG_ERROR(NULL, "cannot start thread %d of %d", i + 1, n);
+			n = i;
 			break;
-		struct io io = {fcgi_read, fcgi_write, req.in, req.out};
-		serve(&store, cfg, req.envp, &io);
-		FCGX_Finish_r(&req);
+		}
 	}
-	store_close(store);
+	do
+		sig = sigwaitinfo(&stop, NULL);
+	while (sig == SIGHUP || sig < 0);
+	/* No new connection from now on, in any thread; a request under way finishes. The
+	 * listening socket itself stays open for the other workers and the next image. */
+	stopping = 1;
+	devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	dup2(devnull, listen_fd);
+	for (int i = 0; i < n; i++)
+		pthread_kill(threads[i].id, SIGUSR1);
+	for (int i = 0; i < n; i++)
+		pthread_join(threads[i].id, NULL);
+	free(threads);
+	store_close(pool);
+	close(devnull);
 	return 0;
 }
 

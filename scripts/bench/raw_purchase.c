@@ -4,7 +4,11 @@
  * the pending subscription and its audit event (WAL, synchronous=FULL, BEGIN IMMEDIATE, the
  * same busy timeout as the store). Prints transactions per second.
  *
- *   raw_purchase <db file> <plan id> <processes> <seconds> */
+ * With a payment latency it reproduces the original service's design instead: the payment
+ * call (a sleep) inside the open transaction, so every purchase of the plan waits for the one
+ * before it.
+ *
+ *   raw_purchase <db file> <plan id> <processes> <seconds> [payment ms inside the transaction] */
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +24,7 @@ static double now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static long loop(const char *path, const char *plan, double seconds, int who)
+static long loop(const char *path, const char *plan, double seconds, int who, int payment_ms)
 {
 	static const char *const sql[] = {
 		"BEGIN IMMEDIATE",
@@ -42,7 +46,8 @@ static long loop(const char *path, const char *plan, double seconds, int who)
 
 	if (sqlite3_open(path, &db) != SQLITE_OK)
 		return -1;
-	sqlite3_busy_timeout(db, 10000);
+	/* A writer still waiting for the lock when the time is up gives up, not counted. */
+	sqlite3_busy_timeout(db, (int)(seconds * 1000));
 	sqlite3_exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL", NULL, NULL, NULL);
 	for (int i = 0; i < N; i++)
 		if (sqlite3_prepare_v2(db, sql[i], -1, &st[i], NULL) != SQLITE_OK) {
@@ -50,19 +55,27 @@ static long loop(const char *path, const char *plan, double seconds, int who)
 			return -1;
 		}
 	while (now() < end) {
+		int i;
 		id++;
-		for (int i = 0; i < N; i++) {
+		for (i = 0; i < N; i++) {
 			sqlite3_reset(st[i]);
 			if (sqlite3_bind_parameter_count(st[i]) >= 1)
 				sqlite3_bind_text(st[i], 1, plan, -1, SQLITE_STATIC);
 			if (sqlite3_bind_parameter_count(st[i]) >= 2)
 				sqlite3_bind_int64(st[i], 2, id);
 			if (sqlite3_step(st[i]) != SQLITE_DONE) {
-				fprintf(stderr, "raw_purchase: %s\n", sqlite3_errmsg(db));
+				if (now() < end)
+					fprintf(stderr, "raw_purchase: %s\n", sqlite3_errmsg(db));
 				sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
 				break;
 			}
+			if (i == 1 && payment_ms) {
+				struct timespec ts = {payment_ms / 1000, (long)(payment_ms % 1000) * 1000000L};
+				nanosleep(&ts, NULL);
+			}
 		}
+		if (i < N)
+			break;
 		done++;
 	}
 	for (int i = 0; i < N; i++)
@@ -77,7 +90,7 @@ int main(int argc, char **argv)
 	double seconds, start;
 	long total = 0, n;
 
-	if (argc != 5)
+	if (argc != 5 && argc != 6)
 		return 2;
 	procs = atoi(argv[3]);
 	seconds = atof(argv[4]);
@@ -86,7 +99,7 @@ int main(int argc, char **argv)
 	start = now();
 	for (int i = 0; i < procs; i++)
 		if (fork() == 0) {
-			n = loop(argv[1], argv[2], seconds, i + 1);
+			n = loop(argv[1], argv[2], seconds, i + 1, argc == 6 ? atoi(argv[5]) : 0);
 			_exit(write(fds[1], &n, sizeof(n)) == sizeof(n) ? 0 : 1);
 		}
 	for (int i = 0; i < procs; i++)
