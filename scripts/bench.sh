@@ -16,13 +16,13 @@
 #      at a time, which is the best the original service's design could do (it held a
 #      database transaction across the payment call, so one plan's purchases ran one by one).
 #
-# BENCH_SECONDS (default 5) and BENCH_WORKERS (default 16) tune it. BENCH_STACK_ROOT runs
+# BENCH_SECONDS (default 5) and BENCH_WORKERS (default: the service's own, 2 per core) tune it. BENCH_STACK_ROOT runs
 # another checkout's build (say, the commit before a change) under the same measurement.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STACK_ROOT=${BENCH_STACK_ROOT:-$ROOT}
 SECS=${BENCH_SECONDS:-5}
-WORKERS=${BENCH_WORKERS:-16}
+WORKERS=${BENCH_WORKERS:-}
 PY=/usr/bin/python3
 command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
 
@@ -120,7 +120,7 @@ PARALLEL=$(rate 64 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
 NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$STACK_ROOT/cgi-bin/numatix" check
 
 echo
-echo "Numatix bench ($WORKERS workers, ${SECS}s per figure, $(nproc) cores, $STACK_ROOT)"
+echo "Numatix bench (${WORKERS:-default} workers, ${SECS}s per figure, $(nproc) cores, $STACK_ROOT)"
 printf '  %-52s %10s tx/s\n' "raw durable purchase transaction, 16 processes (R)" "$RAW"
 printf '  %-52s %10s req/s  = %s x R, p99 %s\n' "hot-plan purchases, 16 connections" "$HOT" "$(ratio "$HOT" "$RAW")" "$HOT_P99"
 printf '  %-52s %10s tx/s\n' "PostgreSQL: raw purchase transaction, pgbench -c 16 (P)" "$PG_RAW"

@@ -77,7 +77,7 @@ int config_load(struct config *cfg, struct err *e)
 	v = getenv("NUMATIX_SOCKET");
 	cfg->socket = v && *v ? xstrdup(v) : xasprintf("%s/var/numatix.sock", root);
 	if (env_int("NUMATIX_WORKERS", cores > 0 ? (int)(2 * cores) : 2, 1, 256, &cfg->workers, e) ||
-	    env_int("NUMATIX_THREADS", 32, 1, 1024, &cfg->threads, e) ||
+	    env_int("NUMATIX_THREADS", 64, 1, 1024, &cfg->threads, e) ||
 	    env_int("NUMATIX_STORE_HANDLES", 4, 1, 256, &cfg->store_handles, e) ||
 	    env_int("NUMATIX_HOLD_TTL", 600, 1, 86400, &cfg->hold_ttl_s, e) ||
 	    env_int("NUMATIX_PAYMENT_LATENCY_MS", 0, 0, 60000, &cfg->payment_latency_ms, e) ||
