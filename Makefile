@@ -61,7 +61,7 @@ test: deps
 test-mongo: deps
 	$(Q)test -n "$(MONGO_URI)" || { echo "test-mongo: set MONGO_URI to a MongoDB replica set"; exit 2; }
 	$(Q)$(MAKE) --no-print-directory all
-	$(Q)MONGO_URI="$(MONGO_URI)" NUMATIX_SUITES="test_mongo_live" tests/run.sh
+	$(Q)MONGO_URI="$(MONGO_URI)" NUMATIX_SUITES="test_mongo_live" NUMATIX_PG_SUITES="" tests/run.sh
 
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all
