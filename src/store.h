@@ -272,7 +272,8 @@ struct store {
 struct store *store_open(const char *url, struct err *e);
 void store_close(struct store *s);  /* accepts NULL */
 /* A store for the threads of one process: each primitive borrows one of at most `handles`
- * real handles of url for the length of the call. New, close with store_close. */
+ * real handles of url for the length of the call (as many again for reads alone). New,
+ * close with store_close. */
 struct store *store_pool_new(const char *url, int handles);
 /* The kind of store a connection string names ("sqlite", "postgresql", "mongodb"). */
 const char *store_kind(const char *url);

@@ -2,8 +2,9 @@
  * a few real store handles for the length of the call and gives it back. Every primitive is
  * one atomic unit and nothing spans two of them, so a purchase that waits for its payment
  * holds no handle meanwhile: many purchases in flight share a few database connections.
- * Handles are opened when first needed; one that cannot be opened answers 503 and is tried
- * again by the next call. */
+ * Reads and writes borrow from two sets of handles, so writers stuck behind a lock (held
+ * from outside, say) never keep a read waiting. Handles are opened when first needed; one
+ * that cannot be opened answers 503 and is tried again by the next call. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,22 +13,26 @@
 #include "store.h"
 #include "util.h"
 
+struct handles {
+	pthread_mutex_t lock;
+	pthread_cond_t freed;
+	int size, opened, nfree;       /* opened: handles open or being opened */
+	int nall;
+	struct store **all;            /* the handles open, to close at the end */
+	struct store **idle;           /* those not lent out */
+};
+
 struct pool {
 	struct store base;
 	struct store_ops ops;          /* the table below, named after the backend */
 	char *url;
-	pthread_mutex_t lock;
-	pthread_cond_t freed;
-	int size, opened, nfree;
-	struct store **all;            /* the handles opened so far */
-	struct store **idle;           /* those not lent out */
+	struct handles readers, writers;
 };
 
 #define POOL(s) ((struct pool *)(s))
 
-static struct store *borrow(struct store *st, struct err *e)
+static struct store *borrow_from(struct handles *p, const char *url, struct err *e)
 {
-	struct pool *p = POOL(st);
 	struct store *h = NULL;
 
 	pthread_mutex_lock(&p->lock);
@@ -38,10 +43,10 @@ static struct store *borrow(struct store *st, struct err *e)
 	} else {
 		p->opened++;             /* this slot is ours while we open it, outside the lock */
 		pthread_mutex_unlock(&p->lock);
-		h = store_open(p->url, e);
+		h = store_open(url, e);
 		pthread_mutex_lock(&p->lock);
 		if (h) {
-			p->all[p->opened - 1] = h;
+			p->all[p->nall++] = h;
 		} else {
 			LOG_ERROR(NULL, "store: %s", e->msg);
 			p->opened--;
@@ -52,49 +57,50 @@ static struct store *borrow(struct store *st, struct err *e)
 	return h;
 }
 
-static void give_back(struct store *st, struct store *h)
+static void give_back(struct handles *p, struct store *h)
 {
-	struct pool *p = POOL(st);
-
 	pthread_mutex_lock(&p->lock);
 	p->idle[p->nfree++] = h;
 	pthread_cond_signal(&p->freed);
 	pthread_mutex_unlock(&p->lock);
 }
 
-/* One forwarding primitive: borrow, call, give back. */
-#define FORWARD(name, params, args)                          \
-	static int pool_##name params                        \
-	{                                                    \
-		struct store *h = borrow(s, e);              \
-		int rc;                                      \
-		if (!h)                                      \
-			return -1;                           \
-		rc = h->ops->name args;                      \
-		give_back(s, h);                             \
-		return rc;                                   \
+/* One forwarding primitive: borrow from `set` (readers or writers), call, give back. */
+#define FORWARD_TO(set, name, params, args)                                  \
+	static int pool_##name params                                        \
+	{                                                                    \
+		struct handles *p = &POOL(s)->set;                           \
+		struct store *h = borrow_from(p, POOL(s)->url, e);           \
+		int rc;                                                      \
+		if (!h)                                                      \
+			return -1;                                           \
+		rc = h->ops->name args;                                      \
+		give_back(p, h);                                             \
+		return rc;                                                   \
 	}
+#define FORWARD(name, params, args) FORWARD_TO(writers, name, params, args)
+#define READ(name, params, args) FORWARD_TO(readers, name, params, args)
 
-FORWARD(ping, (struct store *s, struct err *e), (h, e))
+READ(ping, (struct store *s, struct err *e), (h, e))
 FORWARD(reset, (struct store *s, struct err *e), (h, e))
 FORWARD(plan_create, (struct store *s, const struct plan *pl, const struct event_spec *ev, size_t nev,
 		      const struct actor *a, enum write_result *res, struct err *e), (h, pl, ev, nev, a, res, e))
-FORWARD(plan_get, (struct store *s, const char *id, struct plan *out, bool *found, struct err *e),
+READ(plan_get, (struct store *s, const char *id, struct plan *out, bool *found, struct err *e),
 	(h, id, out, found, e))
-FORWARD(plan_list, (struct store *s, const char *status, struct plan **out, size_t *n, struct err *e),
+READ(plan_list, (struct store *s, const char *status, struct plan **out, size_t *n, struct err *e),
 	(h, status, out, n, e))
 FORWARD(plan_update, (struct store *s, const char *id, const struct plan_patch *pt, int64_t now,
 		      const struct event_spec *ev, size_t nev, const struct actor *a, struct plan *out,
 		      enum write_result *res, struct err *e), (h, id, pt, now, ev, nev, a, out, res, e))
 FORWARD(customer_create, (struct store *s, const struct customer *c, enum write_result *res, struct err *e),
 	(h, c, res, e))
-FORWARD(customer_get, (struct store *s, const char *id, struct customer *out, bool *found, struct err *e),
+READ(customer_get, (struct store *s, const char *id, struct customer *out, bool *found, struct err *e),
 	(h, id, out, found, e))
 FORWARD(key_claim, (struct store *s, const struct claim_req *r, struct claim *out, struct err *e), (h, r, out, e))
 FORWARD(key_finish, (struct store *s, const char *key, const struct reply *r, bool *matched, struct err *e),
 	(h, key, r, matched, e))
 FORWARD(key_forget, (struct store *s, const char *key, struct err *e), (h, key, e))
-FORWARD(key_get, (struct store *s, const char *key, struct key_record *out, bool *found, struct err *e),
+READ(key_get, (struct store *s, const char *key, struct key_record *out, bool *found, struct err *e),
 	(h, key, out, found, e))
 FORWARD(hold, (struct store *s, const struct hold_req *r, const struct actor *a, struct hold_out *out,
 	       struct err *e), (h, r, a, out, e))
@@ -102,35 +108,50 @@ FORWARD(transition, (struct store *s, const struct transition *t, const struct a
 		     struct transition_out *out, struct err *e), (h, t, a, out, e))
 FORWARD(payment_record, (struct store *s, const struct payment *pm, const struct event_spec *ev, size_t nev,
 			 const struct actor *a, bool *existed, struct err *e), (h, pm, ev, nev, a, existed, e))
-FORWARD(sub_get, (struct store *s, const char *id, struct subscription *out, bool *found, struct err *e),
+READ(sub_get, (struct store *s, const char *id, struct subscription *out, bool *found, struct err *e),
 	(h, id, out, found, e))
-FORWARD(sub_list, (struct store *s, const char *customer_id, const char *status, const struct seq_page *pg,
+READ(sub_list, (struct store *s, const char *customer_id, const char *status, const struct seq_page *pg,
 		   struct subscription **out, size_t *n, struct err *e), (h, customer_id, status, pg, out, n, e))
-FORWARD(audit_list, (struct store *s, const struct audit_filter *f, const struct seq_page *pg,
+READ(audit_list, (struct store *s, const struct audit_filter *f, const struct seq_page *pg,
 		     struct audit_event **out, size_t *n, struct err *e), (h, f, pg, out, n, e))
 FORWARD(lease_take, (struct store *s, const char *name, const char *holder, int64_t now, int64_t until,
 		     bool *taken, struct err *e), (h, name, holder, now, until, taken, e))
-FORWARD(holds_overdue, (struct store *s, int64_t now, int limit, struct subscription **out, size_t *n,
+READ(holds_overdue, (struct store *s, int64_t now, int limit, struct subscription **out, size_t *n,
 			struct err *e), (h, now, limit, out, n, e))
-FORWARD(charges_unrefunded, (struct store *s, int limit, struct payment **out, size_t *n, struct err *e),
+READ(charges_unrefunded, (struct store *s, int limit, struct payment **out, size_t *n, struct err *e),
 	(h, limit, out, n, e))
 FORWARD(keys_purge, (struct store *s, int64_t before, int *n, struct err *e), (h, before, n, e))
 FORWARD(processor_charge, (struct store *s, const char *key, const struct processor_rec *want,
 			   struct processor_rec *out, struct err *e), (h, key, want, out, e))
 FORWARD(processor_void, (struct store *s, const char *key, const char *refund_id, struct processor_rec *out,
 			 struct err *e), (h, key, refund_id, out, e))
-FORWARD(snapshot, (struct store *s, const struct snapshot_visitor *v, struct err *e), (h, v, e))
+READ(snapshot, (struct store *s, const struct snapshot_visitor *v, struct err *e), (h, v, e))
 
-static void pool_close(struct store *st)
+static void handles_init(struct handles *p, int size)
 {
-	struct pool *p = POOL(st);
+	p->size = size < 1 ? 1 : size;
+	p->all = xcalloc((size_t)p->size, sizeof(*p->all));
+	p->idle = xcalloc((size_t)p->size, sizeof(*p->idle));
+	pthread_mutex_init(&p->lock, NULL);
+	pthread_cond_init(&p->freed, NULL);
+}
 
-	for (int i = 0; i < p->opened; i++)
+static void handles_close(struct handles *p)
+{
+	for (int i = 0; i < p->nall; i++)
 		store_close(p->all[i]);
 	pthread_cond_destroy(&p->freed);
 	pthread_mutex_destroy(&p->lock);
 	free(p->all);
 	free(p->idle);
+}
+
+static void pool_close(struct store *st)
+{
+	struct pool *p = POOL(st);
+
+	handles_close(&p->readers);
+	handles_close(&p->writers);
 	free(p->url);
 	free(p);
 }
@@ -173,10 +194,7 @@ struct store *store_pool_new(const char *url, int size)
 	p->ops.name = store_kind(url);
 	p->base.ops = &p->ops;
 	p->url = xstrdup(url);
-	p->size = size < 1 ? 1 : size;
-	p->all = xcalloc((size_t)p->size, sizeof(*p->all));
-	p->idle = xcalloc((size_t)p->size, sizeof(*p->idle));
-	pthread_mutex_init(&p->lock, NULL);
-	pthread_cond_init(&p->freed, NULL);
+	handles_init(&p->readers, size);
+	handles_init(&p->writers, size);
 	return &p->base;
 }

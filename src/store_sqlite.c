@@ -1311,11 +1311,25 @@ static int db_open(const char *path, sqlite3 **db, int64_t *waited, struct err *
 
 /* Creates the schema or brings it to SCHEMA_VERSION, in one write transaction, so that many
  * workers starting at once apply it once. */
+static int user_version(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	int version = -1;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return version;
+}
+
 static int schema(struct sq *s, struct err *e)
 {
 	sqlite3_stmt *st = NULL;
 	int version = 0, legacy = 0, rc;
 
+	/* Up to date: a read, so a store write-locked from outside can still be opened for reads. */
+	if (user_version(s->db) == SCHEMA_VERSION)
+		goto processor;
 	rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
 	if (rc == SQLITE_OK && sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW)
@@ -1339,6 +1353,7 @@ static int schema(struct sq *s, struct err *e)
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 		return -1;
 	}
+processor:
 	rc = sqlite3_exec(s->proc, PROC_SCHEMA, NULL, NULL, NULL);
 	return rc == SQLITE_OK ? 0 : db_error(s->proc, rc, e);
 }

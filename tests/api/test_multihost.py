@@ -5,6 +5,7 @@ across both. 500 buyers race for 100 seats through it; then one host's whole ser
 SIGKILLed in the middle of a load. Runs with the PostgreSQL suites, as root (namespaces)."""
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import uuid
 
 from stack import BIN, ROOT, Stack, free_port, pool
 
-NET = "10.231"
+# a /16 of its own for each run, so two runs on one machine do not collide
+NET = "10.%d" % random.randint(100, 250)
 
 
 def sh(*args):
@@ -24,8 +26,8 @@ def sh(*args):
 
 
 class Hosts:
-    """Two hosts: namespace i has 10.231.i.2 on a veth whose other end, 10.231.i.1, is this
-    machine; PostgreSQL listens on the 10.231.i.1 ends."""
+    """Two hosts: namespace i has NET.i.2 on a veth whose other end, NET.i.1, is this machine;
+    PostgreSQL listens on the NET.i.1 ends."""
 
     def __init__(self):
         self.tag = uuid.uuid4().hex[:6]

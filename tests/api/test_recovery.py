@@ -5,6 +5,7 @@ request left behind. Waits are for observable conditions, never fixed sleeps."""
 
 import collections
 import os
+import sqlite3
 import signal
 import threading
 import time
@@ -194,3 +195,45 @@ class AbandonedRequests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipIf(os.environ.get("NUMATIX_TEST_STORE"), "SKIPPED: locks the SQLite file from outside")
+class LockedFromOutside(unittest.TestCase):
+    """The SQLite file write-locked from outside beyond the busy timeout: a purchase answers
+    503 with Retry-After within a bounded time and leaves nothing; reads keep answering
+    meanwhile; once the lock is gone the retry with the same key settles."""
+
+    def test_writes_wait_boundedly_reads_go_on(self):
+        S = Stack(NUMATIX_WORKERS=2).start()
+        try:
+            p = S.create_plan(capacity=5)
+            outside = sqlite3.connect(os.path.join(S.dir, "numatix.db"), isolation_level=None, timeout=30)
+            outside.execute("BEGIN IMMEDIATE")
+            key, out = str(uuid.uuid4()), {}
+
+            def buy():
+                start = time.time()
+                out["r"] = S.purchase(p["id"], key=key, email="locked@example.com")
+                out["took"] = time.time() - start
+
+            t = threading.Thread(target=buy)
+            t.start()
+            while t.is_alive():
+                start = time.time()
+                r = S.request("GET", "/api/plans")
+                self.assertEqual(r.status, 200, r)
+                self.assertLess(time.time() - start, 2.0, "a read waited behind the locked writers")
+                time.sleep(0.2)
+            t.join()
+            self.assertEqual((out["r"].status, out["r"].json["code"]), (503, "SERVICE_UNAVAILABLE"), out["r"])
+            self.assertTrue(out["r"].header("Retry-After"))
+            self.assertLess(out["took"], 20)
+            outside.execute("ROLLBACK")
+            outside.close()
+            self.assertEqual(S.plan(p["id"])["subscriptions_left"], 5)
+            r = S.purchase(p["id"], key=key, email="locked@example.com")
+            self.assertEqual(r.status, 201, r)
+            ok, text = S.check()
+            self.assertTrue(ok, text)
+        finally:
+            S.cleanup()
