@@ -59,3 +59,13 @@ struct seat_counts store_counts_before(struct seat_counts after, int dleft, int 
 	struct seat_counts b = {after.total, after.left - dleft, after.held - dheld};
 	return b;
 }
+
+const struct seat_counts *store_event_before(const struct event_spec *ev, const struct seat_counts *before)
+{
+	return ev->counts == EV_BEFORE_AFTER ? before : NULL;
+}
+
+const struct seat_counts *store_event_after(const struct event_spec *ev, const struct seat_counts *after)
+{
+	return ev->counts != EV_NO_COUNTS ? after : NULL;
+}

@@ -11,6 +11,11 @@ struct store *store_sqlite_open(const char *url, struct err *e);
 struct store *store_mongo_open(const char *url, struct err *e);
 struct store *store_pg_open(const char *url, struct err *e);
 
+/* The seat counts an event records, of the unit's counts before and after its move: each NULL
+ * when the event records none of that side. */
+const struct seat_counts *store_event_before(const struct event_spec *ev, const struct seat_counts *before);
+const struct seat_counts *store_event_after(const struct event_spec *ev, const struct seat_counts *after);
+
 /* The seat counts of an event before a unit's move, from the counts after it. */
 struct seat_counts store_counts_before(struct seat_counts after, int dleft, int dheld);
 

@@ -467,9 +467,9 @@ static int events_put(struct mg *s, mongoc_client_session_t *cs, const struct ac
 		BSON_APPEND_UTF8(&doc, "resource_type", ev[i].resource_type);
 		BSON_APPEND_UTF8(&doc, "resource_id", ev[i].resource_id);
 		BSON_APPEND_UTF8(&doc, "plan_id", plan_id ? plan_id : "");
-		if (ev[i].counts == EV_BEFORE_AFTER && before)
+		if (store_event_before(&ev[i], before))
 			append_counts(&doc, "before", before);
-		if (ev[i].counts != EV_NO_COUNTS && after)
+		if (store_event_after(&ev[i], after))
 			append_counts(&doc, "after", after);
 		if (ev[i].detail)
 			BSON_APPEND_UTF8(&doc, "detail", ev[i].detail);

@@ -266,7 +266,7 @@ static int events_put(struct pg *s, const struct actor *a, int64_t now, const ch
 	char id[ID_LEN + 1];
 
 	for (size_t i = 0; i < nev; i++) {
-		bool hb = ev[i].counts == EV_BEFORE_AFTER && b, ha = ev[i].counts != EV_NO_COUNTS && af;
+		bool hb = store_event_before(&ev[i], b) != NULL, ha = store_event_after(&ev[i], af) != NULL;
 		char nums[6][24];
 		const char *v[6] = {NULL};
 

@@ -264,7 +264,7 @@ static int events_put(struct sq *s, const struct actor *a, int64_t now, const ch
 	char id[ID_LEN + 1];
 
 	for (size_t i = 0; i < nev; i++) {
-		bool b = ev[i].counts == EV_BEFORE_AFTER && before, af = ev[i].counts != EV_NO_COUNTS && after;
+		bool b = store_event_before(&ev[i], before) != NULL, af = store_event_after(&ev[i], after) != NULL;
 		sqlite3_stmt *st;
 
 		id_new(id);

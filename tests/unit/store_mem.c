@@ -3,6 +3,7 @@
  * atomic because nothing else runs. Only for tests; it also lets a test break a fact on
  * purpose (mem_plan_counts) to see check report it. */
 #include "store_mem.h"
+#include "store_impl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,9 +132,9 @@ static void events_put(struct mem *m, const struct actor *a, int64_t now, const 
 		snprintf(e->resource_type, sizeof(e->resource_type), "%s", ev[i].resource_type);
 		snprintf(e->resource_id, sizeof(e->resource_id), "%s", ev[i].resource_id);
 		snprintf(e->plan_id, sizeof(e->plan_id), "%s", plan_id ? plan_id : "");
-		if ((e->has_before = ev[i].counts == EV_BEFORE_AFTER && before))
+		if ((e->has_before = store_event_before(&ev[i], before) != NULL))
 			e->before = *before;
-		if ((e->has_after = ev[i].counts != EV_NO_COUNTS && after))
+		if ((e->has_after = store_event_after(&ev[i], after) != NULL))
 			e->after = *after;
 		e->detail = xstrdup(ev[i].detail);
 		snprintf(e->trace_id, sizeof(e->trace_id), "%s", a->trace_id ? a->trace_id : "");
