@@ -22,6 +22,7 @@ void api_customers_subscriptions(struct request *rq, struct response *rs);
 
 void api_audit_list(struct request *rq, struct response *rs);
 void api_health(struct request *rq, struct response *rs);
+void api_metrics(struct request *rq, struct response *rs);
 
 /* Shared by handlers: validates rq->json against fields; on failure answers 400 and
  * returns -1. */

@@ -5,6 +5,7 @@
 
 #include "api.h"
 #include "idem.h"
+#include "metrics.h"
 #include "purchase.h"
 #include "util.h"
 #include "valid.h"
@@ -67,15 +68,19 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs)
 	switch (r.end) {
 	case PURCHASE_ANSWERED:
 		response_reply(rs, &r.reply, r.replayed);
+		metrics_purchase(rs->status, rs->status == 201 ? "" : rs->status == 402 ? "PAYMENT_FAILED" : "HOLD_EXPIRED");
 		break;
 	case PURCHASE_REFUSED:
 		response_err(rs, rq, &r.err);
+		metrics_purchase(rs->status, rs->status == 503 ? "SERVICE_UNAVAILABLE" : r.err.code);
 		break;
 	case PURCHASE_IN_PROGRESS:
 		response_key_busy(rs, rq, r.retry_after_s);
+		metrics_purchase(rs->status, "REQUEST_IN_PROGRESS");
 		break;
 	case PURCHASE_KEY_REUSED:
 		response_key_reused(rs, rq);
+		metrics_purchase(rs->status, "IDEMPOTENCY_KEY_REUSED");
 		break;
 	}
 	purchase_result_clear(&r);

@@ -10,6 +10,7 @@
 #include "idem.h"
 #include "jsonx.h"
 #include "log.h"
+#include "metrics.h"
 #include "router.h"
 #include "util.h"
 
@@ -128,6 +129,7 @@ void app_handle(struct request *rq, struct response *rs)
 		idem_settle(rq->lg, rq->idem_key, &reply, rq->trace_id);
 	}
 out:
+	metrics_request(router_index(r), rs->status, now_ms() - start);
 	LOG_INFO(rq->trace_id, "%s %s %d %lldms%s", rq->method, rq->path, rs->status,
 		 (long long)(now_ms() - start), rs->replayed ? " replayed" : "");
 }

@@ -281,10 +281,11 @@ char *response_head(const struct response *rs, const struct request *rq)
 	if (*rs->allow)
 		snprintf(allow, sizeof(allow), "Allow: %s\r\n", rs->allow);
 	return xasprintf("Status: %d %s\r\n"
-			 "Content-Type: application/json; charset=utf-8\r\n"
+			 "Content-Type: %s\r\n"
 			 "Cache-Control: no-store\r\n"
 			 "X-Trace-Id: %s\r\n"
 			 "%s%s%s\r\n",
-			 rs->status, reason_phrase(rs->status), rq->trace_id, retry, allow,
+			 rs->status, reason_phrase(rs->status),
+			 rs->content_type ? rs->content_type : "application/json; charset=utf-8", rq->trace_id, retry, allow,
 			 rs->replayed ? "Idempotent-Replayed: true\r\n" : "");
 }

@@ -42,6 +42,7 @@ struct response {
 	int retry_after;            /* seconds; 0: no header */
 	char allow[32];             /* Allow header for 405, "" if none */
 	bool replayed;              /* Idempotent-Replayed: true */
+	const char *content_type;   /* static; NULL: JSON */
 };
 
 /* Reads method, path, query and headers from a CGI/FastCGI environment (NAME=value, NULL

@@ -18,7 +18,22 @@ static const struct route routes[] = {
 	{"POST", "/api/customers", api_customers_create, AUTH_ADMIN, IDEM_HONOURED},
 	{"GET", "/api/customers/:id/subscriptions", api_customers_subscriptions, AUTH_ADMIN, IDEM_NONE},
 	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE},
+	/* loopback only: nginx refuses it from anywhere else */
+	{"GET", "/api/metrics", api_metrics, AUTH_ANYONE, IDEM_NONE},
 };
+
+int router_index(const struct route *r)
+{
+	return r ? (int)(r - routes) : -1;
+}
+
+const char *router_name(int i, const char **method)
+{
+	if (i < 0 || (size_t)i >= sizeof(routes) / sizeof(routes[0]))
+		return NULL;
+	*method = routes[i].method;
+	return routes[i].pattern;
+}
 
 /* Whether path matches pattern; the :id segment goes to param. */
 static bool matches(const char *pattern, const char *path, char *param, size_t plen)

@@ -31,4 +31,9 @@ struct route {
 const struct route *router_match(const char *method, const char *path, char *param, size_t plen,
 				 char *allow, size_t alen, int *status);
 
+/* The index of r in the route table, and the pattern and method of route i (NULL past the
+ * end), for metrics. */
+int router_index(const struct route *r);
+const char *router_name(int i, const char **method);
+
 #endif

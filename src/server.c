@@ -18,6 +18,7 @@
 #include "app.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "reaper.h"
 #include "store.h"
 #include "util.h"
@@ -108,6 +109,8 @@ static void reaper_loop(const struct config *cfg)
 		app_ledger_init(&lg, s, cfg);
 		if (reaper_run(&lg, holder, &st, &e))
 			LOG_WARN(NULL, "reaper: %s", e.msg);
+		else if (st.ran)
+			metrics_reaper_pass(st.expired, st.refunded);
 	} while ((sig = sigtimedwait(&stop, NULL, &ts)) < 0);
 	store_close(s);
 }
@@ -151,6 +154,7 @@ static void collect(struct pool *p, bool stopping)
 			if (p->pids[i] == pid) {
 				p->pids[i] = 0;
 				if (!stopping) {
+					metrics_worker_restart();
 					LOG_WARN(NULL, "worker %d ended (%s %d); starting another", (int)pid,
 						 WIFSIGNALED(status) ? "signal" : "status",
 						 WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
@@ -214,6 +218,8 @@ int server_run(const struct config *cfg, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if ((fd = listen_open(cfg)) < 0)
 		return 1;
+	/* Before the first fork: the workers and the reaper count into the same memory. */
+	metrics_init();
 	p.n = cfg->workers;
 	p.pids = xcalloc((size_t)p.n, sizeof(*p.pids));
 	fill(&p, fd, cfg, &orig);

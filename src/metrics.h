@@ -1,0 +1,27 @@
+/* metrics.h - counters for Prometheus, summed over every worker and thread of one server:
+ * the master maps them into memory it shares with the children it forks (metrics_init), and
+ * everyone adds with atomic operations. Without metrics_init (CGI, spawn-fcgi) they count
+ * for the one process. */
+#ifndef NUMATIX_METRICS_H
+#define NUMATIX_METRICS_H
+
+#include <stdint.h>
+
+#include "ledger.h"
+
+#define METRICS_ROUTES 32
+
+/* Before forking: the counters become shared with the children. */
+void metrics_init(void);
+/* One answered request: its route (index in the route table, -1 for none), status, latency. */
+void metrics_request(int route, int status, int64_t ms);
+/* A purchase's end: the status of its answer and its code ("" for a 201). */
+void metrics_purchase(int status, const char *code);
+void metrics_worker_restart(void);
+void metrics_reaper_pass(int expired, int refunded);
+
+/* The text exposition: the counters, and the seats left and held per plan read from the
+ * store. route_name(i) names route i. New, free(). */
+char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const char **method));
+
+#endif
