@@ -210,12 +210,32 @@ static const struct cmd {
 	{"reap", cmd_reap, "release expired holds and settle abandoned purchases once (for cron)"},
 };
 
-static int usage(void)
+/* The environment every command reads (README, *Configuration*). */
+static const char ENVIRONMENT[] =
+	"environment:\n"
+	"  NUMATIX_DB             sqlite:///path/file.db, postgresql://..., or mongodb://...\n"
+	"  NUMATIX_ADMIN_TOKEN    the admin bearer token (16 characters at least)\n"
+	"  NUMATIX_SOCKET         FastCGI listen address: a unix socket path or host:port\n"
+	"  NUMATIX_WORKERS        worker processes (default 2 per core)\n"
+	"  NUMATIX_THREADS        requests in flight per worker (default 64)\n"
+	"  NUMATIX_STORE_HANDLES  database connections per worker for writes, as many for reads (4)\n"
+	"  NUMATIX_HOLD_TTL       seconds a seat stays held while its payment runs (600)\n"
+	"  NUMATIX_PAYMENT_LATENCY_MS, NUMATIX_MAX_BODY, NUMATIX_REAP_INTERVAL,\n"
+	"  NUMATIX_KEY_RETENTION_HOURS\n";
+
+/* Help goes to stdout and exits 0 when asked for; after a mistake, to stderr with 2. */
+static int usage(FILE *out, int rc)
 {
-	fprintf(stderr, "usage: numatix <command>\n");
+	fprintf(out, "usage: numatix <command> [--help]\n\ncommands:\n");
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-		fprintf(stderr, "  %-8s %s\n", cmds[i].name, cmds[i].help);
-	return 2;
+		fprintf(out, "  %-8s %s\n", cmds[i].name, cmds[i].help);
+	fprintf(out, "\n%s", ENVIRONMENT);
+	return rc;
+}
+
+static bool wants_help(const char *arg)
+{
+	return arg && (!strcmp(arg, "--help") || !strcmp(arg, "-h") || !strcmp(arg, "help"));
 }
 
 int cmd_main(int argc, char **argv)
@@ -232,11 +252,18 @@ int cmd_main(int argc, char **argv)
 		else if (!FCGX_IsCGI())
 			name = "worker";
 		else
-			return usage();
+			return usage(stderr, 2);
 	}
+	if (wants_help(name))
+		return usage(stdout, 0);
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		if (strcmp(cmds[i].name, name))
 			continue;
+		if (argc > 2 && wants_help(argv[2])) {
+			printf("usage: numatix %s%s\n  %s\n\n%s", cmds[i].name, strcmp(cmds[i].name, "reset") ? "" : " --yes",
+			       cmds[i].help, ENVIRONMENT);
+			return 0;
+		}
 		if (config_load(&cfg, &e)) {
 			fprintf(stderr, "numatix: %s\n", e.msg);
 			if (!strcmp(name, "cgi")) {
@@ -251,5 +278,6 @@ int cmd_main(int argc, char **argv)
 		config_free(&cfg);
 		return rc;
 	}
-	return usage();
+	fprintf(stderr, "numatix: no command \"%s\"\n", name);
+	return usage(stderr, 2);
 }

@@ -165,6 +165,22 @@ class Unavailable(unittest.TestCase):
         finally:
             S.cleanup()
 
+    def test_help(self):
+        r = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for command in ("serve", "worker", "cgi", "seed", "reset", "check", "reap"):
+            self.assertIn("  %s " % command, r.stdout)
+        self.assertIn("NUMATIX_DB", r.stdout)
+        # a command's help never opens the store, even a broken one
+        env = dict(os.environ, NUMATIX_DB="sqlite:///nonexistent/dir/x.db")
+        for command in ("seed", "check", "reset"):
+            r = subprocess.run([BIN, command, "--help"], env=env, capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("usage: numatix " + command, r.stdout)
+        r = subprocess.run([BIN, "nonsense"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn('no command "nonsense"', r.stderr)
+
     def test_bad_configuration_is_refused(self):
         for var, value in (("NUMATIX_WORKERS", "many"), ("NUMATIX_HOLD_TTL", "0"),
                            ("NUMATIX_DB", "mysql://x"), ("NUMATIX_ADMIN_TOKEN", "short"),
