@@ -10,7 +10,9 @@
 #      side by side in one run.
 #   3. Purchases with a 500 ms processor, 256 buyers at once, the default worker count, against
 #      the original design reproduced (raw_purchase with the payment inside the transaction).
-#   1. GET /api/plans through nginx + FastCGI + SQLite, against nginx serving a static file.
+#   1. GET /api/plans through nginx + FastCGI + SQLite, against a trivial FastCGI handler
+#      serving the same bytes behind the same nginx (scripts/bench/trivial.c) and against nginx
+#      serving a static file; then the workers' resident memory.
 #   2. Purchases/s with an instant processor, against GET /api/plans.
 #   3. Purchases/s of ONE plan with a 50 ms processor: many buyers at once, against one buyer
 #      at a time, which is the best the original service's design could do (it held a
@@ -84,6 +86,7 @@ p99() { awk '$1 == "99%" {print $2}' "$DIR/wrk.out"; }
 ratio() { $PY -c "print('%.2f' % ($1 / $2))"; }
 
 cc -O2 -o "$DIR/raw_purchase" "$ROOT/scripts/bench/raw_purchase.c" $(pkg-config --cflags --libs sqlite3)
+cc -O2 -o "$DIR/trivial" "$ROOT/scripts/bench/trivial.c" $(pkg-config --cflags --libs fcgi)
 
 start_stack 0
 HOT=$(rate 16 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
@@ -110,7 +113,31 @@ ORIGINAL=$("$DIR/raw_purchase" "$DIR/var/numatix.db" "$PLAN_ID" 256 "$SECS" 500 
 
 start_stack 0
 STATIC=$(rate 32 "$BASE/index.html")
-PLANS=$(rate 32 "$BASE/api/plans")
+PLANS=$(rate 64 "$BASE/api/plans")
+PLANS_P99=$(p99)
+# the workers' resident memory after that load (the master's children but the reaper)
+MASTER=$(pgrep -f "$STACK_ROOT/cgi-bin/numatix serve" | head -n1)
+RSS=$(for c in $(pgrep -P "$MASTER"); do [ "$(cat /proc/$c/comm)" = numatix ] && awk '/^VmRSS/ {print $2}' /proc/$c/status; done |
+	sort -n | tail -n1)
+SERVED=$(awk '/requests in/ {print $1}' "$DIR/wrk.out")
+# the same bytes from a handler that does nothing else, behind the same nginx
+curl -fsS "$BASE/api/plans" > "$DIR/plans.json"
+TPORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$DIR/trivial" "127.0.0.1:$TPORT" "$DIR/plans.json" "$(nproc)" &
+TRIVIAL_PID=$!
+kill -TERM "$STACK_PID"; wait "$STACK_PID" 2>/dev/null || true; STACK_PID=""
+rm -rf "$DIR/var"
+PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+BASE="http://127.0.0.1:$PORT"
+PORT=$PORT NUMATIX_UPSTREAMS="127.0.0.1:$TPORT" NUMATIX_VAR="$DIR/var" NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 \
+	NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
+STACK_PID=$!
+until grep -q "Numatix is running" "$DIR/run.log"; do kill -0 "$STACK_PID" 2>/dev/null || { cat "$DIR/run.log"; exit 1; }; sleep 0.1; done
+TRIVIAL=$(rate 64 "$BASE/api/plans")
+TRIVIAL_P99=$(p99)
+pkill -P "$TRIVIAL_PID" 2>/dev/null; kill "$TRIVIAL_PID" 2>/dev/null; wait "$TRIVIAL_PID" 2>/dev/null || true
+
+start_stack 0
 BUY=$(rate 32 -s "$ROOT/scripts/bench/purchase.lua" "$BASE")
 NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$STACK_ROOT/cgi-bin/numatix" check
 
@@ -129,7 +156,10 @@ printf '  %-52s %10s req/s  = %s x P, %s x the SQLite figure, p99 %s\n' "Postgre
 printf '  %-52s %10s tx/s\n' "original design: payment inside the transaction (O)" "$ORIGINAL"
 printf '  %-52s %10s req/s  = %s x O, p99 %s\n' "500 ms processor, 256 buyers, default workers" "$SLOW" "$(ratio "$SLOW" "$ORIGINAL")" "$SLOW_P99"
 printf '  %-52s %10s req/s\n' "nginx static file (baseline A)" "$STATIC"
-printf '  %-52s %10s req/s  = %s x A\n' "GET /api/plans (B)" "$PLANS" "$(ratio "$PLANS" "$STATIC")"
+printf '  %-52s %10s req/s, p99 %s\n' "trivial FastCGI handler, same bytes, same nginx (T)" "$TRIVIAL" "$TRIVIAL_P99"
+printf '  %-52s %10s req/s  = %s x A = %s x T, p99 %s\n' "GET /api/plans, 64 connections (B)" "$PLANS" "$(ratio "$PLANS" "$STATIC")" \
+	"$(ratio "$PLANS" "$TRIVIAL")" "$PLANS_P99"
+printf '  %-52s %10s kB after %s requests\n' "largest worker resident memory" "$RSS" "$SERVED"
 printf '  %-52s %10s req/s  = %s x B\n' "purchases, instant processor" "$BUY" "$(ratio "$BUY" "$PLANS")"
 printf '  %-52s %10s req/s\n' "one plan, 50 ms processor, 1 buyer at a time (C)" "$SERIAL"
 printf '  %-52s %10s req/s  = %s x C\n' "one plan, 50 ms processor, 64 buyers at once" "$PARALLEL" "$(ratio "$PARALLEL" "$SERIAL")"
