@@ -1412,7 +1412,7 @@ static int mg_lease_take(struct store *st, const char *name, const char *holder,
 }
 
 /* The documents of a find as an array of items; read fills item i. */
-static int find_all(struct mg *s, mongoc_collection_t *c, const bson_t *filter, const bson_t *opts, size_t size,
+static int find_all(mongoc_collection_t *c, const bson_t *filter, const bson_t *opts, size_t size,
 		    void (*read)(const bson_t *doc, void *items, size_t i), void **out, size_t *n, struct err *e)
 {
 	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, filter, opts, NULL);
@@ -1421,7 +1421,6 @@ static int find_all(struct mg *s, mongoc_collection_t *c, const bson_t *filter, 
 	size_t cap = 0;
 	int rc = 0;
 
-	(void)s;
 	*out = NULL;
 	*n = 0;
 	while (mongoc_cursor_next(cur, &doc)) {
@@ -1442,7 +1441,7 @@ static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct sub
 {
 	bson_t *f = BCON_NEW("status", BCON_UTF8("pending"), "hold_deadline", "{", "$lte", BCON_DATE_TIME(now), "}");
 	bson_t *opts = BCON_NEW("sort", "{", "hold_deadline", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
-	int rc = find_all(MG(st), MG(st)->subs, f, opts, sizeof(**out), sub_item, (void **)out, n, e);
+	int rc = find_all(MG(st)->subs, f, opts, sizeof(**out), sub_item, (void **)out, n, e);
 
 	if (rc == 0)
 		rc = plan_names(MG(st), *out, *n, e);
@@ -1451,43 +1450,34 @@ static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct sub
 	return rc;
 }
 
-static void payment_item(const bson_t *doc, void *items, size_t i)
-{
-	payment_read(doc, &((struct payment *)items)[i]);
-}
-
 static int mg_charges_unrefunded(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
 {
-	/* Subscriptions that ended without a seat, then their charges without a refund. */
-	bson_t *f = BCON_NEW("status", "{", "$in", "[", BCON_UTF8("failed"), BCON_UTF8("expired"), "]", "}");
-	struct subscription *subs = NULL;
-	size_t ns = 0;
-	int rc = find_all(MG(st), MG(st)->subs, f, NULL, sizeof(*subs), sub_item, (void **)&subs, &ns, e);
+	/* One aggregation on the server: charges whose subscription failed or expired, without a
+	 * refund of the same key. */
+	bson_t *pipeline = BCON_NEW(
+		"pipeline", "[",
+		"{", "$match", "{", "kind", BCON_UTF8("charge"), "status", BCON_UTF8("succeeded"), "}", "}",
+		"{", "$lookup", "{", "from", BCON_UTF8("subscriptions"), "localField", BCON_UTF8("subscription_id"),
+		"foreignField", BCON_UTF8("_id"), "as", BCON_UTF8("sub"), "}", "}",
+		"{", "$match", "{", "sub.status", "{", "$in", "[", BCON_UTF8("failed"), BCON_UTF8("expired"), "]", "}", "}", "}",
+		"{", "$lookup", "{", "from", BCON_UTF8("payments"), "localField", BCON_UTF8("idem_key"),
+		"foreignField", BCON_UTF8("idem_key"), "as", BCON_UTF8("all"), "}", "}",
+		"{", "$match", "{", "all.kind", "{", "$ne", BCON_UTF8("refund"), "}", "}", "}",
+		"{", "$limit", BCON_INT64(limit), "}",
+		"]");
+	mongoc_cursor_t *cur = mongoc_collection_aggregate(MG(st)->payments, MONGOC_QUERY_NONE, pipeline, NULL, NULL);
+	const bson_t *doc;
+	bson_error_t be;
+	int rc = 0;
 
-	*out = xcalloc((size_t)limit, sizeof(**out));
 	*n = 0;
-	for (size_t i = 0; i < ns && rc == 0 && *n < (size_t)limit; i++) {
-		bson_t *q = BCON_NEW("idem_key", BCON_UTF8(subs[i].idem_key));
-		struct payment *pays = NULL;
-		size_t np = 0;
-		const struct payment *charge = NULL;
-		bool refunded = false;
-		rc = find_all(MG(st), MG(st)->payments, q, NULL, sizeof(*pays), payment_item, (void **)&pays, &np, e);
-		for (size_t j = 0; j < np; j++) {
-			if (!strcmp(pays[j].kind, "refund"))
-				refunded = true;
-			else if (!strcmp(pays[j].status, "succeeded"))
-				charge = &pays[j];
-		}
-		if (charge && !refunded)
-			(*out)[(*n)++] = *charge;
-		free(pays);
-		bson_destroy(q);
-	}
-	for (size_t i = 0; i < ns; i++)
-		subscription_clear(&subs[i]);
-	free(subs);
-	bson_destroy(f);
+	*out = xcalloc((size_t)limit, sizeof(**out));
+	while (*n < (size_t)limit && mongoc_cursor_next(cur, &doc))
+		payment_read(doc, &(*out)[(*n)++]);
+	if (mongoc_cursor_error(cur, &be))
+		rc = mg_fail(&be, NULL, e, "unrefunded charges");
+	mongoc_cursor_destroy(cur);
+	bson_destroy(pipeline);
 	return rc;
 }
 
