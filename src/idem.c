@@ -6,7 +6,6 @@
 
 #include "jsonx.h"
 #include "log.h"
-#include "purchase.h"
 #include "util.h"
 
 void idem_claim_clear(struct idem_claim *c)
@@ -29,7 +28,7 @@ int idem_claim(struct ledger *lg, const char *key, const char *fingerprint, stru
 	       struct err *e)
 {
 	int64_t now = now_ms(), wait;
-	struct claim_req r = {key, fingerprint, now, now + purchase_lease_ms(lg)};
+	struct claim_req r = {key, fingerprint, now, now + ledger_lease_ms(lg)};
 	struct claim c;
 
 	memset(out, 0, sizeof(*out));

@@ -16,6 +16,17 @@ static int refuse(struct err *e, enum err_kind kind, const char *code, const cha
 	return -1;
 }
 
+int64_t ledger_lease_ms(const struct ledger *lg)
+{
+	/* Half the hold: a retry after a crash resumes while the seat is still held. Capped,
+	 * because no live request runs longer than nginx waits for it. */
+	int64_t ms = (int64_t)lg->hold_ttl_s * 500;
+
+	if (ms > 60000)
+		ms = 60000;
+	return ms < 1000 ? 1000 : ms;
+}
+
 int ledger_ping(struct ledger *lg, const char **store_name, struct err *e)
 {
 	*store_name = lg->store->ops->name;

@@ -42,6 +42,10 @@ struct page_req {
 /* The cursor of the next page into next ("" on the last). */
 #define CURSOR_LEN 48
 
+/* How long a request owns its Idempotency-Key before a retry may take over (resume) its work:
+ * the purchase's and every other route's. */
+int64_t ledger_lease_ms(const struct ledger *lg);
+
 /* Whether the store answers; *store_name: its kind ("sqlite", ...). */
 int ledger_ping(struct ledger *lg, const char **store_name, struct err *e);
 

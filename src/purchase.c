@@ -17,17 +17,6 @@ void purchase_result_clear(struct purchase_result *r)
 	memset(r, 0, sizeof(*r));
 }
 
-int64_t purchase_lease_ms(const struct ledger *lg)
-{
-	/* Half the hold: a retry after a crash resumes while the seat is still held. Capped,
-	 * because no live request runs longer than nginx waits for it. */
-	int64_t ms = (int64_t)lg->hold_ttl_s * 500;
-
-	if (ms > 60000)
-		ms = 60000;
-	return ms < 1000 ? 1000 : ms;
-}
-
 static void refused(struct purchase_result *out, enum err_kind kind, const char *code, const char *msg)
 {
 	out->end = PURCHASE_REFUSED;
@@ -309,7 +298,7 @@ void purchase_run(struct ledger *lg, const struct actor *a, const struct purchas
 		c.name = xstrdup(p->name);
 		c.created_at = now;
 	}
-	struct hold_req r = {{p->key, p->fingerprint, now, now + purchase_lease_ms(lg)}, sub_id, p->plan_id,
+	struct hold_req r = {{p->key, p->fingerprint, now, now + ledger_lease_ms(lg)}, sub_id, p->plan_id,
 			     p->customer_id, p->customer_id ? NULL : &c, now + (int64_t)lg->hold_ttl_s * 1000,
 			     ev, 1};
 	if (lg->store->ops->hold(lg->store, &r, a, &h, &out->err)) {

@@ -47,7 +47,4 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 int purchase_refund(struct ledger *lg, const struct actor *a, const struct subscription *sub,
 		    struct err *e);
 
-/* How long a request owns its key before a retry may take over (resume) its work. */
-int64_t purchase_lease_ms(const struct ledger *lg);
-
 #endif
