@@ -106,15 +106,24 @@ static bool is_unique_violation(const struct err *e)
 	return e->kind == ERR_INTERNAL && strstr(e->msg, "constraint 23505");
 }
 
+/* The connection, opened again first if it broke (the server restarted): 0, or -1 with e when
+ * the server cannot be reached. Every primitive starts here. */
+static int connected(struct pg *s, struct err *e)
+{
+	if (PQstatus(s->conn) == CONNECTION_OK)
+		return 0;
+	PQreset(s->conn);
+	s->nprepared = 0;
+	return PQstatus(s->conn) == CONNECTION_OK ? 0 : pg_fail(s, NULL, e);
+}
+
 /* After the server restarted, the first use of the old connection fails: when no
  * transaction was open (nothing half-done), reconnect once and let the caller run again. */
 static bool reconnected(struct pg *s)
 {
-	if (s->in_tx || PQstatus(s->conn) != CONNECTION_BAD)
-		return false;
-	PQreset(s->conn);
-	s->nprepared = 0;
-	return PQstatus(s->conn) == CONNECTION_OK;
+	struct err ignored = {0};
+
+	return !s->in_tx && PQstatus(s->conn) == CONNECTION_BAD && connected(s, &ignored) == 0;
 }
 
 /* Runs sql (prepared once per connection) with arguments by fmt: 't' text (NULL binds NULL),
@@ -215,12 +224,8 @@ static int tx(struct pg *s, const char *begin, tx_fn fn, void *arg, struct err *
 {
 	int rc = -1;
 
-	if (PQstatus(s->conn) != CONNECTION_OK) {
-		PQreset(s->conn);
-		s->nprepared = 0;
-		if (PQstatus(s->conn) != CONNECTION_OK)
-			return pg_fail(s, NULL, e);
-	}
+	if (connected(s, e))
+		return -1;
 	for (int attempt = 1; attempt <= TX_ATTEMPTS; attempt++) {
 		err_clear(e);
 		if (exec(s, begin, e)) {
@@ -245,8 +250,6 @@ static int tx(struct pg *s, const char *begin, tx_fn fn, void *arg, struct err *
 		if (e->kind != ERR_RETRYABLE || !strstr(e->msg, "postgresql 40"))
 			break;
 	}
-	if (PQstatus(s->conn) != CONNECTION_OK)
-		s->nprepared = 0;
 	return rc;
 }
 
@@ -340,24 +343,12 @@ static const char *features_text(struct json_object *f)
 	return f ? json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN) : "[]";
 }
 
-/* A read outside any unit (one statement sees one snapshot). */
-static int read_tx(struct pg *s, struct err *e)
-{
-	if (PQstatus(s->conn) != CONNECTION_OK) {
-		PQreset(s->conn);
-		s->nprepared = 0;
-		if (PQstatus(s->conn) != CONNECTION_OK)
-			return pg_fail(s, NULL, e);
-	}
-	return 0;
-}
-
 static int pg_plan_get(struct store *st, const char *id, struct plan *out, bool *found, struct err *e)
 {
 	static const char sql[] = "SELECT " PLAN_COLS " FROM plans WHERE id = $1";
 	PGresult *r;
 
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
 		return -1;
 	if ((*found = PQntuples(r) == 1))
 		plan_read(r, 0, out);
@@ -406,7 +397,7 @@ static int pg_plan_list(struct store *st, const char *status, struct plan **out,
 
 	*out = NULL;
 	*n = 0;
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "t", status)))
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "t", status)))
 		return -1;
 	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
 	for (int i = 0; i < PQntuples(r); i++)
@@ -501,7 +492,7 @@ static int pg_customer_create(struct store *st, const struct customer *c, enum w
 {
 	int n;
 
-	if (read_tx(PG(st), e) || (n = run(q(PG(st), CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name,
+	if (connected(PG(st), e) || (n = run(q(PG(st), CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name,
 					     c->created_at))) < 0)
 		return -1;
 	*res = n ? WRITE_DONE : WRITE_DUPLICATE;
@@ -513,7 +504,7 @@ static int pg_customer_get(struct store *st, const char *id, struct customer *ou
 	static const char sql[] = "SELECT id, email, name, created_at FROM customers WHERE id = $1";
 	PGresult *r;
 
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
 		return -1;
 	if ((*found = PQntuples(r) == 1)) {
 		memset(out, 0, sizeof(*out));
@@ -616,7 +607,7 @@ static int pg_key_get(struct store *st, const char *key, struct key_record *out,
 {
 	PGresult *r;
 
-	if (read_tx(PG(st), e) || !(r = q(PG(st), KEY_SELECT, e, "t", key)))
+	if (connected(PG(st), e) || !(r = q(PG(st), KEY_SELECT, e, "t", key)))
 		return -1;
 	if ((*found = PQntuples(r) == 1))
 		key_read(r, out);
@@ -628,7 +619,7 @@ static int pg_key_forget(struct store *st, const char *key, struct err *e)
 {
 	static const char sql[] = "DELETE FROM idempotency_keys WHERE key = $1 AND state = 'started'";
 
-	return read_tx(PG(st), e) || run(q(PG(st), sql, e, "t", key)) < 0 ? -1 : 0;
+	return connected(PG(st), e) || run(q(PG(st), sql, e, "t", key)) < 0 ? -1 : 0;
 }
 
 static const char KEY_DONE_SQL[] =
@@ -639,7 +630,7 @@ static int pg_key_finish(struct store *st, const char *key, const struct reply *
 {
 	int n;
 
-	if (read_tx(PG(st), e) || (n = run(q(PG(st), KEY_DONE_SQL, e, "itt", (int64_t)rp->status, rp->body, key))) < 0)
+	if (connected(PG(st), e) || (n = run(q(PG(st), KEY_DONE_SQL, e, "itt", (int64_t)rp->status, rp->body, key))) < 0)
 		return -1;
 	*matched = n > 0;
 	return 0;
@@ -689,7 +680,7 @@ static int sub_find(struct pg *s, const char *id, struct subscription *out, bool
 
 static int pg_sub_get(struct store *st, const char *id, struct subscription *out, bool *found, struct err *e)
 {
-	return read_tx(PG(st), e) ? -1 : sub_find(PG(st), id, out, found, e);
+	return connected(PG(st), e) ? -1 : sub_find(PG(st), id, out, found, e);
 }
 
 struct hold_arg {
@@ -916,7 +907,7 @@ static int pg_sub_list(struct store *st, const char *customer_id, const char *st
 
 	*out = NULL;
 	*n = 0;
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "ttii", customer_id, status,
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "ttii", customer_id, status,
 					  pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit)))
 		return -1;
 	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
@@ -938,7 +929,7 @@ static int pg_audit_list(struct store *st, const struct audit_filter *f, const s
 
 	*out = NULL;
 	*n = 0;
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "tttii", f->plan_id, f->trace_id, f->action,
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "tttii", f->plan_id, f->trace_id, f->action,
 					  pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit)))
 		return -1;
 	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
@@ -975,7 +966,7 @@ static int pg_lease_take(struct store *st, const char *name, const char *holder,
 		" SET holder = $2, until = $3 WHERE leases.until <= $4 OR leases.holder = $2";
 	int n;
 
-	if (read_tx(PG(st), e) || (n = run(q(PG(st), sql, e, "ttii", name, holder, until, now))) < 0)
+	if (connected(PG(st), e) || (n = run(q(PG(st), sql, e, "ttii", name, holder, until, now))) < 0)
 		return -1;
 	*taken = n == 1;
 	return 0;
@@ -990,7 +981,7 @@ static int pg_holds_overdue(struct store *st, int64_t now, int limit, struct sub
 
 	*out = NULL;
 	*n = 0;
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "ii", now, (int64_t)limit)))
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "ii", now, (int64_t)limit)))
 		return -1;
 	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
 	for (int i = 0; i < PQntuples(r); i++)
@@ -1022,7 +1013,7 @@ static int pg_charges_unrefunded(struct store *st, int limit, struct payment **o
 
 	*out = NULL;
 	*n = 0;
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "i", (int64_t)limit)))
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "i", (int64_t)limit)))
 		return -1;
 	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
 	for (int i = 0; i < PQntuples(r); i++)
@@ -1035,7 +1026,7 @@ static int pg_keys_purge(struct store *st, int64_t before, int *n, struct err *e
 {
 	static const char sql[] = "DELETE FROM idempotency_keys WHERE state IN ('done', 'started') AND created_at < $1";
 
-	if (read_tx(PG(st), e) || (*n = run(q(PG(st), sql, e, "i", before))) < 0)
+	if (connected(PG(st), e) || (*n = run(q(PG(st), sql, e, "i", before))) < 0)
 		return -1;
 	return 0;
 }
@@ -1062,7 +1053,7 @@ static int pg_processor_charge(struct store *st, const char *key, const struct p
 		" RETURNING state, charge_id, refund_id, decline_code, amount_cents";
 	PGresult *r;
 
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "tittii", key, (int64_t)want->state, want->charge_id,
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "tittii", key, (int64_t)want->state, want->charge_id,
 					  want->decline_code, want->amount_cents, now_ms())))
 		return -1;
 	proc_read(r, out);
@@ -1080,7 +1071,7 @@ static int pg_processor_void(struct store *st, const char *key, const char *refu
 		" RETURNING state, charge_id, refund_id, decline_code, amount_cents";
 	PGresult *r;
 
-	if (read_tx(PG(st), e) || !(r = q(PG(st), sql, e, "tiiiit", key, (int64_t)PROC_VOID, now_ms(),
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "tiiiit", key, (int64_t)PROC_VOID, now_ms(),
 					  (int64_t)PROC_CHARGED, (int64_t)PROC_REFUNDED, refund_id)))
 		return -1;
 	proc_read(r, out);
@@ -1154,12 +1145,12 @@ static int pg_snapshot(struct store *st, const struct snapshot_visitor *v, struc
 
 static int pg_ping(struct store *st, struct err *e)
 {
-	return read_tx(PG(st), e) || exec(PG(st), "SELECT 1", e) ? -1 : 0;
+	return connected(PG(st), e) || exec(PG(st), "SELECT 1", e) ? -1 : 0;
 }
 
 static int pg_reset(struct store *st, struct err *e)
 {
-	return read_tx(PG(st), e) ||
+	return connected(PG(st), e) ||
 	       exec(PG(st), "TRUNCATE audit_events, payments, idempotency_keys, subscriptions, customers, plans,"
 			    " leases, processor", e) ? -1 : 0;
 }
