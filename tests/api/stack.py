@@ -209,6 +209,30 @@ class Stack:
         return r.json
 
 
+def settle_purchase(S, plan_id, key, email, method="pm_card_visa", seen=None, cut_ok=False, attempts=400):
+    """A careful buyer's client: retries its purchase with the same key, honouring Retry-After,
+    until a final answer (201, 402, or 409 sold out / hold expired) and returns it. It retries a
+    503 (a store or upstream away) and 409 REQUEST_IN_PROGRESS; with cut_ok, a cut connection
+    too; any other answer fails the test. seen(r), if given, sees every answer on the way."""
+    for _ in range(attempts):
+        try:
+            r = S.purchase(plan_id, key=key, email=email, method=method, timeout=30)
+        except OSError:
+            if not cut_ok:
+                raise
+            time.sleep(0.1)
+            continue
+        if seen:
+            seen(r)
+        if r.status in (201, 402) or (r.status == 409 and r.json["code"] in ("PLAN_SOLD_OUT", "HOLD_EXPIRED")):
+            return r
+        if r.status == 503 or (r.status == 409 and r.json["code"] == "REQUEST_IN_PROGRESS"):
+            time.sleep(min(float(r.header("Retry-After") or 1), 2) / 4)
+            continue
+        raise AssertionError("unexpected answer %r" % r)
+    raise AssertionError("purchase %s never settled" % key)
+
+
 def parallel(n, fn, *args):
     """Runs fn(i, *args) in n threads released together by a barrier; returns the results in
     order. Real parallel HTTP clients, each with its own connection."""

@@ -11,9 +11,7 @@ import unittest
 import urllib.parse
 import uuid
 
-from stack import ROOT, Stack, pool
-
-FINAL = (201, 402)
+from stack import ROOT, Stack, pool, settle_purchase
 
 
 def server_dir():
@@ -39,25 +37,17 @@ class RestartMidLoad(unittest.TestCase):
             lock = threading.Lock()
             outage = threading.Event()
 
+            def seen(r):
+                if r.status == 503:
+                    with lock:
+                        seen_503.append(r)
+                    outage.set()
+
             def buy(key):
-                email = "pg-%s@example.com" % key[:8]
-                deadline = time.time() + 120
-                while time.time() < deadline:
-                    try:
-                        r = S.purchase(p["id"], key=key, email=email, timeout=30)
-                    except OSError:
-                        time.sleep(0.1)
-                        continue
-                    if r.status == 503:
-                        with lock:
-                            seen_503.append(r)
-                        outage.set()
-                    if r.status in FINAL or (r.status == 409 and r.json["code"] in ("PLAN_SOLD_OUT", "HOLD_EXPIRED")):
-                        with lock:
-                            answers.setdefault(key, []).append(r)
-                        return r
-                    time.sleep(min(float(r.header("Retry-After") or 1), 2) / 4)
-                raise AssertionError("purchase %s never settled" % key)
+                r = settle_purchase(S, p["id"], key, "pg-%s@example.com" % key[:8], seen=seen, cut_ok=True)
+                with lock:
+                    answers.setdefault(key, []).append(r)
+                return r
 
             def restart():
                 time.sleep(0.3)          # load runs: the plan is selling

@@ -12,9 +12,7 @@ import time
 import unittest
 import uuid
 
-from stack import Stack, pool
-
-FINAL = {201, 402}
+from stack import Stack, pool, settle_purchase
 
 
 def wait_for(cond, timeout=30, what="condition"):
@@ -25,20 +23,6 @@ def wait_for(cond, timeout=30, what="condition"):
             return
         time.sleep(0.05)
     raise AssertionError("timed out waiting for " + what)
-
-
-def settle(S, plan_id, key, email, method="pm_card_visa"):
-    """A client that retries its purchase with the same key until it gets a final answer,
-    honouring Retry-After: what a careful buyer's client does after a cut connection."""
-    for _ in range(200):
-        r = S.purchase(plan_id, key=key, email=email, method=method)
-        if r.status in FINAL or (r.status == 409 and r.json["code"] in ("PLAN_SOLD_OUT", "HOLD_EXPIRED")):
-            return r
-        if r.status == 409 and r.json["code"] == "REQUEST_IN_PROGRESS" or r.status == 503:
-            time.sleep(min(float(r.header("Retry-After") or 1), 2) / 4)
-            continue
-        raise AssertionError("unexpected answer %r" % r)
-    raise AssertionError("purchase never settled")
 
 
 class KillWorkers(unittest.TestCase):
@@ -60,7 +44,7 @@ class KillWorkers(unittest.TestCase):
 
         def buy(job):
             key, email = job
-            results[key] = settle(S, p["id"], key, email)
+            results[key] = settle_purchase(S, p["id"], key, email)
 
         t = threading.Thread(target=lambda: pool(16, jobs, buy))
         t.start()
@@ -162,7 +146,7 @@ class AbandonedRequests(unittest.TestCase):
         self.cut_purchase(p, key, email)
         r = S.purchase(p["id"], key=key, email=email)
         self.assertEqual((r.status, r.json["code"]), (409, "REQUEST_IN_PROGRESS"), r)
-        r = settle(S, p["id"], key, email)
+        r = settle_purchase(S, p["id"], key, email)
         self.assertEqual(r.status, 201, r)
         # the resumed purchase's token works
         g = S.request("GET", "/api/subscriptions/" + r.json["id"],
