@@ -92,6 +92,20 @@ static int idem_begin(struct request *rq, struct response *rs)
 	return rs->status == 0;
 }
 
+/* OPTIONS on a route: the methods it has, and for a CORS preflight from an allowed origin
+ * what that origin's page may send; a preflight from any other origin is refused. */
+static void options(struct request *rq, struct response *rs, const char *allow)
+{
+	snprintf(rs->allow, sizeof(rs->allow), "%s", allow);
+	if (rq->origin && rq->cors_request_method && !rs->cors_origin) {
+		response_error(rs, rq, 403, "CORS_ORIGIN_NOT_ALLOWED",
+			       "Pages of this origin may not call the API (NUMATIX_CORS_ORIGINS)", NULL);
+		return;
+	}
+	rs->status = 204;
+	rs->cors_preflight = rs->cors_origin != NULL;
+}
+
 void app_handle(struct request *rq, struct response *rs)
 {
 	char allow[sizeof(rs->allow)];
@@ -102,8 +116,12 @@ void app_handle(struct request *rq, struct response *rs)
 
 	memset(rs, 0, sizeof(*rs));
 	r = router_match(rq->method, rq->path, rq->param, sizeof(rq->param), allow, sizeof(allow), &status);
+	if (rq->origin && config_origin_allowed(rq->cfg, rq->origin))
+		rs->cors_origin = rq->origin;
 	if (!r) {
-		if (status == 405) {
+		if (status == 405 && !strcmp(rq->method, "OPTIONS")) {
+			options(rq, rs, allow);
+		} else if (status == 405) {
 			response_error(rs, rq, 405, "METHOD_NOT_ALLOWED", "This method is not allowed here", NULL);
 			snprintf(rs->allow, sizeof(rs->allow), "%s", allow);
 		} else {
@@ -130,6 +148,6 @@ void app_handle(struct request *rq, struct response *rs)
 	}
 out:
 	metrics_request(router_index(r), rs->status, now_ms() - start);
-	LOG_INFO(rq->trace_id, "%s %s %d %lldms%s", rq->method, rq->path, rs->status,
-		 (long long)(now_ms() - start), rs->replayed ? " replayed" : "");
+	log_request(rq->trace_id, rq->method, rq->path, r ? r->pattern : NULL, rs->status, now_ms() - start,
+		    rs->replayed);
 }

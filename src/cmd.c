@@ -1,6 +1,7 @@
 /* cmd.c - the commands of the one binary, in one table. */
 #include "cmd.h"
 
+#include <errno.h>
 #include <fcgiapp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,7 +14,9 @@
 #include "config.h"
 #include "http.h"
 #include "ids.h"
+#include "log.h"
 #include "reaper.h"
+#include "router.h"
 #include "server.h"
 #include "store.h"
 #include "util.h"
@@ -175,6 +178,46 @@ static int cmd_reap(const struct config *cfg, int argc, char **argv)
 	return rc;
 }
 
+static int cmd_backup(const struct config *cfg, int argc, char **argv)
+{
+	struct store *s;
+	struct ledger lg;
+	struct err e = {0};
+	int rc = 1;
+
+	if (argc != 3 || argv[2][0] == '-') {
+		fprintf(stderr, "numatix: backup needs one FILE to write: numatix backup FILE\n");
+		return 2;
+	}
+	if (!(s = open_store(cfg, &lg)))
+		return 1;
+	if (!s->ops->backup)
+		fprintf(stderr, "numatix: backup copies SQLite stores; back up %s with its own tool (%s)\n",
+			s->ops->name, strcmp(s->ops->name, "mongodb") ? "pg_dump" : "mongodump");
+	else if (s->ops->backup(s, argv[2], &e))
+		fprintf(stderr, "numatix: %s\n", e.msg);
+	else {
+		printf("backup: %s written\n", argv[2]);
+		rc = 0;
+	}
+	store_close(s);
+	return rc;
+}
+
+/* The route table as served: METHOD PATTERN, one per line (for operators and the test that
+ * holds www/openapi.yaml to it). */
+static int cmd_routes(const struct config *cfg, int argc, char **argv)
+{
+	const char *method, *pattern;
+
+	(void)cfg;
+	(void)argc;
+	(void)argv;
+	for (int i = 0; (pattern = router_name(i, &method)); i++)
+		printf("%s %s\n", method, pattern);
+	return 0;
+}
+
 static int cmd_serve(const struct config *cfg, int argc, char **argv)
 {
 	(void)argc;
@@ -208,6 +251,8 @@ static const struct cmd {
 	{"reset", cmd_reset, "delete all data (--yes)"},
 	{"check", cmd_check, "verify the invariants on the live store; exit 1 on a violation"},
 	{"reap", cmd_reap, "release expired holds and settle abandoned purchases once (for cron)"},
+	{"backup", cmd_backup, "copy the live SQLite store into FILE, consistently, while it serves"},
+	{"routes", cmd_routes, "list the API's routes as the server matches them"},
 };
 
 /* The environment every command reads (README, *Configuration*). */
@@ -220,8 +265,12 @@ static const char ENVIRONMENT[] =
 	"  NUMATIX_THREADS        requests in flight per worker (default 64)\n"
 	"  NUMATIX_STORE_HANDLES  database connections per worker for writes, as many for reads (4)\n"
 	"  NUMATIX_HOLD_TTL       seconds a seat stays held while its payment runs (600)\n"
+	"  NUMATIX_CORS_ORIGINS   origins whose pages may call the API, comma separated, or *\n"
+	"  NUMATIX_LOG            stderr (default) or an absolute file path, JSON lines\n"
+	"  NUMATIX_LOG_LEVEL      debug, info (default), warn or error\n"
 	"  NUMATIX_PAYMENT_LATENCY_MS, NUMATIX_MAX_BODY, NUMATIX_REAP_INTERVAL,\n"
-	"  NUMATIX_KEY_RETENTION_HOURS\n";
+	"  NUMATIX_KEY_RETENTION_HOURS\n"
+	"  NUMATIX_CONFIG         a file of KEY=VALUE lines for any of these; the environment wins\n";
 
 /* Help goes to stdout and exits 0 when asked for; after a mistake, to stderr with 2. */
 static int usage(FILE *out, int rc)
@@ -260,7 +309,8 @@ int cmd_main(int argc, char **argv)
 		if (strcmp(cmds[i].name, name))
 			continue;
 		if (argc > 2 && wants_help(argv[2])) {
-			printf("usage: numatix %s%s\n  %s\n\n%s", cmds[i].name, strcmp(cmds[i].name, "reset") ? "" : " --yes",
+			printf("usage: numatix %s%s\n  %s\n\n%s", cmds[i].name,
+			       !strcmp(cmds[i].name, "reset") ? " --yes" : !strcmp(cmds[i].name, "backup") ? " FILE" : "",
 			       cmds[i].help, ENVIRONMENT);
 			return 0;
 		}
@@ -272,6 +322,11 @@ int cmd_main(int argc, char **argv)
 				printf("Status: 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n\r\n%s", body);
 				free(body);
 			}
+			return 1;
+		}
+		if (log_open(cfg.log_level, cfg.log_path)) {
+			fprintf(stderr, "numatix: NUMATIX_LOG: cannot open %s: %s\n", cfg.log_path, strerror(errno));
+			config_free(&cfg);
 			return 1;
 		}
 		rc = cmds[i].fn(&cfg, argc, argv);

@@ -1,4 +1,5 @@
-/* cmd.h - the commands of the one binary, in one table: serve, cgi, seed, reset, check, reap. */
+/* cmd.h - the commands of the one binary, in one table: serve, worker, cgi, seed, reset, check,
+ * reap, backup, routes. */
 #ifndef NUMATIX_CMD_H
 #define NUMATIX_CMD_H
 

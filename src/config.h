@@ -2,6 +2,8 @@
 #ifndef NUMATIX_CONFIG_H
 #define NUMATIX_CONFIG_H
 
+#include <stdbool.h>
+
 #include "err.h"
 
 struct config {
@@ -16,13 +18,19 @@ struct config {
 	int max_body;            /* NUMATIX_MAX_BODY bytes */
 	int reap_interval_s;     /* NUMATIX_REAP_INTERVAL */
 	int key_retention_h;     /* NUMATIX_KEY_RETENTION_HOURS */
+	int log_level;           /* NUMATIX_LOG_LEVEL: debug, info, warn, error (enum log_level) */
+	char *log_path;          /* NUMATIX_LOG: "stderr" or a file appended to */
+	char **cors_origins;     /* NUMATIX_CORS_ORIGINS: allowed origins, NULL-terminated; "*" any */
 };
 
-/* Fills cfg from the environment; a bad value fails with a message naming the variable.
- * The strings are new; free with config_free. */
+/* Fills cfg from the environment and, for what the environment does not set, from the file
+ * NUMATIX_CONFIG names (KEY=VALUE lines, as systemd's EnvironmentFile). A bad value, an
+ * unknown key or an unreadable file fails with a message naming it. Free with config_free. */
 int config_load(struct config *cfg, struct err *e);
 void config_free(struct config *cfg);
 /* The project's root (the directory above the binary's cgi-bin/); new, free(). */
 char *config_project_root(void);
+/* Whether origin (an Origin header) is one NUMATIX_CORS_ORIGINS allows. */
+bool config_origin_allowed(const struct config *cfg, const char *origin);
 
 #endif

@@ -39,6 +39,8 @@ void request_init(struct request *rq, char **envp)
 	rq->idem_key = param_dup(envp, "HTTP_IDEMPOTENCY_KEY");
 	rq->authorization = param_dup(envp, "HTTP_AUTHORIZATION");
 	rq->remote_addr = param_dup(envp, "REMOTE_ADDR");
+	rq->origin = param_dup(envp, "HTTP_ORIGIN");
+	rq->cors_request_method = param_dup(envp, "HTTP_ACCESS_CONTROL_REQUEST_METHOD");
 	if ((v = FCGX_GetParam("CONTENT_LENGTH", envp)) && *v) {
 		char *end;
 		long n = strtol(v, &end, 10);
@@ -58,6 +60,8 @@ void request_free(struct request *rq)
 	free(rq->path);
 	free(rq->query);
 	free(rq->idem_key);
+	free(rq->origin);
+	free(rq->cors_request_method);
 	free(rq->authorization);
 	free(rq->remote_addr);
 	free(rq->body);
@@ -257,6 +261,7 @@ static const char *reason_phrase(int status)
 	switch (status) {
 	case 200: return "OK";
 	case 201: return "Created";
+	case 204: return "No Content";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
 	case 402: return "Payment Required";
@@ -272,20 +277,45 @@ static const char *reason_phrase(int status)
 	}
 }
 
+/* The CORS headers (Fetch standard): on an allowed origin's request, which response headers
+ * its page may read; on its preflight, which methods and request headers it may send. */
+static void cors_head(const struct response *rs, char *out, size_t len)
+{
+	*out = '\0';
+	if (!rs->cors_origin)
+		return;
+	if (rs->cors_preflight)
+		snprintf(out, len,
+			 "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n"
+			 "Access-Control-Allow-Methods: %s\r\n"
+			 "Access-Control-Allow-Headers: Authorization, Content-Type, Idempotency-Key, X-Trace-Id\r\n"
+			 "Access-Control-Max-Age: 600\r\n",
+			 rs->cors_origin, rs->allow);
+	else
+		snprintf(out, len,
+			 "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n"
+			 "Access-Control-Expose-Headers: X-Trace-Id, Retry-After, Idempotent-Replayed\r\n",
+			 rs->cors_origin);
+}
+
 char *response_head(const struct response *rs, const struct request *rq)
 {
-	char retry[32] = "", allow[96] = "";
+	char retry[32] = "", allow[96] = "", cors[512];
 
 	if (rs->retry_after > 0)
 		snprintf(retry, sizeof(retry), "Retry-After: %d\r\n", rs->retry_after);
 	if (*rs->allow)
 		snprintf(allow, sizeof(allow), "Allow: %s\r\n", rs->allow);
+	cors_head(rs, cors, sizeof(cors));
+	if (rs->status == 204)
+		return xasprintf("Status: 204 No Content\r\nCache-Control: no-store\r\nX-Trace-Id: %s\r\n%s%s\r\n",
+				 rq->trace_id, allow, cors);
 	return xasprintf("Status: %d %s\r\n"
 			 "Content-Type: %s\r\n"
 			 "Cache-Control: no-store\r\n"
 			 "X-Trace-Id: %s\r\n"
-			 "%s%s%s\r\n",
+			 "%s%s%s%s\r\n",
 			 rs->status, reason_phrase(rs->status),
 			 rs->content_type ? rs->content_type : "application/json; charset=utf-8", rq->trace_id, retry, allow,
-			 rs->replayed ? "Idempotent-Replayed: true\r\n" : "");
+			 rs->replayed ? "Idempotent-Replayed: true\r\n" : "", cors);
 }

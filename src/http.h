@@ -20,6 +20,8 @@ struct request {
 	char *idem_key;             /* Idempotency-Key header or NULL */
 	char *authorization;        /* Authorization header or NULL */
 	char *remote_addr;
+	char *origin;               /* Origin header or NULL */
+	char *cors_request_method;  /* Access-Control-Request-Method header (a preflight) or NULL */
 	long content_length;        /* -1 when absent */
 	char trace_id[65];
 	char *body;                 /* NUL-terminated; body_len may include inner NULs */
@@ -43,6 +45,8 @@ struct response {
 	char allow[32];             /* Allow header for 405, "" if none */
 	bool replayed;              /* Idempotent-Replayed: true */
 	const char *content_type;   /* static; NULL: JSON */
+	const char *cors_origin;    /* Access-Control-Allow-Origin (the request's own origin) or NULL */
+	bool cors_preflight;        /* answers a preflight: the Access-Control-Allow-* headers too */
 };
 
 /* Reads method, path, query and headers from a CGI/FastCGI environment (NAME=value, NULL

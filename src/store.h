@@ -261,6 +261,10 @@ struct store_ops {
 
 	/* Walks the store for check(), in one read snapshot. */
 	int (*snapshot)(struct store *s, const struct snapshot_visitor *v, struct err *e);
+
+	/* A consistent copy of the store into the file path, taken while it serves (writers go
+	 * on). NULL for stores that have their own tools (pg_dump, mongodump). */
+	int (*backup)(struct store *s, const char *path, struct err *e);
 };
 
 struct store {

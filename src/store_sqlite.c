@@ -5,12 +5,14 @@
  * another process. WAL mode lets readers run beside the writer; synchronous=FULL makes every
  * commit durable before a 2xx leaves; the busy timeout queues writers instead of failing.
  * The simulated processor's records live in a second file with a write lock of its own. */
+#include <errno.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "store_impl.h"
 #include "util.h"
@@ -1228,6 +1230,53 @@ static int sq_reset(struct store *st_, struct err *e)
 	return 0;
 }
 
+/* The online backup API copies every page in one step, so the copy is one read snapshot of
+ * the ledger (in WAL mode writers go on meanwhile). It is written beside path and renamed
+ * over it only when complete and synced, so path is never half a database. */
+static int sq_backup(struct store *st_, const char *path, struct err *e)
+{
+	struct sq *s = SQ(st_);
+	char *tmp = xasprintf("%s.partial", path);
+	sqlite3 *dst = NULL;
+	sqlite3_backup *b;
+	int rc;
+
+	unlink(tmp);
+	rc = sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(dst, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		err_set(e, ERR_UNAVAILABLE, NULL, "backup: cannot create %s: %s", tmp, sqlite3_errmsg(dst));
+		goto fail;
+	}
+	if (!(b = sqlite3_backup_init(dst, "main", s->db, "main"))) {
+		err_set(e, ERR_UNAVAILABLE, NULL, "backup: %s", sqlite3_errmsg(dst));
+		goto fail;
+	}
+	/* A step that meets a lock returns BUSY or LOCKED and is simply tried again; the busy
+	 * handler of s->db has already waited its bounded time for each. */
+	do
+		rc = sqlite3_backup_step(b, -1);
+	while (rc == SQLITE_BUSY || rc == SQLITE_LOCKED);
+	sqlite3_backup_finish(b);
+	if (rc != SQLITE_DONE) {
+		err_set(e, ERR_UNAVAILABLE, NULL, "backup: %s", sqlite3_errstr(rc));
+		goto fail;
+	}
+	if (sqlite3_close(dst) != SQLITE_OK || rename(tmp, path)) {
+		dst = NULL;
+		err_set(e, ERR_UNAVAILABLE, NULL, "backup: cannot write %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	free(tmp);
+	return 0;
+fail:
+	sqlite3_close(dst);
+	unlink(tmp);
+	free(tmp);
+	return -1;
+}
+
 static void cache_free(struct stmt_cache *c)
 {
 	for (int i = 0; i < c->n; i++)
@@ -1274,6 +1323,7 @@ static const struct store_ops sqlite_ops = {
 	.processor_charge = sq_processor_charge,
 	.processor_void = sq_processor_void,
 	.snapshot = sq_snapshot,
+	.backup = sq_backup,
 };
 
 /* Waits for a lock another connection holds (the write lock, or a WAL read mark). SQLite's

@@ -28,6 +28,10 @@ else
 	failed_pg=1
 fi
 
+# The npm packages (the OpenAPI linter, the browser driver), from the committed lock file,
+# whenever node_modules is older than it.
+[ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund
+
 echo "== unit tests (cmocka)"
 for t in build/tests/test_*; do
 	[ -x "$t" ] || continue
@@ -56,7 +60,7 @@ if [ -z "${NUMATIX_SUITES:-}" ]; then
 fi
 
 failed=$((failed + ${failed_pg:-0}))
-SUITES=${NUMATIX_SUITES:-"test_api test_hostile test_concurrency test_recovery test_gateway test_metrics test_mongo_wire test_mongo_live"}
+SUITES=${NUMATIX_SUITES:-"test_api test_hostile test_concurrency test_recovery test_gateway test_metrics test_operations test_openapi test_mongo_wire test_mongo_live"}
 # the shared black-box suites once more, against PostgreSQL ("pg:" marks the store)
 PG_SUITES=${NUMATIX_PG_SUITES-"test_api test_hostile test_concurrency test_recovery test_pg_faults test_multihost"}
 [ -n "${NUMATIX_TEST_PG:-}" ] && for s in $PG_SUITES; do SUITES="$SUITES pg:$s"; done
@@ -80,8 +84,7 @@ done
 [ "$skipped" -gt 0 ] && echo "($skipped tests skipped, each says why above)"
 if [ -z "${NUMATIX_SUITES:-}" ]; then
 	echo "== browser pages (headless Chromium)"
-	[ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund
-	node tests/browser/pages.mjs 2>&1 | tee "$out" | grep -v ' numatix\[[0-9]*\] info '
+	node tests/browser/pages.mjs 2>&1 | tee "$out" | grep -v '"level":"info"'
 	line=$(grep '^RESULT ' "$out" | tail -n1)
 	if [ -n "$line" ]; then
 		set -- $line

@@ -200,8 +200,9 @@ class Stack:
         body = {"planId": plan_id, "paymentMethodId": method,
                 "customer": {"email": email or "buyer-%s@example.com" % uuid.uuid4().hex[:16],
                              "name": "Test Buyer"}}
-        return self.request("POST", "/api/subscriptions/purchase", body,
-                            {"Idempotency-Key": key or str(uuid.uuid4())}, **kw)
+        headers = {"Idempotency-Key": key or str(uuid.uuid4())}
+        headers.update(kw.pop("headers", None) or {})
+        return self.request("POST", "/api/subscriptions/purchase", body, headers, **kw)
 
     def plan(self, plan_id):
         r = self.request("GET", "/api/plans/" + plan_id)

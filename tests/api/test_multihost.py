@@ -4,6 +4,7 @@ made with network namespaces (ip netns, veth) each run a FastCGI server over TCP
 across both. 500 buyers race for 100 seats through it; then one host's whole server is
 SIGKILLed in the middle of a load. Runs with the PostgreSQL suites, as root (namespaces)."""
 
+import json
 import os
 import random
 import shutil
@@ -64,7 +65,13 @@ class Hosts:
         self.procs[i].wait()
 
     def served(self, i):
-        return open(self.logs[i], errors="replace").read().count("POST /api/subscriptions/purchase")
+        """Purchases host i answered, by its JSON request log lines."""
+        n = 0
+        for line in open(self.logs[i], errors="replace"):
+            if line.startswith("{"):
+                entry = json.loads(line)
+                n += entry.get("event") == "request" and entry.get("route") == "/api/subscriptions/purchase"
+        return n
 
     def down(self):
         for i, p in self.procs.items():
