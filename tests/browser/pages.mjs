@@ -5,6 +5,7 @@ import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,12 +20,26 @@ const freePort = () => new Promise((resolve) => {
   const s = createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
 });
 
+// Two more loopback origins serving a bare page: the shop's own frontend on another port, whose
+// origin the service allows (NUMATIX_CORS_ORIGINS), and a stranger's, which it does not.
+async function startOrigin() {
+  const port = await freePort();
+  const server = createHttpServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+    res.end('<!doctype html><title>another origin</title><p>another origin</p>');
+  });
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return { base: `http://127.0.0.1:${port}`, server };
+}
+const SHOP = await startOrigin();
+const STRANGER = await startOrigin();
+
 async function startStack() {
   const dir = mkdtempSync(join(tmpdir(), 'numatix-browser-'));
   const port = await freePort();
   const proc = spawn(join(ROOT, 'scripts', 'run.sh'), [], {
     env: { ...process.env, PORT: String(port), NUMATIX_VAR: dir, NUMATIX_ADMIN_TOKEN: ADMIN, NUMATIX_WORKERS: '4',
-           NUMATIX_PAYMENT_LATENCY_MS: '150' },
+           NUMATIX_PAYMENT_LATENCY_MS: '150', NUMATIX_CORS_ORIGINS: SHOP.base },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
@@ -193,12 +208,38 @@ test('a plan created in the dashboard appears on the purchase page', async () =>
   await context.close();
 });
 
+test('a page of an allowed origin buys through the API; a stranger\'s page cannot', async () => {
+  const p = await newPlan(2);
+  const buy = ({ base, planId }) => fetch(`${base}/api/subscriptions/purchase`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'Idempotency-Key': crypto.randomUUID() },
+    body: JSON.stringify({ planId, paymentMethodId: 'pm_card_visa', customer: { email: `cors-${Date.now()}@example.com`, name: 'Cross Origin' } }),
+  }).then(async (r) => ({ status: r.status, trace: r.headers.get('X-Trace-Id'), body: await r.json() }),
+          (e) => ({ error: String(e) }));
+  const { context, page } = await newPage();
+  await page.goto(SHOP.base + '/');
+  // JSON with an Idempotency-Key is not a simple request: Chromium sends the preflight first
+  const ok = await page.evaluate(buy, { base: S.base, planId: p.id });
+  assert.equal(ok.status, 201, JSON.stringify(ok));
+  assert.equal(ok.body.status, 'active');
+  assert.match(ok.trace, /^[0-9a-f]{32}$/);
+  await page.goto(STRANGER.base + '/');
+  const refused = await page.evaluate(buy, { base: S.base, planId: p.id });
+  assert.match(refused.error || '', /Failed to fetch/, JSON.stringify(refused));
+  await context.close();
+  // the stranger's request never reached a handler: one seat sold, not two
+  assert.equal(await left(p.id), 1);
+  consoleErrors.splice(0, consoleErrors.length, ...consoleErrors.filter((e) => !e.startsWith(STRANGER.base)));
+});
+
 test('no console errors on any page', async () => {
   const { context, page } = await newPage();
-  for (const path of ['/', '/subscription.html#id=x&token=y', '/admin.html']) {
+  for (const path of ['/', '/subscription.html#id=x&token=y', '/admin.html', '/api.html']) {
     await page.goto(S.base + path);
     await page.waitForLoadState('networkidle');
   }
+  await page.goto(S.base + '/api.html#purchase');
+  await page.screenshot({ path: join(ARTIFACTS, 'api.png') });
   await page.goto(S.base + '/');
   await page.screenshot({ path: join(ARTIFACTS, 'purchase.png'), fullPage: true });
   await context.close();
@@ -220,6 +261,8 @@ for (const t of tests) {
   }
 }
 await browser.close();
+SHOP.server.close();
+STRANGER.server.close();
 if (failed) console.log(S.logs().split('\n').slice(-60).join('\n'));
 S.proc.kill('SIGTERM');
 await new Promise((r) => S.proc.on('exit', r));
