@@ -31,7 +31,17 @@ Q := @
 quiet = @printf '  %-6s %s\n' $(1) $(2);
 endif
 
-.PHONY: all run test test-mongo unit bench asan deps clean
+.PHONY: all run test test-mongo unit bench asan deps clean install uninstall
+
+# make install [PREFIX=/usr/local] [DESTDIR=...]: the binary, the pages, the nginx site, the
+# systemd units, the sysusers and logrotate rules and the settings file (kept if present).
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+DATADIR    ?= $(PREFIX)/share/numatix
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+SUBST      := sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DATADIR@|$(DATADIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
 
 all: $(BIN)
 
@@ -73,6 +83,31 @@ asan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build/asan SAN=address,undefined -B $(BIN)
 	$(Q)ASAN_OPTIONS=detect_leaks=1 NUMATIX_SUITES="test_api test_hostile test_gateway test_mongo_wire" \
 		tests/run.sh; rc=$$?; $(MAKE) --no-print-directory -B $(BIN) >/dev/null; exit $$rc
+
+install: all
+	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/www $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/numatix $(DESTDIR)$(SYSCONFDIR)/nginx/numatix \
+		$(DESTDIR)$(SYSCONFDIR)/nginx/sites-available $(DESTDIR)$(SYSCONFDIR)/logrotate.d
+	$(Q)install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/numatix
+	$(Q)install -m 0644 www/*.html www/*.js www/*.css www/*.svg www/openapi.yaml $(DESTDIR)$(DATADIR)/www/
+	$(Q)install -m 0644 README.md $(DESTDIR)$(DATADIR)/
+	$(Q)install -m 0644 nginx/numatix-locations.conf nginx/security-headers.conf $(DESTDIR)$(SYSCONFDIR)/nginx/numatix/
+	$(Q)sed -e 's|root /srv/numatix/www;|root $(DATADIR)/www;|' nginx/numatix.conf > $(DESTDIR)$(SYSCONFDIR)/nginx/sites-available/numatix
+	$(Q)for u in numatix.service numatix-reap.service; do $(SUBST) scripts/install/$$u.in > $(DESTDIR)$(UNITDIR)/$$u; done
+	$(Q)install -m 0644 scripts/install/numatix-reap.timer $(DESTDIR)$(UNITDIR)/
+	$(Q)install -m 0644 scripts/install/numatix.sysusers $(DESTDIR)$(SYSUSERSDIR)/numatix.conf
+	$(Q)install -m 0644 scripts/install/numatix.logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/numatix
+	$(Q)conf=$(DESTDIR)$(SYSCONFDIR)/numatix/numatix.conf; [ -e $$conf ] && echo "install: kept $$conf" || \
+		{ $(SUBST) scripts/install/numatix.conf.in > $$conf && chmod 0640 $$conf; }
+	@echo "installed under $(DESTDIR)$(PREFIX); next: systemd-sysusers, systemctl enable --now numatix," \
+		"ln -s ../sites-available/numatix $(SYSCONFDIR)/nginx/sites-enabled/, systemctl reload nginx"
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/numatix $(DESTDIR)$(UNITDIR)/numatix.service $(DESTDIR)$(UNITDIR)/numatix-reap.service \
+		$(DESTDIR)$(UNITDIR)/numatix-reap.timer $(DESTDIR)$(SYSUSERSDIR)/numatix.conf \
+		$(DESTDIR)$(SYSCONFDIR)/logrotate.d/numatix $(DESTDIR)$(SYSCONFDIR)/nginx/sites-available/numatix
+	rm -rf $(DESTDIR)$(DATADIR) $(DESTDIR)$(SYSCONFDIR)/nginx/numatix
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/numatix/numatix.conf and the data in /var/lib/numatix"
 
 clean:
 	rm -rf build $(BIN)

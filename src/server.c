@@ -19,6 +19,7 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "reaper.h"
 #include "store.h"
 #include "util.h"
@@ -224,6 +225,8 @@ int server_run(const struct config *cfg, char **argv)
 	p.pids = xcalloc((size_t)p.n, sizeof(*p.pids));
 	fill(&p, fd, cfg, &orig);
 	LOG_INFO(NULL, "listening on %s with %d workers", cfg->socket, p.n);
+	/* The socket accepts from here on (workers take connections as they come up). */
+	notify("READY=1\nSTATUS=serving");
 	for (;;) {
 		/* A child of the image before a SIGHUP re-exec may have ended while SIGCHLD was not
 		 * blocked, which discards it: look for ended children every second regardless. */
@@ -234,6 +237,7 @@ int server_run(const struct config *cfg, char **argv)
 		sig = sigtimedwait(&set, NULL, &ts);
 		if (sig == SIGTERM || sig == SIGINT) {
 			LOG_INFO(NULL, "stopping: in-flight requests finish first");
+			notify("STOPPING=1");
 			stop_all(&p, &set);
 			if (is_unix_path(cfg->socket))
 				unlink(cfg->socket);
@@ -244,6 +248,8 @@ int server_run(const struct config *cfg, char **argv)
 			/* The new image serves on the same socket; the old workers finish their
 			 * requests and are reaped by it, as its children still. */
 			LOG_INFO(NULL, "reloading: re-executing with the listening socket kept open");
+			/* The new image says READY=1 again once it serves. */
+			notify("RELOADING=1");
 			signal_all(&p, SIGTERM);
 			fcntl(fd, F_SETFD, 0);
 			snprintf(fdbuf, sizeof(fdbuf), "%d", fd);

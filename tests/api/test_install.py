@@ -1,0 +1,232 @@
+"""test_install.py - `make install` into a DESTDIR, and the service run from there: the installed
+binary under the installed settings file tells a service manager when it is ready, reloading and
+stopping (systemd's notify protocol, read here from a real datagram socket), Debian's nginx
+serves the installed site and pages in front of it, and a purchase works. The systemd units pass
+`systemd-analyze verify` and its security review, the logrotate rule passes `logrotate -d`, and
+a second install keeps an operator's edited settings."""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import uuid
+
+from stack import ROOT, free_port
+
+PREFIX = "/usr"
+D = None          # the DESTDIR
+WORK = None       # state, socket and logs of the run from DESTDIR
+
+
+def setUpModule():
+    global D, WORK
+    D = tempfile.mkdtemp(prefix="numatix-destdir-")
+    WORK = tempfile.mkdtemp(prefix="numatix-installed-")
+    r = subprocess.run(["make", "--no-print-directory", "install", "DESTDIR=" + D, "PREFIX=" + PREFIX],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def tearDownModule():
+    shutil.rmtree(D, ignore_errors=True)
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+def installed(path):
+    return os.path.join(D, path.lstrip("/"))
+
+
+class Files(unittest.TestCase):
+    def test_layout(self):
+        for path in ("/usr/bin/numatix", "/usr/share/numatix/www/index.html", "/usr/share/numatix/www/api.html",
+                     "/usr/share/numatix/www/openapi.yaml", "/etc/nginx/sites-available/numatix",
+                     "/etc/nginx/numatix/numatix-locations.conf", "/etc/numatix/numatix.conf",
+                     "/usr/lib/systemd/system/numatix.service", "/usr/lib/systemd/system/numatix-reap.timer",
+                     "/usr/lib/sysusers.d/numatix.conf", "/etc/logrotate.d/numatix"):
+            self.assertTrue(os.path.exists(installed(path)), path)
+        self.assertTrue(os.access(installed("/usr/bin/numatix"), os.X_OK))
+        self.assertEqual(os.stat(installed("/etc/numatix/numatix.conf")).st_mode & 0o777, 0o640)
+        site = open(installed("/etc/nginx/sites-available/numatix")).read()
+        self.assertIn("root /usr/share/numatix/www;", site)
+        unit = open(installed("/usr/lib/systemd/system/numatix.service")).read()
+        self.assertIn("ExecStart=/usr/bin/numatix serve", unit)
+        self.assertIn("Environment=NUMATIX_CONFIG=/etc/numatix/numatix.conf", unit)
+        self.assertIn("Type=notify", unit)
+        self.assertNotIn("@", re.sub(r"(?m)^#.*$", "", unit).replace("@system-service", "")
+                         .replace("@privileged", "").replace("@resources", ""))
+
+    def test_units_verify_and_are_hardened(self):
+        units = tempfile.mkdtemp(prefix="numatix-units-")
+        try:
+            for u in ("numatix.service", "numatix-reap.service", "numatix-reap.timer"):
+                text = open(installed("/usr/lib/systemd/system/" + u)).read()
+                # verify checks that ExecStart exists: point it at the installed binary
+                with open(os.path.join(units, u), "w") as f:
+                    f.write(text.replace("/usr/bin/numatix", installed("/usr/bin/numatix")))
+            r = subprocess.run(["systemd-analyze", "verify"] + [os.path.join(units, u) for u in os.listdir(units)],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            r = subprocess.run(["systemd-analyze", "security", "--offline=yes", os.path.join(units, "numatix.service")],
+                               capture_output=True, text=True, timeout=60)
+            level = re.search(r"Overall exposure level for numatix.service: ([0-9.]+)", r.stdout + r.stderr)
+            self.assertIsNotNone(level, r.stdout + r.stderr)
+            self.assertLessEqual(float(level.group(1)), 2.0, r.stdout)
+        finally:
+            shutil.rmtree(units)
+
+    def test_sysusers_then_logrotate_rule(self):
+        # the user the units and the rule name, made as the install's next step says
+        r = subprocess.run(["systemd-sysusers", installed("/usr/lib/sysusers.d/numatix.conf")],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        groups = subprocess.run(["id", "-nG", "numatix"], capture_output=True, text=True).stdout.split()
+        self.assertIn("www-data", groups)
+        state = os.path.join(WORK, "logrotate.state")
+        r = subprocess.run(["logrotate", "-d", "-s", state, installed("/etc/logrotate.d/numatix")],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("/var/log/numatix/*.log", r.stdout + r.stderr)
+        self.assertNotIn("error", (r.stdout + r.stderr).lower())
+
+    def test_a_second_install_keeps_edited_settings(self):
+        conf = installed("/etc/numatix/numatix.conf")
+        with open(conf, "a") as f:
+            f.write("NUMATIX_HOLD_TTL=321\n")
+        r = subprocess.run(["make", "--no-print-directory", "install", "DESTDIR=" + D, "PREFIX=" + PREFIX],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("kept", r.stdout)
+        self.assertIn("NUMATIX_HOLD_TTL=321", open(conf).read())
+
+
+class Running(unittest.TestCase):
+    """The installed binary and site, run from the DESTDIR."""
+
+    def setUp(self):
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_path = os.path.join(WORK, "notify-%s.sock" % uuid.uuid4().hex[:8])
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(30)
+        self.port = free_port()
+        self.env = dict(os.environ)
+        for k in list(self.env):
+            if k.startswith("NUMATIX_"):
+                del self.env[k]
+        # the installed settings file, with what a test machine cannot use (/var/lib, /run)
+        # overridden by the environment, which wins
+        self.env.update({
+            "NUMATIX_CONFIG": installed("/etc/numatix/numatix.conf"),
+            "NUMATIX_DB": "sqlite://%s/numatix.db" % WORK,
+            "NUMATIX_SOCKET": os.path.join(WORK, "numatix.sock"),
+            "NUMATIX_ADMIN_TOKEN": "installed-admin-token-0123456789",
+            "NUMATIX_WORKERS": "2",
+            "NOTIFY_SOCKET": self.notify_path,
+        })
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self.notify.close()
+        os.unlink(self.notify_path)
+
+    def states(self, until):
+        """Notify datagrams until one has the assignment `until`."""
+        got = []
+        while True:
+            msg = self.notify.recv(4096).decode()
+            got.append(msg)
+            if until in msg.split("\n"):
+                return got
+
+    def nginx(self):
+        conf = os.path.join(WORK, "nginx-%d" % self.port)
+        os.makedirs(os.path.join(conf, "tmp"), exist_ok=True)
+        for name, target in (("numatix", installed("/etc/nginx/numatix")), ("mime.types", "/etc/nginx/mime.types"),
+                             ("fastcgi_params", "/etc/nginx/fastcgi_params")):
+            if not os.path.lexists(os.path.join(conf, name)):
+                os.symlink(target, os.path.join(conf, name))
+        site = open(installed("/etc/nginx/sites-available/numatix")).read()
+        site = (site.replace("listen 80;", "listen 127.0.0.1:%d;" % self.port).replace("listen [::]:80;", "")
+                .replace("root /usr/share/numatix/www;", "root %s;" % installed("/usr/share/numatix/www"))
+                .replace("unix:/run/numatix/numatix.sock", "unix:" + self.env["NUMATIX_SOCKET"])
+                .replace("/var/log/nginx/", conf + "/"))
+        with open(os.path.join(conf, "site.conf"), "w") as f:
+            f.write(site)
+        with open(os.path.join(conf, "nginx.conf"), "w") as f:
+            f.write("%s daemon off; pid %s/nginx.pid; error_log %s/error.log;\n"
+                    "events { worker_connections 256; }\n"
+                    "http { include mime.types; default_type application/octet-stream;\n"
+                    "  client_body_temp_path %s/tmp; fastcgi_temp_path %s/tmp; proxy_temp_path %s/tmp;\n"
+                    "  uwsgi_temp_path %s/tmp; scgi_temp_path %s/tmp; access_log off;\n"
+                    "  include site.conf; }\n" % (("user root root;" if os.getuid() == 0 else ""), conf, conf,
+                                                  conf, conf, conf, conf, conf))
+        p = subprocess.Popen(["/usr/sbin/nginx", "-p", conf, "-c", os.path.join(conf, "nginx.conf"),
+                              "-e", os.path.join(conf, "error.log")])
+        self.procs.insert(0, p)
+        return p
+
+    def get(self, method, path, body=None, headers=None):
+        for _ in range(100):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                             headers=dict({"Content-Type": "application/json"}, **(headers or {})))
+                r = conn.getresponse()
+                return r.status, r.read().decode()
+            except ConnectionRefusedError:
+                # nginx is still binding its port: poll as run.sh does
+                time.sleep(0.05)
+            finally:
+                conn.close()
+        raise AssertionError("nginx never answered")
+
+    def test_serves_from_the_installed_files_and_reports_its_states(self):
+        binary = installed("/usr/bin/numatix")
+        r = subprocess.run([binary, "seed"], env=self.env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        server = subprocess.Popen([binary, "serve"], env=self.env, stderr=subprocess.PIPE)
+        self.procs.append(server)
+        self.assertIn("READY=1", self.states("READY=1")[-1])
+        self.nginx()
+        status, page = self.get("GET", "/")
+        self.assertEqual(status, 200)
+        self.assertIn("<title>Numatix", page)
+        status, body = self.get("GET", "/api/health")
+        self.assertEqual((status, json.loads(body)["status"]), (200, "ok"), body)
+        status, body = self.get("GET", "/api/plans")
+        plan = json.loads(body)["plans"][0]
+        status, body = self.get("POST", "/api/subscriptions/purchase",
+                                {"planId": plan["id"], "paymentMethodId": "pm_card_visa",
+                                 "customer": {"email": "installed@example.com", "name": "Installed"}},
+                                {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual(status, 201, body)
+        # a reload: RELOADING=1, then the new image is READY=1 again, and still serves
+        server.send_signal(signal.SIGHUP)
+        got = self.states("READY=1")
+        self.assertIn("RELOADING=1", got[0].split("\n"), got)
+        self.assertEqual(self.get("GET", "/api/health")[0], 200)
+        server.send_signal(signal.SIGTERM)
+        self.assertEqual(self.states("STOPPING=1")[-1], "STOPPING=1")
+        self.assertEqual(server.wait(timeout=60), 0)
+        # the log went where the installed settings say (stderr), as JSON lines
+        lines = [l for l in server.stderr.read().decode().splitlines() if l.startswith("{")]
+        self.assertTrue(any(json.loads(l).get("event") == "request" for l in lines))
+        r = subprocess.run([binary, "check"], env=self.env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
