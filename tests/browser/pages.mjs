@@ -1,7 +1,7 @@
 // pages.mjs - the pages in a real browser (Debian's headless Chromium, driven by playwright-core)
 // against the real stack started by scripts/run.sh on a free loopback port. Prints one line per
 // test, keeps a screenshot of each page in tests/artifacts/, and ends with "RESULT p f s".
-import { chromium } from 'playwright-core';
+import { launch, buyThrough } from './shop.mjs';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -62,11 +62,7 @@ const newPlan = async (capacity, extra = {}) => (await api('POST', '/api/plans',
 const left = async (id) => (await api('GET', `/api/plans/${id}`)).json.subscriptions_left;
 const heldEvents = async (id) => (await api('GET', `/api/audit-logs?planId=${id}&action=seat.held&limit=200`)).json.logs.length;
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--disable-quic'],
-});
+const browser = await launch();
 const consoleErrors = [];
 async function newPage(viewport = { width: 1200, height: 900 }) {
   const context = await browser.newContext({ viewport });
@@ -74,18 +70,6 @@ async function newPage(viewport = { width: 1200, height: 900 }) {
   page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`${page.url()}: ${m.text()}`); });
   page.on('pageerror', (e) => consoleErrors.push(`${page.url()}: ${e.message}`));
   return { context, page };
-}
-
-async function buyThrough(page, planId, { card = 'pm_card_visa', email, click = 'click' } = {}) {
-  const card_ = page.locator(`li[data-plan="${planId}"]`);
-  await card_.getByRole('button').click();
-  await page.getByLabel('Full name').fill('Ada Lovelace');
-  await page.getByLabel('Email').fill(email || `ada-${Math.random().toString(36).slice(2)}@example.com`);
-  await page.getByLabel(/Card/).selectOption(card);
-  if (click === 'dblclick') await page.locator('#buy-submit').dblclick();
-  else await page.locator('#buy-submit').click();
-  await page.locator('#buy-result.ok, #buy-result.bad').waitFor();
-  return page.locator('#buy-result');
 }
 
 const tests = [];
