@@ -81,6 +81,23 @@ for s in $SUITES; do
 	fi
 done
 
+# make bench, briefly and small: every scenario runs, sells out a plan with check passing, and
+# writes its report and chart (its figures are not judged: a test is no benchmark)
+if [ -z "${NUMATIX_SUITES:-}" ]; then
+	echo "== make bench, smoke run"
+	bench_out=$(mktemp -d)
+	if BENCH_SMOKE=1 BENCH_OUT="$bench_out" scripts/bench.sh > "$out" 2>&1 &&
+		[ "$(grep -c '^| ' "$bench_out/report.md")" -ge 14 ] && [ -s "$bench_out/ratios.png" ]; then
+		echo "bench smoke run ... ok"
+		passed=$((passed + 1))
+	else
+		cat "$out"
+		echo "bench smoke run ... FAIL"
+		failed=$((failed + 1))
+	fi
+	rm -rf "$bench_out"
+fi
+
 [ "$skipped" -gt 0 ] && echo "($skipped tests skipped, each says why above)"
 if [ -z "${NUMATIX_SUITES:-}" ]; then
 	echo "== browser pages (headless Chromium)"

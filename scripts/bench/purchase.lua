@@ -45,4 +45,6 @@ function done(summary, latency, requests)
   for k, v in pairs(total) do table.insert(parts, k .. "=" .. v) end
   table.sort(parts)
   io.write("statuses: " .. table.concat(parts, " ") .. "\n")
+  io.write(string.format("latency_us: %d %d %d\n", latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9)))
 end

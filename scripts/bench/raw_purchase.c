@@ -42,7 +42,8 @@ static long loop(const char *path, const char *plan, double seconds, int who, in
 	sqlite3_stmt *st[N];
 	sqlite3 *db;
 	double end = now() + seconds;
-	long done = 0, id = (long)who << 32;
+	/* ids of their own: this run's process id and its place in it, so runs on one file never meet */
+	long done = 0, id = ((long)getpid() << 40) + ((long)who << 32);
 
 	if (sqlite3_open(path, &db) != SQLITE_OK)
 		return -1;
