@@ -84,6 +84,7 @@ class KillWorkers(unittest.TestCase):
         self.assertTrue(ok, out)
 
 
+@unittest.skipIf(os.environ.get("NUMATIX_TEST_STORE"), "SKIPPED: the writers' gate is the SQLite store's")
 class KillWritersAtRandom(unittest.TestCase):
     """SQLite writers queue at a gate shared by every process (a robust mutex in a file beside
     the database) and share fdatasyncs of the WAL (group commit). Workers SIGKILLed at random
@@ -92,7 +93,9 @@ class KillWritersAtRandom(unittest.TestCase):
     lost and the counts hold."""
 
     def test_random_sigkills_under_write_load(self):
-        S = Stack(NUMATIX_WORKERS=4, NUMATIX_HOLD_TTL=2, NUMATIX_REAP_INTERVAL=1).start()
+        # holds outlive the retries (a killed request's retry resumes its purchase, never finds
+        # it expired), so every key must end 201
+        S = Stack(NUMATIX_WORKERS=4, NUMATIX_HOLD_TTL=60, NUMATIX_REAP_INTERVAL=1).start()
         try:
             p = S.create_plan(capacity=100000)
             jobs = [(str(uuid.uuid4()), "r%d-%s@example.com" % (i, uuid.uuid4().hex[:6])) for i in range(400)]
@@ -128,9 +131,8 @@ class KillWritersAtRandom(unittest.TestCase):
             r = S.purchase(p["id"])
             self.assertEqual(r.status, 201, r)
             self.assertLess(time.time() - start, 5)
-            wait_for(lambda: S.command("reap").returncode == 0 and S.plan(p["id"])["subscriptions_held"] == 0,
-                     what="holds released")
             q = S.plan(p["id"])
+            self.assertEqual(q["subscriptions_held"], 0)
             self.assertEqual(q["total_capacity"] - q["subscriptions_left"], len(sold) + 1)
             for key, email in jobs[:50]:
                 again = S.purchase(p["id"], key=key, email=email)
