@@ -5,6 +5,8 @@ while purchases run (and the copy restores and passes check), and --help on ever
 
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import threading
 import unittest
@@ -199,6 +201,28 @@ class Cors(unittest.TestCase):
         self.assertEqual(r.status, 204)
         self.assertEqual(set(r.header("Allow").split(", ")), {"GET", "POST"})
         self.assertEqual(S.request("OPTIONS", "/api/nothing-here").status, 404)
+
+
+class GracefulStop(unittest.TestCase):
+    def test_a_stop_checkpoints_so_the_file_alone_holds_every_commit(self):
+        st = Stack()
+        st.start()
+        try:
+            p = st.create_plan(capacity=100)
+            ids = [r.json["id"] for r in pool(8, range(40), lambda i: st.purchase(p["id"])) if r.status == 201]
+            self.assertEqual(len(ids), 40)
+            st.stop()
+            db = os.path.join(st.dir, "numatix.db")
+            self.assertFalse(os.path.exists(db + "-wal"), "WAL left beside the database after a stop")
+            # the database file copied alone (what a careless backup does) has every purchase
+            copy = os.path.join(st.dir, "copy.db")
+            shutil.copyfile(db, copy)
+            conn = sqlite3.connect(copy)
+            found = {row[0] for row in conn.execute("SELECT id FROM subscriptions WHERE status = 'active'")}
+            conn.close()
+            self.assertTrue(set(ids) <= found)
+        finally:
+            st.cleanup()
 
 
 class Backup(unittest.TestCase):
