@@ -1,4 +1,4 @@
-/* server.c - the FastCGI server's master process. It never opens the store itself: each
+/* server.c - the FastCGI server's master process. It never opens the store while it serves: each
  * worker, and the one reaper process, opens its own handle after fork and keeps it. */
 #include "server.h"
 
@@ -203,6 +203,22 @@ static void stop_all(struct pool *p, const sigset_t *waitset)
 	}
 }
 
+/* After the last child has gone: an SQLite store's last connection to close checkpoints the
+ * WAL into the database and deletes it, but workers closing at the same moment may each see
+ * another still open. Opened and closed once more here, alone, it is surely the last, so the
+ * database file by itself holds every commit after a stop. */
+static void checkpoint(const struct config *cfg)
+{
+	struct err e = {0};
+	struct store *s;
+
+	if (strcmp(store_kind(cfg->db_url), "sqlite"))
+		return;
+	if (!(s = store_open(cfg->db_url, &e)))
+		LOG_WARN(NULL, "checkpoint at stop: %s", e.msg);
+	store_close(s);
+}
+
 int server_run(const struct config *cfg, char **argv)
 {
 	struct pool p = {0};
@@ -239,6 +255,7 @@ int server_run(const struct config *cfg, char **argv)
 			LOG_INFO(NULL, "stopping: in-flight requests finish first");
 			notify("STOPPING=1");
 			stop_all(&p, &set);
+			checkpoint(cfg);
 			if (is_unix_path(cfg->socket))
 				unlink(cfg->socket);
 			rc = 0;
