@@ -145,6 +145,13 @@ class Stack:
         return r.returncode == 0, r.stdout + r.stderr
 
     @staticmethod
+    def _ppid(pid):
+        try:
+            return int(open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    @staticmethod
     def _comm(pid):
         try:
             return open("/proc/%d/comm" % pid).read().strip()
@@ -154,7 +161,10 @@ class Stack:
     def server_pids(self):
         """The master's pid and its workers' pids (its reaper process, named numatix-reaper, apart)."""
         out = subprocess.run(["pgrep", "-f", "%s serve" % BIN], capture_output=True, text=True).stdout
-        masters = [int(p) for p in out.split()]
+        serving = {int(p) for p in out.split()}
+        # a master's children run the same command line, and once pids wrap around a child's
+        # pid can be the lower: the master is the one whose parent is not itself serving
+        masters = [m for m in sorted(serving) if self._ppid(m) not in serving]
         for m in masters:
             env = open("/proc/%d/environ" % m, "rb").read()
             if ("NUMATIX_VAR=%s" % self.dir).encode() in env:
