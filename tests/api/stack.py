@@ -244,6 +244,49 @@ def settle_purchase(S, plan_id, key, email, method="pm_card_visa", seen=None, cu
     raise AssertionError("purchase %s never settled" % key)
 
 
+def start_site_nginx(conf_dir, site_path, port, includes, replace=()):
+    """Debian's nginx in the foreground serving one shipped site file (a server block for port
+    80) on 127.0.0.1:port, each (old, new) of replace applied to it first. Its includes resolve
+    as under /etc/nginx: numatix/ from the directory `includes`, mime.types and fastcgi_params
+    from the system's. Its files go under conf_dir. Returns the Popen."""
+    os.makedirs(os.path.join(conf_dir, "tmp"), exist_ok=True)
+    for name, target in (("numatix", includes), ("mime.types", "/etc/nginx/mime.types"),
+                         ("fastcgi_params", "/etc/nginx/fastcgi_params")):
+        if not os.path.lexists(os.path.join(conf_dir, name)):
+            os.symlink(target, os.path.join(conf_dir, name))
+    site = open(site_path).read().replace("listen 80;", "listen 127.0.0.1:%d;" % port).replace("listen [::]:80;", "")
+    for old, new in replace:
+        site = site.replace(old, new)
+    with open(os.path.join(conf_dir, "site.conf"), "w") as f:
+        f.write(site)
+    with open(os.path.join(conf_dir, "nginx.conf"), "w") as f:
+        f.write(("{user} daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n"
+                 "events {{ worker_connections 512; }}\n"
+                 "http {{ include mime.types; default_type application/octet-stream; access_log off;\n"
+                 "  client_body_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; proxy_temp_path {d}/tmp;\n"
+                 "  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n"
+                 "  include site.conf; }}\n").format(d=conf_dir, user="user root root;" if os.getuid() == 0 else ""))
+    return subprocess.Popen(["/usr/sbin/nginx", "-p", conf_dir, "-c", os.path.join(conf_dir, "nginx.conf"),
+                             "-e", os.path.join(conf_dir, "error.log")])
+
+
+def assert_settled_once(tc, S, plan_id, capacity, created, retries):
+    """What a fault must leave behind, asserted on test case tc: nothing oversold (the seats of
+    the 201s and the seats left add up to capacity, none still held), every 201 active in the
+    store, and each retried (key, email, first answer) answered the same again: settled once."""
+    plan = S.plan(plan_id)
+    tc.assertEqual(len(created) + plan["subscriptions_left"], capacity)
+    tc.assertEqual(plan["subscriptions_held"], 0)
+    for r in created:
+        got = S.admin("GET", "/api/subscriptions/" + r.json["id"])
+        tc.assertEqual((got.status, got.json["status"]), (200, "active"), got)
+    for key, email, first in retries:
+        again = S.purchase(plan_id, key=key, email=email)
+        tc.assertEqual(again.status, first.status)
+        if first.status == 201:
+            tc.assertEqual(again.json["id"], first.json["id"])
+
+
 def parallel(n, fn, *args):
     """Runs fn(i, *args) in n threads released together by a barrier; returns the results in
     order. Real parallel HTTP clients, each with its own connection."""

@@ -15,7 +15,7 @@ import time
 import unittest
 import uuid
 
-from stack import BIN, ROOT, free_port, parallel
+from stack import BIN, ROOT, free_port, parallel, start_site_nginx
 
 ADMIN = "cgi-admin-token-0123456789abcdef"
 W = None
@@ -40,29 +40,14 @@ class CgiHost:
         self.procs.append(subprocess.Popen(["/usr/sbin/fcgiwrap", "-c", "8", "-s", "unix:" + sock],
                                            stdout=subprocess.DEVNULL, start_new_session=True,
                                            stderr=open(os.path.join(self.dir, "fcgiwrap.log"), "ab")))
-        ngx = os.path.join(self.dir, "nginx")
-        os.makedirs(os.path.join(ngx, "tmp"))
-        os.symlink(os.path.join(ROOT, "nginx"), os.path.join(ngx, "numatix"))
-        for name in ("mime.types", "fastcgi_params"):
-            os.symlink("/etc/nginx/" + name, os.path.join(ngx, name))
-        # the shipped site, with this machine's paths and port in place of /srv/numatix and :80
-        site = open(os.path.join(ROOT, "nginx", "fcgiwrap.conf")).read()
-        site = (site.replace("listen 80;", "listen 127.0.0.1:%d;" % self.port).replace("listen [::]:80;", "")
-                .replace("unix:/run/fcgiwrap.socket", "unix:" + sock)
-                .replace("/srv/numatix/numatix.conf", self.conf).replace("/srv/numatix", ROOT))
-        with open(os.path.join(ngx, "site.conf"), "w") as f:
-            f.write(site)
-        with open(os.path.join(ngx, "nginx.conf"), "w") as f:
-            f.write(("%s daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n"
-                     "events {{ worker_connections 512; }}\n"
-                     "http {{ include mime.types; default_type application/octet-stream; access_log off;\n"
-                     "  client_body_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; proxy_temp_path {d}/tmp;\n"
-                     "  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n"
-                     "  include site.conf; }}\n").format(d=ngx) % ("user root root;" if os.getuid() == 0 else ""))
         r = subprocess.run([BIN, "seed"], env=self.env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        self.procs.append(subprocess.Popen(["/usr/sbin/nginx", "-p", ngx, "-c", os.path.join(ngx, "nginx.conf"),
-                                            "-e", os.path.join(ngx, "error.log")]))
+        # the shipped site, with this machine's paths and port in place of /srv/numatix and :80
+        ngx = os.path.join(self.dir, "nginx")
+        self.procs.append(start_site_nginx(ngx, os.path.join(ROOT, "nginx", "fcgiwrap.conf"), self.port,
+                                           os.path.join(ROOT, "nginx"),
+                                           (("unix:/run/fcgiwrap.socket", "unix:" + sock),
+                                            ("/srv/numatix/numatix.conf", self.conf), ("/srv/numatix", ROOT))))
         for _ in range(200):
             try:
                 if self.request("GET", "/api/health")[0] == 200:

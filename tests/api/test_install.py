@@ -18,7 +18,7 @@ import time
 import unittest
 import uuid
 
-from stack import ROOT, free_port
+from stack import ROOT, free_port, start_site_nginx
 
 PREFIX = "/usr"
 D = None          # the DESTDIR
@@ -153,28 +153,11 @@ class Running(unittest.TestCase):
 
     def nginx(self):
         conf = os.path.join(WORK, "nginx-%d" % self.port)
-        os.makedirs(os.path.join(conf, "tmp"), exist_ok=True)
-        for name, target in (("numatix", installed("/etc/nginx/numatix")), ("mime.types", "/etc/nginx/mime.types"),
-                             ("fastcgi_params", "/etc/nginx/fastcgi_params")):
-            if not os.path.lexists(os.path.join(conf, name)):
-                os.symlink(target, os.path.join(conf, name))
-        site = open(installed("/etc/nginx/sites-available/numatix")).read()
-        site = (site.replace("listen 80;", "listen 127.0.0.1:%d;" % self.port).replace("listen [::]:80;", "")
-                .replace("root /usr/share/numatix/www;", "root %s;" % installed("/usr/share/numatix/www"))
-                .replace("unix:/run/numatix/numatix.sock", "unix:" + self.env["NUMATIX_SOCKET"])
-                .replace("/var/log/nginx/", conf + "/"))
-        with open(os.path.join(conf, "site.conf"), "w") as f:
-            f.write(site)
-        with open(os.path.join(conf, "nginx.conf"), "w") as f:
-            f.write("%s daemon off; pid %s/nginx.pid; error_log %s/error.log;\n"
-                    "events { worker_connections 256; }\n"
-                    "http { include mime.types; default_type application/octet-stream;\n"
-                    "  client_body_temp_path %s/tmp; fastcgi_temp_path %s/tmp; proxy_temp_path %s/tmp;\n"
-                    "  uwsgi_temp_path %s/tmp; scgi_temp_path %s/tmp; access_log off;\n"
-                    "  include site.conf; }\n" % (("user root root;" if os.getuid() == 0 else ""), conf, conf,
-                                                  conf, conf, conf, conf, conf))
-        p = subprocess.Popen(["/usr/sbin/nginx", "-p", conf, "-c", os.path.join(conf, "nginx.conf"),
-                              "-e", os.path.join(conf, "error.log")])
+        p = start_site_nginx(conf, installed("/etc/nginx/sites-available/numatix"), self.port,
+                             installed("/etc/nginx/numatix"),
+                             (("root /usr/share/numatix/www;", "root %s;" % installed("/usr/share/numatix/www")),
+                              ("unix:/run/numatix/numatix.sock", "unix:" + self.env["NUMATIX_SOCKET"]),
+                              ("/var/log/nginx/", conf + "/")))
         self.procs.insert(0, p)
         return p
 

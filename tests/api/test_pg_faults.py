@@ -11,7 +11,7 @@ import unittest
 import urllib.parse
 import uuid
 
-from stack import ROOT, Stack, pool, settle_purchase
+from stack import ROOT, Stack, assert_settled_once, pool, settle_purchase
 
 
 def server_dir():
@@ -73,21 +73,10 @@ class RestartMidLoad(unittest.TestCase):
                 self.assertTrue(r.header("Retry-After"), r)
             created = [r for r in results if not isinstance(r, Exception) and r.status == 201]
             self.assertEqual([r for r in results if isinstance(r, Exception)], [])
-            # no oversell: the seats sold and left add up to the capacity (a hold that expired
-            # during the outage gave its seat back), and every 201 is in the database, active
-            plan = S.plan(p["id"])
-            self.assertEqual(len(created) + plan["subscriptions_left"], 100)
-            self.assertEqual(plan["subscriptions_held"], 0)
-            for r in created:
-                got = S.admin("GET", "/api/subscriptions/" + r.json["id"])
-                self.assertEqual((got.status, got.json["status"]), (200, "active"), got)
-            # a key that is retried now gets the same answer: settled exactly once
-            for key in jobs[:20]:
-                again = S.purchase(p["id"], key=key, email="pg-%s@example.com" % key[:8])
-                first = answers[key][0]
-                self.assertEqual(again.status, first.status)
-                if first.status == 201:
-                    self.assertEqual(again.json["id"], first.json["id"])
+            # no oversell (a hold that expired during the outage gave its seat back), every 201
+            # in the database and active, and a key retried now gets the same answer
+            assert_settled_once(self, S, p["id"], 100, created,
+                                [(key, "pg-%s@example.com" % key[:8], answers[key][0]) for key in jobs[:20]])
             ok, out = S.check()
             self.assertTrue(ok, out)
         finally:
