@@ -17,6 +17,8 @@ static const struct field plan_create_fields[] = {
 	{"duration_days", V_INT, false, 1, 36500, NULL, NULL},
 	{"total_capacity", V_INT, true, 1, 1000000000LL, NULL, NULL},
 	{"features", V_STRINGS, false, 0, 50, NULL, NULL},
+	{"max_per_order", V_INT, false, 1, 1000, NULL, NULL},
+	{"max_per_customer", V_INT_NULL, false, 1, 1000000000LL, NULL, NULL},
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
@@ -28,6 +30,8 @@ static const struct field plan_update_fields[] = {
 	{"total_capacity", V_INT, false, 1, 1000000000LL, NULL, NULL},
 	{"features", V_STRINGS, false, 0, 50, NULL, NULL},
 	{"status", V_ENUM, false, 0, 0, plan_statuses, NULL},
+	{"max_per_order", V_INT, false, 1, 1000, NULL, NULL},
+	{"max_per_customer", V_INT_NULL, false, 1, 1000000000LL, NULL, NULL},
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
@@ -116,6 +120,8 @@ void api_plans_create(struct request *rq, struct response *rs)
 	p.duration_days = (v = get(rq, "duration_days")) ? json_object_get_int64(v) : 30;
 	p.total_capacity = json_object_get_int64(get(rq, "total_capacity"));
 	p.subscriptions_left = p.total_capacity;
+	p.max_per_order = (v = get(rq, "max_per_order")) ? json_object_get_int64(v) : PLAN_MAX_PER_ORDER_DEFAULT;
+	p.max_per_customer = (v = get(rq, "max_per_customer")) ? json_object_get_int64(v) : 0;
 	strcpy(p.status, "active");
 	p.features = (v = get(rq, "features")) ? json_object_get(v) : json_object_new_array();
 	p.created_at = p.updated_at = now_ms();
@@ -153,6 +159,11 @@ void api_plans_update(struct request *rq, struct response *rs)
 		pt.features = v;
 	if ((v = get(rq, "status")) && (pt.fields |= PLAN_F_STATUS))
 		pt.status = json_object_get_string(v);
+	if ((v = get(rq, "max_per_order")) && (pt.fields |= PLAN_F_MAX_ORDER))
+		pt.max_per_order = json_object_get_int64(v);
+	/* null: no limit, kept as 0 */
+	if (json_object_object_get_ex(rq->json, "max_per_customer", &v) && (pt.fields |= PLAN_F_MAX_CUSTOMER))
+		pt.max_per_customer = v ? json_object_get_int64(v) : 0;
 	if (!pt.fields) {
 		response_invalid(rs, rq, "", "name at least one field to change");
 		return;

@@ -22,6 +22,7 @@ static const struct field purchase_fields[] = {
 	{"paymentMethodId", V_STRING, true, 4, 100, NULL, NULL},
 	{"customerId", V_ID, false, 0, 0, NULL, NULL},
 	{"customer", V_OBJECT, false, 0, 0, NULL, customer_fields},
+	{"quantity", V_INT, false, 1, 1000, NULL, NULL},
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
@@ -39,6 +40,7 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs)
 {
 	struct purchase_req p = {0};
 	struct purchase_result r;
+	struct json_object *q;
 	char fp[65];
 
 	/* A missing key is reported first: it is about the request as a whole. */
@@ -53,6 +55,7 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs)
 	p.customer_id = str(rq, "customerId", NULL);
 	p.email = str(rq, "customer", "email");
 	p.name = str(rq, "customer", "name");
+	p.quantity = json_object_object_get_ex(rq->json, "quantity", &q) ? json_object_get_int64(q) : 1;
 	if (strncmp(p.payment_method, "pm_", 3)) {
 		response_invalid(rs, rq, "paymentMethodId", "must be a payment method id (pm_...)");
 		return;

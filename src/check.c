@@ -21,10 +21,22 @@ struct key_rows {
 	int npays;
 };
 
+/* A plan's facts, kept until its subscriptions have been counted. */
+struct plan_row {
+	char id[ID_LEN + 1];
+	int64_t total, left, held;
+	int64_t held_seats, released_seats;
+	bool has_last;
+	int64_t last_left;
+	int64_t pending, active;          /* seats of its subscriptions, counted in the walk */
+};
+
 struct walk {
 	check_report_fn report;
 	void *arg;
 	int violations;
+	struct plan_row *plans;           /* in the store's order of plan ids */
+	size_t nplans, plans_cap;
 	/* subscriptions are buffered whole (id, status, key, payment); payments are merged */
 	struct subscription *subs;
 	size_t nsubs, cap, next;
@@ -37,23 +49,63 @@ static int on_plan(void *arg, const struct plan_tally *t)
 {
 	struct walk *w = arg;
 	const struct plan *p = t->plan;
+	struct plan_row *r;
 
-	/* 1: seats left and taken add up to the capacity, and left never goes below 0 */
-	if (p->subscriptions_left < 0 || p->subscriptions_left + t->pending + t->active != p->total_capacity)
-		REPORT(w, "plan %s: left %lld + pending %lld + active %lld != total %lld", p->id,
-		       (long long)p->subscriptions_left, (long long)t->pending, (long long)t->active,
-		       (long long)p->total_capacity);
-	if (p->subscriptions_held != t->pending)
-		REPORT(w, "plan %s: subscriptions_held %lld != pending subscriptions %lld", p->id,
-		       (long long)p->subscriptions_held, (long long)t->pending);
-	/* 4: every seat move has its event */
-	if (t->held_events - t->released_events != t->pending + t->active)
-		REPORT(w, "plan %s: audit has %lld seat.held - %lld seat.released, but %lld seats are taken", p->id,
-		       (long long)t->held_events, (long long)t->released_events, (long long)(t->pending + t->active));
-	if (!t->has_last || t->last_left != p->subscriptions_left)
-		REPORT(w, "plan %s: the last audit event does not end at %lld seats left", p->id,
-		       (long long)p->subscriptions_left);
+	if (w->nplans == w->plans_cap) {
+		w->plans_cap = w->plans_cap ? 2 * w->plans_cap : 64;
+		w->plans = xrealloc(w->plans, w->plans_cap * sizeof(*w->plans));
+	}
+	r = &w->plans[w->nplans++];
+	*r = (struct plan_row){.total = p->total_capacity, .left = p->subscriptions_left,
+			       .held = p->subscriptions_held, .held_seats = t->held_seats,
+			       .released_seats = t->released_seats, .has_last = t->has_last,
+			       .last_left = t->last_left};
+	snprintf(r->id, sizeof(r->id), "%s", p->id);
 	return 0;
+}
+
+static int plan_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct plan_row *)a)->id, ((const struct plan_row *)b)->id);
+}
+
+/* The invariants of each plan, once the seats of its subscriptions are counted. */
+static void plans_done(struct walk *w)
+{
+	for (size_t i = 0; i < w->nsubs; i++) {
+		const struct subscription *s = &w->subs[i];
+		struct plan_row key, *r;
+		bool pending = !strcmp(s->status, "pending"), active = !strcmp(s->status, "active");
+
+		if (!pending && !active)
+			continue;
+		snprintf(key.id, sizeof(key.id), "%s", s->plan_id);
+		if (!(r = bsearch(&key, w->plans, w->nplans, sizeof(*w->plans), plan_cmp))) {
+			REPORT(w, "subscription %s takes seats of plan %s, which does not exist", s->id, s->plan_id);
+			continue;
+		}
+		if (s->quantity < 1)
+			REPORT(w, "subscription %s takes %lld seats", s->id, (long long)s->quantity);
+		*(pending ? &r->pending : &r->active) += s->quantity;
+	}
+	for (size_t i = 0; i < w->nplans; i++) {
+		const struct plan_row *r = &w->plans[i];
+		/* 1: seats left and taken add up to the capacity, and left never goes below 0 */
+		if (r->left < 0 || r->left + r->pending + r->active != r->total)
+			REPORT(w, "plan %s: left %lld + pending %lld + active %lld seats != total %lld", r->id,
+			       (long long)r->left, (long long)r->pending, (long long)r->active, (long long)r->total);
+		if (r->held != r->pending)
+			REPORT(w, "plan %s: subscriptions_held %lld != pending seats %lld", r->id, (long long)r->held,
+			       (long long)r->pending);
+		/* 4: every seat move has its event */
+		if (r->held_seats - r->released_seats != r->pending + r->active)
+			REPORT(w, "plan %s: audit has %lld seats held - %lld released, but %lld seats are taken", r->id,
+			       (long long)r->held_seats, (long long)r->released_seats,
+			       (long long)(r->pending + r->active));
+		if (!r->has_last || r->last_left != r->left)
+			REPORT(w, "plan %s: the last audit event does not end at %lld seats left", r->id,
+			       (long long)r->left);
+	}
 }
 
 static int on_subscription(void *arg, const struct subscription *s)
@@ -149,7 +201,10 @@ int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violati
 	if (rc == 0) {
 		subs_until(&w, NULL);
 		key_done(&w);
+		qsort(w.plans, w.nplans, sizeof(*w.plans), plan_cmp);
+		plans_done(&w);
 	}
+	free(w.plans);
 	free(w.subs);
 	*violations = w.violations;
 	return rc;

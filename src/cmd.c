@@ -72,6 +72,7 @@ static int cmd_seed(const struct config *cfg, int argc, char **argv)
 		p.price_cents = d->price_cents;
 		p.duration_days = d->duration_days;
 		p.total_capacity = p.subscriptions_left = d->capacity;
+		p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
 		strcpy(p.status, "active");
 		p.features = json_object_new_array();
 		for (int f = 0; d->features[f]; f++)

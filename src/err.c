@@ -10,6 +10,7 @@ void err_set(struct err *e, enum err_kind kind, const char *code, const char *fm
 
 	e->kind = kind;
 	e->code = code;
+	e->details[0] = '\0';
 	va_start(ap, fmt);
 	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
 	va_end(ap);
@@ -20,4 +21,5 @@ void err_clear(struct err *e)
 	e->kind = ERR_NONE;
 	e->code = NULL;
 	e->msg[0] = '\0';
+	e->details[0] = '\0';
 }

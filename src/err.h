@@ -16,6 +16,7 @@ struct err {
 	enum err_kind kind;
 	const char *code;   /* API error code, static string, e.g. "PLAN_SOLD_OUT" */
 	char msg[256];      /* for the log, and for people when the code has no message */
+	char details[160];  /* the error's details for the client, a JSON object's text, or "" */
 };
 
 void err_set(struct err *e, enum err_kind kind, const char *code, const char *fmt, ...)

@@ -179,6 +179,7 @@ static const struct {
 	{"SUBSCRIPTION_NOT_ACTIVE", 409, "Only an active subscription can be cancelled"},
 	{"HOLD_EXPIRED", 409, "The seat hold expired before the payment finished; any charge is refunded"},
 	{"VALIDATION_ERROR", 400, "The request is not valid"},
+	{"CUSTOMER_LIMIT_REACHED", 409, "The customer holds as many seats of this plan as it allows"},
 };
 
 void response_err(struct response *rs, const struct request *rq, const struct err *e)
@@ -194,7 +195,8 @@ void response_err(struct response *rs, const struct request *rq, const struct er
 	case ERR_INVALID:
 		for (size_t i = 0; e->code && i < sizeof(codes) / sizeof(codes[0]); i++)
 			if (!strcmp(codes[i].code, e->code)) {
-				response_error(rs, rq, codes[i].status, codes[i].code, codes[i].message, NULL);
+				response_error(rs, rq, codes[i].status, codes[i].code, codes[i].message,
+					       *e->details ? json_tokener_parse(e->details) : NULL);
 				return;
 			}
 		break;

@@ -197,6 +197,30 @@ int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const str
 	return 0;
 }
 
+void ledger_hold_refused(const struct hold_out *h, int64_t quantity, struct err *e)
+{
+	switch (h->result) {
+	case HOLD_ORDER_LIMIT:
+		err_set(e, ERR_INVALID, "VALIDATION_ERROR", "quantity %" PRId64 " is above the plan's max_per_order",
+			quantity);
+		snprintf(e->details, sizeof(e->details),
+			 "{\"field\":\"quantity\",\"reason\":\"must be at most %" PRId64 " (the plan's max_per_order)\"}",
+			 h->limit);
+		break;
+	case HOLD_CUSTOMER_LIMIT:
+		err_set(e, ERR_CONFLICT, "CUSTOMER_LIMIT_REACHED", "customer holds %" PRId64 " of %" PRId64 " seats",
+			h->held, h->limit);
+		snprintf(e->details, sizeof(e->details), "{\"limit\":%" PRId64 ",\"held\":%" PRId64 "}", h->limit,
+			 h->held);
+		break;
+	default:
+		err_set(e, ERR_CONFLICT, "PLAN_SOLD_OUT", "%" PRId64 " seats asked, %" PRId64 " left", quantity,
+			h->available);
+		snprintf(e->details, sizeof(e->details), "{\"available\":%" PRId64 "}", h->available);
+		break;
+	}
+}
+
 char *ledger_payment_detail(const struct payment *p)
 {
 	struct json_object *o = json_object_new_object();

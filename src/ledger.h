@@ -70,6 +70,11 @@ int ledger_sub_list(struct ledger *lg, const char *customer_id, const char *stat
 int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const struct page_req *pg,
 		      struct audit_event **out, size_t *n, char next[CURSOR_LEN], struct err *e);
 
+/* The refusal of a hold for its seats: sold out (details.available), more than the plan's
+ * max_per_order (a validation error of quantity), or the customer's limit (details.limit and
+ * held). */
+void ledger_hold_refused(const struct hold_out *h, int64_t quantity, struct err *e);
+
 /* The detail of a payment's audit event (JSON text). New, free(). */
 char *ledger_payment_detail(const struct payment *p);
 

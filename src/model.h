@@ -14,6 +14,9 @@
 
 #include "ids.h"
 
+/* The seats one order may take when a plan does not say. */
+#define PLAN_MAX_PER_ORDER_DEFAULT 10
+
 struct plan {
 	char id[ID_LEN + 1];
 	char *name;
@@ -23,6 +26,8 @@ struct plan {
 	int64_t total_capacity;
 	int64_t subscriptions_left;
 	int64_t subscriptions_held;
+	int64_t max_per_order;           /* seats one order may take, 1...1000 */
+	int64_t max_per_customer;        /* seats one customer may hold or own; 0: no limit */
 	char status[16];                 /* "active" | "inactive" */
 	struct json_object *features;    /* array of strings; one reference owned */
 	int64_t created_at, updated_at;  /* ms since the epoch */
@@ -37,6 +42,8 @@ enum plan_field {
 	PLAN_F_FEATURES = 1 << 4,
 	PLAN_F_STATUS = 1 << 5,
 	PLAN_F_CAPACITY = 1 << 6,
+	PLAN_F_MAX_ORDER = 1 << 7,
+	PLAN_F_MAX_CUSTOMER = 1 << 8,
 };
 
 /* What a PATCH changes; the strings and features are borrowed for the call. */
@@ -49,6 +56,8 @@ struct plan_patch {
 	struct json_object *features;
 	const char *status;
 	int64_t total_capacity;
+	int64_t max_per_order;
+	int64_t max_per_customer;        /* 0: no limit */
 };
 
 struct customer {
@@ -70,7 +79,8 @@ struct subscription {
 	char idem_key[UUID_LEN + 1];
 	char payment_id[32];             /* the successful charge, "" before */
 	char token_hash[65];             /* SHA-256 of the access token */
-	int64_t amount_cents;
+	int64_t quantity;                /* seats it takes */
+	int64_t amount_cents;            /* price_cents x quantity */
 	int64_t duration_days;
 	int64_t start_at, end_at;        /* 0 until active */
 	int64_t hold_deadline;

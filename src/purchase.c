@@ -299,8 +299,8 @@ void purchase_run(struct ledger *lg, const struct actor *a, const struct purchas
 		c.created_at = now;
 	}
 	struct hold_req r = {{p->key, p->fingerprint, now, now + ledger_lease_ms(lg)}, sub_id, p->plan_id,
-			     p->customer_id, p->customer_id ? NULL : &c, now + (int64_t)lg->hold_ttl_s * 1000,
-			     ev, 1};
+			     p->quantity, p->customer_id, p->customer_id ? NULL : &c,
+			     now + (int64_t)lg->hold_ttl_s * 1000, ev, 1};
 	if (lg->store->ops->hold(lg->store, &r, a, &h, &out->err)) {
 		LOG_WARN(a->trace_id, "purchase hold: %s", out->err.msg);
 		out->end = PURCHASE_REFUSED;
@@ -321,7 +321,10 @@ void purchase_run(struct ledger *lg, const struct actor *a, const struct purchas
 		refused(out, ERR_CONFLICT, "PLAN_INACTIVE", "the plan is not on sale");
 		break;
 	case HOLD_SOLD_OUT:
-		refused(out, ERR_CONFLICT, "PLAN_SOLD_OUT", "the plan is sold out");
+	case HOLD_ORDER_LIMIT:
+	case HOLD_CUSTOMER_LIMIT:
+		out->end = PURCHASE_REFUSED;
+		ledger_hold_refused(&h, p->quantity, &out->err);
 		break;
 	case HOLD_NO_CUSTOMER:
 		refused(out, ERR_NOT_FOUND, "CUSTOMER_NOT_FOUND", "no such customer");

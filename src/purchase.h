@@ -12,6 +12,7 @@ struct purchase_req {
 	const char *key;             /* the Idempotency-Key, valid and lower case */
 	const char *fingerprint;     /* of the request: method, path, canonical body */
 	const char *plan_id;
+	int64_t quantity;            /* seats, >= 1 */
 	const char *payment_method;
 	const char *customer_id;     /* or */
 	const char *email, *name;    /* a customer found by email or created */

@@ -54,7 +54,7 @@ char *store_url_redact(const char *url, char *out, size_t len)
 	return out;
 }
 
-struct seat_counts store_counts_before(struct seat_counts after, int dleft, int dheld)
+struct seat_counts store_counts_before(struct seat_counts after, int64_t dleft, int64_t dheld)
 {
 	struct seat_counts b = {after.total, after.left - dleft, after.held - dheld};
 	return b;

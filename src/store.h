@@ -69,13 +69,18 @@ struct claim_req {
 };
 
 /* A purchase's first unit: claim the key and, when the key is new, find or create the
- * customer, take one seat (status active and left > 0), create the pending subscription,
+ * customer, take `quantity` seats (status active, quantity <= max_per_order and <= left, and
+ * the customer's seats of the plan in pending and active subscriptions plus quantity within
+ * max_per_customer), create the pending subscription (amount_cents = price_cents x quantity),
  * write the events (with the buyer as their actor) and keep the key as KEY_HELD. All or
- * nothing: when the hold is refused the key is not kept either. */
+ * nothing: when the hold is refused the key is not kept either. The customer's count is
+ * taken after the plan's seats, so holds of one plan meet at its row and two cannot both
+ * pass the limit. */
 struct hold_req {
 	struct claim_req claim;
 	const char *subscription_id;      /* made by the ledger */
 	const char *plan_id;
+	int64_t quantity;                 /* >= 1 */
 	const char *customer_id;          /* an existing customer, or */
 	const struct customer *customer;  /* found by email (case-insensitive) or created */
 	int64_t deadline;
@@ -88,12 +93,15 @@ enum hold_result {
 	HOLD_KEY_EXISTS,      /* nothing taken: claim tells about the key */
 	HOLD_NO_PLAN,
 	HOLD_PLAN_INACTIVE,
-	HOLD_SOLD_OUT,
+	HOLD_SOLD_OUT,        /* available: the seats left */
+	HOLD_ORDER_LIMIT,     /* limit: the plan's max_per_order */
+	HOLD_CUSTOMER_LIMIT,  /* limit: max_per_customer; held: the customer's seats of the plan */
 	HOLD_NO_CUSTOMER,
 };
 
 struct hold_out {
 	enum hold_result result;
+	int64_t available, limit, held;   /* the refusal's facts */
 	struct claim claim;               /* HOLD_KEY_EXISTS */
 	struct subscription sub;          /* HOLD_TAKEN */
 };
@@ -101,7 +109,7 @@ void hold_out_clear(struct hold_out *h);
 
 /* Moves a subscription from one status to another if it is in `from` (and, when given, its
  * hold deadline is after live_after / at or before due_by), moving seats of its plan by dleft
- * and dheld, recording the payment (unique per key and kind), writing the events and storing
+ * and dheld times its quantity, recording the payment (unique per key and kind), writing the events and storing
  * the reply on the subscription's key, all in one atomic step. */
 struct transition {
 	const char *sub_id;
@@ -110,7 +118,7 @@ struct transition {
 	int64_t due_by;                   /* > 0: require hold_deadline <= due_by */
 	const char *to;
 	int64_t now;
-	int dleft, dheld;
+	int dleft, dheld;                 /* per seat: the store multiplies by the quantity */
 	/* to "active": the charge and the access token's hash */
 	const char *payment_id;
 	int64_t start_at, end_at;
@@ -167,8 +175,8 @@ struct processor_rec {
 /* Each plan with the facts check() needs, read in the same snapshot as the rest. */
 struct plan_tally {
 	const struct plan *plan;
-	int64_t pending, active;          /* subscriptions taking a seat */
-	int64_t held_events, released_events;
+	/* seats taken and given back by the plan's seat.held and seat.released events */
+	int64_t held_seats, released_seats;
 	bool has_last;                    /* the newest event with seat counts */
 	int64_t last_left;
 };

@@ -17,6 +17,6 @@ const struct seat_counts *store_event_before(const struct event_spec *ev, const 
 const struct seat_counts *store_event_after(const struct event_spec *ev, const struct seat_counts *after);
 
 /* The seat counts of an event before a unit's move, from the counts after it. */
-struct seat_counts store_counts_before(struct seat_counts after, int dleft, int dheld);
+struct seat_counts store_counts_before(struct seat_counts after, int64_t dleft, int64_t dheld);
 
 #endif

@@ -127,6 +127,14 @@ static int64_t get_int(const bson_t *doc, const char *key)
 	return bson_iter_as_int64(&it);
 }
 
+/* An integer field, or def when the document has none (written before the field existed). */
+static int64_t get_int_or(const bson_t *doc, const char *key, int64_t def)
+{
+	bson_iter_t it;
+
+	return bson_iter_init_find(&it, doc, key) ? get_int(doc, key) : def;
+}
+
 /* The "value" document of a findAndModify reply: true if there is one. */
 static bool fam_value(const bson_t *reply, bson_t *out)
 {
@@ -347,6 +355,8 @@ static void plan_read(const bson_t *d, struct plan *p)
 	}
 	p->created_at = get_int(d, "created_at");
 	p->updated_at = get_int(d, "updated_at");
+	p->max_per_order = get_int_or(d, "max_per_order", 10);
+	p->max_per_customer = get_int(d, "max_per_customer");
 }
 
 static void append_features(bson_t *b, struct json_object *f)
@@ -381,6 +391,8 @@ static void append_plan(bson_t *b, const struct plan *p)
 	BSON_APPEND_INT64(b, "subscriptions_left", p->subscriptions_left);
 	BSON_APPEND_INT64(b, "subscriptions_held", p->subscriptions_held);
 	BSON_APPEND_UTF8(b, "status", p->status);
+	BSON_APPEND_INT64(b, "max_per_order", p->max_per_order);
+	BSON_APPEND_INT64(b, "max_per_customer", p->max_per_customer);
 	append_features(b, p->features);
 	BSON_APPEND_DATE_TIME(b, "updated_at", p->updated_at);
 }
@@ -471,6 +483,9 @@ static int events_put(struct mg *s, mongoc_client_session_t *cs, const struct ac
 			append_counts(&doc, "before", before);
 		if (store_event_after(&ev[i], after))
 			append_counts(&doc, "after", after);
+		/* what the unit moved, for check's sums of seats held and given back */
+		if (store_event_before(&ev[i], before) && store_event_after(&ev[i], after))
+			BSON_APPEND_INT64(&doc, "left_delta", after->left - before->left);
 		if (ev[i].detail)
 			BSON_APPEND_UTF8(&doc, "detail", ev[i].detail);
 		BSON_APPEND_UTF8(&doc, "trace_id", a->trace_id ? a->trace_id : "");
@@ -482,7 +497,7 @@ static int events_put(struct mg *s, mongoc_client_session_t *cs, const struct ac
 }
 
 /* Moves a plan's seat counts, in the transaction; the counts after into *after. */
-static int seats_move(struct mg *s, mongoc_client_session_t *cs, const char *plan_id, int dleft, int dheld,
+static int seats_move(struct mg *s, mongoc_client_session_t *cs, const char *plan_id, int64_t dleft, int64_t dheld,
 		      int64_t now, struct seat_counts *after, bson_t *reply, struct err *e)
 {
 	bson_t *filter = by_id(plan_id), *upd, *doc = NULL;
@@ -621,6 +636,10 @@ static int patch_apply(struct plan *p, const struct plan_patch *pt, int64_t now)
 		p->duration_days = pt->duration_days;
 	if (pt->fields & PLAN_F_STATUS)
 		snprintf(p->status, sizeof(p->status), "%s", pt->status);
+	if (pt->fields & PLAN_F_MAX_ORDER)
+		p->max_per_order = pt->max_per_order;
+	if (pt->fields & PLAN_F_MAX_CUSTOMER)
+		p->max_per_customer = pt->max_per_customer;
 	if (pt->fields & PLAN_F_FEATURES) {
 		json_object_put(p->features);
 		p->features = json_object_get(pt->features);
@@ -913,6 +932,7 @@ static void sub_read(const bson_t *d, struct subscription *o)
 	o->created_at = get_int(d, "created_at");
 	o->updated_at = get_int(d, "updated_at");
 	o->seq = o->created_at;
+	o->quantity = get_int_or(d, "quantity", 1);
 }
 
 /* Fills the plan names of n subscriptions with one query on plans, as SQLite's join does. */
@@ -980,6 +1000,46 @@ struct hold_arg {
 	const struct actor *a;
 	struct hold_out *out;
 };
+
+/* The sum of field over the documents of c matching match, by an aggregation in the session
+ * (a transaction's or a snapshot's); -1 on error. */
+static int64_t sum_in(mongoc_collection_t *c, mongoc_client_session_t *cs, bson_t *match, const char *field,
+		      struct err *e)
+{
+	char expr[64];
+	bson_t *pipeline, *opts = in_session(cs);
+	mongoc_cursor_t *cur;
+	const bson_t *doc, *errdoc = NULL;
+	bson_error_t be;
+	int64_t n = 0;
+
+	snprintf(expr, sizeof(expr), "$%s", field);
+	pipeline = BCON_NEW("pipeline", "[", "{", "$match", BCON_DOCUMENT(match), "}", "{", "$group", "{", "_id",
+			    BCON_NULL, "n", "{", "$sum", BCON_UTF8(expr), "}", "}", "}", "]");
+	cur = mongoc_collection_aggregate(c, MONGOC_QUERY_NONE, pipeline, opts, NULL);
+	if (mongoc_cursor_next(cur, &doc))
+		n = get_int(doc, "n");
+	else if (mongoc_cursor_error_document(cur, &be, &errdoc))
+		n = mg_fail(&be, errdoc, e, "sum");
+	mongoc_cursor_destroy(cur);
+	bson_destroy(pipeline);
+	bson_destroy(opts);
+	bson_destroy(match);
+	return n;
+}
+
+/* The seats a customer holds or owns on a plan: its pending and active subscriptions. */
+static int64_t owned_seats(struct mg *s, mongoc_client_session_t *cs, const char *customer_id, const char *plan_id,
+			   struct err *e)
+{
+	bson_oid_t c, p;
+
+	bson_oid_init_from_string(&c, customer_id);
+	bson_oid_init_from_string(&p, plan_id);
+	return sum_in(s->subs, cs, BCON_NEW("customer_id", BCON_OID(&c), "plan_id", BCON_OID(&p), "status", "{", "$in",
+					    "[", BCON_UTF8("pending"), BCON_UTF8("active"), "]", "}"),
+		      "quantity", e);
+}
 
 /* The customer of a hold, in its transaction: the one named, or the one with the email,
  * created atomically by an upsert on the unique email_key. 1 if absent. */
@@ -1055,9 +1115,10 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 		rc = n;
 		goto out;
 	}
-	BCON_APPEND(filter, "status", BCON_UTF8("active"), "subscriptions_left", "{", "$gt", BCON_INT64(0), "}");
-	upd = BCON_NEW("$inc", "{", "subscriptions_left", BCON_INT64(-1), "subscriptions_held", BCON_INT64(1), "}",
-		       "$set", "{", "updated_at", BCON_DATE_TIME(now), "}");
+	BCON_APPEND(filter, "status", BCON_UTF8("active"), "subscriptions_left", "{", "$gte", BCON_INT64(r->quantity),
+		    "}", "max_per_order", "{", "$gte", BCON_INT64(r->quantity), "}");
+	upd = BCON_NEW("$inc", "{", "subscriptions_left", BCON_INT64(-r->quantity), "subscriptions_held",
+		       BCON_INT64(r->quantity), "}", "$set", "{", "updated_at", BCON_DATE_TIME(now), "}");
 	if (modify(s->plans, cs, filter, upd, &plan, &found, reply, e, "seat hold"))
 		goto out;
 	if (!found) {
@@ -1066,11 +1127,26 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 		bson_destroy(f);
 		if (n < 0)
 			goto out;
-		if (n == 1)
+		if (n == 1) {
 			get_str(why, "status", status, sizeof(status));
-		x->out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE : HOLD_SOLD_OUT;
+			x->out->available = get_int(why, "subscriptions_left");
+			x->out->limit = get_int_or(why, "max_per_order", 10);
+		}
+		x->out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE :
+			r->quantity > x->out->limit ? HOLD_ORDER_LIMIT : HOLD_SOLD_OUT;
 		rc = 1;
 		goto out;
+	}
+	/* Counted after the plan's document is written in this transaction: a hold of the plan
+	 * that commits meanwhile makes one of the two conflict and run again. */
+	if ((x->out->limit = get_int(plan, "max_per_customer")) > 0) {
+		if ((x->out->held = owned_seats(s, cs, customer_id, r->plan_id, e)) < 0)
+			goto out;
+		if (x->out->held + r->quantity > x->out->limit) {
+			x->out->result = HOLD_CUSTOMER_LIMIT;
+			rc = 1;
+			goto out;
+		}
 	}
 	snprintf(o->id, sizeof(o->id), "%s", r->subscription_id);
 	snprintf(o->status, sizeof(o->status), "pending");
@@ -1078,7 +1154,8 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 	snprintf(o->customer_id, sizeof(o->customer_id), "%s", customer_id);
 	snprintf(o->idem_key, sizeof(o->idem_key), "%s", r->claim.key);
 	o->plan_name = get_strdup(plan, "name");
-	o->amount_cents = get_int(plan, "price_cents");
+	o->quantity = r->quantity;
+	o->amount_cents = get_int(plan, "price_cents") * r->quantity;
 	o->duration_days = get_int(plan, "duration_days");
 	o->hold_deadline = r->deadline;
 	o->created_at = o->updated_at = o->seq = now;
@@ -1089,12 +1166,13 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 	BCON_APPEND(sub, "idem_key", BCON_UTF8(r->claim.key), "status", BCON_UTF8("pending"), "amount_cents",
 		    BCON_INT64(o->amount_cents), "duration_days", BCON_INT64(o->duration_days), "payment_id",
 		    BCON_UTF8(""), "token_hash", BCON_UTF8(""), "hold_deadline", BCON_DATE_TIME(r->deadline),
-		    "created_at", BCON_DATE_TIME(now), "updated_at", BCON_DATE_TIME(now));
+		    "created_at", BCON_DATE_TIME(now), "updated_at", BCON_DATE_TIME(now), "quantity",
+		    BCON_INT64(r->quantity));
 	if (insert(s->subs, cs, sub, reply, e, "subscription"))
 		goto out;
 	after = (struct seat_counts){get_int(plan, "total_capacity"), get_int(plan, "subscriptions_left"),
 				     get_int(plan, "subscriptions_held")};
-	before = store_counts_before(after, -1, 1);
+	before = store_counts_before(after, -r->quantity, r->quantity);
 	buyer.id = customer_id;
 	if (events_put(s, cs, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, reply, e))
 		goto out;
@@ -1163,6 +1241,7 @@ static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, b
 	bson_t set, cond;
 	struct seat_counts before, after;
 	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
+	int64_t dleft, dheld;
 	bool found;
 	int rc = -1;
 
@@ -1193,9 +1272,11 @@ static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, b
 	}
 	get_id(doc, "plan_id", plan_id, sizeof(plan_id));
 	get_str(doc, "idem_key", key, sizeof(key));
-	if (seats_move(s, cs, plan_id, t->dleft, t->dheld, t->now, &after, reply, e))
+	dleft = t->dleft * get_int_or(doc, "quantity", 1);
+	dheld = t->dheld * get_int_or(doc, "quantity", 1);
+	if (seats_move(s, cs, plan_id, dleft, dheld, t->now, &after, reply, e))
 		goto out;
-	before = store_counts_before(after, t->dleft, t->dheld);
+	before = store_counts_before(after, dleft, dheld);
 	if (t->payment) {
 		pay = bson_new();
 		append_payment(pay, t->payment);
@@ -1575,20 +1656,6 @@ static int mg_processor_void(struct store *st, const char *key, const char *refu
 
 /* --- the snapshot for check ----------------------------------------------------------------- */
 
-static int64_t count_in(struct mg *s, mongoc_client_session_t *cs, mongoc_collection_t *c, const bson_t *filter,
-			struct err *e)
-{
-	bson_t *opts = in_session(cs);
-	bson_error_t be;
-	int64_t n = mongoc_collection_count_documents(c, filter, opts, NULL, NULL, &be);
-
-	(void)s;
-	bson_destroy(opts);
-	if (n < 0)
-		mg_fail(&be, NULL, e, "count");
-	return n;
-}
-
 /* Walks a sorted find in the snapshot session, calling visit for each document. */
 static int walk(mongoc_collection_t *c, mongoc_client_session_t *cs, const bson_t *sort,
 		int (*visit)(const bson_t *doc, void *ctx), void *ctx, struct err *e)
@@ -1622,27 +1689,19 @@ static int snap_plan(const bson_t *doc, void *ctx)
 {
 	struct snap *x = ctx;
 	struct plan p;
-	struct plan_tally t = {&p, 0, 0, 0, 0, false, 0};
+	struct plan_tally t = {&p, 0, 0, false, 0};
 	bson_t *f, *last = NULL;
 	struct seat_counts c;
 	int rc = -1;
 
 	plan_read(doc, &p);
-	bson_oid_t oid;
-	bson_oid_init_from_string(&oid, p.id);
-	f = BCON_NEW("plan_id", BCON_OID(&oid), "status", BCON_UTF8("pending"));
-	t.pending = count_in(x->s, x->cs, x->s->subs, f, x->e);
-	bson_destroy(f);
-	f = BCON_NEW("plan_id", BCON_OID(&oid), "status", BCON_UTF8("active"));
-	t.active = count_in(x->s, x->cs, x->s->subs, f, x->e);
-	bson_destroy(f);
-	f = BCON_NEW("plan_id", BCON_UTF8(p.id), "action", BCON_UTF8("seat.held"));
-	t.held_events = count_in(x->s, x->cs, x->s->audit, f, x->e);
-	bson_destroy(f);
-	f = BCON_NEW("plan_id", BCON_UTF8(p.id), "action", BCON_UTF8("seat.released"));
-	t.released_events = count_in(x->s, x->cs, x->s->audit, f, x->e);
-	bson_destroy(f);
-	if (t.pending < 0 || t.active < 0 || t.held_events < 0 || t.released_events < 0)
+	/* Each event keeps the counts before and after its unit: left went down by the seats
+	 * taken, up by those given back. */
+	t.held_seats = -sum_in(x->s->audit, x->cs, BCON_NEW("plan_id", BCON_UTF8(p.id), "action", BCON_UTF8("seat.held")),
+			       "left_delta", x->e);
+	t.released_seats = sum_in(x->s->audit, x->cs,
+				  BCON_NEW("plan_id", BCON_UTF8(p.id), "action", BCON_UTF8("seat.released")), "left_delta", x->e);
+	if (x->e->kind != ERR_NONE)
 		goto out;
 	f = BCON_NEW("plan_id", BCON_UTF8(p.id), "after", "{", "$exists", BCON_BOOL(true), "}");
 	bson_t *sort = BCON_NEW("at", BCON_INT32(-1), "_id", BCON_INT32(-1));
@@ -1835,6 +1894,19 @@ static int indexes(struct mg *s, const char *coll, int n, const char *const *nam
 	return rc;
 }
 
+/* Gives the documents written before a field existed its default (a filter must see it);
+ * idempotent, so many processes starting at once may all run it. Consumes upd. */
+static int backfill(mongoc_collection_t *c, const char *field, bson_t *upd, struct err *e)
+{
+	bson_t *filter = BCON_NEW(field, "{", "$exists", BCON_BOOL(false), "}");
+	bson_error_t be;
+	int rc = mongoc_collection_update_many(c, filter, upd, NULL, NULL, &be) ? 0 : mg_fail(&be, NULL, e, "backfill");
+
+	bson_destroy(filter);
+	bson_destroy(upd);
+	return rc;
+}
+
 static int schema(struct mg *s, struct err *e)
 {
 	static const char *const plan_n[] = {"name_key_unique", "status_price"};
@@ -1871,6 +1943,8 @@ static int schema(struct mg *s, struct err *e)
 	rc |= indexes(s, "payments", 2, pay_n, pay_k, pay_u, e);
 	rc |= indexes(s, "audit_events", 4, aud_n, aud_k, aud_u, e);
 	rc |= indexes(s, "idempotency_keys", 1, key_n, key_k, key_u, e);
+	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(10),
+							  "max_per_customer", BCON_INT64(0), "}"), e);
 	return rc ? -1 : 0;
 }
 

@@ -79,6 +79,11 @@ static const char *const MIGRATIONS[] = {
 	" key TEXT PRIMARY KEY, state INTEGER NOT NULL, charge_id TEXT NOT NULL DEFAULT '',"
 	" refund_id TEXT NOT NULL DEFAULT '', decline_code TEXT NOT NULL DEFAULT '',"
 	" amount_cents BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);",
+	/* 2: quantities and per-order and per-customer limits */
+	"ALTER TABLE plans ADD COLUMN max_per_order BIGINT NOT NULL DEFAULT 10,"
+	" ADD COLUMN max_per_customer BIGINT NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN quantity BIGINT NOT NULL DEFAULT 1 CHECK (quantity >= 1);"
+	"CREATE INDEX subscriptions_owner ON subscriptions (customer_id, plan_id, status);",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -292,14 +297,14 @@ static int events_put(struct pg *s, const struct actor *a, int64_t now, const ch
 	return 0;
 }
 
-static int seats_move(struct pg *s, const char *plan_id, int dleft, int dheld, int64_t now,
+static int seats_move(struct pg *s, const char *plan_id, int64_t dleft, int64_t dheld, int64_t now,
 		      struct seat_counts *after, struct err *e)
 {
 	static const char sql[] =
 		"UPDATE plans SET subscriptions_left = subscriptions_left + $1, subscriptions_held = subscriptions_held + $2,"
 		" updated_at = $3 WHERE id = $4 AND subscriptions_left + $1 >= 0 AND subscriptions_held + $2 >= 0"
 		" RETURNING total_capacity, subscriptions_left, subscriptions_held";
-	PGresult *r = q(s, sql, e, "iiit", (int64_t)dleft, (int64_t)dheld, now, plan_id);
+	PGresult *r = q(s, sql, e, "iiit", dleft, dheld, now, plan_id);
 
 	if (!r)
 		return -1;
@@ -317,7 +322,7 @@ static int seats_move(struct pg *s, const char *plan_id, int dleft, int dheld, i
 
 #define PLAN_COLS                                                                            \
 	"id, name, description, price_cents, duration_days, total_capacity, subscriptions_left," \
-	" subscriptions_held, status, features, created_at, updated_at"
+	" subscriptions_held, status, features, created_at, updated_at, max_per_order, max_per_customer"
 
 static void plan_read(PGresult *r, int row, struct plan *p)
 {
@@ -336,6 +341,8 @@ static void plan_read(PGresult *r, int row, struct plan *p)
 		p->features = json_object_new_array();
 	p->created_at = col_int(r, row, 10);
 	p->updated_at = col_int(r, row, 11);
+	p->max_per_order = col_int(r, row, 12);
+	p->max_per_customer = col_int(r, row, 13);
 }
 
 static const char *features_text(struct json_object *f)
@@ -365,14 +372,15 @@ struct plan_create_arg {
 
 static int plan_create_tx(struct pg *s, void *arg, struct err *e)
 {
-	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
 				  " ON CONFLICT DO NOTHING";
 	struct plan_create_arg *x = arg;
 	const struct plan *p = x->p;
 	struct seat_counts after = {p->total_capacity, p->subscriptions_left, p->subscriptions_held};
-	int n = run(q(s, sql, e, "tttiiiiittii", p->id, p->name, p->description, p->price_cents, p->duration_days,
+	int n = run(q(s, sql, e, "tttiiiiittiiii", p->id, p->name, p->description, p->price_cents, p->duration_days,
 		      p->total_capacity, p->subscriptions_left, p->subscriptions_held, p->status,
-		      features_text(p->features), p->created_at, p->updated_at));
+		      features_text(p->features), p->created_at, p->updated_at, p->max_per_order,
+		      p->max_per_customer));
 
 	if (n <= 0)
 		return n < 0 ? -1 : 1;
@@ -426,13 +434,15 @@ static int plan_update_tx(struct pg *s, void *arg, struct err *e)
 		" price_cents = coalesce($3::bigint, price_cents), duration_days = coalesce($4::bigint, duration_days),"
 		" features = coalesce($5, features), status = coalesce($6, status),"
 		" subscriptions_left = subscriptions_left + coalesce($7::bigint - total_capacity, 0),"
-		" total_capacity = coalesce($7::bigint, total_capacity), updated_at = $8"
+		" total_capacity = coalesce($7::bigint, total_capacity), updated_at = $8,"
+		" max_per_order = coalesce($10::bigint, max_per_order),"
+		" max_per_customer = coalesce($11::bigint, max_per_customer)"
 		" WHERE id = $9 AND subscriptions_left + coalesce($7::bigint - total_capacity, 0) >= 0"
 		" RETURNING " PLAN_COLS;
 	struct plan_update_arg *x = arg;
 	const struct plan_patch *pt = x->pt;
 	struct seat_counts before, after;
-	char price[24], duration[24], capacity[24], now[24];
+	char price[24], duration[24], capacity[24], now[24], per_order[24], per_customer[24];
 	PGresult *r;
 
 	if (!(r = q(s, lock, e, "t", x->id)))
@@ -448,12 +458,15 @@ static int plan_update_tx(struct pg *s, void *arg, struct err *e)
 	snprintf(duration, sizeof(duration), "%" PRId64, pt->duration_days);
 	snprintf(capacity, sizeof(capacity), "%" PRId64, pt->total_capacity);
 	snprintf(now, sizeof(now), "%" PRId64, x->now);
-	r = q(s, sql, e, "ttttttttt", pt->fields & PLAN_F_NAME ? pt->name : NULL,
+	snprintf(per_order, sizeof(per_order), "%" PRId64, pt->max_per_order);
+	snprintf(per_customer, sizeof(per_customer), "%" PRId64, pt->max_per_customer);
+	r = q(s, sql, e, "ttttttttttt", pt->fields & PLAN_F_NAME ? pt->name : NULL,
 	      pt->fields & PLAN_F_DESCRIPTION ? pt->description : NULL, pt->fields & PLAN_F_PRICE ? price : NULL,
 	      pt->fields & PLAN_F_DURATION ? duration : NULL,
 	      pt->fields & PLAN_F_FEATURES ? features_text(pt->features) : NULL,
 	      pt->fields & PLAN_F_STATUS ? pt->status : NULL, pt->fields & PLAN_F_CAPACITY ? capacity : NULL, now,
-	      x->id);
+	      x->id, pt->fields & PLAN_F_MAX_ORDER ? per_order : NULL,
+	      pt->fields & PLAN_F_MAX_CUSTOMER ? per_customer : NULL);
 	if (!r)
 		return -1;
 	if (PQntuples(r) == 0) {
@@ -641,7 +654,7 @@ static int pg_key_finish(struct store *st, const char *key, const struct reply *
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
-	" s.updated_at, s.seq"
+	" s.updated_at, s.seq, s.quantity"
 
 static void sub_read(PGresult *r, int row, struct subscription *o)
 {
@@ -662,6 +675,7 @@ static void sub_read(PGresult *r, int row, struct subscription *o)
 	o->created_at = col_int(r, row, 13);
 	o->updated_at = col_int(r, row, 14);
 	o->seq = col_int(r, row, 15);
+	o->quantity = col_int(r, row, 16);
 }
 
 static const char SUB_BY_ID[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.id = $1";
@@ -697,13 +711,19 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	static const char by_id[] = "SELECT id FROM customers WHERE id = $1";
 	static const char by_email[] = "SELECT id FROM customers WHERE lower(email) = lower($1)";
 	static const char take[] =
-		"UPDATE plans SET subscriptions_left = subscriptions_left - 1, subscriptions_held = subscriptions_held + 1,"
-		" updated_at = $1 WHERE id = $2 AND status = 'active' AND subscriptions_left > 0"
-		" RETURNING name, price_cents, duration_days, total_capacity, subscriptions_left, subscriptions_held";
-	static const char why[] = "SELECT status FROM plans WHERE id = $1";
+		"UPDATE plans SET subscriptions_left = subscriptions_left - $3, subscriptions_held = subscriptions_held + $3,"
+		" updated_at = $1 WHERE id = $2 AND status = 'active' AND subscriptions_left >= $3 AND max_per_order >= $3"
+		" RETURNING name, price_cents, duration_days, total_capacity, subscriptions_left, subscriptions_held,"
+		" max_per_customer";
+	static const char why[] = "SELECT status, subscriptions_left, max_per_order FROM plans WHERE id = $1";
+	/* Read after the plan's row is ours: every hold of the plan that committed before is seen. */
+	static const char owned[] =
+		"SELECT coalesce(sum(quantity), 0) FROM subscriptions"
+		" WHERE customer_id = $1 AND plan_id = $2 AND status IN ('pending', 'active')";
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents, duration_days,"
-		" token_hash, hold_deadline, created_at, updated_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9)";
+		" token_hash, hold_deadline, created_at, updated_at, quantity)"
+		" VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10)";
 	struct hold_arg *x = arg;
 	const struct hold_req *r = x->r;
 	struct subscription *sub = &x->out->sub;
@@ -736,16 +756,35 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	}
 	col_copy(res, 0, 0, customer_id, sizeof(customer_id));
 	PQclear(res);
-	if (!(res = q(s, take, e, "it", now, r->plan_id)))
+	if (!(res = q(s, take, e, "iti", now, r->plan_id, r->quantity)))
 		return -1;
 	if (PQntuples(res) == 0) {
 		PQclear(res);
 		if (!(res = q(s, why, e, "t", r->plan_id)))
 			return -1;
+		if (PQntuples(res) == 1) {
+			x->out->available = col_int(res, 0, 1);
+			x->out->limit = col_int(res, 0, 2);
+		}
 		x->out->result = PQntuples(res) == 0 ? HOLD_NO_PLAN
-			       : strcmp(PQgetvalue(res, 0, 0), "active") ? HOLD_PLAN_INACTIVE : HOLD_SOLD_OUT;
+			       : strcmp(PQgetvalue(res, 0, 0), "active") ? HOLD_PLAN_INACTIVE
+			       : r->quantity > x->out->limit ? HOLD_ORDER_LIMIT : HOLD_SOLD_OUT;
 		PQclear(res);
 		return 1;
+	}
+	if ((x->out->limit = col_int(res, 0, 6)) > 0) {
+		PGresult *o = q(s, owned, e, "tt", customer_id, r->plan_id);
+		if (!o) {
+			PQclear(res);
+			return -1;
+		}
+		x->out->held = col_int(o, 0, 0);
+		PQclear(o);
+		if (x->out->held + r->quantity > x->out->limit) {
+			PQclear(res);
+			x->out->result = HOLD_CUSTOMER_LIMIT;
+			return 1;
+		}
 	}
 	snprintf(sub->id, sizeof(sub->id), "%s", r->subscription_id);
 	snprintf(sub->status, sizeof(sub->status), "pending");
@@ -753,16 +792,17 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	snprintf(sub->customer_id, sizeof(sub->customer_id), "%s", customer_id);
 	snprintf(sub->idem_key, sizeof(sub->idem_key), "%s", r->claim.key);
 	sub->plan_name = col_str(res, 0, 0);
-	sub->amount_cents = col_int(res, 0, 1);
+	sub->quantity = r->quantity;
+	sub->amount_cents = col_int(res, 0, 1) * r->quantity;
 	sub->duration_days = col_int(res, 0, 2);
 	after = (struct seat_counts){col_int(res, 0, 3), col_int(res, 0, 4), col_int(res, 0, 5)};
 	PQclear(res);
-	before = store_counts_before(after, -1, 1);
+	before = store_counts_before(after, -r->quantity, r->quantity);
 	sub->hold_deadline = r->deadline;
 	sub->created_at = sub->updated_at = now;
 	buyer.id = customer_id;
-	if (run(q(s, ins, e, "ttttiiiii", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
-		  sub->duration_days, r->deadline, now, now)) < 0 ||
+	if (run(q(s, ins, e, "ttttiiiiii", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+		  sub->duration_days, r->deadline, now, now, r->quantity)) < 0 ||
 	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e))
 		return -1;
 	x->out->result = HOLD_TAKEN;
@@ -808,11 +848,12 @@ static int transition_tx(struct pg *s, void *arg, struct err *e)
 		" start_at = coalesce($4::bigint, start_at), end_at = coalesce($5::bigint, end_at),"
 		" token_hash = coalesce($6, token_hash)"
 		" WHERE id = $7 AND status = $8 AND ($9::bigint IS NULL OR hold_deadline > $9::bigint)"
-		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) RETURNING plan_id, idem_key";
+		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) RETURNING plan_id, idem_key, quantity";
 	struct transition_arg *x = arg;
 	const struct transition *t = x->t;
 	struct seat_counts before, after;
 	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
+	int64_t dleft, dheld;
 	bool found;
 	PGresult *r;
 
@@ -829,10 +870,12 @@ static int transition_tx(struct pg *s, void *arg, struct err *e)
 	}
 	col_copy(r, 0, 0, plan_id, sizeof(plan_id));
 	col_copy(r, 0, 1, key, sizeof(key));
+	dleft = t->dleft * col_int(r, 0, 2);
+	dheld = t->dheld * col_int(r, 0, 2);
 	PQclear(r);
-	if (seats_move(s, plan_id, t->dleft, t->dheld, t->now, &after, e))
+	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, e))
 		return -1;
-	before = store_counts_before(after, t->dleft, t->dheld);
+	before = store_counts_before(after, dleft, dheld);
 	if (t->payment && payment_put(s, t->payment, e) != 1) {
 		if (e->kind == ERR_NONE)
 			err_set(e, ERR_INTERNAL, NULL, "a %s payment exists for key %s", t->payment->kind, key);
@@ -1089,10 +1132,10 @@ static int snapshot_tx(struct pg *s, void *arg, struct err *e)
 {
 	static const char plans[] =
 		"SELECT " PLAN_COLS ","
-		" (SELECT count(*) FROM subscriptions s WHERE s.plan_id = p.id AND s.status = 'pending'),"
-		" (SELECT count(*) FROM subscriptions s WHERE s.plan_id = p.id AND s.status = 'active'),"
-		" (SELECT count(*) FROM audit_events a WHERE a.plan_id = p.id AND a.action = 'seat.held'),"
-		" (SELECT count(*) FROM audit_events a WHERE a.plan_id = p.id AND a.action = 'seat.released'),"
+		" (SELECT coalesce(sum(a.b_left - a.a_left), 0) FROM audit_events a"
+		"   WHERE a.plan_id = p.id AND a.action = 'seat.held'),"
+		" (SELECT coalesce(sum(a.a_left - a.b_left), 0) FROM audit_events a"
+		"   WHERE a.plan_id = p.id AND a.action = 'seat.released'),"
 		" (SELECT a.a_left FROM audit_events a WHERE a.plan_id = p.id AND a.a_left IS NOT NULL"
 		"   ORDER BY a.seq DESC LIMIT 1)"
 		" FROM plans p ORDER BY p.id";
@@ -1107,8 +1150,8 @@ static int snapshot_tx(struct pg *s, void *arg, struct err *e)
 		return -1;
 	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
 		struct plan p;
-		struct plan_tally t = {&p, col_int(r, i, 12), col_int(r, i, 13), col_int(r, i, 14), col_int(r, i, 15),
-				       !PQgetisnull(r, i, 16), col_int(r, i, 16)};
+		struct plan_tally t = {&p, col_int(r, i, 14), col_int(r, i, 15), !PQgetisnull(r, i, 16),
+				       col_int(r, i, 16)};
 		plan_read(r, i, &p);
 		rc = v->plan(v->arg, &t);
 		plan_clear(&p);

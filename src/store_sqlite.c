@@ -43,7 +43,9 @@
 
 #define STMT_CACHE 64
 #define BUSY_TIMEOUT_MS 10000
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 struct stmt_cache {
 	struct {
@@ -87,7 +89,8 @@ static const char SCHEMA[] =
 	" subscriptions_left INTEGER NOT NULL CHECK (subscriptions_left >= 0),"
 	" subscriptions_held INTEGER NOT NULL CHECK (subscriptions_held >= 0),"
 	" status TEXT NOT NULL, features TEXT NOT NULL, created_at INTEGER NOT NULL,"
-	" updated_at INTEGER NOT NULL);"
+	" updated_at INTEGER NOT NULL, max_per_order INTEGER NOT NULL DEFAULT 10,"
+	" max_per_customer INTEGER NOT NULL DEFAULT 0);"
 	"CREATE TABLE IF NOT EXISTS customers ("
 	" id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE COLLATE NOCASE, name TEXT NOT NULL,"
 	" created_at INTEGER NOT NULL);"
@@ -97,7 +100,8 @@ static const char SCHEMA[] =
 	" idem_key TEXT NOT NULL UNIQUE, status TEXT NOT NULL, amount_cents INTEGER NOT NULL,"
 	" duration_days INTEGER NOT NULL, payment_id TEXT NOT NULL DEFAULT '', token_hash TEXT NOT NULL,"
 	" start_at INTEGER NOT NULL DEFAULT 0, end_at INTEGER NOT NULL DEFAULT 0,"
-	" hold_deadline INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+	" hold_deadline INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+	" quantity INTEGER NOT NULL DEFAULT 1 CHECK (quantity >= 1));"
 	"CREATE INDEX IF NOT EXISTS subscriptions_hold ON subscriptions(status, hold_deadline);"
 	"CREATE INDEX IF NOT EXISTS subscriptions_customer ON subscriptions(customer_id, seq);"
 	"CREATE INDEX IF NOT EXISTS subscriptions_plan ON subscriptions(plan_id, status);"
@@ -138,6 +142,12 @@ static const char MIGRATE_1_2[] =
 	" a_left = json_extract(after, '$.subscriptions_left'), a_held = json_extract(after, '$.subscriptions_held')"
 	" WHERE resource_type != 'payment';"
 	"UPDATE audit_events SET detail = after WHERE resource_type = 'payment';";
+
+/* Version 3: quantities and per-order and per-customer limits. */
+static const char MIGRATE_2_3[] =
+	"ALTER TABLE plans ADD COLUMN max_per_order INTEGER NOT NULL DEFAULT 10;"
+	"ALTER TABLE plans ADD COLUMN max_per_customer INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN quantity INTEGER NOT NULL DEFAULT 1 CHECK (quantity >= 1);";
 
 static const char PROC_SCHEMA[] =
 	"CREATE TABLE IF NOT EXISTS processor ("
@@ -455,7 +465,7 @@ static int events_put(struct sq *s, const struct actor *a, int64_t now, const ch
 
 /* Moves a plan's seat counts by dleft and dheld; the counts after into *after. The WHERE
  * clause keeps both >= 0 even if a caller errs. */
-static int seats_move(struct sq *s, const char *plan_id, int dleft, int dheld, int64_t now,
+static int seats_move(struct sq *s, const char *plan_id, int64_t dleft, int64_t dheld, int64_t now,
 		      struct seat_counts *after, struct err *e)
 {
 	static const char sql[] =
@@ -463,7 +473,7 @@ static int seats_move(struct sq *s, const char *plan_id, int dleft, int dheld, i
 		" subscriptions_held = subscriptions_held + ?2, updated_at = ?3"
 		" WHERE id = ?4 AND subscriptions_left + ?1 >= 0 AND subscriptions_held + ?2 >= 0"
 		" RETURNING total_capacity, subscriptions_left, subscriptions_held";
-	sqlite3_stmt *st = q(s, sql, e, "iiit", (int64_t)dleft, (int64_t)dheld, now, plan_id);
+	sqlite3_stmt *st = q(s, sql, e, "iiit", dleft, dheld, now, plan_id);
 	int r = step(st, e);
 
 	if (r < 0)
@@ -483,7 +493,7 @@ static int seats_move(struct sq *s, const char *plan_id, int dleft, int dheld, i
 
 #define PLAN_COLS                                                                            \
 	"id, name, description, price_cents, duration_days, total_capacity, subscriptions_left," \
-	" subscriptions_held, status, features, created_at, updated_at"
+	" subscriptions_held, status, features, created_at, updated_at, max_per_order, max_per_customer"
 
 static void plan_read(sqlite3_stmt *st, struct plan *p)
 {
@@ -504,6 +514,8 @@ static void plan_read(sqlite3_stmt *st, struct plan *p)
 		p->features = json_object_new_array();
 	p->created_at = sqlite3_column_int64(st, 10);
 	p->updated_at = sqlite3_column_int64(st, 11);
+	p->max_per_order = sqlite3_column_int64(st, 12);
+	p->max_per_customer = sqlite3_column_int64(st, 13);
 }
 
 static const char *features_text(struct json_object *f)
@@ -534,7 +546,7 @@ static bool is_unique_violation(sqlite3 *db)
 static int sq_plan_create(struct store *st_, const struct plan *p, const struct event_spec *ev, size_t nev,
 			  const struct actor *a, enum write_result *res, struct err *e)
 {
-	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)";
+	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 	struct sq *s = SQ(st_);
 	struct seat_counts after = {p->total_capacity, p->subscriptions_left, p->subscriptions_held};
 	int rc = -1;
@@ -542,9 +554,10 @@ static int sq_plan_create(struct store *st_, const struct plan *p, const struct 
 	*res = WRITE_DONE;
 	if (BEGIN(s, e))
 		return -1;
-	if (run(q(s, sql, e, "tttiiiiittii", p->id, p->name, p->description, p->price_cents,
+	if (run(q(s, sql, e, "tttiiiiittiiii", p->id, p->name, p->description, p->price_cents,
 		  p->duration_days, p->total_capacity, p->subscriptions_left, p->subscriptions_held,
-		  p->status, features_text(p->features), p->created_at, p->updated_at), e) < 0) {
+		  p->status, features_text(p->features), p->created_at, p->updated_at, p->max_per_order,
+		  p->max_per_customer), e) < 0) {
 		if (is_unique_violation(s->db)) {
 			*res = WRITE_DUPLICATE;
 			err_clear(e);
@@ -602,7 +615,8 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 		" price_cents = coalesce(?3, price_cents), duration_days = coalesce(?4, duration_days),"
 		" features = coalesce(?5, features), status = coalesce(?6, status),"
 		" subscriptions_left = subscriptions_left + coalesce(?7 - total_capacity, 0),"
-		" total_capacity = coalesce(?7, total_capacity), updated_at = ?8"
+		" total_capacity = coalesce(?7, total_capacity), updated_at = ?8,"
+		" max_per_order = coalesce(?10, max_per_order), max_per_customer = coalesce(?11, max_per_customer)"
 		" WHERE id = ?9 AND subscriptions_left + coalesce(?7 - total_capacity, 0) >= 0"
 		" RETURNING " PLAN_COLS;
 	struct sq *s = SQ(st_);
@@ -635,6 +649,10 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 		sqlite3_bind_int64(st, 4, pt->duration_days);
 	if (pt->fields & PLAN_F_CAPACITY)
 		sqlite3_bind_int64(st, 7, pt->total_capacity);
+	if (pt->fields & PLAN_F_MAX_ORDER)
+		sqlite3_bind_int64(st, 10, pt->max_per_order);
+	if (pt->fields & PLAN_F_MAX_CUSTOMER)
+		sqlite3_bind_int64(st, 11, pt->max_per_customer);
 	sqlite3_bind_int64(st, 8, now);
 	sqlite3_bind_text(st, 9, id, -1, SQLITE_TRANSIENT);
 	if ((r = step(st, e)) < 0) {
@@ -825,7 +843,7 @@ static int sq_key_finish(struct store *st_, const char *key, const struct reply 
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
-	" s.updated_at, s.seq"
+	" s.updated_at, s.seq, s.quantity"
 
 static void sub_read(sqlite3_stmt *st, struct subscription *o)
 {
@@ -846,6 +864,7 @@ static void sub_read(sqlite3_stmt *st, struct subscription *o)
 	o->created_at = sqlite3_column_int64(st, 13);
 	o->updated_at = sqlite3_column_int64(st, 14);
 	o->seq = sqlite3_column_int64(st, 15);
+	o->quantity = sqlite3_column_int64(st, 16);
 }
 
 static int sq_sub_get(struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e)
@@ -868,16 +887,19 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 		   struct err *e)
 {
 	static const char take[] =
-		"UPDATE plans SET subscriptions_left = subscriptions_left - 1,"
-		" subscriptions_held = subscriptions_held + 1, updated_at = ?"
-		" WHERE id = ? AND status = 'active' AND subscriptions_left > 0"
+		"UPDATE plans SET subscriptions_left = subscriptions_left - ?1,"
+		" subscriptions_held = subscriptions_held + ?1, updated_at = ?2"
+		" WHERE id = ?3 AND status = 'active' AND subscriptions_left >= ?1 AND max_per_order >= ?1"
 		" RETURNING name, price_cents, duration_days, total_capacity, subscriptions_left,"
-		" subscriptions_held";
-	static const char why[] = "SELECT status FROM plans WHERE id = ?";
+		" subscriptions_held, max_per_customer";
+	static const char why[] = "SELECT status, subscriptions_left, max_per_order FROM plans WHERE id = ?";
+	static const char owned[] =
+		"SELECT coalesce(sum(quantity), 0) FROM subscriptions"
+		" WHERE customer_id = ? AND plan_id = ? AND status IN ('pending', 'active')";
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
-		" duration_days, token_hash, hold_deadline, created_at, updated_at)"
-		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?)";
+		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity)"
+		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?)";
 	static const char key_ins[] =
 		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, subscription_id, created_at)"
 		" VALUES (?, ?, 'held', ?, ?, ?)";
@@ -913,15 +935,30 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 			goto refused;
 		customer_id = n ? found_c.id : r->customer->id;
 	}
-	if ((n = step(st = q(s, take, e, "it", now, r->plan_id), e)) < 0)
+	if ((n = step(st = q(s, take, e, "iit", r->quantity, now, r->plan_id), e)) < 0)
 		goto refused;
 	if (n == 0) {
 		if ((n = step(st = q(s, why, e, "t", r->plan_id), e)) < 0)
 			goto refused;
-		if (n == 1)
+		if (n == 1) {
 			col_copy(st, 0, status, sizeof(status));
-		out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE : HOLD_SOLD_OUT;
+			out->available = sqlite3_column_int64(st, 1);
+			out->limit = sqlite3_column_int64(st, 2);
+		}
+		out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE :
+			r->quantity > out->limit ? HOLD_ORDER_LIMIT : HOLD_SOLD_OUT;
 		goto refused;
+	}
+	if ((out->limit = sqlite3_column_int64(st, 6)) > 0) {
+		sqlite3_stmt *o = q(s, owned, e, "tt", customer_id, r->plan_id);
+		if (step(o, e) < 0)
+			goto refused;
+		out->held = sqlite3_column_int64(o, 0);
+		sqlite3_reset(o);
+		if (out->held + r->quantity > out->limit) {
+			out->result = HOLD_CUSTOMER_LIMIT;
+			goto refused;
+		}
 	}
 	out->result = HOLD_TAKEN;
 	snprintf(sub->id, sizeof(sub->id), "%s", r->subscription_id);
@@ -930,18 +967,19 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 	snprintf(sub->customer_id, sizeof(sub->customer_id), "%s", customer_id);
 	snprintf(sub->idem_key, sizeof(sub->idem_key), "%s", r->claim.key);
 	sub->plan_name = col_str(st, 0);
-	sub->amount_cents = sqlite3_column_int64(st, 1);
+	sub->quantity = r->quantity;
+	sub->amount_cents = sqlite3_column_int64(st, 1) * r->quantity;
 	sub->duration_days = sqlite3_column_int64(st, 2);
 	after = (struct seat_counts){sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4),
 				     sqlite3_column_int64(st, 5)};
 	sqlite3_reset(st);
-	before = store_counts_before(after, -1, 1);
+	before = store_counts_before(after, -r->quantity, r->quantity);
 	buyer = *a;
 	buyer.id = customer_id;
 	sub->hold_deadline = r->deadline;
 	sub->created_at = sub->updated_at = now;
-	if (run(q(s, ins, e, "ttttiiiii", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
-		  sub->duration_days, r->deadline, now, now), e) < 0 ||
+	if (run(q(s, ins, e, "ttttiiiiii", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+		  sub->duration_days, r->deadline, now, now, r->quantity), e) < 0 ||
 	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e) ||
 	    run(q(s, key_ins, e, "ttiti", r->claim.key, r->claim.fingerprint, r->claim.lease_until, sub->id, now), e) < 0)
 		goto out;
@@ -977,11 +1015,12 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 		" token_hash = coalesce(?6, token_hash)"
 		" WHERE id = ?7 AND status = ?8 AND (?9 IS NULL OR hold_deadline > ?9)"
 		" AND (?10 IS NULL OR hold_deadline <= ?10)"
-		" RETURNING plan_id, idem_key";
+		" RETURNING plan_id, idem_key, quantity";
 	struct sq *s = SQ(st_);
 	struct seat_counts before, after;
 	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
 	sqlite3_stmt *st;
+	int64_t dleft, dheld;
 	bool found;
 	int n, rc = -1;
 
@@ -1002,10 +1041,12 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 	}
 	col_copy(st, 0, plan_id, sizeof(plan_id));
 	col_copy(st, 1, key, sizeof(key));
+	dleft = t->dleft * sqlite3_column_int64(st, 2);
+	dheld = t->dheld * sqlite3_column_int64(st, 2);
 	sqlite3_reset(st);
-	if (seats_move(s, plan_id, t->dleft, t->dheld, t->now, &after, e))
+	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, e))
 		goto out;
-	before = store_counts_before(after, t->dleft, t->dheld);
+	before = store_counts_before(after, dleft, dheld);
 	if ((t->payment && payment_put(s, t->payment, e)) ||
 	    events_put(s, a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
 		goto out;
@@ -1301,10 +1342,10 @@ static int sq_snapshot(struct store *st_, const struct snapshot_visitor *v, stru
 {
 	static const char plans[] =
 		"SELECT " PLAN_COLS ","
-		" (SELECT count(*) FROM subscriptions s WHERE s.plan_id = p.id AND s.status = 'pending'),"
-		" (SELECT count(*) FROM subscriptions s WHERE s.plan_id = p.id AND s.status = 'active'),"
-		" (SELECT count(*) FROM audit_events a WHERE a.plan_id = p.id AND a.action = 'seat.held'),"
-		" (SELECT count(*) FROM audit_events a WHERE a.plan_id = p.id AND a.action = 'seat.released'),"
+		" (SELECT coalesce(sum(a.b_left - a.a_left), 0) FROM audit_events a"
+		"   WHERE a.plan_id = p.id AND a.action = 'seat.held'),"
+		" (SELECT coalesce(sum(a.a_left - a.b_left), 0) FROM audit_events a"
+		"   WHERE a.plan_id = p.id AND a.action = 'seat.released'),"
 		" (SELECT a.a_left FROM audit_events a WHERE a.plan_id = p.id AND a.a_left IS NOT NULL"
 		"   ORDER BY a.seq DESC LIMIT 1)"
 		" FROM plans p ORDER BY p.id";
@@ -1321,8 +1362,7 @@ static int sq_snapshot(struct store *st_, const struct snapshot_visitor *v, stru
 	st = q(s, plans, e, "");
 	while ((r = step(st, e)) == 1) {
 		struct plan p;
-		struct plan_tally t = {&p, sqlite3_column_int64(st, 12), sqlite3_column_int64(st, 13),
-				       sqlite3_column_int64(st, 14), sqlite3_column_int64(st, 15),
+		struct plan_tally t = {&p, sqlite3_column_int64(st, 14), sqlite3_column_int64(st, 15),
 				       sqlite3_column_type(st, 16) != SQLITE_NULL, sqlite3_column_int64(st, 16)};
 		plan_read(st, &p);
 		r = v->plan(v->arg, &t);
@@ -1560,9 +1600,15 @@ static int schema(struct sq *s, struct err *e)
 		legacy = sqlite3_column_int(st, 0);
 	sqlite3_finalize(st);
 	if (rc == SQLITE_OK && version < SCHEMA_VERSION) {
-		rc = sqlite3_exec(s->db, legacy ? MIGRATE_1_2 : SCHEMA, NULL, NULL, NULL);
+		/* A new file gets the schema; an older one each migration after its version. */
+		if (version == 0 && !legacy)
+			rc = sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL);
+		if (rc == SQLITE_OK && version == 0 && legacy)
+			rc = sqlite3_exec(s->db, MIGRATE_1_2, NULL, NULL, NULL);
+		if (rc == SQLITE_OK && (legacy || version == 2))
+			rc = sqlite3_exec(s->db, MIGRATE_2_3, NULL, NULL, NULL);
 		if (rc == SQLITE_OK)
-			rc = sqlite3_exec(s->db, "PRAGMA user_version = 2", NULL, NULL, NULL);
+			rc = sqlite3_exec(s->db, "PRAGMA user_version = " STR(SCHEMA_VERSION), NULL, NULL, NULL);
 	}
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);

@@ -108,6 +108,10 @@ static int check_field(struct json_object *v, const struct field *fd, const char
 	switch (fd->type) {
 	case V_STRING:
 		return check_string(v, fd->min, fd->max, prefix, fd->name, f);
+	case V_INT_NULL:
+		if (json_object_is_type(v, json_type_null))
+			return 0;
+		/* fall through */
 	case V_INT: {
 		int64_t n;
 		if (!json_object_is_type(v, json_type_int))

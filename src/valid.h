@@ -10,6 +10,7 @@
 enum vtype {
 	V_STRING,    /* UTF-8 text, min..max characters, no NUL or control characters */
 	V_INT,       /* an integer (not a float or a string), min..max */
+	V_INT_NULL,  /* a V_INT, or null */
 	V_STRINGS,   /* an array of at most max V_STRING items of 1..100 characters */
 	V_ID,        /* a 24-hex-digit resource id */
 	V_EMAIL,     /* an email address, at most 254 characters */

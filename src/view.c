@@ -44,6 +44,8 @@ struct json_object *view_plan(const struct plan *p)
 	ADD(o, "total_capacity", INT(p->total_capacity));
 	ADD(o, "subscriptions_left", INT(p->subscriptions_left));
 	ADD(o, "subscriptions_held", INT(p->subscriptions_held));
+	ADD(o, "max_per_order", INT(p->max_per_order));
+	ADD(o, "max_per_customer", p->max_per_customer ? INT(p->max_per_customer) : NULL);
 	ADD(o, "status", STR(p->status));
 	ADD(o, "features", p->features ? json_object_get(p->features) : json_object_new_array());
 	ADD(o, "isSoldOut", json_object_new_boolean(p->subscriptions_left == 0));
@@ -90,6 +92,7 @@ static struct json_object *subscription_common(const struct subscription *s)
 	ADD(o, "customerId", STR(s->customer_id));
 	ADD(o, "startDate", view_time(s->start_at));
 	ADD(o, "endDate", view_time(s->end_at));
+	ADD(o, "quantity", INT(s->quantity));
 	ADD(o, "amount_cents", INT(s->amount_cents));
 	ADD(o, "paymentId", *s->payment_id ? STR(s->payment_id) : NULL);
 	return o;

@@ -206,10 +206,12 @@ class Stack:
         assert r.status == 201, r
         return r.json
 
-    def purchase(self, plan_id, key=None, method="pm_card_visa", email=None, **kw):
+    def purchase(self, plan_id, key=None, method="pm_card_visa", email=None, quantity=None, **kw):
         body = {"planId": plan_id, "paymentMethodId": method,
                 "customer": {"email": email or "buyer-%s@example.com" % uuid.uuid4().hex[:16],
                              "name": "Test Buyer"}}
+        if quantity is not None:
+            body["quantity"] = quantity
         headers = {"Idempotency-Key": key or str(uuid.uuid4())}
         headers.update(kw.pop("headers", None) or {})
         return self.request("POST", "/api/subscriptions/purchase", body, headers, **kw)

@@ -351,6 +351,80 @@ class Subscriptions(Envelope):
         self.assertError(S.admin("POST", "/api/subscriptions/%s/cancel" % b["id"], {"reason": "x"}), 400, "VALIDATION_ERROR")
 
 
+class Quantities(Envelope):
+    def test_limits_on_plans(self):
+        p = S.create_plan(capacity=5)
+        self.assertEqual((p["max_per_order"], p["max_per_customer"]), (10, None))
+        q = S.create_plan(capacity=5, max_per_order=2, max_per_customer=4)
+        self.assertEqual((q["max_per_order"], q["max_per_customer"]), (2, 4))
+        r = S.admin("PATCH", "/api/plans/" + q["id"], {"max_per_order": 3, "max_per_customer": None})
+        self.assertEqual((r.status, r.json["max_per_order"], r.json["max_per_customer"]), (200, 3, None), r)
+        r = S.admin("PATCH", "/api/plans/" + q["id"], {"max_per_customer": 2})
+        self.assertEqual((r.status, r.json["max_per_order"], r.json["max_per_customer"]), (200, 3, 2), r)
+        for body, field in [({"max_per_order": 0}, "max_per_order"), ({"max_per_order": 1001}, "max_per_order"),
+                            ({"max_per_order": None}, "max_per_order"), ({"max_per_customer": 0}, "max_per_customer"),
+                            ({"max_per_customer": "3"}, "max_per_customer"), ({"max_per_order": 2.5}, "max_per_order")]:
+            r = S.admin("PATCH", "/api/plans/" + q["id"], body)
+            self.assertError(r, 400, "VALIDATION_ERROR")
+            self.assertEqual(r.json["details"]["field"], field, (body, r))
+        self.assertEqual(S.plan(q["id"])["max_per_order"], 3)
+
+    def test_quantity_takes_seats_all_or_nothing(self):
+        p = S.create_plan(capacity=5, price=700, max_per_order=4)
+        r = S.purchase(p["id"], quantity=3)
+        self.assertEqual((r.status, r.json["quantity"], r.json["amount_cents"]), (201, 3, 2100), r)
+        q = S.plan(p["id"])
+        self.assertEqual((q["subscriptions_left"], q["occupancyPercentage"]), (2, 60))
+        g = S.admin("GET", "/api/subscriptions/" + r.json["id"]).json
+        self.assertEqual(g["quantity"], 3)
+        short = S.purchase(p["id"], quantity=3)
+        self.assertError(short, 409, "PLAN_SOLD_OUT")
+        self.assertEqual(short.json["details"], {"available": 2})
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 2)
+        over = S.purchase(p["id"], quantity=5)
+        self.assertError(over, 400, "VALIDATION_ERROR")
+        self.assertEqual(over.json["details"]["field"], "quantity")
+        for bad in (0, -1, 1001, 1.5, "2", True, [2]):
+            b = S.purchase(p["id"], quantity=bad)
+            self.assertError(b, 400, "VALIDATION_ERROR")
+            self.assertEqual(b.json["details"]["field"], "quantity", (bad, b))
+        b = S.request("POST", "/api/subscriptions/purchase",
+                      {"planId": p["id"], "paymentMethodId": "pm_card_visa", "quantity": None,
+                       "customer": {"email": "null-q@example.com", "name": "Q"}},
+                      {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertError(b, 400, "VALIDATION_ERROR")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 2)
+        # a cancel gives every seat of the subscription back
+        c = S.admin("POST", "/api/subscriptions/%s/cancel" % r.json["id"])
+        self.assertEqual((c.status, c.json["quantity"]), (200, 3), c)
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 5)
+        # a decline gives them back too
+        d = S.purchase(p["id"], quantity=4, method="pm_card_chargeDeclined")
+        self.assertError(d, 402, "PAYMENT_FAILED")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 5)
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_customer_limit(self):
+        p = S.create_plan(capacity=10, max_per_customer=3)
+        email = "limit-%s@example.com" % uuid.uuid4().hex[:8]
+        self.assertEqual(S.purchase(p["id"], email=email, quantity=2).status, 201)
+        r = S.purchase(p["id"], email=email.upper(), quantity=2)
+        self.assertError(r, 409, "CUSTOMER_LIMIT_REACHED")
+        self.assertEqual(r.json["details"], {"limit": 3, "held": 2})
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 8)
+        # a declined purchase holds nothing afterwards
+        self.assertEqual(S.purchase(p["id"], email=email, method="pm_card_chargeDeclined").status, 402)
+        one = S.purchase(p["id"], email=email)
+        self.assertEqual(one.status, 201, one)
+        self.assertError(S.purchase(p["id"], email=email), 409, "CUSTOMER_LIMIT_REACHED")
+        # a cancel frees the customer's allowance
+        S.admin("POST", "/api/subscriptions/%s/cancel" % one.json["id"])
+        self.assertEqual(S.purchase(p["id"], email=email).status, 201)
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
 class Audit(Envelope):
     def test_audit_trail(self):
         p = S.create_plan(capacity=2)

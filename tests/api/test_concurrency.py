@@ -47,6 +47,39 @@ class Concurrency(unittest.TestCase):
         self.assertEqual(audit_count(p["id"], "payment.succeeded"), 10)
         self.assertChecks()
 
+    def test_200_buyers_random_quantities_for_50_seats(self):
+        p = S.create_plan(capacity=50)
+        rng = random.Random(11)
+        wants = [rng.randint(1, 4) for _ in range(200)]
+        results = parallel(200, lambda i: S.purchase(p["id"], quantity=wants[i]))
+        sold = 0
+        for want, r in zip(wants, results):
+            self.assertIn(r.status, (201, 409), r)
+            if r.status == 201:
+                # all or nothing: an order gets every seat it asked for
+                self.assertEqual((r.json["quantity"], r.json["amount_cents"]), (want, 1000 * want))
+                sold += want
+            else:
+                self.assertEqual(r.json["code"], "PLAN_SOLD_OUT")
+                self.assertLess(r.json["details"]["available"], want)
+        self.assertEqual(sold, 50)
+        q = S.plan(p["id"])
+        self.assertEqual((q["subscriptions_left"], q["subscriptions_held"], q["isSoldOut"]), (0, 0, True))
+        self.assertChecks()
+
+    def test_one_customer_50_purchases_against_limit_of_3(self):
+        p = S.create_plan(capacity=40, max_per_customer=3)
+        email = "limited-%s@example.com" % uuid.uuid4().hex[:8]
+        results = parallel(50, lambda i: S.purchase(p["id"], email=email))
+        c = collections.Counter((r.status, r.json.get("code", "")) for r in results)
+        self.assertEqual(c, {(201, ""): 3, (409, "CUSTOMER_LIMIT_REACHED"): 47}, c)
+        refused = [r for r in results if r.status == 409][0].json["details"]
+        self.assertEqual(refused["limit"], 3)
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 37)
+        # another customer is not held back by the first one's limit
+        self.assertEqual(S.purchase(p["id"], quantity=3).status, 201)
+        self.assertChecks()
+
     def test_2000_attempts_on_500_seats(self):
         p = S.create_plan(capacity=500)
         results = pool(64, list(range(2000)), lambda i: S.purchase(p["id"]))

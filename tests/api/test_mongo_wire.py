@@ -156,7 +156,8 @@ class MongoWire(unittest.TestCase):
         st, body, err = purchase(self.w, key)
         self.assertEqual(st, 201, (body, err))
         hold = self.w.commands("findAndModify", "plans")[0]
-        self.assertEqual(dict(hold["query"]), {"_id": PLAN_ID, "status": "active", "subscriptions_left": {"$gt": 0}})
+        self.assertEqual(dict(hold["query"]), {"_id": PLAN_ID, "status": "active", "subscriptions_left": {"$gte": 1},
+                                               "max_per_order": {"$gte": 1}})
         self.assertEqual(dict(hold["update"]["$inc"]), {"subscriptions_left": -1, "subscriptions_held": 1})
         self.assertTrue(hold["new"])
         hold_txn = txn_of(hold)
@@ -294,11 +295,41 @@ class MongoWire(unittest.TestCase):
         self.assertEqual((st, body["code"]), (404, "PLAN_NOT_FOUND"))
         self.assertEqual(self.w.commands("commitTransaction"), [])
 
+    def test_quantity_and_customer_limit(self):
+        self.w.fam["plans"] = dict(plan_doc(left=6, held=1), max_per_order=10, max_per_customer=4)
+        self.w.override("aggregate", "subscriptions",
+                        {"ok": 1, "cursor": {"id": 0, "ns": "numatix.subscriptions", "firstBatch": [{"_id": None, "n": 2}]}})
+        st, body, err = cgi(self.w, "POST", "/api/subscriptions/purchase",
+                            {"planId": str(PLAN_ID), "paymentMethodId": "pm_card_visa", "quantity": 3,
+                             "customer": {"email": "wire@example.com", "name": "Wire"}},
+                            {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual((st, body["code"], body["details"]), (409, "CUSTOMER_LIMIT_REACHED", {"limit": 4, "held": 2}),
+                         err)
+        hold = self.w.commands("findAndModify", "plans")[0]
+        self.assertEqual(dict(hold["query"])["subscriptions_left"], {"$gte": 3})
+        self.assertEqual(dict(hold["update"]["$inc"]), {"subscriptions_left": -3, "subscriptions_held": 3})
+        # the customer's seats are summed in the hold's own transaction, after the plan's write
+        agg = self.w.commands("aggregate", "subscriptions")[0]
+        self.assertEqual(txn_of(agg), txn_of(hold))
+        match = agg["pipeline"][0]["$match"]
+        self.assertEqual((match["plan_id"], dict(match["status"])), (PLAN_ID, {"$in": ["pending", "active"]}))
+        self.assertEqual(agg["pipeline"][1]["$group"]["n"], {"$sum": "$quantity"})
+        # refused: aborted, nothing committed
+        self.assertEqual(self.w.commands("commitTransaction"), [])
+        self.assertEqual(len(self.w.commands("abortTransaction")), 1)
+
+    def test_documents_from_before_limits_get_defaults(self):
+        cgi(self.w, "GET", "/api/health")
+        fill = [d for d in self.w.commands("update", "plans") if d["updates"][0]["q"].get("max_per_order")][0]
+        u = fill["updates"][0]
+        self.assertEqual((dict(u["q"]["max_per_order"]), u["multi"]), ({"$exists": False}, True))
+        self.assertEqual(dict(u["u"]["$set"]), {"max_per_order": 10, "max_per_customer": 0})
+
     def test_capacity_change_is_conditional(self):
         st, body, err = cgi(self.w, "PATCH", "/api/plans/%s" % PLAN_ID, {"total_capacity": 12},
                             {"Authorization": "Bearer " + ADMIN})
         self.assertEqual((st, body["total_capacity"], body["subscriptions_left"]), (200, 12, 11), (body, err))
-        upd = self.w.commands("update", "plans")[0]
+        upd = [d for d in self.w.commands("update", "plans") if "_id" in d["updates"][0]["q"]][0]
         q = upd["updates"][0]["q"]
         self.assertEqual((q["_id"], q["subscriptions_left"], q["subscriptions_held"]), (PLAN_ID, 9, 1))
         self.assertEqual(upd["updates"][0]["u"]["$set"]["subscriptions_left"], 11)

@@ -243,6 +243,10 @@ static int mem_plan_update(struct store *s, const char *id, const struct plan_pa
 		p->price_cents = pt->price_cents;
 	if (pt->fields & PLAN_F_STATUS)
 		snprintf(p->status, sizeof(p->status), "%s", pt->status);
+	if (pt->fields & PLAN_F_MAX_ORDER)
+		p->max_per_order = pt->max_per_order;
+	if (pt->fields & PLAN_F_MAX_CUSTOMER)
+		p->max_per_customer = pt->max_per_customer;
 	p->updated_at = now;
 	after = (struct seat_counts){p->total_capacity, p->subscriptions_left, p->subscriptions_held};
 	events_put(M(s), a, now, id, ev, nev, &before, &after);
@@ -401,17 +405,32 @@ static int mem_hold(struct store *s, const struct hold_req *r, const struct acto
 		return 0;
 	}
 	p = plan_find(m, r->plan_id);
-	if (!p || strcmp(p->status, "active") || p->subscriptions_left <= 0) {
-		out->result = !p ? HOLD_NO_PLAN : strcmp(p->status, "active") ? HOLD_PLAN_INACTIVE : HOLD_SOLD_OUT;
+	if (!p || strcmp(p->status, "active") || p->subscriptions_left < r->quantity || r->quantity > p->max_per_order) {
+		out->result = !p ? HOLD_NO_PLAN : strcmp(p->status, "active") ? HOLD_PLAN_INACTIVE :
+			r->quantity > p->max_per_order ? HOLD_ORDER_LIMIT : HOLD_SOLD_OUT;
+		if (p) {
+			out->available = p->subscriptions_left;
+			out->limit = p->max_per_order;
+		}
 		return 0;
+	}
+	if (c && (out->limit = p->max_per_customer) > 0) {
+		for (int i = 0; i < m->nsubs; i++)
+			if (!strcmp(m->subs[i].customer_id, c->id) && !strcmp(m->subs[i].plan_id, p->id) &&
+			    (!strcmp(m->subs[i].status, "pending") || !strcmp(m->subs[i].status, "active")))
+				out->held += m->subs[i].quantity;
+		if (out->held + r->quantity > out->limit) {
+			out->result = HOLD_CUSTOMER_LIMIT;
+			return 0;
+		}
 	}
 	if (!c) {
 		mem_customer_create(s, r->customer, &res, e);
 		c = &m->customers[m->ncustomers - 1];
 	}
 	before = (struct seat_counts){p->total_capacity, p->subscriptions_left, p->subscriptions_held};
-	p->subscriptions_left--;
-	p->subscriptions_held++;
+	p->subscriptions_left -= r->quantity;
+	p->subscriptions_held += r->quantity;
 	after = (struct seat_counts){p->total_capacity, p->subscriptions_left, p->subscriptions_held};
 	sub = &m->subs[m->nsubs++];
 	memset(sub, 0, sizeof(*sub));
@@ -420,7 +439,8 @@ static int mem_hold(struct store *s, const struct hold_req *r, const struct acto
 	snprintf(sub->plan_id, sizeof(sub->plan_id), "%s", p->id);
 	snprintf(sub->customer_id, sizeof(sub->customer_id), "%s", c->id);
 	snprintf(sub->idem_key, sizeof(sub->idem_key), "%s", r->claim.key);
-	sub->amount_cents = p->price_cents;
+	sub->quantity = r->quantity;
+	sub->amount_cents = p->price_cents * r->quantity;
 	sub->duration_days = p->duration_days;
 	sub->hold_deadline = r->deadline;
 	sub->created_at = sub->updated_at = r->claim.now;
@@ -468,8 +488,8 @@ static int mem_transition(struct store *s, const struct transition *t, const str
 	}
 	p = plan_find(m, sub->plan_id);
 	before = (struct seat_counts){p->total_capacity, p->subscriptions_left, p->subscriptions_held};
-	p->subscriptions_left += t->dleft;
-	p->subscriptions_held += t->dheld;
+	p->subscriptions_left += t->dleft * sub->quantity;
+	p->subscriptions_held += t->dheld * sub->quantity;
 	after = (struct seat_counts){p->total_capacity, p->subscriptions_left, p->subscriptions_held};
 	snprintf(sub->status, sizeof(sub->status), "%s", t->to);
 	sub->updated_at = t->now;
@@ -675,16 +695,14 @@ static int mem_snapshot(struct store *s, const struct snapshot_visitor *v, struc
 
 	(void)e;
 	for (int i = 0; i < m->nplans; i++) {
-		struct plan_tally t = {&m->plans[i], 0, 0, 0, 0, false, 0};
-		for (int j = 0; j < m->nsubs; j++)
-			if (!strcmp(m->subs[j].plan_id, m->plans[i].id)) {
-				t.pending += !strcmp(m->subs[j].status, "pending");
-				t.active += !strcmp(m->subs[j].status, "active");
-			}
+		struct plan_tally t = {&m->plans[i], 0, 0, false, 0};
 		for (int j = 0; j < m->nevents; j++)
 			if (!strcmp(m->events[j].plan_id, m->plans[i].id)) {
-				t.held_events += !strcmp(m->events[j].action, "seat.held");
-				t.released_events += !strcmp(m->events[j].action, "seat.released");
+				const struct audit_event *ev = &m->events[j];
+				if (!strcmp(ev->action, "seat.held"))
+					t.held_seats += ev->before.left - ev->after.left;
+				if (!strcmp(ev->action, "seat.released"))
+					t.released_seats += ev->after.left - ev->before.left;
 				if (m->events[j].has_after) {
 					t.has_last = true;
 					t.last_left = m->events[j].after.left;

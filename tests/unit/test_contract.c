@@ -87,6 +87,7 @@ static struct fixture *fixture_new(int capacity, int hold_ttl_s)
 	p.price_cents = 1500;
 	p.duration_days = 30;
 	p.total_capacity = p.subscriptions_left = capacity;
+	p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
 	strcpy(p.status, "active");
 	p.features = json_object_new_array();
 	p.created_at = p.updated_at = now_ms();
@@ -136,7 +137,7 @@ static struct plan plan_now(struct fixture *x)
 static void buy(struct fixture *x, const char *key, const char *method, struct purchase_result *r)
 {
 	struct actor a = {"test", "customer", NULL, NULL};
-	struct purchase_req p = {key, "fingerprint-of-this-request", x->plan_id, method, NULL, "ada@example.com", "Ada"};
+	struct purchase_req p = {key, "fingerprint-of-this-request", x->plan_id, 1, method, NULL, "ada@example.com", "Ada"};
 
 	purchase_run(&x->lg, &a, &p, r);
 }
@@ -236,7 +237,7 @@ static void test_key_reused_and_in_progress(void **state)
 	assert_int_equal(r.end, PURCHASE_IN_PROGRESS);
 	assert_true(r.retry_after_s >= 1);
 	purchase_result_clear(&r);
-	struct purchase_req other = {key, "another-fingerprint", x->plan_id, "pm_card_visa", NULL, "b@example.com", "B"};
+	struct purchase_req other = {key, "another-fingerprint", x->plan_id, 1, "pm_card_visa", NULL, "b@example.com", "B"};
 	purchase_run(&x->lg, &a, &other, &r);
 	assert_int_equal(r.end, PURCHASE_KEY_REUSED);
 	purchase_result_clear(&r);
@@ -339,7 +340,7 @@ static void test_cancel_and_capacity(void **state)
 	struct actor a = {"test", "admin", NULL, NULL};
 	struct purchase_result r;
 	struct subscription sub = {0};
-	struct plan_patch pt = {PLAN_F_CAPACITY, NULL, NULL, 0, 0, NULL, NULL, 0};
+	struct plan_patch pt = {.fields = PLAN_F_CAPACITY};
 	struct plan p = {0};
 	struct err e = {0};
 	char key[UUID_LEN + 1], sub_id[ID_LEN + 1];
@@ -360,6 +361,67 @@ static void test_cancel_and_capacity(void **state)
 	assert_string_equal(e.code, "ALREADY_CANCELLED");
 	p = plan_now(x);
 	assert_int_equal(p.subscriptions_left, 1);
+	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+/* Quantities move that many seats, all or nothing, within the plan's limits. */
+static void test_quantities_and_limits(void **state)
+{
+	struct fixture *x = fixture_new(6, 600);
+	struct actor a = {"test", "admin", NULL, NULL}, buyer = {"test", "customer", NULL, NULL};
+	struct plan_patch pt = {.fields = PLAN_F_MAX_ORDER | PLAN_F_MAX_CUSTOMER, .max_per_order = 4,
+				.max_per_customer = 5};
+	struct purchase_result r;
+	struct plan p = {0};
+	struct err e = {0};
+	char key[UUID_LEN + 1];
+	struct purchase_req q = {key, "fp", x->plan_id, 3, "pm_card_visa", NULL, "q@example.com", "Q"};
+
+	(void)state;
+	assert_int_equal(ledger_plan_update(&x->lg, &a, x->plan_id, &pt, &p, &e), 0);
+	assert_int_equal(p.max_per_order, 4);
+	assert_int_equal(p.max_per_customer, 5);
+	plan_clear(&p);
+	new_key(key);
+	purchase_run(&x->lg, &buyer, &q, &r);
+	assert_int_equal(r.reply.status, 201);
+	assert_non_null(strstr(r.reply.body, "\"quantity\":3"));
+	assert_non_null(strstr(r.reply.body, "\"amount_cents\":4500"));
+	purchase_result_clear(&r);
+	/* the customer holds 3 of 5: 3 more are refused, nothing moves */
+	new_key(key);
+	purchase_run(&x->lg, &buyer, &q, &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	assert_string_equal(r.err.code, "CUSTOMER_LIMIT_REACHED");
+	assert_string_equal(r.err.details, "{\"limit\":5,\"held\":3}");
+	purchase_result_clear(&r);
+	/* above max_per_order: a validation error of quantity */
+	q.quantity = 5;
+	q.email = "other@example.com";
+	new_key(key);
+	purchase_run(&x->lg, &buyer, &q, &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	assert_string_equal(r.err.code, "VALIDATION_ERROR");
+	purchase_result_clear(&r);
+	/* 3 left: 4 are refused whole */
+	q.quantity = 4;
+	new_key(key);
+	purchase_run(&x->lg, &buyer, &q, &r);
+	assert_string_equal(r.err.code, "PLAN_SOLD_OUT");
+	assert_string_equal(r.err.details, "{\"available\":3}");
+	purchase_result_clear(&r);
+	/* a decline gives all its seats back */
+	q.quantity = 3;
+	new_key(key);
+	purchase_run(&x->lg, &buyer, &(struct purchase_req){key, "fp", x->plan_id, 3, "pm_card_chargeDeclined", NULL,
+							    "other@example.com", "O"}, &r);
+	assert_int_equal(r.reply.status, 402);
+	purchase_result_clear(&r);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 3);
+	assert_int_equal(p.subscriptions_held, 0);
 	plan_clear(&p);
 	assert_int_equal(violations(x), 0);
 	fixture_free(x);
@@ -386,7 +448,7 @@ static void test_racing_processes_sell_exactly_capacity(void **state)
 				struct purchase_result r;
 				uuid_new(key);
 				snprintf(email, sizeof(email), "racer%d-%d@example.com", i, j);
-				struct purchase_req pr = {key, "fp", x->plan_id, "pm_card_visa", NULL, email, "Racer"};
+				struct purchase_req pr = {key, "fp", x->plan_id, 1, "pm_card_visa", NULL, email, "Racer"};
 				purchase_run(&lg, &a, &pr, &r);
 				n += r.end == PURCHASE_ANSWERED && r.reply.status == 201;
 				purchase_result_clear(&r);
@@ -424,6 +486,7 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_crash_after_charge_retry_settles_once),
 		cmocka_unit_test(test_crash_after_charge_reaper_refunds),
 		cmocka_unit_test(test_cancel_and_capacity),
+		cmocka_unit_test(test_quantities_and_limits),
 		cmocka_unit_test(test_racing_processes_sell_exactly_capacity),
 	};
 

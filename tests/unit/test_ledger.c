@@ -42,6 +42,7 @@ static int setup(void **state)
 	p.price_cents = 4900;
 	p.duration_days = 30;
 	p.total_capacity = p.subscriptions_left = 2;
+	p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
 	strcpy(p.status, "active");
 	p.features = json_object_new_array();
 	p.created_at = p.updated_at = now_ms();
@@ -63,7 +64,7 @@ static int teardown(void **state)
 
 static void buy(struct world *w, const char *key, const char *method, const char *email, struct purchase_result *r)
 {
-	struct purchase_req p = {key, "fp", w->plan_id, method, NULL, email, "Ada"};
+	struct purchase_req p = {key, "fp", w->plan_id, 1, method, NULL, email, "Ada"};
 
 	purchase_run(&w->lg, &buyer, &p, r);
 }
@@ -159,7 +160,7 @@ static void test_refusal_codes(void **state)
 	/* a refused purchase keeps no key: it stays usable */
 	assert_int_equal(w->s->ops->key_get(w->s, "6f1c2a34-0000-4000-8000-000000000004", &k, &found, &e), 0);
 	assert_false(found);
-	struct purchase_req nobody = {"6f1c2a34-0000-4000-8000-000000000005", "fp", w->plan_id, "pm_card_visa",
+	struct purchase_req nobody = {"6f1c2a34-0000-4000-8000-000000000005", "fp", w->plan_id, 1, "pm_card_visa",
 				      "0123456789abcdef01234567", NULL, NULL};
 	purchase_run(&w->lg, &buyer, &nobody, &r);
 	assert_string_equal(r.err.code, "CUSTOMER_NOT_FOUND");
@@ -186,7 +187,7 @@ static void test_key_outcomes(void **state)
 	assert_int_equal(r.end, PURCHASE_IN_PROGRESS);
 	assert_true(r.retry_after_s >= 1);
 	purchase_result_clear(&r);
-	struct purchase_req other = {key, "other fp", w->plan_id, "pm_card_visa", NULL, "a@example.com", "Ada"};
+	struct purchase_req other = {key, "other fp", w->plan_id, 1, "pm_card_visa", NULL, "a@example.com", "Ada"};
 	purchase_run(&w->lg, &buyer, &other, &r);
 	assert_int_equal(r.end, PURCHASE_KEY_REUSED);
 	purchase_result_clear(&r);
@@ -322,7 +323,7 @@ static void test_pages_and_cursors(void **state)
 {
 	struct world *w = *state;
 	struct actor admin = {"trace", "admin", NULL, NULL};
-	struct plan_patch pt = {PLAN_F_CAPACITY, NULL, NULL, 0, 0, NULL, NULL, 10};
+	struct plan_patch pt = {.fields = PLAN_F_CAPACITY, .total_capacity = 10};
 	struct subscription *subs, first;
 	struct purchase_result r;
 	struct page_req pg = {2, NULL};
