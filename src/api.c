@@ -3,7 +3,9 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "purchase.h"
 #include "util.h"
 #include "valid.h"
 #include "view.h"
@@ -64,6 +66,58 @@ void api_page_error(struct response *rs, const struct request *rq, const struct 
 		response_err(rs, rq, e);
 }
 
+const struct field api_customer_fields[] = {
+	{"email", V_EMAIL, true, 0, 0, NULL, NULL},
+	{"name", V_STRING, true, 1, 100, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+const char *api_str(struct request *rq, const char *key, const char *sub)
+{
+	struct json_object *v = NULL;
+
+	json_object_object_get_ex(rq->json, key, &v);
+	if (v && sub)
+		json_object_object_get_ex(v, sub, &v);
+	return v ? json_object_get_string(v) : NULL;
+}
+
+int api_payment_method(struct request *rq, struct response *rs, const char *method)
+{
+	if (strncmp(method, "pm_", 3)) {
+		response_invalid(rs, rq, "paymentMethodId", "must be a payment method id (pm_...)");
+		return -1;
+	}
+	return 0;
+}
+
+int api_customer_given(struct request *rq, struct response *rs)
+{
+	if (!api_str(rq, "customerId", NULL) == !api_str(rq, "customer", NULL)) {
+		response_invalid(rs, rq, "customerId", "give either customerId or customer, not both or neither");
+		return -1;
+	}
+	return 0;
+}
+
+void api_purchase_answer(struct request *rq, struct response *rs, const struct purchase_result *r)
+{
+	switch (r->end) {
+	case PURCHASE_ANSWERED:
+		response_reply(rs, &r->reply, r->replayed);
+		break;
+	case PURCHASE_REFUSED:
+		response_err(rs, rq, &r->err);
+		break;
+	case PURCHASE_IN_PROGRESS:
+		response_key_busy(rs, rq, r->retry_after_s);
+		break;
+	case PURCHASE_KEY_REUSED:
+		response_key_reused(rs, rq);
+		break;
+	}
+}
+
 static struct reply purchased(const struct subscription *s, const char *access_token, const char *trace_id)
 {
 	struct json_object *view = view_purchase(s, access_token, trace_id);
@@ -74,14 +128,38 @@ static struct reply purchased(const struct subscription *s, const char *access_t
 	return r;
 }
 
-static struct reply declined(const char *decline_code, const char *trace_id)
+static struct reply declined(const char *decline_code, bool kept, const char *trace_id)
 {
 	struct json_object *d = json_object_new_object();
 	struct reply r;
 
 	json_object_object_add(d, "declineCode", json_object_new_string(decline_code));
 	r.status = 402;
-	r.body = error_body("PAYMENT_FAILED", "The payment was declined; the seat was given back", trace_id, d);
+	r.body = error_body("PAYMENT_FAILED", kept ? "The payment was declined; the seats stay held until the session "
+				"expires, for another payment method" : "The payment was declined; the seat was given back",
+			    trace_id, d);
+	return r;
+}
+
+static struct reply session(const struct subscription *s, const char *client_secret, const char *trace_id)
+{
+	struct json_object *view = view_session(s);
+	struct reply r;
+
+	(void)trace_id;
+	json_object_object_add(view, "clientSecret", json_object_new_string(client_secret));
+	r.status = 201;
+	r.body = xstrdup(json_object_to_json_string_ext(view, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(view);
+	return r;
+}
+
+static struct reply refused(const char *code, const char *trace_id)
+{
+	struct reply r = {409, NULL};
+
+	r.body = error_body(code, !strcmp(code, "SESSION_COMPLETED") ? "The checkout session is completed already" :
+			    "The checkout session expired; any charge is refunded", trace_id, NULL);
 	return r;
 }
 
@@ -93,4 +171,4 @@ static struct reply expired(const char *trace_id)
 	return r;
 }
 
-const struct ledger_replies api_replies = {purchased, declined, expired};
+const struct ledger_replies api_replies = {purchased, declined, expired, session, refused};

@@ -4,6 +4,7 @@
 #define NUMATIX_API_H
 
 #include "http.h"
+#include "valid.h"
 
 typedef void (*handler_fn)(struct request *rq, struct response *rs);
 
@@ -17,6 +18,11 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs);
 void api_subscriptions_get(struct request *rq, struct response *rs);
 void api_subscriptions_cancel(struct request *rq, struct response *rs);
 
+void api_checkout_create(struct request *rq, struct response *rs);
+void api_checkout_get(struct request *rq, struct response *rs);
+void api_checkout_complete(struct request *rq, struct response *rs);
+void api_checkout_expire(struct request *rq, struct response *rs);
+
 void api_customers_create(struct request *rq, struct response *rs);
 void api_customers_subscriptions(struct request *rq, struct response *rs);
 
@@ -26,7 +32,7 @@ void api_metrics(struct request *rq, struct response *rs);
 
 /* Shared by handlers: validates rq->json against fields; on failure answers 400 and
  * returns -1. */
-struct field;
+
 int api_body(struct request *rq, struct response *rs, const struct field *fields);
 /* A page's limit and cursor from the query (limit 1..max, default def); -1 after a 400.
  * pg->cursor: new, free(). */
@@ -35,6 +41,18 @@ int api_page(struct request *rq, struct response *rs, int def, int max, struct p
 void api_page_response(struct response *rs, const char *key, struct json_object *items, const char *next);
 /* A list's failure: a bad cursor is a 400 on "cursor", anything else as its outcome says. */
 void api_page_error(struct response *rs, const struct request *rq, const struct err *e);
+
+/* A customer object's fields: {"email", "name"}. */
+extern const struct field api_customer_fields[];
+/* The string at key (or at key.sub) of the body, or NULL. */
+const char *api_str(struct request *rq, const char *key, const char *sub);
+/* 400 unless method is a payment method id; -1 after answering. */
+int api_payment_method(struct request *rq, struct response *rs, const char *method);
+/* 400 unless the body names either customerId or customer; -1 after answering. */
+int api_customer_given(struct request *rq, struct response *rs);
+/* The answer of a purchase or a checkout step. */
+struct purchase_result;
+void api_purchase_answer(struct request *rq, struct response *rs, const struct purchase_result *r);
 
 /* How a purchase's final answers read, for the ledger to store on its key. */
 extern const struct ledger_replies api_replies;

@@ -11,30 +11,14 @@
 #include "valid.h"
 #include "view.h"
 
-static const struct field customer_fields[] = {
-	{"email", V_EMAIL, true, 0, 0, NULL, NULL},
-	{"name", V_STRING, true, 1, 100, NULL, NULL},
-	{NULL, 0, false, 0, 0, NULL, NULL},
-};
-
 static const struct field purchase_fields[] = {
 	{"planId", V_ID, true, 0, 0, NULL, NULL},
 	{"paymentMethodId", V_STRING, true, 4, 100, NULL, NULL},
 	{"customerId", V_ID, false, 0, 0, NULL, NULL},
-	{"customer", V_OBJECT, false, 0, 0, NULL, customer_fields},
+	{"customer", V_OBJECT, false, 0, 0, NULL, api_customer_fields},
 	{"quantity", V_INT, false, 1, 1000, NULL, NULL},
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
-
-static const char *str(struct request *rq, const char *key, const char *sub)
-{
-	struct json_object *v = NULL;
-
-	json_object_object_get_ex(rq->json, key, &v);
-	if (v && sub)
-		json_object_object_get_ex(v, sub, &v);
-	return v ? json_object_get_string(v) : NULL;
-}
 
 void api_subscriptions_purchase(struct request *rq, struct response *rs)
 {
@@ -50,39 +34,30 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs)
 	}
 	if (api_body(rq, rs, purchase_fields) || request_idem_key(rq, rs, true))
 		return;
-	p.plan_id = str(rq, "planId", NULL);
-	p.payment_method = str(rq, "paymentMethodId", NULL);
-	p.customer_id = str(rq, "customerId", NULL);
-	p.email = str(rq, "customer", "email");
-	p.name = str(rq, "customer", "name");
+	p.plan_id = api_str(rq, "planId", NULL);
+	p.payment_method = api_str(rq, "paymentMethodId", NULL);
+	p.customer_id = api_str(rq, "customerId", NULL);
+	p.email = api_str(rq, "customer", "email");
+	p.name = api_str(rq, "customer", "name");
 	p.quantity = json_object_object_get_ex(rq->json, "quantity", &q) ? json_object_get_int64(q) : 1;
-	if (strncmp(p.payment_method, "pm_", 3)) {
-		response_invalid(rs, rq, "paymentMethodId", "must be a payment method id (pm_...)");
+	if (api_payment_method(rq, rs, p.payment_method) || api_customer_given(rq, rs))
 		return;
-	}
-	if (!p.customer_id == !p.email) {
-		response_invalid(rs, rq, "customerId", "give either customerId or customer, not both or neither");
-		return;
-	}
 	idem_fingerprint(rq->method, rq->path, rq->json, fp);
 	p.key = rq->idem_key;
 	p.fingerprint = fp;
 	purchase_run(rq->lg, &rq->actor, &p, &r);
+	api_purchase_answer(rq, rs, &r);
 	switch (r.end) {
 	case PURCHASE_ANSWERED:
-		response_reply(rs, &r.reply, r.replayed);
 		metrics_purchase(rs->status, rs->status == 201 ? "" : rs->status == 402 ? "PAYMENT_FAILED" : "HOLD_EXPIRED");
 		break;
 	case PURCHASE_REFUSED:
-		response_err(rs, rq, &r.err);
 		metrics_purchase(rs->status, rs->status == 503 ? "SERVICE_UNAVAILABLE" : r.err.code);
 		break;
 	case PURCHASE_IN_PROGRESS:
-		response_key_busy(rs, rq, r.retry_after_s);
 		metrics_purchase(rs->status, "REQUEST_IN_PROGRESS");
 		break;
 	case PURCHASE_KEY_REUSED:
-		response_key_reused(rs, rq);
 		metrics_purchase(rs->status, "IDEMPOTENCY_KEY_REUSED");
 		break;
 	}

@@ -37,12 +37,14 @@ static int authenticate(struct request *rq, struct response *rs, enum auth_need 
 		response_error(rs, rq, 401, "UNAUTHORIZED", "A bearer token is required", NULL);
 		return -1;
 	}
-	if (need == AUTH_ADMIN && rq->auth.who == AUTH_SUBSCRIPTION) {
-		response_error(rs, rq, 403, "FORBIDDEN", "An access token cannot do this", NULL);
+	if (rq->auth.who != AUTH_SUBSCRIPTION && rq->auth.who != AUTH_SESSION) {
+		response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
 		return -1;
 	}
-	if (rq->auth.who != AUTH_SUBSCRIPTION) {
-		response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
+	/* A buyer's token opens resources of its own kind (the handler checks the id). */
+	if ((need == AUTH_BEARER && rq->auth.who != AUTH_SUBSCRIPTION) ||
+	    (need == AUTH_SECRET && rq->auth.who != AUTH_SESSION) || need == AUTH_ADMIN) {
+		response_error(rs, rq, 403, "FORBIDDEN", "This token cannot do this", NULL);
 		return -1;
 	}
 	return 0;

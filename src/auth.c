@@ -27,12 +27,15 @@ void auth_identify(struct ledger *lg, const char *authorization, const char *adm
 		out->who = AUTH_ADMIN_TOKEN;
 		return;
 	}
-	/* An access token names its subscription; only the hash of the token is stored. */
-	if (!check_tokens || !token_subscription(token, out->sub_id) ||
-	    ledger_sub_get(lg, out->sub_id, &sub, &e))
+	/* An access token names its subscription, a client secret its session (the same row);
+	 * only their hashes are stored. */
+	if (!check_tokens)
+		return;
+	bool session = secret_session(token, out->sub_id);
+	if ((!session && !token_subscription(token, out->sub_id)) || ledger_sub_get(lg, out->sub_id, &sub, &e))
 		return;
 	sha256_hex(token, strlen(token), hash);
-	if (secret_equal(hash, sub.token_hash))
-		out->who = AUTH_SUBSCRIPTION;
+	if (secret_equal(hash, session ? sub.secret_hash : sub.token_hash))
+		out->who = session ? AUTH_SESSION : AUTH_SUBSCRIPTION;
 	subscription_clear(&sub);
 }

@@ -1,5 +1,5 @@
 /* auth.h - who a request's bearer token names: the admin, the holder of one subscription's
- * access token, or nobody. The one place tokens are checked. */
+ * access token or of one checkout session's client secret, or nobody. The one place tokens are checked. */
 #ifndef NUMATIX_AUTH_H
 #define NUMATIX_AUTH_H
 
@@ -11,6 +11,7 @@ enum auth_who {
 	AUTH_INVALID,        /* a bearer token that is neither */
 	AUTH_ADMIN_TOKEN,
 	AUTH_SUBSCRIPTION,   /* sub_id: the subscription the access token opens */
+	AUTH_SESSION,        /* sub_id: the checkout session the client secret opens */
 };
 
 struct auth {

@@ -41,6 +41,9 @@ struct walk {
 	struct subscription *subs;
 	size_t nsubs, cap, next;
 	struct key_rows cur;
+	const struct subscription **by_id;  /* the subscriptions by id, once all are in */
+	char (*charged)[32];              /* ids of successful charges, in the order seen */
+	size_t ncharged, charged_cap;
 };
 
 #define REPORT(w, ...) ((w)->report((w)->arg, __VA_ARGS__), (w)->violations++)
@@ -62,6 +65,23 @@ static int on_plan(void *arg, const struct plan_tally *t)
 			       .last_left = t->last_left};
 	snprintf(r->id, sizeof(r->id), "%s", p->id);
 	return 0;
+}
+
+static int charge_cmp(const void *a, const void *b)
+{
+	return strcmp((const char *)a, (const char *)b);
+}
+
+/* 3: every subscription that was activated has its successful charge. */
+static void activations_done(struct walk *w)
+{
+	qsort(w->charged, w->ncharged, sizeof(*w->charged), charge_cmp);
+	for (size_t i = 0; i < w->nsubs; i++) {
+		const struct subscription *s = &w->subs[i];
+		if ((!strcmp(s->status, "active") || !strcmp(s->status, "cancelled")) &&
+		    (!w->ncharged || !bsearch(s->payment_id, w->charged, w->ncharged, sizeof(*w->charged), charge_cmp)))
+			REPORT(w, "subscription %s was activated without a successful charge", s->id);
+	}
 }
 
 static int plan_cmp(const void *a, const void *b)
@@ -122,11 +142,32 @@ static int on_subscription(void *arg, const struct subscription *s)
 	return 0;
 }
 
+static int sub_ptr_cmp(const void *a, const void *b)
+{
+	return strcmp((*(const struct subscription *const *)a)->id, (*(const struct subscription *const *)b)->id);
+}
+
+/* The subscription of a payment (its attempt's key may be another than the subscription's). */
+static const struct subscription *sub_of(struct walk *w, const char *id)
+{
+	struct subscription key, *kp = &key, *const *found;
+
+	if (!w->by_id) {
+		w->by_id = xcalloc(w->nsubs + 1, sizeof(*w->by_id));
+		for (size_t i = 0; i < w->nsubs; i++)
+			w->by_id[i] = &w->subs[i];
+		qsort(w->by_id, w->nsubs, sizeof(*w->by_id), sub_ptr_cmp);
+	}
+	snprintf(key.id, sizeof(key.id), "%s", id);
+	found = bsearch(&kp, w->by_id, w->nsubs, sizeof(*w->by_id), sub_ptr_cmp);
+	return found ? *found : NULL;
+}
+
 /* The invariants of one key, once all its rows are in. */
 static void key_done(struct walk *w)
 {
 	struct key_rows *k = &w->cur;
-	const struct subscription *sub = k->nsubs ? &k->subs[0] : NULL;
+	const struct subscription *sub;
 	const struct payment *ok = NULL;
 	int charges = 0, refunds = 0;
 
@@ -143,14 +184,25 @@ static void key_done(struct walk *w)
 		REPORT(w, "idempotency key %s has %d subscriptions", k->key, k->nsubs);
 	if (charges > 1 || refunds > 1)
 		REPORT(w, "idempotency key %s has %d charges and %d refunds", k->key, charges, refunds);
-	/* 3: a successful charge is kept only by a subscription that was activated */
-	if (ok && !refunds && (!sub || (strcmp(sub->status, "active") && strcmp(sub->status, "cancelled") &&
-					strcmp(sub->status, "pending"))))
-		REPORT(w, "charge %s succeeded, but subscription %s is %s and nothing was refunded", ok->id,
-		       sub ? sub->id : "(none)", sub ? sub->status : "(none)");
-	if (sub && (!strcmp(sub->status, "active") || !strcmp(sub->status, "cancelled")) &&
-	    (!ok || strcmp(ok->id, sub->payment_id)))
-		REPORT(w, "subscription %s was activated without a successful charge", sub->id);
+	/* 3: a successful charge is kept only by the subscription it activated, or by one whose
+	 * payment attempt it still is */
+	if (ok && !refunds) {
+		sub = sub_of(w, ok->subscription_id);
+		bool kept = sub && (!strcmp(sub->status, "pending") ? !strcmp(sub->attempt_key, k->key) ||
+				    (!*sub->attempt_key && !strcmp(sub->idem_key, k->key)) :
+				    (!strcmp(sub->status, "active") || !strcmp(sub->status, "cancelled")) &&
+				    !strcmp(sub->payment_id, ok->id));
+		if (!kept)
+			REPORT(w, "charge %s succeeded, but subscription %s is %s and nothing was refunded", ok->id,
+			       sub ? sub->id : "(none)", sub ? sub->status : "(none)");
+	}
+	if (ok) {
+		if (w->ncharged == w->charged_cap) {
+			w->charged_cap = w->charged_cap ? 2 * w->charged_cap : 256;
+			w->charged = xrealloc(w->charged, w->charged_cap * sizeof(*w->charged));
+		}
+		snprintf(w->charged[w->ncharged++], sizeof(*w->charged), "%s", ok->id);
+	}
 	memset(k, 0, sizeof(*k));
 }
 
@@ -203,7 +255,10 @@ int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violati
 		key_done(&w);
 		qsort(w.plans, w.nplans, sizeof(*w.plans), plan_cmp);
 		plans_done(&w);
+		activations_done(&w);
 	}
+	free(w.by_id);
+	free(w.charged);
 	free(w.plans);
 	free(w.subs);
 	*violations = w.violations;

@@ -14,6 +14,7 @@ struct config {
 	int threads;             /* NUMATIX_THREADS: requests in flight per worker */
 	int store_handles;       /* NUMATIX_STORE_HANDLES: database connections per worker */
 	int hold_ttl_s;          /* NUMATIX_HOLD_TTL */
+	int checkout_ttl_s;      /* NUMATIX_CHECKOUT_TTL: a session's lifetime by default */
 	int payment_latency_ms;  /* NUMATIX_PAYMENT_LATENCY_MS */
 	int max_body;            /* NUMATIX_MAX_BODY bytes */
 	int reap_interval_s;     /* NUMATIX_REAP_INTERVAL */

@@ -180,6 +180,9 @@ static const struct {
 	{"HOLD_EXPIRED", 409, "The seat hold expired before the payment finished; any charge is refunded"},
 	{"VALIDATION_ERROR", 400, "The request is not valid"},
 	{"CUSTOMER_LIMIT_REACHED", 409, "The customer holds as many seats of this plan as it allows"},
+	{"SESSION_NOT_FOUND", 404, "Checkout session not found"},
+	{"SESSION_EXPIRED", 409, "The checkout session expired; any charge is refunded"},
+	{"SESSION_COMPLETED", 409, "The checkout session is completed already"},
 };
 
 void response_err(struct response *rs, const struct request *rq, const struct err *e)

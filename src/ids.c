@@ -56,7 +56,7 @@ void uuid_new(char out[UUID_LEN + 1])
 	uuid_unparse_lower(u, out);
 }
 
-void token_new(const char *sub_id, char out[TOKEN_LEN + 1])
+static void bearer_new(const char *prefix, const char *sub_id, char out[TOKEN_LEN + 1])
 {
 	static const char b64url[] =
 		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -64,19 +64,39 @@ void token_new(const char *sub_id, char out[TOKEN_LEN + 1])
 	size_t head = 4 + ID_LEN + 1;
 
 	random_bytes(raw, sizeof(raw));
-	snprintf(out, head + 1, "sat_%s_", sub_id);
+	snprintf(out, head + 1, "%s%s_", prefix, sub_id);
 	for (size_t i = 0; i < sizeof(raw); i++)
 		out[head + i] = b64url[raw[i] & 63];
 	out[TOKEN_LEN] = '\0';
 }
 
-bool token_subscription(const char *token, char out[ID_LEN + 1])
+void token_new(const char *sub_id, char out[TOKEN_LEN + 1])
 {
-	if (strlen(token) != TOKEN_LEN || strncmp(token, "sat_", 4) || token[4 + ID_LEN] != '_')
+	bearer_new("sat_", sub_id, out);
+}
+
+void secret_new(const char *session_id, char out[TOKEN_LEN + 1])
+{
+	bearer_new("cst_", session_id, out);
+}
+
+static bool bearer_names(const char *prefix, const char *token, char out[ID_LEN + 1])
+{
+	if (strlen(token) != TOKEN_LEN || strncmp(token, prefix, 4) || token[4 + ID_LEN] != '_')
 		return false;
 	memcpy(out, token + 4, ID_LEN);
 	out[ID_LEN] = '\0';
 	return id_valid(out);
+}
+
+bool token_subscription(const char *token, char out[ID_LEN + 1])
+{
+	return bearer_names("sat_", token, out);
+}
+
+bool secret_session(const char *secret, char out[ID_LEN + 1])
+{
+	return bearer_names("cst_", secret, out);
 }
 
 bool trace_id_valid(const char *s)

@@ -7,7 +7,7 @@
 
 #define ID_LEN 24
 #define UUID_LEN 36
-#define TOKEN_LEN 72   /* "sat_" + subscription id + "_" + 43 base64url chars */
+#define TOKEN_LEN 72   /* "sat_" or "cst_" + subscription id + "_" + 43 base64url chars */
 
 /* A new id into out[ID_LEN + 1]: 4 bytes of seconds, 8 random bytes, like an ObjectId. */
 void id_new(char out[ID_LEN + 1]);
@@ -20,8 +20,12 @@ void uuid_new(char out[UUID_LEN + 1]);
 /* A subscription access token into out[TOKEN_LEN + 1]. It names its subscription, so a
  * token can be told apart as wrong (401) or valid for another subscription (403). */
 void token_new(const char *sub_id, char out[TOKEN_LEN + 1]);
+/* A checkout session's client secret, "cst_" + its id + "_" + 43 random base64url chars. */
+void secret_new(const char *session_id, char out[TOKEN_LEN + 1]);
 /* The subscription id a token names into out; false if it is not a token's shape. */
 bool token_subscription(const char *token, char out[ID_LEN + 1]);
+/* The session a client secret names (its form only), into out. */
+bool secret_session(const char *secret, char out[ID_LEN + 1]);
 /* A trace id a client sent is kept if it is 1-64 of [A-Za-z0-9._-]. */
 bool trace_id_valid(const char *s);
 

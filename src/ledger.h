@@ -21,8 +21,12 @@
 struct ledger_replies {
 	struct reply (*purchased)(const struct subscription *s, const char *access_token,
 				  const char *trace_id);
-	struct reply (*declined)(const char *decline_code, const char *trace_id);
+	/* kept: the seats stay held (a checkout session's attempt) */
+	struct reply (*declined)(const char *decline_code, bool kept, const char *trace_id);
 	struct reply (*expired)(const char *trace_id);
+	struct reply (*session)(const struct subscription *s, const char *client_secret, const char *trace_id);
+	/* A refusal by its code (SESSION_EXPIRED, SESSION_COMPLETED), stored on a bound key. */
+	struct reply (*refused)(const char *code, const char *trace_id);
 };
 
 struct ledger {

@@ -68,8 +68,10 @@ struct customer {
 };
 void customer_clear(struct customer *c);
 
-/* pending: seat held, payment running; active; failed: declined; expired: hold timed out;
- * cancelled. Only pending and active take a seat. */
+/* pending: seats held, payment running or awaited (a checkout session is its pending
+ * subscription: open while pending, completed once active, expired once failed or expired);
+ * active; failed: declined; expired: hold timed out; cancelled. Only pending and active take
+ * seats. */
 struct subscription {
 	char id[ID_LEN + 1];
 	char status[16];
@@ -79,6 +81,11 @@ struct subscription {
 	char idem_key[UUID_LEN + 1];
 	char payment_id[32];             /* the successful charge, "" before */
 	char token_hash[65];             /* SHA-256 of the access token */
+	char secret_hash[65];            /* SHA-256 of its checkout session's client secret, or "" */
+	/* The Idempotency-Key of the payment attempt that runs or ran last (a purchase's own key, a
+	 * session completion's), "" before any, and until when that request owns it. */
+	char attempt_key[UUID_LEN + 1];
+	int64_t attempt_until;
 	int64_t quantity;                /* seats it takes */
 	int64_t amount_cents;            /* price_cents x quantity */
 	int64_t duration_days;

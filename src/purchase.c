@@ -42,16 +42,16 @@ static void answer_stored(struct ledger *lg, const char *key, struct purchase_re
 	key_record_clear(&k);
 }
 
-static void payment_of(struct payment *p, const struct subscription *sub, const char *kind,
+static void payment_of(struct payment *p, const char *key, const char *sub_id, const char *kind,
 		       const char *id, const char *status, const char *decline, int64_t amount, int64_t now)
 {
 	memset(p, 0, sizeof(*p));
 	snprintf(p->id, sizeof(p->id), "%s", id);
-	snprintf(p->idem_key, sizeof(p->idem_key), "%s", sub->idem_key);
+	snprintf(p->idem_key, sizeof(p->idem_key), "%s", key);
 	snprintf(p->kind, sizeof(p->kind), "%s", kind);
 	snprintf(p->status, sizeof(p->status), "%s", status);
 	snprintf(p->decline_code, sizeof(p->decline_code), "%s", decline ? decline : "");
-	snprintf(p->subscription_id, sizeof(p->subscription_id), "%s", sub->id);
+	snprintf(p->subscription_id, sizeof(p->subscription_id), "%s", sub_id);
 	p->amount_cents = amount;
 	p->created_at = now;
 }
@@ -75,20 +75,50 @@ static int record(struct ledger *lg, const struct actor *a, const struct payment
 	return rc;
 }
 
-int purchase_refund(struct ledger *lg, const struct actor *a, const struct subscription *sub,
+int purchase_refund(struct ledger *lg, const struct actor *a, const char *key, const char *sub_id,
 		    struct err *e)
 {
 	struct processor_rec pr;
 	struct payment charge, refund;
 	int64_t now = now_ms();
 
-	if (payment_void(lg->store, sub->idem_key, &pr, e))
+	if (payment_void(lg->store, key, &pr, e))
 		return -1;
 	if (pr.state != PROC_REFUNDED)
 		return 0;
-	payment_of(&charge, sub, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now);
-	payment_of(&refund, sub, "refund", pr.refund_id, "succeeded", NULL, pr.amount_cents, now);
+	payment_of(&charge, key, sub_id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now);
+	payment_of(&refund, key, sub_id, "refund", pr.refund_id, "succeeded", NULL, pr.amount_cents, now);
 	return record(lg, a, &charge, e) || record(lg, a, &refund, e) ? -1 : 0;
+}
+
+/* Whether a subscription may keep a charge: it holds or held its seats. */
+static bool keeps_charge(const struct subscription *s)
+{
+	return !strcmp(s->status, "pending") || !strcmp(s->status, "active") || !strcmp(s->status, "cancelled");
+}
+
+/* Why a session cannot be paid now (SESSION_COMPLETED, SESSION_EXPIRED), or NULL: it is open. */
+static const char *session_closed(const struct subscription *sub, int64_t now)
+{
+	if (!strcmp(sub->status, "pending"))
+		return sub->hold_deadline > now ? NULL : "SESSION_EXPIRED";
+	return keeps_charge(sub) ? "SESSION_COMPLETED" : "SESSION_EXPIRED";
+}
+
+/* The key of a hold's payment attempt (before attempts were kept: its own key). */
+static const char *attempt_of(const struct subscription *sub)
+{
+	return *sub->attempt_key ? sub->attempt_key : sub->idem_key;
+}
+
+/* A hold ended without its seats: no charge of its attempt is kept. The reaper refunds later
+ * what cannot be refunded now. */
+static void refund_attempt(struct ledger *lg, const struct actor *a, const struct subscription *sub)
+{
+	struct err re = {0};
+
+	if (purchase_refund(lg, a, attempt_of(sub), sub->id, &re))
+		LOG_WARN(a->trace_id, "refund for %s deferred to the reaper: %s", sub->id, re.msg);
 }
 
 int purchase_expire(struct ledger *lg, const struct actor *a, const struct subscription *sub,
@@ -108,33 +138,74 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 	int rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
 
 	*moved = rc == 0 && o.result == MOVED;
-	if (rc == 0 && o.result != MOVE_NOT_FOUND && strcmp(o.sub.status, "active") &&
-	    strcmp(o.sub.status, "cancelled") && strcmp(o.sub.status, "pending")) {
-		/* The hold ended without a seat: no charge is kept. The reaper refunds later what
-		 * cannot be refunded now. */
-		struct err re = {0};
-		if (purchase_refund(lg, a, sub, &re))
-			LOG_WARN(a->trace_id, "refund for %s deferred to the reaper: %s", sub->id, re.msg);
-	}
+	if (rc == 0 && o.result != MOVE_NOT_FOUND && !keeps_charge(&o.sub))
+		refund_attempt(lg, a, &o.sub);
 	transition_out_clear(&o);
 	free(r.body);
 	free(detail);
 	return rc;
 }
 
-/* The hold is no longer pending, or past its deadline: expire it if still pending, make sure
- * no charge is kept, answer what the key holds. */
-static void hold_gone(struct ledger *lg, const struct actor *a, const struct subscription *sub,
-		      const struct payment *charge, struct purchase_result *out)
+/* How one payment attempt runs: a purchase's (its own key; a decline ends the hold) or a
+ * checkout session's completion (a key of its own; a decline keeps the session open). */
+struct attempt {
+	const char *key;                  /* the attempt's Idempotency-Key: the processor's too */
+	bool session;
+};
+
+/* A refusal stored on the attempt's key (it is bound: a charge may have been tried). */
+static void answer_refused(struct ledger *lg, const struct actor *a, const struct attempt *at, const char *code,
+			   struct purchase_result *out)
 {
+	struct reply r = lg->replies->refused(code, a->trace_id);
+	bool matched;
+
+	if (lg->store->ops->key_finish(lg->store, at->key, &r, &matched, &out->err)) {
+		refused(out, out->err.kind, NULL, out->err.msg);
+		free(r.body);
+		return;
+	}
+	out->end = PURCHASE_ANSWERED;
+	out->reply = r;
+}
+
+/* The hold is no longer pending under this attempt, or past its deadline: expire it if still
+ * pending, make sure this attempt keeps no charge, answer what the key holds. */
+static void hold_gone(struct ledger *lg, const struct actor *a, const struct attempt *at,
+		      const struct subscription *sub, const struct payment *charge, struct purchase_result *out)
+{
+	struct subscription now = {0};
 	bool moved;
 
 	/* Expired here, or settled by someone else (the reaper): either way no charge is kept. */
-	if (purchase_expire(lg, a, sub, charge, now_ms(), &moved, &out->err)) {
+	if (purchase_expire(lg, a, sub, at->session ? NULL : charge, now_ms(), &moved, &out->err)) {
 		refused(out, out->err.kind, NULL, out->err.msg);
 		return;
 	}
-	answer_stored(lg, sub->idem_key, out);
+	if (!at->session) {
+		answer_stored(lg, at->key, out);
+		return;
+	}
+	/* A session: this attempt's charge, if any, is refunded (completed by another attempt, or
+	 * expired), and the key answers why. */
+	{
+		struct err re = {0};
+		if (purchase_refund(lg, a, at->key, sub->id, &re))
+			LOG_WARN(a->trace_id, "refund of %s deferred to the reaper: %s", at->key, re.msg);
+	}
+	if (ledger_sub_get(lg, sub->id, &now, &out->err)) {
+		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
+		return;
+	}
+	const char *why = session_closed(&now, now_ms());
+	if (why) {
+		answer_refused(lg, a, at, why, out);
+	} else {
+		/* still open: another attempt took this one over */
+		out->end = PURCHASE_IN_PROGRESS;
+		out->retry_after_s = 1;
+	}
+	subscription_clear(&now);
 }
 
 /* The second unit: t stores reply r on the key. 1 when it moved (out answered with r, whose
@@ -160,7 +231,7 @@ static int settle(struct ledger *lg, const struct actor *a, const struct transit
 	return rc;
 }
 
-static void settle_paid(struct ledger *lg, const struct actor *a, struct subscription *sub,
+static void settle_paid(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
 			const struct payment *charge, struct purchase_result *out)
 {
 	char token[TOKEN_LEN + 1], hash[65];
@@ -185,15 +256,15 @@ static void settle_paid(struct ledger *lg, const struct actor *a, struct subscri
 	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now, .to = "active",
 				.now = now, .dheld = -1, .payment_id = charge->id, .start_at = sub->start_at,
 				.end_at = sub->end_at, .token_hash = hash, .payment = charge, .events = ev,
-				.nevents = 2, .reply = &r};
+				.nevents = 2, .reply = &r, .reply_key = at->key, .attempt = at->key};
 	if (settle(lg, a, &t, &r, out) == 0)
-		hold_gone(lg, a, sub, charge, out);
+		hold_gone(lg, a, at, sub, charge, out);
 	free(r.body);
 	free(detail);
 }
 
-static void settle_declined(struct ledger *lg, const struct actor *a, const struct subscription *sub,
-			    const struct payment *charge, struct purchase_result *out)
+static void settle_declined(struct ledger *lg, const struct actor *a, const struct attempt *at,
+			    const struct subscription *sub, const struct payment *charge, struct purchase_result *out)
 {
 	char *detail = ledger_payment_detail(charge);
 	const struct event_spec ev[] = {
@@ -201,61 +272,73 @@ static void settle_declined(struct ledger *lg, const struct actor *a, const stru
 		{"subscription.failed", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
 		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
 	};
-	struct reply r = lg->replies->declined(charge->decline_code, a->trace_id);
+	struct reply r = lg->replies->declined(charge->decline_code, at->session, a->trace_id);
 	struct transition t = {.sub_id = sub->id, .from = "pending", .to = "failed", .now = now_ms(),
 			       .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .nevents = 3,
-			       .reply = &r};
+			       .reply = &r, .reply_key = at->key, .attempt = at->key};
 
+	if (at->session) {
+		/* The session stays open with its seats for another card; this attempt ends. */
+		t.to = "pending";
+		t.dleft = t.dheld = 0;
+		t.nevents = 1;
+		t.live_after = t.now;
+		t.attempt_end = true;
+	}
 	if (settle(lg, a, &t, &r, out) == 0) {
-		/* Settled by someone else (the reaper): keep the decline on record. */
-		struct err re = {0};
-		if (record(lg, a, charge, &re))
-			LOG_WARN(a->trace_id, "recording decline %s: %s", charge->id, re.msg);
-		answer_stored(lg, sub->idem_key, out);
+		if (at->session) {
+			hold_gone(lg, a, at, sub, NULL, out);
+		} else {
+			/* Settled by someone else (the reaper): keep the decline on record. */
+			struct err re = {0};
+			if (record(lg, a, charge, &re))
+				LOG_WARN(a->trace_id, "recording decline %s: %s", charge->id, re.msg);
+			answer_stored(lg, at->key, out);
+		}
 	}
 	free(r.body);
 	free(detail);
 }
 
 /* Charge outside any transaction, then settle in one atomic unit. */
-static void charge_and_settle(struct ledger *lg, const struct actor *a, struct subscription *sub,
-			      const char *method, struct purchase_result *out)
+static void charge_and_settle(struct ledger *lg, const struct actor *a, const struct attempt *at,
+			      struct subscription *sub, const char *method, struct purchase_result *out)
 {
 	struct processor_rec pr;
 	struct payment charge;
 
-	if (payment_charge(lg->store, sub->idem_key, sub->amount_cents, method, lg->payment_latency_ms, &pr,
-			   &out->err)) {
-		/* The key stays bound to the hold; a retry after the lease resumes here. */
+	if (payment_charge(lg->store, at->key, sub->amount_cents, method, lg->payment_latency_ms, &pr, &out->err)) {
+		/* The key stays bound to the attempt; a retry after the lease resumes here. */
 		LOG_WARN(a->trace_id, "charge for %s: %s", sub->id, out->err.msg);
 		refused(out, out->err.kind, NULL, out->err.msg);
 		return;
 	}
 	switch (pr.state) {
 	case PROC_CHARGED:
-		payment_of(&charge, sub, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now_ms());
-		settle_paid(lg, a, sub, &charge, out);
+		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents,
+			   now_ms());
+		settle_paid(lg, a, at, sub, &charge, out);
 		break;
 	case PROC_DECLINED:
-		payment_of(&charge, sub, "charge", pr.charge_id, "declined", pr.decline_code, pr.amount_cents,
-			   now_ms());
-		settle_declined(lg, a, sub, &charge, out);
+		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "declined", pr.decline_code,
+			   pr.amount_cents, now_ms());
+		settle_declined(lg, a, at, sub, &charge, out);
 		break;
 	default:
 		/* Voided or refunded: whoever did it settled the hold first. */
-		hold_gone(lg, a, sub, NULL, out);
+		hold_gone(lg, a, at, sub, NULL, out);
 		break;
 	}
 }
 
 /* The key existed: replay, refuse, or resume a request that died after its hold. */
-static void key_exists(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
-		       const struct claim *c, struct purchase_result *out)
+static void key_exists(struct ledger *lg, const struct actor *a, const char *key, const char *fingerprint,
+		       const char *method, const struct claim *c, struct purchase_result *out)
 {
 	struct subscription sub = {0};
 	int64_t wait;
 
-	if (strcmp(c->key.fingerprint, p->fingerprint)) {
+	if (strcmp(c->key.fingerprint, fingerprint)) {
 		out->end = PURCHASE_KEY_REUSED;
 	} else if (c->key.state == KEY_DONE) {
 		out->end = PURCHASE_ANSWERED;
@@ -269,68 +352,238 @@ static void key_exists(struct ledger *lg, const struct actor *a, const struct pu
 	} else if (ledger_sub_get(lg, c->key.subscription_id, &sub, &out->err)) {
 		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
 	} else if (strcmp(sub.status, "pending")) {
-		answer_stored(lg, p->key, out);
+		answer_stored(lg, key, out);
 		out->replayed = true;
 	} else {
 		struct actor buyer = *a;
+		struct attempt at = {key, false};
 		buyer.id = sub.customer_id;
 		LOG_INFO(a->trace_id, "resuming purchase %s at its charge", sub.id);
-		charge_and_settle(lg, &buyer, &sub, p->payment_method, out);
+		charge_and_settle(lg, &buyer, &at, &sub, method, out);
 	}
 	subscription_clear(&sub);
 }
 
-void purchase_run(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
-		  struct purchase_result *out)
-{
-	char sub_id[ID_LEN + 1];
-	struct customer c = {0};
-	struct hold_out h = {0};
-	struct actor buyer = *a;
-	int64_t now = now_ms();
+/* What a purchase and a session's creation hold. */
+struct hold_spec {
+	const char *key, *fingerprint;
+	const char *sub_id;
+	const char *plan_id;
+	int64_t quantity;
+	const char *customer_id, *email, *name;
+	int64_t ttl_ms;                   /* the hold lasts this long */
+	const char *secret_hash;          /* a session's */
+	bool pays;                        /* a purchase: the key is the payment attempt */
+	struct reply (*reply)(const struct subscription *sub, void *arg);
+	void *reply_arg;
+};
 
-	memset(out, 0, sizeof(*out));
-	id_new(sub_id);
-	const struct event_spec ev[] = {{"seat.held", "subscription", sub_id, EV_BEFORE_AFTER, NULL}};
-	if (!p->customer_id) {
+/* The first unit of a purchase or a session: claim the key and hold the seats. */
+static void hold(struct ledger *lg, const struct actor *a, const struct hold_spec *hs, struct hold_out *h,
+		 struct purchase_result *out)
+{
+	struct customer c = {0};
+	int64_t now = now_ms();
+	const struct event_spec ev[] = {{"seat.held", "subscription", hs->sub_id, EV_BEFORE_AFTER, NULL}};
+
+	if (!hs->customer_id) {
 		id_new(c.id);
-		c.email = xstrdup(p->email);
-		c.name = xstrdup(p->name);
+		c.email = xstrdup(hs->email);
+		c.name = xstrdup(hs->name);
 		c.created_at = now;
 	}
-	struct hold_req r = {{p->key, p->fingerprint, now, now + ledger_lease_ms(lg)}, sub_id, p->plan_id,
-			     p->quantity, p->customer_id, p->customer_id ? NULL : &c,
-			     now + (int64_t)lg->hold_ttl_s * 1000, ev, 1};
-	if (lg->store->ops->hold(lg->store, &r, a, &h, &out->err)) {
-		LOG_WARN(a->trace_id, "purchase hold: %s", out->err.msg);
+	struct hold_req r = {{hs->key, hs->fingerprint, now, now + ledger_lease_ms(lg)}, hs->sub_id, hs->plan_id,
+			     hs->quantity, hs->customer_id, hs->customer_id ? NULL : &c, now + hs->ttl_ms, ev, 1,
+			     hs->secret_hash, hs->pays, hs->reply, hs->reply_arg};
+	if (lg->store->ops->hold(lg->store, &r, a, h, &out->err)) {
+		LOG_WARN(a->trace_id, "hold: %s", out->err.msg);
 		out->end = PURCHASE_REFUSED;
-		goto out;
 	}
-	switch (h.result) {
-	case HOLD_TAKEN:
-		buyer.id = h.sub.customer_id;
-		charge_and_settle(lg, &buyer, &h.sub, p->payment_method, out);
-		break;
-	case HOLD_KEY_EXISTS:
-		key_exists(lg, a, p, &h.claim, out);
-		break;
+	customer_clear(&c);
+}
+
+/* A hold refused: the code of why. */
+static void hold_refused(const struct hold_out *h, int64_t quantity, struct purchase_result *out)
+{
+	switch (h->result) {
 	case HOLD_NO_PLAN:
 		refused(out, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no such plan");
 		break;
 	case HOLD_PLAN_INACTIVE:
 		refused(out, ERR_CONFLICT, "PLAN_INACTIVE", "the plan is not on sale");
 		break;
-	case HOLD_SOLD_OUT:
-	case HOLD_ORDER_LIMIT:
-	case HOLD_CUSTOMER_LIMIT:
-		out->end = PURCHASE_REFUSED;
-		ledger_hold_refused(&h, p->quantity, &out->err);
-		break;
 	case HOLD_NO_CUSTOMER:
 		refused(out, ERR_NOT_FOUND, "CUSTOMER_NOT_FOUND", "no such customer");
+		break;
+	default:
+		out->end = PURCHASE_REFUSED;
+		ledger_hold_refused(h, quantity, &out->err);
+		break;
+	}
+}
+
+void purchase_run(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
+		  struct purchase_result *out)
+{
+	char sub_id[ID_LEN + 1];
+	struct hold_out h = {0};
+	struct actor buyer = *a;
+	struct attempt at = {p->key, false};
+
+	memset(out, 0, sizeof(*out));
+	id_new(sub_id);
+	struct hold_spec hs = {p->key, p->fingerprint, sub_id, p->plan_id, p->quantity, p->customer_id, p->email,
+			       p->name, (int64_t)lg->hold_ttl_s * 1000, NULL, true, NULL, NULL};
+	hold(lg, a, &hs, &h, out);
+	if (out->end == PURCHASE_REFUSED)
+		goto out;
+	switch (h.result) {
+	case HOLD_TAKEN:
+		buyer.id = h.sub.customer_id;
+		charge_and_settle(lg, &buyer, &at, &h.sub, p->payment_method, out);
+		break;
+	case HOLD_KEY_EXISTS:
+		key_exists(lg, a, p->key, p->fingerprint, p->payment_method, &h.claim, out);
+		break;
+	default:
+		hold_refused(&h, p->quantity, out);
 		break;
 	}
 out:
 	hold_out_clear(&h);
-	customer_clear(&c);
+}
+
+/* --- checkout sessions ------------------------------------------------------------------- */
+
+struct session_reply {
+	const char *secret;
+	const char *trace_id;
+	const struct ledger *lg;
+};
+
+static struct reply session_created(const struct subscription *sub, void *arg)
+{
+	struct session_reply *x = arg;
+	return x->lg->replies->session(sub, x->secret, x->trace_id);
+}
+
+void checkout_create(struct ledger *lg, const struct actor *a, const struct checkout_req *q,
+		     struct purchase_result *out)
+{
+	char sub_id[ID_LEN + 1], secret[TOKEN_LEN + 1], hash[65];
+	struct hold_out h = {0};
+	struct session_reply sr = {secret, a->trace_id, lg};
+
+	memset(out, 0, sizeof(*out));
+	id_new(sub_id);
+	secret_new(sub_id, secret);
+	sha256_hex(secret, strlen(secret), hash);
+	struct hold_spec hs = {q->key, q->fingerprint, sub_id, q->plan_id, q->quantity, q->customer_id, q->email,
+			       q->name, (int64_t)q->expires_in_s * 1000, hash, false, session_created, &sr};
+	hold(lg, a, &hs, &h, out);
+	if (out->end == PURCHASE_REFUSED)
+		goto out;
+	switch (h.result) {
+	case HOLD_TAKEN:
+		/* the answer was stored on the key in the hold's own unit */
+		out->end = PURCHASE_ANSWERED;
+		out->reply = session_created(&h.sub, &sr);
+		break;
+	case HOLD_KEY_EXISTS:
+		/* a session's key is done in its first unit: a replay, a reuse, or in progress */
+		key_exists(lg, a, q->key, q->fingerprint, NULL, &h.claim, out);
+		break;
+	default:
+		hold_refused(&h, q->quantity, out);
+		break;
+	}
+out:
+	hold_out_clear(&h);
+}
+
+/* Reads the session; -1 with out refused when it is missing or cannot be paid now. */
+static int session_open(struct ledger *lg, const char *session_id, int64_t now, struct subscription *sub,
+			struct purchase_result *out)
+{
+	const char *closed;
+
+	subscription_clear(sub);
+	if (ledger_sub_get(lg, session_id, sub, &out->err)) {
+		if (out->err.kind == ERR_NOT_FOUND)
+			err_set(&out->err, ERR_NOT_FOUND, "SESSION_NOT_FOUND", "no session %s", session_id);
+		out->end = PURCHASE_REFUSED;
+		return -1;
+	}
+	if ((closed = session_closed(sub, now))) {
+		refused(out, ERR_CONFLICT, closed, "the session is not open");
+		return -1;
+	}
+	return 0;
+}
+
+void checkout_complete(struct ledger *lg, const struct actor *a, const char *session_id, const char *key,
+		       const char *method, struct purchase_result *out)
+{
+	struct subscription sub = {0};
+	struct attempt at = {key, true};
+	struct actor buyer = *a;
+	int64_t now = now_ms();
+	bool taken;
+
+	memset(out, 0, sizeof(*out));
+	if (session_open(lg, session_id, now, &sub, out))
+		goto out;
+	if (lg->store->ops->attempt_take(lg->store, sub.id, sub.attempt_key, key, now, now + ledger_lease_ms(lg),
+					 &taken, &out->err)) {
+		out->end = PURCHASE_REFUSED;
+		goto out;
+	}
+	if (!taken) {
+		/* the session ended meanwhile, or another completion runs: nothing was done */
+		if (session_open(lg, session_id, now, &sub, out) == 0) {
+			out->end = PURCHASE_IN_PROGRESS;
+			out->retry_after_s = 1;
+		}
+		goto out;
+	}
+	/* An earlier attempt whose request died: its charge, if it landed, is not kept. */
+	if (*sub.attempt_key && strcmp(sub.attempt_key, key)) {
+		LOG_INFO(a->trace_id, "session %s: attempt %s taken over", sub.id, sub.attempt_key);
+		if (purchase_refund(lg, a, sub.attempt_key, sub.id, &out->err)) {
+			out->end = PURCHASE_REFUSED;
+			goto out;
+		}
+	}
+	buyer.id = sub.customer_id;
+	charge_and_settle(lg, &buyer, &at, &sub, method, out);
+out:
+	subscription_clear(&sub);
+}
+
+int checkout_expire(struct ledger *lg, const struct actor *a, const char *session_id, struct subscription *out,
+		    struct err *e)
+{
+	const struct event_spec ev[] = {
+		{"session.expired", "session", session_id, EV_BEFORE_AFTER, NULL},
+		{"seat.released", "session", session_id, EV_BEFORE_AFTER, NULL},
+	};
+	struct transition t = {.sub_id = session_id, .from = "pending", .to = "expired", .now = now_ms(),
+			       .dleft = 1, .dheld = -1, .events = ev, .nevents = 2};
+	struct transition_out o;
+
+	if (lg->store->ops->transition(lg->store, &t, a, &o, e))
+		return -1;
+	*out = o.sub;
+	if (o.result == MOVE_NOT_FOUND) {
+		err_set(e, ERR_NOT_FOUND, "SESSION_NOT_FOUND", "no session %s", session_id);
+		return -1;
+	}
+	if (keeps_charge(out) && strcmp(out->status, "pending")) {
+		err_set(e, ERR_CONFLICT, "SESSION_COMPLETED", "session %s is completed", session_id);
+		subscription_clear(out);
+		return -1;
+	}
+	/* expired now, or before: an attempt's charge is not kept */
+	refund_attempt(lg, a, out);
+	return 0;
 }

@@ -1,6 +1,12 @@
 /* purchase.h - the purchase state machine of DESIGN.md, in two units of the store: claim
- * the key and hold the seat; charge outside any transaction; record the charge and settle.
- * The key records how far a request got, so a retry resumes from there. */
+ * the key and hold the seats; charge outside any transaction; record the charge and settle.
+ * The key records how far a request got, so a retry resumes from there.
+ *
+ * A checkout session is the same machine stopped after its hold: its pending subscription,
+ * with a client secret, open until its deadline. Completing it is a payment attempt under a
+ * key of its own (one attempt at a time, recorded on the session), settled like a purchase's,
+ * except that a decline leaves the session open. A purchase is a session created and
+ * completed in one request, its own key the attempt. */
 #ifndef NUMATIX_PURCHASE_H
 #define NUMATIX_PURCHASE_H
 
@@ -38,14 +44,39 @@ void purchase_result_clear(struct purchase_result *r);
 void purchase_run(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
 		  struct purchase_result *out);
 
+struct checkout_req {
+	const char *key;             /* the Idempotency-Key, valid and lower case */
+	const char *fingerprint;
+	const char *plan_id;
+	int64_t quantity;
+	int expires_in_s;
+	const char *customer_id;     /* or */
+	const char *email, *name;
+};
+
+/* Creates a checkout session: holds its seats until its deadline; the 201 answer (with the
+ * client secret) is stored on the key in the same unit. */
+void checkout_create(struct ledger *lg, const struct actor *a, const struct checkout_req *q,
+		     struct purchase_result *out);
+/* Completes an open session with a payment method, under key (claimed by the caller):
+ * SESSION_NOT_FOUND, SESSION_EXPIRED and SESSION_COMPLETED refusals change nothing;
+ * PURCHASE_IN_PROGRESS when another completion runs. Every answer after the charge was tried
+ * is stored on key. */
+void checkout_complete(struct ledger *lg, const struct actor *a, const char *session_id, const char *key,
+		       const char *method, struct purchase_result *out);
+/* Expires an open session now (its seats back, its attempt's charge refunded); an expired one
+ * is returned unchanged; SESSION_COMPLETED, SESSION_NOT_FOUND. out: the session after. */
+int checkout_expire(struct ledger *lg, const struct actor *a, const char *session_id, struct subscription *out,
+		    struct err *e);
+
 /* Expires a pending hold past its deadline (seat back, HOLD_EXPIRED stored on its key),
  * recording the charge when one was made, then has the processor refund the key's charge or
  * void it. *moved: whether this call expired it. Used by the purchase and the reaper. */
 int purchase_expire(struct ledger *lg, const struct actor *a, const struct subscription *sub,
 		    const struct payment *charge, int64_t now, bool *moved, struct err *e);
-/* Has the processor refund the charge of a hold that ended without a seat (or void its key)
- * and records the charge and its refund in the ledger. */
-int purchase_refund(struct ledger *lg, const struct actor *a, const struct subscription *sub,
+/* Has the processor refund the charge of a payment attempt (key) of subscription sub_id that
+ * must not keep it (or void the key) and records the charge and its refund in the ledger. */
+int purchase_refund(struct ledger *lg, const struct actor *a, const char *key, const char *sub_id,
 		    struct err *e);
 
 #endif

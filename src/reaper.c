@@ -52,10 +52,7 @@ static int refund_unrefunded(struct ledger *lg, const struct actor *a, struct re
 	if (lg->store->ops->charges_unrefunded(lg->store, BATCH, &charges, &n, e))
 		return -1;
 	for (i = 0; i < n && rc == 0; i++) {
-		struct subscription sub = {0};
-		snprintf(sub.id, sizeof(sub.id), "%s", charges[i].subscription_id);
-		snprintf(sub.idem_key, sizeof(sub.idem_key), "%s", charges[i].idem_key);
-		if ((rc = purchase_refund(lg, a, &sub, e)) == 0)
+		if ((rc = purchase_refund(lg, a, charges[i].idem_key, charges[i].subscription_id, e)) == 0)
 			st->refunded++;
 	}
 	free(charges);

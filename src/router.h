@@ -10,6 +10,7 @@ enum auth_need {
 	AUTH_ANYONE,
 	AUTH_ADMIN,     /* the admin token */
 	AUTH_BEARER,    /* the admin token or an access token; the handler decides which fits */
+	AUTH_SECRET,    /* the admin token or a checkout session's client secret; likewise */
 };
 
 enum idem_mode {

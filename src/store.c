@@ -60,6 +60,18 @@ struct seat_counts store_counts_before(struct seat_counts after, int64_t dleft, 
 	return b;
 }
 
+void store_hold_fill(struct subscription *sub, const struct hold_req *r)
+{
+	snprintf(sub->secret_hash, sizeof(sub->secret_hash), "%s", r->secret_hash ? r->secret_hash : "");
+	snprintf(sub->attempt_key, sizeof(sub->attempt_key), "%s", r->attempt ? r->claim.key : "");
+	sub->attempt_until = r->attempt ? r->claim.lease_until : 0;
+}
+
+bool store_attempt_needs_lapse(const char *expect, const char *key)
+{
+	return *expect && strcmp(expect, key);
+}
+
 const struct seat_counts *store_event_before(const struct event_spec *ev, const struct seat_counts *before)
 {
 	return ev->counts == EV_BEFORE_AFTER ? before : NULL;

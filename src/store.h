@@ -86,6 +86,12 @@ struct hold_req {
 	int64_t deadline;
 	const struct event_spec *events;  /* on the seat move */
 	size_t nevents;
+	const char *secret_hash;          /* a checkout session's client secret hash, or NULL */
+	bool attempt;                     /* the key's request pays now: it is the attempt */
+	/* When given, the unit's final answer, built from the subscription as held: the key is
+	 * kept done with it (a checkout session's creation) instead of KEY_HELD. */
+	struct reply (*reply)(const struct subscription *sub, void *arg);
+	void *reply_arg;
 };
 
 enum hold_result {
@@ -126,7 +132,10 @@ struct transition {
 	const struct payment *payment;    /* recorded in the unit, or NULL */
 	const struct event_spec *events;
 	size_t nevents;
-	const struct reply *reply;        /* stored on the subscription's key, or NULL */
+	const struct reply *reply;        /* stored on reply_key (not yet done), or NULL */
+	const char *reply_key;            /* NULL: the subscription's own key */
+	const char *attempt;              /* non-NULL: require this payment attempt */
+	bool attempt_end;                 /* the attempt ended (a decline): clear it */
 };
 
 enum transition_result {
@@ -232,6 +241,11 @@ struct store_ops {
 		    struct err *e);
 	int (*transition)(struct store *s, const struct transition *t, const struct actor *a,
 			  struct transition_out *out, struct err *e);
+	/* Makes key the payment attempt of a pending subscription whose hold is live at now, until
+	 * `until`, if its attempt is still `expect` (as the caller read it) and expect is "", is
+	 * key, or its lease ended by now. One atomic step; *taken tells. */
+	int (*attempt_take)(struct store *s, const char *sub_id, const char *expect, const char *key,
+			    int64_t now, int64_t until, bool *taken, struct err *e);
 	/* A payment alone (a refund, a charge that came too late), unless one of its kind exists
 	 * for its key; with its events. *existed tells which. */
 	int (*payment_record)(struct store *s, const struct payment *p, const struct event_spec *ev,
@@ -252,7 +266,8 @@ struct store_ops {
 	/* Pending subscriptions whose hold deadline is at or before now, oldest first. */
 	int (*holds_overdue)(struct store *s, int64_t now, int limit, struct subscription **out,
 			     size_t *n, struct err *e);
-	/* Successful charges whose subscription is failed or expired and that have no refund. */
+	/* Successful charges that have no refund and whose subscription is failed or expired, or
+	 * still pending or active by another payment attempt (a charge that came too late). */
 	int (*charges_unrefunded)(struct store *s, int limit, struct payment **out, size_t *n,
 				  struct err *e);
 	/* Deletes done and started keys created before `before`; a key that holds a seat stays

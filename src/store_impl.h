@@ -19,4 +19,11 @@ const struct seat_counts *store_event_after(const struct event_spec *ev, const s
 /* The seat counts of an event before a unit's move, from the counts after it. */
 struct seat_counts store_counts_before(struct seat_counts after, int64_t dleft, int64_t dheld);
 
+/* The fields of a held subscription that come from the request alone: its client secret's
+ * hash, and its payment attempt (the key, while its lease runs) when the hold pays at once. */
+void store_hold_fill(struct subscription *sub, const struct hold_req *r);
+
+/* Whether attempt_take must see expect's lease ended: expect is another request's attempt. */
+bool store_attempt_needs_lapse(const char *expect, const char *key);
+
 #endif

@@ -933,6 +933,9 @@ static void sub_read(const bson_t *d, struct subscription *o)
 	o->updated_at = get_int(d, "updated_at");
 	o->seq = o->created_at;
 	o->quantity = get_int_or(d, "quantity", 1);
+	get_str(d, "secret_hash", o->secret_hash, sizeof(o->secret_hash));
+	get_str(d, "attempt_key", o->attempt_key, sizeof(o->attempt_key));
+	o->attempt_until = get_int(d, "attempt_until");
 }
 
 /* Fills the plan names of n subscriptions with one query on plans, as SQLite's join does. */
@@ -1159,6 +1162,7 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 	o->duration_days = get_int(plan, "duration_days");
 	o->hold_deadline = r->deadline;
 	o->created_at = o->updated_at = o->seq = now;
+	store_hold_fill(o, r);
 	sub = bson_new();
 	append_oid(sub, "_id", o->id);
 	append_oid(sub, "plan_id", r->plan_id);
@@ -1167,7 +1171,8 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 		    BCON_INT64(o->amount_cents), "duration_days", BCON_INT64(o->duration_days), "payment_id",
 		    BCON_UTF8(""), "token_hash", BCON_UTF8(""), "hold_deadline", BCON_DATE_TIME(r->deadline),
 		    "created_at", BCON_DATE_TIME(now), "updated_at", BCON_DATE_TIME(now), "quantity",
-		    BCON_INT64(r->quantity));
+		    BCON_INT64(r->quantity), "secret_hash", BCON_UTF8(o->secret_hash), "attempt_key",
+		    BCON_UTF8(o->attempt_key), "attempt_until", BCON_DATE_TIME(o->attempt_until));
 	if (insert(s->subs, cs, sub, reply, e, "subscription"))
 		goto out;
 	after = (struct seat_counts){get_int(plan, "total_capacity"), get_int(plan, "subscriptions_left"),
@@ -1176,6 +1181,17 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 	buyer.id = customer_id;
 	if (events_put(s, cs, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, reply, e))
 		goto out;
+	if (r->reply) {
+		/* a session's answer, known once its subscription is: stored in the same transaction */
+		struct reply done = r->reply(o, r->reply_arg);
+		bson_t *kf = key_done_filter(r->claim.key), *ku = key_done(&done);
+		n = update(s->keys, cs, kf, ku, reply, e, "key done");
+		bson_destroy(kf);
+		bson_destroy(ku);
+		free(done.body);
+		if (n < 0)
+			goto out;
+	}
 	x->out->result = HOLD_TAKEN;
 	rc = 0;
 out:
@@ -1246,6 +1262,8 @@ static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, b
 	int rc = -1;
 
 	BSON_APPEND_UTF8(filter, "status", t->from);
+	if (t->attempt)
+		BSON_APPEND_UTF8(filter, "attempt_key", t->attempt);
 	if (t->live_after || t->due_by) {
 		BSON_APPEND_DOCUMENT_BEGIN(filter, "hold_deadline", &cond);
 		if (t->live_after)
@@ -1257,6 +1275,8 @@ static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, b
 	BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
 	BSON_APPEND_UTF8(&set, "status", t->to);
 	BSON_APPEND_DATE_TIME(&set, "updated_at", t->now);
+	if (t->attempt_end)
+		BSON_APPEND_UTF8(&set, "attempt_key", "");
 	if (t->payment_id) {
 		BSON_APPEND_UTF8(&set, "payment_id", t->payment_id);
 		BSON_APPEND_DATE_TIME(&set, "start_at", t->start_at);
@@ -1286,7 +1306,7 @@ static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, b
 	if (events_put(s, cs, x->a, t->now, plan_id, t->events, t->nevents, &before, &after, reply, e))
 		goto out;
 	if (t->reply) {
-		kf = key_done_filter(key);
+		kf = key_done_filter(t->reply_key ? t->reply_key : key);
 		ku = key_done(t->reply);
 		if (update(s->keys, cs, kf, ku, reply, e, "key done") < 0)
 			goto out;
@@ -1316,6 +1336,27 @@ static int mg_transition(struct store *st, const struct transition *t, const str
 		return -1;
 	out->result = rc == 0 ? MOVED : found ? MOVE_REFUSED : MOVE_NOT_FOUND;
 	return 0;
+}
+
+static int mg_attempt_take(struct store *st, const char *sub_id, const char *expect, const char *key, int64_t now,
+			   int64_t until, bool *taken, struct err *e)
+{
+	bson_t *filter = by_id(sub_id), *upd, reply;
+	int n;
+
+	/* one document: MongoDB applies the conditional update atomically */
+	BCON_APPEND(filter, "status", BCON_UTF8("pending"), "hold_deadline", "{", "$gt", BCON_DATE_TIME(now), "}",
+		    "attempt_key", BCON_UTF8(expect));
+	if (store_attempt_needs_lapse(expect, key))
+		BCON_APPEND(filter, "attempt_until", "{", "$lte", BCON_DATE_TIME(now), "}");
+	upd = BCON_NEW("$set", "{", "attempt_key", BCON_UTF8(key), "attempt_until", BCON_DATE_TIME(until), "}");
+	bson_init(&reply);
+	n = update(MG(st)->subs, NULL, filter, upd, &reply, e, "attempt");
+	*taken = n > 0;
+	bson_destroy(&reply);
+	bson_destroy(filter);
+	bson_destroy(upd);
+	return n < 0 ? -1 : 0;
 }
 
 struct payment_arg {
@@ -1540,7 +1581,12 @@ static int mg_charges_unrefunded(struct store *st, int limit, struct payment **o
 		"{", "$match", "{", "kind", BCON_UTF8("charge"), "status", BCON_UTF8("succeeded"), "}", "}",
 		"{", "$lookup", "{", "from", BCON_UTF8("subscriptions"), "localField", BCON_UTF8("subscription_id"),
 		"foreignField", BCON_UTF8("_id"), "as", BCON_UTF8("sub"), "}", "}",
-		"{", "$match", "{", "sub.status", "{", "$in", "[", BCON_UTF8("failed"), BCON_UTF8("expired"), "]", "}", "}", "}",
+		"{", "$unwind", BCON_UTF8("$sub"), "}",
+		"{", "$match", "{", "$or", "[",
+		"{", "sub.status", "{", "$in", "[", BCON_UTF8("failed"), BCON_UTF8("expired"), "]", "}", "}",
+		"{", "$expr", "{", "$and", "[", "{", "$ne", "[", BCON_UTF8("$sub.payment_id"), BCON_UTF8("$_id"), "]", "}",
+		"{", "$ne", "[", BCON_UTF8("$sub.attempt_key"), BCON_UTF8("$idem_key"), "]", "}", "]", "}", "}",
+		"]", "}", "}",
 		"{", "$lookup", "{", "from", BCON_UTF8("payments"), "localField", BCON_UTF8("idem_key"),
 		"foreignField", BCON_UTF8("idem_key"), "as", BCON_UTF8("all"), "}", "}",
 		"{", "$match", "{", "all.kind", "{", "$ne", BCON_UTF8("refund"), "}", "}", "}",
@@ -1845,6 +1891,7 @@ static const struct store_ops mongo_ops = {
 	.key_get = mg_key_get,
 	.hold = mg_hold,
 	.transition = mg_transition,
+	.attempt_take = mg_attempt_take,
 	.payment_record = mg_payment_record,
 	.sub_get = mg_sub_get,
 	.sub_list = mg_sub_list,

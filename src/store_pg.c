@@ -79,10 +79,13 @@ static const char *const MIGRATIONS[] = {
 	" key TEXT PRIMARY KEY, state INTEGER NOT NULL, charge_id TEXT NOT NULL DEFAULT '',"
 	" refund_id TEXT NOT NULL DEFAULT '', decline_code TEXT NOT NULL DEFAULT '',"
 	" amount_cents BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);",
-	/* 2: quantities and per-order and per-customer limits */
+	/* 2: quantities, per-order and per-customer limits, checkout sessions */
 	"ALTER TABLE plans ADD COLUMN max_per_order BIGINT NOT NULL DEFAULT 10,"
 	" ADD COLUMN max_per_customer BIGINT NOT NULL DEFAULT 0;"
-	"ALTER TABLE subscriptions ADD COLUMN quantity BIGINT NOT NULL DEFAULT 1 CHECK (quantity >= 1);"
+	"ALTER TABLE subscriptions ADD COLUMN quantity BIGINT NOT NULL DEFAULT 1 CHECK (quantity >= 1),"
+	" ADD COLUMN secret_hash TEXT NOT NULL DEFAULT '', ADD COLUMN attempt_key TEXT NOT NULL DEFAULT '',"
+	" ADD COLUMN attempt_until BIGINT NOT NULL DEFAULT 0;"
+	"UPDATE subscriptions SET attempt_key = idem_key WHERE status = 'pending';"
 	"CREATE INDEX subscriptions_owner ON subscriptions (customer_id, plan_id, status);",
 };
 
@@ -654,7 +657,7 @@ static int pg_key_finish(struct store *st, const char *key, const struct reply *
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
-	" s.updated_at, s.seq, s.quantity"
+	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until"
 
 static void sub_read(PGresult *r, int row, struct subscription *o)
 {
@@ -676,6 +679,9 @@ static void sub_read(PGresult *r, int row, struct subscription *o)
 	o->updated_at = col_int(r, row, 14);
 	o->seq = col_int(r, row, 15);
 	o->quantity = col_int(r, row, 16);
+	col_copy(r, row, 17, o->secret_hash, sizeof(o->secret_hash));
+	col_copy(r, row, 18, o->attempt_key, sizeof(o->attempt_key));
+	o->attempt_until = col_int(r, row, 19);
 }
 
 static const char SUB_BY_ID[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.id = $1";
@@ -708,6 +714,10 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	static const char key_ins[] =
 		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, subscription_id, created_at)"
 		" VALUES ($1, $2, 'held', $3, $4, $5) ON CONFLICT DO NOTHING";
+	/* a session's answer, known once its subscription is: stored in the same transaction */
+	static const char key_done[] =
+		"UPDATE idempotency_keys SET state = 'done', locked_until = 0, response_status = $1,"
+		" response_body = $2 WHERE key = $3";
 	static const char by_id[] = "SELECT id FROM customers WHERE id = $1";
 	static const char by_email[] = "SELECT id FROM customers WHERE lower(email) = lower($1)";
 	static const char take[] =
@@ -722,8 +732,8 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 		" WHERE customer_id = $1 AND plan_id = $2 AND status IN ('pending', 'active')";
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents, duration_days,"
-		" token_hash, hold_deadline, created_at, updated_at, quantity)"
-		" VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10)";
+		" token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, attempt_key, attempt_until)"
+		" VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10, $11, $12, $13)";
 	struct hold_arg *x = arg;
 	const struct hold_req *r = x->r;
 	struct subscription *sub = &x->out->sub;
@@ -801,10 +811,19 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	sub->hold_deadline = r->deadline;
 	sub->created_at = sub->updated_at = now;
 	buyer.id = customer_id;
-	if (run(q(s, ins, e, "ttttiiiiii", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
-		  sub->duration_days, r->deadline, now, now, r->quantity)) < 0 ||
+	store_hold_fill(sub, r);
+	if (run(q(s, ins, e, "ttttiiiiiitti", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+		  sub->duration_days, r->deadline, now, now, r->quantity, sub->secret_hash, sub->attempt_key,
+		  sub->attempt_until)) < 0 ||
 	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e))
 		return -1;
+	if (r->reply) {
+		struct reply done = r->reply(sub, r->reply_arg);
+		n = run(q(s, key_done, e, "itt", (int64_t)done.status, done.body, r->claim.key));
+		free(done.body);
+		if (n < 0)
+			return -1;
+	}
 	x->out->result = HOLD_TAKEN;
 	return 0;
 }
@@ -846,9 +865,10 @@ static int transition_tx(struct pg *s, void *arg, struct err *e)
 	static const char move[] =
 		"UPDATE subscriptions SET status = $1, updated_at = $2, payment_id = coalesce($3, payment_id),"
 		" start_at = coalesce($4::bigint, start_at), end_at = coalesce($5::bigint, end_at),"
-		" token_hash = coalesce($6, token_hash)"
+		" token_hash = coalesce($6, token_hash), attempt_key = CASE WHEN $11::bigint = 1 THEN '' ELSE attempt_key END"
 		" WHERE id = $7 AND status = $8 AND ($9::bigint IS NULL OR hold_deadline > $9::bigint)"
-		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) RETURNING plan_id, idem_key, quantity";
+		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) AND ($12::text IS NULL OR attempt_key = $12)"
+		" RETURNING plan_id, idem_key, quantity";
 	struct transition_arg *x = arg;
 	const struct transition *t = x->t;
 	struct seat_counts before, after;
@@ -858,8 +878,8 @@ static int transition_tx(struct pg *s, void *arg, struct err *e)
 	PGresult *r;
 
 	transition_out_clear(x->out);
-	if (!(r = q(s, move, e, "titIItttII", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
-		    t->sub_id, t->from, t->live_after, t->due_by)))
+	if (!(r = q(s, move, e, "titIItttIIit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
+		    t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt)))
 		return -1;
 	if (PQntuples(r) == 0) {
 		PQclear(r);
@@ -883,7 +903,8 @@ static int transition_tx(struct pg *s, void *arg, struct err *e)
 	}
 	if (events_put(s, x->a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
 		return -1;
-	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body, key)) < 0)
+	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body,
+			      t->reply_key ? t->reply_key : key)) < 0)
 		return -1;
 	if (sub_find(s, t->sub_id, &x->out->sub, &found, e))
 		return -1;
@@ -902,6 +923,23 @@ static int pg_transition(struct store *st, const struct transition *t, const str
 	if (rc < 0)
 		transition_out_clear(out);
 	return rc < 0 ? -1 : 0;
+}
+
+static int pg_attempt_take(struct store *st, const char *sub_id, const char *expect, const char *key, int64_t now,
+			   int64_t until, bool *taken, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE subscriptions SET attempt_key = $1, attempt_until = $2"
+		" WHERE id = $3 AND status = 'pending' AND hold_deadline > $4 AND attempt_key = $5"
+		" AND ($6::bigint = 0 OR attempt_until <= $4)";
+	int n;
+
+	if (connected(PG(st), e))
+		return -1;
+	n = run(q(PG(st), sql, e, "tititi", key, until, sub_id, now, expect,
+		  (int64_t)store_attempt_needs_lapse(expect, key)));
+	*taken = n > 0;
+	return n < 0 ? -1 : 0;
 }
 
 struct payment_arg {
@@ -1050,7 +1088,8 @@ static int pg_charges_unrefunded(struct store *st, int limit, struct payment **o
 {
 	static const char sql[] =
 		"SELECT " PAY_COLS " FROM payments c WHERE c.kind = 'charge' AND c.status = 'succeeded'"
-		" AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.idem_key = c.idem_key AND s.status IN ('failed', 'expired'))"
+		" AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = c.subscription_id"
+		"   AND (s.status IN ('failed', 'expired') OR (s.payment_id <> c.id AND s.attempt_key <> c.idem_key)))"
 		" AND NOT EXISTS (SELECT 1 FROM payments r WHERE r.idem_key = c.idem_key AND r.kind = 'refund') LIMIT $1";
 	PGresult *r;
 
@@ -1221,6 +1260,7 @@ static const struct store_ops pg_ops = {
 	.key_get = pg_key_get,
 	.hold = pg_hold,
 	.transition = pg_transition,
+	.attempt_take = pg_attempt_take,
 	.payment_record = pg_payment_record,
 	.sub_get = pg_sub_get,
 	.sub_list = pg_sub_list,

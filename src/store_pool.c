@@ -106,6 +106,8 @@ FORWARD(hold, (struct store *s, const struct hold_req *r, const struct actor *a,
 	       struct err *e), (h, r, a, out, e))
 FORWARD(transition, (struct store *s, const struct transition *t, const struct actor *a,
 		     struct transition_out *out, struct err *e), (h, t, a, out, e))
+FORWARD(attempt_take, (struct store *s, const char *sub_id, const char *expect, const char *key, int64_t now,
+		       int64_t until, bool *taken, struct err *e), (h, sub_id, expect, key, now, until, taken, e))
 FORWARD(payment_record, (struct store *s, const struct payment *pm, const struct event_spec *ev, size_t nev,
 			 const struct actor *a, bool *existed, struct err *e), (h, pm, ev, nev, a, existed, e))
 READ(sub_get, (struct store *s, const char *id, struct subscription *out, bool *found, struct err *e),
@@ -173,6 +175,7 @@ static const struct store_ops pool_ops = {
 	.key_get = pool_key_get,
 	.hold = pool_hold,
 	.transition = pool_transition,
+	.attempt_take = pool_attempt_take,
 	.payment_record = pool_payment_record,
 	.sub_get = pool_sub_get,
 	.sub_list = pool_sub_list,

@@ -101,7 +101,8 @@ static const char SCHEMA[] =
 	" duration_days INTEGER NOT NULL, payment_id TEXT NOT NULL DEFAULT '', token_hash TEXT NOT NULL,"
 	" start_at INTEGER NOT NULL DEFAULT 0, end_at INTEGER NOT NULL DEFAULT 0,"
 	" hold_deadline INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
-	" quantity INTEGER NOT NULL DEFAULT 1 CHECK (quantity >= 1));"
+	" quantity INTEGER NOT NULL DEFAULT 1 CHECK (quantity >= 1), secret_hash TEXT NOT NULL DEFAULT '',"
+	" attempt_key TEXT NOT NULL DEFAULT '', attempt_until INTEGER NOT NULL DEFAULT 0);"
 	"CREATE INDEX IF NOT EXISTS subscriptions_hold ON subscriptions(status, hold_deadline);"
 	"CREATE INDEX IF NOT EXISTS subscriptions_customer ON subscriptions(customer_id, seq);"
 	"CREATE INDEX IF NOT EXISTS subscriptions_plan ON subscriptions(plan_id, status);"
@@ -143,11 +144,15 @@ static const char MIGRATE_1_2[] =
 	" WHERE resource_type != 'payment';"
 	"UPDATE audit_events SET detail = after WHERE resource_type = 'payment';";
 
-/* Version 3: quantities and per-order and per-customer limits. */
+/* Version 3: quantities, per-order and per-customer limits, checkout sessions. */
 static const char MIGRATE_2_3[] =
 	"ALTER TABLE plans ADD COLUMN max_per_order INTEGER NOT NULL DEFAULT 10;"
 	"ALTER TABLE plans ADD COLUMN max_per_customer INTEGER NOT NULL DEFAULT 0;"
-	"ALTER TABLE subscriptions ADD COLUMN quantity INTEGER NOT NULL DEFAULT 1 CHECK (quantity >= 1);";
+	"ALTER TABLE subscriptions ADD COLUMN quantity INTEGER NOT NULL DEFAULT 1 CHECK (quantity >= 1);"
+	"ALTER TABLE subscriptions ADD COLUMN secret_hash TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE subscriptions ADD COLUMN attempt_key TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE subscriptions ADD COLUMN attempt_until INTEGER NOT NULL DEFAULT 0;"
+	"UPDATE subscriptions SET attempt_key = idem_key WHERE status = 'pending';";
 
 static const char PROC_SCHEMA[] =
 	"CREATE TABLE IF NOT EXISTS processor ("
@@ -843,7 +848,7 @@ static int sq_key_finish(struct store *st_, const char *key, const struct reply 
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
-	" s.updated_at, s.seq, s.quantity"
+	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until"
 
 static void sub_read(sqlite3_stmt *st, struct subscription *o)
 {
@@ -865,6 +870,9 @@ static void sub_read(sqlite3_stmt *st, struct subscription *o)
 	o->updated_at = sqlite3_column_int64(st, 14);
 	o->seq = sqlite3_column_int64(st, 15);
 	o->quantity = sqlite3_column_int64(st, 16);
+	col_copy(st, 17, o->secret_hash, sizeof(o->secret_hash));
+	col_copy(st, 18, o->attempt_key, sizeof(o->attempt_key));
+	o->attempt_until = sqlite3_column_int64(st, 19);
 }
 
 static int sq_sub_get(struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e)
@@ -898,11 +906,14 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 		" WHERE customer_id = ? AND plan_id = ? AND status IN ('pending', 'active')";
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
-		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity)"
-		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?)";
+		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash,"
+		" attempt_key, attempt_until)"
+		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?, ?, ?, ?)";
 	static const char key_ins[] =
-		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, subscription_id, created_at)"
-		" VALUES (?, ?, 'held', ?, ?, ?)";
+		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, subscription_id, created_at,"
+		" response_status, response_body)"
+		" VALUES (?, ?, CASE WHEN ? > 0 THEN 'done' ELSE 'held' END, ?, ?, ?, ?, ?)";
+	struct reply done = {0};
 	struct sq *s = SQ(st_);
 	struct subscription *sub = &out->sub;
 	struct customer found_c = {0};
@@ -978,13 +989,19 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 	buyer.id = customer_id;
 	sub->hold_deadline = r->deadline;
 	sub->created_at = sub->updated_at = now;
-	if (run(q(s, ins, e, "ttttiiiiii", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
-		  sub->duration_days, r->deadline, now, now, r->quantity), e) < 0 ||
+	store_hold_fill(sub, r);
+	if (r->reply)
+		done = r->reply(sub, r->reply_arg);
+	if (run(q(s, ins, e, "ttttiiiiiitti", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+		  sub->duration_days, r->deadline, now, now, r->quantity, sub->secret_hash, sub->attempt_key,
+		  sub->attempt_until), e) < 0 ||
 	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e) ||
-	    run(q(s, key_ins, e, "ttiti", r->claim.key, r->claim.fingerprint, r->claim.lease_until, sub->id, now), e) < 0)
+	    run(q(s, key_ins, e, "ttiitiit", r->claim.key, r->claim.fingerprint, (int64_t)done.status,
+		  done.status ? (int64_t)0 : r->claim.lease_until, sub->id, now, (int64_t)done.status, done.body), e) < 0)
 		goto out;
 	rc = 0;
 out:
+	free(done.body);
 	customer_clear(&found_c);
 	if (rc)
 		hold_out_clear(out);
@@ -1012,9 +1029,9 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 	static const char move[] =
 		"UPDATE subscriptions SET status = ?1, updated_at = ?2, payment_id = coalesce(?3, payment_id),"
 		" start_at = coalesce(?4, start_at), end_at = coalesce(?5, end_at),"
-		" token_hash = coalesce(?6, token_hash)"
+		" token_hash = coalesce(?6, token_hash), attempt_key = CASE WHEN ?11 THEN '' ELSE attempt_key END"
 		" WHERE id = ?7 AND status = ?8 AND (?9 IS NULL OR hold_deadline > ?9)"
-		" AND (?10 IS NULL OR hold_deadline <= ?10)"
+		" AND (?10 IS NULL OR hold_deadline <= ?10) AND (?12 IS NULL OR attempt_key = ?12)"
 		" RETURNING plan_id, idem_key, quantity";
 	struct sq *s = SQ(st_);
 	struct seat_counts before, after;
@@ -1027,8 +1044,8 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 	memset(out, 0, sizeof(*out));
 	if (BEGIN(s, e))
 		return -1;
-	st = q(s, move, e, "titIItttII", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
-	       t->sub_id, t->from, t->live_after, t->due_by);
+	st = q(s, move, e, "titIItttIIit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
+	       t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt);
 	if ((n = step(st, e)) < 0)
 		goto out;
 	if (n == 0) {
@@ -1050,7 +1067,8 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 	if ((t->payment && payment_put(s, t->payment, e)) ||
 	    events_put(s, a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
 		goto out;
-	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body, key), e) < 0)
+	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body,
+			      t->reply_key ? t->reply_key : key), e) < 0)
 		goto out;
 	if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e))
 		goto out;
@@ -1060,6 +1078,23 @@ out:
 	if (rc)
 		transition_out_clear(out);
 	return END(s, rc, e);
+}
+
+static int sq_attempt_take(struct store *st_, const char *sub_id, const char *expect, const char *key, int64_t now,
+			   int64_t until, bool *taken, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE subscriptions SET attempt_key = ?1, attempt_until = ?2"
+		" WHERE id = ?3 AND status = 'pending' AND hold_deadline > ?4 AND attempt_key = ?5"
+		" AND (?6 = 0 OR attempt_until <= ?4)";
+	struct sq *s = SQ(st_);
+	int n;
+
+	if (BEGIN(s, e))
+		return -1;
+	n = run(q(s, sql, e, "tititi", key, until, sub_id, now, expect, (int64_t)store_attempt_needs_lapse(expect, key)), e);
+	*taken = n > 0;
+	return END(s, n < 0 ? -1 : 0, e);
 }
 
 static void payment_read(sqlite3_stmt *st, int col, struct payment *p)
@@ -1244,8 +1279,8 @@ static int sq_charges_unrefunded(struct store *st_, int limit, struct payment **
 {
 	static const char sql[] =
 		"SELECT " PAY_COLS " FROM payments c WHERE c.kind = 'charge' AND c.status = 'succeeded'"
-		" AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.idem_key = c.idem_key"
-		"             AND s.status IN ('failed', 'expired'))"
+		" AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = c.subscription_id"
+		"             AND (s.status IN ('failed', 'expired') OR (s.payment_id != c.id AND s.attempt_key != c.idem_key)))"
 		" AND NOT EXISTS (SELECT 1 FROM payments r WHERE r.idem_key = c.idem_key AND r.kind = 'refund')"
 		" LIMIT ?";
 	sqlite3_stmt *st = q(SQ(st_), sql, e, "i", (int64_t)limit);
@@ -1519,6 +1554,7 @@ static const struct store_ops sqlite_ops = {
 	.key_get = sq_key_get,
 	.hold = sq_hold,
 	.transition = sq_transition,
+	.attempt_take = sq_attempt_take,
 	.payment_record = sq_payment_record,
 	.sub_get = sq_sub_get,
 	.sub_list = sq_sub_list,

@@ -2,6 +2,7 @@
 #include "view.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "util.h"
 
@@ -114,6 +115,33 @@ struct json_object *view_purchase(const struct subscription *s, const char *acce
 
 	ADD(o, "accessToken", STR(access_token));
 	ADD(o, "traceId", STR(trace_id));
+	return o;
+}
+
+/* A checkout session is its pending subscription: open while pending, completed once it was
+ * activated, expired otherwise. */
+static const char *session_status(const struct subscription *s)
+{
+	if (!strcmp(s->status, "pending"))
+		return "open";
+	return !strcmp(s->status, "failed") || !strcmp(s->status, "expired") ? "expired" : "completed";
+}
+
+struct json_object *view_session(const struct subscription *s)
+{
+	struct json_object *o = json_object_new_object();
+	const char *status = session_status(s);
+
+	ADD(o, "id", STR(s->id));
+	ADD(o, "status", STR(status));
+	ADD(o, "planId", STR(s->plan_id));
+	ADD(o, "customerId", STR(s->customer_id));
+	ADD(o, "quantity", INT(s->quantity));
+	ADD(o, "amount_cents", INT(s->amount_cents));
+	ADD(o, "expiresAt", view_time(s->hold_deadline));
+	ADD(o, "subscriptionId", !strcmp(status, "completed") ? STR(s->id) : NULL);
+	ADD(o, "createdAt", view_time(s->created_at));
+	ADD(o, "updatedAt", view_time(s->updated_at));
 	return o;
 }
 

@@ -13,6 +13,8 @@ struct json_object *view_customer(const struct customer *c);
 /* The subscription as GET shows it. */
 struct json_object *view_subscription(const struct subscription *s);
 /* The purchase's 201 body: the subscription with its access token and the trace id. */
+/* A checkout session: its pending subscription seen as a session (API.md). */
+struct json_object *view_session(const struct subscription *s);
 struct json_object *view_purchase(const struct subscription *s, const char *access_token,
 				  const char *trace_id);
 struct json_object *view_audit_event(const struct audit_event *a);

@@ -425,6 +425,106 @@ class Quantities(Envelope):
         self.assertTrue(ok, out)
 
 
+def session_create(plan_id, quantity=None, email=None, key=None, **extra):
+    body = {"planId": plan_id, "customer": {"email": email or "cs-%s@example.com" % uuid.uuid4().hex[:12],
+                                            "name": "Session Buyer"}}
+    if quantity is not None:
+        body["quantity"] = quantity
+    body.update(extra)
+    return S.request("POST", "/api/checkout-sessions", body, {"Idempotency-Key": key or str(uuid.uuid4())})
+
+
+def session_call(sess, action, body=None, key=None, secret=None):
+    h = {"Authorization": "Bearer " + (secret or sess["clientSecret"])}
+    if action == "complete":
+        h["Idempotency-Key"] = key or str(uuid.uuid4())
+    path = "/api/checkout-sessions/" + sess["id"] + ("/" + action if action else "")
+    return S.request("POST" if action else "GET", path, body, h)
+
+
+class CheckoutSessions(Envelope):
+    def test_hold_then_pay(self):
+        p = S.create_plan(capacity=5, price=900)
+        key = str(uuid.uuid4())
+        r = session_create(p["id"], quantity=2, key=key)
+        self.assertEqual(r.status, 201, r)
+        s = r.json
+        self.assertEqual((s["status"], s["quantity"], s["amount_cents"], s["subscriptionId"]), ("open", 2, 1800, None))
+        self.assertTrue(s["clientSecret"].startswith("cst_"))
+        self.assertEqual(S.plan(p["id"])["subscriptions_held"], 2)
+        # a retry replays the creation, secret included, and holds nothing more
+        again = session_create(p["id"], quantity=2, key=key, email=None)
+        self.assertIn(again.status, (201, 422))
+        g = session_call(s, None)
+        self.assertEqual((g.status, g.json["status"]), (200, "open"), g)
+        self.assertNotIn("clientSecret", g.json)
+        # a decline keeps the session open with its seats
+        d = session_call(s, "complete", {"paymentMethodId": "pm_card_chargeDeclined"})
+        self.assertError(d, 402, "PAYMENT_FAILED")
+        self.assertEqual(S.plan(p["id"])["subscriptions_held"], 2)
+        self.assertEqual(session_call(s, None).json["status"], "open")
+        ck = str(uuid.uuid4())
+        c = session_call(s, "complete", {"paymentMethodId": "pm_card_visa"}, key=ck)
+        self.assertEqual(c.status, 201, c)
+        self.assertEqual((c.json["status"], c.json["quantity"], c.json["amount_cents"], c.json["id"]),
+                         ("active", 2, 1800, s["id"]))
+        self.assertTrue(c.json["accessToken"].startswith("sat_"))
+        replay = session_call(s, "complete", {"paymentMethodId": "pm_card_visa"}, key=ck)
+        self.assertEqual((replay.status, replay.raw), (201, c.raw))
+        again = session_call(s, "complete", {"paymentMethodId": "pm_card_visa"})
+        self.assertError(again, 409, "SESSION_COMPLETED")
+        done = session_call(s, None).json
+        self.assertEqual((done["status"], done["subscriptionId"]), ("completed", s["id"]))
+        self.assertError(session_call(s, "expire"), 409, "SESSION_COMPLETED")
+        q = S.plan(p["id"])
+        self.assertEqual((q["subscriptions_left"], q["subscriptions_held"]), (3, 0))
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_expire_gives_seats_back(self):
+        p = S.create_plan(capacity=3)
+        s = session_create(p["id"], quantity=3).json
+        self.assertTrue(S.plan(p["id"])["isSoldOut"])
+        self.assertError(S.purchase(p["id"]), 409, "PLAN_SOLD_OUT")
+        e = session_call(s, "expire", {})
+        self.assertEqual((e.status, e.json["status"]), (200, "expired"), e)
+        self.assertEqual(session_call(s, "expire").json["status"], "expired")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 3)
+        self.assertError(session_call(s, "complete", {"paymentMethodId": "pm_card_visa"}), 409, "SESSION_EXPIRED")
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_secrets_and_validation(self):
+        p = S.create_plan(capacity=10, max_per_customer=2)
+        a = session_create(p["id"]).json
+        b = session_create(p["id"]).json
+        self.assertError(session_call(a, None, secret=b["clientSecret"]), 403, "FORBIDDEN")
+        self.assertError(session_call(a, None, secret=a["clientSecret"][:-3] + "AAA"), 401, "UNAUTHORIZED")
+        self.assertError(S.request("GET", "/api/checkout-sessions/" + a["id"]), 401, "UNAUTHORIZED")
+        self.assertEqual(S.admin("GET", "/api/checkout-sessions/" + a["id"]).status, 200)
+        self.assertError(S.admin("GET", "/api/checkout-sessions/" + "4" * 24), 404, "SESSION_NOT_FOUND")
+        # a client secret opens no subscription route, an access token no session route
+        self.assertError(S.request("GET", "/api/subscriptions/" + a["id"],
+                                   headers={"Authorization": "Bearer " + a["clientSecret"]}), 403, "FORBIDDEN")
+        for body, field in [({"expiresIn": 59}, "expiresIn"), ({"expiresIn": 86401}, "expiresIn"),
+                            ({"quantity": 0}, "quantity"), ({"extra": 1}, "extra"), ({"planId": "x"}, "planId")]:
+            r = session_create(p["id"], **body)
+            self.assertError(r, 400, "VALIDATION_ERROR")
+            self.assertEqual(r.json["details"]["field"], field, (body, r))
+        r = S.request("POST", "/api/checkout-sessions", {"planId": p["id"], "customer": {"email": "x@y.co", "name": "X"}})
+        self.assertError(r, 400, "MISSING_IDEMPOTENCY_KEY")
+        self.assertError(session_call(a, "complete", {"paymentMethodId": "card"}), 400, "VALIDATION_ERROR")
+        self.assertError(session_call(a, "complete", {}), 400, "VALIDATION_ERROR")
+        # open sessions count toward the customer's limit
+        email = "cap-%s@example.com" % uuid.uuid4().hex[:8]
+        self.assertEqual(session_create(p["id"], quantity=2, email=email).status, 201)
+        lim = session_create(p["id"], email=email)
+        self.assertError(lim, 409, "CUSTOMER_LIMIT_REACHED")
+        self.assertEqual(lim.json["details"], {"limit": 2, "held": 2})
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
 class Audit(Envelope):
     def test_audit_trail(self):
         p = S.create_plan(capacity=2)

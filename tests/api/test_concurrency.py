@@ -80,6 +80,51 @@ class Concurrency(unittest.TestCase):
         self.assertEqual(S.purchase(p["id"], quantity=3).status, 201)
         self.assertChecks()
 
+    def test_sessions_race_their_own_expiry(self):
+        # every session is completed and expired at once, while the reaper runs: each ends
+        # completed or expired, never both, and no seat or charge is lost
+        p = S.create_plan(capacity=40)
+        sessions = []
+        for i in range(40):
+            r = S.request("POST", "/api/checkout-sessions",
+                          {"planId": p["id"], "quantity": 1,
+                           "customer": {"email": "race-%d-%s@example.com" % (i, uuid.uuid4().hex[:6]), "name": "R"}},
+                          {"Idempotency-Key": str(uuid.uuid4())})
+            self.assertEqual(r.status, 201, r)
+            sessions.append(r.json)
+        self.assertTrue(S.plan(p["id"])["isSoldOut"])
+
+        def act(job):
+            sess, action = job
+            h = {"Authorization": "Bearer " + sess["clientSecret"]}
+            path = "/api/checkout-sessions/%s/%s" % (sess["id"], action)
+            if action == "complete":
+                h["Idempotency-Key"] = str(uuid.uuid4())
+                return S.request("POST", path, {"paymentMethodId": "pm_card_visa"}, h)
+            return S.request("POST", path, None, h)
+
+        jobs = [(s, a) for s in sessions for a in ("complete", "expire")]
+        random.Random(5).shuffle(jobs)
+        results = pool(32, jobs, act)
+        by_session = collections.defaultdict(dict)
+        for (sess, action), r in zip(jobs, results):
+            self.assertFalse(isinstance(r, Exception), r)
+            by_session[sess["id"]][action] = r
+        completed = 0
+        for sid, rs in by_session.items():
+            c, e = rs["complete"], rs["expire"]
+            if c.status == 201:
+                completed += 1
+                self.assertEqual((e.status, e.json["code"]), (409, "SESSION_COMPLETED"), e)
+            else:
+                self.assertEqual((c.status, c.json["code"]), (409, "SESSION_EXPIRED"), c)
+                self.assertEqual((e.status, e.json["status"]), (200, "expired"), e)
+            final = S.admin("GET", "/api/checkout-sessions/" + sid).json["status"]
+            self.assertEqual(final, "completed" if c.status == 201 else "expired")
+        q = S.plan(p["id"])
+        self.assertEqual((q["subscriptions_left"], q["subscriptions_held"]), (40 - completed, 0))
+        self.assertChecks()
+
     def test_2000_attempts_on_500_seats(self):
         p = S.create_plan(capacity=500)
         results = pool(64, list(range(2000)), lambda i: S.purchase(p["id"]))

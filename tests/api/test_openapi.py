@@ -182,6 +182,26 @@ class Responses(unittest.TestCase):
         self.call("GET", "/api/customers/%s/subscriptions" % ("d" * 24), admin=True)
         self.call("GET", "/api/audit-logs?limit=5&planId=" + pid, admin=True)
         self.call("GET", "/api/audit-logs", headers=token)
+        plan2 = self.call("POST", "/api/plans", {"name": "Spec S " + uuid.uuid4().hex[:8], "price_cents": 300,
+                                                 "total_capacity": 3, "max_per_customer": 2}, admin=True).json
+        cs_body = {"planId": plan2["id"], "quantity": 2, "customer": {"email": "cs@example.com", "name": "S"}}
+        sess = self.call("POST", "/api/checkout-sessions", cs_body, key()).json
+        self.call("POST", "/api/checkout-sessions", dict(cs_body, quantity=1), key())
+        self.call("POST", "/api/checkout-sessions", dict(cs_body, expiresIn=1), key())
+        secret = {"Authorization": "Bearer " + sess["clientSecret"]}
+        self.call("GET", "/api/checkout-sessions/" + sess["id"], headers=secret)
+        self.call("GET", "/api/checkout-sessions/" + sess["id"], headers=token)
+        self.call("GET", "/api/checkout-sessions/" + "c" * 24, admin=True)
+        self.call("POST", "/api/checkout-sessions/%s/complete" % sess["id"], {"paymentMethodId": "pm_card_chargeDeclined"},
+                  dict(secret, **key()))
+        self.call("POST", "/api/checkout-sessions/%s/complete" % sess["id"], {"paymentMethodId": "pm_card_visa"},
+                  dict(secret, **key()))
+        self.call("POST", "/api/checkout-sessions/%s/expire" % sess["id"], headers=secret)
+        other = self.call("POST", "/api/checkout-sessions", dict(cs_body, quantity=1,
+                                                                 customer={"email": "cs2@example.com", "name": "T"}),
+                          key()).json
+        self.call("POST", "/api/checkout-sessions/%s/expire" % other["id"], {},
+                  {"Authorization": "Bearer " + other["clientSecret"]})
         # every operation was seen answering at least once, and each status the test meant to see
         ops = {(m, t) for m, t, _ in Responses.seen}
         self.assertEqual(len(ops), len(documented()), sorted(documented()))

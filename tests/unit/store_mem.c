@@ -445,9 +445,15 @@ static int mem_hold(struct store *s, const struct hold_req *r, const struct acto
 	sub->hold_deadline = r->deadline;
 	sub->created_at = sub->updated_at = r->claim.now;
 	sub->seq = ++m->seq;
+	store_hold_fill(sub, r);
 	buyer.id = c->id;
 	events_put(m, &buyer, r->claim.now, p->id, r->events, r->nevents, &before, &after);
 	key_add(m, &r->claim, KEY_HELD, sub->id);
+	if (r->reply) {
+		struct reply done = r->reply(sub, r->reply_arg);
+		mem_key_finish(s, r->claim.key, &done, &(bool){false}, e);
+		free(done.body);
+	}
 	out->result = HOLD_TAKEN;
 	sub_copy(m, &out->sub, sub);
 	return 0;
@@ -477,7 +483,7 @@ static int mem_transition(struct store *s, const struct transition *t, const str
 		return 0;
 	}
 	if (strcmp(sub->status, t->from) || (t->live_after && sub->hold_deadline <= t->live_after) ||
-	    (t->due_by && sub->hold_deadline > t->due_by)) {
+	    (t->due_by && sub->hold_deadline > t->due_by) || (t->attempt && strcmp(sub->attempt_key, t->attempt))) {
 		out->result = MOVE_REFUSED;
 		sub_copy(m, &out->sub, sub);
 		return 0;
@@ -493,6 +499,8 @@ static int mem_transition(struct store *s, const struct transition *t, const str
 	after = (struct seat_counts){p->total_capacity, p->subscriptions_left, p->subscriptions_held};
 	snprintf(sub->status, sizeof(sub->status), "%s", t->to);
 	sub->updated_at = t->now;
+	if (t->attempt_end)
+		sub->attempt_key[0] = '\0';
 	if (t->payment_id) {
 		snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", t->payment_id);
 		snprintf(sub->token_hash, sizeof(sub->token_hash), "%s", t->token_hash);
@@ -503,7 +511,7 @@ static int mem_transition(struct store *s, const struct transition *t, const str
 		m->pays[m->npays++] = *t->payment;
 	events_put(m, a, t->now, p->id, t->events, t->nevents, &before, &after);
 	if (t->reply)
-		mem_key_finish(s, sub->idem_key, t->reply, &(bool){false}, e);
+		mem_key_finish(s, t->reply_key ? t->reply_key : sub->idem_key, t->reply, &(bool){false}, e);
 	out->result = MOVED;
 	sub_copy(m, &out->sub, sub);
 	return 0;
@@ -570,6 +578,21 @@ static int mem_audit_list(struct store *s, const struct audit_filter *f, const s
 	return 0;
 }
 
+static int mem_attempt_take(struct store *s, const char *sub_id, const char *expect, const char *key, int64_t now,
+			    int64_t until, bool *taken, struct err *e)
+{
+	struct subscription *sub = sub_find(M(s), sub_id);
+
+	(void)e;
+	*taken = sub && !strcmp(sub->status, "pending") && sub->hold_deadline > now && !strcmp(sub->attempt_key, expect) &&
+		 (!store_attempt_needs_lapse(expect, key) || sub->attempt_until <= now);
+	if (*taken) {
+		snprintf(sub->attempt_key, sizeof(sub->attempt_key), "%s", key);
+		sub->attempt_until = until;
+	}
+	return 0;
+}
+
 static int mem_lease_take(struct store *s, const char *name, const char *holder, int64_t now, int64_t until,
 			  bool *taken, struct err *e)
 {
@@ -611,7 +634,9 @@ static int mem_charges_unrefunded(struct store *s, int limit, struct payment **o
 		struct payment refund = *c;
 		snprintf(refund.kind, sizeof(refund.kind), "refund");
 		if (!strcmp(c->kind, "charge") && !strcmp(c->status, "succeeded") && sub &&
-		    (!strcmp(sub->status, "failed") || !strcmp(sub->status, "expired")) && !payment_exists(m, &refund))
+		    (!strcmp(sub->status, "failed") || !strcmp(sub->status, "expired") ||
+		     (strcmp(sub->payment_id, c->id) && strcmp(sub->attempt_key, c->idem_key))) &&
+		    !payment_exists(m, &refund))
 			(*out)[(*n)++] = *c;
 	}
 	return 0;
@@ -740,6 +765,7 @@ static const struct store_ops mem_ops = {
 	.key_forget = mem_key_forget,
 	.key_get = mem_key_get,
 	.hold = mem_hold,
+	.attempt_take = mem_attempt_take,
 	.transition = mem_transition,
 	.payment_record = mem_payment_record,
 	.sub_get = mem_sub_get,

@@ -1,0 +1,161 @@
+/* api_checkout.c - /api/checkout-sessions: create (seats held until a deadline), read,
+ * complete with a payment method, expire. A session is its pending subscription (purchase.h). */
+#include <stdio.h>
+#include <string.h>
+
+#include "api.h"
+#include "config.h"
+#include "idem.h"
+#include "purchase.h"
+#include "util.h"
+#include "valid.h"
+#include "view.h"
+
+static const struct field create_fields[] = {
+	{"planId", V_ID, true, 0, 0, NULL, NULL},
+	{"quantity", V_INT, false, 1, 1000, NULL, NULL},
+	{"customerId", V_ID, false, 0, 0, NULL, NULL},
+	{"customer", V_OBJECT, false, 0, 0, NULL, api_customer_fields},
+	{"expiresIn", V_INT, false, 60, 86400, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+static const struct field complete_fields[] = {
+	{"paymentMethodId", V_STRING, true, 4, 100, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+static int64_t int_or(struct request *rq, const char *key, int64_t def)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(rq->json, key, &v) ? json_object_get_int64(v) : def;
+}
+
+void api_checkout_create(struct request *rq, struct response *rs)
+{
+	struct checkout_req q = {0};
+	struct purchase_result r;
+	char fp[65];
+
+	if (!rq->idem_key) {
+		request_idem_key(rq, rs, true);
+		return;
+	}
+	if (api_body(rq, rs, create_fields) || request_idem_key(rq, rs, true) || api_customer_given(rq, rs))
+		return;
+	idem_fingerprint(rq->method, rq->path, rq->json, fp);
+	q.key = rq->idem_key;
+	q.fingerprint = fp;
+	q.plan_id = api_str(rq, "planId", NULL);
+	q.quantity = int_or(rq, "quantity", 1);
+	q.expires_in_s = (int)int_or(rq, "expiresIn", rq->cfg->checkout_ttl_s);
+	q.customer_id = api_str(rq, "customerId", NULL);
+	q.email = api_str(rq, "customer", "email");
+	q.name = api_str(rq, "customer", "name");
+	checkout_create(rq->lg, &rq->actor, &q, &r);
+	api_purchase_answer(rq, rs, &r);
+	purchase_result_clear(&r);
+}
+
+/* The session the :id names, if the bearer may see it: the admin, or its client secret.
+ * Returns -1 after answering 403 or 404 (401 was answered before the handler). */
+static int session_load(struct request *rq, struct response *rs, struct subscription *sub)
+{
+	struct err e = {0};
+
+	if (!rq->is_admin && strcmp(rq->auth.sub_id, rq->param)) {
+		response_error(rs, rq, 403, "FORBIDDEN", "This client secret belongs to another session", NULL);
+		return -1;
+	}
+	if (!id_valid(rq->param) || ledger_sub_get(rq->lg, rq->param, sub, &e)) {
+		if (e.kind == ERR_NONE || e.kind == ERR_NOT_FOUND)
+			response_error(rs, rq, 404, "SESSION_NOT_FOUND", "Checkout session not found", NULL);
+		else
+			response_err(rs, rq, &e);
+		return -1;
+	}
+	return 0;
+}
+
+void api_checkout_get(struct request *rq, struct response *rs)
+{
+	struct subscription sub = {0};
+
+	if (session_load(rq, rs, &sub) == 0)
+		response_json(rs, 200, view_session(&sub));
+	subscription_clear(&sub);
+}
+
+void api_checkout_complete(struct request *rq, struct response *rs)
+{
+	struct subscription sub = {0};
+	struct purchase_result r = {0};
+	struct idem_claim c = {0};
+	struct err e = {0};
+	char fp[65];
+
+	if (!rq->idem_key) {
+		request_idem_key(rq, rs, true);
+		return;
+	}
+	if (api_body(rq, rs, complete_fields) || request_idem_key(rq, rs, true) ||
+	    api_payment_method(rq, rs, api_str(rq, "paymentMethodId", NULL)) || session_load(rq, rs, &sub))
+		goto out;
+	idem_fingerprint(rq->method, rq->path, rq->json, fp);
+	if (idem_claim(rq->lg, rq->idem_key, fp, &c, &e)) {
+		response_err(rs, rq, &e);
+		goto out;
+	}
+	switch (c.outcome) {
+	case IDEM_RUN:
+		if (!rq->is_admin)
+			rq->actor.id = sub.customer_id;
+		checkout_complete(rq->lg, &rq->actor, sub.id, rq->idem_key, api_str(rq, "paymentMethodId", NULL), &r);
+		rq->actor.id = NULL;
+		api_purchase_answer(rq, rs, &r);
+		{
+			/* an answer stored in the attempt's units stays; a refusal before them frees the key */
+			struct reply rp = {rs->status, rs->body};
+			idem_settle(rq->lg, rq->idem_key, &rp, rq->trace_id);
+		}
+		break;
+	case IDEM_REPLAY:
+		response_reply(rs, &c.reply, true);
+		break;
+	case IDEM_IN_PROGRESS:
+		response_key_busy(rs, rq, c.retry_after_s);
+		break;
+	case IDEM_REUSED:
+		response_key_reused(rs, rq);
+		break;
+	}
+out:
+	idem_claim_clear(&c);
+	purchase_result_clear(&r);
+	subscription_clear(&sub);
+}
+
+void api_checkout_expire(struct request *rq, struct response *rs)
+{
+	struct subscription sub = {0};
+	struct err e = {0};
+
+	if (rq->json && (!json_object_is_type(rq->json, json_type_object) ||
+			 json_object_object_length(rq->json) > 0)) {
+		response_invalid(rs, rq, "", "expire takes no body, or an empty object");
+		return;
+	}
+	if (session_load(rq, rs, &sub))
+		goto out;
+	if (!rq->is_admin)
+		rq->actor.id = sub.customer_id;
+	subscription_clear(&sub);
+	if (checkout_expire(rq->lg, &rq->actor, rq->param, &sub, &e))
+		response_err(rs, rq, &e);
+	else
+		response_json(rs, 200, view_session(&sub));
+	rq->actor.id = NULL;
+out:
+	subscription_clear(&sub);
+}
