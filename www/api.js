@@ -38,12 +38,13 @@ export async function api(method, path, { body, token, key, timeoutMs = 15000 } 
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// A purchase attempt: the key is made once and sent again on every retry, so a timeout, a cut
-// connection or a double click can never buy twice. Retries only what the server says is safe.
-export async function purchase(body, key, { attempts = 4, onRetry } = {}) {
+// A request that is safe to retry: its key is made once and sent again on every retry, so a
+// timeout, a cut connection or a double click can never hold or buy twice. Retries only what
+// the server says is safe.
+export async function retrying(path, body, key, { token, attempts = 4, onRetry } = {}) {
   for (let i = 1; ; i++) {
     try {
-      return await api('POST', '/api/subscriptions/purchase', { body, key });
+      return await api('POST', path, { body, key, token });
     } catch (e) {
       const retryable = e.code === 'NETWORK_ERROR' || e.status === 503 || e.code === 'REQUEST_IN_PROGRESS';
       if (!retryable || i >= attempts) throw e;
@@ -52,6 +53,9 @@ export async function purchase(body, key, { attempts = 4, onRetry } = {}) {
     }
   }
 }
+
+// A purchase in one request (hold and pay), retried under its one key.
+export const purchase = (body, key, opts) => retrying('/api/subscriptions/purchase', body, key, opts);
 
 export function money(cents) {
   return new Intl.NumberFormat(undefined, { style: 'currency', currency: 'USD' }).format(cents / 100);

@@ -1,16 +1,25 @@
-// purchase.js - the purchase page: plans with live seat counts, and a purchase dialog whose
-// attempt keeps one Idempotency-Key through retries and double clicks.
-import { api, purchase, money, el } from './api.js';
+// purchase.js - the purchase page: plans with live seat counts, and a purchase dialog in two
+// steps, as a ticket shop's: hold the seats (a checkout session, with a countdown to its
+// deadline), then pay. Each step keeps one Idempotency-Key through retries and double clicks.
+import { api, retrying, money, el } from './api.js';
 
 const list = document.getElementById('plans');
 const status = document.getElementById('status');
 const dialog = document.getElementById('buy');
 const form = document.getElementById('buy-form');
 const result = document.getElementById('buy-result');
-const submit = document.getElementById('buy-submit');
+const holdButton = document.getElementById('hold-submit');
+const payButton = document.getElementById('buy-submit');
+const holdStep = document.getElementById('hold-step');
+const payStep = document.getElementById('pay-step');
+const countdown = document.getElementById('hold-countdown');
+const quantity = document.getElementById('buy-quantity');
 let current = null;      // the plan being bought
-let attemptKey = null;   // the Idempotency-Key of the attempt in the dialog
+let session = null;      // the open checkout session (its seats are held)
+let holdKey = null;      // the Idempotency-Key of the hold
+let payKey = null;       // the Idempotency-Key of the payment attempt
 let busy = false;
+let ticking = null;
 let lastFocus = null;
 
 function planCard(p) {
@@ -27,8 +36,8 @@ function planCard(p) {
     p.features.length ? el('ul', { class: 'features' }, p.features.map((f) => el('li', {}, f))) : null,
     el('div', { class: 'meter', role: 'presentation' }, meter),
     el('p', { class: 'seats', 'data-seats': left }, seats),
-    el('button', { type: 'button', disabled: p.isSoldOut, 'aria-label': `Buy a seat of ${p.name}`,
-                   onclick: () => open(p) }, p.isSoldOut ? 'Sold out' : 'Buy a seat'));
+    el('button', { type: 'button', disabled: p.isSoldOut, 'aria-label': `Buy seats of ${p.name}`,
+                   onclick: () => open(p) }, p.isSoldOut ? 'Sold out' : 'Buy seats'));
 }
 
 async function refresh() {
@@ -45,21 +54,71 @@ async function refresh() {
   }
 }
 
+function step(which) {
+  holdStep.disabled = which !== 'hold';
+  payStep.disabled = which !== 'pay';
+  holdButton.hidden = which !== 'hold';
+  payButton.hidden = which !== 'pay';
+  holdButton.disabled = payButton.disabled = false;
+}
+
 function open(plan) {
   current = plan;
-  attemptKey = crypto.randomUUID();
+  session = null;
+  holdKey = crypto.randomUUID();
   lastFocus = document.activeElement;
-  document.getElementById('buy-plan').textContent = `${plan.name} — ${money(plan.price_cents)}`;
+  const most = Math.min(plan.max_per_order, plan.subscriptions_left);
+  document.getElementById('buy-plan').textContent = `${plan.name} — ${money(plan.price_cents)} a seat`;
+  quantity.max = String(most);
+  quantity.value = '1';
+  document.getElementById('buy-limits').textContent = `Up to ${plan.max_per_order} seats an order` +
+    (plan.max_per_customer ? `, ${plan.max_per_customer} a customer.` : '.');
   result.textContent = '';
   result.className = 'notice';
-  submit.disabled = false;
-  submit.hidden = false;
+  countdown.hidden = true;
+  step('hold');
   dialog.showModal();
   document.getElementById('buy-name').focus();
 }
 
-function close() {
+function stopClock() {
+  clearInterval(ticking);
+  ticking = null;
+}
+
+// Counts down to the session's deadline; at 0 the seats are gone back and the hold starts over.
+function startClock() {
+  const end = Date.parse(session.expiresAt);
+  const tick = () => {
+    const s = Math.max(0, Math.round((end - Date.now()) / 1000));
+    countdown.dataset.seconds = String(s);
+    countdown.textContent = `${session.quantity} seat${session.quantity > 1 ? 's' : ''} held for you — ` +
+      `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')} left to pay ${money(session.amount_cents)}`;
+    if (s === 0 && !busy) {
+      stopClock();
+      session = null;
+      holdKey = crypto.randomUUID();
+      countdown.hidden = true;
+      step('hold');
+      show('bad', 'The hold ended and the seats were released. Hold them again to buy.');
+      refresh();
+    }
+  };
+  countdown.hidden = false;
+  tick();
+  ticking = setInterval(tick, 1000);
+}
+
+async function close() {
+  stopClock();
   dialog.close();
+  if (session) {
+    // an unpaid hold gives its seats back at once rather than at its deadline
+    const s = session;
+    session = null;
+    try { await api('POST', `/api/checkout-sessions/${s.id}/expire`, { token: s.clientSecret }); } catch (e) { /* the reaper will */ }
+    refresh();
+  }
   if (lastFocus) lastFocus.focus();
 }
 
@@ -68,48 +127,88 @@ function show(kind, ...content) {
   result.replaceChildren(...content);
 }
 
-form.addEventListener('submit', async (ev) => {
-  ev.preventDefault();
-  if (busy) return;   // a double click sends nothing twice; the key would make it harmless anyway
+const onRetry = () => show('warn', 'The connection stumbled; retrying safely…');
+
+holdButton.addEventListener('click', async () => {
+  if (busy) return;   // a double click holds nothing twice; the key would make it harmless anyway
   const name = document.getElementById('buy-name').value.trim();
   const email = document.getElementById('buy-email').value.trim();
+  const n = Number(quantity.value);
   if (!name || !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(email)) {
     show('bad', 'Please enter your name and a valid email address.');
     return;
   }
+  if (!Number.isInteger(n) || n < 1 || n > current.max_per_order) {
+    show('bad', `Choose from 1 to ${current.max_per_order} seats.`);
+    return;
+  }
   busy = true;
-  submit.disabled = true;
-  show('warn', 'Reserving your seat and charging your card…');
-  const body = { planId: current.id, paymentMethodId: document.getElementById('buy-card').value,
-                 customer: { email, name } };
+  holdButton.disabled = true;
+  show('warn', 'Holding your seats…');
   try {
-    const sub = await purchase(body, attemptKey, { onRetry: () => show('warn', 'The connection stumbled; retrying safely…') });
+    session = await retrying('/api/checkout-sessions', { planId: current.id, quantity: n, customer: { email, name } },
+                             holdKey, { onRetry });
+    payKey = crypto.randomUUID();
+    step('pay');
+    show('ok', 'Your seats are held. Pay before the time runs out.');
+    startClock();
+    document.getElementById('buy-card').focus();
+  } catch (e) {
+    holdButton.disabled = false;
+    holdKey = crypto.randomUUID();
+    if (e.code === 'PLAN_SOLD_OUT') {
+      const a = e.details.available;
+      show('bad', a ? `Sorry — only ${a} seat${a > 1 ? 's are' : ' is'} left.` : 'Sorry — this plan just sold out.');
+    } else if (e.code === 'CUSTOMER_LIMIT_REACHED') {
+      show('bad', `You already hold ${e.details.held} of the ${e.details.limit} seats one customer may have.`);
+    } else if (e.code === 'PLAN_INACTIVE') {
+      show('bad', 'This plan is no longer on sale.');
+    } else if (e.code === 'VALIDATION_ERROR') {
+      show('bad', `Please check your details: ${e.message}`);
+    } else {
+      show('bad', `Something went wrong (${e.code}). Press the button again: it is safe.`);
+    }
+  } finally {
+    busy = false;
+    refresh();
+  }
+});
+
+form.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  if (busy || !session) return;   // a double click pays nothing twice; the key would make it harmless anyway
+  busy = true;
+  payButton.disabled = true;
+  show('warn', 'Charging your card…');
+  try {
+    const sub = await retrying(`/api/checkout-sessions/${session.id}/complete`,
+                               { paymentMethodId: document.getElementById('buy-card').value }, payKey,
+                               { token: session.clientSecret, onRetry });
+    stopClock();
+    session = null;
+    countdown.hidden = true;
     const link = `subscription.html#id=${encodeURIComponent(sub.id)}&token=${encodeURIComponent(sub.accessToken)}`;
-    show('ok', el('strong', {}, 'Your seat is booked. '), `Subscription ${sub.id}, valid until ${new Date(sub.endDate).toLocaleDateString()}. `,
+    show('ok', el('strong', {}, sub.quantity > 1 ? `Your ${sub.quantity} seats are booked. ` : 'Your seat is booked. '),
+         `Subscription ${sub.id}, valid until ${new Date(sub.endDate).toLocaleDateString()}. `,
          el('a', { href: link, id: 'sub-link' }, 'View or cancel your subscription'),
          ' (keep this link: it is your access key).');
-    submit.hidden = true;
-    attemptKey = null;
+    payButton.hidden = true;
   } catch (e) {
     if (e.code === 'PAYMENT_FAILED') {
       const why = { insufficient_funds: 'insufficient funds', expired_card: 'the card has expired' }[e.details.declineCode] || 'the card was declined';
-      show('bad', `Payment failed: ${why}. You were not charged and the seat was released. Try another card.`);
-      attemptKey = crypto.randomUUID();   // a new attempt with another card
-      submit.disabled = false;
-    } else if (e.code === 'PLAN_SOLD_OUT') {
-      show('bad', 'Sorry — this plan just sold out.');
-    } else if (e.code === 'PLAN_INACTIVE') {
-      show('bad', 'This plan is no longer on sale.');
-    } else if (e.code === 'HOLD_EXPIRED') {
-      show('bad', 'The payment took too long and the seat was released. Any charge was refunded.');
-      attemptKey = crypto.randomUUID();
-      submit.disabled = false;
-    } else if (e.code === 'VALIDATION_ERROR') {
-      show('bad', `Please check your details: ${e.message}`);
-      submit.disabled = false;
+      show('bad', `Payment failed: ${why}. You were not charged; your seats are still held. Try another card.`);
+      payKey = crypto.randomUUID();   // a new attempt with another card
+      payButton.disabled = false;
+    } else if (e.code === 'SESSION_EXPIRED') {
+      stopClock();
+      session = null;
+      countdown.hidden = true;
+      holdKey = crypto.randomUUID();
+      step('hold');
+      show('bad', 'The hold ended before the payment finished; the seats were released and any charge refunded.');
     } else {
-      show('bad', `Something went wrong (${e.code}). Your purchase is safe to retry: press the button again.`);
-      submit.disabled = false;   // the same key: a retry cannot buy twice
+      show('bad', `Something went wrong (${e.code}). Your payment is safe to retry: press the button again.`);
+      payButton.disabled = false;   // the same key: a retry cannot charge twice
     }
   } finally {
     busy = false;
@@ -118,7 +217,7 @@ form.addEventListener('submit', async (ev) => {
 });
 
 document.getElementById('buy-cancel').addEventListener('click', close);
-dialog.addEventListener('cancel', () => { if (lastFocus) setTimeout(() => lastFocus.focus()); });
+dialog.addEventListener('cancel', (ev) => { ev.preventDefault(); close(); });
 
 refresh();
 setInterval(refresh, 3000);

@@ -1,7 +1,7 @@
 // pages.mjs - the pages in a real browser (Debian's headless Chromium, driven by playwright-core)
 // against the real stack started by scripts/run.sh on a free loopback port. Prints one line per
 // test, keeps a screenshot of each page in tests/artifacts/, and ends with "RESULT p f s".
-import { launch, buyThrough } from './shop.mjs';
+import { launch, buyThrough, holdThrough, payThrough } from './shop.mjs';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -90,7 +90,7 @@ test('buy a seat and see the count drop', async () => {
   await context.close();
 });
 
-test('two browsers race for the last seat: one wins, the other is told it is sold out', async () => {
+test('two browsers race for the last seat: one holds it, the other is told it is sold out', async () => {
   const p = await newPlan(1);
   const a = await newPage(), b = await newPage();
   for (const { page } of [a, b]) {
@@ -99,30 +99,59 @@ test('two browsers race for the last seat: one wins, the other is told it is sol
     await page.getByLabel('Full name').fill('Racer');
     await page.getByLabel('Email').fill(`racer-${Math.random().toString(36).slice(2)}@example.com`);
   }
-  await Promise.all([a.page.locator('#buy-submit').click(), b.page.locator('#buy-submit').click()]);
+  await Promise.all([a.page.locator('#hold-submit').click(), b.page.locator('#hold-submit').click()]);
   const texts = await Promise.all([a, b].map(async ({ page }) => {
-    await page.locator('#buy-result.ok, #buy-result.bad').waitFor();
+    await page.waitForFunction(() => /held|sold out/.test(document.querySelector('#buy-result.ok, #buy-result.bad')?.textContent || ''));
     return page.locator('#buy-result').textContent();
   }));
-  assert.equal(texts.filter((t) => /Your seat is booked/.test(t)).length, 1, texts.join(' | '));
+  assert.equal(texts.filter((t) => /seats are held/.test(t)).length, 1, texts.join(' | '));
   assert.equal(texts.filter((t) => /sold out/.test(t)).length, 1, texts.join(' | '));
   assert.equal(await left(p.id), 0);
-  await b.page.screenshot({ path: join(ARTIFACTS, 'purchase-race.png'), fullPage: true });
-  await a.page.locator('#buy-cancel').click();
-  await a.page.waitForFunction((id) => document.querySelector(`li[data-plan="${id}"] button`)?.disabled, p.id);
-  await a.page.screenshot({ path: join(ARTIFACTS, 'purchase-soldout.png'), fullPage: true });
+  const winner = /seats are held/.test(texts[0]) ? a : b, loser = winner === a ? b : a;
+  assert.match(await (await payThrough(winner.page)).textContent(), /Your seat is booked/);
+  await loser.page.screenshot({ path: join(ARTIFACTS, 'purchase-race.png'), fullPage: true });
+  await winner.page.locator('#buy-cancel').click();
+  await winner.page.waitForFunction((id) => document.querySelector(`li[data-plan="${id}"] button`)?.disabled, p.id);
+  await winner.page.screenshot({ path: join(ARTIFACTS, 'purchase-soldout.png'), fullPage: true });
   await a.context.close();
   await b.context.close();
 });
 
-test('a declined card shows the error and leaves the count unchanged', async () => {
+test('a declined card keeps the seats held for another card; closing gives them back', async () => {
   const p = await newPlan(3);
   const { context, page } = await newPage();
   await page.goto(S.base + '/');
   const result = await buyThrough(page, p.id, { card: 'pm_card_chargeDeclinedInsufficientFunds' });
-  assert.match(await result.textContent(), /Payment failed: insufficient funds/);
-  assert.equal(await left(p.id), 3);
+  assert.match(await result.textContent(), /Payment failed: insufficient funds.*still held/);
+  assert.equal(await left(p.id), 2);
   await page.screenshot({ path: join(ARTIFACTS, 'purchase-declined.png'), fullPage: true });
+  await page.locator('#buy-cancel').click();
+  await page.waitForFunction((id) => document.querySelector(`li[data-plan="${id}"] .seats`)?.dataset.seats === '3', p.id);
+  assert.equal(await left(p.id), 3);
+  await context.close();
+});
+
+test('quantity and the countdown: three seats held with a clock, then bought in one order', async () => {
+  const p = await newPlan(5, { max_per_order: 3 });
+  const { context, page } = await newPage();
+  await page.goto(S.base + '/');
+  const over = await holdThrough(page, p.id, { quantity: 4 });
+  assert.match(await over.textContent(), /Choose from 1 to 3 seats/);
+  await page.getByLabel('Seats', { exact: true }).fill('3');
+  await page.locator('#hold-submit').click();
+  await page.locator('#hold-countdown:not([hidden])').waitFor();
+  assert.equal(await left(p.id), 2);
+  const first = Number(await page.locator('#hold-countdown').getAttribute('data-seconds'));
+  assert.ok(first > 800 && first <= 900, String(first));
+  assert.match(await page.locator('#hold-countdown').textContent(), /3 seats held for you — 1[45]:\d\d left to pay \$75\.00/);
+  // the clock runs: the number of seconds left goes down
+  await page.waitForFunction((s) => Number(document.querySelector('#hold-countdown').dataset.seconds) < s, first);
+  await page.screenshot({ path: join(ARTIFACTS, 'purchase-countdown.png'), fullPage: true });
+  const paid = await payThrough(page);
+  assert.match(await paid.textContent(), /Your 3 seats are booked/);
+  assert.equal(await left(p.id), 2);
+  const held = (await api('GET', `/api/plans/${p.id}`)).json.subscriptions_held;
+  assert.equal(held, 0);
   await context.close();
 });
 
@@ -130,7 +159,9 @@ test('a double click on buy makes one subscription', async () => {
   const p = await newPlan(5);
   const { context, page } = await newPage();
   await page.goto(S.base + '/');
-  const result = await buyThrough(page, p.id, { click: 'dblclick' });
+  const held = await holdThrough(page, p.id, { click: 'dblclick' });
+  assert.match(await held.textContent(), /held/);
+  const result = await payThrough(page, { click: 'dblclick' });
   assert.match(await result.textContent(), /Your seat is booked/);
   assert.equal(await left(p.id), 4);
   assert.equal(await heldEvents(p.id), 1);
