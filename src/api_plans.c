@@ -92,8 +92,15 @@ void api_plans_stats(struct request *rq, struct response *rs)
 {
 	struct plan p = {0};
 
-	if (plan_load(rq, rs, &p) == 0)
-		response_json(rs, 200, view_plan_stats(&p));
+	struct err e = {0};
+	int64_t paying, sessions;
+
+	if (plan_load(rq, rs, &p) == 0) {
+		if (ledger_plan_held(rq->lg, p.id, &paying, &sessions, &e))
+			response_err(rs, rq, &e);
+		else
+			response_json(rs, 200, view_plan_stats(&p, paying, sessions));
+	}
 	plan_clear(&p);
 }
 

@@ -75,6 +75,11 @@ int ledger_plan_get(struct ledger *lg, const char *id, struct plan *out, struct 
 	return found ? 0 : refuse(e, ERR_NOT_FOUND, "PLAN_NOT_FOUND", "no plan", id);
 }
 
+int ledger_plan_held(struct ledger *lg, const char *id, int64_t *paying, int64_t *sessions, struct err *e)
+{
+	return lg->store->ops->held_by_kind(lg->store, id, paying, sessions, e);
+}
+
 int ledger_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, struct err *e)
 {
 	return lg->store->ops->plan_list(lg->store, status, out, n, e);

@@ -57,6 +57,8 @@ int ledger_plan_create(struct ledger *lg, const struct actor *a, const struct pl
 int ledger_plan_update(struct ledger *lg, const struct actor *a, const char *id,
 		       const struct plan_patch *pt, struct plan *out, struct err *e);
 int ledger_plan_get(struct ledger *lg, const char *id, struct plan *out, struct err *e);
+/* The plan's held seats by kind: paying (a purchase's payment runs) and in open sessions. */
+int ledger_plan_held(struct ledger *lg, const char *id, int64_t *paying, int64_t *sessions, struct err *e);
 /* status: "active", "inactive" or NULL for all. *out: new, free each with plan_clear. */
 int ledger_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, struct err *e);
 

@@ -253,6 +253,10 @@ struct store_ops {
 
 	int (*sub_get)(struct store *s, const char *id, struct subscription *out, bool *found,
 		       struct err *e);
+	/* The seats of a plan's pending subscriptions, by kind: held while a purchase's payment
+	 * runs, and held by open checkout sessions. */
+	int (*held_by_kind)(struct store *s, const char *plan_id, int64_t *paying, int64_t *sessions,
+			    struct err *e);
 	/* status may be NULL. *out: new array, free each with subscription_clear. */
 	int (*sub_list)(struct store *s, const char *customer_id, const char *status,
 			const struct seq_page *pg, struct subscription **out, size_t *n, struct err *e);

@@ -1044,6 +1044,19 @@ static int64_t owned_seats(struct mg *s, mongoc_client_session_t *cs, const char
 		      "quantity", e);
 }
 
+static int mg_held_by_kind(struct store *st, const char *plan_id, int64_t *paying, int64_t *sessions,
+			   struct err *e)
+{
+	bson_oid_t p;
+
+	bson_oid_init_from_string(&p, plan_id);
+	*paying = sum_in(MG(st)->subs, NULL, BCON_NEW("plan_id", BCON_OID(&p), "status", BCON_UTF8("pending"),
+						      "secret_hash", BCON_UTF8("")), "quantity", e);
+	*sessions = sum_in(MG(st)->subs, NULL, BCON_NEW("plan_id", BCON_OID(&p), "status", BCON_UTF8("pending"),
+							"secret_hash", "{", "$gt", BCON_UTF8(""), "}"), "quantity", e);
+	return *paying < 0 || *sessions < 0 ? -1 : 0;
+}
+
 /* The customer of a hold, in its transaction: the one named, or the one with the email,
  * created atomically by an upsert on the unique email_key. 1 if absent. */
 static int hold_customer(struct mg *s, mongoc_client_session_t *cs, const struct hold_req *r, char id[ID_LEN + 1],
@@ -1891,6 +1904,7 @@ static const struct store_ops mongo_ops = {
 	.key_get = mg_key_get,
 	.hold = mg_hold,
 	.transition = mg_transition,
+	.held_by_kind = mg_held_by_kind,
 	.attempt_take = mg_attempt_take,
 	.payment_record = mg_payment_record,
 	.sub_get = mg_sub_get,

@@ -703,6 +703,23 @@ static int pg_sub_get(struct store *st, const char *id, struct subscription *out
 	return connected(PG(st), e) ? -1 : sub_find(PG(st), id, out, found, e);
 }
 
+static int pg_held_by_kind(struct store *st, const char *plan_id, int64_t *paying, int64_t *sessions,
+			   struct err *e)
+{
+	static const char sql[] =
+		"SELECT coalesce(sum(quantity) FILTER (WHERE secret_hash = ''), 0),"
+		" coalesce(sum(quantity) FILTER (WHERE secret_hash <> ''), 0)"
+		" FROM subscriptions WHERE plan_id = $1 AND status = 'pending'";
+	PGresult *r;
+
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "t", plan_id)))
+		return -1;
+	*paying = col_int(r, 0, 0);
+	*sessions = col_int(r, 0, 1);
+	PQclear(r);
+	return 0;
+}
+
 struct hold_arg {
 	const struct hold_req *r;
 	const struct actor *a;
@@ -1260,6 +1277,7 @@ static const struct store_ops pg_ops = {
 	.key_get = pg_key_get,
 	.hold = pg_hold,
 	.transition = pg_transition,
+	.held_by_kind = pg_held_by_kind,
 	.attempt_take = pg_attempt_take,
 	.payment_record = pg_payment_record,
 	.sub_get = pg_sub_get,

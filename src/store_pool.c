@@ -106,6 +106,8 @@ FORWARD(hold, (struct store *s, const struct hold_req *r, const struct actor *a,
 	       struct err *e), (h, r, a, out, e))
 FORWARD(transition, (struct store *s, const struct transition *t, const struct actor *a,
 		     struct transition_out *out, struct err *e), (h, t, a, out, e))
+READ(held_by_kind, (struct store *s, const char *plan_id, int64_t *paying, int64_t *sessions, struct err *e),
+	(h, plan_id, paying, sessions, e))
 FORWARD(attempt_take, (struct store *s, const char *sub_id, const char *expect, const char *key, int64_t now,
 		       int64_t until, bool *taken, struct err *e), (h, sub_id, expect, key, now, until, taken, e))
 FORWARD(payment_record, (struct store *s, const struct payment *pm, const struct event_spec *ev, size_t nev,
@@ -176,6 +178,7 @@ static const struct store_ops pool_ops = {
 	.hold = pool_hold,
 	.transition = pool_transition,
 	.attempt_take = pool_attempt_take,
+	.held_by_kind = pool_held_by_kind,
 	.payment_record = pool_payment_record,
 	.sub_get = pool_sub_get,
 	.sub_list = pool_sub_list,

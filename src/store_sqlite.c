@@ -891,6 +891,23 @@ static int sq_sub_get(struct store *st_, const char *id, struct subscription *ou
 	return 0;
 }
 
+static int sq_held_by_kind(struct store *st_, const char *plan_id, int64_t *paying, int64_t *sessions,
+			   struct err *e)
+{
+	static const char sql[] =
+		"SELECT coalesce(sum(quantity) FILTER (WHERE secret_hash = ''), 0),"
+		" coalesce(sum(quantity) FILTER (WHERE secret_hash != ''), 0)"
+		" FROM subscriptions WHERE plan_id = ? AND status = 'pending'";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "t", plan_id);
+
+	if (step(st, e) < 0)
+		return -1;
+	*paying = sqlite3_column_int64(st, 0);
+	*sessions = sqlite3_column_int64(st, 1);
+	sqlite3_reset(st);
+	return 0;
+}
+
 static int sq_hold(struct store *st_, const struct hold_req *r, const struct actor *a, struct hold_out *out,
 		   struct err *e)
 {
@@ -1554,6 +1571,7 @@ static const struct store_ops sqlite_ops = {
 	.key_get = sq_key_get,
 	.hold = sq_hold,
 	.transition = sq_transition,
+	.held_by_kind = sq_held_by_kind,
 	.attempt_take = sq_attempt_take,
 	.payment_record = sq_payment_record,
 	.sub_get = sq_sub_get,

@@ -56,15 +56,20 @@ struct json_object *view_plan(const struct plan *p)
 	return o;
 }
 
-struct json_object *view_plan_stats(const struct plan *p)
+struct json_object *view_plan_stats(const struct plan *p, int64_t paying, int64_t sessions)
 {
-	struct json_object *o = json_object_new_object();
+	struct json_object *o = json_object_new_object(), *kinds = json_object_new_object();
 
 	ADD(o, "planId", STR(p->id));
 	ADD(o, "name", STR(p->name));
 	ADD(o, "totalCapacity", INT(p->total_capacity));
 	ADD(o, "subscriptionsLeft", INT(p->subscriptions_left));
 	ADD(o, "subscriptionsHeld", INT(p->subscriptions_held));
+	ADD(kinds, "payments", INT(paying));
+	ADD(kinds, "checkoutSessions", INT(sessions));
+	ADD(o, "heldByKind", kinds);
+	ADD(o, "maxPerOrder", INT(p->max_per_order));
+	ADD(o, "maxPerCustomer", p->max_per_customer ? INT(p->max_per_customer) : NULL);
 	ADD(o, "subscriptionsSold", INT(p->total_capacity - p->subscriptions_left - p->subscriptions_held));
 	ADD(o, "occupancyPercentage", occupancy(p));
 	ADD(o, "isSoldOut", json_object_new_boolean(p->subscriptions_left == 0));

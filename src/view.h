@@ -8,7 +8,8 @@
 #include "model.h"
 
 struct json_object *view_plan(const struct plan *p);
-struct json_object *view_plan_stats(const struct plan *p);
+/* paying, sessions: the plan's held seats by kind, read just after it. */
+struct json_object *view_plan_stats(const struct plan *p, int64_t paying, int64_t sessions);
 struct json_object *view_customer(const struct customer *c);
 /* The subscription as GET shows it. */
 struct json_object *view_subscription(const struct subscription *s);

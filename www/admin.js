@@ -21,19 +21,29 @@ async function signIn(candidate) {
   await refresh();
 }
 
-function planRow(p) {
+function planRow(p, stats) {
   const sold = p.total_capacity - p.subscriptions_left - p.subscriptions_held;
   const cap = el('input', { type: 'number', min: 1, step: 1, value: p.total_capacity, 'aria-label': `Seats of ${p.name}` });
   const price = el('input', { type: 'number', min: 0, step: 1, value: p.price_cents, 'aria-label': `Price in cents of ${p.name}` });
-  const save = el('button', { type: 'button', class: 'secondary', onclick: () => update(p, { total_capacity: Number(cap.value), price_cents: Number(price.value) }) }, 'Save');
+  const perOrder = el('input', { type: 'number', min: 1, max: 1000, step: 1, value: p.max_per_order, 'aria-label': `Seats per order of ${p.name}` });
+  const perCustomer = el('input', { type: 'number', min: 1, step: 1, value: p.max_per_customer ?? '', placeholder: 'no limit',
+                                    'aria-label': `Seats per customer of ${p.name}` });
+  const save = el('button', { type: 'button', class: 'secondary', onclick: () => update(p, {
+    total_capacity: Number(cap.value), price_cents: Number(price.value), max_per_order: Number(perOrder.value),
+    max_per_customer: perCustomer.value === '' ? null : Number(perCustomer.value) }) }, 'Save');
+  const kinds = stats ? stats.heldByKind : { payments: '?', checkoutSessions: '?' };
   const toggle = el('button', { type: 'button', class: 'secondary',
     onclick: () => update(p, { status: p.status === 'active' ? 'inactive' : 'active' }) },
     p.status === 'active' ? 'Stop sale' : 'Resume sale');
   return el('tr', { 'data-plan': p.id },
     el('th', { scope: 'row' }, p.name), el('td', {}, p.status), el('td', { class: 'num' }, money(p.price_cents)),
-    el('td', { class: 'num', 'data-col': 'sold' }, sold), el('td', { class: 'num', 'data-col': 'held' }, p.subscriptions_held),
+    el('td', { class: 'num', 'data-col': 'sold' }, sold),
+    el('td', { class: 'num', 'data-col': 'held', title: 'paying / in checkout sessions' }, String(p.subscriptions_held),
+       el('small', { 'data-col': 'held-kinds' }, ` (${kinds.payments} paying, ${kinds.checkoutSessions} in checkout)`)),
     el('td', { class: 'num', 'data-col': 'left' }, p.subscriptions_left),
-    el('td', {}, el('div', { class: 'inline' }, el('label', {}, 'Seats', cap), el('label', {}, 'Cents', price), save, toggle)));
+    el('td', { 'data-col': 'limits' }, `${p.max_per_order} an order, ` + (p.max_per_customer ? `${p.max_per_customer} a customer` : 'no customer limit')),
+    el('td', {}, el('div', { class: 'inline' }, el('label', {}, 'Seats', cap), el('label', {}, 'Cents', price),
+                    el('label', {}, 'Per order', perOrder), el('label', {}, 'Per customer', perCustomer), save, toggle)));
 }
 
 async function update(p, change) {
@@ -49,7 +59,8 @@ async function update(p, change) {
 async function refresh() {
   try {
     plans = (await api('GET', '/api/plans?status=all')).plans;
-    $('plan-rows').replaceChildren(...plans.map(planRow));
+    const stats = await Promise.all(plans.map((p) => api('GET', `/api/plans/${p.id}/stats`).catch(() => null)));
+    $('plan-rows').replaceChildren(...plans.map((p, i) => planRow(p, stats[i])));
     const chosen = $('chart-plan').value;
     $('chart-plan').replaceChildren(...plans.map((p) => el('option', { value: p.id, selected: p.id === chosen }, p.name)));
     const { logs } = await api('GET', '/api/audit-logs?limit=30', { token });

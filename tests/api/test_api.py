@@ -51,7 +51,8 @@ class Plans(Envelope):
         st = S.request("GET", "/api/plans/%s/stats" % p["id"]).json
         self.assertEqual(st, {"planId": p["id"], "name": p["name"], "totalCapacity": 5,
                               "subscriptionsLeft": 5, "subscriptionsHeld": 0, "subscriptionsSold": 0,
-                              "occupancyPercentage": 0, "isSoldOut": False})
+                              "heldByKind": {"payments": 0, "checkoutSessions": 0}, "maxPerOrder": 10,
+                              "maxPerCustomer": None, "occupancyPercentage": 0, "isSoldOut": False})
 
     def test_defaults(self):
         r = S.admin("POST", "/api/plans", {"name": "Defaults " + uuid.uuid4().hex, "price_cents": 0,
@@ -491,6 +492,10 @@ class CheckoutSessions(Envelope):
         self.assertEqual(session_call(s, "expire").json["status"], "expired")
         self.assertEqual(S.plan(p["id"])["subscriptions_left"], 3)
         self.assertError(session_call(s, "complete", {"paymentMethodId": "pm_card_visa"}), 409, "SESSION_EXPIRED")
+        # held seats by kind: an open session's, apart from a payment's
+        session_create(p["id"], quantity=2)
+        st = S.request("GET", "/api/plans/%s/stats" % p["id"]).json
+        self.assertEqual((st["subscriptionsHeld"], st["heldByKind"]), (2, {"payments": 0, "checkoutSessions": 2}))
         ok, out = S.check()
         self.assertTrue(ok, out)
 

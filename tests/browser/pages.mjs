@@ -215,6 +215,17 @@ test('a plan created in the dashboard appears on the purchase page', async () =>
   await page.waitForFunction((pid) => document.querySelector(`#plan-rows tr[data-plan="${pid}"] [data-col="sold"]`)?.textContent === '1', id, { timeout: 15000 });
   await page.locator('#chart svg path.line').waitFor();
   assert.ok(await page.locator('#audit-rows tr', { hasText: 'subscription.activated' }).count() >= 1);
+  // held seats by kind, and the limits, edited in place
+  await shop.page.locator('#buy-cancel').click();
+  const held = await holdThrough(shop.page, id, { quantity: 2 });
+  assert.match(await held.textContent(), /held/);
+  await page.waitForFunction((pid) => /2 in checkout/.test(document.querySelector(`#plan-rows tr[data-plan="${pid}"] [data-col="held-kinds"]`)?.textContent || ''), id, { timeout: 15000 });
+  await row.getByLabel(/Seats per order/).fill('4');
+  await row.getByLabel(/Seats per customer/).fill('2');
+  await row.getByRole('button', { name: 'Save' }).click();
+  await page.waitForFunction((pid) => document.querySelector(`#plan-rows tr[data-plan="${pid}"] [data-col="limits"]`)?.textContent === '4 an order, 2 a customer', id);
+  const edited = (await api('GET', `/api/plans/${id}`)).json;
+  assert.deepEqual([edited.max_per_order, edited.max_per_customer], [4, 2]);
   await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
   // the token is kept for the browser session
   await page.reload();

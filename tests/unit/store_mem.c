@@ -578,6 +578,19 @@ static int mem_audit_list(struct store *s, const struct audit_filter *f, const s
 	return 0;
 }
 
+static int mem_held_by_kind(struct store *s, const char *plan_id, int64_t *paying, int64_t *sessions,
+			    struct err *e)
+{
+	struct mem *m = M(s);
+
+	(void)e;
+	*paying = *sessions = 0;
+	for (int i = 0; i < m->nsubs; i++)
+		if (!strcmp(m->subs[i].plan_id, plan_id) && !strcmp(m->subs[i].status, "pending"))
+			*(*m->subs[i].secret_hash ? sessions : paying) += m->subs[i].quantity;
+	return 0;
+}
+
 static int mem_attempt_take(struct store *s, const char *sub_id, const char *expect, const char *key, int64_t now,
 			    int64_t until, bool *taken, struct err *e)
 {
@@ -766,6 +779,7 @@ static const struct store_ops mem_ops = {
 	.key_get = mem_key_get,
 	.hold = mem_hold,
 	.attempt_take = mem_attempt_take,
+	.held_by_kind = mem_held_by_kind,
 	.transition = mem_transition,
 	.payment_record = mem_payment_record,
 	.sub_get = mem_sub_get,
