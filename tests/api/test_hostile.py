@@ -61,6 +61,9 @@ class Hostile(unittest.TestCase):
             dict(good, customer={"email": "not an email", "name": "H"}),
             dict(good, customer={"email": "h@example.com"}), dict(good, status="active"),
             dict(good, __proto__={"admin": True}), dict(good, customerId={"$gt": ""}),
+            dict(good, quantity=0), dict(good, quantity=-3), dict(good, quantity=2**63), dict(good, quantity=1e3),
+            dict(good, quantity="1"), dict(good, quantity={"$gt": 0}), dict(good, quantity=[1]), dict(good, quantity=None),
+            dict(good, quantity=1001), dict(good, quantity=True),
         ]
         for body in cases:
             r = S.request("POST", "/api/subscriptions/purchase", body, {"Idempotency-Key": str(uuid.uuid4())})
@@ -118,8 +121,42 @@ class Hostile(unittest.TestCase):
 
     def test_wrong_types_on_admin_routes(self):
         for body in ({"total_capacity": "5"}, {"total_capacity": -1}, {"total_capacity": {"$inc": 1}},
-                     {"subscriptions_left": 100}, {"status": None}, {"features": [{"$gt": ""}]}, [1]):
+                     {"subscriptions_left": 100}, {"status": None}, {"features": [{"$gt": ""}]}, [1],
+                     {"max_per_order": 0}, {"max_per_order": None}, {"max_per_order": "3"}, {"max_per_order": 2**64},
+                     {"max_per_customer": 0}, {"max_per_customer": -1}, {"max_per_customer": {"$gt": 1}},
+                     {"max_per_customer": 1.5}, {"max_per_customer": [2]}):
             self.assert4xx(S.admin("PATCH", "/api/plans/" + PLAN["id"], body))
+        self.assertEqual((S.plan(PLAN["id"])["max_per_order"], S.plan(PLAN["id"])["max_per_customer"]), (10, None))
+
+    def test_checkout_sessions(self):
+        pid = PLAN["id"]
+        good = {"planId": pid, "customer": {"email": "h@example.com", "name": "H"}}
+        for body in (dict(good, expiresIn=0), dict(good, expiresIn=59), dict(good, expiresIn=86401),
+                     dict(good, expiresIn="900"), dict(good, expiresIn=None), dict(good, expiresIn=-1e9),
+                     dict(good, quantity=0), dict(good, quantity="2"), dict(good, planId={"$ne": ""}),
+                     dict(good, paymentMethodId="pm_card_visa"), dict(good, status="completed"),
+                     dict(good, customerId="0" * 24, customer=good["customer"]), [good], "x"):
+            r = S.request("POST", "/api/checkout-sessions", body, {"Idempotency-Key": str(uuid.uuid4())})
+            self.assert4xx(r)
+        for raw in (b"{", b"\xff", b'{"planId":' + b"[" * 5000 + b"]" * 5000 + b"}"):
+            r = S.request("POST", "/api/checkout-sessions", raw=raw,
+                          headers={"Idempotency-Key": str(uuid.uuid4()), "Content-Type": "application/json"})
+            self.assert4xx(r)
+        # session routes with hostile ids and secrets
+        for sid in ("x", "0" * 23, "%27%20OR%201=1", "../../etc/passwd", "0" * 24 + "/complete"):
+            r = S.admin("GET", "/api/checkout-sessions/" + sid)
+            self.assertIn(r.status, (404, 405), r)
+        for secret in ("cst_" + "0" * 24 + "_" + "A" * 43, "cst_", "cst_" + "x" * 68, "sat_" + "0" * 24 + "_" + "A" * 43,
+                       "Bearer cst_", "cst_%00"):
+            r = S.request("GET", "/api/checkout-sessions/" + "0" * 24, headers={"Authorization": "Bearer " + secret})
+            self.assertIn(r.status, (401, 403), r)
+        for body in ({"paymentMethodId": {"$gt": ""}}, {"paymentMethodId": "visa"}, {"paymentMethodId": None},
+                     {"paymentMethodId": "pm_card_visa", "amount_cents": 1}, [1]):
+            r = S.admin("POST", "/api/checkout-sessions/%s/complete" % ("0" * 24), body,
+                        {"Idempotency-Key": str(uuid.uuid4())})
+            self.assert4xx(r)
+        for body in ({"status": "completed"}, [1], "x"):
+            self.assert4xx(S.admin("POST", "/api/checkout-sessions/%s/expire" % ("0" * 24), body))
 
     def test_check_still_passes(self):
         ok, out = S.check()

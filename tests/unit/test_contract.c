@@ -427,6 +427,138 @@ static void test_quantities_and_limits(void **state)
 	fixture_free(x);
 }
 
+/* A checkout session of quantity 1, open for expires_s; its id into id. */
+static void session_new(struct fixture *x, int expires_s, char id[ID_LEN + 1])
+{
+	struct actor a = {"test", "customer", NULL, NULL};
+	char key[UUID_LEN + 1];
+	struct checkout_req q = {key, "fp", x->plan_id, 1, expires_s, NULL, "cs@example.com", "CS"};
+	struct purchase_result r;
+
+	new_key(key);
+	checkout_create(&x->lg, &a, &q, &r);
+	assert_int_equal(r.reply.status, 201);
+	snprintf(id, ID_LEN + 1, "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
+	purchase_result_clear(&r);
+}
+
+static void complete(struct fixture *x, const char *id, const char *key, struct purchase_result *r)
+{
+	struct actor a = {"test", "customer", NULL, NULL};
+
+	checkout_complete(&x->lg, &a, id, key, "pm_card_visa", r);
+}
+
+static enum processor_state processor_state_of(struct fixture *x, const char *key)
+{
+	struct processor_rec pr;
+	struct err e = {0};
+
+	/* voiding a refunded or voided key changes nothing; a charged one it refunds: only asked
+	 * once the test expects no charge to be kept */
+	assert_int_equal(x->s->ops->processor_void(x->s, key, "pay_probe", &pr, &e), 0);
+	return pr.state;
+}
+
+/* A completion that crashed after its charge: the retry with its key settles it once. */
+static void test_session_completion_crash_retry_settles_once(void **state)
+{
+	struct fixture *x = fixture_new(2, 600);
+	struct purchase_result r;
+	char id[ID_LEN + 1], k2[UUID_LEN + 1], k3[UUID_LEN + 1];
+	struct plan p;
+
+	(void)state;
+	session_new(x, 600, id);
+	new_key(k2);
+	fail_at = "transition";
+	complete(x, id, k2, &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	purchase_result_clear(&r);
+	complete(x, id, k2, &r);
+	assert_int_equal(r.reply.status, 201);
+	purchase_result_clear(&r);
+	new_key(k3);
+	complete(x, id, k3, &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	assert_string_equal(r.err.code, "SESSION_COMPLETED");
+	purchase_result_clear(&r);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 1);
+	assert_int_equal(p.subscriptions_held, 0);
+	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+/* A completion that crashed after its charge, never retried: the reaper expires the session at
+ * its deadline and the charge is refunded. */
+static void test_session_completion_crash_reaper_refunds(void **state)
+{
+	struct fixture *x = fixture_new(2, 600);
+	struct purchase_result r;
+	struct reap_stats st;
+	struct err e = {0};
+	char id[ID_LEN + 1], k2[UUID_LEN + 1];
+	struct plan p;
+
+	(void)state;
+	session_new(x, 1, id);
+	new_key(k2);
+	fail_at = "transition";
+	complete(x, id, k2, &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	purchase_result_clear(&r);
+	do {
+		assert_int_equal(reaper_run(&x->lg, "test", &st, &e), 0);
+	} while (st.expired == 0);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 2);
+	assert_int_equal(p.subscriptions_held, 0);
+	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	assert_int_equal(processor_state_of(x, k2), PROC_REFUNDED);
+	complete(x, id, k2, &r);
+	assert_string_equal(r.err.code, "SESSION_EXPIRED");
+	purchase_result_clear(&r);
+	fixture_free(x);
+}
+
+/* An attempt whose request died is taken over by the next card once its lease ends: its charge
+ * is refunded, the new one kept. */
+static void test_session_dead_attempt_taken_over(void **state)
+{
+	struct fixture *x = fixture_new(2, 2);   /* leases of 1 s */
+	struct purchase_result r;
+	char id[ID_LEN + 1], k2[UUID_LEN + 1], k3[UUID_LEN + 1];
+	struct subscription sub = {0};
+	struct err e = {0};
+
+	(void)state;
+	session_new(x, 600, id);
+	new_key(k2);
+	fail_at = "transition";
+	complete(x, id, k2, &r);
+	purchase_result_clear(&r);
+	/* while its lease runs, another card is told to wait */
+	new_key(k3);
+	complete(x, id, k3, &r);
+	assert_int_equal(r.end, PURCHASE_IN_PROGRESS);
+	purchase_result_clear(&r);
+	assert_int_equal(ledger_sub_get(&x->lg, id, &sub, &e), 0);
+	while (now_ms() <= sub.attempt_until) {
+		struct timespec ts = {0, 20 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	subscription_clear(&sub);
+	complete(x, id, k3, &r);
+	assert_int_equal(r.reply.status, 201);
+	purchase_result_clear(&r);
+	assert_int_equal(violations(x), 0);
+	assert_int_equal(processor_state_of(x, k2), PROC_REFUNDED);
+	fixture_free(x);
+}
+
 /* Processes race for the seats, each with its own store handle: exactly capacity win. */
 static void test_racing_processes_sell_exactly_capacity(void **state)
 {
@@ -487,6 +619,9 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_crash_after_charge_reaper_refunds),
 		cmocka_unit_test(test_cancel_and_capacity),
 		cmocka_unit_test(test_quantities_and_limits),
+		cmocka_unit_test(test_session_completion_crash_retry_settles_once),
+		cmocka_unit_test(test_session_completion_crash_reaper_refunds),
+		cmocka_unit_test(test_session_dead_attempt_taken_over),
 		cmocka_unit_test(test_racing_processes_sell_exactly_capacity),
 	};
 
