@@ -7,6 +7,7 @@ No MongoDB server can run on these machines; test_mongo_live.py runs the whole s
 against a real one when MONGO_URI is set."""
 
 import collections
+import hashlib
 import json
 import os
 import subprocess
@@ -210,6 +211,50 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(json.loads(done["u"]["$set"]["response_body"])["id"], body["id"])
         # two commits of the store's own per purchase
         self.assertEqual(len(self.w.commands("commitTransaction")), 2)
+
+    def test_checkout_session_commands(self):
+        key = str(uuid.uuid4())
+        st, body, err = cgi(self.w, "POST", "/api/checkout-sessions",
+                            {"planId": str(PLAN_ID), "quantity": 1, "customer": {"email": "wire@example.com", "name": "W"}},
+                            {"Idempotency-Key": key})
+        self.assertEqual((st, body["status"]), (201, "open"), (body, err))
+        hold = self.w.commands("findAndModify", "plans")[0]
+        # the hold and its answer on the key: one transaction, one commit, no charge
+        in_hold = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn_of(hold)]
+        self.assertEqual(in_hold, [("insert", "idempotency_keys"), ("findAndModify", "customers"),
+                                   ("findAndModify", "plans"), ("insert", "subscriptions"),
+                                   ("insert", "audit_events"), ("update", "idempotency_keys"),
+                                   ("commitTransaction", None)])
+        sub = self.w.commands("insert", "subscriptions")[0]["documents"][0]
+        secret_hash = hashlib.sha256(body["clientSecret"].encode()).hexdigest()
+        self.assertEqual((sub["secret_hash"], sub["attempt_key"]), (secret_hash, ""))
+        # the secret itself is kept only in the answer stored for replays of the key
+        self.assertEqual([n for n, c, d in self.w.log if body["clientSecret"] in json.dumps(d, default=str)],
+                         ["update"])
+        done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
+        self.assertEqual((done["q"]["_id"], done["u"]["$set"]["response_status"]), (key, 201))
+        self.assertEqual(self.w.commands("insert", "processor"), [])
+        # completing it: the attempt is taken by one conditional update of the session's document
+        self.w.log.clear()
+        self.w.docs["subscriptions"] = [dict(sub, _id=sub["_id"])]
+        self.w.docs["plans"] = [plan_doc()]
+        pay_key = str(uuid.uuid4())
+        st, paid, err = cgi(self.w, "POST", "/api/checkout-sessions/%s/complete" % body["id"],
+                            {"paymentMethodId": "pm_card_visa"},
+                            {"Idempotency-Key": pay_key, "Authorization": "Bearer " + body["clientSecret"]})
+        self.assertEqual(st, 201, (paid, err))
+        take = [d for d in self.w.commands("update", "subscriptions")][0]
+        q = take["updates"][0]["q"]
+        self.assertEqual((q["_id"], q["status"], q["attempt_key"]), (sub["_id"], "pending", ""))
+        self.assertIn("$gt", q["hold_deadline"])
+        self.assertEqual(take["updates"][0]["u"]["$set"]["attempt_key"], pay_key)
+        self.assertNotIn("startTransaction", take)
+        # the charge under the attempt's key, settled only while the attempt is still this one
+        self.assertEqual(self.w.commands("insert", "processor")[0]["documents"][0]["_id"], pay_key)
+        confirm = self.w.commands("findAndModify", "subscriptions")[0]
+        self.assertEqual((confirm["query"]["attempt_key"], confirm["update"]["$set"]["status"]), (pay_key, "active"))
+        stored = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
+        self.assertEqual((stored["q"]["_id"], stored["u"]["$set"]["response_status"]), (pay_key, 201))
 
     def test_transient_error_retries_the_transaction(self):
         self.w.override("findAndModify", "plans",
