@@ -159,7 +159,29 @@ static struct reply refused(const char *code, const char *trace_id)
 	struct reply r = {409, NULL};
 
 	r.body = error_body(code, !strcmp(code, "SESSION_COMPLETED") ? "The checkout session is completed already" :
+			    !strcmp(code, "SUBSCRIPTION_NOT_ACTIVE") ? "Only an active subscription changes plan" :
 			    "The checkout session expired; any charge is refunded", trace_id, NULL);
+	return r;
+}
+
+static struct reply invalid(const char *field, const char *reason, const char *trace_id)
+{
+	struct json_object *d = json_object_new_object();
+	struct reply r = {400, NULL};
+	char *msg = xasprintf("%s: %s", field, reason);
+
+	json_object_object_add(d, "field", json_object_new_string(field));
+	json_object_object_add(d, "reason", json_object_new_string(reason));
+	r.body = error_body("VALIDATION_ERROR", msg, trace_id, d);
+	free(msg);
+	return r;
+}
+
+static struct reply changed(const struct subscription *s, const char *access_token, const char *trace_id)
+{
+	struct reply r = purchased(s, access_token, trace_id);
+
+	r.status = 200;
 	return r;
 }
 
@@ -171,4 +193,4 @@ static struct reply expired(const char *trace_id)
 	return r;
 }
 
-const struct ledger_replies api_replies = {purchased, declined, expired, session, refused};
+const struct ledger_replies api_replies = {purchased, declined, expired, session, refused, invalid, changed};

@@ -17,6 +17,7 @@ void api_plans_update(struct request *rq, struct response *rs);
 void api_subscriptions_purchase(struct request *rq, struct response *rs);
 void api_subscriptions_get(struct request *rq, struct response *rs);
 void api_subscriptions_cancel(struct request *rq, struct response *rs);
+void api_subscriptions_change_plan(struct request *rq, struct response *rs);
 
 void api_checkout_create(struct request *rq, struct response *rs);
 void api_checkout_get(struct request *rq, struct response *rs);

@@ -1,4 +1,4 @@
-/* api_subscriptions.c - /api/subscriptions: purchase, get, cancel. */
+/* api_subscriptions.c - /api/subscriptions: purchase, get, cancel, change plan. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +91,43 @@ void api_subscriptions_get(struct request *rq, struct response *rs)
 
 	if (subscription_load(rq, rs, &sub) == 0)
 		response_json(rs, 200, view_subscription(&sub));
+	subscription_clear(&sub);
+}
+
+static const struct field change_fields[] = {
+	{"planId", V_ID, true, 0, 0, NULL, NULL},
+	{"paymentMethodId", V_STRING, false, 4, 100, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+void api_subscriptions_change_plan(struct request *rq, struct response *rs)
+{
+	struct subscription sub = {0};
+	struct change_req c = {0};
+	struct purchase_result r = {0};
+	char fp[65];
+
+	if (!rq->idem_key) {
+		request_idem_key(rq, rs, true);
+		return;
+	}
+	if (api_body(rq, rs, change_fields) || request_idem_key(rq, rs, true))
+		return;
+	c.payment_method = api_str(rq, "paymentMethodId", NULL);
+	if ((c.payment_method && api_payment_method(rq, rs, c.payment_method)) || subscription_load(rq, rs, &sub))
+		goto out;
+	if (!rq->is_admin)
+		rq->actor.id = sub.customer_id;
+	idem_fingerprint(rq->method, rq->path, rq->json, fp);
+	c.key = rq->idem_key;
+	c.fingerprint = fp;
+	c.sub_id = sub.id;
+	c.plan_id = api_str(rq, "planId", NULL);
+	plan_change(rq->lg, &rq->actor, &c, &r);
+	rq->actor.id = NULL;
+	api_purchase_answer(rq, rs, &r);
+out:
+	purchase_result_clear(&r);
 	subscription_clear(&sub);
 }
 

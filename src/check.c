@@ -48,6 +48,12 @@ struct walk {
 
 #define REPORT(w, ...) ((w)->report((w)->arg, __VA_ARGS__), (w)->violations++)
 
+/* A subscription that was activated: active, or ended by a cancel or a plan change. */
+static bool was_active(const struct subscription *s)
+{
+	return !strcmp(s->status, "active") || !strcmp(s->status, "cancelled") || !strcmp(s->status, "changed");
+}
+
 static int on_plan(void *arg, const struct plan_tally *t)
 {
 	struct walk *w = arg;
@@ -78,7 +84,7 @@ static void activations_done(struct walk *w)
 	qsort(w->charged, w->ncharged, sizeof(*w->charged), charge_cmp);
 	for (size_t i = 0; i < w->nsubs; i++) {
 		const struct subscription *s = &w->subs[i];
-		if ((!strcmp(s->status, "active") || !strcmp(s->status, "cancelled")) &&
+		if (was_active(s) &&
 		    (!w->ncharged || !bsearch(s->payment_id, w->charged, w->ncharged, sizeof(*w->charged), charge_cmp)))
 			REPORT(w, "subscription %s was activated without a successful charge", s->id);
 	}
@@ -190,8 +196,7 @@ static void key_done(struct walk *w)
 		sub = sub_of(w, ok->subscription_id);
 		bool kept = sub && (!strcmp(sub->status, "pending") ? !strcmp(sub->attempt_key, k->key) ||
 				    (!*sub->attempt_key && !strcmp(sub->idem_key, k->key)) :
-				    (!strcmp(sub->status, "active") || !strcmp(sub->status, "cancelled")) &&
-				    !strcmp(sub->payment_id, ok->id));
+				    was_active(sub) && !strcmp(sub->payment_id, ok->id));
 		if (!kept)
 			REPORT(w, "charge %s succeeded, but subscription %s is %s and nothing was refunded", ok->id,
 			       sub ? sub->id : "(none)", sub ? sub->status : "(none)");

@@ -25,8 +25,13 @@ struct ledger_replies {
 	struct reply (*declined)(const char *decline_code, bool kept, const char *trace_id);
 	struct reply (*expired)(const char *trace_id);
 	struct reply (*session)(const struct subscription *s, const char *client_secret, const char *trace_id);
-	/* A refusal by its code (SESSION_EXPIRED, SESSION_COMPLETED), stored on a bound key. */
+	/* A refusal by its code (SESSION_EXPIRED, SESSION_COMPLETED, SUBSCRIPTION_NOT_ACTIVE),
+	 * stored on a bound key. */
 	struct reply (*refused)(const char *code, const char *trace_id);
+	/* A 400 on field, stored on a bound key. */
+	struct reply (*invalid)(const char *field, const char *reason, const char *trace_id);
+	/* A plan change's answer: the new subscription (previous_id set) with its access token. */
+	struct reply (*changed)(const struct subscription *s, const char *access_token, const char *trace_id);
 };
 
 struct ledger {

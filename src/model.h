@@ -70,8 +70,8 @@ void customer_clear(struct customer *c);
 
 /* pending: seats held, payment running or awaited (a checkout session is its pending
  * subscription: open while pending, completed once active, expired once failed or expired);
- * active; failed: declined; expired: hold timed out; cancelled. Only pending and active take
- * seats. */
+ * active; failed: declined; expired: hold timed out; cancelled; changed: replaced by a plan
+ * change (previous_id of the new one names it). Only pending and active take seats. */
 struct subscription {
 	char id[ID_LEN + 1];
 	char status[16];
@@ -86,6 +86,7 @@ struct subscription {
 	 * session completion's), "" before any, and until when that request owns it. */
 	char attempt_key[UUID_LEN + 1];
 	int64_t attempt_until;
+	char previous_id[ID_LEN + 1];    /* the subscription a plan change replaces, or "" */
 	int64_t quantity;                /* seats it takes */
 	int64_t amount_cents;            /* price_cents x quantity */
 	int64_t duration_days;
@@ -100,7 +101,8 @@ struct payment {
 	char id[32];                      /* "pay_" + id */
 	char idem_key[UUID_LEN + 1];
 	char kind[8];                     /* "charge" | "refund" */
-	char status[12];                  /* "succeeded" | "declined" */
+	char status[12];                  /* "succeeded" | "declined" | "pending": a refund recorded,
+					     not yet made by the processor (a plan change's credit) */
 	char decline_code[32];
 	char subscription_id[ID_LEN + 1];
 	int64_t amount_cents;

@@ -47,6 +47,17 @@ int payment_charge(struct store *s, const char *key, int64_t amount_cents, const
 	return s->ops->processor_charge(s, key, &want, out, e);
 }
 
+int payment_credit(struct store *s, const char *key, const char *refund_id, int64_t amount_cents,
+		   struct processor_rec *out, struct err *e)
+{
+	struct processor_rec want = {0};
+
+	want.state = PROC_REFUNDED;
+	snprintf(want.refund_id, sizeof(want.refund_id), "%s", refund_id);
+	want.amount_cents = amount_cents;
+	return s->ops->processor_charge(s, key, &want, out, e);
+}
+
 int payment_void(struct store *s, const char *key, struct processor_rec *out, struct err *e)
 {
 	char refund_id[32];

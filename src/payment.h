@@ -14,6 +14,10 @@ const char *payment_decline_code(const char *method);
  * left: PROC_REFUNDED, PROC_VOID). */
 int payment_charge(struct store *s, const char *key, int64_t amount_cents, const char *method,
 		   int latency_ms, struct processor_rec *out, struct err *e);
+/* Credits amount to the customer once for key (a refund without a charge of its own, as a
+ * plan change's), under the refund id given. out: the record after. */
+int payment_credit(struct store *s, const char *key, const char *refund_id, int64_t amount_cents,
+		   struct processor_rec *out, struct err *e);
 /* Refunds the key's charge, or voids a key that has none. out: the record after. */
 int payment_void(struct store *s, const char *key, struct processor_rec *out, struct err *e);
 

@@ -84,7 +84,8 @@ int purchase_refund(struct ledger *lg, const struct actor *a, const char *key, c
 
 	if (payment_void(lg->store, key, &pr, e))
 		return -1;
-	if (pr.state != PROC_REFUNDED)
+	/* (a plan change's credit is a refund record without a charge: nothing of it to undo) */
+	if (pr.state != PROC_REFUNDED || !*pr.charge_id)
 		return 0;
 	payment_of(&charge, key, sub_id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now);
 	payment_of(&refund, key, sub_id, "refund", pr.refund_id, "succeeded", NULL, pr.amount_cents, now);
@@ -94,7 +95,8 @@ int purchase_refund(struct ledger *lg, const struct actor *a, const char *key, c
 /* Whether a subscription may keep a charge: it holds or held its seats. */
 static bool keeps_charge(const struct subscription *s)
 {
-	return !strcmp(s->status, "pending") || !strcmp(s->status, "active") || !strcmp(s->status, "cancelled");
+	return !strcmp(s->status, "pending") || !strcmp(s->status, "active") || !strcmp(s->status, "cancelled") ||
+	       !strcmp(s->status, "changed");
 }
 
 /* Why a session cannot be paid now (SESSION_COMPLETED, SESSION_EXPIRED), or NULL: it is open. */
@@ -300,6 +302,9 @@ static void settle_declined(struct ledger *lg, const struct actor *a, const stru
 	free(detail);
 }
 
+static void change_pay(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
+		       const char *method, struct purchase_result *out);
+
 /* Charge outside any transaction, then settle in one atomic unit. */
 static void charge_and_settle(struct ledger *lg, const struct actor *a, const struct attempt *at,
 			      struct subscription *sub, const char *method, struct purchase_result *out)
@@ -307,6 +312,10 @@ static void charge_and_settle(struct ledger *lg, const struct actor *a, const st
 	struct processor_rec pr;
 	struct payment charge;
 
+	if (*sub->previous_id) {
+		change_pay(lg, a, at, sub, method, out);
+		return;
+	}
 	if (payment_charge(lg->store, at->key, sub->amount_cents, method, lg->payment_latency_ms, &pr, &out->err)) {
 		/* The key stays bound to the attempt; a retry after the lease resumes here. */
 		LOG_WARN(a->trace_id, "charge for %s: %s", sub->id, out->err.msg);
@@ -376,6 +385,7 @@ struct hold_spec {
 	bool pays;                        /* a purchase: the key is the payment attempt */
 	struct reply (*reply)(const struct subscription *sub, void *arg);
 	void *reply_arg;
+	const char *previous_id;          /* a plan change's: the subscription it replaces */
 };
 
 /* The first unit of a purchase or a session: claim the key and hold the seats. */
@@ -394,7 +404,7 @@ static void hold(struct ledger *lg, const struct actor *a, const struct hold_spe
 	}
 	struct hold_req r = {{hs->key, hs->fingerprint, now, now + ledger_lease_ms(lg)}, hs->sub_id, hs->plan_id,
 			     hs->quantity, hs->customer_id, hs->customer_id ? NULL : &c, now + hs->ttl_ms, ev, 1,
-			     hs->secret_hash, hs->pays, hs->reply, hs->reply_arg};
+			     hs->secret_hash, hs->previous_id, hs->pays, hs->reply, hs->reply_arg};
 	if (lg->store->ops->hold(lg->store, &r, a, h, &out->err)) {
 		LOG_WARN(a->trace_id, "hold: %s", out->err.msg);
 		out->end = PURCHASE_REFUSED;
@@ -433,7 +443,7 @@ void purchase_run(struct ledger *lg, const struct actor *a, const struct purchas
 	memset(out, 0, sizeof(*out));
 	id_new(sub_id);
 	struct hold_spec hs = {p->key, p->fingerprint, sub_id, p->plan_id, p->quantity, p->customer_id, p->email,
-			       p->name, (int64_t)lg->hold_ttl_s * 1000, NULL, true, NULL, NULL};
+			       p->name, (int64_t)lg->hold_ttl_s * 1000, NULL, true, NULL, NULL, NULL};
 	hold(lg, a, &hs, &h, out);
 	if (out->end == PURCHASE_REFUSED)
 		goto out;
@@ -479,7 +489,7 @@ void checkout_create(struct ledger *lg, const struct actor *a, const struct chec
 	secret_new(sub_id, secret);
 	sha256_hex(secret, strlen(secret), hash);
 	struct hold_spec hs = {q->key, q->fingerprint, sub_id, q->plan_id, q->quantity, q->customer_id, q->email,
-			       q->name, (int64_t)q->expires_in_s * 1000, hash, false, session_created, &sr};
+			       q->name, (int64_t)q->expires_in_s * 1000, hash, false, session_created, &sr, NULL};
 	hold(lg, a, &hs, &h, out);
 	if (out->end == PURCHASE_REFUSED)
 		goto out;
@@ -586,4 +596,210 @@ int checkout_expire(struct ledger *lg, const struct actor *a, const char *sessio
 	/* expired now, or before: an attempt's charge is not kept */
 	refund_attempt(lg, a, out);
 	return 0;
+}
+
+/* --- changing plan ------------------------------------------------------------------------- */
+
+/* The prorated difference of a plan change at now: the new amount less the old, for the part
+ * of the old period left, rounded half away from zero to the cent. */
+int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t start, int64_t end, int64_t now)
+{
+	__int128 num;
+	int64_t den = end - start;
+
+	if (end <= now || den <= 0)
+		return 0;
+	num = (__int128)(new_amount - old_amount) * (end - (now > start ? now : start));
+	return num >= 0 ? (int64_t)((num + den / 2) / den) : -(int64_t)((-num + den / 2) / den);
+}
+
+/* The new subscription's hold gives its seats back and stores the answer r on the attempt's
+ * key (the old subscription is untouched). */
+static void change_release(struct ledger *lg, const struct actor *a, const struct attempt *at,
+			   const struct subscription *sub, struct reply *r, struct purchase_result *out)
+{
+	const struct event_spec ev[] = {
+		{"subscription.failed", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+	};
+	struct transition t = {.sub_id = sub->id, .from = "pending", .to = "failed", .now = now_ms(), .dleft = 1,
+			       .dheld = -1, .events = ev, .nevents = 2, .reply = r, .reply_key = at->key,
+			       .attempt = at->key};
+	struct err re = {0};
+
+	if (settle(lg, a, &t, r, out) == 0)
+		answer_stored(lg, at->key, out);
+	if (purchase_refund(lg, a, at->key, sub->id, &re))
+		LOG_WARN(a->trace_id, "refund for %s deferred to the reaper: %s", sub->id, re.msg);
+}
+
+int purchase_credit(struct ledger *lg, const struct actor *a, const struct payment *refund, struct err *e)
+{
+	struct processor_rec pr;
+
+	(void)a;
+	if (payment_credit(lg->store, refund->idem_key, refund->id, refund->amount_cents, &pr, e))
+		return -1;
+	return lg->store->ops->refund_made(lg->store, refund->id, e);
+}
+
+/* The last unit of a plan change: the new subscription active, the old one changed with its
+ * seats back on its own plan, the charge (or the credit, as a refund the processor makes
+ * after the unit) recorded, all in one step. */
+static void change_settle(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
+			  const struct subscription *old, const struct payment *charge, int64_t credit,
+			  struct purchase_result *out)
+{
+	char token[TOKEN_LEN + 1], hash[65], credit_id[32] = "";
+	struct payment refund;
+	char *detail;
+	const struct event_spec old_ev[] = {
+		{"subscription.plan_changed", "subscription", old->id, EV_BEFORE_AFTER, NULL},
+		{"seat.released", "subscription", old->id, EV_BEFORE_AFTER, NULL},
+	};
+	int64_t now = now_ms();
+	struct transition also, t;
+	struct transition_out o = {0};
+	struct reply r;
+
+	token_new(sub->id, token);
+	sha256_hex(token, strlen(token), hash);
+	sub->start_at = now;
+	sub->end_at = old->end_at > now ? old->end_at : now + sub->duration_days * DAY_MS;
+	snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", charge ? charge->id : old->payment_id);
+	snprintf(sub->status, sizeof(sub->status), "active");
+	sub->updated_at = now;
+	if (credit > 0) {
+		id_new_prefixed("pay_", credit_id, sizeof(credit_id));
+		payment_of(&refund, at->key, old->id, "refund", credit_id, "pending", NULL, credit, now);
+	}
+	/* the unit's payment: the charge of the difference, or the credit to be made */
+	const struct payment *paid = charge ? charge : credit > 0 ? &refund : NULL;
+	detail = paid ? ledger_payment_detail(paid) : NULL;
+	const struct event_spec ev[] = {
+		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		{charge ? "payment.succeeded" : "payment.refunded", "payment", paid ? paid->id : "", EV_NO_COUNTS, detail},
+	};
+	r = lg->replies->changed(sub, token, a->trace_id);
+	also = (struct transition){.sub_id = old->id, .from = "active", .to = "changed", .now = now, .dleft = 1,
+				   .events = old_ev, .nevents = 2};
+	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now, .to = "active", .now = now,
+				.dheld = -1, .payment_id = sub->payment_id, .start_at = sub->start_at,
+				.end_at = sub->end_at, .token_hash = hash, .payment = paid, .events = ev, .nevents = paid ? 2 : 1, .reply = &r, .reply_key = at->key,
+				.attempt = at->key, .also = &also};
+	if (lg->store->ops->transition(lg->store, &t, a, &o, &out->err)) {
+		refused(out, out->err.kind, NULL, out->err.msg);
+	} else if (o.result == MOVED) {
+		struct err ce = {0};
+		out->end = PURCHASE_ANSWERED;
+		out->reply = r;
+		r.body = NULL;
+		/* the credit, once the change is made; the reaper makes it if this request dies first */
+		if (credit > 0 && purchase_credit(lg, a, &refund, &ce))
+			LOG_WARN(a->trace_id, "credit %s deferred to the reaper: %s", refund.id, ce.msg);
+	} else if (o.result == MOVE_ALSO_REFUSED) {
+		/* the old subscription ended meanwhile (cancelled): the new one is not made */
+		struct reply no = lg->replies->refused("SUBSCRIPTION_NOT_ACTIVE", a->trace_id);
+		change_release(lg, a, at, sub, &no, out);
+		free(no.body);
+	} else {
+		hold_gone(lg, a, at, sub, charge, out);
+	}
+	transition_out_clear(&o);
+	free(r.body);
+	free(detail);
+}
+
+/* A plan change's payment: the prorated difference charged, or credited after the last unit. */
+static void change_pay(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
+		       const char *method, struct purchase_result *out)
+{
+	struct subscription old = {0};
+	struct processor_rec pr;
+	struct payment charge;
+	int64_t diff;
+
+	if (ledger_sub_get(lg, sub->previous_id, &old, &out->err)) {
+		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
+		return;
+	}
+	diff = plan_change_prorate(sub->amount_cents, old.amount_cents, old.start_at, old.end_at, now_ms());
+	if (diff <= 0) {
+		change_settle(lg, a, at, sub, &old, NULL, -diff, out);
+	} else if (!method) {
+		/* the price rose between the check and the hold: there is now something to charge */
+		struct reply r = lg->replies->invalid("paymentMethodId", "is required: the new plan costs more for the days left",
+						      a->trace_id);
+		change_release(lg, a, at, sub, &r, out);
+		free(r.body);
+	} else if (payment_charge(lg->store, at->key, diff, method, lg->payment_latency_ms, &pr, &out->err)) {
+		LOG_WARN(a->trace_id, "charge for %s: %s", sub->id, out->err.msg);
+		refused(out, out->err.kind, NULL, out->err.msg);
+	} else if (pr.state == PROC_CHARGED) {
+		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now_ms());
+		change_settle(lg, a, at, sub, &old, &charge, 0, out);
+	} else if (pr.state == PROC_DECLINED) {
+		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "declined", pr.decline_code,
+			   pr.amount_cents, now_ms());
+		settle_declined(lg, a, at, sub, &charge, out);
+	} else {
+		hold_gone(lg, a, at, sub, NULL, out);
+	}
+	subscription_clear(&old);
+}
+
+void plan_change(struct ledger *lg, const struct actor *a, const struct change_req *c, struct purchase_result *out)
+{
+	struct subscription old = {0};
+	struct plan plan = {0};
+	struct hold_out h = {0};
+	struct actor buyer = *a;
+	struct attempt at = {c->key, false};
+	char sub_id[ID_LEN + 1];
+
+	memset(out, 0, sizeof(*out));
+	if (ledger_sub_get(lg, c->sub_id, &old, &out->err) || ledger_plan_get(lg, c->plan_id, &plan, &out->err)) {
+		out->end = PURCHASE_REFUSED;
+		goto out;
+	}
+	if (!strcmp(old.plan_id, c->plan_id)) {
+		refused(out, ERR_INVALID, "VALIDATION_ERROR", "planId is the subscription's plan already");
+		snprintf(out->err.details, sizeof(out->err.details),
+			 "{\"field\":\"planId\",\"reason\":\"is the subscription's plan already\"}");
+		goto out;
+	}
+	/* Something to charge needs a payment method: told before anything is held. (An old
+	 * subscription no longer active is left to the hold, so that a retry replays.) */
+	if (!c->payment_method && !strcmp(old.status, "active") &&
+	    plan_change_prorate(plan.price_cents * old.quantity, old.amount_cents, old.start_at, old.end_at, now_ms()) > 0) {
+		refused(out, ERR_INVALID, "VALIDATION_ERROR", "a payment method is needed for the difference");
+		snprintf(out->err.details, sizeof(out->err.details),
+			 "{\"field\":\"paymentMethodId\",\"reason\":\"is required: the new plan costs more for the days left\"}");
+		goto out;
+	}
+	id_new(sub_id);
+	struct hold_spec hs = {c->key, c->fingerprint, sub_id, c->plan_id, old.quantity, old.customer_id, NULL, NULL,
+			       (int64_t)lg->hold_ttl_s * 1000, NULL, true, NULL, NULL, old.id};
+	hold(lg, a, &hs, &h, out);
+	if (out->end == PURCHASE_REFUSED)
+		goto out;
+	switch (h.result) {
+	case HOLD_TAKEN:
+		buyer.id = h.sub.customer_id;
+		charge_and_settle(lg, &buyer, &at, &h.sub, c->payment_method, out);
+		break;
+	case HOLD_KEY_EXISTS:
+		key_exists(lg, a, c->key, c->fingerprint, c->payment_method, &h.claim, out);
+		break;
+	case HOLD_PREVIOUS_INACTIVE:
+		refused(out, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "only an active subscription changes plan");
+		break;
+	default:
+		hold_refused(&h, old.quantity, out);
+		break;
+	}
+out:
+	hold_out_clear(&h);
+	plan_clear(&plan);
+	subscription_clear(&old);
 }

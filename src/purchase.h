@@ -69,6 +69,27 @@ void checkout_complete(struct ledger *lg, const struct actor *a, const char *ses
 int checkout_expire(struct ledger *lg, const struct actor *a, const char *session_id, struct subscription *out,
 		    struct err *e);
 
+struct change_req {
+	const char *key;             /* the Idempotency-Key, valid and lower case */
+	const char *fingerprint;
+	const char *sub_id;          /* the subscription to change */
+	const char *plan_id;         /* the new plan */
+	const char *payment_method;  /* NULL when none was given */
+};
+
+/* Changes an active subscription to another plan: holds the new plan's seats (refused unless
+ * the old one is active), charges the prorated difference outside any transaction (a decline
+ * gives the held seats back and leaves the old subscription as it was), then one unit makes
+ * the new subscription active and the old one `changed`, its seats back. A credit (the new
+ * plan costs less) is recorded in that unit as a pending refund and made by the processor
+ * after it (by the reaper if this request dies first). */
+void plan_change(struct ledger *lg, const struct actor *a, const struct change_req *c, struct purchase_result *out);
+/* The prorated difference: (new_amount - old_amount) for the part of [start, end) left at now,
+ * rounded half away from zero to the cent; 0 once the period is over. */
+int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t start, int64_t end, int64_t now);
+/* Has the processor make a pending refund (a plan change's credit), then marks it made. */
+int purchase_credit(struct ledger *lg, const struct actor *a, const struct payment *refund, struct err *e);
+
 /* Expires a pending hold past its deadline (seat back, HOLD_EXPIRED stored on its key),
  * recording the charge when one was made, then has the processor refund the key's charge or
  * void it. *moved: whether this call expired it. Used by the purchase and the reaper. */

@@ -59,6 +59,22 @@ static int refund_unrefunded(struct ledger *lg, const struct actor *a, struct re
 	return rc;
 }
 
+/* Refunds a plan change recorded but the processor has not made (its request died first). */
+static int make_credits(struct ledger *lg, const struct actor *a, struct reap_stats *st, struct err *e)
+{
+	struct payment *refunds = NULL;
+	size_t n = 0, i;
+	int rc = 0;
+
+	if (lg->store->ops->refunds_pending(lg->store, BATCH, &refunds, &n, e))
+		return -1;
+	for (i = 0; i < n && rc == 0; i++)
+		if ((rc = purchase_credit(lg, a, &refunds[i], e)) == 0)
+			st->refunded++;
+	free(refunds);
+	return rc;
+}
+
 int reaper_run(struct ledger *lg, const char *holder, struct reap_stats *st, struct err *e)
 {
 	struct store *s = lg->store;
@@ -75,7 +91,7 @@ int reaper_run(struct ledger *lg, const char *holder, struct reap_stats *st, str
 	if (!taken)
 		return 0;
 	st->ran = true;
-	if (expire_overdue(lg, &a, now, st, e) || refund_unrefunded(lg, &a, st, e) ||
+	if (expire_overdue(lg, &a, now, st, e) || refund_unrefunded(lg, &a, st, e) || make_credits(lg, &a, st, e) ||
 	    s->ops->keys_purge(s, now - (int64_t)lg->key_retention_h * 3600 * 1000, &st->purged, e))
 		goto out;
 	if (st->expired || st->refunded)

@@ -15,6 +15,7 @@ static const struct route routes[] = {
 	{"POST", "/api/subscriptions/purchase", api_subscriptions_purchase, AUTH_ANYONE, IDEM_OWN},
 	{"GET", "/api/subscriptions/:id", api_subscriptions_get, AUTH_BEARER, IDEM_NONE},
 	{"POST", "/api/subscriptions/:id/cancel", api_subscriptions_cancel, AUTH_BEARER, IDEM_HONOURED},
+	{"POST", "/api/subscriptions/:id/change-plan", api_subscriptions_change_plan, AUTH_BEARER, IDEM_OWN},
 	{"POST", "/api/checkout-sessions", api_checkout_create, AUTH_ANYONE, IDEM_OWN},
 	{"GET", "/api/checkout-sessions/:id", api_checkout_get, AUTH_SECRET, IDEM_NONE},
 	{"POST", "/api/checkout-sessions/:id/complete", api_checkout_complete, AUTH_SECRET, IDEM_OWN},

@@ -65,6 +65,7 @@ void store_hold_fill(struct subscription *sub, const struct hold_req *r)
 	snprintf(sub->secret_hash, sizeof(sub->secret_hash), "%s", r->secret_hash ? r->secret_hash : "");
 	snprintf(sub->attempt_key, sizeof(sub->attempt_key), "%s", r->attempt ? r->claim.key : "");
 	sub->attempt_until = r->attempt ? r->claim.lease_until : 0;
+	snprintf(sub->previous_id, sizeof(sub->previous_id), "%s", r->previous_id ? r->previous_id : "");
 }
 
 bool store_attempt_needs_lapse(const char *expect, const char *key)

@@ -87,6 +87,9 @@ struct hold_req {
 	const struct event_spec *events;  /* on the seat move */
 	size_t nevents;
 	const char *secret_hash;          /* a checkout session's client secret hash, or NULL */
+	/* A plan change: the subscription it replaces, which must be active (and the customer's)
+	 * when the seats are taken; NULL otherwise. */
+	const char *previous_id;
 	bool attempt;                     /* the key's request pays now: it is the attempt */
 	/* When given, the unit's final answer, built from the subscription as held: the key is
 	 * kept done with it (a checkout session's creation) instead of KEY_HELD. */
@@ -103,6 +106,7 @@ enum hold_result {
 	HOLD_ORDER_LIMIT,     /* limit: the plan's max_per_order */
 	HOLD_CUSTOMER_LIMIT,  /* limit: max_per_customer; held: the customer's seats of the plan */
 	HOLD_NO_CUSTOMER,
+	HOLD_PREVIOUS_INACTIVE, /* previous_id is not an active subscription of the customer */
 };
 
 struct hold_out {
@@ -136,12 +140,17 @@ struct transition {
 	const char *reply_key;            /* NULL: the subscription's own key */
 	const char *attempt;              /* non-NULL: require this payment attempt */
 	bool attempt_end;                 /* the attempt ended (a decline): clear it */
+	/* Another move in the same unit (a plan change: the replaced subscription active ->
+	 * changed, its seats back on its own plan, its events); both happen or neither. Its
+	 * payment, reply and also are not used. */
+	const struct transition *also;
 };
 
 enum transition_result {
 	MOVED,
 	MOVE_NOT_FOUND,
 	MOVE_REFUSED,         /* status or deadline did not match; sub tells the facts */
+	MOVE_ALSO_REFUSED,    /* the first move matched, the other did not: nothing moved */
 };
 
 struct transition_out {
@@ -274,6 +283,10 @@ struct store_ops {
 	 * still pending or active by another payment attempt (a charge that came too late). */
 	int (*charges_unrefunded)(struct store *s, int limit, struct payment **out, size_t *n,
 				  struct err *e);
+	/* Refunds recorded as pending (not yet made by the processor), oldest first; and the mark
+	 * that one was made (pending -> succeeded). */
+	int (*refunds_pending)(struct store *s, int limit, struct payment **out, size_t *n, struct err *e);
+	int (*refund_made)(struct store *s, const char *payment_id, struct err *e);
 	/* Deletes done and started keys created before `before`; a key that holds a seat stays
 	 * until its purchase is done. *n: how many. */
 	int (*keys_purge)(struct store *s, int64_t before, int *n, struct err *e);

@@ -936,6 +936,7 @@ static void sub_read(const bson_t *d, struct subscription *o)
 	get_str(d, "secret_hash", o->secret_hash, sizeof(o->secret_hash));
 	get_str(d, "attempt_key", o->attempt_key, sizeof(o->attempt_key));
 	o->attempt_until = get_int(d, "attempt_until");
+	get_id(d, "previous_id", o->previous_id, sizeof(o->previous_id));
 }
 
 /* Fills the plan names of n subscriptions with one query on plans, as SQLite's join does. */
@@ -1103,6 +1104,24 @@ out:
 	return rc;
 }
 
+/* A plan change's hold: the subscription it replaces is an active one of the customer, read in
+ * the transaction (the change's last step moves it only if it is still active, so a cancel
+ * committed meanwhile is caught there). 0 yes, 1 no, -1 error. */
+static int previous_active(struct mg *s, mongoc_client_session_t *cs, const char *id, const char *customer_id,
+			   struct err *e)
+{
+	bson_t *f = by_id(id), *doc = NULL;
+	bson_oid_t c;
+	int r;
+
+	bson_oid_init_from_string(&c, customer_id);
+	BCON_APPEND(f, "customer_id", BCON_OID(&c), "status", BCON_UTF8("active"));
+	r = find_one(s->subs, f, NULL, cs, &doc, e, "previous subscription");
+	bson_destroy(f);
+	bson_destroy(doc);
+	return r < 0 ? -1 : r == 1 ? 0 : 1;
+}
+
 static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
 {
 	struct hold_arg *x = arg;
@@ -1128,6 +1147,11 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 	}
 	if ((n = hold_customer(s, cs, r, customer_id, reply, e)) != 0) {
 		x->out->result = HOLD_NO_CUSTOMER;
+		rc = n;
+		goto out;
+	}
+	if (r->previous_id && (n = previous_active(s, cs, r->previous_id, customer_id, e)) != 0) {
+		x->out->result = HOLD_PREVIOUS_INACTIVE;
 		rc = n;
 		goto out;
 	}
@@ -1186,6 +1210,8 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 		    "created_at", BCON_DATE_TIME(now), "updated_at", BCON_DATE_TIME(now), "quantity",
 		    BCON_INT64(r->quantity), "secret_hash", BCON_UTF8(o->secret_hash), "attempt_key",
 		    BCON_UTF8(o->attempt_key), "attempt_until", BCON_DATE_TIME(o->attempt_until));
+	if (r->previous_id)
+		append_oid(sub, "previous_id", r->previous_id);
 	if (insert(s->subs, cs, sub, reply, e, "subscription"))
 		goto out;
 	after = (struct seat_counts){get_int(plan, "total_capacity"), get_int(plan, "subscriptions_left"),
@@ -1260,12 +1286,14 @@ static void payment_read(const bson_t *d, struct payment *p)
 struct transition_arg {
 	const struct transition *t;
 	const struct actor *a;
+	bool also_refused;
 };
 
-static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+/* One move of a transition, in the transaction: 0 moved, 1 its condition did not hold, -1
+ * error. */
+static int move_one(struct mg *s, mongoc_client_session_t *cs, const struct transition *t, const struct actor *a,
+		    bson_t *reply, struct err *e)
 {
-	struct transition_arg *x = arg;
-	const struct transition *t = x->t;
 	bson_t *filter = by_id(t->sub_id), *upd = bson_new(), *doc = NULL, *pay = NULL, *kf = NULL, *ku = NULL;
 	bson_t set, cond;
 	struct seat_counts before, after;
@@ -1316,7 +1344,7 @@ static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, b
 		if (insert(s->payments, cs, pay, reply, e, "payment"))
 			goto out;
 	}
-	if (events_put(s, cs, x->a, t->now, plan_id, t->events, t->nevents, &before, &after, reply, e))
+	if (events_put(s, cs, a, t->now, plan_id, t->events, t->nevents, &before, &after, reply, e))
 		goto out;
 	if (t->reply) {
 		kf = key_done_filter(t->reply_key ? t->reply_key : key);
@@ -1335,10 +1363,21 @@ out:
 	return rc;
 }
 
+static int transition_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct transition_arg *x = arg;
+	int rc = move_one(s, cs, x->t, x->a, reply, e);
+
+	x->also_refused = false;
+	if (rc == 0 && x->t->also && (rc = move_one(s, cs, x->t->also, x->a, reply, e)) == 1)
+		x->also_refused = true;
+	return rc;
+}
+
 static int mg_transition(struct store *st, const struct transition *t, const struct actor *a,
 			 struct transition_out *out, struct err *e)
 {
-	struct transition_arg x = {t, a};
+	struct transition_arg x = {t, a, false};
 	bool found;
 	int rc;
 
@@ -1347,8 +1386,43 @@ static int mg_transition(struct store *st, const struct transition *t, const str
 		return -1;
 	if (sub_find(MG(st), NULL, t->sub_id, &out->sub, &found, e))
 		return -1;
-	out->result = rc == 0 ? MOVED : found ? MOVE_REFUSED : MOVE_NOT_FOUND;
+	out->result = rc == 0 ? MOVED : x.also_refused ? MOVE_ALSO_REFUSED : found ? MOVE_REFUSED : MOVE_NOT_FOUND;
 	return 0;
+}
+
+static int mg_refunds_pending(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+{
+	bson_t *filter = BCON_NEW("status", BCON_UTF8("pending"));
+	bson_t *opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
+	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(MG(st)->payments, filter, opts, NULL);
+	const bson_t *doc;
+	bson_error_t be;
+	int rc = 0;
+
+	*n = 0;
+	*out = xcalloc((size_t)limit, sizeof(**out));
+	while (*n < (size_t)limit && mongoc_cursor_next(cur, &doc))
+		payment_read(doc, &(*out)[(*n)++]);
+	if (mongoc_cursor_error(cur, &be))
+		rc = mg_fail(&be, NULL, e, "pending refunds");
+	mongoc_cursor_destroy(cur);
+	bson_destroy(filter);
+	bson_destroy(opts);
+	return rc;
+}
+
+static int mg_refund_made(struct store *st, const char *payment_id, struct err *e)
+{
+	bson_t *filter = BCON_NEW("_id", BCON_UTF8(payment_id), "status", BCON_UTF8("pending"));
+	bson_t *upd = BCON_NEW("$set", "{", "status", BCON_UTF8("succeeded"), "}"), reply;
+	int n;
+
+	bson_init(&reply);
+	n = update(MG(st)->payments, NULL, filter, upd, &reply, e, "refund made");
+	bson_destroy(&reply);
+	bson_destroy(filter);
+	bson_destroy(upd);
+	return n < 0 ? -1 : 0;
 }
 
 static int mg_attempt_take(struct store *st, const char *sub_id, const char *expect, const char *key, int64_t now,
@@ -1676,7 +1750,7 @@ static int mg_processor_charge(struct store *st, const char *key, const struct p
 			       struct processor_rec *out, struct err *e)
 {
 	bson_t *doc = BCON_NEW("_id", BCON_UTF8(key), "state", BCON_INT32((int32_t)want->state), "charge_id",
-			       BCON_UTF8(want->charge_id), "refund_id", BCON_UTF8(""), "decline_code",
+			       BCON_UTF8(want->charge_id), "refund_id", BCON_UTF8(want->refund_id), "decline_code",
 			       BCON_UTF8(want->decline_code), "amount_cents", BCON_INT64(want->amount_cents));
 	int rc;
 
@@ -1904,6 +1978,8 @@ static const struct store_ops mongo_ops = {
 	.key_get = mg_key_get,
 	.hold = mg_hold,
 	.transition = mg_transition,
+	.refunds_pending = mg_refunds_pending,
+	.refund_made = mg_refund_made,
 	.held_by_kind = mg_held_by_kind,
 	.attempt_take = mg_attempt_take,
 	.payment_record = mg_payment_record,

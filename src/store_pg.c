@@ -84,7 +84,8 @@ static const char *const MIGRATIONS[] = {
 	" ADD COLUMN max_per_customer BIGINT NOT NULL DEFAULT 0;"
 	"ALTER TABLE subscriptions ADD COLUMN quantity BIGINT NOT NULL DEFAULT 1 CHECK (quantity >= 1),"
 	" ADD COLUMN secret_hash TEXT NOT NULL DEFAULT '', ADD COLUMN attempt_key TEXT NOT NULL DEFAULT '',"
-	" ADD COLUMN attempt_until BIGINT NOT NULL DEFAULT 0;"
+	" ADD COLUMN attempt_until BIGINT NOT NULL DEFAULT 0, ADD COLUMN previous_id TEXT NOT NULL DEFAULT '';"
+	"CREATE INDEX payments_pending ON payments (created_at) WHERE status = 'pending';"
 	"UPDATE subscriptions SET attempt_key = idem_key WHERE status = 'pending';"
 	"CREATE INDEX subscriptions_owner ON subscriptions (customer_id, plan_id, status);",
 };
@@ -657,7 +658,7 @@ static int pg_key_finish(struct store *st, const char *key, const struct reply *
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
-	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until"
+	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until, s.previous_id"
 
 static void sub_read(PGresult *r, int row, struct subscription *o)
 {
@@ -682,6 +683,7 @@ static void sub_read(PGresult *r, int row, struct subscription *o)
 	col_copy(r, row, 17, o->secret_hash, sizeof(o->secret_hash));
 	col_copy(r, row, 18, o->attempt_key, sizeof(o->attempt_key));
 	o->attempt_until = col_int(r, row, 19);
+	col_copy(r, row, 20, o->previous_id, sizeof(o->previous_id));
 }
 
 static const char SUB_BY_ID[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.id = $1";
@@ -749,8 +751,11 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 		" WHERE customer_id = $1 AND plan_id = $2 AND status IN ('pending', 'active')";
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents, duration_days,"
-		" token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, attempt_key, attempt_until)"
-		" VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10, $11, $12, $13)";
+		" token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, attempt_key, attempt_until,"
+		" previous_id) VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10, $11, $12, $13, $14)";
+	/* a plan change: the subscription it replaces, still active, locked until the unit ends */
+	static const char previous[] =
+		"SELECT 1 FROM subscriptions WHERE id = $1 AND customer_id = $2 AND status = 'active' FOR UPDATE";
 	struct hold_arg *x = arg;
 	const struct hold_req *r = x->r;
 	struct subscription *sub = &x->out->sub;
@@ -783,6 +788,16 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	}
 	col_copy(res, 0, 0, customer_id, sizeof(customer_id));
 	PQclear(res);
+	if (r->previous_id) {
+		if (!(res = q(s, previous, e, "tt", r->previous_id, customer_id)))
+			return -1;
+		n = PQntuples(res);
+		PQclear(res);
+		if (n == 0) {
+			x->out->result = HOLD_PREVIOUS_INACTIVE;
+			return 1;
+		}
+	}
 	if (!(res = q(s, take, e, "iti", now, r->plan_id, r->quantity)))
 		return -1;
 	if (PQntuples(res) == 0) {
@@ -829,9 +844,9 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	sub->created_at = sub->updated_at = now;
 	buyer.id = customer_id;
 	store_hold_fill(sub, r);
-	if (run(q(s, ins, e, "ttttiiiiiitti", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+	if (run(q(s, ins, e, "ttttiiiiiittit", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
 		  sub->duration_days, r->deadline, now, now, r->quantity, sub->secret_hash, sub->attempt_key,
-		  sub->attempt_until)) < 0 ||
+		  sub->attempt_until, sub->previous_id)) < 0 ||
 	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e))
 		return -1;
 	if (r->reply) {
@@ -877,7 +892,9 @@ struct transition_arg {
 	struct transition_out *out;
 };
 
-static int transition_tx(struct pg *s, void *arg, struct err *e)
+/* One move of a transition, in the caller's transaction: 1 moved, 0 its condition did not
+ * hold (nothing written by it), -1 error. */
+static int move_one(struct pg *s, const struct transition *t, const struct actor *a, struct err *e)
 {
 	static const char move[] =
 		"UPDATE subscriptions SET status = $1, updated_at = $2, payment_id = coalesce($3, payment_id),"
@@ -886,24 +903,17 @@ static int transition_tx(struct pg *s, void *arg, struct err *e)
 		" WHERE id = $7 AND status = $8 AND ($9::bigint IS NULL OR hold_deadline > $9::bigint)"
 		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) AND ($12::text IS NULL OR attempt_key = $12)"
 		" RETURNING plan_id, idem_key, quantity";
-	struct transition_arg *x = arg;
-	const struct transition *t = x->t;
 	struct seat_counts before, after;
 	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
 	int64_t dleft, dheld;
-	bool found;
 	PGresult *r;
 
-	transition_out_clear(x->out);
 	if (!(r = q(s, move, e, "titIItttIIit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
 		    t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt)))
 		return -1;
 	if (PQntuples(r) == 0) {
 		PQclear(r);
-		if (sub_find(s, t->sub_id, &x->out->sub, &found, e))
-			return -1;
-		x->out->result = found ? MOVE_REFUSED : MOVE_NOT_FOUND;
-		return 1;
+		return 0;
 	}
 	col_copy(r, 0, 0, plan_id, sizeof(plan_id));
 	col_copy(r, 0, 1, key, sizeof(key));
@@ -918,11 +928,36 @@ static int transition_tx(struct pg *s, void *arg, struct err *e)
 			err_set(e, ERR_INTERNAL, NULL, "a %s payment exists for key %s", t->payment->kind, key);
 		return -1;
 	}
-	if (events_put(s, x->a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
+	if (events_put(s, a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
 		return -1;
 	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body,
 			      t->reply_key ? t->reply_key : key)) < 0)
 		return -1;
+	return 1;
+}
+
+static int transition_tx(struct pg *s, void *arg, struct err *e)
+{
+	struct transition_arg *x = arg;
+	const struct transition *t = x->t;
+	bool found;
+	int n, also = 1;
+
+	transition_out_clear(x->out);
+	if ((n = move_one(s, t, x->a, e)) == 1 && t->also)
+		also = move_one(s, t->also, x->a, e);
+	if (n < 0 || also < 0)
+		return -1;
+	if (n == 0) {
+		if (sub_find(s, t->sub_id, &x->out->sub, &found, e))
+			return -1;
+		x->out->result = found ? MOVE_REFUSED : MOVE_NOT_FOUND;
+		return 1;
+	}
+	if (also == 0) {
+		x->out->result = MOVE_ALSO_REFUSED;  /* its facts are read once the unit is undone */
+		return 1;
+	}
 	if (sub_find(s, t->sub_id, &x->out->sub, &found, e))
 		return -1;
 	x->out->result = MOVED;
@@ -936,9 +971,13 @@ static int pg_transition(struct store *st, const struct transition *t, const str
 	int rc;
 
 	memset(out, 0, sizeof(*out));
+	bool found;
+
 	rc = tx(PG(st), WRITE, transition_tx, &x, e);
 	if (rc < 0)
 		transition_out_clear(out);
+	else if (out->result == MOVE_ALSO_REFUSED && sub_find(PG(st), t->sub_id, &out->sub, &found, e))
+		return -1;
 	return rc < 0 ? -1 : 0;
 }
 
@@ -1101,6 +1140,31 @@ static void payment_read(PGresult *r, int row, struct payment *p)
 	p->created_at = col_int(r, row, 7);
 }
 
+static int pg_refunds_pending(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+{
+	static const char sql[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT $1";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "i", (int64_t)limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		payment_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_refund_made(struct store *st, const char *payment_id, struct err *e)
+{
+	static const char sql[] = "UPDATE payments SET status = 'succeeded' WHERE id = $1 AND status = 'pending'";
+
+	if (connected(PG(st), e))
+		return -1;
+	return run(q(PG(st), sql, e, "t", payment_id)) < 0 ? -1 : 0;
+}
+
 static int pg_charges_unrefunded(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
@@ -1147,13 +1211,13 @@ static int pg_processor_charge(struct store *st, const char *key, const struct p
 {
 	/* The no-op update makes RETURNING give the row that was there first. */
 	static const char sql[] =
-		"INSERT INTO processor (key, state, charge_id, decline_code, amount_cents, created_at)"
-		" VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO UPDATE SET key = processor.key"
+		"INSERT INTO processor (key, state, charge_id, refund_id, decline_code, amount_cents, created_at)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO UPDATE SET key = processor.key"
 		" RETURNING state, charge_id, refund_id, decline_code, amount_cents";
 	PGresult *r;
 
-	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "tittii", key, (int64_t)want->state, want->charge_id,
-					  want->decline_code, want->amount_cents, now_ms())))
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "titttii", key, (int64_t)want->state, want->charge_id,
+					  want->refund_id, want->decline_code, want->amount_cents, now_ms())))
 		return -1;
 	proc_read(r, out);
 	PQclear(r);
@@ -1277,6 +1341,8 @@ static const struct store_ops pg_ops = {
 	.key_get = pg_key_get,
 	.hold = pg_hold,
 	.transition = pg_transition,
+	.refunds_pending = pg_refunds_pending,
+	.refund_made = pg_refund_made,
 	.held_by_kind = pg_held_by_kind,
 	.attempt_take = pg_attempt_take,
 	.payment_record = pg_payment_record,

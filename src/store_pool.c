@@ -108,6 +108,9 @@ FORWARD(transition, (struct store *s, const struct transition *t, const struct a
 		     struct transition_out *out, struct err *e), (h, t, a, out, e))
 READ(held_by_kind, (struct store *s, const char *plan_id, int64_t *paying, int64_t *sessions, struct err *e),
 	(h, plan_id, paying, sessions, e))
+READ(refunds_pending, (struct store *s, int limit, struct payment **out, size_t *n, struct err *e),
+     (h, limit, out, n, e))
+FORWARD(refund_made, (struct store *s, const char *payment_id, struct err *e), (h, payment_id, e))
 FORWARD(attempt_take, (struct store *s, const char *sub_id, const char *expect, const char *key, int64_t now,
 		       int64_t until, bool *taken, struct err *e), (h, sub_id, expect, key, now, until, taken, e))
 FORWARD(payment_record, (struct store *s, const struct payment *pm, const struct event_spec *ev, size_t nev,
@@ -178,6 +181,8 @@ static const struct store_ops pool_ops = {
 	.hold = pool_hold,
 	.transition = pool_transition,
 	.attempt_take = pool_attempt_take,
+	.refunds_pending = pool_refunds_pending,
+	.refund_made = pool_refund_made,
 	.held_by_kind = pool_held_by_kind,
 	.payment_record = pool_payment_record,
 	.sub_get = pool_sub_get,

@@ -102,7 +102,8 @@ static const char SCHEMA[] =
 	" start_at INTEGER NOT NULL DEFAULT 0, end_at INTEGER NOT NULL DEFAULT 0,"
 	" hold_deadline INTEGER NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
 	" quantity INTEGER NOT NULL DEFAULT 1 CHECK (quantity >= 1), secret_hash TEXT NOT NULL DEFAULT '',"
-	" attempt_key TEXT NOT NULL DEFAULT '', attempt_until INTEGER NOT NULL DEFAULT 0);"
+	" attempt_key TEXT NOT NULL DEFAULT '', attempt_until INTEGER NOT NULL DEFAULT 0,"
+	" previous_id TEXT NOT NULL DEFAULT '');"
 	"CREATE INDEX IF NOT EXISTS subscriptions_hold ON subscriptions(status, hold_deadline);"
 	"CREATE INDEX IF NOT EXISTS subscriptions_customer ON subscriptions(customer_id, seq);"
 	"CREATE INDEX IF NOT EXISTS subscriptions_plan ON subscriptions(plan_id, status);"
@@ -116,6 +117,7 @@ static const char SCHEMA[] =
 	" id TEXT PRIMARY KEY, idem_key TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,"
 	" decline_code TEXT NOT NULL DEFAULT '', subscription_id TEXT NOT NULL,"
 	" amount_cents INTEGER NOT NULL, created_at INTEGER NOT NULL, UNIQUE (idem_key, kind));"
+	"CREATE INDEX IF NOT EXISTS payments_pending ON payments(created_at) WHERE status = 'pending';"
 	"CREATE TABLE IF NOT EXISTS audit_events ("
 	" seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, at INTEGER NOT NULL,"
 	" action TEXT NOT NULL, actor_type TEXT NOT NULL, actor_id TEXT NOT NULL DEFAULT '',"
@@ -152,6 +154,8 @@ static const char MIGRATE_2_3[] =
 	"ALTER TABLE subscriptions ADD COLUMN secret_hash TEXT NOT NULL DEFAULT '';"
 	"ALTER TABLE subscriptions ADD COLUMN attempt_key TEXT NOT NULL DEFAULT '';"
 	"ALTER TABLE subscriptions ADD COLUMN attempt_until INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN previous_id TEXT NOT NULL DEFAULT '';"
+	"CREATE INDEX IF NOT EXISTS payments_pending ON payments(created_at) WHERE status = 'pending';"
 	"UPDATE subscriptions SET attempt_key = idem_key WHERE status = 'pending';";
 
 static const char PROC_SCHEMA[] =
@@ -848,7 +852,7 @@ static int sq_key_finish(struct store *st_, const char *key, const struct reply 
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
-	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until"
+	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until, s.previous_id"
 
 static void sub_read(sqlite3_stmt *st, struct subscription *o)
 {
@@ -873,6 +877,7 @@ static void sub_read(sqlite3_stmt *st, struct subscription *o)
 	col_copy(st, 17, o->secret_hash, sizeof(o->secret_hash));
 	col_copy(st, 18, o->attempt_key, sizeof(o->attempt_key));
 	o->attempt_until = sqlite3_column_int64(st, 19);
+	col_copy(st, 20, o->previous_id, sizeof(o->previous_id));
 }
 
 static int sq_sub_get(struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e)
@@ -924,8 +929,10 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
 		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash,"
-		" attempt_key, attempt_until)"
-		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?, ?, ?, ?)";
+		" attempt_key, attempt_until, previous_id)"
+		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?)";
+	static const char previous[] =
+		"SELECT 1 FROM subscriptions WHERE id = ? AND customer_id = ? AND status = 'active'";
 	static const char key_ins[] =
 		"INSERT INTO idempotency_keys (key, fingerprint, state, locked_until, subscription_id, created_at,"
 		" response_status, response_body)"
@@ -962,6 +969,15 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 				    r->customer->name, r->customer->created_at), e) < 0)
 			goto refused;
 		customer_id = n ? found_c.id : r->customer->id;
+	}
+	if (r->previous_id) {
+		if ((n = step(st = q(s, previous, e, "tt", r->previous_id, customer_id), e)) < 0)
+			goto refused;
+		sqlite3_reset(st);
+		if (n == 0) {
+			out->result = HOLD_PREVIOUS_INACTIVE;
+			goto refused;
+		}
 	}
 	if ((n = step(st = q(s, take, e, "iit", r->quantity, now, r->plan_id), e)) < 0)
 		goto refused;
@@ -1009,9 +1025,9 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 	store_hold_fill(sub, r);
 	if (r->reply)
 		done = r->reply(sub, r->reply_arg);
-	if (run(q(s, ins, e, "ttttiiiiiitti", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+	if (run(q(s, ins, e, "ttttiiiiiittit", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
 		  sub->duration_days, r->deadline, now, now, r->quantity, sub->secret_hash, sub->attempt_key,
-		  sub->attempt_until), e) < 0 ||
+		  sub->attempt_until, sub->previous_id), e) < 0 ||
 	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e) ||
 	    run(q(s, key_ins, e, "ttiitiit", r->claim.key, r->claim.fingerprint, (int64_t)done.status,
 		  done.status ? (int64_t)0 : r->claim.lease_until, sub->id, now, (int64_t)done.status, done.body), e) < 0)
@@ -1040,8 +1056,9 @@ static int payment_put(struct sq *s, const struct payment *p, struct err *e)
 		     p->subscription_id, p->amount_cents, p->created_at), e) < 0 ? -1 : 0;
 }
 
-static int sq_transition(struct store *st_, const struct transition *t, const struct actor *a,
-			 struct transition_out *out, struct err *e)
+/* One move of a transition, in the caller's transaction: 1 moved, 0 its condition did not
+ * hold (nothing written by it), -1 error. */
+static int move_one(struct sq *s, const struct transition *t, const struct actor *a, struct err *e)
 {
 	static const char move[] =
 		"UPDATE subscriptions SET status = ?1, updated_at = ?2, payment_id = coalesce(?3, payment_id),"
@@ -1050,28 +1067,18 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 		" WHERE id = ?7 AND status = ?8 AND (?9 IS NULL OR hold_deadline > ?9)"
 		" AND (?10 IS NULL OR hold_deadline <= ?10) AND (?12 IS NULL OR attempt_key = ?12)"
 		" RETURNING plan_id, idem_key, quantity";
-	struct sq *s = SQ(st_);
 	struct seat_counts before, after;
 	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
 	sqlite3_stmt *st;
 	int64_t dleft, dheld;
-	bool found;
-	int n, rc = -1;
+	int n;
 
-	memset(out, 0, sizeof(*out));
-	if (BEGIN(s, e))
-		return -1;
 	st = q(s, move, e, "titIItttIIit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
 	       t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt);
-	if ((n = step(st, e)) < 0)
-		goto out;
-	if (n == 0) {
-		sqlite3_reset(st);
-		if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e))
-			goto out;
-		out->result = found ? MOVE_REFUSED : MOVE_NOT_FOUND;
-		END(s, -1, e);
-		return 0;
+	if ((n = step(st, e)) <= 0) {
+		if (st)
+			sqlite3_reset(st);
+		return n;
 	}
 	col_copy(st, 0, plan_id, sizeof(plan_id));
 	col_copy(st, 1, key, sizeof(key));
@@ -1079,22 +1086,63 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 	dheld = t->dheld * sqlite3_column_int64(st, 2);
 	sqlite3_reset(st);
 	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, e))
-		goto out;
+		return -1;
 	before = store_counts_before(after, dleft, dheld);
 	if ((t->payment && payment_put(s, t->payment, e)) ||
 	    events_put(s, a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
-		goto out;
+		return -1;
 	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body,
 			      t->reply_key ? t->reply_key : key), e) < 0)
-		goto out;
-	if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e))
-		goto out;
+		return -1;
+	return 1;
+}
+
+static int sq_transition(struct store *st_, const struct transition *t, const struct actor *a,
+			 struct transition_out *out, struct err *e)
+{
+	struct sq *s = SQ(st_);
+	bool found;
+	int n, also = 1;
+
+	memset(out, 0, sizeof(*out));
+	if (BEGIN(s, e))
+		return -1;
+	if ((n = move_one(s, t, a, e)) == 1 && t->also)
+		also = move_one(s, t->also, a, e);
+	if (n < 0 || also < 0) {
+		END(s, -1, e);
+		return -1;
+	}
+	if (n == 0 || also == 0) {
+		/* nothing of the unit is kept; the facts are read after it is undone */
+		END(s, -1, e);
+		if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e))
+			return -1;
+		out->result = n == 0 ? (found ? MOVE_REFUSED : MOVE_NOT_FOUND) : MOVE_ALSO_REFUSED;
+		return 0;
+	}
+	if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e)) {
+		END(s, -1, e);
+		return -1;
+	}
 	out->result = MOVED;
-	rc = 0;
-out:
-	if (rc)
+	if (END(s, 0, e)) {
 		transition_out_clear(out);
-	return END(s, rc, e);
+		return -1;
+	}
+	return 0;
+}
+
+static int sq_refund_made(struct store *st_, const char *payment_id, struct err *e)
+{
+	static const char sql[] = "UPDATE payments SET status = 'succeeded' WHERE id = ? AND status = 'pending'";
+	struct sq *s = SQ(st_);
+	int n;
+
+	if (BEGIN(s, e))
+		return -1;
+	n = run(q(s, sql, e, "t", payment_id), e);
+	return END(s, n < 0 ? -1 : 0, e);
 }
 
 static int sq_attempt_take(struct store *st_, const char *sub_id, const char *expect, const char *key, int64_t now,
@@ -1291,6 +1339,15 @@ static void no_clear(void *item)
 	(void)item;
 }
 
+static int sq_refunds_pending(struct store *st_, int limit, struct payment **out, size_t *n, struct err *e)
+{
+	static const char sql[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'pending'"
+				  " ORDER BY created_at LIMIT ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "i", (int64_t)limit);
+
+	return page_rows(st, sizeof(**out), limit, payment_row, (void **)out, n, no_clear, e);
+}
+
 static int sq_charges_unrefunded(struct store *st_, int limit, struct payment **out, size_t *n,
 				 struct err *e)
 {
@@ -1341,8 +1398,8 @@ static int sq_processor_charge(struct store *st_, const char *key, const struct 
 			       struct processor_rec *out, struct err *e)
 {
 	static const char ins[] =
-		"INSERT INTO processor (key, state, charge_id, decline_code, amount_cents, created_at)"
-		" VALUES (?, ?, ?, ?, ?, ?)";
+		"INSERT INTO processor (key, state, charge_id, refund_id, decline_code, amount_cents, created_at)"
+		" VALUES (?, ?, ?, ?, ?, ?, ?)";
 	struct sq *s = SQ(st_);
 	int r, rc = -1;
 
@@ -1352,8 +1409,8 @@ static int sq_processor_charge(struct store *st_, const char *key, const struct 
 		goto out;
 	if (r == 0) {
 		*out = *want;
-		if (run(qp(s, ins, e, "tittii", key, (int64_t)want->state, want->charge_id, want->decline_code,
-			   want->amount_cents, now_ms()), e) < 0)
+		if (run(qp(s, ins, e, "titttii", key, (int64_t)want->state, want->charge_id, want->refund_id,
+			   want->decline_code, want->amount_cents, now_ms()), e) < 0)
 			goto out;
 	}
 	rc = 0;
@@ -1571,6 +1628,8 @@ static const struct store_ops sqlite_ops = {
 	.key_get = sq_key_get,
 	.hold = sq_hold,
 	.transition = sq_transition,
+	.refunds_pending = sq_refunds_pending,
+	.refund_made = sq_refund_made,
 	.held_by_kind = sq_held_by_kind,
 	.attempt_take = sq_attempt_take,
 	.payment_record = sq_payment_record,

@@ -101,6 +101,8 @@ static struct json_object *subscription_common(const struct subscription *s)
 	ADD(o, "quantity", INT(s->quantity));
 	ADD(o, "amount_cents", INT(s->amount_cents));
 	ADD(o, "paymentId", *s->payment_id ? STR(s->payment_id) : NULL);
+	if (*s->previous_id)
+		ADD(o, "previousSubscriptionId", STR(s->previous_id));
 	return o;
 }
 

@@ -530,6 +530,82 @@ class CheckoutSessions(Envelope):
         self.assertTrue(ok, out)
 
 
+def change_plan(sub, plan_id, method=None, key=None, token=None):
+    body = {"planId": plan_id}
+    if method:
+        body["paymentMethodId"] = method
+    return S.request("POST", "/api/subscriptions/%s/change-plan" % sub["id"], body,
+                     {"Authorization": "Bearer " + (token or sub["accessToken"]),
+                      "Idempotency-Key": key or str(uuid.uuid4())})
+
+
+class ChangePlan(Envelope):
+    def test_upgrade_charges_the_difference(self):
+        a = S.create_plan(capacity=3, price=3000, duration_days=30)
+        b = S.create_plan(capacity=3, price=9000, duration_days=30)
+        sub = S.purchase(a["id"], quantity=2).json
+        # something to charge: a payment method is needed, and nothing moves without one
+        self.assertError(change_plan(sub, b["id"]), 400, "VALIDATION_ERROR")
+        key = str(uuid.uuid4())
+        r = change_plan(sub, b["id"], "pm_card_visa", key=key)
+        self.assertEqual(r.status, 200, r)
+        new = r.json
+        self.assertEqual((new["status"], new["planId"], new["quantity"], new["previousSubscriptionId"]),
+                         ("active", b["id"], 2, sub["id"]))
+        self.assertNotEqual(new["accessToken"], sub["accessToken"])
+        self.assertEqual(new["endDate"], sub["endDate"])
+        # the difference for the whole period left (just begun): 2 x (90 - 30) dollars, to the cent
+        charges = [l for l in S.admin("GET", "/api/audit-logs?action=payment.succeeded&planId=" + b["id"]).json["logs"]]
+        self.assertEqual([c["after"]["amount_cents"] for c in charges], [12000])
+        replay = change_plan(sub, b["id"], "pm_card_visa", key=key)
+        self.assertEqual((replay.status, replay.raw), (200, r.raw))
+        old = S.request("GET", "/api/subscriptions/" + sub["id"], headers={"Authorization": "Bearer " + sub["accessToken"]})
+        self.assertEqual((old.status, old.json["status"]), (200, "changed"))
+        self.assertEqual((S.plan(a["id"])["subscriptions_left"], S.plan(b["id"])["subscriptions_left"]), (3, 1))
+        self.assertError(change_plan(sub, b["id"], "pm_card_visa"), 409, "SUBSCRIPTION_NOT_ACTIVE")
+        self.assertEqual(len(S.admin("GET", "/api/audit-logs?action=subscription.plan_changed&planId=" + a["id"]).json["logs"]), 1)
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_downgrade_credits_and_decline_changes_nothing(self):
+        a = S.create_plan(capacity=2, price=9000)
+        b = S.create_plan(capacity=2, price=3000)
+        c = S.create_plan(capacity=2, price=20000)
+        sub = S.purchase(a["id"]).json
+        d = change_plan(sub, c["id"], "pm_card_chargeDeclined")
+        self.assertError(d, 402, "PAYMENT_FAILED")
+        self.assertEqual((S.plan(a["id"])["subscriptions_left"], S.plan(c["id"])["subscriptions_left"]), (1, 2))
+        self.assertError(change_plan(sub, a["id"]), 400, "VALIDATION_ERROR")
+        r = change_plan(sub, b["id"])
+        self.assertEqual((r.status, r.json["planId"], r.json["amount_cents"]), (200, b["id"], 3000), r)
+        credits = S.admin("GET", "/api/audit-logs?action=payment.refunded").json["logs"]
+        self.assertTrue(any(l["resourceType"] == "payment" for l in credits))
+        self.assertEqual((S.plan(a["id"])["subscriptions_left"], S.plan(b["id"])["subscriptions_left"]), (2, 1))
+        # the new token reads the new subscription; the old one still reads the old
+        g = S.request("GET", "/api/subscriptions/" + r.json["id"], headers={"Authorization": "Bearer " + r.json["accessToken"]})
+        self.assertEqual((g.status, g.json["previousSubscriptionId"]), (200, sub["id"]))
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_sold_out_and_wrong_input(self):
+        a = S.create_plan(capacity=2, price=1000)
+        full = S.create_plan(capacity=1, price=1000)
+        S.purchase(full["id"])
+        sub = S.purchase(a["id"]).json
+        self.assertError(change_plan(sub, full["id"]), 409, "PLAN_SOLD_OUT")
+        self.assertError(change_plan(sub, "f" * 24), 404, "PLAN_NOT_FOUND")
+        self.assertError(change_plan(sub, "nope"), 400, "VALIDATION_ERROR")
+        self.assertError(change_plan(sub, full["id"], method="card"), 400, "VALIDATION_ERROR")
+        other = S.purchase(a["id"]).json
+        self.assertError(change_plan(sub, full["id"], token=other["accessToken"]), 403, "FORBIDDEN")
+        r = S.request("POST", "/api/subscriptions/%s/change-plan" % sub["id"], {"planId": full["id"]},
+                      {"Authorization": "Bearer " + sub["accessToken"]})
+        self.assertError(r, 400, "MISSING_IDEMPOTENCY_KEY")
+        self.assertEqual(S.plan(a["id"])["subscriptions_left"], 0)
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
 class Audit(Envelope):
     def test_audit_trail(self):
         p = S.create_plan(capacity=2)

@@ -171,8 +171,19 @@ class Responses(unittest.TestCase):
         self.call("GET", "/api/subscriptions/" + sid, headers=token)
         self.call("GET", "/api/subscriptions/" + sid)
         self.call("GET", "/api/subscriptions/" + "e" * 24, admin=True)
-        self.call("POST", "/api/subscriptions/%s/cancel" % sid, headers=token)
-        self.call("POST", "/api/subscriptions/%s/cancel" % sid, headers=token)
+        pricier = self.call("POST", "/api/plans", {"name": "Spec P " + uuid.uuid4().hex[:8], "price_cents": 900,
+                                                   "total_capacity": 2}, admin=True).json
+        moved = self.call("POST", "/api/subscriptions/%s/change-plan" % sid, {"planId": pricier["id"],
+                          "paymentMethodId": "pm_card_visa"}, dict(token, **key())).json
+        self.call("POST", "/api/subscriptions/%s/change-plan" % moved["id"], {"planId": pid, "paymentMethodId": "bad"},
+                  dict({"Authorization": "Bearer " + moved["accessToken"]}, **key()))
+        self.call("POST", "/api/subscriptions/%s/change-plan" % sid, {"planId": pid}, dict(token, **key()))
+        self.call("GET", "/api/subscriptions/" + moved["id"], headers={"Authorization": "Bearer " + moved["accessToken"]})
+        sid = self.call("POST", "/api/subscriptions/purchase",
+                        {"planId": pid, "paymentMethodId": "pm_card_visa", "customerId": bought["customerId"]},
+                        key()).json["id"]
+        self.call("POST", "/api/subscriptions/%s/cancel" % sid, admin=True)
+        self.call("POST", "/api/subscriptions/%s/cancel" % sid, admin=True)
         self.call("POST", "/api/plans", {"name": "y", "price_cents": 1, "total_capacity": 1}, headers=token)
         cust = self.call("POST", "/api/customers", {"email": "c-%s@example.com" % uuid.uuid4().hex[:8],
                                                     "name": "C"}, admin=True).json

@@ -414,6 +414,13 @@ static int mem_hold(struct store *s, const struct hold_req *r, const struct acto
 		}
 		return 0;
 	}
+	if (r->previous_id) {
+		struct subscription *prev = sub_find(m, r->previous_id);
+		if (!prev || !c || strcmp(prev->customer_id, c->id) || strcmp(prev->status, "active")) {
+			out->result = HOLD_PREVIOUS_INACTIVE;
+			return 0;
+		}
+	}
 	if (c && (out->limit = p->max_per_customer) > 0) {
 		for (int i = 0; i < m->nsubs; i++)
 			if (!strcmp(m->subs[i].customer_id, c->id) && !strcmp(m->subs[i].plan_id, p->id) &&
@@ -467,8 +474,8 @@ static bool payment_exists(struct mem *m, const struct payment *p)
 	return false;
 }
 
-static int mem_transition(struct store *s, const struct transition *t, const struct actor *a,
-			  struct transition_out *out, struct err *e)
+static int mem_move(struct store *s, const struct transition *t, const struct actor *a,
+		    struct transition_out *out, struct err *e)
 {
 	struct mem *m = M(s);
 	struct subscription *sub = sub_find(m, t->sub_id);
@@ -514,6 +521,57 @@ static int mem_transition(struct store *s, const struct transition *t, const str
 		mem_key_finish(s, t->reply_key ? t->reply_key : sub->idem_key, t->reply, &(bool){false}, e);
 	out->result = MOVED;
 	sub_copy(m, &out->sub, sub);
+	return 0;
+}
+
+/* Both moves or neither: the second is checked before the first is made. */
+static int mem_transition(struct store *s, const struct transition *t, const struct actor *a,
+			  struct transition_out *out, struct err *e)
+{
+	if (t->also) {
+		struct subscription *other = sub_find(M(s), t->also->sub_id), *sub = sub_find(M(s), t->sub_id);
+		bool first_ok = sub && !strcmp(sub->status, t->from) &&
+				(!t->live_after || sub->hold_deadline > t->live_after) &&
+				(!t->attempt || !strcmp(sub->attempt_key, t->attempt));
+		if (first_ok && (!other || strcmp(other->status, t->also->from))) {
+			memset(out, 0, sizeof(*out));
+			out->result = MOVE_ALSO_REFUSED;
+			sub_copy(M(s), &out->sub, sub);
+			return 0;
+		}
+	}
+	if (mem_move(s, t, a, out, e))
+		return -1;
+	if (out->result == MOVED && t->also) {
+		struct transition_out o2;
+		if (mem_move(s, t->also, a, &o2, e))
+			return -1;
+		transition_out_clear(&o2);
+	}
+	return 0;
+}
+
+static int mem_refunds_pending(struct store *s, int limit, struct payment **out, size_t *n, struct err *e)
+{
+	struct mem *m = M(s);
+
+	(void)e;
+	*out = xcalloc((size_t)limit, sizeof(**out));
+	*n = 0;
+	for (int i = 0; i < m->npays && (int)*n < limit; i++)
+		if (!strcmp(m->pays[i].status, "pending"))
+			(*out)[(*n)++] = m->pays[i];
+	return 0;
+}
+
+static int mem_refund_made(struct store *s, const char *payment_id, struct err *e)
+{
+	struct mem *m = M(s);
+
+	(void)e;
+	for (int i = 0; i < m->npays; i++)
+		if (!strcmp(m->pays[i].id, payment_id) && !strcmp(m->pays[i].status, "pending"))
+			snprintf(m->pays[i].status, sizeof(m->pays[i].status), "succeeded");
 	return 0;
 }
 
@@ -779,6 +837,8 @@ static const struct store_ops mem_ops = {
 	.key_get = mem_key_get,
 	.hold = mem_hold,
 	.attempt_take = mem_attempt_take,
+	.refunds_pending = mem_refunds_pending,
+	.refund_made = mem_refund_made,
 	.held_by_kind = mem_held_by_kind,
 	.transition = mem_transition,
 	.payment_record = mem_payment_record,
