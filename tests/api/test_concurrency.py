@@ -125,6 +125,37 @@ class Concurrency(unittest.TestCase):
         self.assertEqual((q["subscriptions_left"], q["subscriptions_held"]), (40 - completed, 0))
         self.assertChecks()
 
+    def test_plan_changes_race_buyers_for_the_last_seats(self):
+        # 10 subscribers of plan A change to plan B while 30 buyers race them for B's 5 seats:
+        # B sells exactly 5, every change either moves (A gets the seat back) or leaves A as it was
+        a = S.create_plan(capacity=10, price=2000)
+        b = S.create_plan(capacity=5, price=1000)
+        subs = [S.purchase(a["id"]).json for _ in range(10)]
+        jobs = [("change", sub) for sub in subs] + [("buy", i) for i in range(30)]
+        random.Random(3).shuffle(jobs)
+
+        def run(job):
+            kind, arg = job
+            if kind == "buy":
+                return S.purchase(b["id"])
+            return S.request("POST", "/api/subscriptions/%s/change-plan" % arg["id"], {"planId": b["id"]},
+                             {"Authorization": "Bearer " + arg["accessToken"], "Idempotency-Key": str(uuid.uuid4())})
+
+        results = pool(40, jobs, run)
+        moved = bought = 0
+        for (kind, _), r in zip(jobs, results):
+            self.assertFalse(isinstance(r, Exception), r)
+            if r.status in (200, 201):
+                moved += kind == "change"
+                bought += kind == "buy"
+            else:
+                self.assertEqual((r.status, r.json["code"]), (409, "PLAN_SOLD_OUT"), r)
+        self.assertEqual(moved + bought, 5)
+        qa, qb = S.plan(a["id"]), S.plan(b["id"])
+        self.assertEqual((qb["subscriptions_left"], qb["subscriptions_held"]), (0, 0))
+        self.assertEqual((qa["subscriptions_left"], qa["subscriptions_held"]), (moved, 0))
+        self.assertChecks()
+
     def test_2000_attempts_on_500_seats(self):
         p = S.create_plan(capacity=500)
         results = pool(64, list(range(2000)), lambda i: S.purchase(p["id"]))

@@ -559,6 +559,147 @@ static void test_session_dead_attempt_taken_over(void **state)
 	fixture_free(x);
 }
 
+/* A plan of its own beside the fixture's, at price. */
+static void other_plan(struct fixture *x, int64_t price, char id[ID_LEN + 1])
+{
+	struct actor a = {"test", "admin", NULL, NULL};
+	struct plan p = {0};
+	struct err e = {0};
+
+	id_new(p.id);
+	p.name = xasprintf("Other %s", p.id);
+	p.description = xstrdup("");
+	p.price_cents = price;
+	p.duration_days = 30;
+	p.total_capacity = p.subscriptions_left = 3;
+	p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
+	strcpy(p.status, "active");
+	p.features = json_object_new_array();
+	p.created_at = p.updated_at = now_ms();
+	assert_int_equal(ledger_plan_create(&x->lg, &a, &p, &e), 0);
+	snprintf(id, ID_LEN + 1, "%s", p.id);
+	plan_clear(&p);
+}
+
+static void change(struct fixture *x, const char *sub_id, const char *plan_id, const char *key, struct purchase_result *r)
+{
+	struct actor a = {"test", "customer", NULL, NULL};
+	struct change_req c = {key, "fp-change", sub_id, plan_id, "pm_card_visa"};
+
+	plan_change(&x->lg, &a, &c, r);
+}
+
+/* An upgrade crashed after its charge: the retry settles it once, the old subscription changed.
+ * (Holds of 4 s: the key's lease, half of it, ends before the hold.) */
+static void test_plan_change_crash_retry_settles_once(void **state)
+{
+	struct fixture *x = fixture_new(2, 4);
+	struct purchase_result r;
+	struct subscription old = {0};
+	struct err e = {0};
+	char key[UUID_LEN + 1], sub_id[ID_LEN + 1], dear[ID_LEN + 1];
+	struct plan p;
+
+	(void)state;
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	snprintf(sub_id, sizeof(sub_id), "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
+	purchase_result_clear(&r);
+	other_plan(x, 4500, dear);
+	new_key(key);
+	fail_at = "transition";
+	change(x, sub_id, dear, key, &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	purchase_result_clear(&r);
+	lease_ends(x, key);
+	change(x, sub_id, dear, key, &r);
+	assert_int_equal(r.reply.status, 200);
+	assert_non_null(strstr(r.reply.body, sub_id));
+	purchase_result_clear(&r);
+	assert_int_equal(ledger_sub_get(&x->lg, sub_id, &old, &e), 0);
+	assert_string_equal(old.status, "changed");
+	subscription_clear(&old);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 2);
+	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+/* The old subscription is cancelled between the change's charge and its last unit: the change
+ * is not made, its seats go back and its charge is refunded. */
+static void test_plan_change_loses_to_a_cancel(void **state)
+{
+	struct fixture *x = fixture_new(2, 4);
+	struct actor admin = {"test", "admin", NULL, NULL};
+	struct purchase_result r;
+	struct subscription old = {0};
+	struct err e = {0};
+	char key[UUID_LEN + 1], sub_id[ID_LEN + 1], dear[ID_LEN + 1];
+	struct plan p = {0};
+
+	(void)state;
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	snprintf(sub_id, sizeof(sub_id), "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
+	purchase_result_clear(&r);
+	other_plan(x, 4500, dear);
+	new_key(key);
+	fail_at = "transition";
+	change(x, sub_id, dear, key, &r);
+	purchase_result_clear(&r);
+	assert_int_equal(ledger_sub_cancel(&x->lg, &admin, sub_id, &old, &e), 0);
+	subscription_clear(&old);
+	lease_ends(x, key);
+	change(x, sub_id, dear, key, &r);
+	assert_int_equal(r.reply.status, 409);
+	assert_non_null(strstr(r.reply.body, "SUBSCRIPTION_NOT_ACTIVE"));
+	purchase_result_clear(&r);
+	assert_int_equal(ledger_plan_get(&x->lg, dear, &p, &e), 0);
+	assert_int_equal(p.subscriptions_left, 3);
+	assert_int_equal(p.subscriptions_held, 0);
+	plan_clear(&p);
+	assert_int_equal(processor_state_of(x, key), PROC_REFUNDED);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+/* A downgrade whose credit the processor did not take: the reaper makes it, once. */
+static void test_plan_change_credit_made_by_the_reaper(void **state)
+{
+	struct fixture *x = fixture_new(2, 600);
+	struct purchase_result r;
+	struct reap_stats st;
+	struct payment *pending = NULL;
+	struct err e = {0};
+	size_t n = 0;
+	char key[UUID_LEN + 1], sub_id[ID_LEN + 1], cheap[ID_LEN + 1];
+
+	(void)state;
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	snprintf(sub_id, sizeof(sub_id), "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
+	purchase_result_clear(&r);
+	other_plan(x, 500, cheap);
+	new_key(key);
+	fail_at = "processor_charge";   /* the credit's call to the processor fails */
+	change(x, sub_id, cheap, key, &r);
+	assert_int_equal(r.reply.status, 200);
+	purchase_result_clear(&r);
+	assert_int_equal(x->s->ops->refunds_pending(x->s, 10, &pending, &n, &e), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(pending[0].amount_cents, 1000);
+	free(pending);
+	assert_int_equal(reaper_run(&x->lg, "test", &st, &e), 0);
+	assert_int_equal(st.refunded, 1);
+	assert_int_equal(x->s->ops->refunds_pending(x->s, 10, &pending, &n, &e), 0);
+	assert_int_equal(n, 0);
+	free(pending);
+	assert_int_equal(processor_state_of(x, key), PROC_REFUNDED);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
 /* Processes race for the seats, each with its own store handle: exactly capacity win. */
 static void test_racing_processes_sell_exactly_capacity(void **state)
 {
@@ -622,6 +763,9 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_session_completion_crash_retry_settles_once),
 		cmocka_unit_test(test_session_completion_crash_reaper_refunds),
 		cmocka_unit_test(test_session_dead_attempt_taken_over),
+		cmocka_unit_test(test_plan_change_crash_retry_settles_once),
+		cmocka_unit_test(test_plan_change_loses_to_a_cancel),
+		cmocka_unit_test(test_plan_change_credit_made_by_the_reaper),
 		cmocka_unit_test(test_racing_processes_sell_exactly_capacity),
 	};
 

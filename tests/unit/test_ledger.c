@@ -399,6 +399,26 @@ static void test_idempotency_of_other_routes(void **state)
 	idem_claim_clear(&c);
 }
 
+/* The prorated difference of a plan change: the part of the period left, to the cent, half away
+ * from zero. */
+static void test_plan_change_prorate(void **state)
+{
+	const int64_t day = 24LL * 3600 * 1000, start = 1000 * day, end = start + 30 * day;
+
+	(void)state;
+	assert_int_equal(plan_change_prorate(9000, 3000, start, end, start), 6000);
+	assert_int_equal(plan_change_prorate(9000, 3000, start, end, start + 15 * day), 3000);
+	assert_int_equal(plan_change_prorate(3000, 9000, start, end, start + 10 * day), -4000);
+	assert_int_equal(plan_change_prorate(1000, 0, start, end, start + 29 * day), 33);      /* 33.33 */
+	assert_int_equal(plan_change_prorate(1001, 0, start, end, start + 15 * day), 501);     /* 500.5 up */
+	assert_int_equal(plan_change_prorate(0, 1001, start, end, start + 15 * day), -501);    /* and down */
+	assert_int_equal(plan_change_prorate(9000, 3000, start, end, end), 0);
+	assert_int_equal(plan_change_prorate(9000, 3000, start, end, end + day), 0);
+	assert_int_equal(plan_change_prorate(9000, 3000, start, end, start - day), 6000);
+	assert_int_equal(plan_change_prorate(INT64_C(100000000000) * 1000, 0, start, end, start),
+			 INT64_C(100000000000) * 1000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -412,6 +432,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_check_reports_a_broken_count, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pages_and_cursors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idempotency_of_other_routes, setup, teardown),
+		cmocka_unit_test(test_plan_change_prorate),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
