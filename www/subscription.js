@@ -1,10 +1,13 @@
-// subscription.js - view and cancel a subscription with its access token. The id and token
-// travel in the URL fragment, which browsers never send to a server or a log.
-import { api, money, when, el } from './api.js';
+// subscription.js - view, cancel or change the plan of a subscription with its access token.
+// The id and token travel in the URL fragment, which browsers never send to a server or a log.
+import { api, retrying, money, when, el } from './api.js';
 
 const params = new URLSearchParams(location.hash.slice(1));
-const id = params.get('id');
-const token = params.get('token');
+let id = params.get('id');
+let token = params.get('token');
+let current = null;      // the subscription shown
+let plans = [];
+let changeKey = null;    // the Idempotency-Key of the change attempt in the form
 const facts = document.getElementById('sub');
 const status = document.getElementById('sub-status');
 const cancel = document.getElementById('cancel');
@@ -18,8 +21,37 @@ function render(s) {
   const rows = [['Status', s.status], ['Plan', s.planName], ['Amount', money(s.amount_cents)],
                 ['Starts', when(s.startDate)], ['Ends', when(s.endDate)], ['Subscription', s.id],
                 ['Payment', s.paymentId || '—']];
+  if (s.quantity > 1) rows.splice(2, 0, ['Seats', String(s.quantity)]);
   facts.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', { 'data-field': k.toLowerCase() }, v)]));
   cancel.hidden = s.status !== 'active';
+  current = s;
+  offerChange();
+}
+
+// The difference for the days left, as the service prorates it (it decides; this is a preview).
+function difference(plan) {
+  const start = Date.parse(current.startDate), end = Date.parse(current.endDate), now = Date.now();
+  if (!(end > now) || !(end > start)) return 0;
+  return Math.round((plan.price_cents * current.quantity - current.amount_cents) * (end - Math.max(now, start)) / (end - start));
+}
+
+function showDifference() {
+  const plan = plans.find((p) => p.id === document.getElementById('change-plan').value);
+  const d = plan ? difference(plan) : 0;
+  document.getElementById('change-diff').textContent = !plan ? '' : d > 0 ? `You pay about ${money(d)} now.`
+    : d < 0 ? `You get about ${money(-d)} back.` : 'No difference to pay.';
+}
+
+async function offerChange() {
+  const section = document.getElementById('change');
+  if (current.status !== 'active') { section.hidden = true; return; }
+  try { plans = (await api('GET', '/api/plans')).plans; } catch (e) { plans = []; }
+  const choices = plans.filter((p) => p.id !== current.planId && p.subscriptions_left >= current.quantity);
+  const select = document.getElementById('change-plan');
+  select.replaceChildren(...choices.map((p) => el('option', { value: p.id }, `${p.name} — ${money(p.price_cents)}`)));
+  section.hidden = choices.length === 0;
+  changeKey = crypto.randomUUID();
+  showDifference();
 }
 
 async function load() {
@@ -45,6 +77,37 @@ cancel.addEventListener('click', async () => {
     say('bad', e.code === 'ALREADY_CANCELLED' ? 'This subscription was already cancelled.' : `Could not cancel (${e.code}).`);
   } finally {
     cancel.disabled = false;
+  }
+});
+
+document.getElementById('change-plan').addEventListener('change', () => { changeKey = crypto.randomUUID(); showDifference(); });
+document.getElementById('change-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const button = document.getElementById('change-submit');
+  const box = document.getElementById('change-status');
+  const planId = document.getElementById('change-plan').value;
+  if (button.disabled || !planId) return;
+  button.disabled = true;
+  box.className = 'notice warn';
+  box.textContent = 'Changing your plan…';
+  try {
+    const s = await retrying(`/api/subscriptions/${encodeURIComponent(id)}/change-plan`,
+                             { planId, paymentMethodId: document.getElementById('change-card').value }, changeKey, { token });
+    // the new subscription has its own access link; the old one keeps reading the old subscription
+    id = s.id;
+    token = s.accessToken;
+    history.replaceState(null, '', `#id=${encodeURIComponent(id)}&token=${encodeURIComponent(token)}`);
+    box.className = 'notice ok';
+    box.textContent = `Your plan is now ${s.planName}. Keep this page's new link: it is your new access key.`;
+    render(s);
+  } catch (e) {
+    box.className = 'notice bad';
+    box.textContent = e.code === 'PAYMENT_FAILED' ? 'The difference was declined; your subscription is unchanged.'
+      : e.code === 'PLAN_SOLD_OUT' ? 'That plan has no seats left for you; your subscription is unchanged.'
+      : `Could not change the plan (${e.code}); your subscription is unchanged.`;
+    changeKey = crypto.randomUUID();
+  } finally {
+    button.disabled = false;
   }
 });
 

@@ -187,6 +187,32 @@ test('cancelling on the subscription page gives the seat back', async () => {
   await context.close();
 });
 
+test('changing plan on the subscription page: a decline changes nothing, then the seats move', async () => {
+  const a = await newPlan(3, { price_cents: 2000 });
+  const b = await newPlan(2, { price_cents: 5000 });
+  const { context, page } = await newPage();
+  await page.goto(S.base + '/');
+  await buyThrough(page, a.id, { quantity: 2 });
+  await page.locator('#sub-link').click();
+  await page.locator('#change:not([hidden])').waitFor();
+  await page.getByLabel('New plan').selectOption(b.id);
+  assert.match(await page.locator('#change-diff').textContent(), /You pay about \$60\.00 now/);
+  await page.getByLabel(/Card for a difference/).selectOption('pm_card_chargeDeclined');
+  await page.locator('#change-submit').click();
+  await page.locator('#change-status.bad').waitFor();
+  assert.match(await page.locator('#change-status').textContent(), /declined; your subscription is unchanged/);
+  assert.deepEqual([await left(a.id), await left(b.id)], [1, 2]);
+  await page.getByLabel(/Card for a difference/).selectOption('pm_card_visa');
+  await page.locator('#change-submit').click();
+  await page.locator('#change-status.ok').waitFor();
+  assert.equal(await page.locator('dd[data-field="plan"]').textContent(), b.name);
+  assert.equal(await page.locator('dd[data-field="seats"]').textContent(), '2');
+  assert.deepEqual([await left(a.id), await left(b.id)], [3, 0]);
+  assert.match(page.url(), /#id=[0-9a-f]{24}&token=sat_/);
+  await page.screenshot({ path: join(ARTIFACTS, 'subscription-changed.png'), fullPage: true });
+  await context.close();
+});
+
 test('a plan created in the dashboard appears on the purchase page', async () => {
   const { context, page } = await newPage();
   await page.goto(S.base + '/admin.html');
