@@ -7,6 +7,7 @@ No MongoDB server can run on these machines; test_mongo_live.py runs the whole s
 against a real one when MONGO_URI is set."""
 
 import collections
+import datetime
 import hashlib
 import json
 import os
@@ -255,6 +256,36 @@ class MongoWire(unittest.TestCase):
         self.assertEqual((confirm["query"]["attempt_key"], confirm["update"]["$set"]["status"]), (pay_key, "active"))
         stored = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
         self.assertEqual((stored["q"]["_id"], stored["u"]["$set"]["response_status"]), (pay_key, 201))
+
+    def test_plan_change_commands(self):
+        # an active subscription of the wire plan, read by its access token
+        new_plan = ObjectId()
+        st, bought, err = purchase(self.w)
+        self.assertEqual(st, 201, (bought, err))
+        old = {"_id": ObjectId(bought["id"]), "plan_id": PLAN_ID, "customer_id": ObjectId(bought["customerId"]),
+               "status": "active", "idem_key": "k", "quantity": 1, "amount_cents": 1500, "duration_days": 30,
+               "payment_id": bought["paymentId"], "start_at": datetime.datetime(2026, 1, 1),
+               "end_at": datetime.datetime(2100, 1, 1),
+               "token_hash": hashlib.sha256(bought["accessToken"].encode()).hexdigest(), "attempt_key": "k"}
+        self.w.docs["subscriptions"] = [old]
+        self.w.docs["customers"] = [{"_id": old["customer_id"], "email": "wire@example.com", "name": "Wire"}]
+        self.w.log.clear()
+        key = str(uuid.uuid4())
+        st, body, err = cgi(self.w, "POST", "/api/subscriptions/%s/change-plan" % bought["id"], {"planId": str(new_plan)},
+                            {"Idempotency-Key": key, "Authorization": "Bearer " + bought["accessToken"]})
+        self.assertEqual(st, 200, (body, err))
+        # the hold checks the old subscription in its own transaction
+        hold = self.w.commands("findAndModify", "plans")[0]
+        finds = [d for d in self.w.commands("find", "subscriptions") if "txnNumber" in d and txn_of(d) == txn_of(hold)]
+        self.assertEqual(dict(finds[0]["filter"])["status"], "active")
+        # the last unit: the new subscription active and the old one changed, its seat back, in one transaction
+        moves = self.w.commands("findAndModify", "subscriptions")
+        self.assertEqual([m["update"]["$set"]["status"] for m in moves], ["active", "changed"])
+        self.assertEqual(txn_of(moves[0]), txn_of(moves[1]))
+        self.assertEqual((moves[1]["query"]["_id"], moves[1]["query"]["status"]), (old["_id"], "active"))
+        in_last = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn_of(moves[0])]
+        self.assertEqual(in_last.count(("findAndModify", "plans")), 2)
+        self.assertEqual(in_last[-1], ("commitTransaction", None))
 
     def test_transient_error_retries_the_transaction(self):
         self.w.override("findAndModify", "plans",
