@@ -2052,8 +2052,8 @@ static int schema(struct mg *s, struct err *e)
 	static const bool cust_u[] = {true};
 	static const char *const sub_n[] = {"idem_key_unique", "hold_deadline", "customer_created", "plan_status"};
 	static const bool sub_u[] = {true, false, false, false};
-	static const char *const pay_n[] = {"idem_key_kind_unique", "subscription"};
-	static const bool pay_u[] = {true, false};
+	static const char *const pay_n[] = {"idem_key_kind_unique", "subscription", "status_created"};
+	static const bool pay_u[] = {true, false, false};
 	static const char *const aud_n[] = {"plan_at", "trace_at", "action_at", "at"};
 	static const bool aud_u[] = {false, false, false, false};
 	static const char *const key_n[] = {"state_created"};
@@ -2065,7 +2065,8 @@ static int schema(struct mg *s, struct err *e)
 			   BCON_NEW("customer_id", BCON_INT32(1), "created_at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
 			   BCON_NEW("plan_id", BCON_INT32(1), "status", BCON_INT32(1))};
 	bson_t *pay_k[] = {BCON_NEW("idem_key", BCON_INT32(1), "kind", BCON_INT32(1)),
-			   BCON_NEW("subscription_id", BCON_INT32(1))};
+			   BCON_NEW("subscription_id", BCON_INT32(1)),
+			   BCON_NEW("status", BCON_INT32(1), "created_at", BCON_INT32(1))};
 	bson_t *aud_k[] = {BCON_NEW("plan_id", BCON_INT32(1), "at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
 			   BCON_NEW("trace_id", BCON_INT32(1), "at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
 			   BCON_NEW("action", BCON_INT32(1), "at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
@@ -2077,7 +2078,7 @@ static int schema(struct mg *s, struct err *e)
 	rc |= indexes(s, "plans", 2, plan_n, plan_k, plan_u, e);
 	rc |= indexes(s, "customers", 1, cust_n, cust_k, cust_u, e);
 	rc |= indexes(s, "subscriptions", 4, sub_n, sub_k, sub_u, e);
-	rc |= indexes(s, "payments", 2, pay_n, pay_k, pay_u, e);
+	rc |= indexes(s, "payments", 3, pay_n, pay_k, pay_u, e);
 	rc |= indexes(s, "audit_events", 4, aud_n, aud_k, aud_u, e);
 	rc |= indexes(s, "idempotency_keys", 1, key_n, key_k, key_u, e);
 	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(10),

@@ -158,6 +158,23 @@ class Hostile(unittest.TestCase):
         for body in ({"status": "completed"}, [1], "x"):
             self.assert4xx(S.admin("POST", "/api/checkout-sessions/%s/expire" % ("0" * 24), body))
 
+    def test_change_plan(self):
+        own = S.create_plan(capacity=2)
+        sub = S.purchase(own["id"]).json
+        path = "/api/subscriptions/%s/change-plan" % sub["id"]
+        auth = {"Authorization": "Bearer " + sub["accessToken"]}
+        for body in ({"planId": {"$ne": ""}}, {"planId": [PLAN["id"]]}, {"planId": PLAN["id"], "paymentMethodId": {"$gt": ""}},
+                     {"planId": PLAN["id"], "paymentMethodId": "x"}, {"planId": PLAN["id"], "quantity": 5},
+                     {"planId": PLAN["id"], "customerId": sub["customerId"]}, {}, [PLAN["id"]], "x", None,
+                     {"planId": own["id"]}):
+            self.assert4xx(S.request("POST", path, body, dict(auth, **{"Idempotency-Key": str(uuid.uuid4())})))
+        for sid in ("x", "0" * 24, "..%2fplans"):
+            r = S.request("POST", "/api/subscriptions/%s/change-plan" % sid, {"planId": PLAN["id"]},
+                          dict(auth, **{"Idempotency-Key": str(uuid.uuid4())}))
+            self.assertIn(r.status, (403, 404, 405), r)
+        self.assertEqual(S.request("GET", "/api/subscriptions/" + sub["id"], headers=auth).json["status"], "active")
+        self.assertEqual(S.plan(own["id"])["subscriptions_left"], 1)
+
     def test_check_still_passes(self):
         ok, out = S.check()
         self.assertTrue(ok, out)

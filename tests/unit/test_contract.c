@@ -3,6 +3,7 @@
  * NUMATIX_TEST_PG names a server (make test starts one), and on a live MongoDB when MONGO_URI
  * names a replica set. A fault wrapper (below, test-only) fails one
  * primitive once, which is how a crash between two units of a purchase is reached. */
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -749,6 +750,106 @@ static void test_racing_processes_sell_exactly_capacity(void **state)
 	fixture_free(x);
 }
 
+/* What the processor holds for a key, changing nothing (a charge call on a key with a record
+ * returns that record; on a key without one it leaves a decline, which keeps nothing). */
+static enum processor_state processor_peek(struct fixture *x, const char *key)
+{
+	struct processor_rec want = {PROC_DECLINED, "pay_peek", "", "peek", 0}, got;
+	struct err e = {0};
+
+	assert_int_equal(real_ops->processor_charge(x->s, key, &want, &got, &e), 0);
+	return got.state;
+}
+
+/* Sessions completed around their own deadline by racing processes while the reaper runs:
+ * each ends completed or expired, never both; no seat is lost and no charge of an expired
+ * session is kept. */
+static void test_sessions_race_their_deadline(void **state)
+{
+	enum { PROCS = 4, EACH = 5, N = PROCS * EACH };
+	struct fixture *x = fixture_new(N, 600);
+	struct report {
+		char sid[ID_LEN + 1], key[UUID_LEN + 1];
+		int status;
+	} got[N];
+	char ids[N][ID_LEN + 1];
+	int64_t deadline[N];
+	int fds[2], status, done = 0, completed = 0;
+	struct reap_stats st;
+	struct err e = {0};
+	struct plan p;
+
+	(void)state;
+	for (int i = 0; i < N; i++) {
+		struct subscription sub = {0};
+		session_new(x, 2, ids[i]);
+		assert_int_equal(ledger_sub_get(&x->lg, ids[i], &sub, &e), 0);
+		deadline[i] = sub.hold_deadline;
+		subscription_clear(&sub);
+	}
+	assert_int_equal(pipe(fds), 0);
+	for (int i = 0; i < PROCS; i++) {
+		if (fork() == 0) {
+			struct store *s = store_open(store_url, &e);
+			struct ledger lg = {s, &api_replies, 600, 25, 24};   /* a 25 ms processor */
+			struct actor a = {"race", "customer", NULL, NULL};
+			for (int j = 0; j < EACH; j++) {
+				int k = i * EACH + j;
+				struct report rp = {{0}, {0}, 0};
+				struct purchase_result r;
+				/* complete from 60 ms before the deadline to 40 ms after it */
+				int64_t at = deadline[k] - 60 + (k * 7) % 100;
+				while (now_ms() < at) {
+					struct timespec ts = {0, 1000000L};
+					nanosleep(&ts, NULL);
+				}
+				uuid_new(rp.key);
+				snprintf(rp.sid, sizeof(rp.sid), "%s", ids[k]);
+				checkout_complete(&lg, &a, ids[k], rp.key, "pm_card_visa", &r);
+				rp.status = r.end == PURCHASE_ANSWERED ? r.reply.status : r.err.code &&
+					    !strcmp(r.err.code, "SESSION_EXPIRED") ? 409 : -1;
+				purchase_result_clear(&r);
+				if (write(fds[1], &rp, sizeof(rp)) != (ssize_t)sizeof(rp))
+					_exit(1);
+			}
+			store_close(s);
+			_exit(0);
+		}
+	}
+	close(fds[1]);
+	/* the reaper runs throughout, as the server's would */
+	while (done < N) {
+		struct pollfd pfd = {fds[0], POLLIN, 0};
+		assert_int_equal(reaper_run(&x->lg, "test", &st, &e), 0);
+		if (poll(&pfd, 1, 5) == 1) {
+			assert_int_equal(read(fds[0], &got[done], sizeof(got[done])), (ssize_t)sizeof(got[done]));
+			done++;
+		}
+	}
+	close(fds[0]);
+	while (wait(&status) > 0)
+		assert_int_equal(status, 0);
+	for (int i = 0; i < N; i++) {
+		struct subscription sub = {0};
+		assert_int_equal(ledger_sub_get(&x->lg, got[i].sid, &sub, &e), 0);
+		if (got[i].status == 201) {
+			completed++;
+			assert_string_equal(sub.status, "active");
+		} else {
+			assert_int_equal(got[i].status, 409);
+			assert_string_equal(sub.status, "expired");
+			assert_int_not_equal(processor_peek(x, got[i].key), PROC_CHARGED);
+		}
+		subscription_clear(&sub);
+	}
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, N - completed);
+	assert_int_equal(p.subscriptions_held, 0);
+	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
 static int run_on(const char *url, const char *name)
 {
 	const struct CMUnitTest tests[] = {
@@ -767,6 +868,7 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_plan_change_loses_to_a_cancel),
 		cmocka_unit_test(test_plan_change_credit_made_by_the_reaper),
 		cmocka_unit_test(test_racing_processes_sell_exactly_capacity),
+		cmocka_unit_test(test_sessions_race_their_deadline),
 	};
 
 	snprintf(store_url, sizeof(store_url), "%s", url);
