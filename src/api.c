@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "idem.h"
+#include "log.h"
 #include "purchase.h"
 #include "util.h"
 #include "valid.h"
@@ -116,6 +118,35 @@ void api_purchase_answer(struct request *rq, struct response *rs, const struct p
 		response_key_reused(rs, rq);
 		break;
 	}
+}
+
+int api_idem_begin(struct request *rq, struct response *rs)
+{
+	struct idem_claim c;
+	struct err e = {0};
+	char fp[65];
+
+	idem_fingerprint(rq->method, rq->path, rq->json, fp);
+	if (idem_claim(rq->lg, rq->idem_key, fp, &c, &e)) {
+		LOG_WARN(rq->trace_id, "claiming key %s: %s", rq->idem_key, e.msg);
+		response_err(rs, rq, &e);
+		return 0;
+	}
+	switch (c.outcome) {
+	case IDEM_RUN:
+		break;
+	case IDEM_REPLAY:
+		response_reply(rs, &c.reply, true);
+		break;
+	case IDEM_IN_PROGRESS:
+		response_key_busy(rs, rq, c.retry_after_s);
+		break;
+	case IDEM_REUSED:
+		response_key_reused(rs, rq);
+		break;
+	}
+	idem_claim_clear(&c);
+	return rs->status == 0;
 }
 
 static struct reply purchased(const struct subscription *s, const char *access_token, const char *trace_id)

@@ -51,6 +51,9 @@ const char *api_str(struct request *rq, const char *key, const char *sub);
 int api_payment_method(struct request *rq, struct response *rs, const char *method);
 /* 400 unless the body names either customerId or customer; -1 after answering. */
 int api_customer_given(struct request *rq, struct response *rs);
+/* Claims the request's present Idempotency-Key for a request whose effect is claimed by the
+ * handler's own units. 1: run it; 0: rs holds the answer (a replay, in progress, reused). */
+int api_idem_begin(struct request *rq, struct response *rs);
 /* The answer of a purchase or a checkout step. */
 struct purchase_result;
 void api_purchase_answer(struct request *rq, struct response *rs, const struct purchase_result *r);

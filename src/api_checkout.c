@@ -91,9 +91,6 @@ void api_checkout_complete(struct request *rq, struct response *rs)
 {
 	struct subscription sub = {0};
 	struct purchase_result r = {0};
-	struct idem_claim c = {0};
-	struct err e = {0};
-	char fp[65];
 
 	if (!rq->idem_key) {
 		request_idem_key(rq, rs, true);
@@ -102,36 +99,18 @@ void api_checkout_complete(struct request *rq, struct response *rs)
 	if (api_body(rq, rs, complete_fields) || request_idem_key(rq, rs, true) ||
 	    api_payment_method(rq, rs, api_str(rq, "paymentMethodId", NULL)) || session_load(rq, rs, &sub))
 		goto out;
-	idem_fingerprint(rq->method, rq->path, rq->json, fp);
-	if (idem_claim(rq->lg, rq->idem_key, fp, &c, &e)) {
-		response_err(rs, rq, &e);
-		goto out;
-	}
-	switch (c.outcome) {
-	case IDEM_RUN:
+	if (api_idem_begin(rq, rs)) {
+		struct reply rp;
 		if (!rq->is_admin)
 			rq->actor.id = sub.customer_id;
 		checkout_complete(rq->lg, &rq->actor, sub.id, rq->idem_key, api_str(rq, "paymentMethodId", NULL), &r);
 		rq->actor.id = NULL;
 		api_purchase_answer(rq, rs, &r);
-		{
-			/* an answer stored in the attempt's units stays; a refusal before them frees the key */
-			struct reply rp = {rs->status, rs->body};
-			idem_settle(rq->lg, rq->idem_key, &rp, rq->trace_id);
-		}
-		break;
-	case IDEM_REPLAY:
-		response_reply(rs, &c.reply, true);
-		break;
-	case IDEM_IN_PROGRESS:
-		response_key_busy(rs, rq, c.retry_after_s);
-		break;
-	case IDEM_REUSED:
-		response_key_reused(rs, rq);
-		break;
+		/* an answer stored in the attempt's units stays; a refusal before them frees the key */
+		rp = (struct reply){rs->status, rs->body};
+		idem_settle(rq->lg, rq->idem_key, &rp, rq->trace_id);
 	}
 out:
-	idem_claim_clear(&c);
 	purchase_result_clear(&r);
 	subscription_clear(&sub);
 }

@@ -63,37 +63,6 @@ static int parse_body(struct request *rq, struct response *rs)
 	return 0;
 }
 
-/* Claims a present key for a route whose effect is one step. 1: run the handler; 0: rs
- * holds the answer. */
-static int idem_begin(struct request *rq, struct response *rs)
-{
-	struct idem_claim c;
-	struct err e = {0};
-	char fp[65];
-
-	idem_fingerprint(rq->method, rq->path, rq->json, fp);
-	if (idem_claim(rq->lg, rq->idem_key, fp, &c, &e)) {
-		LOG_WARN(rq->trace_id, "claiming key %s: %s", rq->idem_key, e.msg);
-		response_err(rs, rq, &e);
-		return 0;
-	}
-	switch (c.outcome) {
-	case IDEM_RUN:
-		break;
-	case IDEM_REPLAY:
-		response_reply(rs, &c.reply, true);
-		break;
-	case IDEM_IN_PROGRESS:
-		response_key_busy(rs, rq, c.retry_after_s);
-		break;
-	case IDEM_REUSED:
-		response_key_reused(rs, rq);
-		break;
-	}
-	idem_claim_clear(&c);
-	return rs->status == 0;
-}
-
 /* OPTIONS on a route: the methods it has, and for a CORS preflight from an allowed origin
  * what that origin's page may send; a preflight from any other origin is refused. */
 static void options(struct request *rq, struct response *rs, const char *allow)
@@ -140,7 +109,7 @@ void app_handle(struct request *rq, struct response *rs)
 	if (r->idem == IDEM_HONOURED) {
 		if (request_idem_key(rq, rs, false))
 			goto out;
-		if (rq->idem_key && !(claimed = idem_begin(rq, rs)))
+		if (rq->idem_key && !(claimed = api_idem_begin(rq, rs)))
 			goto out;
 	}
 	r->handler(rq, rs);

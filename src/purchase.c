@@ -425,6 +425,9 @@ static void hold_refused(const struct hold_out *h, int64_t quantity, struct purc
 	case HOLD_NO_CUSTOMER:
 		refused(out, ERR_NOT_FOUND, "CUSTOMER_NOT_FOUND", "no such customer");
 		break;
+	case HOLD_PREVIOUS_INACTIVE:
+		refused(out, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "only an active subscription changes plan");
+		break;
 	default:
 		out->end = PURCHASE_REFUSED;
 		ledger_hold_refused(h, quantity, &out->err);
@@ -432,35 +435,44 @@ static void hold_refused(const struct hold_out *h, int64_t quantity, struct purc
 	}
 }
 
-void purchase_run(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
-		  struct purchase_result *out)
+/* A purchase's or a plan change's whole run: the hold, then the payment under the same key
+ * (or, the key known already, its replay or its resumption). */
+static void hold_then_pay(struct ledger *lg, const struct actor *a, const struct hold_spec *hs, const char *method,
+			  struct purchase_result *out)
 {
-	char sub_id[ID_LEN + 1];
 	struct hold_out h = {0};
 	struct actor buyer = *a;
-	struct attempt at = {p->key, false};
+	struct attempt at = {hs->key, false};
 
-	memset(out, 0, sizeof(*out));
-	id_new(sub_id);
-	struct hold_spec hs = {p->key, p->fingerprint, sub_id, p->plan_id, p->quantity, p->customer_id, p->email,
-			       p->name, (int64_t)lg->hold_ttl_s * 1000, NULL, true, NULL, NULL, NULL};
-	hold(lg, a, &hs, &h, out);
+	hold(lg, a, hs, &h, out);
 	if (out->end == PURCHASE_REFUSED)
 		goto out;
 	switch (h.result) {
 	case HOLD_TAKEN:
 		buyer.id = h.sub.customer_id;
-		charge_and_settle(lg, &buyer, &at, &h.sub, p->payment_method, out);
+		charge_and_settle(lg, &buyer, &at, &h.sub, method, out);
 		break;
 	case HOLD_KEY_EXISTS:
-		key_exists(lg, a, p->key, p->fingerprint, p->payment_method, &h.claim, out);
+		key_exists(lg, a, hs->key, hs->fingerprint, method, &h.claim, out);
 		break;
 	default:
-		hold_refused(&h, p->quantity, out);
+		hold_refused(&h, hs->quantity, out);
 		break;
 	}
 out:
 	hold_out_clear(&h);
+}
+
+void purchase_run(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
+		  struct purchase_result *out)
+{
+	char sub_id[ID_LEN + 1];
+
+	memset(out, 0, sizeof(*out));
+	id_new(sub_id);
+	struct hold_spec hs = {p->key, p->fingerprint, sub_id, p->plan_id, p->quantity, p->customer_id, p->email,
+			       p->name, (int64_t)lg->hold_ttl_s * 1000, NULL, true, NULL, NULL, NULL};
+	hold_then_pay(lg, a, &hs, p->payment_method, out);
 }
 
 /* --- checkout sessions ------------------------------------------------------------------- */
@@ -752,9 +764,6 @@ void plan_change(struct ledger *lg, const struct actor *a, const struct change_r
 {
 	struct subscription old = {0};
 	struct plan plan = {0};
-	struct hold_out h = {0};
-	struct actor buyer = *a;
-	struct attempt at = {c->key, false};
 	char sub_id[ID_LEN + 1];
 
 	memset(out, 0, sizeof(*out));
@@ -780,26 +789,8 @@ void plan_change(struct ledger *lg, const struct actor *a, const struct change_r
 	id_new(sub_id);
 	struct hold_spec hs = {c->key, c->fingerprint, sub_id, c->plan_id, old.quantity, old.customer_id, NULL, NULL,
 			       (int64_t)lg->hold_ttl_s * 1000, NULL, true, NULL, NULL, old.id};
-	hold(lg, a, &hs, &h, out);
-	if (out->end == PURCHASE_REFUSED)
-		goto out;
-	switch (h.result) {
-	case HOLD_TAKEN:
-		buyer.id = h.sub.customer_id;
-		charge_and_settle(lg, &buyer, &at, &h.sub, c->payment_method, out);
-		break;
-	case HOLD_KEY_EXISTS:
-		key_exists(lg, a, c->key, c->fingerprint, c->payment_method, &h.claim, out);
-		break;
-	case HOLD_PREVIOUS_INACTIVE:
-		refused(out, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "only an active subscription changes plan");
-		break;
-	default:
-		hold_refused(&h, old.quantity, out);
-		break;
-	}
+	hold_then_pay(lg, a, &hs, c->payment_method, out);
 out:
-	hold_out_clear(&h);
 	plan_clear(&plan);
 	subscription_clear(&old);
 }

@@ -1390,11 +1390,10 @@ static int mg_transition(struct store *st, const struct transition *t, const str
 	return 0;
 }
 
-static int mg_refunds_pending(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+/* Up to limit payments of a cursor into a new array; destroys the cursor. */
+static int payments_of(mongoc_cursor_t *cur, int limit, struct payment **out, size_t *n, struct err *e,
+		       const char *what)
 {
-	bson_t *filter = BCON_NEW("status", BCON_UTF8("pending"));
-	bson_t *opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
-	mongoc_cursor_t *cur = mongoc_collection_find_with_opts(MG(st)->payments, filter, opts, NULL);
 	const bson_t *doc;
 	bson_error_t be;
 	int rc = 0;
@@ -1404,8 +1403,18 @@ static int mg_refunds_pending(struct store *st, int limit, struct payment **out,
 	while (*n < (size_t)limit && mongoc_cursor_next(cur, &doc))
 		payment_read(doc, &(*out)[(*n)++]);
 	if (mongoc_cursor_error(cur, &be))
-		rc = mg_fail(&be, NULL, e, "pending refunds");
+		rc = mg_fail(&be, NULL, e, what);
 	mongoc_cursor_destroy(cur);
+	return rc;
+}
+
+static int mg_refunds_pending(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+{
+	bson_t *filter = BCON_NEW("status", BCON_UTF8("pending"));
+	bson_t *opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
+	int rc = payments_of(mongoc_collection_find_with_opts(MG(st)->payments, filter, opts, NULL), limit, out, n, e,
+			     "pending refunds");
+
 	bson_destroy(filter);
 	bson_destroy(opts);
 	return rc;
@@ -1679,18 +1688,9 @@ static int mg_charges_unrefunded(struct store *st, int limit, struct payment **o
 		"{", "$match", "{", "all.kind", "{", "$ne", BCON_UTF8("refund"), "}", "}", "}",
 		"{", "$limit", BCON_INT64(limit), "}",
 		"]");
-	mongoc_cursor_t *cur = mongoc_collection_aggregate(MG(st)->payments, MONGOC_QUERY_NONE, pipeline, NULL, NULL);
-	const bson_t *doc;
-	bson_error_t be;
-	int rc = 0;
+	int rc = payments_of(mongoc_collection_aggregate(MG(st)->payments, MONGOC_QUERY_NONE, pipeline, NULL, NULL), limit,
+			     out, n, e, "unrefunded charges");
 
-	*n = 0;
-	*out = xcalloc((size_t)limit, sizeof(**out));
-	while (*n < (size_t)limit && mongoc_cursor_next(cur, &doc))
-		payment_read(doc, &(*out)[(*n)++]);
-	if (mongoc_cursor_error(cur, &be))
-		rc = mg_fail(&be, NULL, e, "unrefunded charges");
-	mongoc_cursor_destroy(cur);
 	bson_destroy(pipeline);
 	return rc;
 }

@@ -1140,9 +1140,10 @@ static void payment_read(PGresult *r, int row, struct payment *p)
 	p->created_at = col_int(r, row, 7);
 }
 
-static int pg_refunds_pending(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+/* The payments a query of PAY_COLS with its limit as $1 finds, into a new array. */
+static int payments_query(struct store *st, const char *sql, int limit, struct payment **out, size_t *n,
+			  struct err *e)
 {
-	static const char sql[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT $1";
 	PGresult *r;
 
 	*out = NULL;
@@ -1154,6 +1155,13 @@ static int pg_refunds_pending(struct store *st, int limit, struct payment **out,
 		payment_read(r, i, &(*out)[(*n)++]);
 	PQclear(r);
 	return 0;
+}
+
+static int pg_refunds_pending(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+{
+	static const char sql[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT $1";
+
+	return payments_query(st, sql, limit, out, n, e);
 }
 
 static int pg_refund_made(struct store *st, const char *payment_id, struct err *e)
@@ -1172,17 +1180,8 @@ static int pg_charges_unrefunded(struct store *st, int limit, struct payment **o
 		" AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = c.subscription_id"
 		"   AND (s.status IN ('failed', 'expired') OR (s.payment_id <> c.id AND s.attempt_key <> c.idem_key)))"
 		" AND NOT EXISTS (SELECT 1 FROM payments r WHERE r.idem_key = c.idem_key AND r.kind = 'refund') LIMIT $1";
-	PGresult *r;
 
-	*out = NULL;
-	*n = 0;
-	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "i", (int64_t)limit)))
-		return -1;
-	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
-	for (int i = 0; i < PQntuples(r); i++)
-		payment_read(r, i, &(*out)[(*n)++]);
-	PQclear(r);
-	return 0;
+	return payments_query(st, sql, limit, out, n, e);
 }
 
 static int pg_keys_purge(struct store *st, int64_t before, int *n, struct err *e)

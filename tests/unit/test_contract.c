@@ -148,6 +148,25 @@ static void new_key(char key[UUID_LEN + 1])
 	uuid_new(key);
 }
 
+/* The id an answer names ("id" of its body) into id. */
+static void answer_id(const struct purchase_result *r, char id[ID_LEN + 1])
+{
+	snprintf(id, ID_LEN + 1, "%.24s", strstr(r->reply.body, "\"id\":\"") + 6);
+}
+
+/* A subscription bought on the fixture's plan, its id into id. */
+static void bought(struct fixture *x, char id[ID_LEN + 1])
+{
+	struct purchase_result r;
+	char key[UUID_LEN + 1];
+
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.reply.status, 201);
+	answer_id(&r, id);
+	purchase_result_clear(&r);
+}
+
 /* Waits until the key's lease has ended: the retry after a crash may then take over. */
 static void lease_ends(struct fixture *x, const char *key)
 {
@@ -439,7 +458,7 @@ static void session_new(struct fixture *x, int expires_s, char id[ID_LEN + 1])
 	new_key(key);
 	checkout_create(&x->lg, &a, &q, &r);
 	assert_int_equal(r.reply.status, 201);
-	snprintf(id, ID_LEN + 1, "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
+	answer_id(&r, id);
 	purchase_result_clear(&r);
 }
 
@@ -602,10 +621,7 @@ static void test_plan_change_crash_retry_settles_once(void **state)
 	struct plan p;
 
 	(void)state;
-	new_key(key);
-	buy(x, key, "pm_card_visa", &r);
-	snprintf(sub_id, sizeof(sub_id), "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
-	purchase_result_clear(&r);
+	bought(x, sub_id);
 	other_plan(x, 4500, dear);
 	new_key(key);
 	fail_at = "transition";
@@ -640,10 +656,7 @@ static void test_plan_change_loses_to_a_cancel(void **state)
 	struct plan p = {0};
 
 	(void)state;
-	new_key(key);
-	buy(x, key, "pm_card_visa", &r);
-	snprintf(sub_id, sizeof(sub_id), "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
-	purchase_result_clear(&r);
+	bought(x, sub_id);
 	other_plan(x, 4500, dear);
 	new_key(key);
 	fail_at = "transition";
@@ -677,10 +690,7 @@ static void test_plan_change_credit_made_by_the_reaper(void **state)
 	char key[UUID_LEN + 1], sub_id[ID_LEN + 1], cheap[ID_LEN + 1];
 
 	(void)state;
-	new_key(key);
-	buy(x, key, "pm_card_visa", &r);
-	snprintf(sub_id, sizeof(sub_id), "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
-	purchase_result_clear(&r);
+	bought(x, sub_id);
 	other_plan(x, 500, cheap);
 	new_key(key);
 	fail_at = "processor_charge";   /* the credit's call to the processor fails */
