@@ -72,7 +72,7 @@ start_stack() {
 	PORT=$(free_port)
 	NUMATIX_DB=${STACK_DB:-sqlite://$DIR/var/numatix.db} NUMATIX_VAR="$DIR/var" NUMATIX_WORKERS=${STACK_WORKERS-$WORKERS} \
 		NUMATIX_PAYMENT_LATENCY_MS=$1 NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 NUMATIX_LOG_LEVEL=warn \
-		PORT=$PORT "$STACK_ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
+		NUMATIX_RATE_LIMIT=off PORT=$PORT "$STACK_ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
 	STACK_PID=$!
 	until grep -q "Numatix is running" "$DIR/run.log"; do
 		kill -0 "$STACK_PID" 2>/dev/null || { cat "$DIR/run.log"; exit 1; }
@@ -159,7 +159,7 @@ TPORT=$(free_port)
 TRIVIAL_PID=$!
 rm -rf "$DIR/var"
 PORT=$(free_port)
-PORT=$PORT NUMATIX_UPSTREAMS="127.0.0.1:$TPORT" NUMATIX_VAR="$DIR/var" NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 \
+PORT=$PORT NUMATIX_UPSTREAMS="127.0.0.1:$TPORT" NUMATIX_VAR="$DIR/var" NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 NUMATIX_RATE_LIMIT=off \
 	NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$ROOT/scripts/run.sh" > "$DIR/run.log" 2>&1 &
 STACK_PID=$!
 until grep -q "Numatix is running" "$DIR/run.log"; do kill -0 "$STACK_PID" 2>/dev/null || { cat "$DIR/run.log"; exit 1; }; sleep 0.1; done

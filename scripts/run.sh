@@ -46,8 +46,15 @@ if [ -n "${NUMATIX_UPSTREAMS:-}" ]; then
 	UPSTREAM=""
 	for u in $NUMATIX_UPSTREAMS; do UPSTREAM="$UPSTREAM server $u;"; done
 fi
+# Per-client limits on purchases and sessions as in production, unless NUMATIX_RATE_LIMIT=off
+# (load tests and benchmarks send everything from one loopback address).
+case "${NUMATIX_RATE_LIMIT:-on}" in
+on) LIMITS="include numatix/numatix-limits.conf;" ;;
+off) LIMITS='map \$request_method \$numatix_write_client { default \"\"; } limit_req_zone \$numatix_write_client zone=numatix_writes:1m rate=1r/s;' ;;
+*) echo "run: NUMATIX_RATE_LIMIT must be on or off, not \"$NUMATIX_RATE_LIMIT\"" >&2; exit 1 ;;
+esac
 sed -e "s|@USER@|$USER_LINE|" -e "s|@VAR@|$NGX|g" -e "s|@UPSTREAM@|$UPSTREAM|g" \
-	-e "s|@PORT@|$PORT|g" -e "s|@ROOT@|$ROOT|g" "$ROOT/nginx/local.conf.in" > "$NGX/nginx.conf"
+	-e "s|@PORT@|$PORT|g" -e "s|@ROOT@|$ROOT|g" -e "s|@LIMITS@|$LIMITS|" "$ROOT/nginx/local.conf.in" > "$NGX/nginx.conf"
 
 SERVER_PID=""
 NGINX_PID=""

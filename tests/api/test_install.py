@@ -47,7 +47,8 @@ class Files(unittest.TestCase):
     def test_layout(self):
         for path in ("/usr/bin/numatix", "/usr/share/numatix/www/index.html", "/usr/share/numatix/www/api.html",
                      "/usr/share/numatix/www/openapi.yaml", "/etc/nginx/sites-available/numatix",
-                     "/etc/nginx/numatix/numatix-locations.conf", "/etc/numatix/numatix.conf",
+                     "/etc/nginx/numatix/numatix-locations.conf", "/etc/nginx/numatix/numatix-limits.conf",
+                     "/etc/nginx/numatix/numatix-fastcgi.conf", "/etc/numatix/numatix.conf",
                      "/usr/lib/systemd/system/numatix.service", "/usr/lib/systemd/system/numatix-reap.timer",
                      "/usr/lib/sysusers.d/numatix.conf", "/etc/logrotate.d/numatix"):
             self.assertTrue(os.path.exists(installed(path)), path)
@@ -207,6 +208,49 @@ class Running(unittest.TestCase):
         # the log went where the installed settings say (stderr), as JSON lines
         lines = [l for l in server.stderr.read().decode().splitlines() if l.startswith("{")]
         self.assertTrue(any(json.loads(l).get("event") == "request" for l in lines))
+        r = subprocess.run([binary, "check"], env=self.env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_the_site_limits_writes_per_client_and_cuts_slow_clients(self):
+        binary = installed("/usr/bin/numatix")
+        self.assertEqual(subprocess.run([binary, "seed"], env=self.env, capture_output=True, timeout=60).returncode, 0)
+        server = subprocess.Popen([binary, "serve"], env=self.env, stderr=subprocess.DEVNULL)
+        self.procs.append(server)
+        self.states("READY=1")
+        self.nginx()
+        plan = json.loads(self.get("GET", "/api/plans")[1])["plans"][0]
+        # 60 purchases as fast as one client can send them: the burst passes, the rest is 429,
+        # in JSON with Retry-After, and never reaches a worker
+        answers = []
+        for i in range(60):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn.request("POST", "/api/subscriptions/purchase",
+                         body=json.dumps({"planId": plan["id"], "paymentMethodId": "pm_card_visa",
+                                          "customer": {"email": "fast-%d@example.com" % i, "name": "Fast"}}),
+                         headers={"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())})
+            r = conn.getresponse()
+            answers.append((r.status, r.getheader("Retry-After"), r.getheader("X-Trace-Id"), r.read().decode()))
+            conn.close()
+        limited = [a for a in answers if a[0] == 429]
+        sold = [a for a in answers if a[0] == 201]
+        self.assertEqual(len(limited) + len(sold), 60, [a[0] for a in answers])
+        self.assertGreaterEqual(len(sold), 20)
+        self.assertGreaterEqual(len(limited), 20)
+        for status, retry, trace, body in limited:
+            err = json.loads(body)
+            self.assertEqual((err["code"], retry, err["traceId"]), ("RATE_LIMITED", "1", trace))
+        left = json.loads(self.get("GET", "/api/plans/" + plan["id"])[1])["subscriptions_left"]
+        self.assertEqual(left, plan["subscriptions_left"] - len(sold))
+        # reads are not limited
+        self.assertTrue(all(self.get("GET", "/api/plans")[0] == 200 for _ in range(40)))
+        # a client that never finishes its request headers is cut off after nginx's 10 s
+        slow = socket.create_connection(("127.0.0.1", self.port))
+        slow.sendall(b"GET /api/plans HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        begun = time.monotonic()
+        slow.settimeout(30)
+        self.assertEqual(slow.recv(1024), b"")
+        self.assertLess(time.monotonic() - begun, 15)
+        slow.close()
         r = subprocess.run([binary, "check"], env=self.env, capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
