@@ -184,6 +184,10 @@ class Running(unittest.TestCase):
         server = subprocess.Popen([binary, "serve"], env=self.env, stderr=subprocess.PIPE)
         self.procs.append(server)
         self.assertIn("READY=1", self.states("READY=1")[-1])
+        # the socket: read and written by the server's user and group only; the installed unit
+        # runs the server in nginx's group (www-data), so nginx's workers and no one else reach it
+        self.assertEqual(os.stat(self.env["NUMATIX_SOCKET"]).st_mode & 0o777, 0o660)
+        self.assertIn("Group=www-data", open(installed("/usr/lib/systemd/system/numatix.service")).read())
         self.nginx()
         status, page = self.get("GET", "/")
         self.assertEqual(status, 200)
