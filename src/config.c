@@ -18,7 +18,7 @@ static const char *const known[] = {
 	"NUMATIX_DB", "NUMATIX_ADMIN_TOKEN", "NUMATIX_SOCKET", "NUMATIX_WORKERS", "NUMATIX_THREADS",
 	"NUMATIX_STORE_HANDLES", "NUMATIX_HOLD_TTL", "NUMATIX_PAYMENT_LATENCY_MS", "NUMATIX_MAX_BODY",
 	"NUMATIX_REAP_INTERVAL", "NUMATIX_KEY_RETENTION_HOURS", "NUMATIX_LOG_LEVEL", "NUMATIX_LOG",
-	"NUMATIX_CORS_ORIGINS", "NUMATIX_CHECKOUT_TTL",
+	"NUMATIX_CORS_ORIGINS", "NUMATIX_CHECKOUT_TTL", "NUMATIX_USER",
 };
 #define NKNOWN (sizeof(known) / sizeof(known[0]))
 
@@ -236,6 +236,8 @@ int config_load(struct config *cfg, struct err *e)
 		}
 		cfg->admin_token = xstrdup(v);
 	}
+	v = setting("NUMATIX_USER");
+	cfg->run_as = v && *v ? xstrdup(v) : NULL;
 	v = setting("NUMATIX_SOCKET");
 	cfg->socket = v && *v ? xstrdup(v) : xasprintf("%s/var/numatix.sock", root);
 	if (env_int("NUMATIX_WORKERS", cores > 0 ? (int)(2 * cores) : 2, 1, 256, &cfg->workers, e) ||
@@ -276,6 +278,7 @@ void config_free(struct config *cfg)
 	free(cfg->db_url);
 	free(cfg->admin_token);
 	free(cfg->socket);
+	free(cfg->run_as);
 	free(cfg->log_path);
 	for (char **o = cfg->cors_origins; o && *o; o++)
 		free(*o);

@@ -10,6 +10,8 @@ struct config {
 	char *db_url;            /* NUMATIX_DB */
 	char *admin_token;       /* NUMATIX_ADMIN_TOKEN; NULL: admin routes answer 401 */
 	char *socket;            /* NUMATIX_SOCKET: unix path or host:port */
+	char *run_as;            /* NUMATIX_USER: "user" or "user:group" a server started as root
+				    becomes once its socket is bound; NULL: none given */
 	int workers;             /* NUMATIX_WORKERS */
 	int threads;             /* NUMATIX_THREADS: requests in flight per worker */
 	int store_handles;       /* NUMATIX_STORE_HANDLES: database connections per worker */

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcgiapp.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +67,52 @@ static int listen_open(const struct config *cfg)
 		chmod(cfg->socket, 0660);
 	fcntl(fd, F_SETFD, FD_CLOEXEC);
 	return fd;
+}
+
+/* Started as root: once the socket is bound (and given to the account, which nginx reaches
+ * through the group), the master becomes NUMATIX_USER for good, before it forks a worker or
+ * opens the store; its children and a SIGHUP re-exec inherit that. The store's files must
+ * belong to that account. -1 when the account is unknown or root cannot be given up. */
+static int drop_root(const struct config *cfg)
+{
+	char name[128], *group;
+	struct passwd *pw;
+	struct group *gr;
+	uid_t uid;
+	gid_t gid;
+
+	if (geteuid() != 0)
+		return 0;
+	if (!cfg->run_as) {
+		LOG_WARN(NULL, "running as root: set NUMATIX_USER to the account the server should run as");
+		return 0;
+	}
+	snprintf(name, sizeof(name), "%s", cfg->run_as);
+	if ((group = strchr(name, ':')))
+		*group++ = '\0';
+	if (!(pw = getpwnam(name))) {
+		LOG_ERROR(NULL, "NUMATIX_USER: there is no user %s", name);
+		return -1;
+	}
+	uid = pw->pw_uid;
+	gid = pw->pw_gid;
+	if (group) {
+		if (!(gr = getgrnam(group))) {
+			LOG_ERROR(NULL, "NUMATIX_USER: there is no group %s", group);
+			return -1;
+		}
+		gid = gr->gr_gid;
+	}
+	if (is_unix_path(cfg->socket) && chown(cfg->socket, uid, gid)) {
+		LOG_ERROR(NULL, "cannot give %s to %s: %s", cfg->socket, cfg->run_as, strerror(errno));
+		return -1;
+	}
+	if (initgroups(name, gid) || setgid(gid) || setuid(uid) || setuid(0) == 0) {
+		LOG_ERROR(NULL, "cannot become %s: %s", cfg->run_as, strerror(errno));
+		return -1;
+	}
+	LOG_INFO(NULL, "running as %s (uid %d, gid %d)", cfg->run_as, (int)uid, (int)gid);
+	return 0;
 }
 
 static pid_t spawn_worker(int fd, const struct config *cfg, const sigset_t *orig)
@@ -233,7 +281,7 @@ int server_run(const struct config *cfg, char **argv)
 	sigaddset(&set, SIGHUP);
 	sigprocmask(SIG_BLOCK, &set, &orig);
 	signal(SIGPIPE, SIG_IGN);
-	if ((fd = listen_open(cfg)) < 0)
+	if ((fd = listen_open(cfg)) < 0 || drop_root(cfg))
 		return 1;
 	/* Before the first fork: the workers and the reaper count into the same memory. */
 	metrics_init();

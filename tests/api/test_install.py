@@ -215,6 +215,58 @@ class Running(unittest.TestCase):
         r = subprocess.run([binary, "check"], env=self.env, capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
+    @unittest.skipUnless(os.getuid() == 0, "needs root: it is about giving root up")
+    def test_started_as_root_it_runs_as_numatix_user(self):
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        # a directory of the account's own, outside the test's root-only one; the readiness
+        # messages come from the account too, so their socket is there and writable
+        home = tempfile.mkdtemp(prefix="numatix-nobody-")
+        self.addCleanup(shutil.rmtree, home, True)
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+        self.notify.close()
+        os.unlink(self.notify_path)
+        self.notify_path = os.path.join(home, "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(30)
+        os.chmod(self.notify_path, 0o777)
+        binary = installed("/usr/bin/numatix")
+        self.env.update({"NUMATIX_DB": "sqlite://%s/numatix.db" % home, "NUMATIX_SOCKET": os.path.join(home, "n.sock"),
+                         "NUMATIX_USER": "nobody:nogroup", "NOTIFY_SOCKET": self.notify_path})
+
+        # the store's files belong to the account
+        r = subprocess.run([binary, "seed"], env=self.env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for name in os.listdir(home):
+            os.chown(os.path.join(home, name), nobody.pw_uid, nobody.pw_gid)
+        server = subprocess.Popen([binary, "serve"], env=self.env, stderr=subprocess.PIPE)
+        self.procs.append(server)
+        self.states("READY=1")
+        uids = lambda pid: open("/proc/%d/status" % pid).read().split("Uid:")[1].split("\n")[0].split()
+        kids = [int(p) for p in subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True,
+                                                text=True).stdout.split()]
+        self.assertGreaterEqual(len(kids), 3)   # 2 workers and the reaper
+        for pid in [server.pid] + kids:
+            self.assertEqual(set(uids(pid)), {str(nobody.pw_uid)}, pid)   # real, effective, saved, fs
+        st = os.stat(self.env["NUMATIX_SOCKET"])
+        self.assertEqual((st.st_uid, st.st_mode & 0o777), (nobody.pw_uid, 0o660))
+        self.nginx()
+        plan = json.loads(self.get("GET", "/api/plans")[1])["plans"][0]
+        status, body = self.get("POST", "/api/subscriptions/purchase",
+                                {"planId": plan["id"], "paymentMethodId": "pm_card_visa",
+                                 "customer": {"email": "as-nobody@example.com", "name": "N"}},
+                                {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual(status, 201, body)
+        server.send_signal(signal.SIGTERM)
+        self.assertEqual(server.wait(timeout=60), 0)
+        self.assertIn("running as nobody:nogroup", server.stderr.read().decode())
+        # an unknown account is refused at start, before anything is served
+        r = subprocess.run([binary, "serve"], env=dict(self.env, NUMATIX_USER="no-such-user-here"),
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("there is no user no-such-user-here", r.stderr)
+
     def test_the_site_limits_writes_per_client_and_cuts_slow_clients(self):
         binary = installed("/usr/bin/numatix")
         self.assertEqual(subprocess.run([binary, "seed"], env=self.env, capture_output=True, timeout=60).returncode, 0)
