@@ -91,7 +91,7 @@ install: all
 	$(Q)install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/numatix
 	$(Q)install -m 0644 www/*.html www/*.js www/*.css www/*.svg www/openapi.yaml $(DESTDIR)$(DATADIR)/www/
 	$(Q)install -m 0644 README.md $(DESTDIR)$(DATADIR)/
-	$(Q)install -m 0644 nginx/numatix-locations.conf nginx/numatix-fastcgi.conf nginx/numatix-limits.conf \
+	$(Q)install -m 0644 nginx/numatix-locations.conf nginx/numatix-fastcgi.conf nginx/numatix-limits.conf nginx/numatix-errors.conf \
 		nginx/security-headers.conf $(DESTDIR)$(SYSCONFDIR)/nginx/numatix/
 	$(Q)sed -e 's|root /srv/numatix/www;|root $(DATADIR)/www;|' nginx/numatix.conf > $(DESTDIR)$(SYSCONFDIR)/nginx/sites-available/numatix
 	$(Q)for u in numatix.service numatix-reap.service; do $(SUBST) scripts/install/$$u.in > $(DESTDIR)$(UNITDIR)/$$u; done

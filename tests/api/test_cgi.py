@@ -25,6 +25,7 @@ class CgiHost:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="numatix-cgi-")
         self.port = free_port()
+        self.limited_port = free_port()
         self.conf = os.path.join(self.dir, "numatix.conf")
         self.db = os.path.join(self.dir, "var", "numatix.db")
         os.makedirs(os.path.dirname(self.db))
@@ -45,6 +46,16 @@ class CgiHost:
         # the shipped site, with this machine's paths and port in place of /srv/numatix and :80
         ngx = os.path.join(self.dir, "nginx")
         self.procs.append(start_site_nginx(ngx, os.path.join(ROOT, "nginx", "fcgiwrap.conf"), self.port,
+                                           os.path.join(ROOT, "nginx"),
+                                           (("unix:/run/fcgiwrap.socket", "unix:" + sock),
+                                            # 24 CGI buyers race from this one address: no per-client limit
+                                            ("include numatix/numatix-limits.conf;",
+                                             'map $uri $numatix_write_client { default ""; } '
+                                             "limit_req_zone $numatix_write_client zone=numatix_writes:1m rate=1r/s;"),
+                                            ("/srv/numatix/numatix.conf", self.conf), ("/srv/numatix", ROOT))))
+        # and the site exactly as shipped, its per-client limits included, on a port of its own
+        self.procs.append(start_site_nginx(os.path.join(self.dir, "nginx-limited"),
+                                           os.path.join(ROOT, "nginx", "fcgiwrap.conf"), self.limited_port,
                                            os.path.join(ROOT, "nginx"),
                                            (("unix:/run/fcgiwrap.socket", "unix:" + sock),
                                             ("/srv/numatix/numatix.conf", self.conf), ("/srv/numatix", ROOT))))
@@ -68,8 +79,8 @@ class CgiHost:
                 p.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def request(self, method, path, body=None, headers=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+    def request(self, method, path, body=None, headers=None, port=None):
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=60)
         try:
             conn.request(method, path, body=json.dumps(body) if body is not None else None,
                          headers=dict({"Content-Type": "application/json"}, **(headers or {})))
@@ -181,6 +192,19 @@ class SharedHosting(unittest.TestCase):
         self.assertEqual((plan["subscriptions_left"], plan["subscriptions_held"]), (2, 0))
         r = W.command("check")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_6_the_shipped_site_limits_each_client(self):
+        # 50 purchase POSTs as fast as one client sends them (invalid bodies: each CGI run is
+        # short, and nothing is sold either way): the burst reaches the CGI, the rest is 429
+        answers = [W.request("POST", "/api/subscriptions/purchase", {}, {"Idempotency-Key": str(uuid.uuid4())},
+                             port=W.limited_port) for _ in range(50)]
+        limited = [a for a in answers if a[0] == 429]
+        self.assertGreaterEqual(len([a for a in answers if a[0] == 400]), 20)
+        self.assertGreaterEqual(len(limited), 10, [a[0] for a in answers])
+        for status, headers, body in limited:
+            self.assertEqual((body["code"], headers["retry-after"]), ("RATE_LIMITED", "1"))
+        # reads are not limited
+        self.assertTrue(all(W.request("GET", "/api/plans", port=W.limited_port)[0] == 200 for _ in range(30)))
 
     def test_5_the_store_is_outside_the_web_root(self):
         status, _, _ = W.request("GET", "/../var/numatix.db")

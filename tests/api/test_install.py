@@ -48,7 +48,8 @@ class Files(unittest.TestCase):
         for path in ("/usr/bin/numatix", "/usr/share/numatix/www/index.html", "/usr/share/numatix/www/api.html",
                      "/usr/share/numatix/www/openapi.yaml", "/etc/nginx/sites-available/numatix",
                      "/etc/nginx/numatix/numatix-locations.conf", "/etc/nginx/numatix/numatix-limits.conf",
-                     "/etc/nginx/numatix/numatix-fastcgi.conf", "/etc/numatix/numatix.conf",
+                     "/etc/nginx/numatix/numatix-fastcgi.conf", "/etc/nginx/numatix/numatix-errors.conf",
+                     "/etc/numatix/numatix.conf",
                      "/usr/lib/systemd/system/numatix.service", "/usr/lib/systemd/system/numatix-reap.timer",
                      "/usr/lib/sysusers.d/numatix.conf", "/etc/logrotate.d/numatix"):
             self.assertTrue(os.path.exists(installed(path)), path)
