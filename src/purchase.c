@@ -127,9 +127,12 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 		    const struct payment *charge, int64_t now, bool *moved, struct err *e)
 {
 	char *detail = charge ? ledger_payment_detail(charge) : NULL;
+	/* a checkout session's deadline, or a purchase's hold */
+	bool session = *sub->secret_hash;
 	const struct event_spec ev[] = {
-		{"subscription.expired", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
-		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		{session ? "session.expired" : "subscription.expired", session ? "session" : "subscription", sub->id,
+		 EV_BEFORE_AFTER, NULL},
+		{"seat.released", session ? "session" : "subscription", sub->id, EV_BEFORE_AFTER, NULL},
 		{"payment.succeeded", "payment", charge ? charge->id : "", EV_NO_COUNTS, detail},
 	};
 	struct reply r = lg->replies->expired(a->trace_id);

@@ -541,6 +541,20 @@ static void test_session_completion_crash_reaper_refunds(void **state)
 	complete(x, id, k2, &r);
 	assert_string_equal(r.err.code, "SESSION_EXPIRED");
 	purchase_result_clear(&r);
+	/* the reaper's expiry reads as the session's */
+	{
+		struct audit_filter f = {x->plan_id, NULL, "session.expired"};
+		struct page_req pg = {10, NULL};
+		struct audit_event *evs = NULL;
+		size_t n = 0;
+		char next[CURSOR_LEN];
+		assert_int_equal(ledger_audit_list(&x->lg, &f, &pg, &evs, &n, next, &e), 0);
+		assert_int_equal(n, 1);
+		assert_string_equal(evs[0].resource_id, id);
+		for (size_t i = 0; i < n; i++)
+			audit_event_clear(&evs[i]);
+		free(evs);
+	}
 	fixture_free(x);
 }
 
