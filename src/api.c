@@ -74,6 +74,23 @@ const struct field api_customer_fields[] = {
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
+int api_keyed_body(struct request *rq, struct response *rs, const struct field *fields)
+{
+	/* A missing key is reported first: it is about the request as a whole. */
+	if (!rq->idem_key) {
+		request_idem_key(rq, rs, true);
+		return -1;
+	}
+	return api_body(rq, rs, fields) || request_idem_key(rq, rs, true) ? -1 : 0;
+}
+
+int64_t api_int(struct request *rq, const char *key, int64_t def)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(rq->json, key, &v) ? json_object_get_int64(v) : def;
+}
+
 const char *api_str(struct request *rq, const char *key, const char *sub)
 {
 	struct json_object *v = NULL;

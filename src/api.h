@@ -45,6 +45,11 @@ void api_page_error(struct response *rs, const struct request *rq, const struct 
 
 /* A customer object's fields: {"email", "name"}. */
 extern const struct field api_customer_fields[];
+/* A route whose Idempotency-Key is required: the key present and well formed, the body valid
+ * against fields; -1 after answering 400. */
+int api_keyed_body(struct request *rq, struct response *rs, const struct field *fields);
+/* The integer at key of the (validated) body, or def when absent. */
+int64_t api_int(struct request *rq, const char *key, int64_t def);
 /* The string at key (or at key.sub) of the body, or NULL. */
 const char *api_str(struct request *rq, const char *key, const char *sub);
 /* 400 unless method is a payment method id; -1 after answering. */

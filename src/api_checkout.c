@@ -25,31 +25,20 @@ static const struct field complete_fields[] = {
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
-static int64_t int_or(struct request *rq, const char *key, int64_t def)
-{
-	struct json_object *v;
-
-	return json_object_object_get_ex(rq->json, key, &v) ? json_object_get_int64(v) : def;
-}
-
 void api_checkout_create(struct request *rq, struct response *rs)
 {
 	struct checkout_req q = {0};
 	struct purchase_result r;
 	char fp[65];
 
-	if (!rq->idem_key) {
-		request_idem_key(rq, rs, true);
-		return;
-	}
-	if (api_body(rq, rs, create_fields) || request_idem_key(rq, rs, true) || api_customer_given(rq, rs))
+	if (api_keyed_body(rq, rs, create_fields) || api_customer_given(rq, rs))
 		return;
 	idem_fingerprint(rq->method, rq->path, rq->json, fp);
 	q.key = rq->idem_key;
 	q.fingerprint = fp;
 	q.plan_id = api_str(rq, "planId", NULL);
-	q.quantity = int_or(rq, "quantity", 1);
-	q.expires_in_s = (int)int_or(rq, "expiresIn", rq->cfg->checkout_ttl_s);
+	q.quantity = api_int(rq, "quantity", 1);
+	q.expires_in_s = (int)api_int(rq, "expiresIn", rq->cfg->checkout_ttl_s);
 	q.customer_id = api_str(rq, "customerId", NULL);
 	q.email = api_str(rq, "customer", "email");
 	q.name = api_str(rq, "customer", "name");
@@ -92,12 +81,8 @@ void api_checkout_complete(struct request *rq, struct response *rs)
 	struct subscription sub = {0};
 	struct purchase_result r = {0};
 
-	if (!rq->idem_key) {
-		request_idem_key(rq, rs, true);
-		return;
-	}
-	if (api_body(rq, rs, complete_fields) || request_idem_key(rq, rs, true) ||
-	    api_payment_method(rq, rs, api_str(rq, "paymentMethodId", NULL)) || session_load(rq, rs, &sub))
+	if (api_keyed_body(rq, rs, complete_fields) || api_payment_method(rq, rs, api_str(rq, "paymentMethodId", NULL)) ||
+	    session_load(rq, rs, &sub))
 		goto out;
 	if (api_idem_begin(rq, rs)) {
 		struct reply rp;

@@ -24,22 +24,16 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs)
 {
 	struct purchase_req p = {0};
 	struct purchase_result r;
-	struct json_object *q;
 	char fp[65];
 
-	/* A missing key is reported first: it is about the request as a whole. */
-	if (!rq->idem_key) {
-		request_idem_key(rq, rs, true);
-		return;
-	}
-	if (api_body(rq, rs, purchase_fields) || request_idem_key(rq, rs, true))
+	if (api_keyed_body(rq, rs, purchase_fields))
 		return;
 	p.plan_id = api_str(rq, "planId", NULL);
 	p.payment_method = api_str(rq, "paymentMethodId", NULL);
 	p.customer_id = api_str(rq, "customerId", NULL);
 	p.email = api_str(rq, "customer", "email");
 	p.name = api_str(rq, "customer", "name");
-	p.quantity = json_object_object_get_ex(rq->json, "quantity", &q) ? json_object_get_int64(q) : 1;
+	p.quantity = api_int(rq, "quantity", 1);
 	if (api_payment_method(rq, rs, p.payment_method) || api_customer_given(rq, rs))
 		return;
 	idem_fingerprint(rq->method, rq->path, rq->json, fp);
@@ -107,11 +101,7 @@ void api_subscriptions_change_plan(struct request *rq, struct response *rs)
 	struct purchase_result r = {0};
 	char fp[65];
 
-	if (!rq->idem_key) {
-		request_idem_key(rq, rs, true);
-		return;
-	}
-	if (api_body(rq, rs, change_fields) || request_idem_key(rq, rs, true))
+	if (api_keyed_body(rq, rs, change_fields))
 		return;
 	c.payment_method = api_str(rq, "paymentMethodId", NULL);
 	if ((c.payment_method && api_payment_method(rq, rs, c.payment_method)) || subscription_load(rq, rs, &sub))

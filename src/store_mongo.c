@@ -355,7 +355,7 @@ static void plan_read(const bson_t *d, struct plan *p)
 	}
 	p->created_at = get_int(d, "created_at");
 	p->updated_at = get_int(d, "updated_at");
-	p->max_per_order = get_int_or(d, "max_per_order", 10);
+	p->max_per_order = get_int_or(d, "max_per_order", PLAN_MAX_PER_ORDER_DEFAULT);
 	p->max_per_customer = get_int(d, "max_per_customer");
 }
 
@@ -1170,7 +1170,7 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 		if (n == 1) {
 			get_str(why, "status", status, sizeof(status));
 			x->out->available = get_int(why, "subscriptions_left");
-			x->out->limit = get_int_or(why, "max_per_order", 10);
+			x->out->limit = get_int_or(why, "max_per_order", PLAN_MAX_PER_ORDER_DEFAULT);
 		}
 		x->out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE :
 			r->quantity > x->out->limit ? HOLD_ORDER_LIMIT : HOLD_SOLD_OUT;
@@ -2081,7 +2081,7 @@ static int schema(struct mg *s, struct err *e)
 	rc |= indexes(s, "payments", 3, pay_n, pay_k, pay_u, e);
 	rc |= indexes(s, "audit_events", 4, aud_n, aud_k, aud_u, e);
 	rc |= indexes(s, "idempotency_keys", 1, key_n, key_k, key_u, e);
-	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(10),
+	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(PLAN_MAX_PER_ORDER_DEFAULT),
 							  "max_per_customer", BCON_INT64(0), "}"), e);
 	return rc ? -1 : 0;
 }
