@@ -1,6 +1,9 @@
 /* api.c - what the handlers share: body validation and paging parameters. */
 #include "api.h"
 
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,27 +30,40 @@ int api_body(struct request *rq, struct response *rs, const struct field *fields
 	return 0;
 }
 
-int api_page(struct request *rq, struct response *rs, int def, int max, struct page_req *pg)
+int api_query_int(struct request *rq, struct response *rs, const char *key, int64_t lo, int64_t hi, int64_t def,
+		  int64_t *out)
 {
-	char *limit = request_query(rq, "limit"), *end;
-	long n = def;
-	int rc = -1;
+	char *v = request_query(rq, key), *end;
+	long long n = def;
+	int rc = 0;
 
-	pg->cursor = request_query(rq, "cursor");
-	if (limit) {
-		n = strtol(limit, &end, 10);
-		if (!*limit || *end || n < 1 || n > max) {
-			char reason[64];
-			snprintf(reason, sizeof(reason), "must be an integer from 1 to %d", max);
-			response_invalid(rs, rq, "limit", reason);
-			goto out;
+	if (v) {
+		errno = 0;
+		n = strtoll(v, &end, 10);
+		if (!*v || *end || errno || n < lo || n > hi || !isdigit((unsigned char)*v)) {
+			char reason[80];
+			if (hi == INT64_MAX)
+				snprintf(reason, sizeof(reason), "must be an integer of at least %" PRId64, lo);
+			else
+				snprintf(reason, sizeof(reason), "must be an integer from %" PRId64 " to %" PRId64, lo, hi);
+			response_invalid(rs, rq, key, reason);
+			rc = -1;
 		}
 	}
-	pg->limit = (int)n;
-	rc = 0;
-out:
-	free(limit);
+	*out = n;
+	free(v);
 	return rc;
+}
+
+int api_page(struct request *rq, struct response *rs, int def, int max, struct page_req *pg)
+{
+	int64_t n;
+
+	pg->cursor = request_query(rq, "cursor");
+	if (api_query_int(rq, rs, "limit", 1, max, def, &n))
+		return -1;
+	pg->limit = (int)n;
+	return 0;
 }
 
 void api_page_response(struct response *rs, const char *key, struct json_object *items, const char *next)

@@ -28,6 +28,7 @@ void api_customers_create(struct request *rq, struct response *rs);
 void api_customers_subscriptions(struct request *rq, struct response *rs);
 
 void api_audit_list(struct request *rq, struct response *rs);
+void api_events(struct request *rq, struct response *rs);
 void api_health(struct request *rq, struct response *rs);
 void api_metrics(struct request *rq, struct response *rs);
 
@@ -35,6 +36,9 @@ void api_metrics(struct request *rq, struct response *rs);
  * returns -1. */
 
 int api_body(struct request *rq, struct response *rs, const struct field *fields);
+/* The query's integer at key, lo..hi, or def when absent; -1 after a 400. */
+int api_query_int(struct request *rq, struct response *rs, const char *key, int64_t lo, int64_t hi, int64_t def,
+		  int64_t *out);
 /* A page's limit and cursor from the query (limit 1..max, default def); -1 after a 400.
  * pg->cursor: new, free(). */
 int api_page(struct request *rq, struct response *rs, int def, int max, struct page_req *pg);

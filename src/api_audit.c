@@ -1,5 +1,9 @@
-/* api_audit.c - /api/audit-logs: the audit trail, newest first, filtered and paged. */
+/* api_audit.c - the audit trail: /api/audit-logs newest first, filtered and paged; /api/events
+ * the same events as a feed in commit order, read by position. */
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "api.h"
 #include "ids.h"
@@ -44,4 +48,44 @@ out:
 	free(trace);
 	free(action);
 	free(pg.cursor);
+}
+
+/* The feed's type filter: an action's spelling (seat.held), at most 39 characters. */
+static bool type_valid(const char *t)
+{
+	size_t n = strlen(t);
+
+	return n > 0 && n < sizeof(((struct audit_event *)0)->action) && strspn(t, "abcdefghijklmnopqrstuvwxyz._") == n;
+}
+
+void api_events(struct request *rq, struct response *rs)
+{
+	struct audit_event *ev = NULL;
+	struct err e = {0};
+	char *type = request_query(rq, "type");
+	int64_t after, limit;
+	size_t n = 0, i;
+
+	if (api_query_int(rq, rs, "after", 0, INT64_MAX, 0, &after) ||
+	    api_query_int(rq, rs, "limit", 1, 1000, 100, &limit))
+		goto out;
+	if (type && !type_valid(type)) {
+		response_invalid(rs, rq, "type", "must be an event type such as seat.held");
+		goto out;
+	}
+	if (ledger_feed(rq->lg, after, type, (int)limit, &ev, &n, &e)) {
+		response_err(rs, rq, &e);
+		goto out;
+	}
+	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	for (i = 0; i < n; i++)
+		json_object_array_add(arr, view_feed_event(&ev[i]));
+	json_object_object_add(o, "events", arr);
+	json_object_object_add(o, "nextAfter", json_object_new_int64(n ? ev[n - 1].seq : after));
+	response_json(rs, 200, o);
+out:
+	for (i = 0; i < n; i++)
+		audit_event_clear(&ev[i]);
+	free(ev);
+	free(type);
 }

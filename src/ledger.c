@@ -185,6 +185,14 @@ int ledger_sub_list(struct ledger *lg, const char *customer_id, const char *stat
 	return 0;
 }
 
+int ledger_feed(struct ledger *lg, int64_t after, const char *type, int limit, struct audit_event **out,
+		size_t *n, struct err *e)
+{
+	*out = NULL;
+	*n = 0;
+	return lg->store->ops->feed_read(lg->store, after, type, limit, out, n, e);
+}
+
 int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const struct page_req *pr,
 		      struct audit_event **out, size_t *n, char next[CURSOR_LEN], struct err *e)
 {

@@ -81,6 +81,11 @@ int ledger_sub_list(struct ledger *lg, const char *customer_id, const char *stat
 int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const struct page_req *pg,
 		      struct audit_event **out, size_t *n, char next[CURSOR_LEN], struct err *e);
 
+/* The event feed: at most limit events after position `after`, oldest first, of action type
+ * when not NULL (see store.h's feed_read). *out: new, free each with audit_event_clear. */
+int ledger_feed(struct ledger *lg, int64_t after, const char *type, int limit, struct audit_event **out,
+		size_t *n, struct err *e);
+
 /* The refusal of a hold for its seats: sold out (details.available), more than the plan's
  * max_per_order (a validation error of quantity), or the customer's limit (details.limit and
  * held). */

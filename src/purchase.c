@@ -130,7 +130,7 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 	/* a checkout session's deadline, or a purchase's hold */
 	bool session = *sub->secret_hash;
 	const struct event_spec ev[] = {
-		{session ? "session.expired" : "subscription.expired", session ? "session" : "subscription", sub->id,
+		{session ? "checkout.expired" : "subscription.expired", session ? "session" : "subscription", sub->id,
 		 EV_BEFORE_AFTER, NULL},
 		{"seat.released", session ? "session" : "subscription", sub->id, EV_BEFORE_AFTER, NULL},
 		{"payment.succeeded", "payment", charge ? charge->id : "", EV_NO_COUNTS, detail},
@@ -244,6 +244,7 @@ static void settle_paid(struct ledger *lg, const struct actor *a, const struct a
 	const struct event_spec ev[] = {
 		{"payment.succeeded", "payment", charge->id, EV_NO_COUNTS, detail},
 		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		{"checkout.completed", "session", sub->id, EV_BEFORE_AFTER, NULL},
 	};
 	int64_t now = now_ms();
 	struct transition t;
@@ -261,7 +262,7 @@ static void settle_paid(struct ledger *lg, const struct actor *a, const struct a
 	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now, .to = "active",
 				.now = now, .dheld = -1, .payment_id = charge->id, .start_at = sub->start_at,
 				.end_at = sub->end_at, .token_hash = hash, .payment = charge, .events = ev,
-				.nevents = 2, .reply = &r, .reply_key = at->key, .attempt = at->key};
+				.nevents = at->session ? 3 : 2, .reply = &r, .reply_key = at->key, .attempt = at->key};
 	if (settle(lg, a, &t, &r, out) == 0)
 		hold_gone(lg, a, at, sub, charge, out);
 	free(r.body);
@@ -397,7 +398,10 @@ static void hold(struct ledger *lg, const struct actor *a, const struct hold_spe
 {
 	struct customer c = {0};
 	int64_t now = now_ms();
-	const struct event_spec ev[] = {{"seat.held", "subscription", hs->sub_id, EV_BEFORE_AFTER, NULL}};
+	const struct event_spec ev[] = {
+		{"seat.held", "subscription", hs->sub_id, EV_BEFORE_AFTER, NULL},
+		{"checkout.created", "session", hs->sub_id, EV_BEFORE_AFTER, NULL},
+	};
 
 	if (!hs->customer_id) {
 		id_new(c.id);
@@ -406,7 +410,7 @@ static void hold(struct ledger *lg, const struct actor *a, const struct hold_spe
 		c.created_at = now;
 	}
 	struct hold_req r = {{hs->key, hs->fingerprint, now, now + ledger_lease_ms(lg)}, hs->sub_id, hs->plan_id,
-			     hs->quantity, hs->customer_id, hs->customer_id ? NULL : &c, now + hs->ttl_ms, ev, 1,
+			     hs->quantity, hs->customer_id, hs->customer_id ? NULL : &c, now + hs->ttl_ms, ev, hs->secret_hash ? 2 : 1,
 			     hs->secret_hash, hs->previous_id, hs->pays, hs->reply, hs->reply_arg};
 	if (lg->store->ops->hold(lg->store, &r, a, h, &out->err)) {
 		LOG_WARN(a->trace_id, "hold: %s", out->err.msg);
@@ -589,7 +593,7 @@ int checkout_expire(struct ledger *lg, const struct actor *a, const char *sessio
 		    struct err *e)
 {
 	const struct event_spec ev[] = {
-		{"session.expired", "session", session_id, EV_BEFORE_AFTER, NULL},
+		{"checkout.expired", "session", session_id, EV_BEFORE_AFTER, NULL},
 		{"seat.released", "session", session_id, EV_BEFORE_AFTER, NULL},
 	};
 	struct transition t = {.sub_id = session_id, .from = "pending", .to = "expired", .now = now_ms(),

@@ -23,6 +23,7 @@ static const struct route routes[] = {
 	{"POST", "/api/customers", api_customers_create, AUTH_ADMIN, IDEM_HONOURED},
 	{"GET", "/api/customers/:id/subscriptions", api_customers_subscriptions, AUTH_ADMIN, IDEM_NONE},
 	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE},
+	{"GET", "/api/events", api_events, AUTH_ADMIN, IDEM_NONE},
 	/* loopback only: nginx refuses it from anywhere else */
 	{"GET", "/api/metrics", api_metrics, AUTH_ANYONE, IDEM_NONE},
 };

@@ -271,6 +271,13 @@ struct store_ops {
 			const struct seq_page *pg, struct subscription **out, size_t *n, struct err *e);
 	int (*audit_list)(struct store *s, const struct audit_filter *f, const struct seq_page *pg,
 			  struct audit_event **out, size_t *n, struct err *e);
+	/* The event feed: at most limit events whose feed position (in seq) is after `after`,
+	 * oldest first, of action `type` when not NULL. Positions count the store's events from 1
+	 * in commit order with no gap, and a reader never sees a position before every lower one
+	 * is committed: a store whose database numbers rows as they are written rather than as
+	 * they commit (PostgreSQL) positions the committed events here, one sequencer at a time. */
+	int (*feed_read)(struct store *s, int64_t after, const char *type, int limit, struct audit_event **out,
+			 size_t *n, struct err *e);
 
 	/* A named lease: free when its holder let it go or its until passed. The holder renews
 	 * it, or releases it by taking it with until 0. *taken tells. */

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "store_impl.h"
 #include "util.h"
@@ -27,6 +28,7 @@ struct mg {
 	mongoc_client_t *client;
 	mongoc_database_t *db;
 	mongoc_collection_t *plans, *customers, *subs, *keys, *payments, *audit, *leases;
+	mongoc_collection_t *counters;       /* the event feed's last position */
 	mongoc_collection_t *processor;      /* the simulated processor's own records */
 	char not_replset[320];       /* non-empty: a standalone server, and how to fix it */
 };
@@ -191,7 +193,18 @@ static int find_one(mongoc_collection_t *c, const bson_t *filter, const bson_t *
  * (nothing written, no error), -1 on error. */
 typedef int (*txn_fn)(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e);
 
-#define TXN_ATTEMPTS 5
+#define TXN_ATTEMPTS 10
+
+/* Before trying a transaction again: a random pause that doubles with the attempt (up to about
+ * half a second), so that units that met at one document (the feed's counter) spread out. */
+static void backoff(int attempt)
+{
+	unsigned int r;
+
+	random_bytes(&r, sizeof(r));
+	struct timespec ts = {0, (long)(r % (1000u << (attempt < 9 ? attempt : 9))) * 1000L};
+	nanosleep(&ts, NULL);
+}
 
 /* Runs fn as one multi-document transaction, retried as the driver's documentation shows:
  * the whole transaction again on TransientTransactionError, the commit alone on
@@ -237,8 +250,10 @@ static int transaction(struct mg *s, txn_fn fn, void *arg, struct err *e)
 				rc = 1;
 				goto out;
 			}
-			if (transient && attempt < TXN_ATTEMPTS)
+			if (transient && attempt < TXN_ATTEMPTS) {
+				backoff(attempt);
 				continue;
+			}
 			goto out;
 		}
 		for (int c = 1; c <= TXN_ATTEMPTS; c++) {
@@ -255,6 +270,7 @@ static int transaction(struct mg *s, txn_fn fn, void *arg, struct err *e)
 		}
 		if (!transient || attempt == TXN_ATTEMPTS)
 			goto out;
+		backoff(attempt);
 	}
 out:
 	bson_destroy(&reply);
@@ -460,18 +476,45 @@ static bool read_counts(const bson_t *doc, const char *key, struct seat_counts *
 	return true;
 }
 
+/* The event feed's positions: a unit takes its events' positions from one counter document
+ * in its transaction, so two units that write events conflict there and one of them is
+ * retried after the other committed (MongoDB aborts the later writer of a document): positions
+ * follow commit order, and a unit undone gives its positions back. The price is that units
+ * writing events commit one at a time. *first: the first of n positions. */
+static int feed_take(struct mg *s, mongoc_client_session_t *cs, size_t n, int64_t *first, bson_t *reply,
+		     struct err *e)
+{
+	bson_t *f = BCON_NEW("_id", BCON_UTF8("events")), *upd = BCON_NEW("$inc", "{", "seq", BCON_INT64((int64_t)n), "}");
+	bson_t *doc = NULL;
+	bool found = false;
+	int rc = modify(s->counters, cs, f, upd, &doc, &found, reply, e, "feed position");
+
+	if (rc == 0 && !found) {
+		err_set(e, ERR_INTERNAL, NULL, "the feed's counter document is missing");
+		rc = -1;
+	}
+	if (rc == 0)
+		*first = get_int(doc, "seq") - (int64_t)n + 1;
+	bson_destroy(doc);
+	bson_destroy(f);
+	bson_destroy(upd);
+	return rc;
+}
+
 static int events_put(struct mg *s, mongoc_client_session_t *cs, const struct actor *a, int64_t now,
 		      const char *plan_id, const struct event_spec *ev, size_t nev, const struct seat_counts *before,
 		      const struct seat_counts *after, bson_t *reply, struct err *e)
 {
 	char id[ID_LEN + 1];
-	int rc = 0;
+	int64_t pos = 0;
+	int rc = nev ? feed_take(s, cs, nev, &pos, reply, e) : 0;
 
 	for (size_t i = 0; i < nev && rc == 0; i++) {
 		bson_t doc = BSON_INITIALIZER;
 
 		id_new(id);
 		append_oid(&doc, "_id", id);
+		BSON_APPEND_INT64(&doc, "seq", pos + (int64_t)i);
 		BSON_APPEND_DATE_TIME(&doc, "at", now);
 		BSON_APPEND_UTF8(&doc, "action", ev[i].action);
 		BSON_APPEND_UTF8(&doc, "actor_type", a->type);
@@ -1654,6 +1697,28 @@ static int find_all(mongoc_collection_t *c, const bson_t *filter, const bson_t *
 	return rc;
 }
 
+static void feed_item(const bson_t *doc, void *items, size_t i)
+{
+	memset(&((struct audit_event *)items)[i], 0, sizeof(struct audit_event));
+	audit_item(doc, items, i);
+	((struct audit_event *)items)[i].seq = get_int(doc, "seq");
+}
+
+static int mg_feed_read(struct store *st, int64_t after, const char *type, int limit, struct audit_event **out,
+			size_t *n, struct err *e)
+{
+	bson_t *filter = BCON_NEW("seq", "{", "$gt", BCON_INT64(after), "}");
+	bson_t *opts = BCON_NEW("sort", "{", "seq", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
+	int rc;
+
+	if (type)
+		BSON_APPEND_UTF8(filter, "action", type);
+	rc = find_all(MG(st)->audit, filter, opts, sizeof(**out), feed_item, (void **)out, n, e);
+	bson_destroy(filter);
+	bson_destroy(opts);
+	return rc;
+}
+
 static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n,
 			    struct err *e)
 {
@@ -1955,6 +2020,7 @@ static void mg_close(struct store *st)
 	mongoc_collection_destroy(s->payments);
 	mongoc_collection_destroy(s->audit);
 	mongoc_collection_destroy(s->leases);
+	mongoc_collection_destroy(s->counters);
 	mongoc_collection_destroy(s->processor);
 	mongoc_database_destroy(s->db);
 	mongoc_client_destroy(s->client);
@@ -1986,6 +2052,7 @@ static const struct store_ops mongo_ops = {
 	.sub_get = mg_sub_get,
 	.sub_list = mg_sub_list,
 	.audit_list = mg_audit_list,
+	.feed_read = mg_feed_read,
 	.lease_take = mg_lease_take,
 	.holds_overdue = mg_holds_overdue,
 	.charges_unrefunded = mg_charges_unrefunded,
@@ -2044,6 +2111,64 @@ static int backfill(mongoc_collection_t *c, const char *field, bson_t *upd, stru
 	return rc;
 }
 
+/* The feed's counter, made once. Events an older version wrote have no position: they take
+ * 1..n in the order they were written, and the counter starts after them. Of many processes
+ * starting at once one inserts the counter and numbers them; the others go on at once (new
+ * events take positions after n). */
+static int feed_counter(struct mg *s, struct err *e)
+{
+	bson_t *f = BCON_NEW("_id", BCON_UTF8("events"));
+	bson_t *unplaced = BCON_NEW("seq", "{", "$exists", BCON_BOOL(false), "}");
+	bson_t *opts = BCON_NEW("upsert", BCON_BOOL(true)), *doc = NULL, *upd = NULL, reply = BSON_INITIALIZER;
+	bson_error_t be;
+	int64_t n;
+	int rc = find_one(s->counters, f, NULL, NULL, &doc, e, "feed counter");
+
+	if (rc != 0) {
+		rc = rc < 0 ? -1 : 0;
+		goto out;
+	}
+	if ((n = mongoc_collection_count_documents(s->audit, unplaced, NULL, NULL, NULL, &be)) < 0) {
+		rc = mg_fail(&be, NULL, e, "count events");
+		goto out;
+	}
+	upd = BCON_NEW("$setOnInsert", "{", "seq", BCON_INT64(n), "}");
+	if (!mongoc_collection_update_one(s->counters, f, upd, opts, &reply, &be)) {
+		rc = mg_fail(&be, &reply, e, "feed counter");
+		goto out;
+	}
+	if (get_int(&reply, "upsertedCount") == 1 && n > 0) {
+		bson_t *sort = BCON_NEW("sort", "{", "at", BCON_INT32(1), "_id", BCON_INT32(1), "}");
+		mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->audit, unplaced, sort, NULL);
+		const bson_t *ev;
+		int64_t pos = 0;
+
+		while (rc == 0 && pos < n && mongoc_cursor_next(cur, &ev)) {
+			bson_iter_t it;
+			bson_t *one, *set = BCON_NEW("$set", "{", "seq", BCON_INT64(++pos), "}");
+
+			bson_iter_init_find(&it, ev, "_id");
+			one = BCON_NEW("_id", BCON_OID(bson_iter_oid(&it)), "seq", "{", "$exists", BCON_BOOL(false), "}");
+			if (!mongoc_collection_update_one(s->audit, one, set, NULL, NULL, &be))
+				rc = mg_fail(&be, NULL, e, "number events");
+			bson_destroy(one);
+			bson_destroy(set);
+		}
+		if (rc == 0 && mongoc_cursor_error(cur, &be))
+			rc = mg_fail(&be, NULL, e, "number events");
+		mongoc_cursor_destroy(cur);
+		bson_destroy(sort);
+	}
+out:
+	bson_destroy(&reply);
+	bson_destroy(doc);
+	bson_destroy(upd);
+	bson_destroy(opts);
+	bson_destroy(unplaced);
+	bson_destroy(f);
+	return rc;
+}
+
 static int schema(struct mg *s, struct err *e)
 {
 	static const char *const plan_n[] = {"name_key_unique", "status_price"};
@@ -2054,8 +2179,8 @@ static int schema(struct mg *s, struct err *e)
 	static const bool sub_u[] = {true, false, false, false};
 	static const char *const pay_n[] = {"idem_key_kind_unique", "subscription", "status_created"};
 	static const bool pay_u[] = {true, false, false};
-	static const char *const aud_n[] = {"plan_at", "trace_at", "action_at", "at"};
-	static const bool aud_u[] = {false, false, false, false};
+	static const char *const aud_n[] = {"plan_at", "trace_at", "action_at", "at", "feed"};
+	static const bool aud_u[] = {false, false, false, false, false};
 	static const char *const key_n[] = {"state_created"};
 	static const bool key_u[] = {false};
 	bson_t *plan_k[] = {BCON_NEW("name_key", BCON_INT32(1)), BCON_NEW("status", BCON_INT32(1), "price_cents", BCON_INT32(1))};
@@ -2070,7 +2195,8 @@ static int schema(struct mg *s, struct err *e)
 	bson_t *aud_k[] = {BCON_NEW("plan_id", BCON_INT32(1), "at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
 			   BCON_NEW("trace_id", BCON_INT32(1), "at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
 			   BCON_NEW("action", BCON_INT32(1), "at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
-			   BCON_NEW("at", BCON_INT32(-1), "_id", BCON_INT32(-1))};
+			   BCON_NEW("at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
+			   BCON_NEW("seq", BCON_INT32(1))};
 	bson_t *key_k[] = {BCON_NEW("state", BCON_INT32(1), "created_at", BCON_INT32(1))};
 	int rc = 0;
 
@@ -2079,10 +2205,11 @@ static int schema(struct mg *s, struct err *e)
 	rc |= indexes(s, "customers", 1, cust_n, cust_k, cust_u, e);
 	rc |= indexes(s, "subscriptions", 4, sub_n, sub_k, sub_u, e);
 	rc |= indexes(s, "payments", 3, pay_n, pay_k, pay_u, e);
-	rc |= indexes(s, "audit_events", 4, aud_n, aud_k, aud_u, e);
+	rc |= indexes(s, "audit_events", 5, aud_n, aud_k, aud_u, e);
 	rc |= indexes(s, "idempotency_keys", 1, key_n, key_k, key_u, e);
 	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(PLAN_MAX_PER_ORDER_DEFAULT),
 							  "max_per_customer", BCON_INT64(0), "}"), e);
+	rc |= feed_counter(s, e);
 	return rc ? -1 : 0;
 }
 
@@ -2155,6 +2282,7 @@ struct store *store_mongo_open(const char *url, struct err *e)
 	s->payments = mongoc_database_get_collection(s->db, "payments");
 	s->audit = mongoc_database_get_collection(s->db, "audit_events");
 	s->leases = mongoc_database_get_collection(s->db, "leases");
+	s->counters = mongoc_database_get_collection(s->db, "counters");
 	s->processor = mongoc_database_get_collection(s->db, "processor");
 	if (topology(s, url, e) || schema(s, e))
 		goto fail;

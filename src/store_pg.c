@@ -88,6 +88,13 @@ static const char *const MIGRATIONS[] = {
 	"CREATE INDEX payments_pending ON payments (created_at) WHERE status = 'pending';"
 	"UPDATE subscriptions SET attempt_key = idem_key WHERE status = 'pending';"
 	"CREATE INDEX subscriptions_owner ON subscriptions (customer_id, plan_id, status);",
+	/* 3: the event feed's positions, given after commit (feed_position); the events written so
+	 * far take theirs in the order they were written */
+	"ALTER TABLE audit_events ADD COLUMN pos BIGINT UNIQUE,"
+	" ADD COLUMN txid xid8 NOT NULL DEFAULT pg_current_xact_id();"
+	"UPDATE audit_events a SET pos = o.n"
+	" FROM (SELECT seq, row_number() OVER (ORDER BY seq) n FROM audit_events) o WHERE a.seq = o.seq;"
+	"CREATE INDEX audit_unplaced ON audit_events (seq) WHERE pos IS NULL;",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -1054,12 +1061,35 @@ static int pg_sub_list(struct store *st, const char *customer_id, const char *st
 	return 0;
 }
 
+#define AUDIT_COLS \
+	"id, at, action, actor_type, actor_id, resource_type, resource_id, plan_id, b_total, b_left," \
+	" b_held, a_total, a_left, a_held, detail, trace_id, ip, seq"
+
+static void audit_read(PGresult *r, int i, struct audit_event *a)
+{
+	col_copy(r, i, 0, a->id, sizeof(a->id));
+	a->at = col_int(r, i, 1);
+	col_copy(r, i, 2, a->action, sizeof(a->action));
+	col_copy(r, i, 3, a->actor_type, sizeof(a->actor_type));
+	col_copy(r, i, 4, a->actor_id, sizeof(a->actor_id));
+	col_copy(r, i, 5, a->resource_type, sizeof(a->resource_type));
+	col_copy(r, i, 6, a->resource_id, sizeof(a->resource_id));
+	col_copy(r, i, 7, a->plan_id, sizeof(a->plan_id));
+	if ((a->has_before = !PQgetisnull(r, i, 9)))
+		a->before = (struct seat_counts){col_int(r, i, 8), col_int(r, i, 9), col_int(r, i, 10)};
+	if ((a->has_after = !PQgetisnull(r, i, 12)))
+		a->after = (struct seat_counts){col_int(r, i, 11), col_int(r, i, 12), col_int(r, i, 13)};
+	a->detail = PQgetisnull(r, i, 14) ? NULL : col_str(r, i, 14);
+	col_copy(r, i, 15, a->trace_id, sizeof(a->trace_id));
+	col_copy(r, i, 16, a->ip, sizeof(a->ip));
+	a->seq = col_int(r, i, 17);
+}
+
 static int pg_audit_list(struct store *st, const struct audit_filter *f, const struct seq_page *pg,
 			 struct audit_event **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
-		"SELECT id, at, action, actor_type, actor_id, resource_type, resource_id, plan_id,"
-		" b_total, b_left, b_held, a_total, a_left, a_held, detail, trace_id, ip, seq FROM audit_events"
+		"SELECT " AUDIT_COLS " FROM audit_events"
 		" WHERE ($1::text IS NULL OR plan_id = $1) AND ($2::text IS NULL OR trace_id = $2)"
 		" AND ($3::text IS NULL OR action = $3) AND seq < $4 ORDER BY seq DESC LIMIT $5";
 	PGresult *r;
@@ -1070,24 +1100,64 @@ static int pg_audit_list(struct store *st, const struct audit_filter *f, const s
 					  pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit)))
 		return -1;
 	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		audit_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
+/* The event feed. A BIGSERIAL is drawn as a row is written, not as its transaction commits: a
+ * unit that draws 7 may commit after one that drew 8, so seq alone would let a poller that saw
+ * 8 skip 7 for ever. The feed's positions (pos) are therefore given after commit, by one
+ * sequencer at a time (a transaction-scoped advisory lock; whoever reads the feed, or the
+ * webhook sender, runs it first), to every committed event that has none, following the
+ * highest position given: no gap, and a reader sees a position only once every lower one is
+ * committed. Their order keeps each transaction's events together and orders transactions
+ * by the last seq each drew. Every unit writes its events after taking its last row lock, so
+ * of two units that touch one row (one plan), the later one's events are drawn after the
+ * earlier one committed: they come after its events, and a plan's seat counts read in feed
+ * order follow one another. Units that share no row may come in either order, as they may
+ * in any serial order of them. */
+static int feed_position_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char place[] =
+		"UPDATE audit_events a SET pos = h.top + o.n"
+		" FROM (SELECT seq, row_number() OVER (ORDER BY k, seq) n FROM"
+		"  (SELECT seq, max(seq) OVER (PARTITION BY txid) k FROM audit_events WHERE pos IS NULL) x) o,"
+		" (SELECT coalesce(max(pos), 0) top FROM audit_events) h WHERE a.seq = o.seq";
+	static const char lock[] = "SELECT pg_try_advisory_xact_lock(7261032)";
+	PGresult *r;
+	bool mine;
+
+	(void)arg;
+	/* Taken in a statement of its own, so that the next one's snapshot sees what the last
+	 * sequencer placed. Someone else placing now: their positions appear when they commit. */
+	if (!(r = q(s, lock, e, "")))
+		return -1;
+	mine = !strcmp(PQgetvalue(r, 0, 0), "t");
+	PQclear(r);
+	if (!mine)
+		return 1;
+	return run(q(s, place, e, "")) < 0 ? -1 : 0;
+}
+
+static int pg_feed_read(struct store *st, int64_t after, const char *type, int limit, struct audit_event **out,
+			size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " AUDIT_COLS ", pos FROM audit_events WHERE pos > $1 AND ($2::text IS NULL OR action = $2)"
+		" ORDER BY pos LIMIT $3";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (tx(PG(st), WRITE, feed_position_tx, NULL, e) < 0 ||
+	    !(r = q(PG(st), sql, e, "iti", after, type, (int64_t)limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
 	for (int i = 0; i < PQntuples(r); i++) {
-		struct audit_event *a = &(*out)[(*n)++];
-		col_copy(r, i, 0, a->id, sizeof(a->id));
-		a->at = col_int(r, i, 1);
-		col_copy(r, i, 2, a->action, sizeof(a->action));
-		col_copy(r, i, 3, a->actor_type, sizeof(a->actor_type));
-		col_copy(r, i, 4, a->actor_id, sizeof(a->actor_id));
-		col_copy(r, i, 5, a->resource_type, sizeof(a->resource_type));
-		col_copy(r, i, 6, a->resource_id, sizeof(a->resource_id));
-		col_copy(r, i, 7, a->plan_id, sizeof(a->plan_id));
-		if ((a->has_before = !PQgetisnull(r, i, 9)))
-			a->before = (struct seat_counts){col_int(r, i, 8), col_int(r, i, 9), col_int(r, i, 10)};
-		if ((a->has_after = !PQgetisnull(r, i, 12)))
-			a->after = (struct seat_counts){col_int(r, i, 11), col_int(r, i, 12), col_int(r, i, 13)};
-		a->detail = PQgetisnull(r, i, 14) ? NULL : col_str(r, i, 14);
-		col_copy(r, i, 15, a->trace_id, sizeof(a->trace_id));
-		col_copy(r, i, 16, a->ip, sizeof(a->ip));
-		a->seq = col_int(r, i, 17);
+		audit_read(r, i, &(*out)[(*n)++]);
+		(*out)[i].seq = col_int(r, i, 18);
 	}
 	PQclear(r);
 	return 0;
@@ -1348,6 +1418,7 @@ static const struct store_ops pg_ops = {
 	.sub_get = pg_sub_get,
 	.sub_list = pg_sub_list,
 	.audit_list = pg_audit_list,
+	.feed_read = pg_feed_read,
 	.lease_take = pg_lease_take,
 	.holds_overdue = pg_holds_overdue,
 	.charges_unrefunded = pg_charges_unrefunded,

@@ -121,6 +121,8 @@ READ(sub_list, (struct store *s, const char *customer_id, const char *status, co
 		   struct subscription **out, size_t *n, struct err *e), (h, customer_id, status, pg, out, n, e))
 READ(audit_list, (struct store *s, const struct audit_filter *f, const struct seq_page *pg,
 		     struct audit_event **out, size_t *n, struct err *e), (h, f, pg, out, n, e))
+READ(feed_read, (struct store *s, int64_t after, const char *type, int limit, struct audit_event **out,
+		 size_t *n, struct err *e), (h, after, type, limit, out, n, e))
 FORWARD(lease_take, (struct store *s, const char *name, const char *holder, int64_t now, int64_t until,
 		     bool *taken, struct err *e), (h, name, holder, now, until, taken, e))
 READ(holds_overdue, (struct store *s, int64_t now, int limit, struct subscription **out, size_t *n,
@@ -188,6 +190,7 @@ static const struct store_ops pool_ops = {
 	.sub_get = pool_sub_get,
 	.sub_list = pool_sub_list,
 	.audit_list = pool_audit_list,
+	.feed_read = pool_feed_read,
 	.lease_take = pool_lease_take,
 	.holds_overdue = pool_holds_overdue,
 	.charges_unrefunded = pool_charges_unrefunded,

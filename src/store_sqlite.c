@@ -1282,18 +1282,34 @@ static void audit_clear_v(void *item)
 	audit_event_clear(item);
 }
 
+#define AUDIT_COLS \
+	"id, at, action, actor_type, actor_id, resource_type, resource_id, plan_id, b_total, b_left," \
+	" b_held, a_total, a_left, a_held, detail, trace_id, ip, seq"
+
 static int sq_audit_list(struct store *st_, const struct audit_filter *f, const struct seq_page *pg,
 			 struct audit_event **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
-		"SELECT id, at, action, actor_type, actor_id, resource_type, resource_id, plan_id,"
-		" b_total, b_left, b_held, a_total, a_left, a_held, detail, trace_id, ip, seq FROM audit_events"
-		" WHERE (?1 IS NULL OR plan_id = ?1) AND (?2 IS NULL OR trace_id = ?2)"
+		"SELECT " AUDIT_COLS " FROM audit_events WHERE (?1 IS NULL OR plan_id = ?1) AND (?2 IS NULL OR trace_id = ?2)"
 		" AND (?3 IS NULL OR action = ?3) AND seq < ?4 ORDER BY seq DESC LIMIT ?5";
 	sqlite3_stmt *st = q(SQ(st_), sql, e, "tttii", f->plan_id, f->trace_id, f->action,
 			     pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit);
 
 	return page_rows(st, sizeof(**out), pg->limit, audit_row, (void **)out, n, audit_clear_v, e);
+}
+
+/* The feed's positions are the events' own seq: writers take the database's one write lock in
+ * turn, so AUTOINCREMENT numbers them in commit order, and a unit undone gives its numbers back
+ * (sqlite_sequence is undone with it): no gap. */
+static int sq_feed_read(struct store *st_, int64_t after, const char *type, int limit, struct audit_event **out,
+			size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " AUDIT_COLS " FROM audit_events WHERE seq > ?1 AND (?2 IS NULL OR action = ?2)"
+		" ORDER BY seq LIMIT ?3";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "iti", after, type, (int64_t)limit);
+
+	return page_rows(st, sizeof(**out), limit, audit_row, (void **)out, n, audit_clear_v, e);
 }
 
 /* --- the reaper's facts ------------------------------------------------------------------- */
@@ -1636,6 +1652,7 @@ static const struct store_ops sqlite_ops = {
 	.sub_get = sq_sub_get,
 	.sub_list = sq_sub_list,
 	.audit_list = sq_audit_list,
+	.feed_read = sq_feed_read,
 	.lease_take = sq_lease_take,
 	.holds_overdue = sq_holds_overdue,
 	.charges_unrefunded = sq_charges_unrefunded,

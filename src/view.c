@@ -162,6 +162,27 @@ static struct json_object *counts(const struct seat_counts *c)
 	return o;
 }
 
+struct json_object *view_feed_event(const struct audit_event *a)
+{
+	struct json_object *o = json_object_new_object(), *d = json_object_new_object();
+
+	ADD(o, "seq", INT(a->seq));
+	ADD(o, "id", STR(a->id));
+	ADD(o, "type", STR(a->action));
+	ADD(o, "at", view_time(a->at));
+	ADD(o, "traceId", STR(a->trace_id));
+	ADD(d, "resourceType", STR(a->resource_type));
+	ADD(d, "resourceId", STR(a->resource_id));
+	ADD(d, "planId", *a->plan_id ? STR(a->plan_id) : NULL);
+	ADD(d, "actorType", STR(a->actor_type));
+	ADD(d, "actorId", *a->actor_id ? STR(a->actor_id) : NULL);
+	ADD(d, "before", a->has_before ? counts(&a->before) : NULL);
+	ADD(d, "after", a->has_after ? counts(&a->after) : NULL);
+	ADD(d, "payment", a->detail ? json_tokener_parse(a->detail) : NULL);
+	ADD(o, "data", d);
+	return o;
+}
+
 struct json_object *view_audit_event(const struct audit_event *a)
 {
 	struct json_object *o = json_object_new_object();

@@ -19,6 +19,9 @@ struct json_object *view_session(const struct subscription *s);
 struct json_object *view_purchase(const struct subscription *s, const char *access_token,
 				  const char *trace_id);
 struct json_object *view_audit_event(const struct audit_event *a);
+/* An event of the feed (and of a webhook delivery): {"seq", "id", "type", "at", "traceId",
+ * "data"}, data holding what the change touched and its seat counts. */
+struct json_object *view_feed_event(const struct audit_event *a);
 /* An RFC 3339 string, or null for 0. */
 struct json_object *view_time(int64_t ms);
 

@@ -46,7 +46,10 @@ class Wire:
         self.docs = collections.defaultdict(list)   # find results by collection
         self.fam = {"plans": plan_doc(), "customers": None, "leases": None,
                     "subscriptions": {"_id": ObjectId(), "plan_id": PLAN_ID, "status": "active",
-                                      "idem_key": "k"}}
+                                      "idem_key": "k"},
+                    "counters": {"_id": "events", "seq": 41}}
+        # the feed's counter exists: a store opening does not number older events
+        self.docs["counters"] = [{"_id": "events", "seq": 41}]
         self.lock = threading.Lock()
 
     def close(self):
@@ -103,7 +106,7 @@ class Wire:
 
 def cgi(wire, method, path, body=None, headers=None):
     env = {"PATH": os.environ["PATH"], "GATEWAY_INTERFACE": "CGI/1.1", "REQUEST_METHOD": method,
-           "PATH_INFO": path, "NUMATIX_DB": wire.uri(), "NUMATIX_ADMIN_TOKEN": ADMIN, "REMOTE_ADDR": "192.0.2.7"}
+           "PATH_INFO": path.partition("?")[0], "QUERY_STRING": path.partition("?")[2], "NUMATIX_DB": wire.uri(), "NUMATIX_ADMIN_TOKEN": ADMIN, "REMOTE_ADDR": "192.0.2.7"}
     data = json.dumps(body).encode() if body is not None else b""
     env["CONTENT_LENGTH"] = str(len(data))
     for k, v in (headers or {}).items():
@@ -168,7 +171,8 @@ class MongoWire(unittest.TestCase):
         in_hold = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == hold_txn]
         self.assertEqual(in_hold, [("insert", "idempotency_keys"), ("findAndModify", "customers"),
                                    ("findAndModify", "plans"), ("insert", "subscriptions"),
-                                   ("insert", "audit_events"), ("commitTransaction", None)])
+                                   ("findAndModify", "counters"), ("insert", "audit_events"),
+                                   ("commitTransaction", None)])
         first = [d for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == hold_txn][0]
         self.assertEqual((first["startTransaction"], first["autocommit"]), (True, False))
         self.assertEqual(first["readConcern"]["level"], "snapshot")
@@ -184,6 +188,12 @@ class MongoWire(unittest.TestCase):
         audit = self.w.commands("insert", "audit_events")[0]["documents"][0]
         self.assertEqual((audit["action"], audit["before"]["subscriptions_left"], audit["after"]["subscriptions_left"]),
                          ("seat.held", 10, 9))
+        # its feed position taken from the one counter, in the same transaction: the counter
+        # answered 41 after adding the unit's one event
+        feed = self.w.commands("findAndModify", "counters")[0]
+        self.assertEqual((feed["query"], dict(feed["update"]), feed["new"]), ({"_id": "events"}, {"$inc": {"seq": 1}}, True))
+        self.assertEqual(txn_of(feed), hold_txn)
+        self.assertEqual(audit["seq"], 41)
         commit = [d for d in self.w.commands("commitTransaction") if txn_of(d) == hold_txn][0]
         self.assertEqual(commit["writeConcern"]["w"], "majority")
         # the simulated processor keeps its own record, outside any transaction
@@ -202,7 +212,8 @@ class MongoWire(unittest.TestCase):
         self.assertNotEqual(settle, hold_txn)
         in_settle = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == settle]
         self.assertEqual(in_settle, [("findAndModify", "subscriptions"), ("findAndModify", "plans"),
-                                     ("insert", "payments"), ("insert", "audit_events"), ("insert", "audit_events"),
+                                     ("insert", "payments"), ("findAndModify", "counters"),
+                                     ("insert", "audit_events"), ("insert", "audit_events"),
                                      ("update", "idempotency_keys"), ("commitTransaction", None)])
         charge = self.w.commands("insert", "payments")[0]
         self.assertEqual(charge["documents"][0]["idem_key"], key)
@@ -224,7 +235,8 @@ class MongoWire(unittest.TestCase):
         in_hold = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn_of(hold)]
         self.assertEqual(in_hold, [("insert", "idempotency_keys"), ("findAndModify", "customers"),
                                    ("findAndModify", "plans"), ("insert", "subscriptions"),
-                                   ("insert", "audit_events"), ("update", "idempotency_keys"),
+                                   ("findAndModify", "counters"), ("insert", "audit_events"),
+                                   ("update", "idempotency_keys"),
                                    ("commitTransaction", None)])
         sub = self.w.commands("insert", "subscriptions")[0]["documents"][0]
         secret_hash = hashlib.sha256(body["clientSecret"].encode()).hexdigest()
@@ -400,6 +412,44 @@ class MongoWire(unittest.TestCase):
         u = fill["updates"][0]
         self.assertEqual((dict(u["q"]["max_per_order"]), u["multi"]), ({"$exists": False}, True))
         self.assertEqual(dict(u["u"]["$set"]), {"max_per_order": 10, "max_per_customer": 0})
+
+    def test_events_from_before_the_feed_get_positions(self):
+        # no counter yet: the events already written (2, by the count) take 1 and 2 in the order
+        # they were written, and the counter starts after them
+        self.w.docs["counters"] = []
+        old = [{"_id": ObjectId(), "at": datetime.datetime(2026, 1, 1), "action": "plan.created"},
+               {"_id": ObjectId(), "at": datetime.datetime(2026, 1, 2), "action": "seat.held"}]
+        self.w.docs["audit_events"] = old
+        self.w.override("aggregate", "audit_events", {"ok": 1, "cursor": {"id": 0, "ns": "numatix.audit_events",
+                                                                         "firstBatch": [{"n": 2}]}})
+        self.w.override("update", "counters", {"ok": 1, "n": 1, "nModified": 0,
+                                               "upserted": [{"index": 0, "_id": "events"}]})
+        cgi(self.w, "GET", "/api/health")
+        count = self.w.commands("aggregate", "audit_events")[0]
+        self.assertEqual(dict(count["pipeline"][0]["$match"]), {"seq": {"$exists": False}})
+        start = self.w.commands("update", "counters")[0]["updates"][0]
+        self.assertEqual((start["q"], dict(start["u"]), start["upsert"]),
+                         ({"_id": "events"}, {"$setOnInsert": {"seq": 2}}, True))
+        listing = [d for d in self.w.commands("find", "audit_events") if d.get("sort")][0]
+        self.assertEqual(dict(listing["sort"]), {"at": 1, "_id": 1})
+        placed = [d["updates"][0] for d in self.w.commands("update", "audit_events")]
+        self.assertEqual([(u["q"]["_id"], u["u"]["$set"]["seq"]) for u in placed],
+                         [(old[0]["_id"], 1), (old[1]["_id"], 2)])
+
+    def test_feed_reads_by_position(self):
+        ev = {"_id": ObjectId(), "seq": 8, "at": datetime.datetime(2026, 1, 1), "action": "seat.held",
+              "actor_type": "customer", "resource_type": "subscription", "resource_id": "x", "plan_id": str(PLAN_ID),
+              "before": {"total_capacity": 10, "subscriptions_left": 10, "subscriptions_held": 0},
+              "after": {"total_capacity": 10, "subscriptions_left": 9, "subscriptions_held": 1}, "trace_id": "t"}
+        self.w.docs["audit_events"] = [ev]
+        st, body, err = cgi(self.w, "GET", "/api/events?after=7&limit=5&type=seat.held",
+                            headers={"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(st, 200, (body, err))
+        self.assertEqual(([e["seq"] for e in body["events"]], body["nextAfter"]), ([8], 8))
+        self.assertEqual(body["events"][0]["data"]["after"]["subscriptions_left"], 9)
+        q = [d for d in self.w.commands("find", "audit_events") if "seq" in d.get("filter", {})][0]
+        self.assertEqual((dict(q["filter"]["seq"]), q["filter"]["action"], dict(q["sort"]), q["limit"]),
+                         ({"$gt": 7}, "seat.held", {"seq": 1}, 5))
 
     def test_capacity_change_is_conditional(self):
         st, body, err = cgi(self.w, "PATCH", "/api/plans/%s" % PLAN_ID, {"total_capacity": 12},

@@ -543,7 +543,7 @@ static void test_session_completion_crash_reaper_refunds(void **state)
 	purchase_result_clear(&r);
 	/* the reaper's expiry reads as the session's */
 	{
-		struct audit_filter f = {x->plan_id, NULL, "session.expired"};
+		struct audit_filter f = {x->plan_id, NULL, "checkout.expired"};
 		struct page_req pg = {10, NULL};
 		struct audit_event *evs = NULL;
 		size_t n = 0;
@@ -594,7 +594,7 @@ static void test_session_dead_attempt_taken_over(void **state)
 }
 
 /* A plan of its own beside the fixture's, at price. */
-static void other_plan(struct fixture *x, int64_t price, char id[ID_LEN + 1])
+static void other_plan(struct fixture *x, int64_t price, int64_t capacity, char id[ID_LEN + 1])
 {
 	struct actor a = {"test", "admin", NULL, NULL};
 	struct plan p = {0};
@@ -605,7 +605,7 @@ static void other_plan(struct fixture *x, int64_t price, char id[ID_LEN + 1])
 	p.description = xstrdup("");
 	p.price_cents = price;
 	p.duration_days = 30;
-	p.total_capacity = p.subscriptions_left = 3;
+	p.total_capacity = p.subscriptions_left = capacity;
 	p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
 	strcpy(p.status, "active");
 	p.features = json_object_new_array();
@@ -636,7 +636,7 @@ static void test_plan_change_crash_retry_settles_once(void **state)
 
 	(void)state;
 	bought(x, sub_id);
-	other_plan(x, 4500, dear);
+	other_plan(x, 4500, 3, dear);
 	new_key(key);
 	fail_at = "transition";
 	change(x, sub_id, dear, key, &r);
@@ -671,7 +671,7 @@ static void test_plan_change_loses_to_a_cancel(void **state)
 
 	(void)state;
 	bought(x, sub_id);
-	other_plan(x, 4500, dear);
+	other_plan(x, 4500, 3, dear);
 	new_key(key);
 	fail_at = "transition";
 	change(x, sub_id, dear, key, &r);
@@ -705,7 +705,7 @@ static void test_plan_change_credit_made_by_the_reaper(void **state)
 
 	(void)state;
 	bought(x, sub_id);
-	other_plan(x, 500, cheap);
+	other_plan(x, 500, 3, cheap);
 	new_key(key);
 	fail_at = "processor_charge";   /* the credit's call to the processor fails */
 	change(x, sub_id, cheap, key, &r);
@@ -874,6 +874,106 @@ static void test_sessions_race_their_deadline(void **state)
 	fixture_free(x);
 }
 
+/* The event feed read while processes buy and cancel on two plans at once: every position
+ * is seen once, in order, with no gap; each plan's seat counts, read in feed order, follow
+ * one another (a later change of a plan never comes before an earlier one); and the last
+ * page holds every event the store has. */
+static void test_feed_in_commit_order(void **state)
+{
+	enum { PROCS = 4, EACH = 12 };
+	struct fixture *x = fixture_new(PROCS * EACH, 600);
+	char plans[2][ID_LEN + 1];
+	struct { struct seat_counts before, after; bool known; } last[2];
+	int fds[2], status, seen = 0;
+	int64_t pos = 0;
+	bool running = true;
+
+	(void)state;
+	memset(last, 0, sizeof(last));
+	snprintf(plans[0], sizeof(plans[0]), "%s", x->plan_id);
+	other_plan(x, 900, PROCS * EACH, plans[1]);
+	assert_int_equal(pipe(fds), 0);
+	for (int i = 0; i < PROCS; i++) {
+		if (fork() == 0) {
+			struct err e = {0};
+			struct store *s = store_open(store_url, &e);
+			struct ledger lg = {s, &api_replies, 600, 0, 24};
+			struct actor a = {"feed", "customer", NULL, NULL};
+			char key[UUID_LEN + 1], email[64], id[ID_LEN + 1];
+
+			close(fds[0]);
+			for (int j = 0; j < EACH; j++) {
+				struct purchase_result r;
+				uuid_new(key);
+				snprintf(email, sizeof(email), "feed%d-%d@example.com", i, j);
+				struct purchase_req pr = {key, "fp", plans[(i + j) % 2], 1, "pm_card_visa", NULL, email, "Feeder"};
+				purchase_run(&lg, &a, &pr, &r);
+				if (r.reply.status == 201 && j % 2) {
+					struct subscription sub = {0};
+					answer_id(&r, id);
+					if (ledger_sub_cancel(&lg, &a, id, &sub, &e))
+						_exit(2);
+					subscription_clear(&sub);
+				}
+				purchase_result_clear(&r);
+			}
+			store_close(s);
+			_exit(0);
+		}
+	}
+	close(fds[1]);
+	while (true) {
+		struct audit_event *ev = NULL;
+		struct pollfd pf = {fds[0], POLLIN, 0};
+		struct err e = {0};
+		size_t n = 0;
+
+		/* after the writers are gone, one more read sees whatever they committed last */
+		if (running && poll(&pf, 1, 0) == 1)
+			running = false;
+		assert_int_equal(ledger_feed(&x->lg, pos, NULL, 37, &ev, &n, &e), 0);
+		for (size_t i = 0; i < n; i++) {
+			int k = !strcmp(ev[i].plan_id, plans[1]);
+			if (pos)
+				assert_int_equal(ev[i].seq, pos + 1);
+			pos = ev[i].seq;
+			seen++;
+			if (strcmp(ev[i].plan_id, plans[0]) && strcmp(ev[i].plan_id, plans[1]))
+				continue;
+			if (ev[i].has_before && last[k].known &&
+			    memcmp(&ev[i].before, &last[k].after, sizeof(ev[i].before)) &&
+			    memcmp(&ev[i].before, &last[k].before, sizeof(ev[i].before)))
+				fail_msg("position %lld: plan %d's counts go from left %lld to a change made at left %lld",
+					 (long long)ev[i].seq, k, (long long)last[k].after.left, (long long)ev[i].before.left);
+			if (ev[i].has_after) {
+				last[k].before = ev[i].has_before ? ev[i].before : ev[i].after;
+				last[k].after = ev[i].after;
+				last[k].known = true;
+			}
+			audit_event_clear(&ev[i]);
+		}
+		free(ev);
+		if (!running && n == 0)
+			break;
+	}
+	close(fds[0]);
+	while (wait(&status) > 0)
+		assert_int_equal(status, 0);
+	/* plan.created twice, then per purchase seat.held, payment.succeeded and
+	 * subscription.activated, per cancel subscription.cancelled and seat.released */
+	assert_int_equal(seen, 2 + PROCS * EACH * 3 + PROCS * (EACH / 2) * 2);
+	for (int k = 0; k < 2; k++) {
+		struct plan p = {0};
+		struct err e = {0};
+		assert_int_equal(ledger_plan_get(&x->lg, plans[k], &p, &e), 0);
+		assert_int_equal(last[k].after.left, p.subscriptions_left);
+		assert_int_equal(last[k].after.held, p.subscriptions_held);
+		plan_clear(&p);
+	}
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
 static int run_on(const char *url, const char *name)
 {
 	const struct CMUnitTest tests[] = {
@@ -893,6 +993,7 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_plan_change_credit_made_by_the_reaper),
 		cmocka_unit_test(test_racing_processes_sell_exactly_capacity),
 		cmocka_unit_test(test_sessions_race_their_deadline),
+		cmocka_unit_test(test_feed_in_commit_order),
 	};
 
 	snprintf(store_url, sizeof(store_url), "%s", url);
