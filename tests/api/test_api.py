@@ -642,6 +642,55 @@ class Audit(Envelope):
         self.assertError(S.admin("GET", "/api/audit-logs?limit=1000"), 400, "VALIDATION_ERROR")
 
 
+class Events(Envelope):
+    def head(self):
+        after = 0
+        while True:
+            r = S.admin("GET", "/api/events?limit=1000&after=%d" % after).json
+            if not r["events"]:
+                return after
+            after = r["nextAfter"]
+
+    def test_feed_in_order(self):
+        start = self.head()
+        p = S.create_plan(capacity=2)
+        s = S.request("POST", "/api/checkout-sessions", {"planId": p["id"], "customer": {"email": "feed@example.com", "name": "F"}},
+                      {"Idempotency-Key": str(uuid.uuid4()), "X-Trace-Id": "feed-trace"}).json
+        S.request("POST", "/api/checkout-sessions/%s/expire" % s["id"], {},
+                  {"Authorization": "Bearer " + s["clientSecret"], "Idempotency-Key": str(uuid.uuid4())})
+        b = S.purchase(p["id"]).json
+        r = S.admin("GET", "/api/events?after=%d" % start)
+        self.assertEqual(r.status, 200)
+        evs = r.json["events"]
+        self.assertEqual([e["type"] for e in evs],
+                         ["plan.created", "seat.held", "checkout.created", "checkout.expired", "seat.released",
+                          "seat.held", "payment.succeeded", "subscription.activated"])
+        self.assertEqual([e["seq"] for e in evs], list(range(start + 1, start + 9)))
+        self.assertEqual(r.json["nextAfter"], start + 8)
+        held = evs[1]
+        self.assertEqual(set(held), {"seq", "id", "type", "at", "traceId", "data"})
+        self.assertEqual(held["traceId"], "feed-trace")
+        self.assertEqual((held["data"]["planId"], held["data"]["resourceId"]), (p["id"], s["id"]))
+        self.assertEqual((held["data"]["before"]["subscriptions_left"], held["data"]["after"]["subscriptions_left"]), (2, 1))
+        self.assertEqual(evs[6]["data"]["payment"]["status"], "succeeded")
+        self.assertEqual(evs[7]["data"]["resourceId"], b["id"])
+        # paging by position, and a type alone
+        two = S.admin("GET", "/api/events?after=%d&limit=2" % start).json
+        self.assertEqual(([e["seq"] for e in two["events"]], two["nextAfter"]), ([start + 1, start + 2], start + 2))
+        only = S.admin("GET", "/api/events?after=%d&type=seat.held" % start).json
+        self.assertEqual([e["seq"] for e in only["events"]], [start + 2, start + 6])
+        # nothing after the end: the same position again
+        end = S.admin("GET", "/api/events?after=%d" % (start + 8)).json
+        self.assertEqual((end["events"], end["nextAfter"]), ([], start + 8))
+
+    def test_feed_refusals(self):
+        self.assertError(S.request("GET", "/api/events"), 401, "UNAUTHORIZED")
+        for q in ("after=-1", "after=x", "after=", "after=1.5", "after=99999999999999999999", "limit=0", "limit=1001",
+                  "limit=ten", "type=Seat.Held", "type=" + "a" * 40, "type=%00"):
+            r = S.admin("GET", "/api/events?" + q)
+            self.assertError(r, 400, "VALIDATION_ERROR")
+
+
 class Idempotency(Envelope):
     def test_other_routes_honour_the_key(self):
         key = str(uuid.uuid4())

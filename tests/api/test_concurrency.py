@@ -3,6 +3,7 @@ The simulated processor takes 20 ms a charge, so purchases overlap as they would
 
 import collections
 import random
+import threading
 import unittest
 import uuid
 
@@ -29,6 +30,16 @@ def audit_count(plan_id, action):
         cursor = r["nextCursor"]
         if not cursor:
             return n
+
+
+def feed_head():
+    """The feed's last position now."""
+    after = 0
+    while True:
+        r = S.admin("GET", "/api/events?limit=1000&after=%d" % after).json
+        if not r["events"]:
+            return after
+        after = r["nextAfter"]
 
 
 class Concurrency(unittest.TestCase):
@@ -154,6 +165,50 @@ class Concurrency(unittest.TestCase):
         qa, qb = S.plan(a["id"]), S.plan(b["id"])
         self.assertEqual((qb["subscriptions_left"], qb["subscriptions_held"]), (0, 0))
         self.assertEqual((qa["subscriptions_left"], qa["subscriptions_held"]), (moved, 0))
+        self.assertChecks()
+
+    def test_feed_poller_sees_1000_concurrent_changes_once_in_order(self):
+        # 500 purchases on two plans, each two units (the hold, the payment), while a poller
+        # reads the feed: every position once, in order, no gap; each plan's counts follow one
+        # another in feed order; the last poll has every event
+        plans = [S.create_plan(capacity=250), S.create_plan(capacity=250)]
+        ids = {p["id"]: i for i, p in enumerate(plans)}
+        start = feed_head()
+        seen, done = [], threading.Event()
+
+        def poll():
+            after = start
+            while True:
+                finished = done.is_set()
+                r = S.admin("GET", "/api/events?limit=97&after=%d" % after)
+                assert r.status == 200, r
+                seen.extend(r.json["events"])
+                after = r.json["nextAfter"]
+                if finished and not r.json["events"]:
+                    return
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            results = parallel(500, lambda i: S.purchase(plans[i % 2]["id"]))
+        finally:
+            done.set()
+            poller.join()
+        self.assertEqual(collections.Counter(r.status for r in results), {201: 500})
+        self.assertEqual([e["seq"] for e in seen], list(range(start + 1, start + 1 + len(seen))))
+        self.assertEqual(collections.Counter(e["type"] for e in seen),
+                         {"seat.held": 500, "payment.succeeded": 500, "subscription.activated": 500})
+        last = [None, None]
+        for e in seen:
+            k, d = ids.get(e["data"]["planId"]), e["data"]
+            if k is None or d["after"] is None:
+                continue
+            if last[k] is not None:
+                self.assertIn(d["before"], last[k], (e, last[k]))
+            last[k] = (d["before"], d["after"])
+        for k, p in enumerate(plans):
+            q = S.plan(p["id"])
+            self.assertEqual(last[k][1]["subscriptions_left"], q["subscriptions_left"])
         self.assertChecks()
 
     def test_2000_attempts_on_500_seats(self):

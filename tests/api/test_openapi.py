@@ -193,6 +193,9 @@ class Responses(unittest.TestCase):
         self.call("GET", "/api/customers/%s/subscriptions" % ("d" * 24), admin=True)
         self.call("GET", "/api/audit-logs?limit=5&planId=" + pid, admin=True)
         self.call("GET", "/api/audit-logs", headers=token)
+        self.call("GET", "/api/events?limit=20", admin=True)
+        self.call("GET", "/api/events?after=-1", admin=True)
+        self.call("GET", "/api/events", headers=token)
         plan2 = self.call("POST", "/api/plans", {"name": "Spec S " + uuid.uuid4().hex[:8], "price_cents": 300,
                                                  "total_capacity": 3, "max_per_customer": 2}, admin=True).json
         cs_body = {"planId": plan2["id"], "quantity": 2, "customer": {"email": "cs@example.com", "name": "S"}}
