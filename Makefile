@@ -3,7 +3,7 @@
 # what a fresh Debian 12 machine lacks first (scripts/deps.sh), then build in a sub-make so
 # pkg-config sees the freshly installed libraries.
 
-PKGS     := fcgi json-c sqlite3 uuid libcrypto libmongoc-1.0 libpq
+PKGS     := fcgi json-c sqlite3 uuid libcrypto libcurl libmongoc-1.0 libpq
 BUILD    ?= build
 BIN      ?= cgi-bin/numatix
 SAN      ?=

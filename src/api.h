@@ -29,6 +29,12 @@ void api_customers_subscriptions(struct request *rq, struct response *rs);
 
 void api_audit_list(struct request *rq, struct response *rs);
 void api_events(struct request *rq, struct response *rs);
+void api_webhooks_create(struct request *rq, struct response *rs);
+void api_webhooks_list(struct request *rq, struct response *rs);
+void api_webhooks_delete(struct request *rq, struct response *rs);
+void api_webhooks_deliveries(struct request *rq, struct response *rs);
+/* Whether t spells an event type (seat.held): 1 to 39 of a-z . _ */
+bool api_event_type_valid(const char *t);
 void api_health(struct request *rq, struct response *rs);
 void api_metrics(struct request *rq, struct response *rs);
 

@@ -50,8 +50,7 @@ out:
 	free(pg.cursor);
 }
 
-/* The feed's type filter: an action's spelling (seat.held), at most 39 characters. */
-static bool type_valid(const char *t)
+bool api_event_type_valid(const char *t)
 {
 	size_t n = strlen(t);
 
@@ -69,7 +68,7 @@ void api_events(struct request *rq, struct response *rs)
 	if (api_query_int(rq, rs, "after", 0, INT64_MAX, 0, &after) ||
 	    api_query_int(rq, rs, "limit", 1, 1000, 100, &limit))
 		goto out;
-	if (type && !type_valid(type)) {
+	if (type && !api_event_type_valid(type)) {
 		response_invalid(rs, rq, "type", "must be an event type such as seat.held");
 		goto out;
 	}

@@ -1,6 +1,7 @@
 /* cmd.c - the commands of the one binary, in one table. */
 #include "cmd.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcgiapp.h>
 #include <stdarg.h>
@@ -16,6 +17,7 @@
 #include "ids.h"
 #include "log.h"
 #include "reaper.h"
+#include "webhook.h"
 #include "router.h"
 #include "server.h"
 #include "store.h"
@@ -150,6 +152,34 @@ static int cmd_check(const struct config *cfg, int argc, char **argv)
 	return rc;
 }
 
+static int cmd_deliver(const struct config *cfg, int argc, char **argv)
+{
+	struct deliver_stats st;
+	struct store *s;
+	struct ledger lg;
+	struct err e = {0};
+	char host[64] = "", holder[96];
+	int rc = 1;
+
+	(void)argc;
+	(void)argv;
+	if (!(s = open_store(cfg, &lg)))
+		return 1;
+	gethostname(host, sizeof(host) - 1);
+	snprintf(holder, sizeof(holder), "%s:%d", host, (int)getpid());
+	if (webhook_deliver(&lg, holder, (int64_t)cfg->webhook_retry_h * 3600 * 1000, NULL, &st, &e))
+		fprintf(stderr, "numatix: deliver: %s\n", e.msg);
+	else {
+		if (st.ran)
+			printf("deliver: %d delivered, %d failed, %d to retry\n", st.delivered, st.failed, st.retrying);
+		else
+			printf("deliver: another sender is running; nothing done\n");
+		rc = 0;
+	}
+	store_close(s);
+	return rc;
+}
+
 static int cmd_reap(const struct config *cfg, int argc, char **argv)
 {
 	struct reap_stats st;
@@ -245,13 +275,14 @@ static const struct cmd {
 	int (*fn)(const struct config *cfg, int argc, char **argv);
 	const char *help;
 } cmds[] = {
-	{"serve", cmd_serve, "run the FastCGI server: socket, worker pool, reaper"},
+	{"serve", cmd_serve, "run the FastCGI server: socket, worker pool, reaper, webhook sender"},
 	{"worker", cmd_worker, "serve FastCGI on the socket given as stdin (spawn-fcgi)"},
 	{"cgi", cmd_cgi, "answer one CGI request (also chosen when GATEWAY_INTERFACE is set)"},
 	{"seed", cmd_seed, "create the demo plans that are missing"},
 	{"reset", cmd_reset, "delete all data (--yes)"},
 	{"check", cmd_check, "verify the invariants on the live store; exit 1 on a violation"},
 	{"reap", cmd_reap, "release expired holds and settle abandoned purchases once (for cron)"},
+	{"deliver", cmd_deliver, "send the webhook deliveries that are due once (for cron)"},
 	{"backup", cmd_backup, "copy the live SQLite store into FILE, consistently, while it serves"},
 	{"routes", cmd_routes, "list the API's routes as the server matches them"},
 };
@@ -272,7 +303,7 @@ static const char ENVIRONMENT[] =
 	"  NUMATIX_LOG            stderr (default) or an absolute file path, JSON lines\n"
 	"  NUMATIX_LOG_LEVEL      debug, info (default), warn or error\n"
 	"  NUMATIX_PAYMENT_LATENCY_MS, NUMATIX_MAX_BODY, NUMATIX_REAP_INTERVAL,\n"
-	"  NUMATIX_KEY_RETENTION_HOURS\n"
+	"  NUMATIX_KEY_RETENTION_HOURS, NUMATIX_WEBHOOK_RETRY_HOURS (72)\n"
 	"  NUMATIX_CONFIG         a file of KEY=VALUE lines for any of these; the environment wins\n";
 
 /* Help goes to stdout and exits 0 when asked for; after a mistake, to stderr with 2. */
@@ -308,6 +339,8 @@ int cmd_main(int argc, char **argv)
 	}
 	if (wants_help(name))
 		return usage(stdout, 0);
+	/* once, before any thread: the webhook sender's HTTP client */
+	curl_global_init(CURL_GLOBAL_DEFAULT);
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		if (strcmp(cmds[i].name, name))
 			continue;

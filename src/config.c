@@ -18,7 +18,7 @@ static const char *const known[] = {
 	"NUMATIX_DB", "NUMATIX_ADMIN_TOKEN", "NUMATIX_SOCKET", "NUMATIX_WORKERS", "NUMATIX_THREADS",
 	"NUMATIX_STORE_HANDLES", "NUMATIX_HOLD_TTL", "NUMATIX_PAYMENT_LATENCY_MS", "NUMATIX_MAX_BODY",
 	"NUMATIX_REAP_INTERVAL", "NUMATIX_KEY_RETENTION_HOURS", "NUMATIX_LOG_LEVEL", "NUMATIX_LOG",
-	"NUMATIX_CORS_ORIGINS", "NUMATIX_CHECKOUT_TTL", "NUMATIX_USER",
+	"NUMATIX_CORS_ORIGINS", "NUMATIX_CHECKOUT_TTL", "NUMATIX_USER", "NUMATIX_WEBHOOK_RETRY_HOURS",
 };
 #define NKNOWN (sizeof(known) / sizeof(known[0]))
 
@@ -248,7 +248,8 @@ int config_load(struct config *cfg, struct err *e)
 	    env_int("NUMATIX_PAYMENT_LATENCY_MS", 0, 0, 60000, &cfg->payment_latency_ms, e) ||
 	    env_int("NUMATIX_MAX_BODY", 16384, 256, 1 << 20, &cfg->max_body, e) ||
 	    env_int("NUMATIX_REAP_INTERVAL", 10, 1, 3600, &cfg->reap_interval_s, e) ||
-	    env_int("NUMATIX_KEY_RETENTION_HOURS", 24, 1, 24 * 365, &cfg->key_retention_h, e))
+	    env_int("NUMATIX_KEY_RETENTION_HOURS", 24, 1, 24 * 365, &cfg->key_retention_h, e) ||
+	    env_int("NUMATIX_WEBHOOK_RETRY_HOURS", 72, 1, 24 * 30, &cfg->webhook_retry_h, e))
 		goto out;
 	v = setting("NUMATIX_LOG_LEVEL");
 	if ((cfg->log_level = v ? log_level_parse(v) : LOG_LEVEL_INFO) < 0) {

@@ -21,6 +21,7 @@ struct config {
 	int max_body;            /* NUMATIX_MAX_BODY bytes */
 	int reap_interval_s;     /* NUMATIX_REAP_INTERVAL */
 	int key_retention_h;     /* NUMATIX_KEY_RETENTION_HOURS */
+	int webhook_retry_h;     /* NUMATIX_WEBHOOK_RETRY_HOURS: how long a failing delivery is retried */
 	int log_level;           /* NUMATIX_LOG_LEVEL: debug, info, warn, error (enum log_level) */
 	char *log_path;          /* NUMATIX_LOG: "stderr" or a file appended to */
 	char **cors_origins;     /* NUMATIX_CORS_ORIGINS: allowed origins, NULL-terminated; "*" any */

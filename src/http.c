@@ -183,6 +183,8 @@ static const struct {
 	{"SESSION_NOT_FOUND", 404, "Checkout session not found"},
 	{"SESSION_EXPIRED", 409, "The checkout session expired; any charge is refunded"},
 	{"SESSION_COMPLETED", 409, "The checkout session is completed already"},
+	{"WEBHOOK_ENDPOINT_NOT_FOUND", 404, "Webhook endpoint not found"},
+	{"WEBHOOK_LIMIT_REACHED", 409, "As many webhook endpoints exist as the service keeps"},
 };
 
 void response_err(struct response *rs, const struct request *rq, const struct err *e)

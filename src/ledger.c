@@ -193,6 +193,50 @@ int ledger_feed(struct ledger *lg, int64_t after, const char *type, int limit, s
 	return lg->store->ops->feed_read(lg->store, after, type, limit, out, n, e);
 }
 
+int ledger_webhook_get(struct ledger *lg, const char *id, struct webhook *out, struct err *e)
+{
+	struct webhook *all = NULL;
+	size_t n = 0;
+	int rc = -1;
+
+	memset(out, 0, sizeof(*out));
+	if (lg->store->ops->webhook_list(lg->store, &all, &n, e))
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		if (rc && !strcmp(all[i].id, id)) {
+			*out = all[i];
+			rc = 0;
+		} else {
+			webhook_clear(&all[i]);
+		}
+	}
+	free(all);
+	if (rc)
+		refuse(e, ERR_NOT_FOUND, "WEBHOOK_ENDPOINT_NOT_FOUND", "no webhook endpoint", id);
+	return rc;
+}
+
+int ledger_delivery_list(struct ledger *lg, const char *endpoint_id, const struct page_req *pr,
+			 struct delivery **out, size_t *n, char next[CURSOR_LEN], struct err *e)
+{
+	struct seq_page pg = {.limit = pr->limit + 1};
+	struct webhook w;
+
+	*out = NULL;
+	*n = 0;
+	next[0] = '\0';
+	if (cursor_decode(pr->cursor, &pg, e) || ledger_webhook_get(lg, endpoint_id, &w, e))
+		return -1;
+	webhook_clear(&w);
+	if (lg->store->ops->delivery_list(lg->store, endpoint_id, &pg, out, n, e))
+		return -1;
+	if (*n > (size_t)pr->limit) {
+		--*n;
+		cursor_encode((*out)[*n - 1].seq, (*out)[*n - 1].event_id, next);
+	}
+	return 0;
+}
+
 int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const struct page_req *pr,
 		      struct audit_event **out, size_t *n, char next[CURSOR_LEN], struct err *e)
 {

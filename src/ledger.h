@@ -86,6 +86,13 @@ int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const str
 int ledger_feed(struct ledger *lg, int64_t after, const char *type, int limit, struct audit_event **out,
 		size_t *n, struct err *e);
 
+/* A webhook endpoint by id: 0, or -1 with ERR_NOT_FOUND (WEBHOOK_ENDPOINT_NOT_FOUND). out:
+ * free with webhook_clear. */
+int ledger_webhook_get(struct ledger *lg, const char *id, struct webhook *out, struct err *e);
+/* An endpoint's deliveries, newest event first (404 when the endpoint is not). *out: new, free(). */
+int ledger_delivery_list(struct ledger *lg, const char *endpoint_id, const struct page_req *pg,
+			 struct delivery **out, size_t *n, char next[CURSOR_LEN], struct err *e);
+
 /* The refusal of a hold for its seats: sold out (details.available), more than the plan's
  * max_per_order (a validation error of quantity), or the customer's limit (details.limit and
  * held). */

@@ -32,6 +32,14 @@ void audit_event_clear(struct audit_event *a)
 	memset(a, 0, sizeof(*a));
 }
 
+void webhook_clear(struct webhook *w)
+{
+	free(w->url);
+	free(w->events);
+	free(w->description);
+	memset(w, 0, sizeof(*w));
+}
+
 void key_record_clear(struct key_record *k)
 {
 	free(k->reply.body);

@@ -140,6 +140,34 @@ struct audit_event {
 };
 void audit_event_clear(struct audit_event *a);
 
+/* A webhook endpoint: where events are POSTed, signed with its secret. */
+#define WEBHOOK_SECRET_LEN 38             /* "whsec_" + 32 hex */
+struct webhook {
+	char id[ID_LEN + 1];
+	char *url;                        /* http:// or https:// */
+	char *events;                     /* JSON array text: ["*"] or event types */
+	char *description;
+	char secret[WEBHOOK_SECRET_LEN + 1];
+	char status[12];                  /* "enabled" | "disabled" (it answered 410 Gone) */
+	int64_t created_at;
+	/* The feed position up to which every event it takes was delivered or failed: its next
+	 * event is the first after it. Starts at the feed's last position when created. */
+	int64_t cursor;
+};
+void webhook_clear(struct webhook *w);
+
+/* One event's delivery to one endpoint: its attempts so far. */
+struct delivery {
+	char endpoint_id[ID_LEN + 1];
+	int64_t seq;                      /* the event's feed position */
+	char event_id[ID_LEN + 1];
+	int attempts;
+	int last_status;                  /* the endpoint's HTTP status; 0: no answer */
+	char last_error[128];             /* "" or why the last attempt failed */
+	char state[12];                   /* "pending" | "delivered" | "failed" */
+	int64_t first_attempt_at, next_attempt_at, updated_at;
+};
+
 /* A final answer, stored byte for byte on its Idempotency-Key for replays. */
 struct reply {
 	int status;

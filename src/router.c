@@ -24,6 +24,10 @@ static const struct route routes[] = {
 	{"GET", "/api/customers/:id/subscriptions", api_customers_subscriptions, AUTH_ADMIN, IDEM_NONE},
 	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE},
 	{"GET", "/api/events", api_events, AUTH_ADMIN, IDEM_NONE},
+	{"POST", "/api/webhook-endpoints", api_webhooks_create, AUTH_ADMIN, IDEM_HONOURED},
+	{"GET", "/api/webhook-endpoints", api_webhooks_list, AUTH_ADMIN, IDEM_NONE},
+	{"DELETE", "/api/webhook-endpoints/:id", api_webhooks_delete, AUTH_ADMIN, IDEM_NONE},
+	{"GET", "/api/webhook-endpoints/:id/deliveries", api_webhooks_deliveries, AUTH_ADMIN, IDEM_NONE},
 	/* loopback only: nginx refuses it from anywhere else */
 	{"GET", "/api/metrics", api_metrics, AUTH_ANYONE, IDEM_NONE},
 };

@@ -1,5 +1,5 @@
 /* server.c - the FastCGI server's master process. It never opens the store while it serves: each
- * worker, and the one reaper process, opens its own handle after fork and keeps it. */
+ * worker, the reaper and the webhook sender open their own handle after fork and keep it. */
 #include "server.h"
 
 #include <errno.h>
@@ -23,6 +23,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "reaper.h"
+#include "webhook.h"
 #include "store.h"
 #include "util.h"
 #include "worker.h"
@@ -30,10 +31,13 @@
 #define LISTEN_FD_ENV "NUMATIX_LISTEN_FD"
 #define STOP_GRACE_S 30
 
+/* The background processes beside the workers, each one long-lived with one store handle. */
+enum { SVC_REAPER, SVC_SENDER, NSVC };
+
 struct pool {
 	pid_t *pids;          /* 0: a free slot to fill */
 	int n;
-	pid_t reaper;
+	pid_t svc[NSVC];      /* 0: to start */
 	int64_t respawn_at;   /* ms; a worker that dies at once is not respawned in a tight loop */
 };
 
@@ -128,21 +132,56 @@ static pid_t spawn_worker(int fd, const struct config *cfg, const sigset_t *orig
 	return pid < 0 ? 0 : pid;
 }
 
-/* The reaper: one long-lived process with one store handle, a pass every interval. It keeps
- * the master's blocked signals and waits for them between passes, so a stop or a reload
- * never cuts a pass short. */
-static void reaper_loop(const struct config *cfg)
+/* A stop asked of a background process while it works (its signals stay blocked). */
+static bool stop_pending(void)
 {
-	struct timespec ts = {cfg->reap_interval_s, 0};
-	struct store *s = NULL;
+	sigset_t pending;
+
+	sigpending(&pending);
+	return sigismember(&pending, SIGTERM) || sigismember(&pending, SIGINT) || sigismember(&pending, SIGHUP);
+}
+
+static void reap_pass(struct ledger *lg, const struct config *cfg, const char *holder)
+{
 	struct reap_stats st;
+	struct err e = {0};
+
+	(void)cfg;
+	if (reaper_run(lg, holder, &st, &e))
+		LOG_WARN(NULL, "reaper: %s", e.msg);
+	else if (st.ran)
+		metrics_reaper_pass(st.expired, st.refunded);
+}
+
+static void send_pass(struct ledger *lg, const struct config *cfg, const char *holder)
+{
+	struct deliver_stats st;
+	struct err e = {0};
+
+	if (webhook_deliver(lg, holder, (int64_t)cfg->webhook_retry_h * 3600 * 1000, stop_pending, &st, &e))
+		LOG_WARN(NULL, "webhooks: %s", e.msg);
+}
+
+static const struct service {
+	const char *name;     /* for ps and for the operator */
+	void (*pass)(struct ledger *lg, const struct config *cfg, const char *holder);
+} services[NSVC] = {
+	[SVC_REAPER] = {"numatix-reaper", reap_pass},
+	[SVC_SENDER] = {"numatix-sender", send_pass},
+};
+
+/* A background process: a pass every interval (the reaper's NUMATIX_REAP_INTERVAL; the webhook
+ * sender's one second). It keeps the master's blocked signals and waits for them between
+ * passes, so a stop or a reload never cuts a pass short. */
+static void service_loop(const struct config *cfg, const struct service *svc, int interval_s)
+{
+	struct timespec ts = {interval_s, 0};
+	struct store *s = NULL;
 	struct ledger lg;
 	char host[64] = "", holder[96];
 	sigset_t stop;
-	int sig;
 
-	/* Named apart from the workers, for ps and for the operator. */
-	prctl(PR_SET_NAME, "numatix-reaper");
+	prctl(PR_SET_NAME, svc->name);
 	sigemptyset(&stop);
 	sigaddset(&stop, SIGTERM);
 	sigaddset(&stop, SIGINT);
@@ -152,24 +191,21 @@ static void reaper_loop(const struct config *cfg)
 	do {
 		struct err e = {0};
 		if (!s && !(s = store_open(cfg->db_url, &e))) {
-			LOG_WARN(NULL, "reaper: %s", e.msg);
+			LOG_WARN(NULL, "%s: %s", svc->name, e.msg);
 			continue;
 		}
 		app_ledger_init(&lg, s, cfg);
-		if (reaper_run(&lg, holder, &st, &e))
-			LOG_WARN(NULL, "reaper: %s", e.msg);
-		else if (st.ran)
-			metrics_reaper_pass(st.expired, st.refunded);
-	} while ((sig = sigtimedwait(&stop, NULL, &ts)) < 0);
+		svc->pass(&lg, cfg, holder);
+	} while (sigtimedwait(&stop, NULL, &ts) < 0);
 	store_close(s);
 }
 
-static pid_t spawn_reaper(const struct config *cfg)
+static pid_t spawn_service(const struct config *cfg, int which)
 {
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		reaper_loop(cfg);
+		service_loop(cfg, &services[which], which == SVC_REAPER ? cfg->reap_interval_s : 1);
 		_exit(0);
 	}
 	return pid < 0 ? 0 : pid;
@@ -182,8 +218,9 @@ static void fill(struct pool *p, int fd, const struct config *cfg, const sigset_
 	for (int i = 0; i < p->n; i++)
 		if (!p->pids[i] && (p->pids[i] = spawn_worker(fd, cfg, orig)) == 0)
 			break;
-	if (!p->reaper)
-		p->reaper = spawn_reaper(cfg);
+	for (int i = 0; i < NSVC; i++)
+		if (!p->svc[i])
+			p->svc[i] = spawn_service(cfg, i);
 }
 
 /* Collects exited children; a worker's slot is freed for respawn. */
@@ -193,12 +230,16 @@ static void collect(struct pool *p, bool stopping)
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-		if (pid == p->reaper) {
-			p->reaper = 0;
-			if (!stopping)
-				p->respawn_at = now_ms() + 1000;
+		bool svc = false;
+		for (int i = 0; i < NSVC; i++)
+			if (pid == p->svc[i]) {
+				p->svc[i] = 0;
+				svc = true;
+				if (!stopping)
+					p->respawn_at = now_ms() + 1000;
+			}
+		if (svc)
 			continue;
-		}
 		for (int i = 0; i < p->n; i++)
 			if (p->pids[i] == pid) {
 				p->pids[i] = 0;
@@ -216,8 +257,10 @@ static void collect(struct pool *p, bool stopping)
 
 static int live(const struct pool *p)
 {
-	int n = p->reaper ? 1 : 0;
+	int n = 0;
 
+	for (int i = 0; i < NSVC; i++)
+		n += p->svc[i] != 0;
 	for (int i = 0; i < p->n; i++)
 		n += p->pids[i] != 0;
 	return n;
@@ -228,8 +271,9 @@ static void signal_all(const struct pool *p, int sig)
 	for (int i = 0; i < p->n; i++)
 		if (p->pids[i])
 			kill(p->pids[i], sig);
-	if (p->reaper)
-		kill(p->reaper, sig);
+	for (int i = 0; i < NSVC; i++)
+		if (p->svc[i])
+			kill(p->svc[i], sig);
 }
 
 /* SIGTERM to every child, then wait for in-flight requests to finish. */
@@ -283,7 +327,7 @@ int server_run(const struct config *cfg, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if ((fd = listen_open(cfg)) < 0 || drop_root(cfg))
 		return 1;
-	/* Before the first fork: the workers and the reaper count into the same memory. */
+	/* Before the first fork: the workers and the background processes count into the same memory. */
 	metrics_init();
 	p.n = cfg->workers;
 	p.pids = xcalloc((size_t)p.n, sizeof(*p.pids));

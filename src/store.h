@@ -298,6 +298,22 @@ struct store_ops {
 	 * until its purchase is done. *n: how many. */
 	int (*keys_purge)(struct store *s, int64_t before, int *n, struct err *e);
 
+	/* Webhooks. create: the endpoint as given, its cursor set to the feed's last position in
+	 * the same step (it takes the events committed after it). list: every endpoint, oldest
+	 * first, secrets included. delete: the endpoint and its deliveries (*found false when
+	 * absent). */
+	int (*webhook_create)(struct store *s, struct webhook *w, struct err *e);
+#define WEBHOOKS_MAX 100                  /* endpoints a store keeps at most (the API refuses more) */
+	int (*webhook_list)(struct store *s, struct webhook **out, size_t *n, struct err *e);
+	int (*webhook_delete)(struct store *s, const char *id, bool *found, struct err *e);
+	/* One step of a sender: keeps d (when given) as the endpoint's delivery of d->seq, moves
+	 * the endpoint's cursor up to `cursor` (when > its own) and disables it when asked. */
+	int (*webhook_advance)(struct store *s, const char *endpoint_id, const struct delivery *d, int64_t cursor,
+			       bool disable, struct err *e);
+	/* An endpoint's deliveries, newest event first, paged by seq (before_seq). */
+	int (*delivery_list)(struct store *s, const char *endpoint_id, const struct seq_page *pg,
+			     struct delivery **out, size_t *n, struct err *e);
+
 	/* The simulated processor's records, one per key. charge: records a charge (or a
 	 * decline) unless the key has a record, which is returned instead. void: refunds a
 	 * charge, or voids a key with no record; returns the record after. */

@@ -29,6 +29,7 @@ struct mg {
 	mongoc_database_t *db;
 	mongoc_collection_t *plans, *customers, *subs, *keys, *payments, *audit, *leases;
 	mongoc_collection_t *counters;       /* the event feed's last position */
+	mongoc_collection_t *webhooks, *deliveries;
 	mongoc_collection_t *processor;      /* the simulated processor's own records */
 	char not_replset[320];       /* non-empty: a standalone server, and how to fix it */
 };
@@ -1719,6 +1720,159 @@ static int mg_feed_read(struct store *st, int64_t after, const char *type, int l
 	return rc;
 }
 
+/* --- webhooks ----------------------------------------------------------------------------- */
+
+static int mg_webhook_create(struct store *st, struct webhook *w, struct err *e)
+{
+	struct mg *s = MG(st);
+	bson_t *f = BCON_NEW("_id", BCON_UTF8("events")), *counter = NULL, doc = BSON_INITIALIZER, reply = BSON_INITIALIZER;
+	int rc = find_one(s->counters, f, NULL, NULL, &counter, e, "feed counter");
+
+	if (rc >= 0) {
+		w->cursor = counter ? get_int(counter, "seq") : 0;
+		append_oid(&doc, "_id", w->id);
+		BSON_APPEND_UTF8(&doc, "url", w->url);
+		BSON_APPEND_UTF8(&doc, "events", w->events);
+		BSON_APPEND_UTF8(&doc, "description", w->description);
+		BSON_APPEND_UTF8(&doc, "secret", w->secret);
+		BSON_APPEND_UTF8(&doc, "status", w->status);
+		BSON_APPEND_DATE_TIME(&doc, "created_at", w->created_at);
+		BSON_APPEND_INT64(&doc, "cursor", w->cursor);
+		rc = insert(s->webhooks, NULL, &doc, &reply, e, "webhook endpoint");
+	}
+	bson_destroy(&reply);
+	bson_destroy(&doc);
+	bson_destroy(counter);
+	bson_destroy(f);
+	return rc < 0 ? -1 : 0;
+}
+
+static void webhook_item(const bson_t *doc, void *items, size_t i)
+{
+	struct webhook *w = &((struct webhook *)items)[i];
+
+	memset(w, 0, sizeof(*w));
+	get_id(doc, "_id", w->id, sizeof(w->id));
+	w->url = get_strdup(doc, "url");
+	w->events = get_strdup(doc, "events");
+	w->description = get_strdup(doc, "description");
+	get_str(doc, "secret", w->secret, sizeof(w->secret));
+	get_str(doc, "status", w->status, sizeof(w->status));
+	w->created_at = get_int(doc, "created_at");
+	w->cursor = get_int(doc, "cursor");
+}
+
+static int mg_webhook_list(struct store *st, struct webhook **out, size_t *n, struct err *e)
+{
+	bson_t *filter = bson_new();
+	bson_t *opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(1), "_id", BCON_INT32(1), "}", "limit",
+				BCON_INT64(WEBHOOKS_MAX));
+	int rc = find_all(MG(st)->webhooks, filter, opts, sizeof(**out), webhook_item, (void **)out, n, e);
+
+	bson_destroy(filter);
+	bson_destroy(opts);
+	return rc;
+}
+
+static int mg_webhook_delete(struct store *st, const char *id, bool *found, struct err *e)
+{
+	struct mg *s = MG(st);
+	bson_t *f = by_id(id), *of = BCON_NEW("endpoint_id", BCON_UTF8(id)), reply;
+	bson_error_t be;
+	int rc = 0;
+
+	*found = false;
+	if (!mongoc_collection_delete_one(s->webhooks, f, NULL, &reply, &be))
+		rc = mg_fail(&be, &reply, e, "webhook endpoint");
+	else
+		*found = get_int(&reply, "deletedCount") == 1;
+	bson_destroy(&reply);
+	if (rc == 0 && !mongoc_collection_delete_many(s->deliveries, of, NULL, NULL, &be))
+		rc = mg_fail(&be, NULL, e, "webhook deliveries");
+	bson_destroy(f);
+	bson_destroy(of);
+	return rc;
+}
+
+struct webhook_advance_arg {
+	const char *endpoint_id;
+	const struct delivery *d;
+	int64_t cursor;
+	bool disable;
+};
+
+static int webhook_advance_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct webhook_advance_arg *x = arg;
+	const struct delivery *d = x->d;
+	bson_t *f = by_id(x->endpoint_id), *upd = BCON_NEW("$max", "{", "cursor", BCON_INT64(x->cursor), "}");
+	int rc = 0;
+
+	if (d) {
+		bson_t *df = BCON_NEW("endpoint_id", BCON_UTF8(x->endpoint_id), "seq", BCON_INT64(d->seq));
+		bson_t *set = BCON_NEW("$set", "{", "event_id", BCON_UTF8(d->event_id), "attempts", BCON_INT32(d->attempts),
+				       "last_status", BCON_INT32(d->last_status), "last_error", BCON_UTF8(d->last_error),
+				       "state", BCON_UTF8(d->state), "next_attempt_at", BCON_DATE_TIME(d->next_attempt_at),
+				       "updated_at", BCON_DATE_TIME(d->updated_at), "}",
+				       "$setOnInsert", "{", "first_attempt_at", BCON_DATE_TIME(d->first_attempt_at), "}");
+		bson_t *opts = in_session(cs);
+		bson_error_t be;
+
+		BSON_APPEND_BOOL(opts, "upsert", true);
+		bson_destroy(reply);
+		if (!mongoc_collection_update_one(s->deliveries, df, set, opts, reply, &be))
+			rc = mg_fail(&be, reply, e, "webhook delivery");
+		bson_destroy(opts);
+		bson_destroy(df);
+		bson_destroy(set);
+	}
+	if (x->disable)
+		BCON_APPEND(upd, "$set", "{", "status", BCON_UTF8("disabled"), "}");
+	if (rc == 0 && update(s->webhooks, cs, f, upd, reply, e, "webhook endpoint") < 0)
+		rc = -1;
+	bson_destroy(f);
+	bson_destroy(upd);
+	return rc;
+}
+
+static int mg_webhook_advance(struct store *st, const char *endpoint_id, const struct delivery *d, int64_t cursor,
+			      bool disable, struct err *e)
+{
+	struct webhook_advance_arg x = {endpoint_id, d, cursor, disable};
+
+	return transaction(MG(st), webhook_advance_tx, &x, e) < 0 ? -1 : 0;
+}
+
+static void delivery_item(const bson_t *doc, void *items, size_t i)
+{
+	struct delivery *d = &((struct delivery *)items)[i];
+
+	memset(d, 0, sizeof(*d));
+	get_str(doc, "endpoint_id", d->endpoint_id, sizeof(d->endpoint_id));
+	d->seq = get_int(doc, "seq");
+	get_str(doc, "event_id", d->event_id, sizeof(d->event_id));
+	d->attempts = (int)get_int(doc, "attempts");
+	d->last_status = (int)get_int(doc, "last_status");
+	get_str(doc, "last_error", d->last_error, sizeof(d->last_error));
+	get_str(doc, "state", d->state, sizeof(d->state));
+	d->first_attempt_at = get_int(doc, "first_attempt_at");
+	d->next_attempt_at = get_int(doc, "next_attempt_at");
+	d->updated_at = get_int(doc, "updated_at");
+}
+
+static int mg_delivery_list(struct store *st, const char *endpoint_id, const struct seq_page *pg,
+			    struct delivery **out, size_t *n, struct err *e)
+{
+	bson_t *filter = BCON_NEW("endpoint_id", BCON_UTF8(endpoint_id), "seq", "{", "$lt",
+				  BCON_INT64(pg->before_seq ? pg->before_seq : INT64_MAX), "}");
+	bson_t *opts = BCON_NEW("sort", "{", "seq", BCON_INT32(-1), "}", "limit", BCON_INT64(pg->limit));
+	int rc = find_all(MG(st)->deliveries, filter, opts, sizeof(**out), delivery_item, (void **)out, n, e);
+
+	bson_destroy(filter);
+	bson_destroy(opts);
+	return rc;
+}
+
 static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n,
 			    struct err *e)
 {
@@ -1997,7 +2151,7 @@ static int mg_reset(struct store *st, struct err *e)
 {
 	struct mg *s = MG(st);
 	mongoc_collection_t *all[] = {s->audit, s->payments, s->keys, s->subs, s->customers, s->plans, s->leases,
-				      s->processor};
+				      s->processor, s->webhooks, s->deliveries};
 	bson_t *empty = bson_new();
 	bson_error_t be;
 	int rc = 0;
@@ -2021,6 +2175,8 @@ static void mg_close(struct store *st)
 	mongoc_collection_destroy(s->audit);
 	mongoc_collection_destroy(s->leases);
 	mongoc_collection_destroy(s->counters);
+	mongoc_collection_destroy(s->webhooks);
+	mongoc_collection_destroy(s->deliveries);
 	mongoc_collection_destroy(s->processor);
 	mongoc_database_destroy(s->db);
 	mongoc_client_destroy(s->client);
@@ -2053,6 +2209,11 @@ static const struct store_ops mongo_ops = {
 	.sub_list = mg_sub_list,
 	.audit_list = mg_audit_list,
 	.feed_read = mg_feed_read,
+	.webhook_create = mg_webhook_create,
+	.webhook_list = mg_webhook_list,
+	.webhook_delete = mg_webhook_delete,
+	.webhook_advance = mg_webhook_advance,
+	.delivery_list = mg_delivery_list,
 	.lease_take = mg_lease_take,
 	.holds_overdue = mg_holds_overdue,
 	.charges_unrefunded = mg_charges_unrefunded,
@@ -2182,6 +2343,8 @@ static int schema(struct mg *s, struct err *e)
 	static const char *const aud_n[] = {"plan_at", "trace_at", "action_at", "at", "feed"};
 	static const bool aud_u[] = {false, false, false, false, false};
 	static const char *const key_n[] = {"state_created"};
+	static const char *const del_n[] = {"endpoint_seq_unique"};
+	static const bool del_u[] = {true};
 	static const bool key_u[] = {false};
 	bson_t *plan_k[] = {BCON_NEW("name_key", BCON_INT32(1)), BCON_NEW("status", BCON_INT32(1), "price_cents", BCON_INT32(1))};
 	bson_t *cust_k[] = {BCON_NEW("email_key", BCON_INT32(1))};
@@ -2198,6 +2361,7 @@ static int schema(struct mg *s, struct err *e)
 			   BCON_NEW("at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
 			   BCON_NEW("seq", BCON_INT32(1))};
 	bson_t *key_k[] = {BCON_NEW("state", BCON_INT32(1), "created_at", BCON_INT32(1))};
+	bson_t *del_k[] = {BCON_NEW("endpoint_id", BCON_INT32(1), "seq", BCON_INT32(-1))};
 	int rc = 0;
 
 	/* Each call consumes its keys, so all run even after a failure. */
@@ -2207,6 +2371,7 @@ static int schema(struct mg *s, struct err *e)
 	rc |= indexes(s, "payments", 3, pay_n, pay_k, pay_u, e);
 	rc |= indexes(s, "audit_events", 5, aud_n, aud_k, aud_u, e);
 	rc |= indexes(s, "idempotency_keys", 1, key_n, key_k, key_u, e);
+	rc |= indexes(s, "webhook_deliveries", 1, del_n, del_k, del_u, e);
 	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(PLAN_MAX_PER_ORDER_DEFAULT),
 							  "max_per_customer", BCON_INT64(0), "}"), e);
 	rc |= feed_counter(s, e);
@@ -2283,6 +2448,8 @@ struct store *store_mongo_open(const char *url, struct err *e)
 	s->audit = mongoc_database_get_collection(s->db, "audit_events");
 	s->leases = mongoc_database_get_collection(s->db, "leases");
 	s->counters = mongoc_database_get_collection(s->db, "counters");
+	s->webhooks = mongoc_database_get_collection(s->db, "webhook_endpoints");
+	s->deliveries = mongoc_database_get_collection(s->db, "webhook_deliveries");
 	s->processor = mongoc_database_get_collection(s->db, "processor");
 	if (topology(s, url, e) || schema(s, e))
 		goto fail;

@@ -95,6 +95,15 @@ static const char *const MIGRATIONS[] = {
 	"UPDATE audit_events a SET pos = o.n"
 	" FROM (SELECT seq, row_number() OVER (ORDER BY seq) n FROM audit_events) o WHERE a.seq = o.seq;"
 	"CREATE INDEX audit_unplaced ON audit_events (seq) WHERE pos IS NULL;",
+	/* 4: webhook endpoints and their deliveries */
+	"CREATE TABLE webhook_endpoints ("
+	" id TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',"
+	" secret TEXT NOT NULL, status TEXT NOT NULL, created_at BIGINT NOT NULL, cursor BIGINT NOT NULL);"
+	"CREATE TABLE webhook_deliveries ("
+	" endpoint_id TEXT NOT NULL, seq BIGINT NOT NULL, event_id TEXT NOT NULL, attempts INTEGER NOT NULL,"
+	" last_status INTEGER NOT NULL, last_error TEXT NOT NULL, state TEXT NOT NULL,"
+	" first_attempt_at BIGINT NOT NULL, next_attempt_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,"
+	" PRIMARY KEY (endpoint_id, seq));",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -1163,6 +1172,145 @@ static int pg_feed_read(struct store *st, int64_t after, const char *type, int l
 	return 0;
 }
 
+/* --- webhooks ----------------------------------------------------------------------------- */
+
+static int pg_webhook_create(struct store *st, struct webhook *w, struct err *e)
+{
+	/* the feed placed first, so that the cursor is its last position as the endpoint is made */
+	static const char sql[] =
+		"INSERT INTO webhook_endpoints (id, url, events, description, secret, status, created_at, cursor)"
+		" SELECT $1, $2, $3, $4, $5, $6, $7, coalesce(max(pos), 0) FROM audit_events RETURNING cursor";
+	PGresult *r;
+
+	if (tx(PG(st), WRITE, feed_position_tx, NULL, e) < 0 ||
+	    !(r = q(PG(st), sql, e, "tttttti", w->id, w->url, w->events, w->description, w->secret, w->status,
+		    w->created_at)))
+		return -1;
+	w->cursor = col_int(r, 0, 0);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_webhook_list(struct store *st, struct webhook **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT id, url, events, description, secret, status, created_at, cursor FROM webhook_endpoints"
+		" ORDER BY created_at, id LIMIT $1";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "i", (int64_t)WEBHOOKS_MAX)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++) {
+		struct webhook *w = &(*out)[(*n)++];
+		col_copy(r, i, 0, w->id, sizeof(w->id));
+		w->url = col_str(r, i, 1);
+		w->events = col_str(r, i, 2);
+		w->description = col_str(r, i, 3);
+		col_copy(r, i, 4, w->secret, sizeof(w->secret));
+		col_copy(r, i, 5, w->status, sizeof(w->status));
+		w->created_at = col_int(r, i, 6);
+		w->cursor = col_int(r, i, 7);
+	}
+	PQclear(r);
+	return 0;
+}
+
+struct webhook_delete_arg {
+	const char *id;
+	bool *found;
+};
+
+static int webhook_delete_tx(struct pg *s, void *arg, struct err *e)
+{
+	struct webhook_delete_arg *x = arg;
+	int n;
+
+	if (run(q(s, "DELETE FROM webhook_deliveries WHERE endpoint_id = $1", e, "t", x->id)) < 0 ||
+	    (n = run(q(s, "DELETE FROM webhook_endpoints WHERE id = $1", e, "t", x->id))) < 0)
+		return -1;
+	*x->found = n == 1;
+	return 0;
+}
+
+static int pg_webhook_delete(struct store *st, const char *id, bool *found, struct err *e)
+{
+	struct webhook_delete_arg x = {id, found};
+
+	*found = false;
+	return tx(PG(st), WRITE, webhook_delete_tx, &x, e) < 0 ? -1 : 0;
+}
+
+struct webhook_advance_arg {
+	const char *endpoint_id;
+	const struct delivery *d;
+	int64_t cursor;
+	bool disable;
+};
+
+static int webhook_advance_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char keep[] =
+		"INSERT INTO webhook_deliveries (endpoint_id, seq, event_id, attempts, last_status, last_error, state,"
+		" first_attempt_at, next_attempt_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+		" ON CONFLICT (endpoint_id, seq) DO UPDATE SET attempts = excluded.attempts,"
+		" last_status = excluded.last_status, last_error = excluded.last_error, state = excluded.state,"
+		" next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at";
+	static const char move[] =
+		"UPDATE webhook_endpoints SET cursor = greatest(cursor, $1),"
+		" status = CASE WHEN $2::bigint = 1 THEN 'disabled' ELSE status END WHERE id = $3";
+	struct webhook_advance_arg *x = arg;
+	const struct delivery *d = x->d;
+
+	if (d && run(q(s, keep, e, "titiittiii", x->endpoint_id, d->seq, d->event_id, (int64_t)d->attempts,
+		       (int64_t)d->last_status, d->last_error, d->state, d->first_attempt_at, d->next_attempt_at,
+		       d->updated_at)) < 0)
+		return -1;
+	return run(q(s, move, e, "iit", x->cursor, (int64_t)x->disable, x->endpoint_id)) < 0 ? -1 : 0;
+}
+
+static int pg_webhook_advance(struct store *st, const char *endpoint_id, const struct delivery *d, int64_t cursor,
+			      bool disable, struct err *e)
+{
+	struct webhook_advance_arg x = {endpoint_id, d, cursor, disable};
+
+	return tx(PG(st), WRITE, webhook_advance_tx, &x, e) < 0 ? -1 : 0;
+}
+
+static int pg_delivery_list(struct store *st, const char *endpoint_id, const struct seq_page *pg,
+			    struct delivery **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT endpoint_id, seq, event_id, attempts, last_status, last_error, state, first_attempt_at,"
+		" next_attempt_at, updated_at FROM webhook_deliveries WHERE endpoint_id = $1 AND seq < $2"
+		" ORDER BY seq DESC LIMIT $3";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (connected(PG(st), e) ||
+	    !(r = q(PG(st), sql, e, "tii", endpoint_id, pg->before_seq ? pg->before_seq : INT64_MAX, (int64_t)pg->limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++) {
+		struct delivery *d = &(*out)[(*n)++];
+		col_copy(r, i, 0, d->endpoint_id, sizeof(d->endpoint_id));
+		d->seq = col_int(r, i, 1);
+		col_copy(r, i, 2, d->event_id, sizeof(d->event_id));
+		d->attempts = (int)col_int(r, i, 3);
+		d->last_status = (int)col_int(r, i, 4);
+		col_copy(r, i, 5, d->last_error, sizeof(d->last_error));
+		col_copy(r, i, 6, d->state, sizeof(d->state));
+		d->first_attempt_at = col_int(r, i, 7);
+		d->next_attempt_at = col_int(r, i, 8);
+		d->updated_at = col_int(r, i, 9);
+	}
+	PQclear(r);
+	return 0;
+}
+
 /* --- the reaper's facts ------------------------------------------------------------------- */
 
 static int pg_lease_take(struct store *st, const char *name, const char *holder, int64_t now, int64_t until,
@@ -1384,7 +1532,7 @@ static int pg_reset(struct store *st, struct err *e)
 {
 	return connected(PG(st), e) ||
 	       exec(PG(st), "TRUNCATE audit_events, payments, idempotency_keys, subscriptions, customers, plans,"
-			    " leases, processor", e) ? -1 : 0;
+			    " leases, processor, webhook_endpoints, webhook_deliveries", e) ? -1 : 0;
 }
 
 static void pg_close(struct store *st)
@@ -1419,6 +1567,11 @@ static const struct store_ops pg_ops = {
 	.sub_list = pg_sub_list,
 	.audit_list = pg_audit_list,
 	.feed_read = pg_feed_read,
+	.webhook_create = pg_webhook_create,
+	.webhook_list = pg_webhook_list,
+	.webhook_delete = pg_webhook_delete,
+	.webhook_advance = pg_webhook_advance,
+	.delivery_list = pg_delivery_list,
 	.lease_take = pg_lease_take,
 	.holds_overdue = pg_holds_overdue,
 	.charges_unrefunded = pg_charges_unrefunded,

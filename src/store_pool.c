@@ -121,6 +121,13 @@ READ(sub_list, (struct store *s, const char *customer_id, const char *status, co
 		   struct subscription **out, size_t *n, struct err *e), (h, customer_id, status, pg, out, n, e))
 READ(audit_list, (struct store *s, const struct audit_filter *f, const struct seq_page *pg,
 		     struct audit_event **out, size_t *n, struct err *e), (h, f, pg, out, n, e))
+FORWARD(webhook_create, (struct store *s, struct webhook *w, struct err *e), (h, w, e))
+READ(webhook_list, (struct store *s, struct webhook **out, size_t *n, struct err *e), (h, out, n, e))
+FORWARD(webhook_delete, (struct store *s, const char *id, bool *found, struct err *e), (h, id, found, e))
+FORWARD(webhook_advance, (struct store *s, const char *endpoint_id, const struct delivery *d, int64_t cursor,
+			  bool disable, struct err *e), (h, endpoint_id, d, cursor, disable, e))
+READ(delivery_list, (struct store *s, const char *endpoint_id, const struct seq_page *pg, struct delivery **out,
+		     size_t *n, struct err *e), (h, endpoint_id, pg, out, n, e))
 READ(feed_read, (struct store *s, int64_t after, const char *type, int limit, struct audit_event **out,
 		 size_t *n, struct err *e), (h, after, type, limit, out, n, e))
 FORWARD(lease_take, (struct store *s, const char *name, const char *holder, int64_t now, int64_t until,
@@ -191,6 +198,11 @@ static const struct store_ops pool_ops = {
 	.sub_list = pool_sub_list,
 	.audit_list = pool_audit_list,
 	.feed_read = pool_feed_read,
+	.webhook_create = pool_webhook_create,
+	.webhook_list = pool_webhook_list,
+	.webhook_delete = pool_webhook_delete,
+	.webhook_advance = pool_webhook_advance,
+	.delivery_list = pool_delivery_list,
 	.lease_take = pool_lease_take,
 	.holds_overdue = pool_holds_overdue,
 	.charges_unrefunded = pool_charges_unrefunded,

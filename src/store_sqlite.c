@@ -43,7 +43,7 @@
 
 #define STMT_CACHE 64
 #define BUSY_TIMEOUT_MS 10000
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -80,6 +80,17 @@ struct sq {
 	struct gate *gate, *proc_gate;  /* NULL: the file could not be mapped; writers poll */
 	int wal_fd, proc_wal_fd;        /* the WAL files, for group commit; -1 without a gate */
 };
+
+/* Webhook endpoints, and each one's deliveries (version 4). */
+#define WEBHOOK_TABLES \
+	"CREATE TABLE IF NOT EXISTS webhook_endpoints (" \
+	" id TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, description TEXT NOT NULL DEFAULT ''," \
+	" secret TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL, cursor INTEGER NOT NULL);" \
+	"CREATE TABLE IF NOT EXISTS webhook_deliveries (" \
+	" endpoint_id TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL, attempts INTEGER NOT NULL," \
+	" last_status INTEGER NOT NULL, last_error TEXT NOT NULL, state TEXT NOT NULL," \
+	" first_attempt_at INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL, updated_at INTEGER NOT NULL," \
+	" PRIMARY KEY (endpoint_id, seq));"
 
 static const char SCHEMA[] =
 	"CREATE TABLE IF NOT EXISTS plans ("
@@ -127,7 +138,8 @@ static const char SCHEMA[] =
 	"CREATE INDEX IF NOT EXISTS audit_plan ON audit_events(plan_id, seq);"
 	"CREATE INDEX IF NOT EXISTS audit_trace ON audit_events(trace_id, seq);"
 	"CREATE TABLE IF NOT EXISTS leases ("
-	" name TEXT PRIMARY KEY, holder TEXT NOT NULL, until INTEGER NOT NULL);";
+	" name TEXT PRIMARY KEY, holder TEXT NOT NULL, until INTEGER NOT NULL);"
+	WEBHOOK_TABLES;
 
 /* Version 1 kept an event's seat counts as JSON text in before/after; version 2 keeps them as
  * numbers, and a payment's summary in detail. */
@@ -1312,6 +1324,129 @@ static int sq_feed_read(struct store *st_, int64_t after, const char *type, int 
 	return page_rows(st, sizeof(**out), limit, audit_row, (void **)out, n, audit_clear_v, e);
 }
 
+/* --- webhooks ----------------------------------------------------------------------------- */
+
+static int sq_webhook_create(struct store *st_, struct webhook *w, struct err *e)
+{
+	/* one statement: the cursor is the feed's last position as the endpoint is made */
+	static const char sql[] =
+		"INSERT INTO webhook_endpoints (id, url, events, description, secret, status, created_at, cursor)"
+		" SELECT ?, ?, ?, ?, ?, ?, ?, coalesce(max(seq), 0) FROM audit_events RETURNING cursor";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "tttttti", w->id, w->url, w->events, w->description, w->secret,
+			     w->status, w->created_at);
+	int r = step(st, e);
+
+	if (r == 1)
+		w->cursor = sqlite3_column_int64(st, 0);
+	if (r < 0 || run(st, e) < 0)
+		return -1;
+	return 0;
+}
+
+static void webhook_row(sqlite3_stmt *st, void *item)
+{
+	struct webhook *w = item;
+
+	col_copy(st, 0, w->id, sizeof(w->id));
+	w->url = col_str(st, 1);
+	w->events = col_str(st, 2);
+	w->description = col_str(st, 3);
+	col_copy(st, 4, w->secret, sizeof(w->secret));
+	col_copy(st, 5, w->status, sizeof(w->status));
+	w->created_at = sqlite3_column_int64(st, 6);
+	w->cursor = sqlite3_column_int64(st, 7);
+}
+
+static void webhook_clear_v(void *item)
+{
+	webhook_clear(item);
+}
+
+static int sq_webhook_list(struct store *st_, struct webhook **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT id, url, events, description, secret, status, created_at, cursor FROM webhook_endpoints"
+		" ORDER BY created_at, id LIMIT ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "i", (int64_t)WEBHOOKS_MAX);
+
+	return page_rows(st, sizeof(**out), WEBHOOKS_MAX, webhook_row, (void **)out, n, webhook_clear_v, e);
+}
+
+static int sq_webhook_delete(struct store *st_, const char *id, bool *found, struct err *e)
+{
+	struct sq *s = SQ(st_);
+	int n = -1;
+
+	if (BEGIN(s, e))
+		return -1;
+	if (run(q(s, "DELETE FROM webhook_deliveries WHERE endpoint_id = ?", e, "t", id), e) >= 0)
+		n = run(q(s, "DELETE FROM webhook_endpoints WHERE id = ?", e, "t", id), e);
+	if (END(s, n < 0 ? -1 : 0, e))
+		return -1;
+	*found = n == 1;
+	return 0;
+}
+
+static int sq_webhook_advance(struct store *st_, const char *endpoint_id, const struct delivery *d, int64_t cursor,
+			      bool disable, struct err *e)
+{
+	static const char keep[] =
+		"INSERT INTO webhook_deliveries (endpoint_id, seq, event_id, attempts, last_status, last_error, state,"
+		" first_attempt_at, next_attempt_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+		" ON CONFLICT (endpoint_id, seq) DO UPDATE SET attempts = excluded.attempts,"
+		" last_status = excluded.last_status, last_error = excluded.last_error, state = excluded.state,"
+		" next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at";
+	static const char move[] =
+		"UPDATE webhook_endpoints SET cursor = max(cursor, ?),"
+		" status = CASE WHEN ? THEN 'disabled' ELSE status END WHERE id = ?";
+	struct sq *s = SQ(st_);
+	int rc = 0;
+
+	if (BEGIN(s, e))
+		return -1;
+	if (d && run(q(s, keep, e, "titiittiii", endpoint_id, d->seq, d->event_id, (int64_t)d->attempts,
+		       (int64_t)d->last_status, d->last_error, d->state, d->first_attempt_at, d->next_attempt_at,
+		       d->updated_at), e) < 0)
+		rc = -1;
+	if (rc == 0 && run(q(s, move, e, "iit", cursor, (int64_t)disable, endpoint_id), e) < 0)
+		rc = -1;
+	return END(s, rc, e);
+}
+
+static void delivery_row(sqlite3_stmt *st, void *item)
+{
+	struct delivery *d = item;
+
+	col_copy(st, 0, d->endpoint_id, sizeof(d->endpoint_id));
+	d->seq = sqlite3_column_int64(st, 1);
+	col_copy(st, 2, d->event_id, sizeof(d->event_id));
+	d->attempts = sqlite3_column_int(st, 3);
+	d->last_status = sqlite3_column_int(st, 4);
+	col_copy(st, 5, d->last_error, sizeof(d->last_error));
+	col_copy(st, 6, d->state, sizeof(d->state));
+	d->first_attempt_at = sqlite3_column_int64(st, 7);
+	d->next_attempt_at = sqlite3_column_int64(st, 8);
+	d->updated_at = sqlite3_column_int64(st, 9);
+}
+
+static void nothing_v(void *item)
+{
+	(void)item;
+}
+
+static int sq_delivery_list(struct store *st_, const char *endpoint_id, const struct seq_page *pg,
+			    struct delivery **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT endpoint_id, seq, event_id, attempts, last_status, last_error, state, first_attempt_at,"
+		" next_attempt_at, updated_at FROM webhook_deliveries WHERE endpoint_id = ? AND seq < ?"
+		" ORDER BY seq DESC LIMIT ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "tii", endpoint_id, pg->before_seq ? pg->before_seq : INT64_MAX,
+			     (int64_t)pg->limit);
+
+	return page_rows(st, sizeof(**out), pg->limit, delivery_row, (void **)out, n, nothing_v, e);
+}
+
 /* --- the reaper's facts ------------------------------------------------------------------- */
 
 static int sq_lease_take(struct store *st_, const char *name, const char *holder, int64_t now,
@@ -1541,7 +1676,8 @@ static int sq_reset(struct store *st_, struct err *e)
 	int rc = sqlite3_exec(s->db,
 			      "BEGIN IMMEDIATE; DELETE FROM audit_events; DELETE FROM payments;"
 			      " DELETE FROM idempotency_keys; DELETE FROM subscriptions; DELETE FROM customers;"
-			      " DELETE FROM plans; DELETE FROM leases; COMMIT;",
+			      " DELETE FROM plans; DELETE FROM leases; DELETE FROM webhook_deliveries;"
+			      " DELETE FROM webhook_endpoints; COMMIT;",
 			      NULL, NULL, NULL);
 
 	if (rc == SQLITE_OK)
@@ -1653,6 +1789,11 @@ static const struct store_ops sqlite_ops = {
 	.sub_list = sq_sub_list,
 	.audit_list = sq_audit_list,
 	.feed_read = sq_feed_read,
+	.webhook_create = sq_webhook_create,
+	.webhook_list = sq_webhook_list,
+	.webhook_delete = sq_webhook_delete,
+	.webhook_advance = sq_webhook_advance,
+	.delivery_list = sq_delivery_list,
 	.lease_take = sq_lease_take,
 	.holds_overdue = sq_holds_overdue,
 	.charges_unrefunded = sq_charges_unrefunded,
@@ -1737,6 +1878,8 @@ static int schema(struct sq *s, struct err *e)
 			rc = sqlite3_exec(s->db, MIGRATE_1_2, NULL, NULL, NULL);
 		if (rc == SQLITE_OK && (legacy || version == 2))
 			rc = sqlite3_exec(s->db, MIGRATE_2_3, NULL, NULL, NULL);
+		if (rc == SQLITE_OK && (legacy || version == 2 || version == 3))
+			rc = sqlite3_exec(s->db, WEBHOOK_TABLES, NULL, NULL, NULL);
 		if (rc == SQLITE_OK)
 			rc = sqlite3_exec(s->db, "PRAGMA user_version = " STR(SCHEMA_VERSION), NULL, NULL, NULL);
 	}

@@ -183,6 +183,35 @@ struct json_object *view_feed_event(const struct audit_event *a)
 	return o;
 }
 
+struct json_object *view_webhook(const struct webhook *w, bool with_secret)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "id", STR(w->id));
+	ADD(o, "url", STR(w->url));
+	ADD(o, "events", json_tokener_parse(w->events));
+	ADD(o, "description", STR(w->description));
+	ADD(o, "status", STR(w->status));
+	if (with_secret)
+		ADD(o, "secret", STR(w->secret));
+	ADD(o, "createdAt", view_time(w->created_at));
+	return o;
+}
+
+struct json_object *view_delivery(const struct delivery *d)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "eventId", STR(d->event_id));
+	ADD(o, "seq", INT(d->seq));
+	ADD(o, "attempts", INT(d->attempts));
+	ADD(o, "lastStatus", d->last_status ? INT(d->last_status) : NULL);
+	ADD(o, "lastError", *d->last_error ? STR(d->last_error) : NULL);
+	ADD(o, "state", STR(d->state));
+	ADD(o, "nextAttemptAt", !strcmp(d->state, "pending") ? view_time(d->next_attempt_at) : NULL);
+	return o;
+}
+
 struct json_object *view_audit_event(const struct audit_event *a)
 {
 	struct json_object *o = json_object_new_object();

@@ -22,6 +22,9 @@ struct json_object *view_audit_event(const struct audit_event *a);
 /* An event of the feed (and of a webhook delivery): {"seq", "id", "type", "at", "traceId",
  * "data"}, data holding what the change touched and its seat counts. */
 struct json_object *view_feed_event(const struct audit_event *a);
+/* A webhook endpoint; its secret only when with_secret (the answer to its creation). */
+struct json_object *view_webhook(const struct webhook *w, bool with_secret);
+struct json_object *view_delivery(const struct delivery *d);
 /* An RFC 3339 string, or null for 0. */
 struct json_object *view_time(int64_t ms);
 

@@ -68,6 +68,9 @@ class Response:
         return "<%d %s>" % (self.status, self.raw[:300])
 
 
+SERVICES = ("numatix-reaper", "numatix-sender")
+
+
 class Stack:
     """One running stack. env adds to the service's environment."""
 
@@ -160,8 +163,15 @@ class Stack:
         except OSError:
             return ""
 
+    def service_pid(self, name):
+        """The pid of the master's background process named name (numatix-sender), or 0."""
+        master, _ = self.server_pids()
+        kids = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
+        return next((int(k) for k in kids.split() if self._comm(int(k)) == name), 0)
+
     def server_pids(self):
-        """The master's pid and its workers' pids (its reaper process, named numatix-reaper, apart)."""
+        """The master's pid and its workers' pids (its background processes, numatix-reaper and
+        numatix-sender, apart)."""
         out = subprocess.run(["pgrep", "-f", "%s serve" % BIN], capture_output=True, text=True).stdout
         serving = {int(p) for p in out.split()}
         # a master's children run the same command line, and once pids wrap around a child's
@@ -171,7 +181,7 @@ class Stack:
             env = open("/proc/%d/environ" % m, "rb").read()
             if ("NUMATIX_VAR=%s" % self.dir).encode() in env:
                 kids = subprocess.run(["pgrep", "-P", str(m)], capture_output=True, text=True).stdout
-                return m, [int(k) for k in kids.split() if self._comm(int(k)) != "numatix-reaper"]
+                return m, [int(k) for k in kids.split() if self._comm(int(k)) not in SERVICES]
         raise RuntimeError("no master found")
 
     # --- HTTP ------------------------------------------------------------------------------
