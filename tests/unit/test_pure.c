@@ -16,6 +16,7 @@
 #include "jsonx.h"
 #include "router.h"
 #include "valid.h"
+#include "webhook.h"
 
 static struct json_object *parse(const char *s)
 {
@@ -333,6 +334,42 @@ static void test_config(void **state)
 	unsetenv("NUMATIX_DB");
 }
 
+/* Stripe's scheme: t=<unix seconds>,v1=<hex HMAC-SHA256 over "<t>.<body>">, keyed with the whole
+ * secret; the expected value computed apart with Python's hmac module. */
+static void test_webhook_signature(void **state)
+{
+	char sig[WEBHOOK_SIG_LEN];
+
+	(void)state;
+	webhook_sign("whsec_test", 1700000000, "{\"a\":1}", 7, sig);
+	assert_string_equal(sig, "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789");
+}
+
+static void test_webhook_retry_and_types(void **state)
+{
+	const int64_t h = 3600 * 1000, t0 = 1000000;
+	int64_t next = 0;
+
+	(void)state;
+	/* 1 s after the first failure, then doubling, at most an hour apart */
+	assert_true(webhook_retry(1, t0, t0, 72 * h, &next));
+	assert_int_equal(next - t0, 1000);
+	assert_true(webhook_retry(2, t0, t0 + 1000, 72 * h, &next));
+	assert_int_equal(next - (t0 + 1000), 2000);
+	assert_true(webhook_retry(5, t0, t0 + 5000, 72 * h, &next));
+	assert_int_equal(next - (t0 + 5000), 16000);
+	assert_true(webhook_retry(40, t0, t0 + 10 * h, 72 * h, &next));
+	assert_int_equal(next - (t0 + 10 * h), h);
+	/* failed once the window since the first attempt has passed */
+	assert_false(webhook_retry(60, t0, t0 + 72 * h, 72 * h, &next));
+	assert_true(webhook_retry(60, t0, t0 + 72 * h - 1, 72 * h, &next));
+
+	assert_true(webhook_takes("[\"*\"]", "seat.held"));
+	assert_true(webhook_takes("[\"seat.held\",\"payment.refunded\"]", "payment.refunded"));
+	assert_false(webhook_takes("[\"seat.held\"]", "seat.released"));
+	assert_false(webhook_takes("not json", "seat.held"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -345,6 +382,8 @@ int main(void)
 		cmocka_unit_test(test_router),
 		cmocka_unit_test(test_request_and_envelopes),
 		cmocka_unit_test(test_config),
+		cmocka_unit_test(test_webhook_signature),
+		cmocka_unit_test(test_webhook_retry_and_types),
 	};
 	return cmocka_run_group_tests_name("pure", tests, NULL, NULL);
 }
