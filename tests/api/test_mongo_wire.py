@@ -9,6 +9,8 @@ against a real one when MONGO_URI is set."""
 import collections
 import datetime
 import hashlib
+import hmac
+import http.server
 import json
 import os
 import subprocess
@@ -382,6 +384,73 @@ class MongoWire(unittest.TestCase):
         st, body, _ = purchase(self.w)
         self.assertEqual((st, body["code"]), (404, "PLAN_NOT_FOUND"))
         self.assertEqual(self.w.commands("commitTransaction"), [])
+
+    def test_webhook_endpoint_created_at_the_feed_head(self):
+        st, body, err = cgi(self.w, "POST", "/api/webhook-endpoints",
+                            {"url": "https://example.com/hook", "events": ["seat.held"]},
+                            {"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(st, 201, (body, err))
+        doc = self.w.commands("insert", "webhook_endpoints")[0]["documents"][0]
+        self.assertEqual((doc["url"], doc["events"], doc["status"], doc["cursor"], doc["secret"]),
+                         ("https://example.com/hook", '["seat.held"]', "enabled", 41, body["secret"]))
+        self.assertEqual(str(doc["_id"]), body["id"])
+
+    def test_deliver_sends_and_keeps_the_step_in_one_transaction(self):
+        got = []
+
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        self.addCleanup(srv.server_close)
+        self.addCleanup(srv.shutdown)
+        secret = "whsec_" + "ab" * 16
+        ep = ObjectId()
+        self.w.docs["webhook_endpoints"] = [{"_id": ep, "url": "http://127.0.0.1:%d/h" % srv.server_address[1],
+                                             "events": '["*"]', "description": "", "secret": secret,
+                                             "status": "enabled", "created_at": datetime.datetime(2026, 1, 1),
+                                             "cursor": 41}]
+        ev = {"_id": ObjectId(), "seq": 42, "at": datetime.datetime(2026, 1, 2), "action": "seat.held",
+              "actor_type": "customer", "resource_type": "subscription", "resource_id": "r", "plan_id": str(PLAN_ID),
+              "trace_id": "t"}
+
+        def feed(req):
+            after = req.doc["filter"]["seq"]["$gt"]
+            req.reply({"ok": 1, "cursor": {"id": 0, "ns": "numatix.audit_events",
+                                           "firstBatch": [ev] if after < 42 else []}})
+            return True
+        self.w.override("find", "audit_events", feed, once=False)
+        env = {"PATH": os.environ["PATH"], "NUMATIX_DB": self.w.uri(), "NUMATIX_ADMIN_TOKEN": ADMIN}
+        r = subprocess.run([BIN, "deliver"], env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("deliver: 1 delivered, 0 failed, 0 to retry", r.stdout)
+        self.assertEqual(len(got), 1)
+        headers, raw = got[0]
+        t, v1 = [kv.split("=", 1)[1] for kv in headers["Numatix-Signature"].split(",")]
+        self.assertEqual(v1, hmac.new(secret.encode(), t.encode() + b"." + raw, hashlib.sha256).hexdigest())
+        self.assertEqual((json.loads(raw)["seq"], headers["Numatix-Event-Id"]), (42, str(ev["_id"])))
+        # the delivery kept and the cursor moved in one transaction, after the POST
+        keep = self.w.commands("update", "webhook_deliveries")[0]
+        step = txn_of(keep)
+        in_step = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == step]
+        self.assertEqual(in_step, [("update", "webhook_deliveries"), ("update", "webhook_endpoints"),
+                                   ("commitTransaction", None)])
+        u = keep["updates"][0]
+        self.assertEqual((dict(u["q"]), u["upsert"], u["u"]["$set"]["state"], u["u"]["$set"]["attempts"]),
+                         ({"endpoint_id": str(ep), "seq": 42}, True, "delivered", 1))
+        moved = self.w.commands("update", "webhook_endpoints")[0]["updates"][0]
+        self.assertEqual((moved["q"], dict(moved["u"])), ({"_id": ep}, {"$max": {"cursor": 42}}))
+        # one sender at a time: the lease taken first and given back last
+        leases = [d for d in self.w.commands("findAndModify", "leases") if d["query"]["_id"] == "webhooks"]
+        self.assertEqual(len(leases) >= 2, True)
+        self.assertEqual(leases[-1]["update"]["$set"]["until"], datetime.datetime(1970, 1, 1))
 
     def test_quantity_and_customer_limit(self):
         self.w.fam["plans"] = dict(plan_doc(left=6, held=1), max_per_order=10, max_per_customer=4)
