@@ -2,15 +2,19 @@
 the shipped site nginx/fcgiwrap.conf and the settings in a file outside the web root. The
 purchase page and a purchase work through it in Chromium; CGI processes racing for the last
 seats sell exactly the capacity; a retried key is answered once; `numatix reap` (the cron
-line) releases an abandoned hold; check passes."""
+line) releases an abandoned hold; `numatix deliver` (another) sends the webhooks; check passes."""
 
+import hashlib
+import hmac
 import http.client
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import uuid
@@ -192,6 +196,44 @@ class SharedHosting(unittest.TestCase):
         self.assertEqual((plan["subscriptions_left"], plan["subscriptions_held"]), (2, 0))
         r = W.command("check")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_7_webhooks_sent_by_the_cron_deliverer(self):
+        # no server runs here: `numatix deliver`, the cron line, sends what is due, signed
+        got = []
+
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                got.append((self.headers["Numatix-Signature"], raw))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        self.addCleanup(srv.server_close)
+        self.addCleanup(srv.shutdown)
+        admin = {"Authorization": "Bearer " + ADMIN}
+        status, _, ep = W.request("POST", "/api/webhook-endpoints",
+                                  {"url": "http://127.0.0.1:%d/h" % srv.server_address[1], "events": ["*"]}, admin)
+        self.assertEqual(status, 201, ep)
+        self.addCleanup(W.request, "DELETE", "/api/webhook-endpoints/" + ep["id"], None, admin)
+        p = W.plan(1)
+        self.assertEqual(W.purchase(p["id"])[0], 201)
+        r = W.command("deliver")
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "deliver: 4 delivered, 0 failed, 0 to retry"), r.stderr)
+        types = [json.loads(raw)["type"] for sig, raw in got]
+        self.assertEqual(types, ["plan.created", "seat.held", "payment.succeeded", "subscription.activated"])
+        for sig, raw in got:
+            t, v1 = [kv.split("=", 1)[1] for kv in sig.split(",")]
+            self.assertEqual(v1, hmac.new(ep["secret"].encode(), t.encode() + b"." + raw, hashlib.sha256).hexdigest())
+        # nothing more is due: a second run sends nothing again
+        r = W.command("deliver")
+        self.assertEqual(r.stdout.strip(), "deliver: 0 delivered, 0 failed, 0 to retry")
+        self.assertEqual(len(got), 4)
 
     def test_6_the_shipped_site_limits_each_client(self):
         # 50 purchase POSTs as fast as one client sends them (invalid bodies: each CGI run is

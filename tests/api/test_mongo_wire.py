@@ -147,12 +147,14 @@ class MongoWire(unittest.TestCase):
         self.assertEqual((st, body["store"], body["status"]), (200, "mongodb", "ok"))
         specs = {d["createIndexes"]: d for d in self.w.commands("createIndexes")}
         self.assertEqual(set(specs), {"plans", "customers", "subscriptions", "payments", "audit_events",
-                                      "idempotency_keys"})
+                                      "idempotency_keys", "webhook_deliveries"})
         ix = lambda coll: {i["name"]: (dict(i["key"]), i.get("unique", False)) for i in specs[coll]["indexes"]}
         self.assertEqual(ix("subscriptions")["idem_key_unique"], ({"idem_key": 1}, True))
         self.assertEqual(ix("subscriptions")["hold_deadline"], ({"status": 1, "hold_deadline": 1}, False))
         self.assertEqual(ix("payments")["idem_key_kind_unique"], ({"idem_key": 1, "kind": 1}, True))
         self.assertEqual(ix("audit_events")["plan_at"], ({"plan_id": 1, "at": -1, "_id": -1}, False))
+        self.assertEqual(ix("audit_events")["feed"], ({"seq": 1}, False))
+        self.assertEqual(ix("webhook_deliveries")["endpoint_seq_unique"], ({"endpoint_id": 1, "seq": -1}, True))
         self.assertEqual(ix("plans")["name_key_unique"], ({"name_key": 1}, True))
         self.assertEqual(ix("customers")["email_key_unique"], ({"email_key": 1}, True))
         for d in specs.values():
@@ -238,7 +240,7 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(in_hold, [("insert", "idempotency_keys"), ("findAndModify", "customers"),
                                    ("findAndModify", "plans"), ("insert", "subscriptions"),
                                    ("findAndModify", "counters"), ("insert", "audit_events"),
-                                   ("update", "idempotency_keys"),
+                                   ("insert", "audit_events"), ("update", "idempotency_keys"),
                                    ("commitTransaction", None)])
         sub = self.w.commands("insert", "subscriptions")[0]["documents"][0]
         secret_hash = hashlib.sha256(body["clientSecret"].encode()).hexdigest()
