@@ -249,6 +249,30 @@ static int on_payment(void *arg, const struct payment *p)
 	return 0;
 }
 
+/* Invariant 4's feed: every position after the first follows the one before it (after a
+ * reset a store may start past 1). Read after the snapshot, page by page. */
+static int feed_gapless(struct ledger *lg, struct walk *w, struct err *e)
+{
+	int64_t after = 0;
+
+	for (;;) {
+		struct audit_event *ev = NULL;
+		size_t n = 0;
+
+		if (ledger_feed(lg, after, NULL, 1000, &ev, &n, e))
+			return -1;
+		for (size_t i = 0; i < n; i++) {
+			if (after && ev[i].seq != after + 1)
+				REPORT(w, "event feed: position %lld follows %lld", (long long)ev[i].seq, (long long)after);
+			after = ev[i].seq;
+			audit_event_clear(&ev[i]);
+		}
+		free(ev);
+		if (n == 0)
+			return 0;
+	}
+}
+
 int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violations, struct err *e)
 {
 	struct walk w = {.report = report, .arg = arg};
@@ -261,6 +285,7 @@ int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violati
 		qsort(w.plans, w.nplans, sizeof(*w.plans), plan_cmp);
 		plans_done(&w);
 		activations_done(&w);
+		rc = feed_gapless(lg, &w, e);
 	}
 	free(w.by_id);
 	free(w.charged);

@@ -1,5 +1,5 @@
 /* check.h - the invariants of DESIGN.md, verified on a live store from one read snapshot of
- * it; the same rules for every store. */
+ * it (and the event feed read after it, for its gaps); the same rules for every store. */
 #ifndef NUMATIX_CHECK_H
 #define NUMATIX_CHECK_H
 
