@@ -29,6 +29,10 @@ void api_customers_subscriptions(struct request *rq, struct response *rs);
 
 void api_audit_list(struct request *rq, struct response *rs);
 void api_events(struct request *rq, struct response *rs);
+void api_waitlist_join(struct request *rq, struct response *rs);
+void api_waitlist_get(struct request *rq, struct response *rs);
+void api_waitlist_leave(struct request *rq, struct response *rs);
+void api_waitlist_list(struct request *rq, struct response *rs);
 void api_webhooks_create(struct request *rq, struct response *rs);
 void api_webhooks_list(struct request *rq, struct response *rs);
 void api_webhooks_delete(struct request *rq, struct response *rs);

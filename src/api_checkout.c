@@ -115,7 +115,7 @@ void api_checkout_expire(struct request *rq, struct response *rs)
 	if (!rq->is_admin)
 		rq->actor.id = sub.customer_id;
 	subscription_clear(&sub);
-	if (checkout_expire(rq->lg, &rq->actor, rq->param, &sub, &e))
+	if (checkout_expire(rq->lg, &rq->actor, rq->param, NULL, &sub, &e))
 		response_err(rs, rq, &e);
 	else
 		response_json(rs, 200, view_session(&sub));

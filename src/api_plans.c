@@ -19,6 +19,7 @@ static const struct field plan_create_fields[] = {
 	{"features", V_STRINGS, false, 0, 50, NULL, NULL},
 	{"max_per_order", V_INT, false, 1, 1000, NULL, NULL},
 	{"max_per_customer", V_INT_NULL, false, 1, 1000000000LL, NULL, NULL},
+	{"waitlist_enabled", V_BOOL, false, 0, 0, NULL, NULL},
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
@@ -32,6 +33,7 @@ static const struct field plan_update_fields[] = {
 	{"status", V_ENUM, false, 0, 0, plan_statuses, NULL},
 	{"max_per_order", V_INT, false, 1, 1000, NULL, NULL},
 	{"max_per_customer", V_INT_NULL, false, 1, 1000000000LL, NULL, NULL},
+	{"waitlist_enabled", V_BOOL, false, 0, 0, NULL, NULL},
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
@@ -129,6 +131,7 @@ void api_plans_create(struct request *rq, struct response *rs)
 	p.subscriptions_left = p.total_capacity;
 	p.max_per_order = (v = get(rq, "max_per_order")) ? json_object_get_int64(v) : PLAN_MAX_PER_ORDER_DEFAULT;
 	p.max_per_customer = (v = get(rq, "max_per_customer")) ? json_object_get_int64(v) : 0;
+	p.waitlist_enabled = (v = get(rq, "waitlist_enabled")) && json_object_get_boolean(v);
 	strcpy(p.status, "active");
 	p.features = (v = get(rq, "features")) ? json_object_get(v) : json_object_new_array();
 	p.created_at = p.updated_at = now_ms();
@@ -171,6 +174,8 @@ void api_plans_update(struct request *rq, struct response *rs)
 	/* null: no limit, kept as 0 */
 	if (json_object_object_get_ex(rq->json, "max_per_customer", &v) && (pt.fields |= PLAN_F_MAX_CUSTOMER))
 		pt.max_per_customer = v ? json_object_get_int64(v) : 0;
+	if (json_object_object_get_ex(rq->json, "waitlist_enabled", &v) && (pt.fields |= PLAN_F_WAITLIST))
+		pt.waitlist_enabled = json_object_get_boolean(v);
 	if (!pt.fields) {
 		response_invalid(rs, rq, "", "name at least one field to change");
 		return;

@@ -21,6 +21,7 @@ void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cf
 	lg->hold_ttl_s = cfg->hold_ttl_s;
 	lg->payment_latency_ms = cfg->payment_latency_ms;
 	lg->key_retention_h = cfg->key_retention_h;
+	lg->offer_ttl_s = cfg->offer_ttl_s;
 }
 
 /* Who the request acts as. Returns 0, or -1 after answering 401/403. */
@@ -37,13 +38,14 @@ static int authenticate(struct request *rq, struct response *rs, enum auth_need 
 		response_error(rs, rq, 401, "UNAUTHORIZED", "A bearer token is required", NULL);
 		return -1;
 	}
-	if (rq->auth.who != AUTH_SUBSCRIPTION && rq->auth.who != AUTH_SESSION) {
+	if (rq->auth.who != AUTH_SUBSCRIPTION && rq->auth.who != AUTH_SESSION && rq->auth.who != AUTH_WAITLIST) {
 		response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
 		return -1;
 	}
 	/* A buyer's token opens resources of its own kind (the handler checks the id). */
 	if ((need == AUTH_BEARER && rq->auth.who != AUTH_SUBSCRIPTION) ||
-	    (need == AUTH_SECRET && rq->auth.who != AUTH_SESSION) || need == AUTH_ADMIN) {
+	    (need == AUTH_SECRET && rq->auth.who != AUTH_SESSION) ||
+	    (need == AUTH_ENTRY && rq->auth.who != AUTH_WAITLIST) || need == AUTH_ADMIN) {
 		response_error(rs, rq, 403, "FORBIDDEN", "This token cannot do this", NULL);
 		return -1;
 	}

@@ -31,6 +31,15 @@ void auth_identify(struct ledger *lg, const char *authorization, const char *adm
 	 * only their hashes are stored. */
 	if (!check_tokens)
 		return;
+	if (token_entry(token, out->sub_id)) {
+		struct waitlist_entry w = {0};
+		bool found = false;
+		sha256_hex(token, strlen(token), hash);
+		if (lg->store->ops->entry_get(lg->store, out->sub_id, &w, &found, &e) == 0 && found &&
+		    secret_equal(hash, w.token_hash))
+			out->who = AUTH_WAITLIST;
+		return;
+	}
 	bool session = secret_session(token, out->sub_id);
 	if ((!session && !token_subscription(token, out->sub_id)) || ledger_sub_get(lg, out->sub_id, &sub, &e))
 		return;

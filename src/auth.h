@@ -12,6 +12,7 @@ enum auth_who {
 	AUTH_ADMIN_TOKEN,
 	AUTH_SUBSCRIPTION,   /* sub_id: the subscription the access token opens */
 	AUTH_SESSION,        /* sub_id: the checkout session the client secret opens */
+	AUTH_WAITLIST,       /* sub_id: the waiting-list entry the access token opens */
 };
 
 struct auth {

@@ -298,6 +298,7 @@ static const char ENVIRONMENT[] =
 	"  NUMATIX_STORE_HANDLES  database connections per worker for writes, as many for reads (4)\n"
 	"  NUMATIX_HOLD_TTL       seconds a seat stays held while its payment runs (600)\n"
 	"  NUMATIX_CHECKOUT_TTL   seconds a checkout session holds its seats by default (900)\n"
+	"  NUMATIX_OFFER_TTL      seconds a waiting-list offer holds its seats (86400)\n"
 	"  NUMATIX_USER           the account (user or user:group) a server started as root becomes\n"
 	"  NUMATIX_CORS_ORIGINS   origins whose pages may call the API, comma separated, or *\n"
 	"  NUMATIX_LOG            stderr (default) or an absolute file path, JSON lines\n"

@@ -19,6 +19,7 @@ static const char *const known[] = {
 	"NUMATIX_STORE_HANDLES", "NUMATIX_HOLD_TTL", "NUMATIX_PAYMENT_LATENCY_MS", "NUMATIX_MAX_BODY",
 	"NUMATIX_REAP_INTERVAL", "NUMATIX_KEY_RETENTION_HOURS", "NUMATIX_LOG_LEVEL", "NUMATIX_LOG",
 	"NUMATIX_CORS_ORIGINS", "NUMATIX_CHECKOUT_TTL", "NUMATIX_USER", "NUMATIX_WEBHOOK_RETRY_HOURS",
+	"NUMATIX_OFFER_TTL",
 };
 #define NKNOWN (sizeof(known) / sizeof(known[0]))
 
@@ -245,6 +246,7 @@ int config_load(struct config *cfg, struct err *e)
 	    env_int("NUMATIX_STORE_HANDLES", 4, 1, 256, &cfg->store_handles, e) ||
 	    env_int("NUMATIX_HOLD_TTL", 600, 1, 86400, &cfg->hold_ttl_s, e) ||
 	    env_int("NUMATIX_CHECKOUT_TTL", 900, 60, 86400, &cfg->checkout_ttl_s, e) ||
+	    env_int("NUMATIX_OFFER_TTL", 86400, 1, 7 * 86400, &cfg->offer_ttl_s, e) ||
 	    env_int("NUMATIX_PAYMENT_LATENCY_MS", 0, 0, 60000, &cfg->payment_latency_ms, e) ||
 	    env_int("NUMATIX_MAX_BODY", 16384, 256, 1 << 20, &cfg->max_body, e) ||
 	    env_int("NUMATIX_REAP_INTERVAL", 10, 1, 3600, &cfg->reap_interval_s, e) ||

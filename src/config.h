@@ -17,6 +17,7 @@ struct config {
 	int store_handles;       /* NUMATIX_STORE_HANDLES: database connections per worker */
 	int hold_ttl_s;          /* NUMATIX_HOLD_TTL */
 	int checkout_ttl_s;      /* NUMATIX_CHECKOUT_TTL: a session's lifetime by default */
+	int offer_ttl_s;         /* NUMATIX_OFFER_TTL: a waiting-list offer's lifetime */
 	int payment_latency_ms;  /* NUMATIX_PAYMENT_LATENCY_MS */
 	int max_body;            /* NUMATIX_MAX_BODY bytes */
 	int reap_interval_s;     /* NUMATIX_REAP_INTERVAL */

@@ -184,6 +184,11 @@ static const struct {
 	{"SESSION_EXPIRED", 409, "The checkout session expired; any charge is refunded"},
 	{"SESSION_COMPLETED", 409, "The checkout session is completed already"},
 	{"WEBHOOK_ENDPOINT_NOT_FOUND", 404, "Webhook endpoint not found"},
+	{"WAITLIST_DISABLED", 409, "The plan has no waiting list"},
+	{"SEATS_AVAILABLE", 409, "Seats are available: buy instead of waiting"},
+	{"ALREADY_WAITING", 409, "The customer is in this plan's waiting list already"},
+	{"ENTRY_NOT_FOUND", 404, "Waiting-list entry not found"},
+	{"ENTRY_NOT_LIVE", 409, "The entry is no longer waiting or offered"},
 	{"WEBHOOK_LIMIT_REACHED", 409, "As many webhook endpoints exist as the service keeps"},
 };
 

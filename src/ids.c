@@ -99,6 +99,16 @@ bool secret_session(const char *secret, char out[ID_LEN + 1])
 	return bearer_names("cst_", secret, out);
 }
 
+void entry_token_new(const char *entry_id, char out[TOKEN_LEN + 1])
+{
+	bearer_new("wlt_", entry_id, out);
+}
+
+bool token_entry(const char *token, char out[ID_LEN + 1])
+{
+	return bearer_names("wlt_", token, out);
+}
+
 bool trace_id_valid(const char *s)
 {
 	size_t i;

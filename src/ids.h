@@ -26,6 +26,9 @@ void secret_new(const char *session_id, char out[TOKEN_LEN + 1]);
 bool token_subscription(const char *token, char out[ID_LEN + 1]);
 /* The session a client secret names (its form only), into out. */
 bool secret_session(const char *secret, char out[ID_LEN + 1]);
+/* A waiting-list entry's access token "wlt_<entry id>_<secret>", and the entry it names. */
+void entry_token_new(const char *entry_id, char out[TOKEN_LEN + 1]);
+bool token_entry(const char *token, char out[ID_LEN + 1]);
 /* A trace id a client sent is kept if it is 1-64 of [A-Za-z0-9._-]. */
 bool trace_id_valid(const char *s);
 

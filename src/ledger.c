@@ -162,6 +162,21 @@ static void cursor_encode(int64_t seq, const char *id, char next[CURSOR_LEN])
 	snprintf(next, CURSOR_LEN, "%" PRId64 ".%s", seq, id);
 }
 
+int ledger_cursor_read(const char *cursor, int64_t *seq, struct err *e)
+{
+	struct seq_page pg;
+
+	if (cursor_decode(cursor, &pg, e))
+		return -1;
+	*seq = pg.before_seq;
+	return 0;
+}
+
+void ledger_cursor_write(int64_t seq, const char *id, char next[CURSOR_LEN])
+{
+	cursor_encode(seq, id, next);
+}
+
 /* Asks the store for one row more than the page, to know whether another page follows. */
 int ledger_sub_list(struct ledger *lg, const char *customer_id, const char *status,
 		    const struct page_req *pr, struct subscription **out, size_t *n,
@@ -273,7 +288,9 @@ void ledger_hold_refused(const struct hold_out *h, int64_t quantity, struct err 
 	default:
 		err_set(e, ERR_CONFLICT, "PLAN_SOLD_OUT", "%" PRId64 " seats asked, %" PRId64 " left", quantity,
 			h->available);
-		snprintf(e->details, sizeof(e->details), "{\"available\":%" PRId64 "}", h->available);
+		/* while anyone waits, free seats go to the line, not to a new buyer */
+		snprintf(e->details, sizeof(e->details), "{\"available\":%" PRId64 ",\"waiting\":%" PRId64 "}",
+			 h->available, h->waiting);
 		break;
 	}
 }

@@ -40,6 +40,7 @@ struct ledger {
 	int hold_ttl_s;
 	int payment_latency_ms;
 	int key_retention_h;
+	int offer_ttl_s;                      /* a waiting-list offer's lifetime */
 };
 
 /* A page of a list: limit, and the cursor of an earlier page (NULL: the first), owned by
@@ -50,6 +51,11 @@ struct page_req {
 };
 /* The cursor of the next page into next ("" on the last). */
 #define CURSOR_LEN 48
+
+/* A list's cursor (`<seq>.<id>`, opaque to clients): read into *seq (0 when none), -1 with a
+ * VALIDATION_ERROR when it is not one this service gave; and written for a page's last row. */
+int ledger_cursor_read(const char *cursor, int64_t *seq, struct err *e);
+void ledger_cursor_write(int64_t seq, const char *id, char next[CURSOR_LEN]);
 
 /* How long a request owns its Idempotency-Key before a retry may take over (resume) its work:
  * the purchase's and every other route's. */

@@ -28,6 +28,8 @@ struct plan {
 	int64_t subscriptions_held;
 	int64_t max_per_order;           /* seats one order may take, 1...1000 */
 	int64_t max_per_customer;        /* seats one customer may hold or own; 0: no limit */
+	bool waitlist_enabled;           /* buyers may join a waiting list when they cannot buy */
+	int64_t waiting;                 /* entries waiting in its line (kept by the store) */
 	char status[16];                 /* "active" | "inactive" */
 	struct json_object *features;    /* array of strings; one reference owned */
 	int64_t created_at, updated_at;  /* ms since the epoch */
@@ -44,6 +46,7 @@ enum plan_field {
 	PLAN_F_CAPACITY = 1 << 6,
 	PLAN_F_MAX_ORDER = 1 << 7,
 	PLAN_F_MAX_CUSTOMER = 1 << 8,
+	PLAN_F_WAITLIST = 1 << 9,
 };
 
 /* What a PATCH changes; the strings and features are borrowed for the call. */
@@ -58,6 +61,7 @@ struct plan_patch {
 	int64_t total_capacity;
 	int64_t max_per_order;
 	int64_t max_per_customer;        /* 0: no limit */
+	bool waitlist_enabled;
 };
 
 struct customer {
@@ -87,6 +91,7 @@ struct subscription {
 	char attempt_key[UUID_LEN + 1];
 	int64_t attempt_until;
 	char previous_id[ID_LEN + 1];    /* the subscription a plan change replaces, or "" */
+	char entry_id[ID_LEN + 1];       /* the waiting-list entry it is the offer of, or "" */
 	int64_t quantity;                /* seats it takes */
 	int64_t amount_cents;            /* price_cents x quantity */
 	int64_t duration_days;
@@ -139,6 +144,29 @@ struct audit_event {
 	char ip[64];
 };
 void audit_event_clear(struct audit_event *a);
+
+/* A place in a plan's waiting list. Everything its offer needs is made when it joins: the
+ * offer's session id, the key the session's row is kept under, and its client secret (kept
+ * as given, since the entry's holder and the admin read it back; its hash goes on the
+ * session). waiting -> offered (a checkout session holds its seats) -> converted (the session
+ * completed) | expired (it ran out); waiting or offered -> left. */
+struct waitlist_entry {
+	char id[ID_LEN + 1];
+	char plan_id[ID_LEN + 1];
+	char customer_id[ID_LEN + 1];
+	int64_t quantity;
+	char status[12];
+	char token_hash[65];              /* SHA-256 of the entry's access token */
+	char session_id[ID_LEN + 1];
+	char offer_key[UUID_LEN + 1];
+	char offer_secret[TOKEN_LEN + 1];
+	char secret_hash[65];
+	int64_t offer_ttl_ms;
+	int64_t offer_expires_at;         /* 0 until offered */
+	int64_t position;                 /* while waiting, 1 = next; read, never kept */
+	int64_t seq;                      /* line order */
+	int64_t created_at, updated_at;
+};
 
 /* A webhook endpoint: where events are POSTed, signed with its secret. */
 #define WEBHOOK_SECRET_LEN 38             /* "whsec_" + 32 hex */

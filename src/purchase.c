@@ -129,19 +129,28 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 	char *detail = charge ? ledger_payment_detail(charge) : NULL;
 	/* a checkout session's deadline, or a purchase's hold */
 	bool session = *sub->secret_hash;
-	const struct event_spec ev[] = {
+	struct event_spec ev[4] = {
 		{session ? "checkout.expired" : "subscription.expired", session ? "session" : "subscription", sub->id,
 		 EV_BEFORE_AFTER, NULL},
 		{"seat.released", session ? "session" : "subscription", sub->id, EV_BEFORE_AFTER, NULL},
-		{"payment.succeeded", "payment", charge ? charge->id : "", EV_NO_COUNTS, detail},
 	};
+	size_t nev = 2;
 	struct reply r = lg->replies->expired(a->trace_id);
 	struct transition t = {.sub_id = sub->id, .from = "pending", .due_by = now, .to = "expired",
-			       .now = now, .dleft = 1, .dheld = -1, .payment = charge, .events = ev,
-			       .nevents = charge ? 3 : 2, .reply = &r};
-	struct transition_out o;
-	int rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
+			       .now = now, .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .reply = &r};
 
+	if (charge)
+		ev[nev++] = (struct event_spec){"payment.succeeded", "payment", charge->id, EV_NO_COUNTS, detail};
+	if (*sub->entry_id) {
+		/* a waiting-list offer ran out: its entry with it, its seats to the next in line */
+		ev[nev++] = (struct event_spec){"waitlist.expired", "waitlist_entry", sub->entry_id, EV_BEFORE_AFTER, NULL};
+		t.entry_to = "expired";
+	}
+	t.nevents = nev;
+	struct transition_out o;
+	int rc;
+
+	rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
 	*moved = rc == 0 && o.result == MOVED;
 	if (rc == 0 && o.result != MOVE_NOT_FOUND && !keeps_charge(&o.sub))
 		refund_attempt(lg, a, &o.sub);
@@ -245,6 +254,7 @@ static void settle_paid(struct ledger *lg, const struct actor *a, const struct a
 		{"payment.succeeded", "payment", charge->id, EV_NO_COUNTS, detail},
 		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
 		{"checkout.completed", "session", sub->id, EV_BEFORE_AFTER, NULL},
+		{"waitlist.converted", "waitlist_entry", sub->entry_id, EV_BEFORE_AFTER, NULL},
 	};
 	int64_t now = now_ms();
 	struct transition t;
@@ -263,6 +273,11 @@ static void settle_paid(struct ledger *lg, const struct actor *a, const struct a
 				.now = now, .dheld = -1, .payment_id = charge->id, .start_at = sub->start_at,
 				.end_at = sub->end_at, .token_hash = hash, .payment = charge, .events = ev,
 				.nevents = at->session ? 3 : 2, .reply = &r, .reply_key = at->key, .attempt = at->key};
+	if (*sub->entry_id) {
+		/* a waiting-list offer taken up */
+		t.nevents = 4;
+		t.entry_to = "converted";
+	}
 	if (settle(lg, a, &t, &r, out) == 0)
 		hold_gone(lg, a, at, sub, charge, out);
 	free(r.body);
@@ -589,18 +604,31 @@ out:
 	subscription_clear(&sub);
 }
 
-int checkout_expire(struct ledger *lg, const struct actor *a, const char *session_id, struct subscription *out,
-		    struct err *e)
+int checkout_expire(struct ledger *lg, const struct actor *a, const char *session_id, const char *entry_to,
+		    struct subscription *out, struct err *e)
 {
-	const struct event_spec ev[] = {
+	struct subscription now = {0};
+	bool found;
+	struct event_spec ev[3] = {
 		{"checkout.expired", "session", session_id, EV_BEFORE_AFTER, NULL},
 		{"seat.released", "session", session_id, EV_BEFORE_AFTER, NULL},
 	};
+	char action[40];
 	struct transition t = {.sub_id = session_id, .from = "pending", .to = "expired", .now = now_ms(),
 			       .dleft = 1, .dheld = -1, .events = ev, .nevents = 2};
 	struct transition_out o;
 
-	if (lg->store->ops->transition(lg->store, &t, a, &o, e))
+	/* a waiting-list offer's: its entry moves with it (expired, or left when its holder left) */
+	if (lg->store->ops->sub_get(lg->store, session_id, &now, &found, e))
+		return -1;
+	if (found && *now.entry_id) {
+		t.entry_to = entry_to ? entry_to : "expired";
+		snprintf(action, sizeof(action), "waitlist.%s", t.entry_to);
+		ev[t.nevents++] = (struct event_spec){action, "waitlist_entry", now.entry_id, EV_BEFORE_AFTER, NULL};
+	}
+	int rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
+	subscription_clear(&now);
+	if (rc)
 		return -1;
 	*out = o.sub;
 	if (o.result == MOVE_NOT_FOUND) {

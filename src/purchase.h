@@ -65,9 +65,10 @@ void checkout_create(struct ledger *lg, const struct actor *a, const struct chec
 void checkout_complete(struct ledger *lg, const struct actor *a, const char *session_id, const char *key,
 		       const char *method, struct purchase_result *out);
 /* Expires an open session now (its seats back, its attempt's charge refunded); an expired one
- * is returned unchanged; SESSION_COMPLETED, SESSION_NOT_FOUND. out: the session after. */
-int checkout_expire(struct ledger *lg, const struct actor *a, const char *session_id, struct subscription *out,
-		    struct err *e);
+ * is returned unchanged; SESSION_COMPLETED, SESSION_NOT_FOUND. A waiting-list offer's entry
+ * becomes entry_to (NULL: "expired"). out: the session after. */
+int checkout_expire(struct ledger *lg, const struct actor *a, const char *session_id, const char *entry_to,
+		    struct subscription *out, struct err *e);
 
 struct change_req {
 	const char *key;             /* the Idempotency-Key, valid and lower case */

@@ -11,6 +11,7 @@ enum auth_need {
 	AUTH_ADMIN,     /* the admin token */
 	AUTH_BEARER,    /* the admin token or an access token; the handler decides which fits */
 	AUTH_SECRET,    /* the admin token or a checkout session's client secret; likewise */
+	AUTH_ENTRY,     /* the admin token or a waiting-list entry's access token; likewise */
 };
 
 enum idem_mode {

@@ -102,7 +102,7 @@ enum hold_result {
 	HOLD_KEY_EXISTS,      /* nothing taken: claim tells about the key */
 	HOLD_NO_PLAN,
 	HOLD_PLAN_INACTIVE,
-	HOLD_SOLD_OUT,        /* available: the seats left */
+	HOLD_SOLD_OUT,        /* available: the seats left; waiting: entries in the plan's line */
 	HOLD_ORDER_LIMIT,     /* limit: the plan's max_per_order */
 	HOLD_CUSTOMER_LIMIT,  /* limit: max_per_customer; held: the customer's seats of the plan */
 	HOLD_NO_CUSTOMER,
@@ -112,10 +112,19 @@ enum hold_result {
 struct hold_out {
 	enum hold_result result;
 	int64_t available, limit, held;   /* the refusal's facts */
+	int64_t waiting;
 	struct claim claim;               /* HOLD_KEY_EXISTS */
 	struct subscription sub;          /* HOLD_TAKEN */
 };
 void hold_out_clear(struct hold_out *h);
+
+/* Waiting lists: offers. A unit that gives seats of a plan back (a transition with dleft > 0,
+ * a capacity increase, an entry leaving) then offers them to the plan's line in the same unit,
+ * strictly in order: while the first waiting entry's whole quantity is free, its seats are
+ * taken, its checkout session made (a pending subscription: the entry's session id, offer
+ * key and secret hash, the plan's price, deadline now + the entry's offer TTL) and the entry
+ * marked offered, with the events waitlist.offered, seat.held and checkout.created
+ * (store_offer_events). An entry behind one that does not fit waits. */
 
 /* Moves a subscription from one status to another if it is in `from` (and, when given, its
  * hold deadline is after live_after / at or before due_by), moving seats of its plan by dleft
@@ -144,6 +153,9 @@ struct transition {
 	 * changed, its seats back on its own plan, its events); both happen or neither. Its
 	 * payment, reply and also are not used. */
 	const struct transition *also;
+	/* The subscription is a waiting-list offer's session (entry_id set): its entry moves from
+	 * offered to this ("converted", "expired", "left") in the unit. */
+	const char *entry_to;
 };
 
 enum transition_result {
@@ -158,6 +170,38 @@ struct transition_out {
 	struct subscription sub;          /* after the step (MOVED) or as found (MOVE_REFUSED) */
 };
 void transition_out_clear(struct transition_out *t);
+
+/* Joining a plan's waiting list: the customer (an existing one, or found by email or
+ * created), then in one unit: the plan active with waitlist_enabled, quantity within its
+ * max_per_order, a new buyer unable to get the quantity (fewer seats left, or anyone waiting
+ * already), the customer's seats (held, active and in live entries) plus quantity within
+ * max_per_customer, no live (waiting or offered) entry of the customer's on the plan; then
+ * the entry inserted at the end of the line, the plan's waiting count up, its events. */
+struct join_req {
+	const struct waitlist_entry *entry;  /* all but customer_id, status, seq and position */
+	const char *customer_id;
+	const struct customer *customer;
+	const struct event_spec *events;
+	size_t nevents;
+};
+
+enum join_result {
+	JOIN_DONE,
+	JOIN_NO_PLAN,
+	JOIN_PLAN_INACTIVE,
+	JOIN_DISABLED,
+	JOIN_ORDER_LIMIT,     /* limit: max_per_order */
+	JOIN_SEATS_AVAILABLE, /* available: the seats a new buyer could take now */
+	JOIN_CUSTOMER_LIMIT,  /* limit, held */
+	JOIN_ALREADY_WAITING,
+	JOIN_NO_CUSTOMER,
+};
+
+struct join_out {
+	enum join_result result;
+	int64_t available, limit, held;
+	struct waitlist_entry entry;      /* JOIN_DONE: as kept, with its position */
+};
 
 /* A page of rows in the store's descending order of (seq, id): the rows after the position
  * (before_seq, before_id), or from the newest when before_seq is 0. A store whose seq is
@@ -297,6 +341,19 @@ struct store_ops {
 	/* Deletes done and started keys created before `before`; a key that holds a seat stays
 	 * until its purchase is done. *n: how many. */
 	int (*keys_purge)(struct store *s, int64_t before, int *n, struct err *e);
+
+	/* Waiting lists. get: the entry with its position (*found false when absent). list: a
+	 * plan's entries in line order after seq `after`. leave: a waiting entry -> left, the
+	 * plan's waiting count down, its events, then offers (the head of the line may have
+	 * changed); *moved false when it was not waiting (out tells what it is). */
+	int (*waitlist_join)(struct store *s, const struct join_req *r, const struct actor *a, struct join_out *out,
+			     struct err *e);
+	int (*entry_get)(struct store *s, const char *id, struct waitlist_entry *out, bool *found, struct err *e);
+	int (*waitlist_list)(struct store *s, const char *plan_id, int64_t after, int limit,
+			     struct waitlist_entry **out, size_t *n, struct err *e);
+	int (*waitlist_leave)(struct store *s, const char *id, int64_t now, const struct event_spec *ev, size_t nev,
+			      const struct actor *a, bool *moved, struct waitlist_entry *out, bool *found,
+			      struct err *e);
 
 	/* Webhooks. create: the endpoint as given, its cursor set to the feed's last position in
 	 * the same step (it takes the events committed after it). list: every endpoint, oldest

@@ -128,6 +128,15 @@ FORWARD(webhook_advance, (struct store *s, const char *endpoint_id, const struct
 			  bool disable, struct err *e), (h, endpoint_id, d, cursor, disable, e))
 READ(delivery_list, (struct store *s, const char *endpoint_id, const struct seq_page *pg, struct delivery **out,
 		     size_t *n, struct err *e), (h, endpoint_id, pg, out, n, e))
+FORWARD(waitlist_join, (struct store *s, const struct join_req *r, const struct actor *a, struct join_out *out,
+			 struct err *e), (h, r, a, out, e))
+READ(entry_get, (struct store *s, const char *id, struct waitlist_entry *out, bool *found, struct err *e),
+     (h, id, out, found, e))
+READ(waitlist_list, (struct store *s, const char *plan_id, int64_t after, int limit, struct waitlist_entry **out,
+		     size_t *n, struct err *e), (h, plan_id, after, limit, out, n, e))
+FORWARD(waitlist_leave, (struct store *s, const char *id, int64_t now, const struct event_spec *ev, size_t nev,
+			 const struct actor *a, bool *moved, struct waitlist_entry *out, bool *found, struct err *e),
+	(h, id, now, ev, nev, a, moved, out, found, e))
 READ(feed_read, (struct store *s, int64_t after, const char *type, int limit, struct audit_event **out,
 		 size_t *n, struct err *e), (h, after, type, limit, out, n, e))
 FORWARD(lease_take, (struct store *s, const char *name, const char *holder, int64_t now, int64_t until,
@@ -198,6 +207,10 @@ static const struct store_ops pool_ops = {
 	.sub_list = pool_sub_list,
 	.audit_list = pool_audit_list,
 	.feed_read = pool_feed_read,
+	.waitlist_join = pool_waitlist_join,
+	.entry_get = pool_entry_get,
+	.waitlist_list = pool_waitlist_list,
+	.waitlist_leave = pool_waitlist_leave,
 	.webhook_create = pool_webhook_create,
 	.webhook_list = pool_webhook_list,
 	.webhook_delete = pool_webhook_delete,

@@ -43,7 +43,7 @@
 
 #define STMT_CACHE 64
 #define BUSY_TIMEOUT_MS 10000
-#define SCHEMA_VERSION 4
+#define SCHEMA_VERSION 5
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -140,6 +140,21 @@ static const char SCHEMA[] =
 	"CREATE TABLE IF NOT EXISTS leases ("
 	" name TEXT PRIMARY KEY, holder TEXT NOT NULL, until INTEGER NOT NULL);"
 	WEBHOOK_TABLES;
+
+/* Version 5: waiting lists. A new file gets them after SCHEMA, as an older one does. */
+static const char MIGRATE_4_5[] =
+	"ALTER TABLE plans ADD COLUMN waitlist_enabled INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE plans ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0 CHECK (waiting >= 0);"
+	"ALTER TABLE subscriptions ADD COLUMN entry_id TEXT NOT NULL DEFAULT '';"
+	"CREATE TABLE IF NOT EXISTS waitlist ("
+	" seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, plan_id TEXT NOT NULL,"
+	" customer_id TEXT NOT NULL, quantity INTEGER NOT NULL CHECK (quantity >= 1), status TEXT NOT NULL,"
+	" token_hash TEXT NOT NULL, session_id TEXT NOT NULL UNIQUE, offer_key TEXT NOT NULL,"
+	" offer_secret TEXT NOT NULL, secret_hash TEXT NOT NULL, offer_ttl_ms INTEGER NOT NULL,"
+	" offer_expires_at INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS waitlist_line ON waitlist(plan_id, status, seq);"
+	"CREATE UNIQUE INDEX IF NOT EXISTS waitlist_live ON waitlist(plan_id, customer_id)"
+	" WHERE status IN ('waiting', 'offered');";
 
 /* Version 1 kept an event's seat counts as JSON text in before/after; version 2 keeps them as
  * numbers, and a payment's summary in detail. */
@@ -486,14 +501,15 @@ static int events_put(struct sq *s, const struct actor *a, int64_t now, const ch
 
 /* Moves a plan's seat counts by dleft and dheld; the counts after into *after. The WHERE
  * clause keeps both >= 0 even if a caller errs. */
+/* *waiting (when given): the plan's waiting entries. */
 static int seats_move(struct sq *s, const char *plan_id, int64_t dleft, int64_t dheld, int64_t now,
-		      struct seat_counts *after, struct err *e)
+		      struct seat_counts *after, int64_t *waiting, struct err *e)
 {
 	static const char sql[] =
 		"UPDATE plans SET subscriptions_left = subscriptions_left + ?1,"
 		" subscriptions_held = subscriptions_held + ?2, updated_at = ?3"
 		" WHERE id = ?4 AND subscriptions_left + ?1 >= 0 AND subscriptions_held + ?2 >= 0"
-		" RETURNING total_capacity, subscriptions_left, subscriptions_held";
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held, waiting";
 	sqlite3_stmt *st = q(s, sql, e, "iiit", dleft, dheld, now, plan_id);
 	int r = step(st, e);
 
@@ -506,15 +522,100 @@ static int seats_move(struct sq *s, const char *plan_id, int64_t dleft, int64_t 
 	after->total = sqlite3_column_int64(st, 0);
 	after->left = sqlite3_column_int64(st, 1);
 	after->held = sqlite3_column_int64(st, 2);
+	if (waiting)
+		*waiting = sqlite3_column_int64(st, 3);
 	sqlite3_reset(st);
 	return 0;
+}
+
+/* --- waiting lists: offers ---------------------------------------------------------------- */
+
+#define ENTRY_COLS                                                                                   \
+	"w.id, w.plan_id, w.customer_id, w.quantity, w.status, w.token_hash, w.session_id, w.offer_key," \
+	" w.offer_secret, w.secret_hash, w.offer_ttl_ms, w.offer_expires_at, w.seq, w.created_at,"      \
+	" w.updated_at, CASE WHEN w.status = 'waiting' THEN (SELECT count(*) FROM waitlist x"             \
+	" WHERE x.plan_id = w.plan_id AND x.status = 'waiting' AND x.seq <= w.seq) ELSE 0 END"
+
+static void entry_read(sqlite3_stmt *st, struct waitlist_entry *w)
+{
+	memset(w, 0, sizeof(*w));
+	col_copy(st, 0, w->id, sizeof(w->id));
+	col_copy(st, 1, w->plan_id, sizeof(w->plan_id));
+	col_copy(st, 2, w->customer_id, sizeof(w->customer_id));
+	w->quantity = sqlite3_column_int64(st, 3);
+	col_copy(st, 4, w->status, sizeof(w->status));
+	col_copy(st, 5, w->token_hash, sizeof(w->token_hash));
+	col_copy(st, 6, w->session_id, sizeof(w->session_id));
+	col_copy(st, 7, w->offer_key, sizeof(w->offer_key));
+	col_copy(st, 8, w->offer_secret, sizeof(w->offer_secret));
+	col_copy(st, 9, w->secret_hash, sizeof(w->secret_hash));
+	w->offer_ttl_ms = sqlite3_column_int64(st, 10);
+	w->offer_expires_at = sqlite3_column_int64(st, 11);
+	w->seq = sqlite3_column_int64(st, 12);
+	w->created_at = sqlite3_column_int64(st, 13);
+	w->updated_at = sqlite3_column_int64(st, 14);
+	w->position = sqlite3_column_int64(st, 15);
+}
+
+/* The plan's free seats to its line, in the caller's unit (store.h, *offers*). */
+static int offers_make(struct sq *s, const char *plan_id, int64_t now, const struct actor *a, struct err *e)
+{
+	static const char head[] =
+		"SELECT " ENTRY_COLS " FROM waitlist w WHERE w.plan_id = ? AND w.status = 'waiting' ORDER BY w.seq LIMIT 1";
+	static const char take[] =
+		"UPDATE plans SET subscriptions_left = subscriptions_left - ?1,"
+		" subscriptions_held = subscriptions_held + ?1, waiting = waiting - 1, updated_at = ?2"
+		" WHERE id = ?3 AND subscriptions_left >= ?1"
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held, price_cents, duration_days";
+	static const char ins[] =
+		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
+		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, entry_id)"
+		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?, ?, ?)";
+	static const char mark[] =
+		"UPDATE waitlist SET status = 'offered', offer_expires_at = ?, updated_at = ? WHERE id = ?";
+
+	for (;;) {
+		struct waitlist_entry w;
+		struct event_spec ev[OFFER_EVENTS];
+		struct seat_counts before, after;
+		sqlite3_stmt *st = q(s, head, e, "t", plan_id);
+		int64_t price, days, until;
+		int n = step(st, e);
+
+		if (n <= 0) {
+			if (st)
+				sqlite3_reset(st);
+			return n;
+		}
+		entry_read(st, &w);
+		sqlite3_reset(st);
+		if ((n = step(st = q(s, take, e, "iit", w.quantity, now, plan_id), e)) <= 0) {
+			if (st)
+				sqlite3_reset(st);
+			return n;   /* the first in line does not fit: everyone behind it waits too */
+		}
+		after = (struct seat_counts){sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+					     sqlite3_column_int64(st, 2)};
+		price = sqlite3_column_int64(st, 3);
+		days = sqlite3_column_int64(st, 4);
+		sqlite3_reset(st);
+		before = store_counts_before(after, -w.quantity, w.quantity);
+		until = now + w.offer_ttl_ms;
+		store_offer_events(&w, ev);
+		if (run(q(s, ins, e, "ttttiiiiiitt", w.session_id, plan_id, w.customer_id, w.offer_key,
+			  price * w.quantity, days, until, now, now, w.quantity, w.secret_hash, w.id), e) < 0 ||
+		    run(q(s, mark, e, "iit", until, now, w.id), e) < 0 ||
+		    events_put(s, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, e))
+			return -1;
+	}
 }
 
 /* --- plans -------------------------------------------------------------------------------- */
 
 #define PLAN_COLS                                                                            \
 	"id, name, description, price_cents, duration_days, total_capacity, subscriptions_left," \
-	" subscriptions_held, status, features, created_at, updated_at, max_per_order, max_per_customer"
+	" subscriptions_held, status, features, created_at, updated_at, max_per_order, max_per_customer," \
+	" waitlist_enabled, waiting"
 
 static void plan_read(sqlite3_stmt *st, struct plan *p)
 {
@@ -537,6 +638,8 @@ static void plan_read(sqlite3_stmt *st, struct plan *p)
 	p->updated_at = sqlite3_column_int64(st, 11);
 	p->max_per_order = sqlite3_column_int64(st, 12);
 	p->max_per_customer = sqlite3_column_int64(st, 13);
+	p->waitlist_enabled = sqlite3_column_int64(st, 14) != 0;
+	p->waiting = sqlite3_column_int64(st, 15);
 }
 
 static const char *features_text(struct json_object *f)
@@ -567,7 +670,7 @@ static bool is_unique_violation(sqlite3 *db)
 static int sq_plan_create(struct store *st_, const struct plan *p, const struct event_spec *ev, size_t nev,
 			  const struct actor *a, enum write_result *res, struct err *e)
 {
-	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)";
 	struct sq *s = SQ(st_);
 	struct seat_counts after = {p->total_capacity, p->subscriptions_left, p->subscriptions_held};
 	int rc = -1;
@@ -575,10 +678,10 @@ static int sq_plan_create(struct store *st_, const struct plan *p, const struct 
 	*res = WRITE_DONE;
 	if (BEGIN(s, e))
 		return -1;
-	if (run(q(s, sql, e, "tttiiiiittiiii", p->id, p->name, p->description, p->price_cents,
+	if (run(q(s, sql, e, "tttiiiiittiiiii", p->id, p->name, p->description, p->price_cents,
 		  p->duration_days, p->total_capacity, p->subscriptions_left, p->subscriptions_held,
 		  p->status, features_text(p->features), p->created_at, p->updated_at, p->max_per_order,
-		  p->max_per_customer), e) < 0) {
+		  p->max_per_customer, (int64_t)p->waitlist_enabled), e) < 0) {
 		if (is_unique_violation(s->db)) {
 			*res = WRITE_DUPLICATE;
 			err_clear(e);
@@ -637,7 +740,8 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 		" features = coalesce(?5, features), status = coalesce(?6, status),"
 		" subscriptions_left = subscriptions_left + coalesce(?7 - total_capacity, 0),"
 		" total_capacity = coalesce(?7, total_capacity), updated_at = ?8,"
-		" max_per_order = coalesce(?10, max_per_order), max_per_customer = coalesce(?11, max_per_customer)"
+		" max_per_order = coalesce(?10, max_per_order), max_per_customer = coalesce(?11, max_per_customer),"
+		" waitlist_enabled = coalesce(?12, waitlist_enabled)"
 		" WHERE id = ?9 AND subscriptions_left + coalesce(?7 - total_capacity, 0) >= 0"
 		" RETURNING " PLAN_COLS;
 	struct sq *s = SQ(st_);
@@ -674,6 +778,8 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 		sqlite3_bind_int64(st, 10, pt->max_per_order);
 	if (pt->fields & PLAN_F_MAX_CUSTOMER)
 		sqlite3_bind_int64(st, 11, pt->max_per_customer);
+	if (pt->fields & PLAN_F_WAITLIST)
+		sqlite3_bind_int64(st, 12, pt->waitlist_enabled);
 	sqlite3_bind_int64(st, 8, now);
 	sqlite3_bind_text(st, 9, id, -1, SQLITE_TRANSIENT);
 	if ((r = step(st, e)) < 0) {
@@ -691,6 +797,14 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 	sqlite3_reset(st);
 	after = (struct seat_counts){out->total_capacity, out->subscriptions_left, out->subscriptions_held};
 	rc = events_put(s, a, now, id, ev, nev, &before, &after, e);
+	/* more seats: the line's first take them */
+	if (rc == 0 && out->waiting > 0 && after.left > before.left) {
+		char plan_id[ID_LEN + 1];
+		bool again;
+		snprintf(plan_id, sizeof(plan_id), "%s", id);
+		plan_clear(out);
+		rc = offers_make(s, plan_id, now, a, e) || sq_plan_get(st_, plan_id, out, &again, e) ? -1 : 0;
+	}
 out:
 	if (*res != WRITE_DONE) {
 		plan_clear(out);
@@ -864,7 +978,8 @@ static int sq_key_finish(struct store *st_, const char *key, const struct reply 
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
-	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until, s.previous_id"
+	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until, s.previous_id," \
+	" s.entry_id"
 
 static void sub_read(sqlite3_stmt *st, struct subscription *o)
 {
@@ -890,6 +1005,7 @@ static void sub_read(sqlite3_stmt *st, struct subscription *o)
 	col_copy(st, 18, o->attempt_key, sizeof(o->attempt_key));
 	o->attempt_until = sqlite3_column_int64(st, 19);
 	col_copy(st, 20, o->previous_id, sizeof(o->previous_id));
+	col_copy(st, 21, o->entry_id, sizeof(o->entry_id));
 }
 
 static int sq_sub_get(struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e)
@@ -925,16 +1041,36 @@ static int sq_held_by_kind(struct store *st_, const char *plan_id, int64_t *payi
 	return 0;
 }
 
+/* The buyer of a hold or a join, in the caller's unit: an existing customer by id, or one
+ * found by email or created. 1 with *id set (borrowed from given or found), 0 no such
+ * customer, -1 error. found: filled when found by email; customer_clear it. */
+static int customer_resolve(struct sq *s, const char *customer_id, const struct customer *c, struct customer *found,
+			    const char **id, struct err *e)
+{
+	int n;
+
+	if (customer_id) {
+		*id = customer_id;
+		return customer_find(s, CUSTOMER_BY_ID, customer_id, NULL, e);
+	}
+	if ((n = customer_find(s, CUSTOMER_BY_EMAIL, c->email, found, e)) < 0)
+		return -1;
+	if (n == 0 && run(q(s, CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name, c->created_at), e) < 0)
+		return -1;
+	*id = n ? found->id : c->id;
+	return 1;
+}
+
 static int sq_hold(struct store *st_, const struct hold_req *r, const struct actor *a, struct hold_out *out,
 		   struct err *e)
 {
 	static const char take[] =
 		"UPDATE plans SET subscriptions_left = subscriptions_left - ?1,"
 		" subscriptions_held = subscriptions_held + ?1, updated_at = ?2"
-		" WHERE id = ?3 AND status = 'active' AND subscriptions_left >= ?1 AND max_per_order >= ?1"
+		" WHERE id = ?3 AND status = 'active' AND subscriptions_left >= ?1 AND max_per_order >= ?1 AND waiting = 0"
 		" RETURNING name, price_cents, duration_days, total_capacity, subscriptions_left,"
 		" subscriptions_held, max_per_customer";
-	static const char why[] = "SELECT status, subscriptions_left, max_per_order FROM plans WHERE id = ?";
+	static const char why[] = "SELECT status, subscriptions_left, max_per_order, waiting FROM plans WHERE id = ?";
 	static const char owned[] =
 		"SELECT coalesce(sum(quantity), 0) FROM subscriptions"
 		" WHERE customer_id = ? AND plan_id = ? AND status IN ('pending', 'active')";
@@ -969,18 +1105,9 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 		rc = n < 0 ? -1 : 0;
 		return END(s, rc, e);
 	}
-	if (customer_id) {
-		if ((n = customer_find(s, CUSTOMER_BY_ID, customer_id, NULL, e)) <= 0) {
-			out->result = HOLD_NO_CUSTOMER;
-			goto refused;
-		}
-	} else {
-		if ((n = customer_find(s, CUSTOMER_BY_EMAIL, r->customer->email, &found_c, e)) < 0)
-			goto refused;
-		if (n == 0 && run(q(s, CUSTOMER_INSERT, e, "ttti", r->customer->id, r->customer->email,
-				    r->customer->name, r->customer->created_at), e) < 0)
-			goto refused;
-		customer_id = n ? found_c.id : r->customer->id;
+	if ((n = customer_resolve(s, r->customer_id, r->customer, &found_c, &customer_id, e)) <= 0) {
+		out->result = HOLD_NO_CUSTOMER;
+		goto refused;
 	}
 	if (r->previous_id) {
 		if ((n = step(st = q(s, previous, e, "tt", r->previous_id, customer_id), e)) < 0)
@@ -1000,6 +1127,7 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 			col_copy(st, 0, status, sizeof(status));
 			out->available = sqlite3_column_int64(st, 1);
 			out->limit = sqlite3_column_int64(st, 2);
+			out->waiting = sqlite3_column_int64(st, 3);
 		}
 		out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE :
 			r->quantity > out->limit ? HOLD_ORDER_LIMIT : HOLD_SOLD_OUT;
@@ -1079,10 +1207,12 @@ static int move_one(struct sq *s, const struct transition *t, const struct actor
 		" WHERE id = ?7 AND status = ?8 AND (?9 IS NULL OR hold_deadline > ?9)"
 		" AND (?10 IS NULL OR hold_deadline <= ?10) AND (?12 IS NULL OR attempt_key = ?12)"
 		" RETURNING plan_id, idem_key, quantity";
+	static const char entry[] =
+		"UPDATE waitlist SET status = ?, updated_at = ? WHERE session_id = ? AND status = 'offered'";
 	struct seat_counts before, after;
 	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
 	sqlite3_stmt *st;
-	int64_t dleft, dheld;
+	int64_t dleft, dheld, waiting = 0;
 	int n;
 
 	st = q(s, move, e, "titIItttIIit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
@@ -1097,14 +1227,17 @@ static int move_one(struct sq *s, const struct transition *t, const struct actor
 	dleft = t->dleft * sqlite3_column_int64(st, 2);
 	dheld = t->dheld * sqlite3_column_int64(st, 2);
 	sqlite3_reset(st);
-	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, e))
+	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, &waiting, e))
 		return -1;
 	before = store_counts_before(after, dleft, dheld);
-	if ((t->payment && payment_put(s, t->payment, e)) ||
+	if ((t->entry_to && run(q(s, entry, e, "tit", t->entry_to, t->now, t->sub_id), e) < 0) ||
+	    (t->payment && payment_put(s, t->payment, e)) ||
 	    events_put(s, a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
 		return -1;
 	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body,
 			      t->reply_key ? t->reply_key : key), e) < 0)
+		return -1;
+	if (dleft > 0 && waiting > 0 && offers_make(s, plan_id, t->now, a, e))
 		return -1;
 	return 1;
 }
@@ -1324,6 +1457,188 @@ static int sq_feed_read(struct store *st_, int64_t after, const char *type, int 
 	return page_rows(st, sizeof(**out), limit, audit_row, (void **)out, n, audit_clear_v, e);
 }
 
+static void nothing_v(void *item)
+{
+	(void)item;
+}
+
+/* --- waiting lists ------------------------------------------------------------------------ */
+
+static int sq_waitlist_join(struct store *st_, const struct join_req *r, const struct actor *a, struct join_out *out,
+			    struct err *e)
+{
+	static const char take[] =
+		"UPDATE plans SET waiting = waiting + 1, updated_at = ?2"
+		" WHERE id = ?3 AND status = 'active' AND waitlist_enabled = 1 AND max_per_order >= ?1"
+		" AND (subscriptions_left < ?1 OR waiting > 0)"
+		" RETURNING waiting, max_per_customer, total_capacity, subscriptions_left, subscriptions_held";
+	static const char why[] =
+		"SELECT status, waitlist_enabled, max_per_order, subscriptions_left FROM plans WHERE id = ?";
+	static const char owned[] =
+		"SELECT (SELECT coalesce(sum(quantity), 0) FROM subscriptions WHERE customer_id = ?1 AND plan_id = ?2"
+		"  AND status IN ('pending', 'active')) + (SELECT coalesce(sum(quantity), 0) FROM waitlist"
+		"  WHERE customer_id = ?1 AND plan_id = ?2 AND status = 'waiting')";
+	static const char live[] =
+		"SELECT 1 FROM waitlist WHERE plan_id = ? AND customer_id = ? AND status IN ('waiting', 'offered')";
+	static const char ins[] =
+		"INSERT INTO waitlist (id, plan_id, customer_id, quantity, status, token_hash, session_id, offer_key,"
+		" offer_secret, secret_hash, offer_ttl_ms, created_at, updated_at)"
+		" VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq";
+	const struct waitlist_entry *w = r->entry;
+	struct sq *s = SQ(st_);
+	struct customer found_c = {0};
+	struct seat_counts counts;
+	const char *customer_id = NULL;
+	struct actor buyer;
+	sqlite3_stmt *st;
+	int64_t limit;
+	int n, rc = -1;
+
+	memset(out, 0, sizeof(*out));
+	if (BEGIN(s, e))
+		return -1;
+	if ((n = customer_resolve(s, r->customer_id, r->customer, &found_c, &customer_id, e)) <= 0) {
+		out->result = JOIN_NO_CUSTOMER;
+		goto refused;
+	}
+	if ((n = step(st = q(s, take, e, "iit", w->quantity, w->created_at, w->plan_id), e)) < 0)
+		goto refused;
+	if (n == 0) {
+		char status[16] = "";
+		bool enabled = false;
+		if ((n = step(st = q(s, why, e, "t", w->plan_id), e)) < 0)
+			goto refused;
+		if (n == 1) {
+			col_copy(st, 0, status, sizeof(status));
+			enabled = sqlite3_column_int64(st, 1) != 0;
+			out->limit = sqlite3_column_int64(st, 2);
+			out->available = sqlite3_column_int64(st, 3);
+		}
+		out->result = n == 0 ? JOIN_NO_PLAN : strcmp(status, "active") ? JOIN_PLAN_INACTIVE :
+			!enabled ? JOIN_DISABLED : w->quantity > out->limit ? JOIN_ORDER_LIMIT : JOIN_SEATS_AVAILABLE;
+		goto refused;
+	}
+	out->entry.position = sqlite3_column_int64(st, 0);
+	limit = sqlite3_column_int64(st, 1);
+	counts = (struct seat_counts){sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3),
+				      sqlite3_column_int64(st, 4)};
+	sqlite3_reset(st);
+	if (limit > 0) {
+		if (step(st = q(s, owned, e, "tt", customer_id, w->plan_id), e) < 0)
+			goto refused;
+		out->held = sqlite3_column_int64(st, 0);
+		sqlite3_reset(st);
+		if (out->held + w->quantity > limit) {
+			out->limit = limit;
+			out->result = JOIN_CUSTOMER_LIMIT;
+			goto refused;
+		}
+	}
+	if ((n = step(st = q(s, live, e, "tt", w->plan_id, customer_id), e)) != 0) {
+		if (st)
+			sqlite3_reset(st);
+		out->result = JOIN_ALREADY_WAITING;
+		goto refused;
+	}
+	if (step(st = q(s, ins, e, "tttitttttiii", w->id, w->plan_id, customer_id, w->quantity, w->token_hash,
+			w->session_id, w->offer_key, w->offer_secret, w->secret_hash, w->offer_ttl_ms, w->created_at,
+			w->created_at), e) != 1)
+		goto out;
+	out->entry.seq = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	{
+		int64_t pos = out->entry.position, seq = out->entry.seq;
+		out->entry = *w;
+		out->entry.position = pos;
+		out->entry.seq = seq;
+	}
+	snprintf(out->entry.customer_id, sizeof(out->entry.customer_id), "%s", customer_id);
+	snprintf(out->entry.status, sizeof(out->entry.status), "waiting");
+	out->entry.updated_at = w->created_at;
+	buyer = *a;
+	buyer.id = customer_id;
+	if (events_put(s, &buyer, w->created_at, w->plan_id, r->events, r->nevents, &counts, &counts, e))
+		goto out;
+	out->result = JOIN_DONE;
+	rc = 0;
+out:
+	customer_clear(&found_c);
+	return END(s, rc, e);
+refused:
+	customer_clear(&found_c);
+	END(s, -1, e);
+	return e->kind == ERR_NONE ? 0 : -1;
+}
+
+static int sq_entry_get(struct store *st_, const char *id, struct waitlist_entry *out, bool *found, struct err *e)
+{
+	static const char sql[] = "SELECT " ENTRY_COLS " FROM waitlist w WHERE w.id = ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "t", id);
+	int r = step(st, e);
+
+	if (r < 0)
+		return -1;
+	*found = r == 1;
+	if (r == 1)
+		entry_read(st, out);
+	sqlite3_reset(st);
+	return 0;
+}
+
+static void entry_row(sqlite3_stmt *st, void *item)
+{
+	entry_read(st, item);
+}
+
+static int sq_waitlist_list(struct store *st_, const char *plan_id, int64_t after, int limit,
+			    struct waitlist_entry **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " ENTRY_COLS " FROM waitlist w WHERE w.plan_id = ? AND w.seq > ? ORDER BY w.seq LIMIT ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "tii", plan_id, after, (int64_t)limit);
+
+	return page_rows(st, sizeof(**out), limit, entry_row, (void **)out, n, nothing_v, e);
+}
+
+static int sq_waitlist_leave(struct store *st_, const char *id, int64_t now, const struct event_spec *ev, size_t nev,
+			     const struct actor *a, bool *moved, struct waitlist_entry *out, bool *found,
+			     struct err *e)
+{
+	static const char leave[] =
+		"UPDATE waitlist SET status = 'left', updated_at = ? WHERE id = ? AND status = 'waiting' RETURNING plan_id";
+	static const char line[] =
+		"UPDATE plans SET waiting = waiting - 1, updated_at = ? WHERE id = ?"
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held";
+	struct sq *s = SQ(st_);
+	struct seat_counts counts;
+	char plan_id[ID_LEN + 1];
+	sqlite3_stmt *st;
+	int n, rc = -1;
+
+	*moved = false;
+	if (BEGIN(s, e))
+		return -1;
+	if ((n = step(st = q(s, leave, e, "it", now, id), e)) < 0)
+		goto out;
+	if (n == 1) {
+		col_copy(st, 0, plan_id, sizeof(plan_id));
+		sqlite3_reset(st);
+		if (step(st = q(s, line, e, "it", now, plan_id), e) != 1)
+			goto out;
+		counts = (struct seat_counts){sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+					      sqlite3_column_int64(st, 2)};
+		sqlite3_reset(st);
+		if (events_put(s, a, now, plan_id, ev, nev, &counts, &counts, e) || offers_make(s, plan_id, now, a, e))
+			goto out;
+		*moved = true;
+	} else if (st) {
+		sqlite3_reset(st);
+	}
+	rc = sq_entry_get(st_, id, out, found, e);
+out:
+	return END(s, rc, e);
+}
+
 /* --- webhooks ----------------------------------------------------------------------------- */
 
 static int sq_webhook_create(struct store *st_, struct webhook *w, struct err *e)
@@ -1427,11 +1742,6 @@ static void delivery_row(sqlite3_stmt *st, void *item)
 	d->first_attempt_at = sqlite3_column_int64(st, 7);
 	d->next_attempt_at = sqlite3_column_int64(st, 8);
 	d->updated_at = sqlite3_column_int64(st, 9);
-}
-
-static void nothing_v(void *item)
-{
-	(void)item;
 }
 
 static int sq_delivery_list(struct store *st_, const char *endpoint_id, const struct seq_page *pg,
@@ -1622,8 +1932,9 @@ static int sq_snapshot(struct store *st_, const struct snapshot_visitor *v, stru
 	st = q(s, plans, e, "");
 	while ((r = step(st, e)) == 1) {
 		struct plan p;
-		struct plan_tally t = {&p, sqlite3_column_int64(st, 14), sqlite3_column_int64(st, 15),
-				       sqlite3_column_type(st, 16) != SQLITE_NULL, sqlite3_column_int64(st, 16)};
+		/* the tallies follow PLAN_COLS (16 columns) */
+		struct plan_tally t = {&p, sqlite3_column_int64(st, 16), sqlite3_column_int64(st, 17),
+				       sqlite3_column_type(st, 18) != SQLITE_NULL, sqlite3_column_int64(st, 18)};
 		plan_read(st, &p);
 		r = v->plan(v->arg, &t);
 		plan_clear(&p);
@@ -1676,7 +1987,7 @@ static int sq_reset(struct store *st_, struct err *e)
 	int rc = sqlite3_exec(s->db,
 			      "BEGIN IMMEDIATE; DELETE FROM audit_events; DELETE FROM payments;"
 			      " DELETE FROM idempotency_keys; DELETE FROM subscriptions; DELETE FROM customers;"
-			      " DELETE FROM plans; DELETE FROM leases; DELETE FROM webhook_deliveries;"
+			      " DELETE FROM plans; DELETE FROM leases; DELETE FROM webhook_deliveries; DELETE FROM waitlist;"
 			      " DELETE FROM webhook_endpoints; COMMIT;",
 			      NULL, NULL, NULL);
 
@@ -1789,6 +2100,10 @@ static const struct store_ops sqlite_ops = {
 	.sub_list = sq_sub_list,
 	.audit_list = sq_audit_list,
 	.feed_read = sq_feed_read,
+	.waitlist_join = sq_waitlist_join,
+	.entry_get = sq_entry_get,
+	.waitlist_list = sq_waitlist_list,
+	.waitlist_leave = sq_waitlist_leave,
 	.webhook_create = sq_webhook_create,
 	.webhook_list = sq_webhook_list,
 	.webhook_delete = sq_webhook_delete,
@@ -1880,6 +2195,8 @@ static int schema(struct sq *s, struct err *e)
 			rc = sqlite3_exec(s->db, MIGRATE_2_3, NULL, NULL, NULL);
 		if (rc == SQLITE_OK && (legacy || version == 2 || version == 3))
 			rc = sqlite3_exec(s->db, WEBHOOK_TABLES, NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(s->db, MIGRATE_4_5, NULL, NULL, NULL);
 		if (rc == SQLITE_OK)
 			rc = sqlite3_exec(s->db, "PRAGMA user_version = " STR(SCHEMA_VERSION), NULL, NULL, NULL);
 	}

@@ -122,6 +122,10 @@ static int check_field(struct json_object *v, const struct field *fd, const char
 				    (long long)fd->max);
 		return 0;
 	}
+	case V_BOOL:
+		if (!json_object_is_type(v, json_type_boolean))
+			return fail(f, prefix, fd->name, "must be true or false");
+		return 0;
 	case V_STRINGS:
 		if (!json_object_is_type(v, json_type_array))
 			return fail(f, prefix, fd->name, "must be an array of strings");

@@ -16,6 +16,7 @@ enum vtype {
 	V_EMAIL,     /* an email address, at most 254 characters */
 	V_ENUM,      /* one of choices */
 	V_OBJECT,    /* an object checked against sub */
+	V_BOOL,      /* true or false */
 };
 
 struct field {

@@ -47,6 +47,7 @@ struct json_object *view_plan(const struct plan *p)
 	ADD(o, "subscriptions_held", INT(p->subscriptions_held));
 	ADD(o, "max_per_order", INT(p->max_per_order));
 	ADD(o, "max_per_customer", p->max_per_customer ? INT(p->max_per_customer) : NULL);
+	ADD(o, "waitlist_enabled", json_object_new_boolean(p->waitlist_enabled));
 	ADD(o, "status", STR(p->status));
 	ADD(o, "features", p->features ? json_object_get(p->features) : json_object_new_array());
 	ADD(o, "isSoldOut", json_object_new_boolean(p->subscriptions_left == 0));
@@ -70,6 +71,7 @@ struct json_object *view_plan_stats(const struct plan *p, int64_t paying, int64_
 	ADD(o, "heldByKind", kinds);
 	ADD(o, "maxPerOrder", INT(p->max_per_order));
 	ADD(o, "maxPerCustomer", p->max_per_customer ? INT(p->max_per_customer) : NULL);
+	ADD(o, "waiting", INT(p->waiting));
 	ADD(o, "subscriptionsSold", INT(p->total_capacity - p->subscriptions_left - p->subscriptions_held));
 	ADD(o, "occupancyPercentage", occupancy(p));
 	ADD(o, "isSoldOut", json_object_new_boolean(p->subscriptions_left == 0));
@@ -195,6 +197,27 @@ struct json_object *view_webhook(const struct webhook *w, bool with_secret)
 	if (with_secret)
 		ADD(o, "secret", STR(w->secret));
 	ADD(o, "createdAt", view_time(w->created_at));
+	return o;
+}
+
+struct json_object *view_entry(const struct waitlist_entry *w, const char *access_token, bool with_secret)
+{
+	struct json_object *o = json_object_new_object();
+	bool offered = !strcmp(w->status, "offered");
+
+	ADD(o, "id", STR(w->id));
+	ADD(o, "status", STR(w->status));
+	ADD(o, "planId", STR(w->plan_id));
+	ADD(o, "customerId", STR(w->customer_id));
+	ADD(o, "quantity", INT(w->quantity));
+	ADD(o, "position", !strcmp(w->status, "waiting") ? INT(w->position) : NULL);
+	ADD(o, "checkoutSessionId", offered || !strcmp(w->status, "converted") ? STR(w->session_id) : NULL);
+	ADD(o, "clientSecret", offered && with_secret ? STR(w->offer_secret) : NULL);
+	ADD(o, "offerExpiresAt", offered ? view_time(w->offer_expires_at) : NULL);
+	if (access_token)
+		ADD(o, "accessToken", STR(access_token));
+	ADD(o, "createdAt", view_time(w->created_at));
+	ADD(o, "updatedAt", view_time(w->updated_at));
 	return o;
 }
 

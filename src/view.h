@@ -25,6 +25,9 @@ struct json_object *view_feed_event(const struct audit_event *a);
 /* A webhook endpoint; its secret only when with_secret (the answer to its creation). */
 struct json_object *view_webhook(const struct webhook *w, bool with_secret);
 struct json_object *view_delivery(const struct delivery *d);
+/* A waiting-list entry; its access token when given (the answer to joining), its offer's
+ * client secret only when with_secret (the admin, or the entry's own token). */
+struct json_object *view_entry(const struct waitlist_entry *w, const char *access_token, bool with_secret);
 /* An RFC 3339 string, or null for 0. */
 struct json_object *view_time(int64_t ms);
 

@@ -1,0 +1,114 @@
+/* api_waitlist.c - waiting lists: join a plan's line, read or leave one's entry, the operator's
+ * view of a line. The offers are the store's (store.h) and the sessions purchase.c's. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "ids.h"
+#include "view.h"
+#include "waitlist.h"
+
+static const struct field join_fields[] = {
+	{"quantity", V_INT, false, 1, 1000, NULL, NULL},
+	{"customerId", V_ID, false, 0, 0, NULL, NULL},
+	{"customer", V_OBJECT, false, 0, 0, NULL, api_customer_fields},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+static const struct field no_fields[] = {
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+void api_waitlist_join(struct request *rq, struct response *rs)
+{
+	struct waitlist_entry w = {0};
+	struct join_spec js = {0};
+	struct err e = {0};
+	char token[TOKEN_LEN + 1];
+
+	if (api_keyed_body(rq, rs, join_fields) || api_customer_given(rq, rs))
+		return;
+	if (!id_valid(rq->param)) {
+		response_error(rs, rq, 404, "PLAN_NOT_FOUND", "Plan not found", NULL);
+		return;
+	}
+	js.plan_id = rq->param;
+	js.quantity = api_int(rq, "quantity", 1);
+	js.customer_id = api_str(rq, "customerId", NULL);
+	js.email = api_str(rq, "customer", "email");
+	js.name = api_str(rq, "customer", "name");
+	if (waitlist_join(rq->lg, &rq->actor, &js, &w, token, &e))
+		response_err(rs, rq, &e);
+	else
+		response_json(rs, 201, view_entry(&w, token, false));
+}
+
+/* The entry the :id names, if the bearer may see it: the admin, or its own access token.
+ * Returns -1 after answering 403 or 404. */
+static int entry_load(struct request *rq, struct response *rs, struct waitlist_entry *w)
+{
+	struct err e = {0};
+
+	if (!rq->is_admin && strcmp(rq->auth.sub_id, rq->param)) {
+		response_error(rs, rq, 403, "FORBIDDEN", "This access token belongs to another entry", NULL);
+		return -1;
+	}
+	if (!id_valid(rq->param) || waitlist_get(rq->lg, rq->param, w, &e)) {
+		if (e.kind == ERR_NONE || e.kind == ERR_NOT_FOUND)
+			response_error(rs, rq, 404, "ENTRY_NOT_FOUND", "Waiting-list entry not found", NULL);
+		else
+			response_err(rs, rq, &e);
+		return -1;
+	}
+	return 0;
+}
+
+void api_waitlist_get(struct request *rq, struct response *rs)
+{
+	struct waitlist_entry w = {0};
+
+	if (entry_load(rq, rs, &w) == 0)
+		response_json(rs, 200, view_entry(&w, NULL, true));
+}
+
+void api_waitlist_leave(struct request *rq, struct response *rs)
+{
+	struct waitlist_entry w = {0};
+	struct err e = {0};
+
+	if (rq->json && api_body(rq, rs, no_fields))
+		return;
+	if (entry_load(rq, rs, &w))
+		return;
+	if (waitlist_leave(rq->lg, &rq->actor, rq->param, &w, &e))
+		response_err(rs, rq, &e);
+	else
+		response_json(rs, 200, view_entry(&w, NULL, true));
+}
+
+void api_waitlist_list(struct request *rq, struct response *rs)
+{
+	struct waitlist_entry *w = NULL;
+	struct page_req pg = {0};
+	struct err e = {0};
+	char next[CURSOR_LEN];
+	size_t n = 0;
+
+	if (!id_valid(rq->param)) {
+		response_error(rs, rq, 404, "PLAN_NOT_FOUND", "Plan not found", NULL);
+		return;
+	}
+	if (api_page(rq, rs, 50, 200, &pg))
+		goto out;
+	if (waitlist_list(rq->lg, rq->param, &pg, &w, &n, next, &e)) {
+		api_page_error(rs, rq, &e);
+		goto out;
+	}
+	struct json_object *arr = json_object_new_array();
+	for (size_t i = 0; i < n; i++)
+		json_object_array_add(arr, view_entry(&w[i], NULL, true));
+	api_page_response(rs, "entries", arr, next);
+out:
+	free(w);
+	free(pg.cursor);
+}
