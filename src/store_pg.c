@@ -104,6 +104,18 @@ static const char *const MIGRATIONS[] = {
 	" last_status INTEGER NOT NULL, last_error TEXT NOT NULL, state TEXT NOT NULL,"
 	" first_attempt_at BIGINT NOT NULL, next_attempt_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,"
 	" PRIMARY KEY (endpoint_id, seq));",
+	/* 5: waiting lists */
+	"ALTER TABLE plans ADD COLUMN waitlist_enabled BOOLEAN NOT NULL DEFAULT false,"
+	" ADD COLUMN waiting BIGINT NOT NULL DEFAULT 0 CHECK (waiting >= 0);"
+	"ALTER TABLE subscriptions ADD COLUMN entry_id TEXT NOT NULL DEFAULT '';"
+	"CREATE TABLE waitlist ("
+	" seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, plan_id TEXT NOT NULL REFERENCES plans(id),"
+	" customer_id TEXT NOT NULL, quantity BIGINT NOT NULL CHECK (quantity >= 1), status TEXT NOT NULL,"
+	" token_hash TEXT NOT NULL, session_id TEXT NOT NULL UNIQUE, offer_key TEXT NOT NULL,"
+	" offer_secret TEXT NOT NULL, secret_hash TEXT NOT NULL, offer_ttl_ms BIGINT NOT NULL,"
+	" offer_expires_at BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);"
+	"CREATE INDEX waitlist_line ON waitlist (plan_id, status, seq);"
+	"CREATE UNIQUE INDEX waitlist_live ON waitlist (plan_id, customer_id) WHERE status IN ('waiting', 'offered');",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -317,13 +329,14 @@ static int events_put(struct pg *s, const struct actor *a, int64_t now, const ch
 	return 0;
 }
 
+/* *waiting (when given): the plan's waiting entries. */
 static int seats_move(struct pg *s, const char *plan_id, int64_t dleft, int64_t dheld, int64_t now,
-		      struct seat_counts *after, struct err *e)
+		      struct seat_counts *after, int64_t *waiting, struct err *e)
 {
 	static const char sql[] =
 		"UPDATE plans SET subscriptions_left = subscriptions_left + $1, subscriptions_held = subscriptions_held + $2,"
 		" updated_at = $3 WHERE id = $4 AND subscriptions_left + $1 >= 0 AND subscriptions_held + $2 >= 0"
-		" RETURNING total_capacity, subscriptions_left, subscriptions_held";
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held, waiting";
 	PGresult *r = q(s, sql, e, "iiit", dleft, dheld, now, plan_id);
 
 	if (!r)
@@ -334,15 +347,101 @@ static int seats_move(struct pg *s, const char *plan_id, int64_t dleft, int64_t 
 		return -1;
 	}
 	*after = (struct seat_counts){col_int(r, 0, 0), col_int(r, 0, 1), col_int(r, 0, 2)};
+	if (waiting)
+		*waiting = col_int(r, 0, 3);
 	PQclear(r);
 	return 0;
+}
+
+/* --- waiting lists: offers ---------------------------------------------------------------- */
+
+#define ENTRY_COLS                                                                                   \
+	"w.id, w.plan_id, w.customer_id, w.quantity, w.status, w.token_hash, w.session_id, w.offer_key," \
+	" w.offer_secret, w.secret_hash, w.offer_ttl_ms, w.offer_expires_at, w.seq, w.created_at,"      \
+	" w.updated_at, CASE WHEN w.status = 'waiting' THEN (SELECT count(*) FROM waitlist x"             \
+	" WHERE x.plan_id = w.plan_id AND x.status = 'waiting' AND x.seq <= w.seq) ELSE 0 END"
+
+static void entry_read(PGresult *r, int row, struct waitlist_entry *w)
+{
+	memset(w, 0, sizeof(*w));
+	col_copy(r, row, 0, w->id, sizeof(w->id));
+	col_copy(r, row, 1, w->plan_id, sizeof(w->plan_id));
+	col_copy(r, row, 2, w->customer_id, sizeof(w->customer_id));
+	w->quantity = col_int(r, row, 3);
+	col_copy(r, row, 4, w->status, sizeof(w->status));
+	col_copy(r, row, 5, w->token_hash, sizeof(w->token_hash));
+	col_copy(r, row, 6, w->session_id, sizeof(w->session_id));
+	col_copy(r, row, 7, w->offer_key, sizeof(w->offer_key));
+	col_copy(r, row, 8, w->offer_secret, sizeof(w->offer_secret));
+	col_copy(r, row, 9, w->secret_hash, sizeof(w->secret_hash));
+	w->offer_ttl_ms = col_int(r, row, 10);
+	w->offer_expires_at = col_int(r, row, 11);
+	w->seq = col_int(r, row, 12);
+	w->created_at = col_int(r, row, 13);
+	w->updated_at = col_int(r, row, 14);
+	w->position = col_int(r, row, 15);
+}
+
+/* The plan's free seats to its line, in the caller's unit, which holds the plan's row
+ * (store.h, *offers*). */
+static int offers_make(struct pg *s, const char *plan_id, int64_t now, const struct actor *a, struct err *e)
+{
+	static const char head[] =
+		"SELECT " ENTRY_COLS " FROM waitlist w WHERE w.plan_id = $1 AND w.status = 'waiting' ORDER BY w.seq LIMIT 1";
+	static const char take[] =
+		"UPDATE plans SET subscriptions_left = subscriptions_left - $1,"
+		" subscriptions_held = subscriptions_held + $1, waiting = waiting - 1, updated_at = $2"
+		" WHERE id = $3 AND subscriptions_left >= $1"
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held, price_cents, duration_days";
+	static const char ins[] =
+		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
+		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, entry_id)"
+		" VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10, $11, $12)";
+	static const char mark[] =
+		"UPDATE waitlist SET status = 'offered', offer_expires_at = $1, updated_at = $2 WHERE id = $3";
+
+	for (;;) {
+		struct waitlist_entry w;
+		struct event_spec ev[OFFER_EVENTS];
+		struct seat_counts before, after;
+		int64_t price, days, until;
+		PGresult *r = q(s, head, e, "t", plan_id);
+
+		if (!r)
+			return -1;
+		if (PQntuples(r) == 0) {
+			PQclear(r);
+			return 0;
+		}
+		entry_read(r, 0, &w);
+		PQclear(r);
+		if (!(r = q(s, take, e, "iit", w.quantity, now, plan_id)))
+			return -1;
+		if (PQntuples(r) == 0) {
+			PQclear(r);
+			return 0;   /* the first in line does not fit: everyone behind it waits too */
+		}
+		after = (struct seat_counts){col_int(r, 0, 0), col_int(r, 0, 1), col_int(r, 0, 2)};
+		price = col_int(r, 0, 3);
+		days = col_int(r, 0, 4);
+		PQclear(r);
+		before = store_counts_before(after, -w.quantity, w.quantity);
+		until = now + w.offer_ttl_ms;
+		store_offer_events(&w, ev);
+		if (run(q(s, ins, e, "ttttiiiiiitt", w.session_id, plan_id, w.customer_id, w.offer_key,
+			  price * w.quantity, days, until, now, now, w.quantity, w.secret_hash, w.id)) < 0 ||
+		    run(q(s, mark, e, "iit", until, now, w.id)) < 0 ||
+		    events_put(s, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, e))
+			return -1;
+	}
 }
 
 /* --- plans and customers ------------------------------------------------------------------- */
 
 #define PLAN_COLS                                                                            \
 	"id, name, description, price_cents, duration_days, total_capacity, subscriptions_left," \
-	" subscriptions_held, status, features, created_at, updated_at, max_per_order, max_per_customer"
+	" subscriptions_held, status, features, created_at, updated_at, max_per_order, max_per_customer," \
+	" waitlist_enabled, waiting"
 
 static void plan_read(PGresult *r, int row, struct plan *p)
 {
@@ -363,6 +462,8 @@ static void plan_read(PGresult *r, int row, struct plan *p)
 	p->updated_at = col_int(r, row, 11);
 	p->max_per_order = col_int(r, row, 12);
 	p->max_per_customer = col_int(r, row, 13);
+	p->waitlist_enabled = !strcmp(PQgetvalue(r, row, 14), "t");
+	p->waiting = col_int(r, row, 15);
 }
 
 static const char *features_text(struct json_object *f)
@@ -392,15 +493,16 @@ struct plan_create_arg {
 
 static int plan_create_tx(struct pg *s, void *arg, struct err *e)
 {
-	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
+	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ")"
+				  " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15::boolean,0)"
 				  " ON CONFLICT DO NOTHING";
 	struct plan_create_arg *x = arg;
 	const struct plan *p = x->p;
 	struct seat_counts after = {p->total_capacity, p->subscriptions_left, p->subscriptions_held};
-	int n = run(q(s, sql, e, "tttiiiiittiiii", p->id, p->name, p->description, p->price_cents, p->duration_days,
+	int n = run(q(s, sql, e, "tttiiiiittiiiit", p->id, p->name, p->description, p->price_cents, p->duration_days,
 		      p->total_capacity, p->subscriptions_left, p->subscriptions_held, p->status,
 		      features_text(p->features), p->created_at, p->updated_at, p->max_per_order,
-		      p->max_per_customer));
+		      p->max_per_customer, p->waitlist_enabled ? "true" : "false"));
 
 	if (n <= 0)
 		return n < 0 ? -1 : 1;
@@ -456,7 +558,8 @@ static int plan_update_tx(struct pg *s, void *arg, struct err *e)
 		" subscriptions_left = subscriptions_left + coalesce($7::bigint - total_capacity, 0),"
 		" total_capacity = coalesce($7::bigint, total_capacity), updated_at = $8,"
 		" max_per_order = coalesce($10::bigint, max_per_order),"
-		" max_per_customer = coalesce($11::bigint, max_per_customer)"
+		" max_per_customer = coalesce($11::bigint, max_per_customer),"
+		" waitlist_enabled = coalesce($12::boolean, waitlist_enabled)"
 		" WHERE id = $9 AND subscriptions_left + coalesce($7::bigint - total_capacity, 0) >= 0"
 		" RETURNING " PLAN_COLS;
 	struct plan_update_arg *x = arg;
@@ -480,13 +583,14 @@ static int plan_update_tx(struct pg *s, void *arg, struct err *e)
 	snprintf(now, sizeof(now), "%" PRId64, x->now);
 	snprintf(per_order, sizeof(per_order), "%" PRId64, pt->max_per_order);
 	snprintf(per_customer, sizeof(per_customer), "%" PRId64, pt->max_per_customer);
-	r = q(s, sql, e, "ttttttttttt", pt->fields & PLAN_F_NAME ? pt->name : NULL,
+	r = q(s, sql, e, "tttttttttttt", pt->fields & PLAN_F_NAME ? pt->name : NULL,
 	      pt->fields & PLAN_F_DESCRIPTION ? pt->description : NULL, pt->fields & PLAN_F_PRICE ? price : NULL,
 	      pt->fields & PLAN_F_DURATION ? duration : NULL,
 	      pt->fields & PLAN_F_FEATURES ? features_text(pt->features) : NULL,
 	      pt->fields & PLAN_F_STATUS ? pt->status : NULL, pt->fields & PLAN_F_CAPACITY ? capacity : NULL, now,
 	      x->id, pt->fields & PLAN_F_MAX_ORDER ? per_order : NULL,
-	      pt->fields & PLAN_F_MAX_CUSTOMER ? per_customer : NULL);
+	      pt->fields & PLAN_F_MAX_CUSTOMER ? per_customer : NULL,
+	      pt->fields & PLAN_F_WAITLIST ? (pt->waitlist_enabled ? "true" : "false") : NULL);
 	if (!r)
 		return -1;
 	if (PQntuples(r) == 0) {
@@ -497,7 +601,16 @@ static int plan_update_tx(struct pg *s, void *arg, struct err *e)
 	plan_read(r, 0, x->out);
 	PQclear(r);
 	after = (struct seat_counts){x->out->total_capacity, x->out->subscriptions_left, x->out->subscriptions_held};
-	return events_put(s, x->a, x->now, x->id, x->ev, x->nev, &before, &after, e);
+	if (events_put(s, x->a, x->now, x->id, x->ev, x->nev, &before, &after, e))
+		return -1;
+	/* more seats: the line's first take them */
+	if (x->out->waiting > 0 && after.left > before.left) {
+		bool found;
+		plan_clear(x->out);
+		if (offers_make(s, x->id, x->now, x->a, e) || pg_plan_get(&s->base, x->id, x->out, &found, e))
+			return -1;
+	}
+	return 0;
 }
 
 static int pg_plan_update(struct store *st, const char *id, const struct plan_patch *pt, int64_t now,
@@ -674,7 +787,8 @@ static int pg_key_finish(struct store *st, const char *key, const struct reply *
 #define SUB_COLS                                                                                \
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
-	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until, s.previous_id"
+	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until, s.previous_id," \
+	" s.entry_id"
 
 static void sub_read(PGresult *r, int row, struct subscription *o)
 {
@@ -700,6 +814,7 @@ static void sub_read(PGresult *r, int row, struct subscription *o)
 	col_copy(r, row, 18, o->attempt_key, sizeof(o->attempt_key));
 	o->attempt_until = col_int(r, row, 19);
 	col_copy(r, row, 20, o->previous_id, sizeof(o->previous_id));
+	col_copy(r, row, 21, o->entry_id, sizeof(o->entry_id));
 }
 
 static const char SUB_BY_ID[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.id = $1";
@@ -758,9 +873,10 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	static const char take[] =
 		"UPDATE plans SET subscriptions_left = subscriptions_left - $3, subscriptions_held = subscriptions_held + $3,"
 		" updated_at = $1 WHERE id = $2 AND status = 'active' AND subscriptions_left >= $3 AND max_per_order >= $3"
+		" AND waiting = 0"
 		" RETURNING name, price_cents, duration_days, total_capacity, subscriptions_left, subscriptions_held,"
 		" max_per_customer";
-	static const char why[] = "SELECT status, subscriptions_left, max_per_order FROM plans WHERE id = $1";
+	static const char why[] = "SELECT status, subscriptions_left, max_per_order, waiting FROM plans WHERE id = $1";
 	/* Read after the plan's row is ours: every hold of the plan that committed before is seen. */
 	static const char owned[] =
 		"SELECT coalesce(sum(quantity), 0) FROM subscriptions"
@@ -823,6 +939,7 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 		if (PQntuples(res) == 1) {
 			x->out->available = col_int(res, 0, 1);
 			x->out->limit = col_int(res, 0, 2);
+			x->out->waiting = col_int(res, 0, 3);
 		}
 		x->out->result = PQntuples(res) == 0 ? HOLD_NO_PLAN
 			       : strcmp(PQgetvalue(res, 0, 0), "active") ? HOLD_PLAN_INACTIVE
@@ -919,9 +1036,11 @@ static int move_one(struct pg *s, const struct transition *t, const struct actor
 		" WHERE id = $7 AND status = $8 AND ($9::bigint IS NULL OR hold_deadline > $9::bigint)"
 		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) AND ($12::text IS NULL OR attempt_key = $12)"
 		" RETURNING plan_id, idem_key, quantity";
+	static const char entry[] =
+		"UPDATE waitlist SET status = $1, updated_at = $2 WHERE session_id = $3 AND status = 'offered'";
 	struct seat_counts before, after;
 	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
-	int64_t dleft, dheld;
+	int64_t dleft, dheld, waiting = 0;
 	PGresult *r;
 
 	if (!(r = q(s, move, e, "titIItttIIit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
@@ -936,9 +1055,11 @@ static int move_one(struct pg *s, const struct transition *t, const struct actor
 	dleft = t->dleft * col_int(r, 0, 2);
 	dheld = t->dheld * col_int(r, 0, 2);
 	PQclear(r);
-	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, e))
+	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, &waiting, e))
 		return -1;
 	before = store_counts_before(after, dleft, dheld);
+	if (t->entry_to && run(q(s, entry, e, "tit", t->entry_to, t->now, t->sub_id)) < 0)
+		return -1;
 	if (t->payment && payment_put(s, t->payment, e) != 1) {
 		if (e->kind == ERR_NONE)
 			err_set(e, ERR_INTERNAL, NULL, "a %s payment exists for key %s", t->payment->kind, key);
@@ -948,6 +1069,8 @@ static int move_one(struct pg *s, const struct transition *t, const struct actor
 		return -1;
 	if (t->reply && run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)t->reply->status, t->reply->body,
 			      t->reply_key ? t->reply_key : key)) < 0)
+		return -1;
+	if (dleft > 0 && waiting > 0 && offers_make(s, plan_id, t->now, a, e))
 		return -1;
 	return 1;
 }
@@ -1170,6 +1293,225 @@ static int pg_feed_read(struct store *st, int64_t after, const char *type, int l
 	}
 	PQclear(r);
 	return 0;
+}
+
+/* --- waiting lists ------------------------------------------------------------------------ */
+
+struct join_arg {
+	const struct join_req *r;
+	const struct actor *a;
+	struct join_out *out;
+};
+
+static int join_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char by_id[] = "SELECT id FROM customers WHERE id = $1";
+	static const char by_email[] = "SELECT id FROM customers WHERE lower(email) = lower($1)";
+	static const char take[] =
+		"UPDATE plans SET waiting = waiting + 1, updated_at = $2"
+		" WHERE id = $3 AND status = 'active' AND waitlist_enabled AND max_per_order >= $1"
+		" AND (subscriptions_left < $1 OR waiting > 0)"
+		" RETURNING waiting, max_per_customer, total_capacity, subscriptions_left, subscriptions_held";
+	static const char why[] =
+		"SELECT status, waitlist_enabled, max_per_order, subscriptions_left FROM plans WHERE id = $1";
+	/* read after the plan's row is ours: every join and hold of the plan before is seen */
+	static const char owned[] =
+		"SELECT (SELECT coalesce(sum(quantity), 0) FROM subscriptions WHERE customer_id = $1 AND plan_id = $2"
+		"  AND status IN ('pending', 'active')) + (SELECT coalesce(sum(quantity), 0) FROM waitlist"
+		"  WHERE customer_id = $1 AND plan_id = $2 AND status = 'waiting')";
+	static const char live[] =
+		"SELECT 1 FROM waitlist WHERE plan_id = $1 AND customer_id = $2 AND status IN ('waiting', 'offered')";
+	static const char ins[] =
+		"INSERT INTO waitlist (id, plan_id, customer_id, quantity, status, token_hash, session_id, offer_key,"
+		" offer_secret, secret_hash, offer_ttl_ms, created_at, updated_at)"
+		" VALUES ($1, $2, $3, $4, 'waiting', $5, $6, $7, $8, $9, $10, $11, $12) RETURNING seq";
+	struct join_arg *x = arg;
+	const struct join_req *r = x->r;
+	const struct waitlist_entry *w = r->entry;
+	struct join_out *out = x->out;
+	struct seat_counts counts;
+	struct actor buyer = *x->a;
+	char customer_id[ID_LEN + 1];
+	int64_t limit, position;
+	PGresult *res;
+	int n;
+
+	memset(out, 0, sizeof(*out));
+	if (!r->customer_id && run(q(s, CUSTOMER_INSERT, e, "ttti", r->customer->id, r->customer->email,
+				     r->customer->name, r->customer->created_at)) < 0)
+		return -1;
+	if (!(res = r->customer_id ? q(s, by_id, e, "t", r->customer_id) : q(s, by_email, e, "t", r->customer->email)))
+		return -1;
+	if (PQntuples(res) == 0) {
+		PQclear(res);
+		out->result = JOIN_NO_CUSTOMER;
+		return 1;
+	}
+	col_copy(res, 0, 0, customer_id, sizeof(customer_id));
+	PQclear(res);
+	if (!(res = q(s, take, e, "iit", w->quantity, w->created_at, w->plan_id)))
+		return -1;
+	if (PQntuples(res) == 0) {
+		PQclear(res);
+		if (!(res = q(s, why, e, "t", w->plan_id)))
+			return -1;
+		n = PQntuples(res);
+		if (n == 1) {
+			out->limit = col_int(res, 0, 2);
+			out->available = col_int(res, 0, 3);
+		}
+		out->result = n == 0 ? JOIN_NO_PLAN : strcmp(PQgetvalue(res, 0, 0), "active") ? JOIN_PLAN_INACTIVE :
+			strcmp(PQgetvalue(res, 0, 1), "t") ? JOIN_DISABLED :
+			w->quantity > out->limit ? JOIN_ORDER_LIMIT : JOIN_SEATS_AVAILABLE;
+		PQclear(res);
+		return 1;
+	}
+	position = col_int(res, 0, 0);
+	limit = col_int(res, 0, 1);
+	counts = (struct seat_counts){col_int(res, 0, 2), col_int(res, 0, 3), col_int(res, 0, 4)};
+	PQclear(res);
+	if (limit > 0) {
+		if (!(res = q(s, owned, e, "tt", customer_id, w->plan_id)))
+			return -1;
+		out->held = col_int(res, 0, 0);
+		PQclear(res);
+		if (out->held + w->quantity > limit) {
+			out->limit = limit;
+			out->result = JOIN_CUSTOMER_LIMIT;
+			return 1;
+		}
+	}
+	if (!(res = q(s, live, e, "tt", w->plan_id, customer_id)))
+		return -1;
+	n = PQntuples(res);
+	PQclear(res);
+	if (n) {
+		out->result = JOIN_ALREADY_WAITING;
+		return 1;
+	}
+	if (!(res = q(s, ins, e, "tttitttttiii", w->id, w->plan_id, customer_id, w->quantity, w->token_hash,
+		      w->session_id, w->offer_key, w->offer_secret, w->secret_hash, w->offer_ttl_ms, w->created_at,
+		      w->created_at)))
+		return -1;
+	out->entry = *w;
+	out->entry.seq = col_int(res, 0, 0);
+	PQclear(res);
+	out->entry.position = position;
+	snprintf(out->entry.customer_id, sizeof(out->entry.customer_id), "%s", customer_id);
+	snprintf(out->entry.status, sizeof(out->entry.status), "waiting");
+	buyer.id = customer_id;
+	if (events_put(s, &buyer, w->created_at, w->plan_id, r->events, r->nevents, &counts, &counts, e))
+		return -1;
+	out->result = JOIN_DONE;
+	return 0;
+}
+
+static int pg_waitlist_join(struct store *st, const struct join_req *r, const struct actor *a, struct join_out *out,
+			    struct err *e)
+{
+	struct join_arg x = {r, a, out};
+	int rc = tx(PG(st), WRITE, join_tx, &x, e);
+
+	if (rc < 0 && is_unique_violation(e)) {
+		/* two joins of one customer at once: the live-entry index decided */
+		err_clear(e);
+		memset(out, 0, sizeof(*out));
+		out->result = JOIN_ALREADY_WAITING;
+		rc = 1;
+	}
+	return rc < 0 ? -1 : 0;
+}
+
+static int pg_entry_get(struct store *st, const char *id, struct waitlist_entry *out, bool *found, struct err *e)
+{
+	static const char sql[] = "SELECT " ENTRY_COLS " FROM waitlist w WHERE w.id = $1";
+	PGresult *r;
+
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
+		return -1;
+	if ((*found = PQntuples(r) == 1))
+		entry_read(r, 0, out);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_waitlist_list(struct store *st, const char *plan_id, int64_t after, int limit,
+			    struct waitlist_entry **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " ENTRY_COLS " FROM waitlist w WHERE w.plan_id = $1 AND w.seq > $2 ORDER BY w.seq LIMIT $3";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "tii", plan_id, after, (int64_t)limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		entry_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
+struct leave_arg {
+	const char *id;
+	int64_t now;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+	bool *moved;
+};
+
+static int leave_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char plan_of[] = "SELECT plan_id FROM waitlist WHERE id = $1";
+	static const char lock[] = "SELECT 1 FROM plans WHERE id = $1 FOR UPDATE";
+	static const char leave[] =
+		"UPDATE waitlist SET status = 'left', updated_at = $1 WHERE id = $2 AND status = 'waiting'";
+	static const char line[] =
+		"UPDATE plans SET waiting = waiting - 1, updated_at = $1 WHERE id = $2"
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held";
+	struct leave_arg *x = arg;
+	struct seat_counts counts;
+	char plan_id[ID_LEN + 1];
+	PGresult *r;
+	int n;
+
+	if (!(r = q(s, plan_of, e, "t", x->id)))
+		return -1;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		return 0;
+	}
+	col_copy(r, 0, 0, plan_id, sizeof(plan_id));
+	PQclear(r);
+	/* The plan's row first, as every unit that changes its line takes it; the entry is read
+	 * after it is ours (a statement of its own sees what committed meanwhile). */
+	if (run(q(s, lock, e, "t", plan_id)) < 0 || (n = run(q(s, leave, e, "it", x->now, x->id))) < 0)
+		return -1;
+	if (n == 0)
+		return 0;
+	if (!(r = q(s, line, e, "it", x->now, plan_id)))
+		return -1;
+	counts = (struct seat_counts){col_int(r, 0, 0), col_int(r, 0, 1), col_int(r, 0, 2)};
+	PQclear(r);
+	if (events_put(s, x->a, x->now, plan_id, x->ev, x->nev, &counts, &counts, e) ||
+	    offers_make(s, plan_id, x->now, x->a, e))
+		return -1;
+	*x->moved = true;
+	return 0;
+}
+
+static int pg_waitlist_leave(struct store *st, const char *id, int64_t now, const struct event_spec *ev, size_t nev,
+			     const struct actor *a, bool *moved, struct waitlist_entry *out, bool *found,
+			     struct err *e)
+{
+	struct leave_arg x = {id, now, ev, nev, a, moved};
+
+	*moved = false;
+	if (tx(PG(st), WRITE, leave_tx, &x, e) < 0)
+		return -1;
+	return pg_entry_get(st, id, out, found, e);
 }
 
 /* --- webhooks ----------------------------------------------------------------------------- */
@@ -1487,8 +1829,9 @@ static int snapshot_tx(struct pg *s, void *arg, struct err *e)
 		return -1;
 	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
 		struct plan p;
-		struct plan_tally t = {&p, col_int(r, i, 14), col_int(r, i, 15), !PQgetisnull(r, i, 16),
-				       col_int(r, i, 16)};
+		/* the tallies follow PLAN_COLS (16 columns) */
+		struct plan_tally t = {&p, col_int(r, i, 16), col_int(r, i, 17), !PQgetisnull(r, i, 18),
+				       col_int(r, i, 18)};
 		plan_read(r, i, &p);
 		rc = v->plan(v->arg, &t);
 		plan_clear(&p);
@@ -1532,7 +1875,7 @@ static int pg_reset(struct store *st, struct err *e)
 {
 	return connected(PG(st), e) ||
 	       exec(PG(st), "TRUNCATE audit_events, payments, idempotency_keys, subscriptions, customers, plans,"
-			    " leases, processor, webhook_endpoints, webhook_deliveries", e) ? -1 : 0;
+			    " leases, processor, webhook_endpoints, webhook_deliveries, waitlist", e) ? -1 : 0;
 }
 
 static void pg_close(struct store *st)
@@ -1567,6 +1910,10 @@ static const struct store_ops pg_ops = {
 	.sub_list = pg_sub_list,
 	.audit_list = pg_audit_list,
 	.feed_read = pg_feed_read,
+	.waitlist_join = pg_waitlist_join,
+	.entry_get = pg_entry_get,
+	.waitlist_list = pg_waitlist_list,
+	.waitlist_leave = pg_waitlist_leave,
 	.webhook_create = pg_webhook_create,
 	.webhook_list = pg_webhook_list,
 	.webhook_delete = pg_webhook_delete,

@@ -81,7 +81,7 @@ static struct fixture *fixture_new(int capacity, int hold_ttl_s)
 	faulty_ops.processor_charge = f_charge;
 	x->s->ops = &faulty_ops;
 	fail_at = NULL;
-	x->lg = (struct ledger){x->s, &api_replies, hold_ttl_s, 0, 24};
+	x->lg = (struct ledger){x->s, &api_replies, hold_ttl_s, 0, 24, 600};
 	id_new(p.id);
 	p.name = xasprintf("Plan %s", p.id);
 	p.description = xstrdup("");
@@ -739,7 +739,7 @@ static void test_racing_processes_sell_exactly_capacity(void **state)
 		if (fork() == 0) {
 			struct err e = {0};
 			struct store *s = store_open(store_url, &e);
-			struct ledger lg = {s, &api_replies, 600, 0, 24};
+			struct ledger lg = {s, &api_replies, 600, 0, 24, 600};
 			struct actor a = {"race", "customer", NULL, NULL};
 			char n = 0, key[UUID_LEN + 1], email[64];
 			for (int j = 0; j < EACH; j++) {
@@ -815,7 +815,7 @@ static void test_sessions_race_their_deadline(void **state)
 	for (int i = 0; i < PROCS; i++) {
 		if (fork() == 0) {
 			struct store *s = store_open(store_url, &e);
-			struct ledger lg = {s, &api_replies, 600, 25, 24};   /* a 25 ms processor */
+			struct ledger lg = {s, &api_replies, 600, 25, 24, 600};   /* a 25 ms processor */
 			struct actor a = {"race", "customer", NULL, NULL};
 			for (int j = 0; j < EACH; j++) {
 				int k = i * EACH + j;
@@ -897,7 +897,7 @@ static void test_feed_in_commit_order(void **state)
 		if (fork() == 0) {
 			struct err e = {0};
 			struct store *s = store_open(store_url, &e);
-			struct ledger lg = {s, &api_replies, 600, 0, 24};
+			struct ledger lg = {s, &api_replies, 600, 0, 24, 600};
 			struct actor a = {"feed", "customer", NULL, NULL};
 			char key[UUID_LEN + 1], email[64], id[ID_LEN + 1];
 

@@ -35,7 +35,7 @@ static int setup(void **state)
 	struct err e = {0};
 
 	w->s = mem_store_new();
-	w->lg = (struct ledger){w->s, &api_replies, 600, 0, 24};
+	w->lg = (struct ledger){w->s, &api_replies, 600, 0, 24, 600};
 	id_new(p.id);
 	p.name = xstrdup("Workshop");
 	p.description = xstrdup("");
