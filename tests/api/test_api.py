@@ -52,7 +52,7 @@ class Plans(Envelope):
         self.assertEqual(st, {"planId": p["id"], "name": p["name"], "totalCapacity": 5,
                               "subscriptionsLeft": 5, "subscriptionsHeld": 0, "subscriptionsSold": 0,
                               "heldByKind": {"payments": 0, "checkoutSessions": 0}, "maxPerOrder": 10,
-                              "maxPerCustomer": None, "occupancyPercentage": 0, "isSoldOut": False})
+                              "maxPerCustomer": None, "waiting": 0, "occupancyPercentage": 0, "isSoldOut": False})
 
     def test_defaults(self):
         r = S.admin("POST", "/api/plans", {"name": "Defaults " + uuid.uuid4().hex, "price_cents": 0,
@@ -380,7 +380,7 @@ class Quantities(Envelope):
         self.assertEqual(g["quantity"], 3)
         short = S.purchase(p["id"], quantity=3)
         self.assertError(short, 409, "PLAN_SOLD_OUT")
-        self.assertEqual(short.json["details"], {"available": 2})
+        self.assertEqual(short.json["details"], {"available": 2, "waiting": 0})
         self.assertEqual(S.plan(p["id"])["subscriptions_left"], 2)
         over = S.purchase(p["id"], quantity=5)
         self.assertError(over, 400, "VALIDATION_ERROR")
@@ -640,6 +640,117 @@ class Audit(Envelope):
         self.assertError(S.request("GET", "/api/audit-logs"), 401, "UNAUTHORIZED")
         self.assertError(S.admin("GET", "/api/audit-logs?planId=zz"), 400, "VALIDATION_ERROR")
         self.assertError(S.admin("GET", "/api/audit-logs?limit=1000"), 400, "VALIDATION_ERROR")
+
+
+class Waitlists(Envelope):
+    def join(self, plan_id, email, quantity=None, key=None):
+        body = {"customer": {"email": email, "name": "Waiter"}}
+        if quantity:
+            body["quantity"] = quantity
+        return S.request("POST", "/api/plans/%s/waitlist" % plan_id, body, {"Idempotency-Key": key or str(uuid.uuid4())})
+
+    def test_join_wait_offer_complete(self):
+        p = S.create_plan(capacity=1, waitlist_enabled=True)
+        self.assertTrue(p["waitlist_enabled"])
+        # seats free and nobody waiting: buy instead
+        self.assertError(self.join(p["id"], "early@example.com"), 409, "SEATS_AVAILABLE")
+        bought = S.purchase(p["id"]).json
+        key = str(uuid.uuid4())
+        a = self.join(p["id"], "wa@example.com", key=key)
+        self.assertEqual(a.status, 201, a)
+        self.assertEqual((a.json["status"], a.json["position"], a.json["quantity"], a.json["checkoutSessionId"]),
+                         ("waiting", 1, 1, None))
+        self.assertTrue(a.json["accessToken"].startswith("wlt_"))
+        again = self.join(p["id"], "wa@example.com", key=key)
+        self.assertEqual((again.status, again.raw), (201, a.raw))
+        self.assertError(self.join(p["id"], "wa@example.com"), 409, "ALREADY_WAITING")
+        b = self.join(p["id"], "wb@example.com").json
+        self.assertEqual(b["position"], 2)
+        # nobody buys past the line
+        r = S.purchase(p["id"])
+        self.assertError(r, 409, "PLAN_SOLD_OUT")
+        self.assertEqual(r.json["details"], {"available": 0, "waiting": 2})
+        # a's own token reads a; b's token cannot; nobody's cannot
+        ta, tb = {"Authorization": "Bearer " + a.json["accessToken"]}, {"Authorization": "Bearer " + b["accessToken"]}
+        self.assertEqual(S.request("GET", "/api/waitlist/" + a.json["id"], headers=ta).json["position"], 1)
+        self.assertError(S.request("GET", "/api/waitlist/" + a.json["id"], headers=tb), 403, "FORBIDDEN")
+        self.assertError(S.request("GET", "/api/waitlist/" + a.json["id"]), 401, "UNAUTHORIZED")
+        self.assertError(S.request("GET", "/api/plans/%s/waitlist" % p["id"], headers=ta), 403, "FORBIDDEN")
+        # the seat comes free: a is offered it in the cancel's unit, b moves up
+        S.request("POST", "/api/subscriptions/%s/cancel" % bought["id"], {},
+                  {"Authorization": "Bearer " + bought["accessToken"]})
+        got = S.request("GET", "/api/waitlist/" + a.json["id"], headers=ta).json
+        self.assertEqual((got["status"], got["position"]), ("offered", None))
+        self.assertTrue(got["clientSecret"].startswith("cst_" + got["checkoutSessionId"]))
+        self.assertIsNotNone(got["offerExpiresAt"])
+        self.assertEqual(S.request("GET", "/api/waitlist/" + b["id"], headers=tb).json["position"], 1)
+        plan = S.plan(p["id"])
+        self.assertEqual((plan["subscriptions_left"], plan["subscriptions_held"]), (0, 1))
+        session = S.request("GET", "/api/checkout-sessions/" + got["checkoutSessionId"],
+                            headers={"Authorization": "Bearer " + got["clientSecret"]}).json
+        self.assertEqual((session["status"], session["quantity"]), ("open", 1))
+        done = S.request("POST", "/api/checkout-sessions/%s/complete" % got["checkoutSessionId"],
+                         {"paymentMethodId": "pm_card_visa"},
+                         {"Authorization": "Bearer " + got["clientSecret"], "Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual(done.status, 201, done)
+        conv = S.admin("GET", "/api/waitlist/" + a.json["id"]).json
+        self.assertEqual((conv["status"], conv["clientSecret"]), ("converted", None))
+        line = S.admin("GET", "/api/plans/%s/waitlist" % p["id"]).json
+        self.assertEqual([(x["id"], x["status"]) for x in line["entries"]], [(a.json["id"], "converted"), (b["id"], "waiting")])
+        # b leaves: the line is empty, a new buyer may buy the next free seat
+        left = S.request("POST", "/api/waitlist/%s/leave" % b["id"], None, tb)
+        self.assertEqual((left.status, left.json["status"]), (200, "left"))
+        self.assertError(S.request("POST", "/api/waitlist/%s/leave" % a.json["id"], {}, ta), 409, "ENTRY_NOT_LIVE")
+        types = [e["type"] for e in S.admin("GET", "/api/events?type=waitlist.offered&after=0&limit=1000").json["events"]
+                 if e["data"]["resourceId"] == a.json["id"]]
+        self.assertEqual(types, ["waitlist.offered"])
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_an_offer_left_passes_on(self):
+        p = S.create_plan(capacity=2, waitlist_enabled=True)
+        subs = [S.purchase(p["id"]).json for _ in range(2)]
+        big = self.join(p["id"], "big@example.com", quantity=2).json
+        small = self.join(p["id"], "small@example.com").json
+        S.request("POST", "/api/subscriptions/%s/cancel" % subs[0]["id"], {},
+                  {"Authorization": "Bearer " + subs[0]["accessToken"]})
+        # one seat free, but the first in line needs two: nobody is offered, nobody jumps
+        self.assertEqual(S.admin("GET", "/api/waitlist/" + small["id"]).json["status"], "waiting")
+        S.request("POST", "/api/subscriptions/%s/cancel" % subs[1]["id"], {},
+                  {"Authorization": "Bearer " + subs[1]["accessToken"]})
+        self.assertEqual(S.admin("GET", "/api/waitlist/" + big["id"]).json["status"], "offered")
+        r = S.request("POST", "/api/waitlist/%s/leave" % big["id"], None, {"Authorization": "Bearer " + big["accessToken"]})
+        self.assertEqual(r.json["status"], "left")
+        self.assertEqual(S.admin("GET", "/api/waitlist/" + small["id"]).json["status"], "offered")
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 1)
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+    def test_capacity_increase_offers(self):
+        p = S.create_plan(capacity=1, waitlist_enabled=True)
+        S.purchase(p["id"])
+        w = self.join(p["id"], "cap@example.com").json
+        S.admin("PATCH", "/api/plans/" + p["id"], {"total_capacity": 2})
+        self.assertEqual(S.admin("GET", "/api/waitlist/" + w["id"]).json["status"], "offered")
+
+    def test_refusals(self):
+        off = S.create_plan(capacity=1)
+        S.purchase(off["id"])
+        self.assertError(self.join(off["id"], "x@example.com"), 409, "WAITLIST_DISABLED")
+        self.assertError(self.join("f" * 24, "x@example.com"), 404, "PLAN_NOT_FOUND")
+        p = S.create_plan(capacity=1, waitlist_enabled=True, max_per_order=2)
+        S.purchase(p["id"])
+        self.assertError(self.join(p["id"], "x@example.com", quantity=3), 400, "VALIDATION_ERROR")
+        r = S.request("POST", "/api/plans/%s/waitlist" % p["id"], {"customer": {"email": "k@example.com", "name": "K"}})
+        self.assertError(r, 400, "MISSING_IDEMPOTENCY_KEY")
+        for body in ({}, {"customer": {"email": "bad", "name": "B"}}, {"customerId": "zz"},
+                     {"customer": {"email": "q@example.com", "name": "Q"}, "quantity": 0},
+                     {"customer": {"email": "q@example.com", "name": "Q"}, "extra": 1}):
+            r = S.request("POST", "/api/plans/%s/waitlist" % p["id"], body, {"Idempotency-Key": str(uuid.uuid4())})
+            self.assertError(r, 400, "VALIDATION_ERROR")
+        self.assertError(S.admin("GET", "/api/waitlist/" + "a" * 24), 404, "ENTRY_NOT_FOUND")
+        self.assertError(S.admin("GET", "/api/plans/%s/waitlist?limit=0" % p["id"]), 400, "VALIDATION_ERROR")
+        self.assertError(S.admin("PATCH", "/api/plans/" + p["id"], {"waitlist_enabled": "yes"}), 400, "VALIDATION_ERROR")
 
 
 class Events(Envelope):

@@ -23,6 +23,7 @@
 #include "reaper.h"
 #include "store.h"
 #include "util.h"
+#include "waitlist.h"
 
 static char store_url[512];
 
@@ -430,7 +431,7 @@ static void test_quantities_and_limits(void **state)
 	new_key(key);
 	purchase_run(&x->lg, &buyer, &q, &r);
 	assert_string_equal(r.err.code, "PLAN_SOLD_OUT");
-	assert_string_equal(r.err.details, "{\"available\":3}");
+	assert_string_equal(r.err.details, "{\"available\":3,\"waiting\":0}");
 	purchase_result_clear(&r);
 	/* a decline gives all its seats back */
 	q.quantity = 3;
@@ -974,6 +975,122 @@ static void test_feed_in_commit_order(void **state)
 	fixture_free(x);
 }
 
+static void waitlist_on(struct fixture *x)
+{
+	struct actor a = {"test", "admin", NULL, NULL};
+	struct plan_patch pt = {.fields = PLAN_F_WAITLIST, .waitlist_enabled = true};
+	struct plan p = {0};
+	struct err e = {0};
+
+	assert_int_equal(ledger_plan_update(&x->lg, &a, x->plan_id, &pt, &p, &e), 0);
+	plan_clear(&p);
+}
+
+static void join(struct fixture *x, const char *email, int64_t quantity, struct waitlist_entry *w)
+{
+	struct actor a = {"test", "customer", NULL, NULL};
+	struct join_spec js = {x->plan_id, quantity, NULL, email, "Waiter"};
+	char token[TOKEN_LEN + 1];
+	struct err e = {0};
+
+	if (waitlist_join(&x->lg, &a, &js, w, token, &e))
+		fail_msg("join %s: %s %s", email, e.code ? e.code : "", e.msg);
+}
+
+static const char *status_of(struct fixture *x, const struct waitlist_entry *w, struct waitlist_entry *now)
+{
+	struct err e = {0};
+
+	assert_int_equal(waitlist_get(&x->lg, w->id, now, &e), 0);
+	return now->status;
+}
+
+/* Seats freed go to the line in the same unit, first come first served, an entry offered only
+ * when its whole quantity is free and nobody jumping it; a new buyer gets none while anyone
+ * waits; an offer that runs out passes its seats on, one that is left too, one completed is
+ * converted. */
+static void test_waitlist_offers_in_order(void **state)
+{
+	struct fixture *x = fixture_new(2, 600);
+	struct actor admin = {"test", "admin", NULL, NULL};
+	struct waitlist_entry a, b, c, now;
+	struct subscription sub = {0};
+	struct purchase_result r;
+	struct reap_stats rs;
+	struct err e = {0};
+	char s1[ID_LEN + 1], s2[ID_LEN + 1], key[UUID_LEN + 1];
+	struct plan p;
+
+	(void)state;
+	waitlist_on(x);
+	bought(x, s1);
+	bought(x, s2);
+	x->lg.offer_ttl_s = 1;
+	join(x, "a@example.com", 2, &a);
+	join(x, "b@example.com", 1, &b);
+	join(x, "c@example.com", 1, &c);
+	assert_int_equal((int)a.position, 1);
+	assert_int_equal((int)c.position, 3);
+	/* joined already; and while anyone waits, seats are not sold */
+	{
+		struct join_spec js = {x->plan_id, 1, NULL, "a@example.com", "Again"};
+		char token[TOKEN_LEN + 1];
+		assert_int_equal(waitlist_join(&x->lg, &admin, &js, &now, token, &e), -1);
+		assert_string_equal(e.code, "ALREADY_WAITING");
+	}
+	/* one seat free: the first needs two, and nobody behind it jumps the line */
+	assert_int_equal(ledger_sub_cancel(&x->lg, &admin, s1, &sub, &e), 0);
+	subscription_clear(&sub);
+	assert_string_equal(status_of(x, &a, &now), "waiting");
+	assert_string_equal(status_of(x, &b, &now), "waiting");
+	assert_int_equal((int)now.position, 2);
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.end, PURCHASE_REFUSED);
+	assert_string_equal(r.err.code, "PLAN_SOLD_OUT");
+	assert_non_null(strstr(r.err.details, "\"waiting\":3"));
+	purchase_result_clear(&r);
+	/* two free: the first is offered both, in the cancel's own unit */
+	assert_int_equal(ledger_sub_cancel(&x->lg, &admin, s2, &sub, &e), 0);
+	subscription_clear(&sub);
+	assert_string_equal(status_of(x, &a, &now), "offered");
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 0);
+	assert_int_equal(p.subscriptions_held, 2);
+	assert_int_equal(p.waiting, 2);
+	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	/* its offer runs out: the reaper expires it, its seats go to the next two in that unit */
+	while (now_ms() <= now.offer_expires_at) {
+		struct timespec ts = {0, 50 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	x->lg.offer_ttl_s = 600;
+	assert_int_equal(reaper_run(&x->lg, "test", &rs, &e), 0);
+	assert_string_equal(status_of(x, &a, &now), "expired");
+	assert_string_equal(status_of(x, &b, &now), "offered");
+	assert_string_equal(status_of(x, &c, &now), "offered");
+	/* the second leaves its offer: its seat is free again (nobody waits) */
+	assert_int_equal(waitlist_leave(&x->lg, &admin, b.id, &now, &e), 0);
+	assert_string_equal(now.status, "left");
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 1);
+	assert_int_equal(p.waiting, 0);
+	plan_clear(&p);
+	/* the third completes its offer with its session */
+	assert_string_equal(status_of(x, &c, &now), "offered");
+	new_key(key);
+	complete(x, now.session_id, key, &r);
+	assert_int_equal(r.reply.status, 201);
+	purchase_result_clear(&r);
+	assert_string_equal(status_of(x, &c, &now), "converted");
+	assert_int_equal(waitlist_leave(&x->lg, &admin, c.id, &now, &e), -1);
+	assert_string_equal(e.code, "ENTRY_NOT_LIVE");
+	/* a waiting entry leaving lets the one behind it, which fits, be offered */
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
 static int run_on(const char *url, const char *name)
 {
 	const struct CMUnitTest tests[] = {
@@ -994,6 +1111,7 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_racing_processes_sell_exactly_capacity),
 		cmocka_unit_test(test_sessions_race_their_deadline),
 		cmocka_unit_test(test_feed_in_commit_order),
+		cmocka_unit_test(test_waitlist_offers_in_order),
 	};
 
 	snprintf(store_url, sizeof(store_url), "%s", url);
