@@ -42,6 +42,16 @@ def feed_head():
         after = r["nextAfter"]
 
 
+def feed_after_all():
+    evs, after = [], 0
+    while True:
+        r = S.admin("GET", "/api/events?limit=1000&after=%d" % after).json
+        if not r["events"]:
+            return evs
+        evs += r["events"]
+        after = r["nextAfter"]
+
+
 class Concurrency(unittest.TestCase):
     def assertChecks(self):
         ok, out = S.check()
@@ -209,6 +219,62 @@ class Concurrency(unittest.TestCase):
         for k, p in enumerate(plans):
             q = S.plan(p["id"])
             self.assertEqual(last[k][1]["subscriptions_left"], q["subscriptions_left"])
+        self.assertChecks()
+
+    def test_300_buyers_race_a_line_of_40_for_freed_seats(self):
+        # 20 seats sold, 40 in line (1 or 2 seats each); then at once: 300 buyers, 10 cancels
+        # and three capacity increases of 2. Every freed seat goes to the line, in the order
+        # it joined, never to a buyer, never twice, never past capacity.
+        p = S.create_plan(capacity=20, waitlist_enabled=True)
+        subs = [r.json for r in parallel(20, lambda i: S.purchase(p["id"]))]
+        self.assertEqual({s["status"] for s in subs}, {"active"})
+        rng = random.Random(15)
+        line = []
+        for i in range(40):
+            r = S.request("POST", "/api/plans/%s/waitlist" % p["id"],
+                          {"customer": {"email": "line%d@example.com" % i, "name": "L"}, "quantity": rng.randint(1, 2)},
+                          {"Idempotency-Key": str(uuid.uuid4())})
+            self.assertEqual((r.status, r.json["position"]), (201, i + 1), r)
+            line.append(r.json)
+
+        def act(i):
+            if i < 300:
+                return S.purchase(p["id"])
+            if i < 310:
+                s = subs[i - 300]
+                return S.request("POST", "/api/subscriptions/%s/cancel" % s["id"], {},
+                                 {"Authorization": "Bearer " + s["accessToken"]})
+            for cap in (22, 24, 26):
+                r = S.admin("PATCH", "/api/plans/" + p["id"], {"total_capacity": cap})
+                assert r.status == 200, r
+            return r
+        results = parallel(311, act)
+        self.assertEqual(collections.Counter((r.status, r.json.get("code")) for r in results[:300]),
+                         {(409, "PLAN_SOLD_OUT"): 300})
+        self.assertEqual({r.status for r in results[300:]}, {200})
+        now = [S.admin("GET", "/api/waitlist/" + w["id"]).json for w in line]
+        offered = [w for w in now if w["status"] == "offered"]
+        k = len(offered)
+        # strictly in arrival order: the offered are the first k, the rest wait, in order
+        self.assertEqual([w["status"] for w in now], ["offered"] * k + ["waiting"] * (40 - k))
+        self.assertEqual([w["position"] for w in now[k:]], list(range(1, 40 - k + 1)))
+        q = S.plan(p["id"])
+        seats = sum(w["quantity"] for w in offered)
+        # 16 seats came free (10 cancels, 6 of capacity); the line took all it could, in order
+        self.assertEqual(q["total_capacity"], 26)
+        self.assertEqual(q["subscriptions_held"], seats)
+        self.assertEqual(q["subscriptions_left"], 16 - seats)
+        self.assertLess(q["subscriptions_left"], now[k]["quantity"])
+        self.assertLessEqual(10 + seats, 26)
+        # each offer its own session holding the entry's seats, and offered once
+        sessions = {w["checkoutSessionId"] for w in offered}
+        self.assertEqual(len(sessions), k)
+        for w in offered:
+            sess = S.admin("GET", "/api/checkout-sessions/" + w["checkoutSessionId"]).json
+            self.assertEqual((sess["status"], sess["quantity"]), ("open", w["quantity"]))
+        ids = {w["id"] for w in line}
+        offers = [e for e in feed_after_all() if e["type"] == "waitlist.offered" and e["data"]["resourceId"] in ids]
+        self.assertEqual([e["data"]["resourceId"] for e in offers], [w["id"] for w in offered])
         self.assertChecks()
 
     def test_2000_attempts_on_500_seats(self):
