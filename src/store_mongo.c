@@ -30,6 +30,7 @@ struct mg {
 	mongoc_collection_t *plans, *customers, *subs, *keys, *payments, *audit, *leases;
 	mongoc_collection_t *counters;       /* the event feed's last position */
 	mongoc_collection_t *webhooks, *deliveries;
+	mongoc_collection_t *waitlist;
 	mongoc_collection_t *processor;      /* the simulated processor's own records */
 	char not_replset[320];       /* non-empty: a standalone server, and how to fix it */
 };
@@ -374,6 +375,8 @@ static void plan_read(const bson_t *d, struct plan *p)
 	p->updated_at = get_int(d, "updated_at");
 	p->max_per_order = get_int_or(d, "max_per_order", PLAN_MAX_PER_ORDER_DEFAULT);
 	p->max_per_customer = get_int(d, "max_per_customer");
+	p->waitlist_enabled = get_int(d, "waitlist_enabled") != 0;
+	p->waiting = get_int(d, "waiting");
 }
 
 static void append_features(bson_t *b, struct json_object *f)
@@ -410,6 +413,7 @@ static void append_plan(bson_t *b, const struct plan *p)
 	BSON_APPEND_UTF8(b, "status", p->status);
 	BSON_APPEND_INT64(b, "max_per_order", p->max_per_order);
 	BSON_APPEND_INT64(b, "max_per_customer", p->max_per_customer);
+	BSON_APPEND_BOOL(b, "waitlist_enabled", p->waitlist_enabled);
 	append_features(b, p->features);
 	BSON_APPEND_DATE_TIME(b, "updated_at", p->updated_at);
 }
@@ -542,7 +546,7 @@ static int events_put(struct mg *s, mongoc_client_session_t *cs, const struct ac
 
 /* Moves a plan's seat counts, in the transaction; the counts after into *after. */
 static int seats_move(struct mg *s, mongoc_client_session_t *cs, const char *plan_id, int64_t dleft, int64_t dheld,
-		      int64_t now, struct seat_counts *after, bson_t *reply, struct err *e)
+		      int64_t now, struct seat_counts *after, int64_t *waiting, bson_t *reply, struct err *e)
 {
 	bson_t *filter = by_id(plan_id), *upd, *doc = NULL;
 	bool found;
@@ -562,12 +566,109 @@ static int seats_move(struct mg *s, mongoc_client_session_t *cs, const char *pla
 	after->total = get_int(doc, "total_capacity");
 	after->left = get_int(doc, "subscriptions_left");
 	after->held = get_int(doc, "subscriptions_held");
+	if (waiting)
+		*waiting = get_int(doc, "waiting");
 	rc = 0;
 out:
 	bson_destroy(doc);
 	bson_destroy(filter);
 	bson_destroy(upd);
 	return rc;
+}
+
+/* --- waiting lists: offers ---------------------------------------------------------------- */
+
+static void entry_read(const bson_t *d, struct waitlist_entry *w)
+{
+	memset(w, 0, sizeof(*w));
+	get_id(d, "_id", w->id, sizeof(w->id));
+	get_id(d, "plan_id", w->plan_id, sizeof(w->plan_id));
+	get_id(d, "customer_id", w->customer_id, sizeof(w->customer_id));
+	w->quantity = get_int(d, "quantity");
+	get_str(d, "status", w->status, sizeof(w->status));
+	get_str(d, "token_hash", w->token_hash, sizeof(w->token_hash));
+	get_id(d, "session_id", w->session_id, sizeof(w->session_id));
+	get_str(d, "offer_key", w->offer_key, sizeof(w->offer_key));
+	get_str(d, "offer_secret", w->offer_secret, sizeof(w->offer_secret));
+	get_str(d, "secret_hash", w->secret_hash, sizeof(w->secret_hash));
+	w->offer_ttl_ms = get_int(d, "offer_ttl_ms");
+	w->offer_expires_at = get_int(d, "offer_expires_at");
+	w->seq = get_int(d, "seq");
+	w->created_at = get_int(d, "created_at");
+	w->updated_at = get_int(d, "updated_at");
+}
+
+/* The plan's free seats to its line, in the caller's transaction, which has written the plan's
+ * document (store.h, *offers*): a unit changing the line meanwhile conflicts there. */
+static int offers_make(struct mg *s, mongoc_client_session_t *cs, const char *plan_id, int64_t now,
+		       const struct actor *a, bson_t *reply, struct err *e)
+{
+	bson_oid_t pid;
+	int rc = 0;
+
+	bson_oid_init_from_string(&pid, plan_id);
+	while (rc == 0) {
+		bson_t *head = BCON_NEW("plan_id", BCON_OID(&pid), "status", BCON_UTF8("waiting"));
+		bson_t *sort = BCON_NEW("seq", BCON_INT32(1)), *doc = NULL, *plan = NULL, *f = NULL, *upd = NULL;
+		bson_t *sub = NULL, *mf = NULL, *mark = NULL;
+		struct waitlist_entry w;
+		struct event_spec ev[OFFER_EVENTS];
+		struct seat_counts before, after;
+		bool found = false;
+		int n = find_one(s->waitlist, head, sort, cs, &doc, e, "waiting list");
+
+		if (n <= 0) {
+			rc = n < 0 ? -1 : 1;
+			goto next;
+		}
+		entry_read(doc, &w);
+		f = by_id(plan_id);
+		BCON_APPEND(f, "subscriptions_left", "{", "$gte", BCON_INT64(w.quantity), "}");
+		upd = BCON_NEW("$inc", "{", "subscriptions_left", BCON_INT64(-w.quantity), "subscriptions_held",
+			       BCON_INT64(w.quantity), "waiting", BCON_INT64(-1), "}", "$set", "{", "updated_at",
+			       BCON_DATE_TIME(now), "}");
+		if (modify(s->plans, cs, f, upd, &plan, &found, reply, e, "offer")) {
+			rc = -1;
+			goto next;
+		}
+		if (!found) {
+			rc = 1;   /* the first in line does not fit: everyone behind it waits too */
+			goto next;
+		}
+		after = (struct seat_counts){get_int(plan, "total_capacity"), get_int(plan, "subscriptions_left"),
+					     get_int(plan, "subscriptions_held")};
+		before = store_counts_before(after, -w.quantity, w.quantity);
+		sub = bson_new();
+		append_oid(sub, "_id", w.session_id);
+		append_oid(sub, "plan_id", plan_id);
+		append_oid(sub, "customer_id", w.customer_id);
+		BCON_APPEND(sub, "idem_key", BCON_UTF8(w.offer_key), "status", BCON_UTF8("pending"), "amount_cents",
+			    BCON_INT64(get_int(plan, "price_cents") * w.quantity), "duration_days",
+			    BCON_INT64(get_int(plan, "duration_days")), "payment_id", BCON_UTF8(""), "token_hash",
+			    BCON_UTF8(""), "hold_deadline", BCON_DATE_TIME(now + w.offer_ttl_ms), "created_at",
+			    BCON_DATE_TIME(now), "updated_at", BCON_DATE_TIME(now), "quantity", BCON_INT64(w.quantity),
+			    "secret_hash", BCON_UTF8(w.secret_hash), "attempt_key", BCON_UTF8(""), "attempt_until",
+			    BCON_DATE_TIME(0));
+		append_oid(sub, "entry_id", w.id);
+		mf = by_id(w.id);
+		mark = BCON_NEW("$set", "{", "status", BCON_UTF8("offered"), "offer_expires_at",
+				BCON_DATE_TIME(now + w.offer_ttl_ms), "updated_at", BCON_DATE_TIME(now), "}");
+		store_offer_events(&w, ev);
+		if (insert(s->subs, cs, sub, reply, e, "offer") || update(s->waitlist, cs, mf, mark, reply, e, "offer") < 0 ||
+		    events_put(s, cs, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, reply, e))
+			rc = -1;
+next:
+		bson_destroy(head);
+		bson_destroy(sort);
+		bson_destroy(doc);
+		bson_destroy(plan);
+		bson_destroy(f);
+		bson_destroy(upd);
+		bson_destroy(sub);
+		bson_destroy(mf);
+		bson_destroy(mark);
+	}
+	return rc < 0 ? -1 : 0;
 }
 
 /* --- plans -------------------------------------------------------------------------------- */
@@ -602,6 +703,9 @@ static int plan_create_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, 
 	append_oid(&doc, "_id", x->p->id);
 	append_plan(&doc, x->p);
 	BSON_APPEND_DATE_TIME(&doc, "created_at", x->p->created_at);
+	/* its line: entries waiting, and the last place given (an entry's seq) */
+	BSON_APPEND_INT64(&doc, "waiting", 0);
+	BSON_APPEND_INT64(&doc, "line_seq", 0);
 	rc = insert(s->plans, cs, &doc, reply, e, "plan");
 	if (rc && e->kind == ERR_CONFLICT)
 		rc = 1;  /* the name is taken */
@@ -684,6 +788,8 @@ static int patch_apply(struct plan *p, const struct plan_patch *pt, int64_t now)
 		p->max_per_order = pt->max_per_order;
 	if (pt->fields & PLAN_F_MAX_CUSTOMER)
 		p->max_per_customer = pt->max_per_customer;
+	if (pt->fields & PLAN_F_WAITLIST)
+		p->waitlist_enabled = pt->waitlist_enabled;
 	if (pt->fields & PLAN_F_FEATURES) {
 		json_object_put(p->features);
 		p->features = json_object_get(pt->features);
@@ -744,6 +850,20 @@ static int plan_update_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, 
 	after = (struct seat_counts){p.total_capacity, p.subscriptions_left, p.subscriptions_held};
 	if (events_put(s, cs, x->a, x->now, x->id, x->ev, x->nev, &before, &after, reply, e))
 		goto out;
+	/* more seats: the line's first take them */
+	if (p.waiting > 0 && after.left > before.left) {
+		bson_t *again = NULL, *pf = by_id(x->id);
+		int n = offers_make(s, cs, x->id, x->now, x->a, reply, e) ? -1 :
+			find_one(s->plans, pf, NULL, cs, &again, e, "plan");
+		bson_destroy(pf);
+		if (n == 1) {
+			plan_clear(&p);
+			plan_read(again, &p);
+		}
+		bson_destroy(again);
+		if (n < 0)
+			goto out;
+	}
 	x->res = WRITE_DONE;
 	x->out = p;
 	memset(&p, 0, sizeof(p));
@@ -981,6 +1101,7 @@ static void sub_read(const bson_t *d, struct subscription *o)
 	get_str(d, "attempt_key", o->attempt_key, sizeof(o->attempt_key));
 	o->attempt_until = get_int(d, "attempt_until");
 	get_id(d, "previous_id", o->previous_id, sizeof(o->previous_id));
+	get_id(d, "entry_id", o->entry_id, sizeof(o->entry_id));
 }
 
 /* Fills the plan names of n subscriptions with one query on plans, as SQLite's join does. */
@@ -1104,25 +1225,25 @@ static int mg_held_by_kind(struct store *st, const char *plan_id, int64_t *payin
 
 /* The customer of a hold, in its transaction: the one named, or the one with the email,
  * created atomically by an upsert on the unique email_key. 1 if absent. */
-static int hold_customer(struct mg *s, mongoc_client_session_t *cs, const struct hold_req *r, char id[ID_LEN + 1],
-			 bson_t *reply, struct err *e)
+static int hold_customer(struct mg *s, mongoc_client_session_t *cs, const char *customer_id,
+			 const struct customer *customer, char id[ID_LEN + 1], bson_t *reply, struct err *e)
 {
 	bson_t *filter, *doc = NULL, *d = NULL, *upd = NULL, *extra = NULL;
 	mongoc_find_and_modify_opts_t *fo = NULL;
 	bool found = false;
 	int rc = -1;
 
-	if (r->customer_id) {
-		filter = by_id(r->customer_id);
+	if (customer_id) {
+		filter = by_id(customer_id);
 		rc = find_one(s->customers, filter, NULL, cs, &doc, e, "customer");
-		snprintf(id, ID_LEN + 1, "%s", r->customer_id);
+		snprintf(id, ID_LEN + 1, "%s", customer_id);
 		rc = rc < 0 ? -1 : rc == 0 ? 1 : 0;
 		goto out;
 	}
-	char *key = email_key(r->customer->email);
+	char *key = email_key(customer->email);
 	filter = BCON_NEW("email_key", BCON_UTF8(key));
 	free(key);
-	d = customer_doc(r->customer);
+	d = customer_doc(customer);
 	upd = BCON_NEW("$setOnInsert", BCON_DOCUMENT(d));
 	extra = in_session(cs);
 	fo = mongoc_find_and_modify_opts_new();
@@ -1189,7 +1310,7 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 		}
 		goto out;
 	}
-	if ((n = hold_customer(s, cs, r, customer_id, reply, e)) != 0) {
+	if ((n = hold_customer(s, cs, r->customer_id, r->customer, customer_id, reply, e)) != 0) {
 		x->out->result = HOLD_NO_CUSTOMER;
 		rc = n;
 		goto out;
@@ -1199,8 +1320,10 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 		rc = n;
 		goto out;
 	}
+	/* nobody waiting: while anyone does, free seats are the line's */
 	BCON_APPEND(filter, "status", BCON_UTF8("active"), "subscriptions_left", "{", "$gte", BCON_INT64(r->quantity),
-		    "}", "max_per_order", "{", "$gte", BCON_INT64(r->quantity), "}");
+		    "}", "max_per_order", "{", "$gte", BCON_INT64(r->quantity), "}", "waiting", "{", "$not", "{", "$gt",
+		    BCON_INT64(0), "}", "}");
 	upd = BCON_NEW("$inc", "{", "subscriptions_left", BCON_INT64(-r->quantity), "subscriptions_held",
 		       BCON_INT64(r->quantity), "}", "$set", "{", "updated_at", BCON_DATE_TIME(now), "}");
 	if (modify(s->plans, cs, filter, upd, &plan, &found, reply, e, "seat hold"))
@@ -1215,6 +1338,7 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 			get_str(why, "status", status, sizeof(status));
 			x->out->available = get_int(why, "subscriptions_left");
 			x->out->limit = get_int_or(why, "max_per_order", PLAN_MAX_PER_ORDER_DEFAULT);
+			x->out->waiting = get_int(why, "waiting");
 		}
 		x->out->result = n == 0 ? HOLD_NO_PLAN : strcmp(status, "active") ? HOLD_PLAN_INACTIVE :
 			r->quantity > x->out->limit ? HOLD_ORDER_LIMIT : HOLD_SOLD_OUT;
@@ -1342,7 +1466,7 @@ static int move_one(struct mg *s, mongoc_client_session_t *cs, const struct tran
 	bson_t set, cond;
 	struct seat_counts before, after;
 	char plan_id[ID_LEN + 1], key[UUID_LEN + 1];
-	int64_t dleft, dheld;
+	int64_t dleft, dheld, waiting = 0;
 	bool found;
 	int rc = -1;
 
@@ -1379,9 +1503,20 @@ static int move_one(struct mg *s, mongoc_client_session_t *cs, const struct tran
 	get_str(doc, "idem_key", key, sizeof(key));
 	dleft = t->dleft * get_int_or(doc, "quantity", 1);
 	dheld = t->dheld * get_int_or(doc, "quantity", 1);
-	if (seats_move(s, cs, plan_id, dleft, dheld, t->now, &after, reply, e))
+	if (seats_move(s, cs, plan_id, dleft, dheld, t->now, &after, &waiting, reply, e))
 		goto out;
 	before = store_counts_before(after, dleft, dheld);
+	if (t->entry_to) {
+		bson_oid_t sid;
+		bson_oid_init_from_string(&sid, t->sub_id);
+		bson_t *ef = BCON_NEW("session_id", BCON_OID(&sid), "status", BCON_UTF8("offered"));
+		bson_t *eu = BCON_NEW("$set", "{", "status", BCON_UTF8(t->entry_to), "updated_at", BCON_DATE_TIME(t->now), "}");
+		int n = update(s->waitlist, cs, ef, eu, reply, e, "waiting-list entry");
+		bson_destroy(ef);
+		bson_destroy(eu);
+		if (n < 0)
+			goto out;
+	}
 	if (t->payment) {
 		pay = bson_new();
 		append_payment(pay, t->payment);
@@ -1396,6 +1531,8 @@ static int move_one(struct mg *s, mongoc_client_session_t *cs, const struct tran
 		if (update(s->keys, cs, kf, ku, reply, e, "key done") < 0)
 			goto out;
 	}
+	if (dleft > 0 && waiting > 0 && offers_make(s, cs, plan_id, t->now, a, reply, e))
+		goto out;
 	rc = 0;
 out:
 	bson_destroy(filter);
@@ -1718,6 +1855,245 @@ static int mg_feed_read(struct store *st, int64_t after, const char *type, int l
 	bson_destroy(filter);
 	bson_destroy(opts);
 	return rc;
+}
+
+/* --- waiting lists ------------------------------------------------------------------------ */
+
+struct join_arg {
+	const struct join_req *r;
+	const struct actor *a;
+	struct join_out *out;
+};
+
+static int join_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct join_arg *x = arg;
+	const struct join_req *r = x->r;
+	const struct waitlist_entry *w = r->entry;
+	struct join_out *out = x->out;
+	bson_t *filter = by_id(w->plan_id), *upd = NULL, *plan = NULL, *why = NULL, *live = NULL, *doc = NULL;
+	bson_t *livef = NULL;
+	struct seat_counts counts;
+	struct actor buyer = *x->a;
+	char customer_id[ID_LEN + 1], status[16] = "";
+	bson_oid_t pid, cid;
+	bool found = false;
+	int n, rc = -1;
+
+	memset(out, 0, sizeof(*out));
+	if ((n = hold_customer(s, cs, r->customer_id, r->customer, customer_id, reply, e)) != 0) {
+		out->result = JOIN_NO_CUSTOMER;
+		rc = n;
+		goto out;
+	}
+	/* the plan's document written first: joins, holds and offers of the plan meet there */
+	BCON_APPEND(filter, "status", BCON_UTF8("active"), "waitlist_enabled", BCON_BOOL(true), "max_per_order", "{",
+		    "$gte", BCON_INT64(w->quantity), "}", "$or", "[", "{", "subscriptions_left", "{", "$lt",
+		    BCON_INT64(w->quantity), "}", "}", "{", "waiting", "{", "$gt", BCON_INT64(0), "}", "}", "]");
+	upd = BCON_NEW("$inc", "{", "waiting", BCON_INT64(1), "line_seq", BCON_INT64(1), "}", "$set", "{", "updated_at",
+		       BCON_DATE_TIME(w->created_at), "}");
+	if (modify(s->plans, cs, filter, upd, &plan, &found, reply, e, "join"))
+		goto out;
+	if (!found) {
+		bson_t *f = by_id(w->plan_id);
+		n = find_one(s->plans, f, NULL, cs, &why, e, "plan");
+		bson_destroy(f);
+		if (n < 0)
+			goto out;
+		if (n == 1) {
+			get_str(why, "status", status, sizeof(status));
+			out->limit = get_int_or(why, "max_per_order", PLAN_MAX_PER_ORDER_DEFAULT);
+			out->available = get_int(why, "subscriptions_left");
+		}
+		out->result = n == 0 ? JOIN_NO_PLAN : strcmp(status, "active") ? JOIN_PLAN_INACTIVE :
+			!get_int(why, "waitlist_enabled") ? JOIN_DISABLED :
+			w->quantity > out->limit ? JOIN_ORDER_LIMIT : JOIN_SEATS_AVAILABLE;
+		rc = 1;
+		goto out;
+	}
+	bson_oid_init_from_string(&pid, w->plan_id);
+	bson_oid_init_from_string(&cid, customer_id);
+	if ((out->limit = get_int(plan, "max_per_customer")) > 0) {
+		int64_t waiting = sum_in(s->waitlist, cs, BCON_NEW("customer_id", BCON_OID(&cid), "plan_id", BCON_OID(&pid),
+								    "status", BCON_UTF8("waiting")), "quantity", e);
+		if (waiting < 0 || (out->held = owned_seats(s, cs, customer_id, w->plan_id, e)) < 0)
+			goto out;
+		out->held += waiting;
+		if (out->held + w->quantity > out->limit) {
+			out->result = JOIN_CUSTOMER_LIMIT;
+			rc = 1;
+			goto out;
+		}
+	}
+	livef = BCON_NEW("plan_id", BCON_OID(&pid), "customer_id", BCON_OID(&cid), "status", "{", "$in", "[",
+			 BCON_UTF8("waiting"), BCON_UTF8("offered"), "]", "}");
+	if ((n = find_one(s->waitlist, livef, NULL, cs, &live, e, "waiting list")) != 0) {
+		out->result = JOIN_ALREADY_WAITING;
+		rc = n < 0 ? -1 : 1;
+		goto out;
+	}
+	out->entry = *w;
+	out->entry.seq = get_int(plan, "line_seq");
+	out->entry.position = get_int(plan, "waiting");
+	snprintf(out->entry.customer_id, sizeof(out->entry.customer_id), "%s", customer_id);
+	snprintf(out->entry.status, sizeof(out->entry.status), "waiting");
+	doc = bson_new();
+	append_oid(doc, "_id", w->id);
+	append_oid(doc, "plan_id", w->plan_id);
+	append_oid(doc, "customer_id", customer_id);
+	append_oid(doc, "session_id", w->session_id);
+	BCON_APPEND(doc, "quantity", BCON_INT64(w->quantity), "status", BCON_UTF8("waiting"), "token_hash",
+		    BCON_UTF8(w->token_hash), "offer_key", BCON_UTF8(w->offer_key), "offer_secret",
+		    BCON_UTF8(w->offer_secret), "secret_hash", BCON_UTF8(w->secret_hash), "offer_ttl_ms",
+		    BCON_INT64(w->offer_ttl_ms), "offer_expires_at", BCON_DATE_TIME(0), "seq", BCON_INT64(out->entry.seq),
+		    "created_at", BCON_DATE_TIME(w->created_at), "updated_at", BCON_DATE_TIME(w->created_at));
+	if (insert(s->waitlist, cs, doc, reply, e, "waiting-list entry"))
+		goto out;
+	counts = (struct seat_counts){get_int(plan, "total_capacity"), get_int(plan, "subscriptions_left"),
+				      get_int(plan, "subscriptions_held")};
+	buyer.id = customer_id;
+	if (events_put(s, cs, &buyer, w->created_at, w->plan_id, r->events, r->nevents, &counts, &counts, reply, e))
+		goto out;
+	out->result = JOIN_DONE;
+	rc = 0;
+out:
+	bson_destroy(filter);
+	bson_destroy(upd);
+	bson_destroy(plan);
+	bson_destroy(why);
+	bson_destroy(live);
+	bson_destroy(livef);
+	bson_destroy(doc);
+	return rc;
+}
+
+static int mg_waitlist_join(struct store *st, const struct join_req *r, const struct actor *a, struct join_out *out,
+			    struct err *e)
+{
+	struct join_arg x = {r, a, out};
+
+	return transaction(MG(st), join_tx, &x, e) < 0 ? -1 : 0;
+}
+
+/* The place in line of a waiting entry: the plan's waiting entries up to it. */
+static int64_t position_of(struct mg *s, const struct waitlist_entry *w, struct err *e)
+{
+	bson_oid_t pid;
+	bson_t *f;
+	bson_error_t be;
+	int64_t n;
+
+	bson_oid_init_from_string(&pid, w->plan_id);
+	f = BCON_NEW("plan_id", BCON_OID(&pid), "status", BCON_UTF8("waiting"), "seq", "{", "$lte", BCON_INT64(w->seq), "}");
+	n = mongoc_collection_count_documents(s->waitlist, f, NULL, NULL, NULL, &be);
+	bson_destroy(f);
+	return n < 0 ? mg_fail(&be, NULL, e, "position") : n;
+}
+
+static int mg_entry_get(struct store *st, const char *id, struct waitlist_entry *out, bool *found, struct err *e)
+{
+	bson_t *f = by_id(id), *doc = NULL;
+	int n = find_one(MG(st)->waitlist, f, NULL, NULL, &doc, e, "waiting-list entry");
+
+	*found = n == 1;
+	if (n == 1) {
+		entry_read(doc, out);
+		if (!strcmp(out->status, "waiting") && (out->position = position_of(MG(st), out, e)) < 0)
+			n = -1;
+	}
+	bson_destroy(f);
+	bson_destroy(doc);
+	return n < 0 ? -1 : 0;
+}
+
+static void entry_item(const bson_t *doc, void *items, size_t i)
+{
+	entry_read(doc, &((struct waitlist_entry *)items)[i]);
+}
+
+static int mg_waitlist_list(struct store *st, const char *plan_id, int64_t after, int limit,
+			    struct waitlist_entry **out, size_t *n, struct err *e)
+{
+	bson_oid_t pid;
+	bson_t *filter, *opts = BCON_NEW("sort", "{", "seq", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
+	int64_t pos = 0;
+	int rc;
+
+	bson_oid_init_from_string(&pid, plan_id);
+	filter = BCON_NEW("plan_id", BCON_OID(&pid), "seq", "{", "$gt", BCON_INT64(after), "}");
+	rc = find_all(MG(st)->waitlist, filter, opts, sizeof(**out), entry_item, (void **)out, n, e);
+	/* places in line: the waiting ones before the page, then one more for each waiting one */
+	for (size_t i = 0; rc == 0 && i < *n; i++) {
+		if (strcmp((*out)[i].status, "waiting"))
+			continue;
+		if (pos == 0 && (pos = position_of(MG(st), &(*out)[i], e)) < 0)
+			rc = -1;
+		else
+			(*out)[i].position = pos++;
+	}
+	bson_destroy(filter);
+	bson_destroy(opts);
+	return rc;
+}
+
+struct leave_arg {
+	const char *id;
+	int64_t now;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+	bool *moved;
+};
+
+static int leave_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct leave_arg *x = arg;
+	bson_t *f = by_id(x->id), *upd = NULL, *doc = NULL, *pf = NULL, *pu = NULL, *plan = NULL;
+	struct seat_counts counts;
+	char plan_id[ID_LEN + 1];
+	bool found = false;
+	int rc = -1;
+
+	*x->moved = false;
+	BSON_APPEND_UTF8(f, "status", "waiting");
+	upd = BCON_NEW("$set", "{", "status", BCON_UTF8("left"), "updated_at", BCON_DATE_TIME(x->now), "}");
+	if (modify(s->waitlist, cs, f, upd, &doc, &found, reply, e, "leave"))
+		goto out;
+	if (!found) {
+		rc = 0;
+		goto out;
+	}
+	get_id(doc, "plan_id", plan_id, sizeof(plan_id));
+	pf = by_id(plan_id);
+	pu = BCON_NEW("$inc", "{", "waiting", BCON_INT64(-1), "}", "$set", "{", "updated_at", BCON_DATE_TIME(x->now), "}");
+	if (modify(s->plans, cs, pf, pu, &plan, &found, reply, e, "leave") || !found)
+		goto out;
+	counts = (struct seat_counts){get_int(plan, "total_capacity"), get_int(plan, "subscriptions_left"),
+				      get_int(plan, "subscriptions_held")};
+	if (events_put(s, cs, x->a, x->now, plan_id, x->ev, x->nev, &counts, &counts, reply, e) ||
+	    offers_make(s, cs, plan_id, x->now, x->a, reply, e))
+		goto out;
+	*x->moved = true;
+	rc = 0;
+out:
+	bson_destroy(f);
+	bson_destroy(upd);
+	bson_destroy(doc);
+	bson_destroy(pf);
+	bson_destroy(pu);
+	bson_destroy(plan);
+	return rc;
+}
+
+static int mg_waitlist_leave(struct store *st, const char *id, int64_t now, const struct event_spec *ev, size_t nev,
+			     const struct actor *a, bool *moved, struct waitlist_entry *out, bool *found,
+			     struct err *e)
+{
+	struct leave_arg x = {id, now, ev, nev, a, moved};
+
+	if (transaction(MG(st), leave_tx, &x, e) < 0)
+		return -1;
+	return mg_entry_get(st, id, out, found, e);
 }
 
 /* --- webhooks ----------------------------------------------------------------------------- */
@@ -2151,7 +2527,7 @@ static int mg_reset(struct store *st, struct err *e)
 {
 	struct mg *s = MG(st);
 	mongoc_collection_t *all[] = {s->audit, s->payments, s->keys, s->subs, s->customers, s->plans, s->leases,
-				      s->processor, s->webhooks, s->deliveries};
+				      s->processor, s->webhooks, s->deliveries, s->waitlist};
 	bson_t *empty = bson_new();
 	bson_error_t be;
 	int rc = 0;
@@ -2177,6 +2553,7 @@ static void mg_close(struct store *st)
 	mongoc_collection_destroy(s->counters);
 	mongoc_collection_destroy(s->webhooks);
 	mongoc_collection_destroy(s->deliveries);
+	mongoc_collection_destroy(s->waitlist);
 	mongoc_collection_destroy(s->processor);
 	mongoc_database_destroy(s->db);
 	mongoc_client_destroy(s->client);
@@ -2209,6 +2586,10 @@ static const struct store_ops mongo_ops = {
 	.sub_list = mg_sub_list,
 	.audit_list = mg_audit_list,
 	.feed_read = mg_feed_read,
+	.waitlist_join = mg_waitlist_join,
+	.entry_get = mg_entry_get,
+	.waitlist_list = mg_waitlist_list,
+	.waitlist_leave = mg_waitlist_leave,
 	.webhook_create = mg_webhook_create,
 	.webhook_list = mg_webhook_list,
 	.webhook_delete = mg_webhook_delete,
@@ -2345,6 +2726,8 @@ static int schema(struct mg *s, struct err *e)
 	static const char *const key_n[] = {"state_created"};
 	static const char *const del_n[] = {"endpoint_seq_unique"};
 	static const bool del_u[] = {true};
+	static const char *const line_n[] = {"plan_status_seq", "session"};
+	static const bool line_u[] = {false, true};
 	static const bool key_u[] = {false};
 	bson_t *plan_k[] = {BCON_NEW("name_key", BCON_INT32(1)), BCON_NEW("status", BCON_INT32(1), "price_cents", BCON_INT32(1))};
 	bson_t *cust_k[] = {BCON_NEW("email_key", BCON_INT32(1))};
@@ -2362,6 +2745,8 @@ static int schema(struct mg *s, struct err *e)
 			   BCON_NEW("seq", BCON_INT32(1))};
 	bson_t *key_k[] = {BCON_NEW("state", BCON_INT32(1), "created_at", BCON_INT32(1))};
 	bson_t *del_k[] = {BCON_NEW("endpoint_id", BCON_INT32(1), "seq", BCON_INT32(-1))};
+	bson_t *line_k[] = {BCON_NEW("plan_id", BCON_INT32(1), "status", BCON_INT32(1), "seq", BCON_INT32(1)),
+			    BCON_NEW("session_id", BCON_INT32(1))};
 	int rc = 0;
 
 	/* Each call consumes its keys, so all run even after a failure. */
@@ -2372,8 +2757,11 @@ static int schema(struct mg *s, struct err *e)
 	rc |= indexes(s, "audit_events", 5, aud_n, aud_k, aud_u, e);
 	rc |= indexes(s, "idempotency_keys", 1, key_n, key_k, key_u, e);
 	rc |= indexes(s, "webhook_deliveries", 1, del_n, del_k, del_u, e);
+	rc |= indexes(s, "waitlist", 2, line_n, line_k, line_u, e);
 	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(PLAN_MAX_PER_ORDER_DEFAULT),
 							  "max_per_customer", BCON_INT64(0), "}"), e);
+	rc |= backfill(s->plans, "waiting", BCON_NEW("$set", "{", "waiting", BCON_INT64(0), "line_seq", BCON_INT64(0),
+						     "waitlist_enabled", BCON_BOOL(false), "}"), e);
 	rc |= feed_counter(s, e);
 	return rc ? -1 : 0;
 }
@@ -2450,6 +2838,7 @@ struct store *store_mongo_open(const char *url, struct err *e)
 	s->counters = mongoc_database_get_collection(s->db, "counters");
 	s->webhooks = mongoc_database_get_collection(s->db, "webhook_endpoints");
 	s->deliveries = mongoc_database_get_collection(s->db, "webhook_deliveries");
+	s->waitlist = mongoc_database_get_collection(s->db, "waitlist");
 	s->processor = mongoc_database_get_collection(s->db, "processor");
 	if (topology(s, url, e) || schema(s, e))
 		goto fail;

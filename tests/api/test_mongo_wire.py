@@ -147,7 +147,7 @@ class MongoWire(unittest.TestCase):
         self.assertEqual((st, body["store"], body["status"]), (200, "mongodb", "ok"))
         specs = {d["createIndexes"]: d for d in self.w.commands("createIndexes")}
         self.assertEqual(set(specs), {"plans", "customers", "subscriptions", "payments", "audit_events",
-                                      "idempotency_keys", "webhook_deliveries"})
+                                      "idempotency_keys", "webhook_deliveries", "waitlist"})
         ix = lambda coll: {i["name"]: (dict(i["key"]), i.get("unique", False)) for i in specs[coll]["indexes"]}
         self.assertEqual(ix("subscriptions")["idem_key_unique"], ({"idem_key": 1}, True))
         self.assertEqual(ix("subscriptions")["hold_deadline"], ({"status": 1, "hold_deadline": 1}, False))
@@ -155,6 +155,7 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(ix("audit_events")["plan_at"], ({"plan_id": 1, "at": -1, "_id": -1}, False))
         self.assertEqual(ix("audit_events")["feed"], ({"seq": 1}, False))
         self.assertEqual(ix("webhook_deliveries")["endpoint_seq_unique"], ({"endpoint_id": 1, "seq": -1}, True))
+        self.assertEqual(ix("waitlist")["plan_status_seq"], ({"plan_id": 1, "status": 1, "seq": 1}, False))
         self.assertEqual(ix("plans")["name_key_unique"], ({"name_key": 1}, True))
         self.assertEqual(ix("customers")["email_key_unique"], ({"email_key": 1}, True))
         for d in specs.values():
@@ -165,8 +166,10 @@ class MongoWire(unittest.TestCase):
         st, body, err = purchase(self.w, key)
         self.assertEqual(st, 201, (body, err))
         hold = self.w.commands("findAndModify", "plans")[0]
-        self.assertEqual(dict(hold["query"]), {"_id": PLAN_ID, "status": "active", "subscriptions_left": {"$gte": 1},
-                                               "max_per_order": {"$gte": 1}})
+        # and nobody waiting: while anyone does, free seats are the line's
+        self.assertEqual(json.loads(json.dumps(hold["query"], default=str)),
+                         {"_id": str(PLAN_ID), "status": "active", "subscriptions_left": {"$gte": 1},
+                          "max_per_order": {"$gte": 1}, "waiting": {"$not": {"$gt": 0}}})
         self.assertEqual(dict(hold["update"]["$inc"]), {"subscriptions_left": -1, "subscriptions_held": 1})
         self.assertTrue(hold["new"])
         hold_txn = txn_of(hold)
@@ -453,6 +456,70 @@ class MongoWire(unittest.TestCase):
         leases = [d for d in self.w.commands("findAndModify", "leases") if d["query"]["_id"] == "webhooks"]
         self.assertEqual(len(leases) >= 2, True)
         self.assertEqual(leases[-1]["update"]["$set"]["until"], datetime.datetime(1970, 1, 1))
+
+    def test_join_takes_a_place_in_the_plans_transaction(self):
+        self.w.fam["plans"] = dict(plan_doc(left=0, held=0), waitlist_enabled=True, waiting=2, line_seq=7)
+        st, body, err = cgi(self.w, "POST", "/api/plans/%s/waitlist" % PLAN_ID,
+                            {"customer": {"email": "line@example.com", "name": "L"}, "quantity": 2},
+                            {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual(st, 201, (body, err))
+        self.assertEqual((body["status"], body["position"]), ("waiting", 2))
+        take = [d for d in self.w.commands("findAndModify", "plans") if "$or" in d["query"]][0]
+        q = json.loads(json.dumps(take["query"], default=str))
+        self.assertEqual(q, {"_id": str(PLAN_ID), "status": "active", "waitlist_enabled": True,
+                             "max_per_order": {"$gte": 2},
+                             "$or": [{"subscriptions_left": {"$lt": 2}}, {"waiting": {"$gt": 0}}]})
+        self.assertEqual(dict(take["update"]["$inc"]), {"waiting": 1, "line_seq": 1})
+        txn = txn_of(take)
+        in_join = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn]
+        self.assertEqual(in_join, [("findAndModify", "customers"), ("findAndModify", "plans"), ("find", "waitlist"),
+                                   ("insert", "waitlist"), ("findAndModify", "counters"), ("insert", "audit_events"),
+                                   ("commitTransaction", None)])
+        entry = self.w.commands("insert", "waitlist")[0]["documents"][0]
+        self.assertEqual((entry["status"], entry["quantity"], entry["seq"]), ("waiting", 2, 7))
+        self.assertTrue(entry["offer_secret"].startswith("cst_" + str(entry["session_id"])))
+
+    def test_cancel_offers_the_freed_seats_in_its_transaction(self):
+        entry = {"_id": ObjectId(), "plan_id": PLAN_ID, "customer_id": ObjectId(), "quantity": 1, "status": "waiting",
+                 "token_hash": "t", "session_id": ObjectId(), "offer_key": str(uuid.uuid4()),
+                 "offer_secret": "cst_x", "secret_hash": "h" * 64, "offer_ttl_ms": 60000, "seq": 1}
+        self.w.docs["waitlist"] = [entry]
+        calls = []
+
+        def plans(req):
+            # the cancel's seat back (one waits), the offer's take, then nothing fits
+            calls.append(req.doc)
+            value = [dict(plan_doc(left=1, held=0), waiting=1), dict(plan_doc(left=0, held=1), waiting=0), None][
+                min(len(calls) - 1, 2)]
+            req.reply({"ok": 1, "value": value, "lastErrorObject": {"n": 1 if value else 0}})
+            return True
+        self.w.override("findAndModify", "plans", plans, once=False)
+        sid = self.w.fam["subscriptions"]["_id"]
+        st, body, err = cgi(self.w, "POST", "/api/subscriptions/%s/cancel" % sid, {},
+                            {"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(st, 200, (body, err))
+        cancel = self.w.commands("findAndModify", "subscriptions")[0]
+        txn = txn_of(cancel)
+        in_txn = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn]
+        self.assertEqual(in_txn[:8], [("findAndModify", "subscriptions"), ("findAndModify", "plans"),
+                                      ("findAndModify", "counters"), ("insert", "audit_events"),
+                                      ("insert", "audit_events"), ("find", "waitlist"), ("findAndModify", "plans"),
+                                      ("insert", "subscriptions")])
+        self.assertEqual(in_txn[-1], ("commitTransaction", None))
+        take = json.loads(json.dumps(calls[1]["query"], default=str))
+        self.assertEqual(take, {"_id": str(PLAN_ID), "subscriptions_left": {"$gte": 1}})
+        self.assertEqual(dict(calls[1]["update"]["$inc"]),
+                         {"subscriptions_left": -1, "subscriptions_held": 1, "waiting": -1})
+        head = [d for d in self.w.commands("find", "waitlist") if txn_of(d) == txn][0]
+        self.assertEqual((dict(head["sort"]), head["filter"]["status"]), ({"seq": 1}, "waiting"))
+        offer = self.w.commands("insert", "subscriptions")[0]["documents"][0]
+        self.assertEqual((offer["_id"], offer["entry_id"], offer["secret_hash"], offer["status"], offer["idem_key"]),
+                         (entry["session_id"], entry["_id"], entry["secret_hash"], "pending", entry["offer_key"]))
+        marked = [d for d in self.w.commands("update", "waitlist") if txn_of(d) == txn][0]["updates"][0]
+        self.assertEqual((marked["q"], marked["u"]["$set"]["status"]), ({"_id": entry["_id"]}, "offered"))
+        actions = [d["documents"][0]["action"] for d in self.w.commands("insert", "audit_events") if txn_of(d) == txn]
+        self.assertEqual(actions, ["subscription.cancelled", "seat.released", "waitlist.offered", "seat.held",
+                                   "checkout.created"])
 
     def test_quantity_and_customer_limit(self):
         self.w.fam["plans"] = dict(plan_doc(left=6, held=1), max_per_order=10, max_per_customer=4)
