@@ -28,9 +28,11 @@ function planRow(p, stats) {
   const perOrder = el('input', { type: 'number', min: 1, max: 1000, step: 1, value: p.max_per_order, 'aria-label': `Seats per order of ${p.name}` });
   const perCustomer = el('input', { type: 'number', min: 1, step: 1, value: p.max_per_customer ?? '', placeholder: 'no limit',
                                     'aria-label': `Seats per customer of ${p.name}` });
+  const line = el('input', { type: 'checkbox', checked: p.waitlist_enabled, 'aria-label': `Waiting list of ${p.name}` });
   const save = el('button', { type: 'button', class: 'secondary', onclick: () => update(p, {
     total_capacity: Number(cap.value), price_cents: Number(price.value), max_per_order: Number(perOrder.value),
-    max_per_customer: perCustomer.value === '' ? null : Number(perCustomer.value) }) }, 'Save');
+    max_per_customer: perCustomer.value === '' ? null : Number(perCustomer.value), waitlist_enabled: line.checked }) }, 'Save');
+  const waiting = stats ? stats.waiting : '?';
   const kinds = stats ? stats.heldByKind : { payments: '?', checkoutSessions: '?' };
   const toggle = el('button', { type: 'button', class: 'secondary',
     onclick: () => update(p, { status: p.status === 'active' ? 'inactive' : 'active' }) },
@@ -42,8 +44,25 @@ function planRow(p, stats) {
        el('small', { 'data-col': 'held-kinds' }, ` (${kinds.payments} paying, ${kinds.checkoutSessions} in checkout)`)),
     el('td', { class: 'num', 'data-col': 'left' }, p.subscriptions_left),
     el('td', { 'data-col': 'limits' }, `${p.max_per_order} an order, ` + (p.max_per_customer ? `${p.max_per_customer} a customer` : 'no customer limit')),
+    el('td', { class: 'num', 'data-col': 'waiting' }, p.waitlist_enabled
+      ? el('button', { type: 'button', class: 'link', onclick: () => showLine(p) }, `${waiting} waiting`) : 'no list'),
     el('td', {}, el('div', { class: 'inline' }, el('label', {}, 'Seats', cap), el('label', {}, 'Cents', price),
-                    el('label', {}, 'Per order', perOrder), el('label', {}, 'Per customer', perCustomer), save, toggle)));
+                    el('label', {}, 'Per order', perOrder), el('label', {}, 'Per customer', perCustomer),
+                    el('label', {}, 'Waiting list', line), save, toggle)));
+}
+
+// A plan's line in order of arrival: who waits (and where), who was offered seats, who bought.
+async function showLine(p) {
+  try {
+    const { entries } = await api('GET', `/api/plans/${p.id}/waitlist?limit=200`, { token });
+    $('line-title').textContent = `Waiting list of ${p.name}`;
+    $('line-rows').replaceChildren(...entries.map((w) => el('tr', { 'data-entry': w.id },
+      el('td', { class: 'num' }, w.position ?? '—'), el('td', {}, w.status), el('td', { class: 'num' }, w.quantity),
+      el('td', {}, w.offerExpiresAt ? when(w.offerExpiresAt) : '—'), el('td', {}, when(w.createdAt)))));
+    $('line').hidden = false;
+  } catch (e) {
+    say($('console-status'), 'bad', `Could not read the line of ${p.name} (${e.code}).`);
+  }
 }
 
 async function update(p, change) {

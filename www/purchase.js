@@ -36,9 +36,73 @@ function planCard(p) {
     p.features.length ? el('ul', { class: 'features' }, p.features.map((f) => el('li', {}, f))) : null,
     el('div', { class: 'meter', role: 'presentation' }, meter),
     el('p', { class: 'seats', 'data-seats': left }, seats),
-    el('button', { type: 'button', disabled: p.isSoldOut, 'aria-label': `Buy seats of ${p.name}`,
-                   onclick: () => open(p) }, p.isSoldOut ? 'Sold out' : 'Buy seats'));
+    p.isSoldOut && p.waitlist_enabled
+      ? el('button', { type: 'button', class: 'join', 'aria-label': `Join the waiting list of ${p.name}`,
+                       onclick: () => openJoin(p) }, 'Join the waiting list')
+      : el('button', { type: 'button', disabled: p.isSoldOut, 'aria-label': `Buy seats of ${p.name}`,
+                       onclick: () => open(p) }, p.isSoldOut ? 'Sold out' : 'Buy seats'));
 }
+
+// --- the waiting list: a sold-out plan's line; seats that come free are offered in order ---
+const joinDialog = document.getElementById('join');
+const joinResult = document.getElementById('join-result');
+const joinButton = document.getElementById('join-submit');
+let joining = null;      // the plan whose line is joined
+let joinKey = null;
+
+function openJoin(plan) {
+  joining = plan;
+  joinKey = crypto.randomUUID();
+  document.getElementById('join-plan').textContent =
+    `${plan.name} is sold out. Join its line: when seats come free they are offered to the line in order, ` +
+    'and you get a link to pay for yours.';
+  document.getElementById('join-quantity').max = String(plan.max_per_order);
+  joinResult.textContent = '';
+  joinResult.className = 'notice';
+  joinButton.hidden = false;
+  joinButton.disabled = false;
+  if (dialog.open) dialog.close();
+  joinDialog.showModal();
+  document.getElementById('join-name').focus();
+}
+
+joinButton.addEventListener('click', async () => {
+  if (busy) return;
+  const name = document.getElementById('join-name').value.trim();
+  const email = document.getElementById('join-email').value.trim();
+  const n = Number(document.getElementById('join-quantity').value);
+  if (!name || !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(email) || !Number.isInteger(n) || n < 1) {
+    joinResult.className = 'notice bad';
+    joinResult.textContent = 'Please enter your name, a valid email address and the seats you want.';
+    return;
+  }
+  busy = true;
+  joinButton.disabled = true;
+  try {
+    const w = await retrying(`/api/plans/${joining.id}/waitlist`, { quantity: n, customer: { email, name } }, joinKey);
+    const link = `waitlist.html#id=${encodeURIComponent(w.id)}&token=${encodeURIComponent(w.accessToken)}`;
+    joinResult.className = 'notice ok';
+    joinResult.replaceChildren(el('strong', {}, `You are number ${w.position} in line. `),
+      el('a', { href: link, id: 'entry-link' }, 'Follow your place and pay when your seats are offered'),
+      ' (keep this link: it is your access key).');
+    joinButton.hidden = true;
+  } catch (e) {
+    joinButton.disabled = false;
+    joinKey = crypto.randomUUID();
+    joinResult.className = 'notice bad';
+    joinResult.textContent = {
+      SEATS_AVAILABLE: 'Seats are free right now: close this and buy them instead.',
+      ALREADY_WAITING: 'You are in this line already.',
+      WAITLIST_DISABLED: 'This plan has no waiting list.',
+      CUSTOMER_LIMIT_REACHED: 'You already hold as many seats of this plan as one customer may have.',
+    }[e.code] || `Could not join (${e.message}). Press the button again: it is safe.`;
+  } finally {
+    busy = false;
+    refresh();
+  }
+});
+
+document.getElementById('join-cancel').addEventListener('click', () => joinDialog.close());
 
 async function refresh() {
   try {
@@ -157,8 +221,14 @@ holdButton.addEventListener('click', async () => {
     holdButton.disabled = false;
     holdKey = crypto.randomUUID();
     if (e.code === 'PLAN_SOLD_OUT') {
-      const a = e.details.available;
-      show('bad', a ? `Sorry — only ${a} seat${a > 1 ? 's are' : ' is'} left.` : 'Sorry — this plan just sold out.');
+      const a = e.details.available, waiting = e.details.waiting;
+      if (waiting && current.waitlist_enabled) {
+        show('bad', `${waiting} ${waiting > 1 ? 'people are' : 'person is'} waiting for these seats; freed seats go to the line first. `,
+             el('button', { type: 'button', class: 'secondary', id: 'join-instead', onclick: () => openJoin(current) },
+                'Join the waiting list'));
+      } else {
+        show('bad', a ? `Sorry — only ${a} seat${a > 1 ? 's are' : ' is'} left.` : 'Sorry — this plan just sold out.');
+      }
     } else if (e.code === 'CUSTOMER_LIMIT_REACHED') {
       show('bad', `You already hold ${e.details.held} of the ${e.details.limit} seats one customer may have.`);
     } else if (e.code === 'PLAN_INACTIVE') {

@@ -180,24 +180,29 @@ class Hostile(unittest.TestCase):
         # buyer B's subscription, session, customer and plan: never a 2xx, never B's data
         own = S.create_plan(capacity=6, price=700)
         other = S.create_plan(capacity=6, price=900)
+        line = S.create_plan(capacity=1, waitlist_enabled=True)
+        S.purchase(line["id"])
 
         def buyer(tag):
             email = "%s-%s@example.com" % (tag, uuid.uuid4().hex[:8])
             sub = S.purchase(own["id"], email=email).json
             sess = S.request("POST", "/api/checkout-sessions", {"planId": own["id"], "customer": {"email": email, "name": tag}},
                              {"Idempotency-Key": str(uuid.uuid4())}).json
-            return {"email": email, "sub": sub, "session": sess}
+            entry = S.request("POST", "/api/plans/%s/waitlist" % line["id"], {"customer": {"email": email, "name": tag}},
+                              {"Idempotency-Key": str(uuid.uuid4())}).json
+            return {"email": email, "sub": sub, "session": sess, "entry": entry}
 
         a, b = buyer("a"), buyer("b")
         ids = {"subscriptions": b["sub"]["id"], "checkout-sessions": b["session"]["id"],
-               "customers": b["sub"]["customerId"], "plans": other["id"]}
+               "customers": b["sub"]["customerId"], "plans": other["id"], "waitlist": b["entry"]["id"]}
         bodies = {"cancel": {}, "change-plan": {"planId": other["id"], "paymentMethodId": "pm_card_visa"},
                   "complete": {"paymentMethodId": "pm_card_visa"}, "expire": {},
                   "/api/plans": {"name": "Stolen " + uuid.uuid4().hex[:6], "price_cents": 1, "total_capacity": 1},
                   "/api/customers": {"email": "stolen-%s@example.com" % uuid.uuid4().hex[:6], "name": "S"},
                   "plans/:id": {"total_capacity": 1}}
         public = {("GET", "/api/health"), ("GET", "/api/plans"), ("GET", "/api/plans/:id"), ("GET", "/api/plans/:id/stats"),
-                  ("POST", "/api/subscriptions/purchase"), ("POST", "/api/checkout-sessions"), ("GET", "/api/metrics")}
+                  ("POST", "/api/subscriptions/purchase"), ("POST", "/api/checkout-sessions"), ("GET", "/api/metrics"),
+                  ("POST", "/api/plans/:id/waitlist")}
         routes = [tuple(l.split()) for l in S.command("routes").stdout.splitlines() if l.strip()]
         self.assertGreaterEqual(len(routes), 18)
         tried = 0
@@ -207,18 +212,19 @@ class Hostile(unittest.TestCase):
             kind = pattern.split("/")[2]
             path = pattern.replace(":id", ids.get(kind, "0" * 24))
             body = bodies.get(pattern.rsplit("/", 1)[-1], bodies.get(pattern, bodies.get("plans/:id") if kind == "plans" else None))
-            for token in (a["sub"]["accessToken"], a["session"]["clientSecret"]):
+            for token in (a["sub"]["accessToken"], a["session"]["clientSecret"], a["entry"]["accessToken"]):
                 r = S.request(method, path, body, {"Authorization": "Bearer " + token, "Idempotency-Key": str(uuid.uuid4())})
                 self.assertIn(r.status, (401, 403), (method, path, r))
-                for secret in (b["email"], b["sub"]["accessToken"], b["session"]["clientSecret"]):
+                for secret in (b["email"], b["sub"]["accessToken"], b["session"]["clientSecret"], b["entry"]["accessToken"]):
                     self.assertNotIn(secret, r.raw)
                 tried += 1
-        self.assertGreaterEqual(tried, 22)
+        self.assertGreaterEqual(tried, 60)
         # nothing of B's moved
         admin_view = S.admin("GET", "/api/subscriptions/" + b["sub"]["id"]).json
         self.assertEqual((admin_view["status"], admin_view["planId"]), ("active", own["id"]))
         self.assertEqual(S.admin("GET", "/api/checkout-sessions/" + b["session"]["id"]).json["status"], "open")
         self.assertEqual(S.plan(other["id"])["total_capacity"], 6)
+        self.assertEqual(S.admin("GET", "/api/waitlist/" + b["entry"]["id"]).json["status"], "waiting")
 
     def test_check_still_passes(self):
         ok, out = S.check()

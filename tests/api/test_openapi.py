@@ -206,6 +206,27 @@ class Responses(unittest.TestCase):
         self.call("GET", "/api/webhook-endpoints/%s/deliveries" % ("e" * 24), admin=True)
         self.call("DELETE", "/api/webhook-endpoints/" + hook["id"], admin=True)
         self.call("DELETE", "/api/webhook-endpoints/" + hook["id"], admin=True)
+        wl = self.call("POST", "/api/plans", {"name": "Spec W " + uuid.uuid4().hex[:8], "price_cents": 100,
+                                              "total_capacity": 1, "waitlist_enabled": True}, admin=True).json
+        waiter = {"customer": {"email": "wl-%s@example.com" % uuid.uuid4().hex[:8], "name": "W"}}
+        self.call("POST", "/api/plans/%s/waitlist" % wl["id"], waiter, key())
+        self.call("POST", "/api/subscriptions/purchase", {"planId": wl["id"], "paymentMethodId": "pm_card_visa",
+                                                          "customer": {"email": "wlb@example.com", "name": "B"}}, key())
+        entry = self.call("POST", "/api/plans/%s/waitlist" % wl["id"], waiter, key()).json
+        self.call("POST", "/api/plans/%s/waitlist" % wl["id"], waiter, key())
+        self.call("POST", "/api/plans/%s/waitlist" % wl["id"], {"quantity": 0}, key())
+        self.call("POST", "/api/plans/%s/waitlist" % ("c" * 24), waiter, key())
+        self.call("GET", "/api/waitlist/" + entry["id"], headers={"Authorization": "Bearer " + entry["accessToken"]})
+        self.call("GET", "/api/waitlist/" + entry["id"], headers=token)
+        self.call("GET", "/api/waitlist/" + entry["id"])
+        self.call("GET", "/api/waitlist/" + "c" * 24, admin=True)
+        self.call("GET", "/api/plans/%s/waitlist?limit=5" % wl["id"], admin=True)
+        self.call("GET", "/api/plans/%s/waitlist" % wl["id"], headers=token)
+        self.call("GET", "/api/plans/%s/waitlist?limit=0" % wl["id"], admin=True)
+        self.call("GET", "/api/plans/%s/waitlist" % ("c" * 24), admin=True)
+        self.call("POST", "/api/waitlist/%s/leave" % entry["id"], {"x": 1}, admin=True)
+        self.call("POST", "/api/waitlist/%s/leave" % entry["id"], None,
+                  {"Authorization": "Bearer " + entry["accessToken"]})
         plan2 = self.call("POST", "/api/plans", {"name": "Spec S " + uuid.uuid4().hex[:8], "price_cents": 300,
                                                  "total_capacity": 3, "max_per_customer": 2}, admin=True).json
         cs_body = {"planId": plan2["id"], "quantity": 2, "customer": {"email": "cs@example.com", "name": "S"}}

@@ -213,6 +213,65 @@ test('changing plan on the subscription page: a decline changes nothing, then th
   await context.close();
 });
 
+test('a sold-out plan\'s waiting list: join, follow the place in line, pay for the offer with its countdown', async () => {
+  const p = await newPlan(1, { waitlist_enabled: true });
+  const { context, page } = await newPage();
+  await page.goto(S.base + '/');
+  const first = await buyThrough(page, p.id);
+  assert.match(await first.textContent(), /booked/);
+  const subLink = await page.locator('#sub-link').getAttribute('href');
+  await page.getByRole('button', { name: 'Close' }).first().click();
+  // sold out: the card offers the line
+  const joinButton = page.locator(`li[data-plan="${p.id}"]`).getByRole('button', { name: /waiting list/ });
+  await joinButton.waitFor();
+  await joinButton.click();
+  await page.locator('#join-name').fill('Grace Hopper');
+  await page.locator('#join-email').fill(`grace-${Math.random().toString(36).slice(2)}@example.com`);
+  await page.locator('#join-submit').click();
+  await page.locator('#join-result.ok').waitFor();
+  assert.match(await page.locator('#join-result').textContent(), /number 1 in line/);
+  await page.screenshot({ path: join(ARTIFACTS, 'waitlist-joined.png'), fullPage: true });
+  await page.locator('#entry-link').click();
+  await page.waitForFunction(() => document.querySelector('dd[data-field="place in line"]')?.textContent === '1');
+  await page.screenshot({ path: join(ARTIFACTS, 'waitlist-waiting.png'), fullPage: true });
+  // the first buyer cancels: the seat is offered to the line in that same step, and the page shows it
+  const params = new URLSearchParams(subLink.split('#')[1]);
+  assert.equal((await api('POST', `/api/subscriptions/${params.get('id')}/cancel`, {}, params.get('token'))).status, 200);
+  await page.locator('#offer:not([hidden])').waitFor({ timeout: 10000 });
+  assert.match(await page.locator('#offer-countdown').textContent(), /1 seat held for you — 23:59:\d\d left to pay/);
+  assert.equal(await left(p.id), 0);
+  await page.screenshot({ path: join(ARTIFACTS, 'waitlist-offered.png'), fullPage: true });
+  await page.locator('#offer-pay').click();
+  await page.locator('#entry-status.ok').waitFor();
+  assert.match(await page.locator('#entry-status').textContent(), /Your seats are booked/);
+  await page.waitForFunction(() => document.querySelector('dd[data-field="status"]')?.textContent === 'Bought');
+  await context.close();
+});
+
+test('the dashboard shows a plan\'s line', async () => {
+  const p = await newPlan(1, { waitlist_enabled: true });
+  await api('POST', '/api/subscriptions/purchase', { planId: p.id, paymentMethodId: 'pm_card_visa',
+                                                     customer: { email: 'dash-buyer@example.com', name: 'B' } });
+  for (const who of ['one', 'two']) {
+    const r = await fetch(S.base + `/api/plans/${p.id}/waitlist`, { method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'Idempotency-Key': crypto.randomUUID() },
+      body: JSON.stringify({ customer: { email: `dash-${who}-${p.id}@example.com`, name: who } }) });
+    assert.equal(r.status, 201);
+  }
+  const { context, page } = await newPage();
+  await page.goto(S.base + '/admin.html');
+  await page.locator('#token').fill(ADMIN);
+  await page.locator('#login-form button[type="submit"]').click();
+  const line = page.locator(`tr[data-plan="${p.id}"] td[data-col="waiting"] button`);
+  await line.waitFor();
+  assert.equal(await line.textContent(), '2 waiting');
+  await line.click();
+  await page.locator('#line:not([hidden])').waitFor();
+  assert.deepEqual(await page.locator('#line-rows tr td:first-child').allTextContents(), ['1', '2']);
+  await page.locator('#line').screenshot({ path: join(ARTIFACTS, 'dashboard-line.png') });
+  await context.close();
+});
+
 test('a plan created in the dashboard appears on the purchase page', async () => {
   const { context, page } = await newPage();
   await page.goto(S.base + '/admin.html');
@@ -286,7 +345,7 @@ test('a page of an allowed origin buys through the API; a stranger\'s page canno
 
 test('no console errors on any page', async () => {
   const { context, page } = await newPage();
-  for (const path of ['/', '/subscription.html#id=x&token=y', '/admin.html', '/api.html']) {
+  for (const path of ['/', '/subscription.html#id=x&token=y', '/waitlist.html#id=x&token=y', '/admin.html', '/api.html']) {
     await page.goto(S.base + path);
     await page.waitForLoadState('networkidle');
   }
