@@ -218,7 +218,7 @@ class Hostile(unittest.TestCase):
                 for secret in (b["email"], b["sub"]["accessToken"], b["session"]["clientSecret"], b["entry"]["accessToken"]):
                     self.assertNotIn(secret, r.raw)
                 tried += 1
-        self.assertGreaterEqual(tried, 60)
+        self.assertGreaterEqual(tried, 57)   # 19 routes that need a token, three tokens each
         # nothing of B's moved
         admin_view = S.admin("GET", "/api/subscriptions/" + b["sub"]["id"]).json
         self.assertEqual((admin_view["status"], admin_view["planId"]), ("active", own["id"]))

@@ -12,9 +12,10 @@ export const launch = () => chromium.launch({
 // returns the result box, once it says whether the seats are held.
 export async function holdThrough(page, planId, { email, quantity = 1, click = 'click' } = {}) {
   await page.locator(`li[data-plan="${planId}"]`).getByRole('button').click();
-  await page.getByLabel('Full name').fill('Ada Lovelace');
-  await page.getByLabel('Email').fill(email || `ada-${Math.random().toString(36).slice(2)}@example.com`);
-  await page.getByLabel('Seats', { exact: true }).fill(String(quantity));
+  const form = page.locator('#buy');
+  await form.getByLabel('Full name').fill('Ada Lovelace');
+  await form.getByLabel('Email').fill(email || `ada-${Math.random().toString(36).slice(2)}@example.com`);
+  await form.getByLabel('Seats', { exact: true }).fill(String(quantity));
   if (click === 'dblclick') await page.locator('#hold-submit').dblclick();
   else await page.locator('#hold-submit').click();
   await page.waitForFunction(() => /held|sold out|left|hold|wrong|Choose|Please|already/i.test(document.querySelector('#buy-result.ok, #buy-result.bad')?.textContent || ''));
