@@ -158,15 +158,14 @@ static int cmd_deliver(const struct config *cfg, int argc, char **argv)
 	struct store *s;
 	struct ledger lg;
 	struct err e = {0};
-	char host[64] = "", holder[96];
+	char holder[96];
 	int rc = 1;
 
 	(void)argc;
 	(void)argv;
 	if (!(s = open_store(cfg, &lg)))
 		return 1;
-	gethostname(host, sizeof(host) - 1);
-	snprintf(holder, sizeof(holder), "%s:%d", host, (int)getpid());
+	lease_holder(holder);
 	if (webhook_deliver(&lg, holder, (int64_t)cfg->webhook_retry_h * 3600 * 1000, NULL, &st, &e))
 		fprintf(stderr, "numatix: deliver: %s\n", e.msg);
 	else {
@@ -186,15 +185,14 @@ static int cmd_reap(const struct config *cfg, int argc, char **argv)
 	struct store *s;
 	struct ledger lg;
 	struct err e = {0};
-	char host[64] = "", holder[96];
+	char holder[96];
 	int rc = 1;
 
 	(void)argc;
 	(void)argv;
 	if (!(s = open_store(cfg, &lg)))
 		return 1;
-	gethostname(host, sizeof(host) - 1);
-	snprintf(holder, sizeof(holder), "%s:%d", host, (int)getpid());
+	lease_holder(holder);
 	if (reaper_run(&lg, holder, &st, &e))
 		fprintf(stderr, "numatix: reap: %s\n", e.msg);
 	else {

@@ -269,21 +269,27 @@ int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const str
 	return 0;
 }
 
+void ledger_refuse_order_limit(int64_t quantity, int64_t limit, struct err *e)
+{
+	err_set(e, ERR_INVALID, "VALIDATION_ERROR", "quantity %" PRId64 " is above the plan's max_per_order", quantity);
+	snprintf(e->details, sizeof(e->details),
+		 "{\"field\":\"quantity\",\"reason\":\"must be at most %" PRId64 " (the plan's max_per_order)\"}", limit);
+}
+
+void ledger_refuse_customer_limit(int64_t held, int64_t limit, struct err *e)
+{
+	err_set(e, ERR_CONFLICT, "CUSTOMER_LIMIT_REACHED", "customer holds %" PRId64 " of %" PRId64 " seats", held, limit);
+	snprintf(e->details, sizeof(e->details), "{\"limit\":%" PRId64 ",\"held\":%" PRId64 "}", limit, held);
+}
+
 void ledger_hold_refused(const struct hold_out *h, int64_t quantity, struct err *e)
 {
 	switch (h->result) {
 	case HOLD_ORDER_LIMIT:
-		err_set(e, ERR_INVALID, "VALIDATION_ERROR", "quantity %" PRId64 " is above the plan's max_per_order",
-			quantity);
-		snprintf(e->details, sizeof(e->details),
-			 "{\"field\":\"quantity\",\"reason\":\"must be at most %" PRId64 " (the plan's max_per_order)\"}",
-			 h->limit);
+		ledger_refuse_order_limit(quantity, h->limit, e);
 		break;
 	case HOLD_CUSTOMER_LIMIT:
-		err_set(e, ERR_CONFLICT, "CUSTOMER_LIMIT_REACHED", "customer holds %" PRId64 " of %" PRId64 " seats",
-			h->held, h->limit);
-		snprintf(e->details, sizeof(e->details), "{\"limit\":%" PRId64 ",\"held\":%" PRId64 "}", h->limit,
-			 h->held);
+		ledger_refuse_customer_limit(h->held, h->limit, e);
 		break;
 	default:
 		err_set(e, ERR_CONFLICT, "PLAN_SOLD_OUT", "%" PRId64 " seats asked, %" PRId64 " left", quantity,

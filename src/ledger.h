@@ -99,6 +99,11 @@ int ledger_webhook_get(struct ledger *lg, const char *id, struct webhook *out, s
 int ledger_delivery_list(struct ledger *lg, const char *endpoint_id, const struct page_req *pg,
 			 struct delivery **out, size_t *n, char next[CURSOR_LEN], struct err *e);
 
+/* Refusals a hold and a waiting-list join share: more than the plan's max_per_order (a
+ * validation error of quantity), and the customer's limit (details.limit and held). */
+void ledger_refuse_order_limit(int64_t quantity, int64_t limit, struct err *e);
+void ledger_refuse_customer_limit(int64_t held, int64_t limit, struct err *e);
+
 /* The refusal of a hold for its seats: sold out (details.available), more than the plan's
  * max_per_order (a validation error of quantity), or the customer's limit (details.limit and
  * held). */

@@ -178,7 +178,7 @@ static void service_loop(const struct config *cfg, const struct service *svc, in
 	struct timespec ts = {interval_s, 0};
 	struct store *s = NULL;
 	struct ledger lg;
-	char host[64] = "", holder[96];
+	char holder[96];
 	sigset_t stop;
 
 	prctl(PR_SET_NAME, svc->name);
@@ -186,8 +186,7 @@ static void service_loop(const struct config *cfg, const struct service *svc, in
 	sigaddset(&stop, SIGTERM);
 	sigaddset(&stop, SIGINT);
 	sigaddset(&stop, SIGHUP);
-	gethostname(host, sizeof(host) - 1);
-	snprintf(holder, sizeof(holder), "%s:%d", host, (int)getpid());
+	lease_holder(holder);
 	do {
 		struct err e = {0};
 		if (!s && !(s = store_open(cfg->db_url, &e))) {

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 static void oom(void)
 {
@@ -74,6 +75,14 @@ int64_t now_ms(void)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void lease_holder(char out[96])
+{
+	char host[64] = "";
+
+	gethostname(host, sizeof(host) - 1);
+	snprintf(out, 96, "%.63s:%d", host, (int)getpid());
 }
 
 char *time_format(int64_t ms, char *buf, size_t len)

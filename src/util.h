@@ -14,7 +14,9 @@ char *xstrdup(const char *s);                 /* NULL stays NULL; new, free() */
 char *xstrndup(const char *s, size_t n);       /* new, free() */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* new, free() */
 
-int64_t now_ms(void);                          /* wall clock, milliseconds since the epoch */
+int64_t now_ms(void);
+/* "<host>:<pid>": who holds a lease in the store (the reaper's, the webhook sender's). */
+void lease_holder(char out[96]);                          /* wall clock, milliseconds since the epoch */
 /* RFC 3339 UTC with milliseconds into buf (at least 25 bytes). Returns buf. */
 char *time_format(int64_t ms, char *buf, size_t len);
 

@@ -23,21 +23,14 @@ static void join_refused(const struct join_out *o, const struct join_spec *js, s
 		err_set(e, ERR_CONFLICT, "WAITLIST_DISABLED", "plan %s has no waiting list", js->plan_id);
 		break;
 	case JOIN_ORDER_LIMIT:
-		err_set(e, ERR_INVALID, "VALIDATION_ERROR", "quantity %" PRId64 " is above the plan's max_per_order",
-			js->quantity);
-		snprintf(e->details, sizeof(e->details),
-			 "{\"field\":\"quantity\",\"reason\":\"must be at most %" PRId64 " (the plan's max_per_order)\"}",
-			 o->limit);
+		ledger_refuse_order_limit(js->quantity, o->limit, e);
 		break;
 	case JOIN_SEATS_AVAILABLE:
 		err_set(e, ERR_CONFLICT, "SEATS_AVAILABLE", "%" PRId64 " seats are free", o->available);
 		snprintf(e->details, sizeof(e->details), "{\"available\":%" PRId64 "}", o->available);
 		break;
 	case JOIN_CUSTOMER_LIMIT:
-		err_set(e, ERR_CONFLICT, "CUSTOMER_LIMIT_REACHED", "customer holds %" PRId64 " of %" PRId64 " seats",
-			o->held, o->limit);
-		snprintf(e->details, sizeof(e->details), "{\"limit\":%" PRId64 ",\"held\":%" PRId64 "}", o->limit,
-			 o->held);
+		ledger_refuse_customer_limit(o->held, o->limit, e);
 		break;
 	case JOIN_ALREADY_WAITING:
 		err_set(e, ERR_CONFLICT, "ALREADY_WAITING", "the customer waits for plan %s already", js->plan_id);

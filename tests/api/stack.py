@@ -210,6 +210,21 @@ class Stack:
         h.update(headers or {})
         return self.request(method, path, body, h, **kw)
 
+    def events_after(self, after=0):
+        """Every event of the feed after a position, oldest first."""
+        evs = []
+        while True:
+            r = self.admin("GET", "/api/events?limit=1000&after=%d" % after).json
+            if not r["events"]:
+                return evs
+            evs += r["events"]
+            after = r["nextAfter"]
+
+    def feed_head(self):
+        """The feed's last position now."""
+        evs = self.events_after(0)
+        return evs[-1]["seq"] if evs else 0
+
     def create_plan(self, capacity=10, price=1000, **fields):
         body = {"name": fields.pop("name", "Plan " + uuid.uuid4().hex[:12]), "price_cents": price,
                 "total_capacity": capacity}

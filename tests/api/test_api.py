@@ -754,16 +754,8 @@ class Waitlists(Envelope):
 
 
 class Events(Envelope):
-    def head(self):
-        after = 0
-        while True:
-            r = S.admin("GET", "/api/events?limit=1000&after=%d" % after).json
-            if not r["events"]:
-                return after
-            after = r["nextAfter"]
-
     def test_feed_in_order(self):
-        start = self.head()
+        start = S.feed_head()
         p = S.create_plan(capacity=2)
         s = S.request("POST", "/api/checkout-sessions", {"planId": p["id"], "customer": {"email": "feed@example.com", "name": "F"}},
                       {"Idempotency-Key": str(uuid.uuid4()), "X-Trace-Id": "feed-trace"}).json

@@ -32,26 +32,6 @@ def audit_count(plan_id, action):
             return n
 
 
-def feed_head():
-    """The feed's last position now."""
-    after = 0
-    while True:
-        r = S.admin("GET", "/api/events?limit=1000&after=%d" % after).json
-        if not r["events"]:
-            return after
-        after = r["nextAfter"]
-
-
-def feed_after_all():
-    evs, after = [], 0
-    while True:
-        r = S.admin("GET", "/api/events?limit=1000&after=%d" % after).json
-        if not r["events"]:
-            return evs
-        evs += r["events"]
-        after = r["nextAfter"]
-
-
 class Concurrency(unittest.TestCase):
     def assertChecks(self):
         ok, out = S.check()
@@ -183,7 +163,7 @@ class Concurrency(unittest.TestCase):
         # another in feed order; the last poll has every event
         plans = [S.create_plan(capacity=250), S.create_plan(capacity=250)]
         ids = {p["id"]: i for i, p in enumerate(plans)}
-        start = feed_head()
+        start = S.feed_head()
         seen, done = [], threading.Event()
 
         def poll():
@@ -273,7 +253,7 @@ class Concurrency(unittest.TestCase):
             sess = S.admin("GET", "/api/checkout-sessions/" + w["checkoutSessionId"]).json
             self.assertEqual((sess["status"], sess["quantity"]), ("open", w["quantity"]))
         ids = {w["id"] for w in line}
-        offers = [e for e in feed_after_all() if e["type"] == "waitlist.offered" and e["data"]["resourceId"] in ids]
+        offers = [e for e in S.events_after(0) if e["type"] == "waitlist.offered" and e["data"]["resourceId"] in ids]
         self.assertEqual([e["data"]["resourceId"] for e in offers], [w["id"] for w in offered])
         self.assertChecks()
 

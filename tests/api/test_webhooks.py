@@ -94,21 +94,6 @@ def until(cond, timeout=60, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
-def feed_after(after):
-    evs = []
-    while True:
-        r = S.admin("GET", "/api/events?limit=1000&after=%d" % after).json
-        if not r["events"]:
-            return evs
-        evs += r["events"]
-        after = r["nextAfter"]
-
-
-def head():
-    evs = feed_after(0)
-    return evs[-1]["seq"] if evs else 0
-
-
 class Webhooks(unittest.TestCase):
     def endpoint(self, rx, events=("*",)):
         r = S.admin("POST", "/api/webhook-endpoints", {"url": rx.url, "events": list(events), "description": "t"})
@@ -121,14 +106,14 @@ class Webhooks(unittest.TestCase):
         # the first event: 500, 500, a dropped connection, then delivered; every later one in order
         rx = Receiver(plan=[500, 500, "drop"])
         self.addCleanup(rx.close)
-        start = head()
+        start = S.feed_head()
         ep = self.endpoint(rx)
         self.assertTrue(ep["secret"].startswith("whsec_"))
         self.assertEqual((ep["status"], ep["events"], ep["url"]), ("enabled", ["*"], rx.url))
         p = S.create_plan(capacity=5)
         for _ in range(3):
             self.assertEqual(S.purchase(p["id"]).status, 201)
-        feed = [e for e in feed_after(start)]
+        feed = [e for e in S.events_after(start)]
         want = [(e["id"], e["seq"], e["type"]) for e in feed]
         self.assertEqual(len(want), 10)   # plan.created, then three of each purchase
         until(lambda: rx.delivered() == want, timeout=90, what="every event delivered in order")
@@ -176,7 +161,7 @@ class Webhooks(unittest.TestCase):
     def test_sender_killed_mid_delivery_resumes(self):
         rx = Receiver(plan=["hang"])
         self.addCleanup(rx.close)
-        start = head()
+        start = S.feed_head()
         self.endpoint(rx)
         S.create_plan(capacity=1)
         S.create_plan(capacity=1)
@@ -185,7 +170,7 @@ class Webhooks(unittest.TestCase):
         self.assertTrue(sender)
         os.kill(sender, signal.SIGKILL)
         rx.release.set()
-        want = [(e["id"], e["seq"], e["type"]) for e in feed_after(start)]
+        want = [(e["id"], e["seq"], e["type"]) for e in S.events_after(start)]
         # the master starts another sender; it takes over once the dead one's lease runs out
         # and sends the interrupted event again (at least once), then the rest in order
         until(lambda: [x for x in rx.delivered() if x != want[0]] == want[1:] and want[0] in rx.delivered(),
