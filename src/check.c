@@ -29,6 +29,7 @@ struct plan_row {
 	bool has_last;
 	int64_t last_left;
 	int64_t pending, active;          /* seats of its subscriptions, counted in the walk */
+	int64_t waiting;                  /* its line's count as the plan keeps it */
 };
 
 struct walk {
@@ -44,6 +45,8 @@ struct walk {
 	const struct subscription **by_id;  /* the subscriptions by id, once all are in */
 	char (*charged)[32];              /* ids of successful charges, in the order seen */
 	size_t ncharged, charged_cap;
+	struct waitlist_entry *entries;   /* by plan and place */
+	size_t nentries, entries_cap;
 };
 
 #define REPORT(w, ...) ((w)->report((w)->arg, __VA_ARGS__), (w)->violations++)
@@ -68,7 +71,7 @@ static int on_plan(void *arg, const struct plan_tally *t)
 	*r = (struct plan_row){.total = p->total_capacity, .left = p->subscriptions_left,
 			       .held = p->subscriptions_held, .held_seats = t->held_seats,
 			       .released_seats = t->released_seats, .has_last = t->has_last,
-			       .last_left = t->last_left};
+			       .last_left = t->last_left, .waiting = p->waiting};
 	snprintf(r->id, sizeof(r->id), "%s", p->id);
 	return 0;
 }
@@ -132,6 +135,68 @@ static void plans_done(struct walk *w)
 			REPORT(w, "plan %s: the last audit event does not end at %lld seats left", r->id,
 			       (long long)r->left);
 	}
+}
+
+static int on_entry(void *arg, const struct waitlist_entry *e)
+{
+	struct walk *w = arg;
+
+	if (w->nentries == w->entries_cap) {
+		w->entries_cap = w->entries_cap ? 2 * w->entries_cap : 64;
+		w->entries = xrealloc(w->entries, w->entries_cap * sizeof(*w->entries));
+	}
+	w->entries[w->nentries++] = *e;
+	return 0;
+}
+
+static const struct subscription *sub_of(struct walk *w, const char *id);
+
+/* The waiting lists: each plan's count of its line right; no free seat that the head of a line
+ * fits (it would have been offered in the unit that freed it); every offer a pending session of
+ * its entry's seats, every converted one a session that was activated. */
+static void entries_done(struct walk *w)
+{
+	size_t i = 0;
+
+	while (i < w->nentries) {
+		const char *plan_id = w->entries[i].plan_id;
+		const struct waitlist_entry *head = NULL;
+		struct plan_row key, *r;
+		int64_t waiting = 0;
+
+		snprintf(key.id, sizeof(key.id), "%s", plan_id);
+		r = bsearch(&key, w->plans, w->nplans, sizeof(*w->plans), plan_cmp);
+		for (; i < w->nentries && !strcmp(w->entries[i].plan_id, plan_id); i++) {
+			const struct waitlist_entry *e = &w->entries[i];
+			const struct subscription *s = NULL;
+			if (!strcmp(e->status, "waiting")) {
+				waiting++;
+				if (!head)
+					head = e;
+				continue;
+			}
+			if (strcmp(e->status, "offered") && strcmp(e->status, "converted"))
+				continue;
+			s = sub_of(w, e->session_id);
+			if (!s || strcmp(s->entry_id, e->id) || s->quantity != e->quantity)
+				REPORT(w, "waiting-list entry %s is %s without its session %s", e->id, e->status, e->session_id);
+			else if (!strcmp(e->status, "offered") ? strcmp(s->status, "pending") : !was_active(s))
+				REPORT(w, "waiting-list entry %s is %s but its session %s is %s", e->id, e->status, s->id,
+				       s->status);
+		}
+		if (!r) {
+			REPORT(w, "waiting-list entries of plan %s, which does not exist", plan_id);
+			continue;
+		}
+		r->waiting -= waiting;
+		if (head && head->quantity <= r->left)
+			REPORT(w, "plan %s: %lld seats left, and the first in its line (entry %s) waits for %lld",
+			       plan_id, (long long)r->left, head->id, (long long)head->quantity);
+	}
+	for (i = 0; i < w->nplans; i++)
+		if (w->plans[i].waiting != 0)
+			REPORT(w, "plan %s: its count of entries waiting is off by %lld", w->plans[i].id,
+			       (long long)w->plans[i].waiting);
 }
 
 static int on_subscription(void *arg, const struct subscription *s)
@@ -276,7 +341,7 @@ static int feed_gapless(struct ledger *lg, struct walk *w, struct err *e)
 int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violations, struct err *e)
 {
 	struct walk w = {.report = report, .arg = arg};
-	struct snapshot_visitor v = {&w, on_plan, on_subscription, on_payment};
+	struct snapshot_visitor v = {&w, on_plan, on_subscription, on_payment, on_entry};
 	int rc = lg->store->ops->snapshot(lg->store, &v, e);
 
 	if (rc == 0) {
@@ -285,9 +350,11 @@ int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violati
 		qsort(w.plans, w.nplans, sizeof(*w.plans), plan_cmp);
 		plans_done(&w);
 		activations_done(&w);
+		entries_done(&w);
 		rc = feed_gapless(lg, &w, e);
 	}
 	free(w.by_id);
+	free(w.entries);
 	free(w.charged);
 	free(w.plans);
 	free(w.subs);

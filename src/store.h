@@ -244,13 +244,14 @@ struct plan_tally {
 };
 
 /* check()'s walk over the store, in one read snapshot: every plan, then every
- * subscription ordered by key, then every payment ordered by key. A callback returning -1
- * stops the walk. */
+ * subscription ordered by key, then every payment ordered by key, then every waiting-list
+ * entry ordered by plan and place. A callback returning -1 stops the walk. */
 struct snapshot_visitor {
 	void *arg;
 	int (*plan)(void *arg, const struct plan_tally *t);
 	int (*subscription)(void *arg, const struct subscription *s);
 	int (*payment)(void *arg, const struct payment *p);
+	int (*entry)(void *arg, const struct waitlist_entry *w);
 };
 
 struct store;

@@ -2470,6 +2470,15 @@ static int snap_payment(const bson_t *doc, void *ctx)
 	return x->v->payment(x->v->arg, &p);
 }
 
+static int snap_entry(const bson_t *doc, void *ctx)
+{
+	struct snap *x = ctx;
+	struct waitlist_entry w;
+
+	entry_read(doc, &w);
+	return x->v->entry(x->v->arg, &w);
+}
+
 static int mg_snapshot(struct store *st, const struct snapshot_visitor *v, struct err *e)
 {
 	struct mg *s = MG(st);
@@ -2478,6 +2487,7 @@ static int mg_snapshot(struct store *st, const struct snapshot_visitor *v, struc
 	bson_t *by_plan = BCON_NEW("_id", BCON_INT32(1));
 	bson_t *by_key = BCON_NEW("idem_key", BCON_INT32(1), "_id", BCON_INT32(1));
 	bson_t *by_key_kind = BCON_NEW("idem_key", BCON_INT32(1), "kind", BCON_INT32(1));
+	bson_t *by_line = BCON_NEW("plan_id", BCON_INT32(1), "seq", BCON_INT32(1));
 	struct snap x = {s, NULL, v, e};
 	bson_error_t be;
 	int rc = -1;
@@ -2496,12 +2506,15 @@ static int mg_snapshot(struct store *st, const struct snapshot_visitor *v, struc
 		rc = walk(s->subs, cs, by_key, snap_sub, &x, e);
 	if (rc == 0)
 		rc = walk(s->payments, cs, by_key_kind, snap_payment, &x, e);
+	if (rc == 0 && v->entry)
+		rc = walk(s->waitlist, cs, by_line, snap_entry, &x, e);
 out:
 	mongoc_client_session_destroy(cs);
 	mongoc_session_opts_destroy(so);
 	bson_destroy(by_plan);
 	bson_destroy(by_key);
 	bson_destroy(by_key_kind);
+	bson_destroy(by_line);
 	return rc;
 }
 

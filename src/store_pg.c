@@ -1821,6 +1821,7 @@ static int snapshot_tx(struct pg *s, void *arg, struct err *e)
 	static const char subs[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
 				   " ORDER BY s.idem_key COLLATE \"C\"";
 	static const char pays[] = "SELECT " PAY_COLS " FROM payments ORDER BY idem_key COLLATE \"C\", kind";
+	static const char entries[] = "SELECT " ENTRY_COLS " FROM waitlist w ORDER BY w.plan_id, w.seq";
 	const struct snapshot_visitor *v = ((struct snap_arg *)arg)->v;
 	PGresult *r;
 	int rc = 0;
@@ -1852,6 +1853,14 @@ static int snapshot_tx(struct pg *s, void *arg, struct err *e)
 		struct payment p;
 		payment_read(r, i, &p);
 		rc = v->payment(v->arg, &p);
+	}
+	PQclear(r);
+	if (rc || !v->entry || !(r = q(s, entries, e, "")))
+		return rc || !v->entry ? 0 : -1;
+	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+		struct waitlist_entry w;
+		entry_read(r, i, &w);
+		rc = v->entry(v->arg, &w);
 	}
 	PQclear(r);
 	return 0;

@@ -1922,6 +1922,7 @@ static int sq_snapshot(struct store *st_, const struct snapshot_visitor *v, stru
 	static const char subs[] =
 		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id ORDER BY s.idem_key";
 	static const char pays[] = "SELECT " PAY_COLS " FROM payments ORDER BY idem_key, kind";
+	static const char entries[] = "SELECT " ENTRY_COLS " FROM waitlist w ORDER BY w.plan_id, w.seq";
 	struct sq *s = SQ(st_);
 	sqlite3_stmt *st;
 	int r, rc = -1;
@@ -1959,6 +1960,15 @@ static int sq_snapshot(struct store *st_, const struct snapshot_visitor *v, stru
 		struct payment p;
 		payment_read(st, 0, &p);
 		if (v->payment(v->arg, &p))
+			goto out;
+	}
+	if (r < 0)
+		goto out;
+	st = q(s, entries, e, "");
+	while ((r = step(st, e)) == 1) {
+		struct waitlist_entry w;
+		entry_read(st, &w);
+		if (v->entry && v->entry(v->arg, &w))
 			goto out;
 	}
 	rc = r < 0 ? -1 : 0;

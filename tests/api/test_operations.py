@@ -225,6 +225,38 @@ class GracefulStop(unittest.TestCase):
             st.cleanup()
 
 
+class CheckSeesBrokenLines(unittest.TestCase):
+    def test_check_reports_a_waiting_list_out_of_joint(self):
+        # a healthy line passes; each way of breaking one, written into the stopped store, is named
+        st = Stack()
+        st.start()
+        try:
+            p = st.create_plan(capacity=1, waitlist_enabled=True)
+            self.assertEqual(st.purchase(p["id"]).status, 201)
+            r = st.request("POST", "/api/plans/%s/waitlist" % p["id"], {"customer": {"email": "q@example.com", "name": "Q"}},
+                           {"Idempotency-Key": str(uuid.uuid4())})
+            self.assertEqual(r.status, 201)
+            ok, out = st.check()
+            self.assertTrue(ok, out)
+            st.stop()
+            db = os.path.join(st.dir, "numatix.db")
+            for breakage, said in (("UPDATE plans SET waiting = 2 WHERE id = '%s'" % p["id"], "count of entries waiting is off by 1"),
+                                   ("UPDATE plans SET total_capacity = 2, subscriptions_left = 1 WHERE id = '%s'" % p["id"],
+                                    "1 seats left, and the first in its line"),
+                                   ("UPDATE waitlist SET status = 'offered'", "is offered without its session")):
+                shutil.copyfile(db, db + ".good")
+                conn = sqlite3.connect(db)
+                conn.execute(breakage)
+                conn.commit()
+                conn.close()
+                ok, out = st.check()
+                self.assertFalse(ok, breakage)
+                self.assertIn(said, out)
+                shutil.copyfile(db + ".good", db)
+        finally:
+            st.cleanup()
+
+
 class Backup(unittest.TestCase):
     def test_backup_while_purchases_run_restores_and_passes_check(self):
         p = S.create_plan(capacity=400)
