@@ -31,7 +31,7 @@ Q := @
 quiet = @printf '  %-6s %s\n' $(1) $(2);
 endif
 
-.PHONY: all run test test-mongo unit bench asan deps clean install uninstall
+.PHONY: all run test test-mongo unit bench asan fuzz deps clean install uninstall
 
 # make install [PREFIX=/usr/local] [DESTDIR=...]: the binary, the pages, the nginx site, the
 # systemd units, the sysusers and logrotate rules and the settings file (kept if present).
@@ -83,6 +83,26 @@ asan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build/asan SAN=address,undefined -B $(BIN)
 	$(Q)ASAN_OPTIONS=detect_leaks=1 NUMATIX_SUITES="test_api test_hostile test_gateway test_mongo_wire" \
 		tests/run.sh; rc=$$?; $(MAKE) --no-print-directory -B $(BIN) >/dev/null; exit $$rc
+
+# libFuzzer targets (tests/fuzz/fuzz_*.c) over everything that reads what a client sends, built
+# with clang and ASan+UBSan: each runs FUZZ_SECONDS from its committed seed corpus, then every
+# saved crash (tests/fuzz/regressions/<target>/) is run again. A new crash fails and is kept there.
+FUZZ_SECONDS ?= 20
+FUZZ_BUILD   := build/fuzz
+FUZZ_FLAGS   := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
+
+$(FUZZ_BUILD)/obj/%.o: src/%.c
+	$(call quiet,CC,$@)mkdir -p $(dir $@) && clang $(filter-out -O2 -Werror -Wformat=2,$(CFLAGS)) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -Wno-error -c -o $@ $<
+
+$(FUZZ_BUILD)/%: tests/fuzz/%.c $(LIBOBJ:$(BUILD)/%=$(FUZZ_BUILD)/obj/%)
+	$(call quiet,LD,$@)clang $(filter-out -O2 -Werror -Wformat=2,$(CFLAGS)) $(FUZZ_FLAGS) -fsanitize=fuzzer -Isrc -o $@ $^ $(LDLIBS)
+
+.SECONDARY: $(LIBOBJ:$(BUILD)/%=$(FUZZ_BUILD)/obj/%)
+
+fuzz: $(FUZZ_BIN)
+	$(Q)tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 install: all
 	$(Q)install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/www $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \

@@ -81,6 +81,21 @@ for s in $SUITES; do
 	fi
 done
 
+# the libFuzzer targets for a bounded time each, and every crash they ever saved replayed
+if [ -z "${NUMATIX_SUITES:-}" ]; then
+	echo "== fuzzing what clients send (libFuzzer, ${FUZZ_SECONDS:-20} s a target)"
+	make --no-print-directory fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-20}" > "$out" 2>&1
+	grep -v '^  \(CC\|LD\) ' "$out" | grep -v '^RESULT'
+	line=$(grep '^RESULT ' "$out" | tail -n1)
+	if [ -n "$line" ]; then
+		set -- $line
+		passed=$((passed + $2))
+		failed=$((failed + $3))
+	else
+		echo "fuzzing ended without a result"
+		failed=$((failed + 1))
+	fi
+fi
 # make bench, briefly and small: every scenario runs, sells out a plan with check passing, and
 # writes its report and chart (its figures are not judged: a test is no benchmark)
 if [ -z "${NUMATIX_SUITES:-}" ]; then
