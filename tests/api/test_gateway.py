@@ -6,6 +6,7 @@ cannot be reached, and configuration refused at start."""
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -132,6 +133,109 @@ class Signals(unittest.TestCase):
                      if os.path.exists("/proc/%d" % master) else True, what="the master to exit")
             r = S.command("check")
             self.assertEqual(r.returncode, 0, r.stdout)
+        finally:
+            S.cleanup()
+
+
+class ReloadUnderLoad(unittest.TestCase):
+    def test_reloads_under_load_fail_no_request(self):
+        # 8 clients buy without pause while the FastCGI server is reloaded (SIGHUP: a new image,
+        # the socket kept), nginx is reloaded, and the server again: every answer is a 201
+        S = Stack(NUMATIX_WORKERS=2, NUMATIX_PAYMENT_LATENCY_MS=20).start()
+        try:
+            p = S.create_plan(capacity=100000)
+            stop, lock, answers = threading.Event(), threading.Lock(), []
+
+            def client():
+                while not stop.is_set():
+                    try:
+                        r = S.purchase(p["id"], key=str(uuid.uuid4()))
+                        got = r.status if r.status == 201 else "%d %s" % (r.status, r.raw[:120])
+                    except Exception as e:  # a cut connection is a failure like any other
+                        got = repr(e)
+                    with lock:
+                        answers.append(got)
+
+            def after(n):
+                start = len(answers)
+                wait_for(lambda: len(answers) >= start + n, what="%d more answers" % n)
+
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for t in threads:
+                t.start()
+            try:
+                after(40)
+                master, before = S.server_pids()
+                os.kill(master, signal.SIGHUP)
+                wait_for(lambda: not set(S.server_pids()[1]) & set(before), what="a new generation of workers")
+                after(40)
+                with open(os.path.join(S.dir, "nginx", "nginx.pid")) as f:
+                    os.kill(int(f.read()), signal.SIGHUP)
+                after(80)
+                before = S.server_pids()[1]
+                os.kill(master, signal.SIGHUP)
+                wait_for(lambda: not set(S.server_pids()[1]) & set(before), what="another generation")
+                after(40)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            failures = [a for a in answers if a != 201]
+            self.assertEqual(failures, [], "%d of %d answers were not 201" % (len(failures), len(answers)))
+            self.assertGreaterEqual(len(answers), 200)
+            r = S.command("check")
+            self.assertEqual(r.returncode, 0, r.stdout)
+        finally:
+            S.cleanup()
+
+
+class StopUnderLoad(unittest.TestCase):
+    def test_a_stop_under_load_answers_every_request_in_json(self):
+        # SIGTERM to the master while 8 clients buy: the requests it took finish (201); those
+        # that come after get nginx's JSON 503 with Retry-After — never a 500, a cut connection or
+        # a purchase half done
+        S = Stack(NUMATIX_WORKERS=2, NUMATIX_PAYMENT_LATENCY_MS=20).start()
+        try:
+            p = S.create_plan(capacity=100000)
+            stop, lock, answers = threading.Event(), threading.Lock(), []
+
+            def client():
+                while not stop.is_set():
+                    try:
+                        r = S.purchase(p["id"], key=str(uuid.uuid4()))
+                        got = (r.status, r.json.get("code") if r.json else None, bool(r.header("Retry-After")))
+                    except Exception as e:
+                        got = (0, repr(e), False)
+                    with lock:
+                        answers.append(got)
+
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for t in threads:
+                t.start()
+            try:
+                wait_for(lambda: len(answers) >= 40, what="the load")
+                master, _ = S.server_pids()
+                os.kill(master, signal.SIGTERM)
+                wait_for(lambda: not os.path.exists("/proc/%d" % master) or
+                         open("/proc/%d/stat" % master).read().split()[2] == "Z", what="the master to exit")
+                n = len(answers)
+                wait_for(lambda: len(answers) >= n + 16, what="answers after the stop")
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+            kinds = {a for a in answers if a != (201, None, False)}
+            self.assertLessEqual(kinds, {(503, "SERVICE_UNAVAILABLE", True)}, answers)
+            self.assertIn((503, "SERVICE_UNAVAILABLE", True), kinds)
+            sold = sum(1 for a in answers if a[0] == 201)
+            r = S.command("check")
+            self.assertEqual(r.returncode, 0, r.stdout)
+            # every 201 is in the store, and nothing else was sold or left held
+            conn = sqlite3.connect(os.path.join(S.dir, "numatix.db"))
+            rows = dict(conn.execute("SELECT status, count(*) FROM subscriptions WHERE plan_id = ? GROUP BY status",
+                                     (p["id"],)).fetchall())
+            conn.close()
+            self.assertEqual(rows, {"active": sold})
         finally:
             S.cleanup()
 
