@@ -82,7 +82,7 @@ void api_webhooks_list(struct request *rq, struct response *rs)
 	struct err e = {0};
 	size_t n = 0;
 
-	if (rq->lg->store->ops->webhook_list(rq->lg->store, &all, &n, &e)) {
+	if (ledger_webhook_list(rq->lg, &all, &n, &e)) {
 		response_err(rs, rq, &e);
 		return;
 	}
@@ -99,17 +99,11 @@ void api_webhooks_list(struct request *rq, struct response *rs)
 void api_webhooks_delete(struct request *rq, struct response *rs)
 {
 	struct err e = {0};
-	bool found = false;
 
-	if (id_valid(rq->param) && rq->lg->store->ops->webhook_delete(rq->lg->store, rq->param, &found, &e)) {
+	if (ledger_webhook_delete(rq->lg, rq->param, &e))
 		response_err(rs, rq, &e);
-		return;
-	}
-	if (!found) {
-		response_error(rs, rq, 404, "WEBHOOK_ENDPOINT_NOT_FOUND", "Webhook endpoint not found", NULL);
-		return;
-	}
-	rs->status = 204;
+	else
+		rs->status = 204;
 }
 
 void api_webhooks_deliveries(struct request *rq, struct response *rs)

@@ -5,6 +5,7 @@
 #include <strings.h>
 
 #include "util.h"
+#include "waitlist.h"
 
 void auth_identify(struct ledger *lg, const char *authorization, const char *admin_token, bool check_tokens,
 		   struct auth *out)
@@ -33,10 +34,8 @@ void auth_identify(struct ledger *lg, const char *authorization, const char *adm
 		return;
 	if (token_entry(token, out->sub_id)) {
 		struct waitlist_entry w = {0};
-		bool found = false;
 		sha256_hex(token, strlen(token), hash);
-		if (lg->store->ops->entry_get(lg->store, out->sub_id, &w, &found, &e) == 0 && found &&
-		    secret_equal(hash, w.token_hash))
+		if (waitlist_get(lg, out->sub_id, &w, &e) == 0 && secret_equal(hash, w.token_hash))
 			out->who = AUTH_WAITLIST;
 		return;
 	}

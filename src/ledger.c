@@ -208,6 +208,24 @@ int ledger_feed(struct ledger *lg, int64_t after, const char *type, int limit, s
 	return lg->store->ops->feed_read(lg->store, after, type, limit, out, n, e);
 }
 
+int ledger_webhook_list(struct ledger *lg, struct webhook **out, size_t *n, struct err *e)
+{
+	*out = NULL;
+	*n = 0;
+	return lg->store->ops->webhook_list(lg->store, out, n, e);
+}
+
+int ledger_webhook_delete(struct ledger *lg, const char *id, struct err *e)
+{
+	bool found = false;
+
+	if (!id_valid(id))
+		return refuse(e, ERR_NOT_FOUND, "WEBHOOK_ENDPOINT_NOT_FOUND", "no webhook endpoint", id);
+	if (lg->store->ops->webhook_delete(lg->store, id, &found, e))
+		return -1;
+	return found ? 0 : refuse(e, ERR_NOT_FOUND, "WEBHOOK_ENDPOINT_NOT_FOUND", "no webhook endpoint", id);
+}
+
 int ledger_webhook_get(struct ledger *lg, const char *id, struct webhook *out, struct err *e)
 {
 	struct webhook *all = NULL;
@@ -215,7 +233,7 @@ int ledger_webhook_get(struct ledger *lg, const char *id, struct webhook *out, s
 	int rc = -1;
 
 	memset(out, 0, sizeof(*out));
-	if (lg->store->ops->webhook_list(lg->store, &all, &n, e))
+	if (ledger_webhook_list(lg, &all, &n, e))
 		return -1;
 	for (size_t i = 0; i < n; i++) {
 		if (rc && !strcmp(all[i].id, id)) {

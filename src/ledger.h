@@ -92,6 +92,11 @@ int ledger_audit_list(struct ledger *lg, const struct audit_filter *f, const str
 int ledger_feed(struct ledger *lg, int64_t after, const char *type, int limit, struct audit_event **out,
 		size_t *n, struct err *e);
 
+/* Every webhook endpoint, oldest first, secrets included. *out: new, free each with
+ * webhook_clear. */
+int ledger_webhook_list(struct ledger *lg, struct webhook **out, size_t *n, struct err *e);
+/* Deletes an endpoint and its deliveries; WEBHOOK_ENDPOINT_NOT_FOUND. */
+int ledger_webhook_delete(struct ledger *lg, const char *id, struct err *e);
 /* A webhook endpoint by id: 0, or -1 with ERR_NOT_FOUND (WEBHOOK_ENDPOINT_NOT_FOUND). out:
  * free with webhook_clear. */
 int ledger_webhook_get(struct ledger *lg, const char *id, struct webhook *out, struct err *e);

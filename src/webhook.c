@@ -27,7 +27,7 @@ int webhook_create(struct ledger *lg, const char *url, const char *events, const
 	unsigned char key[16];
 	size_t n = 0;
 
-	if (lg->store->ops->webhook_list(lg->store, &all, &n, e))
+	if (ledger_webhook_list(lg, &all, &n, e))
 		return -1;
 	for (size_t i = 0; i < n; i++)
 		webhook_clear(&all[i]);
@@ -294,7 +294,7 @@ int webhook_deliver(struct ledger *lg, const char *holder, int64_t retry_ms, boo
 	if (!taken)
 		return 0;
 	st->ran = true;
-	if (s->ops->webhook_list(s, &all, &n, e))
+	if (ledger_webhook_list(lg, &all, &n, e))
 		rc = -1;
 	for (size_t i = 0; i < n; i++) {
 		if (rc == 0 && !strcmp(all[i].status, "enabled")) {

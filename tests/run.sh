@@ -60,6 +60,20 @@ if [ -z "${NUMATIX_SUITES:-}" ]; then
 fi
 
 failed=$((failed + ${failed_pg:-0}))
+# Adds the last "RESULT passed failed [skipped]" line of $out to the counts; a suite that
+# ended without one (it crashed) counts as one failure.
+tally() {
+	line=$(grep '^RESULT ' "$out" | tail -n1)
+	if [ -n "$line" ]; then
+		set -- $line
+		passed=$((passed + $2))
+		failed=$((failed + $3))
+		skipped=$((skipped + ${4:-0}))
+	else
+		echo "$1 ended without a result"
+		failed=$((failed + 1))
+	fi
+}
 SUITES=${NUMATIX_SUITES:-"test_api test_hostile test_concurrency test_webhooks test_recovery test_gateway test_metrics test_operations test_openapi test_install test_cgi test_mongo_wire test_mongo_live"}
 # the shared black-box suites once more, against PostgreSQL ("pg:" marks the store)
 PG_SUITES=${NUMATIX_PG_SUITES-"test_api test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost"}
@@ -69,16 +83,7 @@ for s in $SUITES; do
 	pg:*) NUMATIX_TEST_STORE=postgresql $PY tests/api/runner.py "${s#pg:}" 2>&1 | tee "$out" ;;
 	*) $PY tests/api/runner.py "$s" 2>&1 | tee "$out" ;;
 	esac
-	line=$(grep '^RESULT ' "$out" | tail -n1)
-	if [ -n "$line" ]; then
-		set -- $line
-		passed=$((passed + $2))
-		failed=$((failed + $3))
-		skipped=$((skipped + ${4:-0}))
-	else
-		echo "suite $s ended without a result"
-		failed=$((failed + 1))
-	fi
+	tally "suite $s"
 done
 
 # the libFuzzer targets for a bounded time each, and every crash they ever saved replayed
@@ -86,15 +91,7 @@ if [ -z "${NUMATIX_SUITES:-}" ]; then
 	echo "== fuzzing what clients send (libFuzzer, ${FUZZ_SECONDS:-20} s a target)"
 	make --no-print-directory fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-20}" > "$out" 2>&1
 	grep -v '^  \(CC\|LD\) ' "$out" | grep -v '^RESULT'
-	line=$(grep '^RESULT ' "$out" | tail -n1)
-	if [ -n "$line" ]; then
-		set -- $line
-		passed=$((passed + $2))
-		failed=$((failed + $3))
-	else
-		echo "fuzzing ended without a result"
-		failed=$((failed + 1))
-	fi
+	tally "fuzzing"
 fi
 # make bench, briefly and small: every scenario runs, sells out a plan with check passing, and
 # writes its report and chart (its figures are not judged: a test is no benchmark)
@@ -117,15 +114,7 @@ fi
 if [ -z "${NUMATIX_SUITES:-}" ]; then
 	echo "== browser pages (headless Chromium)"
 	node tests/browser/pages.mjs 2>&1 | tee "$out" | grep -v '"level":"info"'
-	line=$(grep '^RESULT ' "$out" | tail -n1)
-	if [ -n "$line" ]; then
-		set -- $line
-		passed=$((passed + $2))
-		failed=$((failed + $3))
-	else
-		echo "browser suite ended without a result"
-		failed=$((failed + 1))
-	fi
+	tally "browser suite"
 	echo "screenshots: tests/artifacts/"
 fi
 

@@ -137,6 +137,39 @@ class Signals(unittest.TestCase):
             S.cleanup()
 
 
+class Buyers:
+    """Clients buying one seat after another with fresh keys, each answer kept as (status, code,
+    has Retry-After), a cut connection as (0, the error, False)."""
+
+    def __init__(self, S, plan_id, n=8):
+        self.S, self.plan_id = S, plan_id
+        self.halt, self.lock, self.answers = threading.Event(), threading.Lock(), []
+        self.threads = [threading.Thread(target=self.client) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def client(self):
+        while not self.halt.is_set():
+            try:
+                r = self.S.purchase(self.plan_id, key=str(uuid.uuid4()))
+                got = (r.status, r.json.get("code") if r.json else None, bool(r.header("Retry-After")))
+            except Exception as e:  # a cut connection is an answer the tests judge too
+                got = (0, repr(e), False)
+            with self.lock:
+                self.answers.append(got)
+
+    def after(self, n):
+        """Waits for n more answers."""
+        start = len(self.answers)
+        wait_for(lambda: len(self.answers) >= start + n, what="%d more answers" % n)
+
+    def stop(self):
+        self.halt.set()
+        for t in self.threads:
+            t.join()
+        return self.answers
+
+
 class ReloadUnderLoad(unittest.TestCase):
     def test_reloads_under_load_fail_no_request(self):
         # 8 clients buy without pause while the FastCGI server is reloaded (SIGHUP: a new image,
@@ -144,43 +177,23 @@ class ReloadUnderLoad(unittest.TestCase):
         S = Stack(NUMATIX_WORKERS=2, NUMATIX_PAYMENT_LATENCY_MS=20).start()
         try:
             p = S.create_plan(capacity=100000)
-            stop, lock, answers = threading.Event(), threading.Lock(), []
-
-            def client():
-                while not stop.is_set():
-                    try:
-                        r = S.purchase(p["id"], key=str(uuid.uuid4()))
-                        got = r.status if r.status == 201 else "%d %s" % (r.status, r.raw[:120])
-                    except Exception as e:  # a cut connection is a failure like any other
-                        got = repr(e)
-                    with lock:
-                        answers.append(got)
-
-            def after(n):
-                start = len(answers)
-                wait_for(lambda: len(answers) >= start + n, what="%d more answers" % n)
-
-            threads = [threading.Thread(target=client) for _ in range(8)]
-            for t in threads:
-                t.start()
+            buyers = Buyers(S, p["id"])
             try:
-                after(40)
+                buyers.after(40)
                 master, before = S.server_pids()
                 os.kill(master, signal.SIGHUP)
                 wait_for(lambda: not set(S.server_pids()[1]) & set(before), what="a new generation of workers")
-                after(40)
+                buyers.after(40)
                 with open(os.path.join(S.dir, "nginx", "nginx.pid")) as f:
                     os.kill(int(f.read()), signal.SIGHUP)
-                after(80)
+                buyers.after(80)
                 before = S.server_pids()[1]
                 os.kill(master, signal.SIGHUP)
                 wait_for(lambda: not set(S.server_pids()[1]) & set(before), what="another generation")
-                after(40)
+                buyers.after(40)
             finally:
-                stop.set()
-                for t in threads:
-                    t.join()
-            failures = [a for a in answers if a != 201]
+                answers = buyers.stop()
+            failures = [a for a in answers if a[0] != 201]
             self.assertEqual(failures, [], "%d of %d answers were not 201" % (len(failures), len(answers)))
             self.assertGreaterEqual(len(answers), 200)
             r = S.command("check")
@@ -197,33 +210,16 @@ class StopUnderLoad(unittest.TestCase):
         S = Stack(NUMATIX_WORKERS=2, NUMATIX_PAYMENT_LATENCY_MS=20).start()
         try:
             p = S.create_plan(capacity=100000)
-            stop, lock, answers = threading.Event(), threading.Lock(), []
-
-            def client():
-                while not stop.is_set():
-                    try:
-                        r = S.purchase(p["id"], key=str(uuid.uuid4()))
-                        got = (r.status, r.json.get("code") if r.json else None, bool(r.header("Retry-After")))
-                    except Exception as e:
-                        got = (0, repr(e), False)
-                    with lock:
-                        answers.append(got)
-
-            threads = [threading.Thread(target=client) for _ in range(8)]
-            for t in threads:
-                t.start()
+            buyers = Buyers(S, p["id"])
             try:
-                wait_for(lambda: len(answers) >= 40, what="the load")
+                buyers.after(40)
                 master, _ = S.server_pids()
                 os.kill(master, signal.SIGTERM)
                 wait_for(lambda: not os.path.exists("/proc/%d" % master) or
                          open("/proc/%d/stat" % master).read().split()[2] == "Z", what="the master to exit")
-                n = len(answers)
-                wait_for(lambda: len(answers) >= n + 16, what="answers after the stop")
+                buyers.after(16)
             finally:
-                stop.set()
-                for t in threads:
-                    t.join()
+                answers = buyers.stop()
             kinds = {a for a in answers if a != (201, None, False)}
             self.assertLessEqual(kinds, {(503, "SERVICE_UNAVAILABLE", True)}, answers)
             self.assertIn((503, "SERVICE_UNAVAILABLE", True), kinds)
