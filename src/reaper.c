@@ -86,7 +86,7 @@ int reaper_run(struct ledger *lg, const char *holder, struct reap_stats *st, str
 
 	memset(st, 0, sizeof(*st));
 	uuid_new(trace);
-	if (s->ops->lease_take(s, "reaper", holder, now, now + LEASE_MS, &taken, e))
+	if (s->ops->lease_take(s, REAPER_LEASE, holder, now, now + LEASE_MS, &taken, e))
 		return -1;
 	if (!taken)
 		return 0;
@@ -102,7 +102,7 @@ out:
 	{
 		/* Give the lease back, so the next pass (from any machine) need not wait it out. */
 		struct err ignored = {0};
-		s->ops->lease_take(s, "reaper", holder, now_ms(), 0, &taken, &ignored);
+		s->ops->lease_take(s, REAPER_LEASE, holder, now_ms(), 0, &taken, &ignored);
 	}
 	return rc;
 }

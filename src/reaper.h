@@ -9,6 +9,9 @@
 
 #include "ledger.h"
 
+/* The lease a pass holds in the store, by this name. */
+#define REAPER_LEASE "reaper"
+
 struct reap_stats {
 	int expired;     /* holds released */
 	int refunded;    /* charges refunded */

@@ -38,6 +38,7 @@ struct pool {
 	pid_t *pids;          /* 0: a free slot to fill */
 	int n;
 	pid_t svc[NSVC];      /* 0: to start */
+	pid_t svc_dead[NSVC]; /* the last one killed, whose lease its successor releases; or 0 */
 	int64_t respawn_at;   /* ms; a worker that dies at once is not respawned in a tight loop */
 };
 
@@ -164,16 +165,34 @@ static void send_pass(struct ledger *lg, const struct config *cfg, const char *h
 
 static const struct service {
 	const char *name;     /* for ps and for the operator */
+	const char *lease;    /* the lease a pass holds */
 	void (*pass)(struct ledger *lg, const struct config *cfg, const char *holder);
 } services[NSVC] = {
-	[SVC_REAPER] = {"numatix-reaper", reap_pass},
-	[SVC_SENDER] = {"numatix-sender", send_pass},
+	[SVC_REAPER] = {"numatix-reaper", REAPER_LEASE, reap_pass},
+	[SVC_SENDER] = {"numatix-sender", WEBHOOK_LEASE, send_pass},
 };
+
+/* A predecessor killed mid-pass (kill -9, the OOM killer) left its lease held until it runs
+ * out (the reaper's a minute). It is dead for sure — the master collected it — so its lease is
+ * given back at once: the same step as its own release, taken under its name. A holder on
+ * another machine is not known dead; its lease runs out. */
+static void release_dead(struct store *s, const struct service *svc, pid_t dead)
+{
+	char holder[96];
+	struct err e = {0};
+	bool taken = false;
+
+	lease_holder_of(dead, holder);
+	if (s->ops->lease_take(s, svc->lease, holder, now_ms(), 0, &taken, &e))
+		LOG_WARN(NULL, "%s: releasing the lease of %s: %s", svc->name, holder, e.msg);
+	else if (taken)
+		LOG_INFO(NULL, "%s: released the lease of %s, killed before it could", svc->name, holder);
+}
 
 /* A background process: a pass every interval (the reaper's NUMATIX_REAP_INTERVAL; the webhook
  * sender's one second). It keeps the master's blocked signals and waits for them between
- * passes, so a stop or a reload never cuts a pass short. */
-static void service_loop(const struct config *cfg, const struct service *svc, int interval_s)
+ * passes, so a stop or a reload never cuts a pass short. dead: a predecessor killed, or 0. */
+static void service_loop(const struct config *cfg, const struct service *svc, int interval_s, pid_t dead)
 {
 	struct timespec ts = {interval_s, 0};
 	struct store *s = NULL;
@@ -193,18 +212,22 @@ static void service_loop(const struct config *cfg, const struct service *svc, in
 			LOG_WARN(NULL, "%s: %s", svc->name, e.msg);
 			continue;
 		}
+		if (dead) {
+			release_dead(s, svc, dead);
+			dead = 0;
+		}
 		app_ledger_init(&lg, s, cfg);
 		svc->pass(&lg, cfg, holder);
 	} while (sigtimedwait(&stop, NULL, &ts) < 0);
 	store_close(s);
 }
 
-static pid_t spawn_service(const struct config *cfg, int which)
+static pid_t spawn_service(const struct config *cfg, int which, pid_t dead)
 {
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		service_loop(cfg, &services[which], which == SVC_REAPER ? cfg->reap_interval_s : 1);
+		service_loop(cfg, &services[which], which == SVC_REAPER ? cfg->reap_interval_s : 1, dead);
 		_exit(0);
 	}
 	return pid < 0 ? 0 : pid;
@@ -219,7 +242,8 @@ static void fill(struct pool *p, int fd, const struct config *cfg, const sigset_
 			break;
 	for (int i = 0; i < NSVC; i++)
 		if (!p->svc[i])
-			p->svc[i] = spawn_service(cfg, i);
+			if ((p->svc[i] = spawn_service(cfg, i, p->svc_dead[i])))
+				p->svc_dead[i] = 0;
 }
 
 /* Collects exited children; a worker's slot is freed for respawn. */
@@ -233,6 +257,11 @@ static void collect(struct pool *p, bool stopping)
 		for (int i = 0; i < NSVC; i++)
 			if (pid == p->svc[i]) {
 				p->svc[i] = 0;
+				if (WIFSIGNALED(status)) {
+					p->svc_dead[i] = pid;
+					LOG_WARN(NULL, "%s %d ended (signal %d); starting another", services[i].name, (int)pid,
+						 WTERMSIG(status));
+				}
 				svc = true;
 				if (!stopping)
 					p->respawn_at = now_ms() + 1000;

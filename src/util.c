@@ -77,12 +77,17 @@ int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void lease_holder(char out[96])
+void lease_holder_of(pid_t pid, char out[96])
 {
 	char host[64] = "";
 
 	gethostname(host, sizeof(host) - 1);
-	snprintf(out, 96, "%.63s:%d", host, (int)getpid());
+	snprintf(out, 96, "%.63s:%d", host, (int)pid);
+}
+
+void lease_holder(char out[96])
+{
+	lease_holder_of(getpid(), out);
 }
 
 char *time_format(int64_t ms, char *buf, size_t len)

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Out of memory aborts here, so callers' error paths handle only real errors. */
 void *xmalloc(size_t n);
@@ -14,9 +15,11 @@ char *xstrdup(const char *s);                 /* NULL stays NULL; new, free() */
 char *xstrndup(const char *s, size_t n);       /* new, free() */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* new, free() */
 
-int64_t now_ms(void);
+int64_t now_ms(void);                          /* wall clock, milliseconds since the epoch */
 /* "<host>:<pid>": who holds a lease in the store (the reaper's, the webhook sender's). */
-void lease_holder(char out[96]);                          /* wall clock, milliseconds since the epoch */
+void lease_holder(char out[96]);
+/* The same name for another process of this host. */
+void lease_holder_of(pid_t pid, char out[96]);
 /* RFC 3339 UTC with milliseconds into buf (at least 25 bytes). Returns buf. */
 char *time_format(int64_t ms, char *buf, size_t len);
 

@@ -199,7 +199,7 @@ static int deliver_one(struct sender *x, const struct webhook *w, const struct a
 	if (had && d.next_attempt_at > now)
 		return 0;
 	/* the lease renewed before a call that may take WEBHOOK_TIMEOUT_S */
-	if (x->lg->store->ops->lease_take(x->lg->store, "webhooks", x->holder, now, now + LEASE_MS, &taken, e))
+	if (x->lg->store->ops->lease_take(x->lg->store, WEBHOOK_LEASE, x->holder, now, now + LEASE_MS, &taken, e))
 		return -1;
 	if (!taken)
 		return 0;
@@ -289,7 +289,7 @@ int webhook_deliver(struct ledger *lg, const char *holder, int64_t retry_ms, boo
 	int rc = 0;
 
 	memset(st, 0, sizeof(*st));
-	if (s->ops->lease_take(s, "webhooks", holder, now, now + LEASE_MS, &taken, e))
+	if (s->ops->lease_take(s, WEBHOOK_LEASE, holder, now, now + LEASE_MS, &taken, e))
 		return -1;
 	if (!taken)
 		return 0;
@@ -313,7 +313,7 @@ int webhook_deliver(struct ledger *lg, const char *holder, int64_t retry_ms, boo
 	{
 		/* Give the lease back, so the next pass (from any machine) need not wait it out. */
 		struct err ignored = {0};
-		s->ops->lease_take(s, "webhooks", holder, now_ms(), 0, &taken, &ignored);
+		s->ops->lease_take(s, WEBHOOK_LEASE, holder, now_ms(), 0, &taken, &ignored);
 	}
 	return rc;
 }

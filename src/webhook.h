@@ -31,6 +31,9 @@ bool webhook_takes(const char *events, const char *type);
  * passed since the first attempt (the delivery has failed). */
 bool webhook_retry(int attempts, int64_t first_at, int64_t now, int64_t retry_ms, int64_t *next_at);
 
+/* The lease a sending pass holds in the store, by this name. */
+#define WEBHOOK_LEASE "webhooks"
+
 struct deliver_stats {
 	int delivered, failed, retrying;
 	bool ran;                 /* false: another sender holds the lease */

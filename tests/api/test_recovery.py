@@ -245,6 +245,59 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class KillReaperMidPass(unittest.TestCase):
+    """kill -9 of the reaper while it expires abandoned holds: its lease (a minute) would make
+    every later pass wait it out; the master knows the reaper is dead, and the one it starts
+    instead gives that lease back, so the pass is taken up again at once. Each hold is expired
+    exactly once and every seat comes back."""
+
+    HOLDS = 200
+
+    @classmethod
+    def setUpClass(cls):
+        cls.S = Stack(NUMATIX_WORKERS=4, NUMATIX_HOLD_TTL=1, NUMATIX_PAYMENT_LATENCY_MS=30000,
+                      NUMATIX_REAP_INTERVAL=3600).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+
+    def test_sigkill_of_the_reaper_mid_pass(self):
+        S, n = self.S, self.HOLDS
+        p = S.create_plan(capacity=n)
+        # n purchases held inside a 30 s charge; then every worker killed: n abandoned holds
+        buyers = [threading.Thread(target=S.purchase, args=(p["id"],), kwargs={"timeout": 60}) for _ in range(n)]
+        for t in buyers:
+            t.start()
+        wait_for(lambda: S.plan(p["id"])["subscriptions_held"] == n, what="%d holds" % n)
+        for pid in S.server_pids()[1]:
+            os.kill(pid, signal.SIGKILL)
+        for t in buyers:
+            t.join()
+        head = S.feed_head()
+        # The reaper idles for an hour between passes; one started anew passes at once, a
+        # second after its predecessor ended, when every hold (1 s) is overdue.
+        first = S.service_pid("numatix-reaper")
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: S.service_pid("numatix-reaper") not in (0, first), what="a new reaper")
+        second = S.service_pid("numatix-reaper")
+        wait_for(lambda: S.plan(p["id"])["subscriptions_held"] < n, what="the pass under way")
+        os.kill(second, signal.SIGKILL)
+        held = S.plan(p["id"])["subscriptions_held"]
+        self.assertGreater(held, 0, "the pass ended before the kill: nothing left to take up")
+        # the third reaper gives the second's lease back and expires the rest at once, not after
+        # the lease's minute
+        wait_for(lambda: S.plan(p["id"])["subscriptions_held"] == 0, timeout=20, what="the rest expired")
+        q = S.plan(p["id"])
+        self.assertEqual(q["subscriptions_left"], n)
+        expired = [e for e in S.events_after(head) if e["type"] == "subscription.expired"]
+        self.assertEqual(len(expired), n)
+        self.assertEqual(len({e["data"]["resourceId"] for e in expired}), n)
+        self.assertIn(b"numatix-reaper %d ended (signal 9)" % second, open(S.log_path, "rb").read())
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
 @unittest.skipIf(os.environ.get("NUMATIX_TEST_STORE"), "SKIPPED: locks the SQLite file from outside")
 class LockedFromOutside(unittest.TestCase):
     """The SQLite file write-locked from outside beyond the busy timeout: a purchase answers
