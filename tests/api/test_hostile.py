@@ -1,6 +1,8 @@
 """test_hostile.py - hostile and malformed input: each gets its JSON 4xx error, no worker
 crashes, and no seat count moves."""
 
+import json
+import socket
 import unittest
 import uuid
 
@@ -79,6 +81,41 @@ class Hostile(unittest.TestCase):
                                     b' "customer": {"email": "n@example.com", "name": "N\\u0000"}}' % pid.encode()))
         r = S.admin("GET", "/api/audit-logs?traceId=a%00b")
         self.assert4xx(r)
+
+    def test_requests_nginx_cannot_read(self):
+        """What nginx refuses before any location — a %00 in the path, a space in it, a request
+        line that is not one, a header line without a colon, no Host, a Content-Length that is
+        no number, headers or a URI too large — still gets the JSON error, never an HTML page."""
+        def send(raw):
+            with socket.create_connection(("127.0.0.1", S.port), timeout=30) as c:
+                c.sendall(raw)
+                data = b""
+                while chunk := c.recv(65536):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+            return int(lines[0].split()[1]), headers, body
+
+        cases = [
+            (b"GET /api/plans%00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"GET /api/subscriptions/%00/cancel HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"GET /api/pl ans HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"GET /api/plans HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),
+            (b"GET /api/plans HTTP/1.1\r\n\r\n", 400),
+            (b"POST /api/plans HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+            (b"GET /api/plans HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 400),
+            (b"GET /api/plans?" + b"a" * 40000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        ]
+        for raw, status in cases:
+            got, headers, body = send(raw)
+            self.assertEqual(got, status, (raw[:60], body[:200]))
+            self.assertTrue(headers.get("content-type", "").startswith("application/json"), (raw[:60], body[:200]))
+            err = json.loads(body)
+            self.assertEqual(err["code"], "URI_TOO_LONG" if status == 414 else "VALIDATION_ERROR")
+            self.assertEqual(err["traceId"], headers.get("x-trace-id"))
+            self.assertNotIn("nginx/", headers.get("server", ""))
 
     def test_deep_nesting(self):
         for depth in (20, 1000, 8000):  # 8000 levels: 16 KB, within the body limit
