@@ -40,7 +40,7 @@ void api_waitlist_join(struct request *rq, struct response *rs)
 	if (waitlist_join(rq->lg, &rq->actor, &js, &w, token, &e))
 		response_err(rs, rq, &e);
 	else
-		response_json(rs, 201, view_entry(&w, token, false));
+		response_json(rs, 201, view_entry(&w, token, NULL));
 }
 
 /* The entry the :id names, if the bearer may see it: the admin, or its own access token.
@@ -63,12 +63,23 @@ static int entry_load(struct request *rq, struct response *rs, struct waitlist_e
 	return 0;
 }
 
+/* An entry as the admin or its holder reads it: the offer's client secret opened (kept sealed;
+ * sealed under an earlier admin token, it cannot be shown). */
+static struct json_object *entry_view(const struct request *rq, const struct waitlist_entry *w)
+{
+	char *secret = *w->offer_secret ? ledger_unseal(rq->lg, w->offer_secret) : NULL;
+	struct json_object *o = view_entry(w, NULL, secret);
+
+	free(secret);
+	return o;
+}
+
 void api_waitlist_get(struct request *rq, struct response *rs)
 {
 	struct waitlist_entry w = {0};
 
 	if (entry_load(rq, rs, &w) == 0)
-		response_json(rs, 200, view_entry(&w, NULL, true));
+		response_json(rs, 200, entry_view(rq, &w));
 }
 
 void api_waitlist_leave(struct request *rq, struct response *rs)
@@ -83,7 +94,7 @@ void api_waitlist_leave(struct request *rq, struct response *rs)
 	if (waitlist_leave(rq->lg, &rq->actor, rq->param, &w, &e))
 		response_err(rs, rq, &e);
 	else
-		response_json(rs, 200, view_entry(&w, NULL, true));
+		response_json(rs, 200, entry_view(rq, &w));
 }
 
 void api_waitlist_list(struct request *rq, struct response *rs)
@@ -106,7 +117,7 @@ void api_waitlist_list(struct request *rq, struct response *rs)
 	}
 	struct json_object *arr = json_object_new_array();
 	for (size_t i = 0; i < n; i++)
-		json_object_array_add(arr, view_entry(&w[i], NULL, true));
+		json_object_array_add(arr, entry_view(rq, &w[i]));
 	api_page_response(rs, "entries", arr, next);
 out:
 	free(w);

@@ -22,6 +22,10 @@ void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cf
 	lg->payment_latency_ms = cfg->payment_latency_ms;
 	lg->key_retention_h = cfg->key_retention_h;
 	lg->offer_ttl_s = cfg->offer_ttl_s;
+	/* without an admin token there is nothing the store does not see to seal with */
+	lg->sealing = cfg->admin_token != NULL;
+	if (lg->sealing)
+		seal_key(cfg->admin_token, lg->seal_key);
 }
 
 /* Who the request acts as. Returns 0, or -1 after answering 401/403. */

@@ -190,6 +190,7 @@ static const struct {
 	{"ENTRY_NOT_FOUND", 404, "Waiting-list entry not found"},
 	{"ENTRY_NOT_LIVE", 409, "The entry is no longer waiting or offered"},
 	{"WEBHOOK_LIMIT_REACHED", 409, "As many webhook endpoints exist as the service keeps"},
+	{"REPLAY_UNAVAILABLE", 409, "The answer kept on this Idempotency-Key was sealed under an earlier admin token and cannot be replayed"},
 };
 
 void response_err(struct response *rs, const struct request *rq, const struct err *e)

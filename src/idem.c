@@ -39,6 +39,10 @@ int idem_claim(struct ledger *lg, const char *key, const char *fingerprint, stru
 	} else if (strcmp(c.key.fingerprint, fingerprint)) {
 		out->outcome = IDEM_REUSED;
 	} else if (c.key.state == KEY_DONE) {
+		if (ledger_reply_read(lg, &c.key.reply, e)) {
+			claim_clear(&c);
+			return -1;
+		}
 		out->outcome = IDEM_REPLAY;
 		out->reply = c.key.reply;
 		c.key.reply.body = NULL;
@@ -57,9 +61,11 @@ void idem_settle(struct ledger *lg, const char *key, const struct reply *r, cons
 	bool matched = true;
 	int rc;
 
-	if (r->status >= 200 && r->status < 300)
-		rc = lg->store->ops->key_finish(lg->store, key, r, &matched, &e);
-	else
+	if (r->status >= 200 && r->status < 300) {
+		struct reply kept = ledger_reply_kept(lg, r);
+		rc = lg->store->ops->key_finish(lg->store, key, &kept, &matched, &e);
+		free(kept.body);
+	} else
 		rc = lg->store->ops->key_forget(lg->store, key, &e);
 	/* The effect already happened and its answer goes out; a key left unsettled is
 	 * resumed by a retry after its lease, or purged after the retention. */

@@ -103,6 +103,41 @@ int ledger_customer_get(struct ledger *lg, const char *id, struct customer *out,
 	return found ? 0 : refuse(e, ERR_NOT_FOUND, "CUSTOMER_NOT_FOUND", "no customer", id);
 }
 
+char *ledger_seal(const struct ledger *lg, const char *plain)
+{
+	return lg->sealing ? seal_text(lg->seal_key, plain) : xstrdup(plain);
+}
+
+char *ledger_unseal(const struct ledger *lg, const char *kept)
+{
+	char *plain = NULL;
+
+	if (!lg->sealing)
+		return xstrdup(kept);
+	return seal_open(lg->seal_key, kept, &plain) ? NULL : plain;
+}
+
+struct reply ledger_reply_kept(const struct ledger *lg, const struct reply *r)
+{
+	return (struct reply){r->status, ledger_seal(lg, r->body)};
+}
+
+int ledger_reply_read(const struct ledger *lg, struct reply *r, struct err *e)
+{
+	char *plain;
+
+	if (!r->body)
+		return 0;
+	if (!(plain = ledger_unseal(lg, r->body))) {
+		err_set(e, ERR_CONFLICT, "REPLAY_UNAVAILABLE",
+			"the answer kept on this key was sealed under another NUMATIX_ADMIN_TOKEN");
+		return -1;
+	}
+	free(r->body);
+	r->body = plain;
+	return 0;
+}
+
 int ledger_sub_get(struct ledger *lg, const char *id, struct subscription *out, struct err *e)
 {
 	bool found;

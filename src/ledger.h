@@ -14,6 +14,7 @@
 
 #include "err.h"
 #include "model.h"
+#include "seal.h"
 #include "store.h"
 
 /* How the final answers of a purchase read; the API layer provides them, since they are
@@ -41,7 +42,18 @@ struct ledger {
 	int payment_latency_ms;
 	int key_retention_h;
 	int offer_ttl_s;                      /* a waiting-list offer's lifetime */
+	bool sealing;                         /* answers kept on keys are sealed (seal.h) */
+	unsigned char seal_key[SEAL_KEY_LEN];
 };
+
+/* A secret as it is kept in the store (seal.h): sealed when the ledger seals; new. And back:
+ * new, or NULL when it was sealed under another key (NUMATIX_ADMIN_TOKEN changed since). */
+char *ledger_seal(const struct ledger *lg, const char *plain);
+char *ledger_unseal(const struct ledger *lg, const char *kept);
+/* An answer as it is kept on its key for replays (its body through ledger_seal); new body. */
+struct reply ledger_reply_kept(const struct ledger *lg, const struct reply *r);
+/* A kept answer read back, opened in place; -1 with 409 REPLAY_UNAVAILABLE when it cannot be. */
+int ledger_reply_read(const struct ledger *lg, struct reply *r, struct err *e);
 
 /* A page of a list: limit, and the cursor of an earlier page (NULL: the first), owned by
  * whoever filled it. */

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ids.h"
+#include "seal.h"
 
 /* The seats one order may take when a plan does not say. */
 #define PLAN_MAX_PER_ORDER_DEFAULT 10
@@ -147,8 +148,8 @@ void audit_event_clear(struct audit_event *a);
 
 /* A place in a plan's waiting list. Everything its offer needs is made when it joins: the
  * offer's session id, the key the session's row is kept under, and its client secret (kept
- * as given, since the entry's holder and the admin read it back; its hash goes on the
- * session). waiting -> offered (a checkout session holds its seats) -> converted (the session
+ * sealed, ledger_seal, since the entry's holder and the admin read it back; its hash goes on
+ * the session). waiting -> offered (a checkout session holds its seats) -> converted (the session
  * completed) | expired (it ran out); waiting or offered -> left. */
 struct waitlist_entry {
 	char id[ID_LEN + 1];
@@ -159,7 +160,7 @@ struct waitlist_entry {
 	char token_hash[65];              /* SHA-256 of the entry's access token */
 	char session_id[ID_LEN + 1];
 	char offer_key[UUID_LEN + 1];
-	char offer_secret[TOKEN_LEN + 1];
+	char offer_secret[SEAL_LEN(TOKEN_LEN) + 1]; /* sealed (or plain: an entry made before) */
 	char secret_hash[65];
 	int64_t offer_ttl_ms;
 	int64_t offer_expires_at;         /* 0 until offered */

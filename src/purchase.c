@@ -19,8 +19,12 @@ void purchase_result_clear(struct purchase_result *r)
 
 static void refused(struct purchase_result *out, enum err_kind kind, const char *code, const char *msg)
 {
+	char m[sizeof(out->err.msg)];
+
+	/* msg is often out->err.msg itself: copied first, as printf may not read what it writes */
+	snprintf(m, sizeof(m), "%s", msg);
 	out->end = PURCHASE_REFUSED;
-	err_set(&out->err, kind, code, "%s", msg);
+	err_set(&out->err, kind, code, "%s", m);
 }
 
 /* The answer stored on the key: the purchase ended, perhaps in another request (a concurrent
@@ -32,9 +36,13 @@ static void answer_stored(struct ledger *lg, const char *key, struct purchase_re
 
 	if (lg->store->ops->key_get(lg->store, key, &k, &found, &out->err) == 0 && found &&
 	    k.state == KEY_DONE) {
-		out->end = PURCHASE_ANSWERED;
-		out->reply = k.reply;
-		k.reply.body = NULL;
+		if (ledger_reply_read(lg, &k.reply, &out->err)) {
+			out->end = PURCHASE_REFUSED;
+		} else {
+			out->end = PURCHASE_ANSWERED;
+			out->reply = k.reply;
+			k.reply.body = NULL;
+		}
 	} else {
 		LOG_ERROR(NULL, "key %s has no final answer: %s", key, out->err.msg);
 		refused(out, ERR_UNAVAILABLE, NULL, "the purchase could not be settled");
@@ -135,9 +143,9 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 		{"seat.released", session ? "session" : "subscription", sub->id, EV_BEFORE_AFTER, NULL},
 	};
 	size_t nev = 2;
-	struct reply r = lg->replies->expired(a->trace_id);
+	struct reply r = lg->replies->expired(a->trace_id), kept = ledger_reply_kept(lg, &r);
 	struct transition t = {.sub_id = sub->id, .from = "pending", .due_by = now, .to = "expired",
-			       .now = now, .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .reply = &r};
+			       .now = now, .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .reply = &kept};
 
 	if (charge)
 		ev[nev++] = (struct event_spec){"payment.succeeded", "payment", charge->id, EV_NO_COUNTS, detail};
@@ -156,6 +164,7 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 		refund_attempt(lg, a, &o.sub);
 	transition_out_clear(&o);
 	free(r.body);
+	free(kept.body);
 	free(detail);
 	return rc;
 }
@@ -171,10 +180,12 @@ struct attempt {
 static void answer_refused(struct ledger *lg, const struct actor *a, const struct attempt *at, const char *code,
 			   struct purchase_result *out)
 {
-	struct reply r = lg->replies->refused(code, a->trace_id);
+	struct reply r = lg->replies->refused(code, a->trace_id), kept = ledger_reply_kept(lg, &r);
 	bool matched;
+	int rc = lg->store->ops->key_finish(lg->store, at->key, &kept, &matched, &out->err);
 
-	if (lg->store->ops->key_finish(lg->store, at->key, &r, &matched, &out->err)) {
+	free(kept.body);
+	if (rc) {
 		refused(out, out->err.kind, NULL, out->err.msg);
 		free(r.body);
 		return;
@@ -222,16 +233,22 @@ static void hold_gone(struct ledger *lg, const struct actor *a, const struct att
 	subscription_clear(&now);
 }
 
-/* The second unit: t stores reply r on the key. 1 when it moved (out answered with r, whose
- * body it takes), 0 when the hold was no longer pending as t requires, -1 when the store
- * failed (out refused; the hold stays until a retry or the reaper settles it). */
+/* The second unit: t stores reply r on the key (as kept: ledger_reply_kept). 1 when it moved
+ * (out answered with r, whose body it takes), 0 when the hold was no longer pending as t
+ * requires, -1 when the store failed (out refused; the hold stays until a retry or the reaper
+ * settles it). */
 static int settle(struct ledger *lg, const struct actor *a, const struct transition *t, struct reply *r,
 		  struct purchase_result *out)
 {
 	struct transition_out o = {0};
-	int rc = -1;
+	struct reply kept = ledger_reply_kept(lg, r);
+	struct transition kt = *t;
+	int rc = -1, failed;
 
-	if (lg->store->ops->transition(lg->store, t, a, &o, &out->err)) {
+	kt.reply = &kept;
+	failed = lg->store->ops->transition(lg->store, &kt, a, &o, &out->err);
+	free(kept.body);
+	if (failed) {
 		refused(out, out->err.kind, NULL, out->err.msg);
 	} else if (o.result == MOVED) {
 		out->end = PURCHASE_ANSWERED;
@@ -373,6 +390,11 @@ static void key_exists(struct ledger *lg, const struct actor *a, const char *key
 		out->replayed = true;
 		out->reply.status = c->key.reply.status;
 		out->reply.body = xstrdup(c->key.reply.body ? c->key.reply.body : "{}");
+		if (ledger_reply_read(lg, &out->reply, &out->err)) {
+			free(out->reply.body);
+			out->reply.body = NULL;
+			out->end = PURCHASE_REFUSED;
+		}
 	} else if (!c->taken_over || c->key.state != KEY_HELD) {
 		out->end = PURCHASE_IN_PROGRESS;
 		wait = (c->key.locked_until - now_ms() + 999) / 1000;
@@ -407,11 +429,28 @@ struct hold_spec {
 	const char *previous_id;          /* a plan change's: the subscription it replaces */
 };
 
+/* A hold's answer is built inside the store's unit, from the subscription as held: kept
+ * (ledger_reply_kept) by this callback around the spec's. */
+struct kept_reply {
+	const struct ledger *lg;
+	const struct hold_spec *hs;
+};
+
+static struct reply hold_reply_kept(const struct subscription *sub, void *arg)
+{
+	const struct kept_reply *k = arg;
+	struct reply r = k->hs->reply(sub, k->hs->reply_arg), kept = ledger_reply_kept(k->lg, &r);
+
+	free(r.body);
+	return kept;
+}
+
 /* The first unit of a purchase or a session: claim the key and hold the seats. */
 static void hold(struct ledger *lg, const struct actor *a, const struct hold_spec *hs, struct hold_out *h,
 		 struct purchase_result *out)
 {
 	struct customer c = {0};
+	struct kept_reply k = {lg, hs};
 	int64_t now = now_ms();
 	const struct event_spec ev[] = {
 		{"seat.held", "subscription", hs->sub_id, EV_BEFORE_AFTER, NULL},
@@ -426,7 +465,7 @@ static void hold(struct ledger *lg, const struct actor *a, const struct hold_spe
 	}
 	struct hold_req r = {{hs->key, hs->fingerprint, now, now + ledger_lease_ms(lg)}, hs->sub_id, hs->plan_id,
 			     hs->quantity, hs->customer_id, hs->customer_id ? NULL : &c, now + hs->ttl_ms, ev, hs->secret_hash ? 2 : 1,
-			     hs->secret_hash, hs->previous_id, hs->pays, hs->reply, hs->reply_arg};
+			     hs->secret_hash, hs->previous_id, hs->pays, hs->reply ? hold_reply_kept : NULL, &k};
 	if (lg->store->ops->hold(lg->store, &r, a, h, &out->err)) {
 		LOG_WARN(a->trace_id, "hold: %s", out->err.msg);
 		out->end = PURCHASE_REFUSED;
@@ -707,7 +746,7 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	int64_t now = now_ms();
 	struct transition also, t;
 	struct transition_out o = {0};
-	struct reply r;
+	struct reply r, kept;
 
 	token_new(sub->id, token);
 	sha256_hex(token, strlen(token), hash);
@@ -728,11 +767,12 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 		{charge ? "payment.succeeded" : "payment.refunded", "payment", paid ? paid->id : "", EV_NO_COUNTS, detail},
 	};
 	r = lg->replies->changed(sub, token, a->trace_id);
+	kept = ledger_reply_kept(lg, &r);
 	also = (struct transition){.sub_id = old->id, .from = "active", .to = "changed", .now = now, .dleft = 1,
 				   .events = old_ev, .nevents = 2};
 	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now, .to = "active", .now = now,
 				.dheld = -1, .payment_id = sub->payment_id, .start_at = sub->start_at,
-				.end_at = sub->end_at, .token_hash = hash, .payment = paid, .events = ev, .nevents = paid ? 2 : 1, .reply = &r, .reply_key = at->key,
+				.end_at = sub->end_at, .token_hash = hash, .payment = paid, .events = ev, .nevents = paid ? 2 : 1, .reply = &kept, .reply_key = at->key,
 				.attempt = at->key, .also = &also};
 	if (lg->store->ops->transition(lg->store, &t, a, &o, &out->err)) {
 		refused(out, out->err.kind, NULL, out->err.msg);
@@ -754,6 +794,7 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	}
 	transition_out_clear(&o);
 	free(r.body);
+	free(kept.body);
 	free(detail);
 }
 

@@ -200,7 +200,7 @@ struct json_object *view_webhook(const struct webhook *w, bool with_secret)
 	return o;
 }
 
-struct json_object *view_entry(const struct waitlist_entry *w, const char *access_token, bool with_secret)
+struct json_object *view_entry(const struct waitlist_entry *w, const char *access_token, const char *client_secret)
 {
 	struct json_object *o = json_object_new_object();
 	bool offered = !strcmp(w->status, "offered");
@@ -212,7 +212,7 @@ struct json_object *view_entry(const struct waitlist_entry *w, const char *acces
 	ADD(o, "quantity", INT(w->quantity));
 	ADD(o, "position", !strcmp(w->status, "waiting") ? INT(w->position) : NULL);
 	ADD(o, "checkoutSessionId", offered || !strcmp(w->status, "converted") ? STR(w->session_id) : NULL);
-	ADD(o, "clientSecret", offered && with_secret ? STR(w->offer_secret) : NULL);
+	ADD(o, "clientSecret", offered && client_secret ? STR(client_secret) : NULL);
 	ADD(o, "offerExpiresAt", offered ? view_time(w->offer_expires_at) : NULL);
 	if (access_token)
 		ADD(o, "accessToken", STR(access_token));

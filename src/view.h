@@ -27,7 +27,9 @@ struct json_object *view_webhook(const struct webhook *w, bool with_secret);
 struct json_object *view_delivery(const struct delivery *d);
 /* A waiting-list entry; its access token when given (the answer to joining), its offer's
  * client secret only when with_secret (the admin, or the entry's own token). */
-struct json_object *view_entry(const struct waitlist_entry *w, const char *access_token, bool with_secret);
+/* access_token: the entry's, shown once at its join; client_secret: its offer's (opened, see
+ * ledger_unseal), shown while offered. Either NULL. */
+struct json_object *view_entry(const struct waitlist_entry *w, const char *access_token, const char *client_secret);
 /* An RFC 3339 string, or null for 0. */
 struct json_object *view_time(int64_t ms);
 

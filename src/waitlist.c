@@ -58,8 +58,14 @@ int waitlist_join(struct ledger *lg, const struct actor *a, const struct join_sp
 	/* what its offer will be, made now so that the store makes the offer alone */
 	id_new(w.session_id);
 	uuid_new(w.offer_key);
-	secret_new(w.session_id, w.offer_secret);
-	sha256_hex(w.offer_secret, strlen(w.offer_secret), w.secret_hash);
+	{
+		char secret[TOKEN_LEN + 1], *kept;
+		secret_new(w.session_id, secret);
+		sha256_hex(secret, strlen(secret), w.secret_hash);
+		kept = ledger_seal(lg, secret);
+		snprintf(w.offer_secret, sizeof(w.offer_secret), "%s", kept);
+		free(kept);
+	}
 	w.offer_ttl_ms = (int64_t)lg->offer_ttl_s * 1000;
 	w.created_at = w.updated_at = now;
 	if (!js->customer_id) {

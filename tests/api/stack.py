@@ -19,7 +19,8 @@ import urllib.parse
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.join(ROOT, "cgi-bin", "numatix")
+# NUMATIX_BIN: another build of the binary (make asan runs the suites against its own)
+BIN = os.environ.get("NUMATIX_BIN") or os.path.join(ROOT, "cgi-bin", "numatix")
 ADMIN = "test-admin-token-0123456789abcdef"
 
 
@@ -43,6 +44,19 @@ def store_url(dir):
         u = urllib.parse.urlsplit(os.environ["MONGO_URI"])
         return urllib.parse.urlunsplit((u.scheme, u.netloc, "/numatix_test_" + uuid.uuid4().hex[:12], u.query, ""))
     return "sqlite://%s/numatix.db" % dir
+
+
+def unseal(text, admin=ADMIN):
+    """An answer kept on a key, opened as src/seal.c seals it: "nx1." and base64 of a 12-byte
+    nonce, the AES-256-GCM ciphertext and its tag, under HMAC-SHA256(admin token, label)."""
+    import base64
+    import hashlib
+    import hmac
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    assert text.startswith("nx1."), text[:40]
+    raw = base64.b64decode(text[4:])
+    key = hmac.new(admin.encode(), b"numatix: answers sealed at rest, v1", hashlib.sha256).digest()
+    return AESGCM(key).decrypt(raw[:12], raw[12:], None).decode()
 
 
 def free_port():
@@ -209,6 +223,15 @@ class Stack:
         h = {"Authorization": "Bearer " + ADMIN}
         h.update(headers or {})
         return self.request(method, path, body, h, **kw)
+
+    def store_bytes(self):
+        """Everything the store holds, as bytes: the SQLite files themselves (the database and
+        its write-ahead log, old page images included), or PostgreSQL's pg_dump."""
+        url = self.env["NUMATIX_DB"]
+        if url.startswith("sqlite://"):
+            path = url[len("sqlite://"):]
+            return b"".join(open(p, "rb").read() for p in (path, path + "-wal") if os.path.exists(p))
+        return subprocess.run(["pg_dump", "--data-only", url], check=True, capture_output=True).stdout
 
     def events_after(self, after=0):
         """Every event of the feed after a position, oldest first."""

@@ -263,6 +263,46 @@ class Hostile(unittest.TestCase):
         self.assertEqual(S.plan(other["id"])["total_capacity"], 6)
         self.assertEqual(S.admin("GET", "/api/waitlist/" + b["entry"]["id"]).json["status"], "waiting")
 
+    def test_no_secret_kept_in_the_clear(self):
+        """The secrets a buyer is shown once (a subscription's access token, bought or changed, a
+        checkout session's client secret, a waiting-list token and its offer's client secret) are
+        nowhere in the store in the clear, not even in the answers kept for replays, which still
+        give them back."""
+        own, other = S.create_plan(capacity=3, price=500), S.create_plan(capacity=3, price=900)
+        line = S.create_plan(capacity=1, waitlist_enabled=True)
+
+        def twice(method, path, body, headers=None, status=201):
+            h = dict(headers or {}, **{"Idempotency-Key": str(uuid.uuid4())})
+            first, again = S.request(method, path, body, h), S.request(method, path, body, h)
+            self.assertEqual(first.status, status, first)
+            self.assertEqual((again.status, again.raw, again.header("Idempotent-Replayed")), (status, first.raw, "true"))
+            return first.json
+
+        buyer = {"email": "sealed-%s@example.com" % uuid.uuid4().hex[:8], "name": "S"}
+        sub = twice("POST", "/api/subscriptions/purchase", {"planId": own["id"], "paymentMethodId": "pm_card_visa", "customer": buyer})
+        sess = twice("POST", "/api/checkout-sessions", {"planId": own["id"], "customer": buyer})
+        changed = twice("POST", "/api/subscriptions/%s/change-plan" % sub["id"],
+                        {"planId": other["id"], "paymentMethodId": "pm_card_visa"},
+                        {"Authorization": "Bearer " + sub["accessToken"]}, status=200)
+        seat = S.purchase(line["id"]).json
+        entry = twice("POST", "/api/plans/%s/waitlist" % line["id"], {"customer": buyer})
+        S.request("POST", "/api/subscriptions/%s/cancel" % seat["id"], {}, {"Authorization": "Bearer " + seat["accessToken"]})
+        mine = {"Authorization": "Bearer " + entry["accessToken"]}
+        offered = S.request("GET", "/api/waitlist/" + entry["id"], headers=mine).json
+        self.assertEqual(offered["status"], "offered")
+        # the offer's secret (kept sealed) opens its session; the admin reads the same
+        opened = S.request("GET", "/api/checkout-sessions/" + offered["checkoutSessionId"],
+                           headers={"Authorization": "Bearer " + offered["clientSecret"]})
+        self.assertEqual((opened.status, opened.json["status"]), (200, "open"))
+        self.assertEqual(S.admin("GET", "/api/waitlist/" + entry["id"]).json["clientSecret"], offered["clientSecret"])
+        secrets = [sub["accessToken"], sess["clientSecret"], changed["accessToken"], seat["accessToken"],
+                   entry["accessToken"], offered["clientSecret"]]
+        kept = S.store_bytes()
+        for secret in secrets:
+            tail = secret[29:]  # after "sat_<id>_": the secret part alone
+            self.assertEqual(len(tail), 43)
+            self.assertFalse(tail.encode() in kept, "%s... is kept in the clear" % secret[:33])
+
     def test_check_still_passes(self):
         ok, out = S.check()
         self.assertTrue(ok, out)

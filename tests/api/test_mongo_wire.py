@@ -21,7 +21,7 @@ import uuid
 from bson import ObjectId
 from mockupdb import Matcher, MockupDB
 
-from stack import ADMIN, BIN
+from stack import ADMIN, BIN, unseal
 
 HELLO = {"ismaster": True, "isWritablePrimary": True, "setName": "rs0", "hosts": [],
          "maxWireVersion": 13, "minWireVersion": 0, "logicalSessionTimeoutMinutes": 30}
@@ -227,7 +227,9 @@ class MongoWire(unittest.TestCase):
         done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
         self.assertEqual(done["q"]["state"], {"$ne": "done"})
         self.assertEqual((done["u"]["$set"]["state"], done["u"]["$set"]["response_status"]), ("done", 201))
-        self.assertEqual(json.loads(done["u"]["$set"]["response_body"])["id"], body["id"])
+        # kept sealed: the access token is nowhere in the clear
+        self.assertNotIn(body["accessToken"], json.dumps(self.w.log, default=str))
+        self.assertEqual(json.loads(unseal(done["u"]["$set"]["response_body"]))["id"], body["id"])
         # two commits of the store's own per purchase
         self.assertEqual(len(self.w.commands("commitTransaction")), 2)
 
@@ -248,9 +250,10 @@ class MongoWire(unittest.TestCase):
         sub = self.w.commands("insert", "subscriptions")[0]["documents"][0]
         secret_hash = hashlib.sha256(body["clientSecret"].encode()).hexdigest()
         self.assertEqual((sub["secret_hash"], sub["attempt_key"]), (secret_hash, ""))
-        # the secret itself is kept only in the answer stored for replays of the key
-        self.assertEqual([n for n, c, d in self.w.log if body["clientSecret"] in json.dumps(d, default=str)],
-                         ["update"])
+        # the secret itself is kept only in the answer stored for replays of the key, sealed
+        self.assertEqual([n for n, c, d in self.w.log if body["clientSecret"] in json.dumps(d, default=str)], [])
+        kept = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]["u"]["$set"]["response_body"]
+        self.assertEqual(json.loads(unseal(kept))["clientSecret"], body["clientSecret"])
         done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
         self.assertEqual((done["q"]["_id"], done["u"]["$set"]["response_status"]), (key, 201))
         self.assertEqual(self.w.commands("insert", "processor"), [])
@@ -477,7 +480,10 @@ class MongoWire(unittest.TestCase):
                                    ("commitTransaction", None)])
         entry = self.w.commands("insert", "waitlist")[0]["documents"][0]
         self.assertEqual((entry["status"], entry["quantity"], entry["seq"]), ("waiting", 2, 7))
-        self.assertTrue(entry["offer_secret"].startswith("cst_" + str(entry["session_id"])))
+        # the offer's client secret is kept sealed, its hash for the session
+        secret = unseal(entry["offer_secret"])
+        self.assertTrue(secret.startswith("cst_" + str(entry["session_id"])))
+        self.assertEqual(entry["secret_hash"], hashlib.sha256(secret.encode()).hexdigest())
 
     def test_cancel_offers_the_freed_seats_in_its_transaction(self):
         entry = {"_id": ObjectId(), "plan_id": PLAN_ID, "customer_id": ObjectId(), "quantity": 1, "status": "waiting",

@@ -17,6 +17,8 @@
 #include <cmocka.h>
 
 #include "api.h"
+#include "app.h"
+#include "config.h"
 #include "check.h"
 #include "ledger.h"
 #include "purchase.h"
@@ -30,6 +32,17 @@ static char store_url[512];
 /* --- the fault wrapper: the real store's ops, with three that can fail once --------------- */
 
 static const struct store_ops *real_ops;
+
+/* A ledger over s as a worker makes it (app_ledger_init): answers kept on keys sealed. */
+static struct ledger ledger_of(struct store *s, int hold_ttl_s, int payment_latency_ms)
+{
+	struct config cfg = {.admin_token = (char *)"contract-test-admin-token", .hold_ttl_s = hold_ttl_s,
+			     .payment_latency_ms = payment_latency_ms, .key_retention_h = 24, .offer_ttl_s = 600};
+	struct ledger lg;
+
+	app_ledger_init(&lg, s, &cfg);
+	return lg;
+}
 static struct store_ops faulty_ops;
 static const char *fail_at;          /* "hold", "processor_charge", "transition" or NULL */
 
@@ -82,7 +95,7 @@ static struct fixture *fixture_new(int capacity, int hold_ttl_s)
 	faulty_ops.processor_charge = f_charge;
 	x->s->ops = &faulty_ops;
 	fail_at = NULL;
-	x->lg = (struct ledger){x->s, &api_replies, hold_ttl_s, 0, 24, 600};
+	x->lg = ledger_of(x->s, hold_ttl_s, 0);
 	id_new(p.id);
 	p.name = xasprintf("Plan %s", p.id);
 	p.description = xstrdup("");
@@ -106,6 +119,8 @@ static void fixture_free(struct fixture *x)
 	store_close(x->s);
 	free(x);
 }
+
+static void ignore(void *arg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void ignore(void *arg, const char *fmt, ...)
 {
@@ -740,7 +755,7 @@ static void test_racing_processes_sell_exactly_capacity(void **state)
 		if (fork() == 0) {
 			struct err e = {0};
 			struct store *s = store_open(store_url, &e);
-			struct ledger lg = {s, &api_replies, 600, 0, 24, 600};
+			struct ledger lg = ledger_of(s, 600, 0);
 			struct actor a = {"race", "customer", NULL, NULL};
 			char n = 0, key[UUID_LEN + 1], email[64];
 			for (int j = 0; j < EACH; j++) {
@@ -816,7 +831,7 @@ static void test_sessions_race_their_deadline(void **state)
 	for (int i = 0; i < PROCS; i++) {
 		if (fork() == 0) {
 			struct store *s = store_open(store_url, &e);
-			struct ledger lg = {s, &api_replies, 600, 25, 24, 600};   /* a 25 ms processor */
+			struct ledger lg = ledger_of(s, 600, 25);   /* a 25 ms processor */
 			struct actor a = {"race", "customer", NULL, NULL};
 			for (int j = 0; j < EACH; j++) {
 				int k = i * EACH + j;
@@ -898,7 +913,7 @@ static void test_feed_in_commit_order(void **state)
 		if (fork() == 0) {
 			struct err e = {0};
 			struct store *s = store_open(store_url, &e);
-			struct ledger lg = {s, &api_replies, 600, 0, 24, 600};
+			struct ledger lg = ledger_of(s, 600, 0);
 			struct actor a = {"feed", "customer", NULL, NULL};
 			char key[UUID_LEN + 1], email[64], id[ID_LEN + 1];
 

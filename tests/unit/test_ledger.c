@@ -11,6 +11,8 @@
 #include <cmocka.h>
 
 #include "api.h"
+#include "app.h"
+#include "config.h"
 #include "check.h"
 #include "idem.h"
 #include "ledger.h"
@@ -35,7 +37,11 @@ static int setup(void **state)
 	struct err e = {0};
 
 	w->s = mem_store_new();
-	w->lg = (struct ledger){w->s, &api_replies, 600, 0, 24, 600};
+	{
+		struct config cfg = {.admin_token = (char *)"ledger-test-admin-token", .hold_ttl_s = 600,
+				     .key_retention_h = 24, .offer_ttl_s = 600};
+		app_ledger_init(&w->lg, w->s, &cfg);
+	}
 	id_new(p.id);
 	p.name = xstrdup("Workshop");
 	p.description = xstrdup("");

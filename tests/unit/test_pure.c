@@ -15,6 +15,7 @@
 #include "ids.h"
 #include "jsonx.h"
 #include "router.h"
+#include "seal.h"
 #include "valid.h"
 #include "webhook.h"
 
@@ -370,6 +371,50 @@ static void test_webhook_retry_and_types(void **state)
 	assert_false(webhook_takes("not json", "seat.held"));
 }
 
+/* What is sealed opens under its key alone, any change to it is refused, and text kept before
+ * sealing passes through. */
+static void test_seal(void **state)
+{
+	unsigned char key[SEAL_KEY_LEN], other[SEAL_KEY_LEN];
+	const char *plain = "{\"accessToken\":\"sat_0123456789abcdef01234567_secret\"}";
+	char *a, *b, *out = NULL;
+
+	(void)state;
+	seal_key("admin-token-0123456789", key);
+	seal_key("admin-token-0123456789x", other);
+	a = seal_text(key, plain);
+	b = seal_text(key, plain);
+	assert_true(!strncmp(a, "nx1.", 4));
+	assert_null(strstr(a, "sat_"));
+	assert_string_not_equal(a, b);  /* a fresh nonce each time */
+	assert_true(strlen(a) <= SEAL_LEN(strlen(plain)));
+	assert_int_equal(seal_open(key, a, &out), 0);
+	assert_string_equal(out, plain);
+	free(out);
+	assert_int_equal(seal_open(other, a, &out), -1);
+	assert_null(out);
+	a[10] = a[10] == 'A' ? 'B' : 'A';  /* one character of the ciphertext */
+	assert_int_equal(seal_open(key, a, &out), -1);
+	assert_int_equal(seal_open(key, "nx1.", &out), -1);
+	assert_int_equal(seal_open(key, "nx1.!!!!", &out), -1);
+	assert_int_equal(seal_open(key, "{\"id\":\"kept before\"}", &out), 0);
+	assert_string_equal(out, "{\"id\":\"kept before\"}");
+	free(out);
+	for (size_t n = 0; n < 200; n += 7) {  /* every padding of the base64 */
+		char *p = calloc(1, n + 1), *s;
+		memset(p, 'x', n);
+		s = seal_text(key, p);
+		assert_int_equal(strlen(s), SEAL_LEN(n));
+		assert_int_equal(seal_open(key, s, &out), 0);
+		assert_string_equal(out, p);
+		free(out);
+		free(s);
+		free(p);
+	}
+	free(a);
+	free(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -384,6 +429,7 @@ int main(void)
 		cmocka_unit_test(test_config),
 		cmocka_unit_test(test_webhook_signature),
 		cmocka_unit_test(test_webhook_retry_and_types),
+		cmocka_unit_test(test_seal),
 	};
 	return cmocka_run_group_tests_name("pure", tests, NULL, NULL);
 }
