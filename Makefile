@@ -77,12 +77,15 @@ bench: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)scripts/bench.sh
 
-# The suites that need no long runs, against the binary built with AddressSanitizer and UBSan
-# (any report fails them); then the normal binary is linked again.
+# Every suite that runs the service (concurrency and recovery included), against binaries built
+# with AddressSanitizer and UBSan under build/asan: any report a process writes fails the run.
+ASAN_SUITES ?= test_api test_hostile test_concurrency test_webhooks test_recovery test_gateway \
+	test_metrics test_operations test_cgi test_mongo_wire
+ASAN_PG_SUITES ?= test_api test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost
 asan: deps
-	$(Q)$(MAKE) --no-print-directory BUILD=build/asan SAN=address,undefined -B $(BIN)
-	$(Q)ASAN_OPTIONS=detect_leaks=1 NUMATIX_SUITES="test_api test_hostile test_gateway test_mongo_wire" \
-		tests/run.sh; rc=$$?; $(MAKE) --no-print-directory -B $(BIN) >/dev/null; exit $$rc
+	$(Q)$(MAKE) --no-print-directory BUILD=build/asan SAN=address,undefined CC=clang BIN=build/asan/numatix build/asan/numatix unit
+	$(Q)NUMATIX_BIN=$(CURDIR)/build/asan/numatix NUMATIX_UNIT_DIR=build/asan/tests NUMATIX_SANITIZE=1 \
+		NUMATIX_SUITES="$(ASAN_SUITES)" NUMATIX_PG_SUITES="$(ASAN_PG_SUITES)" tests/run.sh
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c) over everything that reads what a client sends, built
 # with clang and ASan+UBSan: each runs FUZZ_SECONDS from its committed seed corpus, then every

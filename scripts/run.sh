@@ -12,7 +12,8 @@
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="$ROOT/cgi-bin/numatix"
+# NUMATIX_BIN: another build of the binary (the sanitizer round of make test uses it)
+BIN=${NUMATIX_BIN:-$ROOT/cgi-bin/numatix}
 VAR=${NUMATIX_VAR:-$ROOT/var}
 PORT=${PORT:-8080}
 

@@ -84,7 +84,8 @@ static int charge_cmp(const void *a, const void *b)
 /* 3: every subscription that was activated has its successful charge. */
 static void activations_done(struct walk *w)
 {
-	qsort(w->charged, w->ncharged, sizeof(*w->charged), charge_cmp);
+	if (w->ncharged)  /* qsort's array may not be NULL, even empty */
+		qsort(w->charged, w->ncharged, sizeof(*w->charged), charge_cmp);
 	for (size_t i = 0; i < w->nsubs; i++) {
 		const struct subscription *s = &w->subs[i];
 		if (was_active(s) &&

@@ -117,6 +117,8 @@ static int cmd_reset(const struct config *cfg, int argc, char **argv)
 	return rc;
 }
 
+static void print_violation(void *arg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 static void print_violation(void *arg, const char *fmt, ...)
 {
 	va_list ap;

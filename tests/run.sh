@@ -32,8 +32,18 @@ fi
 # whenever node_modules is older than it.
 [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund
 
+# NUMATIX_SANITIZE=1 (make asan): the binaries were built with AddressSanitizer and UBSan, and
+# every report any process of the run writes (workers, the master, commands, the unit tests)
+# lands in $SANDIR; each report file is one failure.
+SANDIR=""
+if [ -n "${NUMATIX_SANITIZE:-}" ]; then
+	SANDIR=$(mktemp -d /tmp/numatix-san-XXXXXX)
+	export ASAN_OPTIONS="log_path=$SANDIR/asan:detect_leaks=1:handle_abort=1"
+	export UBSAN_OPTIONS="log_path=$SANDIR/ubsan:print_stacktrace=1"
+fi
+
 echo "== unit tests (cmocka)"
-for t in build/tests/test_*; do
+for t in ${NUMATIX_UNIT_DIR:-build/tests}/test_*; do
 	[ -x "$t" ] || continue
 	"$t" > "$out" 2>&1
 	rc=$?
@@ -110,6 +120,22 @@ if [ -z "${NUMATIX_SUITES:-}" ]; then
 	rm -rf "$bench_out"
 fi
 
+# every suite that runs the service once more, against binaries built with AddressSanitizer
+# and UBSan (make asan): a sanitizer report anywhere fails it
+if [ -z "${NUMATIX_SUITES:-}" ]; then
+	echo "== the suites again, built with AddressSanitizer and UBSan (make asan)"
+	make --no-print-directory asan 2>&1 | tee "$out" | grep -v '^  \(CC\|LD\) '
+	line=$(sed -n 's/^sanitizer round: \([0-9]* passed, [0-9]* failed\)$/\1/p' "$out" | tail -n1)
+	if [ -n "$line" ]; then
+		set -- $line
+		passed=$((passed + $1))
+		failed=$((failed + $3))
+	else
+		echo "the sanitizer round ended without a result"
+		failed=$((failed + 1))
+	fi
+fi
+
 [ "$skipped" -gt 0 ] && echo "($skipped tests skipped, each says why above)"
 if [ -z "${NUMATIX_SUITES:-}" ]; then
 	echo "== browser pages (headless Chromium)"
@@ -118,5 +144,17 @@ if [ -z "${NUMATIX_SUITES:-}" ]; then
 	echo "screenshots: tests/artifacts/"
 fi
 
-echo "$passed passed, $failed failed"
+if [ -n "$SANDIR" ]; then
+	echo "== sanitizer reports"
+	for r in "$SANDIR"/*; do
+		[ -e "$r" ] || continue
+		cat "$r"
+		failed=$((failed + 1))
+	done
+	echo "$(ls "$SANDIR" | wc -l) report(s)"
+	rm -rf "$SANDIR"
+fi
+
+# the one summary line (the sanitizer round's, counted into the whole run's, says which it is)
+echo "${NUMATIX_SANITIZE:+sanitizer round: }$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
