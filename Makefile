@@ -79,7 +79,7 @@ bench: deps
 
 # Every suite that runs the service (concurrency and recovery included), against binaries built
 # with AddressSanitizer and UBSan under build/asan: any report a process writes fails the run.
-ASAN_SUITES ?= test_api test_hostile test_concurrency test_webhooks test_recovery test_gateway \
+ASAN_SUITES ?= test_api test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway \
 	test_metrics test_operations test_cgi test_mongo_wire
 ASAN_PG_SUITES ?= test_api test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost
 asan: deps
