@@ -5,7 +5,8 @@
 #   pg_server.sh stop DIR    fast shutdown
 #   pg_server.sh resume DIR  start the stopped server again, with its data
 # PG_LISTEN (addresses) and PG_PORT make it listen on TCP as well, trusting 10.0.0.0/8 (the
-# test hosts made with network namespaces). The server refuses to run as root, so as root it
+# test hosts made with network namespaces). PG_INITDB_OPTS and PG_OPTS add to initdb's and the
+# server's options (a small disk's test: small WAL segments). The server refuses to run as root, so as root it
 # runs as the postgres user.
 set -eu
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
@@ -17,12 +18,12 @@ case $1 in
 start)
 	mkdir -p "$DIR"
 	[ "$(id -u)" -eq 0 ] && chown postgres "$DIR"
-	as_pg "$BIN/initdb" -D "$DIR/data" -A trust -U postgres > "$DIR/initdb.log" 2>&1
+	as_pg "$BIN/initdb" -D "$DIR/data" -A trust -U postgres ${PG_INITDB_OPTS:-} > "$DIR/initdb.log" 2>&1
 	echo "host all all 10.0.0.0/8 trust" >> "$DIR/data/pg_hba.conf"
 	echo "listen_addresses = '${PG_LISTEN:-}'" >> "$DIR/data/postgresql.conf"
 	echo "port = ${PG_PORT:-5432}" >> "$DIR/data/postgresql.conf"
 	as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w \
-		-o "-k $DIR -c max_connections=200" start > /dev/null
+		-o "-k $DIR -c max_connections=200 ${PG_OPTS:-}" start > /dev/null
 	as_pg "$BIN/createdb" -h "$DIR" -p "${PG_PORT:-5432}" -U postgres numatix
 	echo "postgresql:///numatix?host=$DIR&port=${PG_PORT:-5432}&user=postgres"
 	;;
@@ -30,6 +31,6 @@ stop)
 	as_pg "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop > /dev/null
 	;;
 resume)
-	as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -o "-k $DIR -c max_connections=200" start > /dev/null
+	as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -o "-k $DIR -c max_connections=200 ${PG_OPTS:-}" start > /dev/null
 	;;
 esac

@@ -5,6 +5,7 @@ a client speaks HTTP to nginx exactly as curl or a browser would.
 Each test module starts one stack (setUpModule) and stops it (tearDownModule). The stack's
 logs are printed when a test of the module fails (see runner.py)."""
 
+import collections
 import http.client
 import json
 import os
@@ -337,6 +338,58 @@ def assert_settled_once(tc, S, plan_id, capacity, created, retries):
         tc.assertEqual(again.status, first.status)
         if first.status == 201:
             tc.assertEqual(again.json["id"], first.json["id"])
+
+
+def small_disk(size_mb):
+    """A fresh tmpfs of size_mb mounted on a new directory (root only); its path."""
+    disk = tempfile.mkdtemp(prefix="numatix-disk-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dm" % size_mb, "tmpfs", disk], check=True)
+    return disk
+
+
+def release_disk(disk):
+    subprocess.run(["umount", "-l", disk])
+    os.rmdir(disk)
+
+
+def sell_through_a_full_disk(tc, S, disk, n=150):
+    """The disk under S's store filled to its last 1.5 MB, then n purchases one after another:
+    each a 201 or a JSON 503 with Retry-After (never a 500 or a cut connection), some of each;
+    the filler removed, every key retried settles once, the early 201s answer the same
+    subscription, the plan counts exactly the n, and check passes."""
+    p = S.create_plan(capacity=100000)
+    filler = os.path.join(disk, "filler")
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    os.truncate(filler, max(0, os.path.getsize(filler) - 1536 * 1024))
+    answers, keys = [], []
+    for i in range(n):
+        key, email = str(uuid.uuid4()), "full%d@example.com" % i
+        r = S.purchase(p["id"], key=key, email=email)
+        answers.append((r.status, r.json.get("code") if r.json else r.raw[:80]))
+        keys.append((key, email, r))
+    kinds = collections.Counter(answers)
+    tc.assertTrue(set(kinds) <= {(201, None), (503, "SERVICE_UNAVAILABLE")}, kinds)
+    tc.assertIn((503, "SERVICE_UNAVAILABLE"), kinds, "the disk never filled")
+    tc.assertIn((201, None), kinds, "nothing was sold before the disk filled")
+    tc.assertTrue(all(r.header("Retry-After") for k, e, r in keys if r.status == 503))
+    # space again: the same keys settle, and nothing acknowledged was lost
+    os.unlink(filler)
+    settled = {k: settle_purchase(S, p["id"], k, e) for k, e, r in keys}
+    for k, e, r in keys:
+        tc.assertEqual(settled[k].status, 201, settled[k])
+        if r.status == 201:
+            tc.assertEqual(settled[k].json["id"], r.json["id"])
+    q = S.plan(p["id"])
+    tc.assertEqual(q["subscriptions_held"], 0)
+    tc.assertEqual(q["total_capacity"] - q["subscriptions_left"], n)
+    ok, text = S.check()
+    tc.assertTrue(ok, text)
 
 
 def parallel(n, fn, *args):

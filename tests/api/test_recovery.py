@@ -7,14 +7,12 @@ import collections
 import os
 import sqlite3
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 import unittest
 import uuid
 
-from stack import Stack, pool, settle_purchase
+from stack import Stack, pool, release_disk, sell_through_a_full_disk, settle_purchase, small_disk
 
 
 def wait_for(cond, timeout=30, what="condition"):
@@ -349,50 +347,15 @@ class DiskFull(unittest.TestCase):
     def test_a_full_disk_answers_503_and_sales_resume(self):
         if os.geteuid() != 0:
             self.skipTest("SKIPPED: mounting a small filesystem needs root")
-        disk = tempfile.mkdtemp(prefix="numatix-disk-")
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", disk], check=True)
+        disk = small_disk(6)
         S = None
         try:
             S = Stack("sqlite://%s/numatix.db" % disk, NUMATIX_WORKERS=2).start()
-            p = S.create_plan(capacity=100000)
-            # fill the disk to a few pages of the last
-            filler = os.path.join(disk, "filler")
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                except OSError:
-                    pass
-            os.truncate(filler, max(0, os.path.getsize(filler) - 1536 * 1024))
-            answers, keys = [], []
-            for i in range(150):
-                key = str(uuid.uuid4())
-                r = S.purchase(p["id"], key=key, email="full%d@example.com" % i)
-                answers.append((r.status, r.json.get("code") if r.json else r.raw[:80]))
-                keys.append((key, "full%d@example.com" % i, r))
-            kinds = collections.Counter(answers)
-            self.assertTrue(set(kinds) <= {(201, None), (503, "SERVICE_UNAVAILABLE")}, kinds)
-            self.assertIn((503, "SERVICE_UNAVAILABLE"), kinds, "the disk never filled")
-            self.assertIn((201, None), kinds, "nothing was sold before the disk filled")
-            self.assertTrue(all(r.header("Retry-After") for k, e, r in keys if r.status == 503))
-            # space again: the same keys settle, and nothing acknowledged was lost
-            os.unlink(filler)
-            settled = {k: settle_purchase(S, p["id"], k, e) for k, e, r in keys}
-            for k, e, r in keys:
-                self.assertEqual(settled[k].status, 201, settled[k])
-                if r.status == 201:
-                    self.assertEqual(settled[k].json["id"], r.json["id"])
-            q = S.plan(p["id"])
-            self.assertEqual(q["subscriptions_held"], 0)
-            self.assertEqual(q["total_capacity"] - q["subscriptions_left"], 150)
-            ok, text = S.check()
-            self.assertTrue(ok, text)
+            sell_through_a_full_disk(self, S, disk)
             conn = sqlite3.connect(os.path.join(disk, "numatix.db"))
             self.assertEqual(conn.execute("PRAGMA integrity_check").fetchone()[0], "ok")
             conn.close()
         finally:
             if S:
                 S.cleanup()
-            subprocess.run(["umount", "-l", disk])
-            os.rmdir(disk)
+            release_disk(disk)
