@@ -7,12 +7,14 @@ import collections
 import os
 import sqlite3
 import signal
+import subprocess
 import threading
 import time
 import unittest
 import uuid
 
-from stack import Stack, pool, release_disk, sell_through_a_full_disk, settle_purchase, small_disk
+from stack import (BIN, Stack, assert_settled_once, free_port, pool, release_disk, sell_through_a_full_disk,
+                   settle_purchase, small_disk)
 
 
 def wait_for(cond, timeout=30, what="condition"):
@@ -241,6 +243,68 @@ class AbandonedRequests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class KillWholeServer(unittest.TestCase):
+    """kill -9 of the whole FastCGI server (master, workers, reaper, sender, one process group)
+    in the middle of a purchase load, then a restart: every acknowledged purchase is there and
+    active, every key retried settles once, nothing is oversold, check passes (and the SQLite
+    file passes its integrity check). nginx runs on and answers its JSON 503 meanwhile."""
+
+    def serve(self, S):
+        with open(S.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen([BIN, "serve"], env=S.env, stdout=subprocess.DEVNULL, stderr=log,
+                                    start_new_session=True)
+
+    def test_whole_server_killed_mid_load_and_restarted(self):
+        addr = "127.0.0.1:%d" % free_port()
+        # nginx in front of a server the test starts and kills itself (NUMATIX_UPSTREAMS)
+        S = Stack(NUMATIX_UPSTREAMS=addr, NUMATIX_SOCKET=addr, NUMATIX_WORKERS=4, NUMATIX_HOLD_TTL=6,
+                  NUMATIX_REAP_INTERVAL=1, NUMATIX_PAYMENT_LATENCY_MS=20)
+        server = self.serve(S)
+        try:
+            S.start()
+            p = S.create_plan(capacity=150)
+            jobs = [str(uuid.uuid4()) for _ in range(300)]
+            first, outage, done = {}, [], {}
+            lock = threading.Lock()
+
+            def seen(r):
+                if r.status == 503:
+                    outage.append(r)
+
+            def buy(key):
+                r = settle_purchase(S, p["id"], key, "kw-%s@example.com" % key[:8], seen=seen, cut_ok=True)
+                with lock:
+                    first.setdefault(key, r)
+                return r
+
+            t = threading.Thread(target=lambda: done.update(results=pool(16, jobs, buy)))
+            t.start()
+            wait_for(lambda: S.plan(p["id"])["subscriptions_left"] < 120, what="sales under way")
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+            wait_for(lambda: outage, what="nginx answering 503 while no server runs")
+            server = self.serve(S)
+            t.join()
+            results = done["results"]
+            created = [r for r in results if r.status == 201]
+            self.assertEqual({r.status for r in results} - {201, 409}, set())
+            for r in outage:
+                self.assertEqual(r.json["code"], "SERVICE_UNAVAILABLE")
+            assert_settled_once(self, S, p["id"], 150, created,
+                                [(key, "kw-%s@example.com" % key[:8], first[key]) for key in jobs[:40]])
+            ok, out = S.check()
+            self.assertTrue(ok, out)
+            if S.env["NUMATIX_DB"].startswith("sqlite://"):
+                conn = sqlite3.connect(S.env["NUMATIX_DB"][len("sqlite://"):])
+                self.assertEqual(conn.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+                conn.close()
+        finally:
+            S.cleanup()
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait()
 
 
 class KillReaperMidPass(unittest.TestCase):
