@@ -2,7 +2,6 @@
 FastCGI pool, SQLite)."""
 
 import os
-import json
 import unittest
 import uuid
 

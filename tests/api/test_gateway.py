@@ -10,11 +10,10 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
-import time
 import unittest
 import uuid
 
-from stack import ADMIN, BIN, ROOT, Stack, free_port
+from stack import ADMIN, BIN, Stack
 from test_recovery import wait_for
 
 
@@ -87,6 +86,7 @@ class SpawnFcgi(unittest.TestCase):
             wait_for(lambda: not os.path.exists("/proc/%d" % master) or
                      open("/proc/%d/stat" % master).read().split()[2] == "Z", what="the server to stop")
             # the server removes its socket as it stops: hand the spawned workers' socket back
+            wait_for(lambda: not os.path.exists(sock), what="the server's socket removed")
             spawned = subprocess.run(["spawn-fcgi", "-s", sock, "-F", "2", "--", BIN], env=S.env,
                                      capture_output=True, text=True)
             self.assertEqual(spawned.returncode, 0, spawned.stderr)

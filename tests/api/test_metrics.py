@@ -1,7 +1,6 @@
 """test_metrics.py - GET /api/metrics in Prometheus's text format, summed over every worker:
 after a known load through four workers, the counters are exact."""
 
-import re
 import unittest
 
 from stack import Stack, pool

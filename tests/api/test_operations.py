@@ -12,7 +12,7 @@ import threading
 import unittest
 import uuid
 
-from stack import ADMIN, BIN, Stack, pool, store_url
+from stack import ADMIN, BIN, Stack, pool
 
 S = None
 ORIGIN = "http://127.0.0.1:9911"

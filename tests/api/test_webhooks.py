@@ -2,7 +2,6 @@
 server's sender process POSTs to a receiver on loopback that verifies every signature (Stripe's
 scheme), and that can fail, drop the connection, hang or answer 410 on cue."""
 
-import collections
 import hashlib
 import hmac
 import http.server
