@@ -62,9 +62,7 @@ void idem_settle(struct ledger *lg, const char *key, const struct reply *r, cons
 	int rc;
 
 	if (r->status >= 200 && r->status < 300) {
-		struct reply kept = ledger_reply_kept(lg, r);
-		rc = lg->store->ops->key_finish(lg->store, key, &kept, &matched, &e);
-		free(kept.body);
+		rc = ledger_key_finish(lg, key, r, &matched, &e);
 	} else
 		rc = lg->store->ops->key_forget(lg->store, key, &e);
 	/* The effect already happened and its answer goes out; a key left unsettled is

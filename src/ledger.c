@@ -122,6 +122,31 @@ struct reply ledger_reply_kept(const struct ledger *lg, const struct reply *r)
 	return (struct reply){r->status, ledger_seal(lg, r->body)};
 }
 
+int ledger_transition(struct ledger *lg, const struct transition *t, const struct actor *a,
+		      struct transition_out *out, struct err *e)
+{
+	struct transition kt = *t;
+	struct reply kept = {0};
+	int rc;
+
+	if (t->reply) {
+		kept = ledger_reply_kept(lg, t->reply);
+		kt.reply = &kept;
+	}
+	rc = lg->store->ops->transition(lg->store, &kt, a, out, e);
+	free(kept.body);
+	return rc;
+}
+
+int ledger_key_finish(struct ledger *lg, const char *key, const struct reply *r, bool *matched, struct err *e)
+{
+	struct reply kept = ledger_reply_kept(lg, r);
+	int rc = lg->store->ops->key_finish(lg->store, key, &kept, matched, e);
+
+	free(kept.body);
+	return rc;
+}
+
 int ledger_reply_read(const struct ledger *lg, struct reply *r, struct err *e)
 {
 	char *plain;

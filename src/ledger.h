@@ -52,6 +52,11 @@ char *ledger_seal(const struct ledger *lg, const char *plain);
 char *ledger_unseal(const struct ledger *lg, const char *kept);
 /* An answer as it is kept on its key for replays (its body through ledger_seal); new body. */
 struct reply ledger_reply_kept(const struct ledger *lg, const struct reply *r);
+/* The store's transition and key_finish, the answer they store kept as above: every answer
+ * that reaches a key goes through these (a hold's, through its reply callback). */
+int ledger_transition(struct ledger *lg, const struct transition *t, const struct actor *a,
+		      struct transition_out *out, struct err *e);
+int ledger_key_finish(struct ledger *lg, const char *key, const struct reply *r, bool *matched, struct err *e);
 /* A kept answer read back, opened in place; -1 with 409 REPLAY_UNAVAILABLE when it cannot be. */
 int ledger_reply_read(const struct ledger *lg, struct reply *r, struct err *e);
 

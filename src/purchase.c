@@ -143,9 +143,9 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 		{"seat.released", session ? "session" : "subscription", sub->id, EV_BEFORE_AFTER, NULL},
 	};
 	size_t nev = 2;
-	struct reply r = lg->replies->expired(a->trace_id), kept = ledger_reply_kept(lg, &r);
+	struct reply r = lg->replies->expired(a->trace_id);
 	struct transition t = {.sub_id = sub->id, .from = "pending", .due_by = now, .to = "expired",
-			       .now = now, .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .reply = &kept};
+			       .now = now, .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .reply = &r};
 
 	if (charge)
 		ev[nev++] = (struct event_spec){"payment.succeeded", "payment", charge->id, EV_NO_COUNTS, detail};
@@ -158,13 +158,12 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 	struct transition_out o;
 	int rc;
 
-	rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
+	rc = ledger_transition(lg, &t, a, &o, e);
 	*moved = rc == 0 && o.result == MOVED;
 	if (rc == 0 && o.result != MOVE_NOT_FOUND && !keeps_charge(&o.sub))
 		refund_attempt(lg, a, &o.sub);
 	transition_out_clear(&o);
 	free(r.body);
-	free(kept.body);
 	free(detail);
 	return rc;
 }
@@ -180,12 +179,10 @@ struct attempt {
 static void answer_refused(struct ledger *lg, const struct actor *a, const struct attempt *at, const char *code,
 			   struct purchase_result *out)
 {
-	struct reply r = lg->replies->refused(code, a->trace_id), kept = ledger_reply_kept(lg, &r);
+	struct reply r = lg->replies->refused(code, a->trace_id);
 	bool matched;
-	int rc = lg->store->ops->key_finish(lg->store, at->key, &kept, &matched, &out->err);
 
-	free(kept.body);
-	if (rc) {
+	if (ledger_key_finish(lg, at->key, &r, &matched, &out->err)) {
 		refused(out, out->err.kind, NULL, out->err.msg);
 		free(r.body);
 		return;
@@ -233,22 +230,16 @@ static void hold_gone(struct ledger *lg, const struct actor *a, const struct att
 	subscription_clear(&now);
 }
 
-/* The second unit: t stores reply r on the key (as kept: ledger_reply_kept). 1 when it moved
- * (out answered with r, whose body it takes), 0 when the hold was no longer pending as t
- * requires, -1 when the store failed (out refused; the hold stays until a retry or the reaper
- * settles it). */
+/* The second unit: t stores reply r on the key. 1 when it moved (out answered with r, whose
+ * body it takes), 0 when the hold was no longer pending as t requires, -1 when the store
+ * failed (out refused; the hold stays until a retry or the reaper settles it). */
 static int settle(struct ledger *lg, const struct actor *a, const struct transition *t, struct reply *r,
 		  struct purchase_result *out)
 {
 	struct transition_out o = {0};
-	struct reply kept = ledger_reply_kept(lg, r);
-	struct transition kt = *t;
-	int rc = -1, failed;
+	int rc = -1;
 
-	kt.reply = &kept;
-	failed = lg->store->ops->transition(lg->store, &kt, a, &o, &out->err);
-	free(kept.body);
-	if (failed) {
+	if (ledger_transition(lg, t, a, &o, &out->err)) {
 		refused(out, out->err.kind, NULL, out->err.msg);
 	} else if (o.result == MOVED) {
 		out->end = PURCHASE_ANSWERED;
@@ -746,7 +737,7 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	int64_t now = now_ms();
 	struct transition also, t;
 	struct transition_out o = {0};
-	struct reply r, kept;
+	struct reply r;
 
 	token_new(sub->id, token);
 	sha256_hex(token, strlen(token), hash);
@@ -767,14 +758,13 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 		{charge ? "payment.succeeded" : "payment.refunded", "payment", paid ? paid->id : "", EV_NO_COUNTS, detail},
 	};
 	r = lg->replies->changed(sub, token, a->trace_id);
-	kept = ledger_reply_kept(lg, &r);
 	also = (struct transition){.sub_id = old->id, .from = "active", .to = "changed", .now = now, .dleft = 1,
 				   .events = old_ev, .nevents = 2};
 	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now, .to = "active", .now = now,
 				.dheld = -1, .payment_id = sub->payment_id, .start_at = sub->start_at,
-				.end_at = sub->end_at, .token_hash = hash, .payment = paid, .events = ev, .nevents = paid ? 2 : 1, .reply = &kept, .reply_key = at->key,
+				.end_at = sub->end_at, .token_hash = hash, .payment = paid, .events = ev, .nevents = paid ? 2 : 1, .reply = &r, .reply_key = at->key,
 				.attempt = at->key, .also = &also};
-	if (lg->store->ops->transition(lg->store, &t, a, &o, &out->err)) {
+	if (ledger_transition(lg, &t, a, &o, &out->err)) {
 		refused(out, out->err.kind, NULL, out->err.msg);
 	} else if (o.result == MOVED) {
 		struct err ce = {0};
@@ -794,7 +784,6 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	}
 	transition_out_clear(&o);
 	free(r.body);
-	free(kept.body);
 	free(detail);
 }
 
