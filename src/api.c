@@ -224,6 +224,7 @@ static struct reply refused(const char *code, const char *trace_id)
 
 	r.body = error_body(code, !strcmp(code, "SESSION_COMPLETED") ? "The checkout session is completed already" :
 			    !strcmp(code, "SUBSCRIPTION_NOT_ACTIVE") ? "Only an active subscription changes plan" :
+			    !strcmp(code, "SUBSCRIPTION_ENDED") ? "The subscription's period has ended" :
 			    "The checkout session expired; any charge is refunded", trace_id, NULL);
 	return r;
 }

@@ -177,6 +177,7 @@ static const struct {
 	{"SUBSCRIPTION_NOT_FOUND", 404, "Subscription not found"},
 	{"ALREADY_CANCELLED", 409, "Subscription is cancelled already"},
 	{"SUBSCRIPTION_NOT_ACTIVE", 409, "The subscription is not active"},
+	{"SUBSCRIPTION_ENDED", 409, "The subscription's period has ended"},
 	{"HOLD_EXPIRED", 409, "The seat hold expired before the payment finished; any charge is refunded"},
 	{"VALIDATION_ERROR", 400, "The request is not valid"},
 	{"CUSTOMER_LIMIT_REACHED", 409, "The customer holds as many seats of this plan as it allows"},

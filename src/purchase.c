@@ -677,17 +677,64 @@ int checkout_expire(struct ledger *lg, const struct actor *a, const char *sessio
 
 /* --- changing plan ------------------------------------------------------------------------- */
 
-/* The prorated difference of a plan change at now: the new amount less the old, for the part
- * of the old period left, rounded half away from zero to the cent. */
-int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t start, int64_t end, int64_t now)
+/* amount's share of a period of den ms for the part of it left, rounded half away from zero
+ * to the cent. */
+static int64_t period_share(int64_t amount, int64_t left, int64_t den)
 {
-	__int128 num;
-	int64_t den = end - start;
+	__int128 num = (__int128)amount * left;
+
+	return num >= 0 ? (int64_t)((num + den / 2) / den) : -(int64_t)((-num + den / 2) / den);
+}
+
+/* The prorated difference of a plan change at now, in a period [period_start, end): the new
+ * plan's share of the part left, less the old plan's. Each share is rounded on its own, so that
+ * what a subscription of the chain was paid for its part of the period, its share at its own
+ * start, is never less than what it is credited later, its share at the change. */
+int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t period_start, int64_t end, int64_t now)
+{
+	int64_t den = end - period_start, left = end - (now > period_start ? now : period_start);
 
 	if (end <= now || den <= 0)
 		return 0;
-	num = (__int128)(new_amount - old_amount) * (end - (now > start ? now : start));
-	return num >= 0 ? (int64_t)((num + den / 2) / den) : -(int64_t)((-num + den / 2) / den);
+	return period_share(new_amount, left, den) - period_share(old_amount, left, den);
+}
+
+/* A plan change keeps its predecessor's period: the start of the period sub is in is that of
+ * the purchase that began its chain of changes. */
+#define CHAIN_MAX 10000
+static int period_start(struct ledger *lg, const struct subscription *sub, int64_t *start, struct err *e)
+{
+	struct subscription at = {0};
+	char prev[ID_LEN + 1];
+	int hops = 0;
+
+	*start = sub->start_at;
+	snprintf(prev, sizeof(prev), "%s", sub->previous_id);
+	while (*prev) {
+		if (++hops > CHAIN_MAX) {
+			err_set(e, ERR_UNAVAILABLE, NULL, "subscription %s: its chain of plan changes has no end", sub->id);
+			return -1;
+		}
+		subscription_clear(&at);
+		if (ledger_sub_get(lg, prev, &at, e))
+			return -1;
+		*start = at.start_at;
+		snprintf(prev, sizeof(prev), "%s", at.previous_id);
+	}
+	subscription_clear(&at);
+	return 0;
+}
+
+/* The difference a change of old to a plan costing new_amount a period makes at now. */
+static int change_difference(struct ledger *lg, const struct subscription *old, int64_t new_amount, int64_t now,
+			     int64_t *diff, struct err *e)
+{
+	int64_t start;
+
+	if (period_start(lg, old, &start, e))
+		return -1;
+	*diff = plan_change_prorate(new_amount, old->amount_cents, start, old->end_at, now);
+	return 0;
 }
 
 /* The new subscription's hold gives its seats back and stores the answer r on the attempt's
@@ -724,7 +771,7 @@ int purchase_credit(struct ledger *lg, const struct actor *a, const struct payme
  * seats back on its own plan, the charge (or the credit, as a refund the processor makes
  * after the unit) recorded, all in one step. */
 static void change_settle(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
-			  const struct subscription *old, const struct payment *charge, int64_t credit,
+			  const struct subscription *old, const struct payment *charge, int64_t credit, int64_t now,
 			  struct purchase_result *out)
 {
 	char token[TOKEN_LEN + 1], hash[65], credit_id[32] = "";
@@ -734,7 +781,6 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 		{"subscription.plan_changed", "subscription", old->id, EV_BEFORE_AFTER, NULL},
 		{"seat.released", "subscription", old->id, EV_BEFORE_AFTER, NULL},
 	};
-	int64_t now = now_ms();
 	struct transition also, t;
 	struct transition_out o = {0};
 	struct reply r;
@@ -742,7 +788,7 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	token_new(sub->id, token);
 	sha256_hex(token, strlen(token), hash);
 	sub->start_at = now;
-	sub->end_at = old->end_at > now ? old->end_at : now + sub->duration_days * DAY_MS;
+	sub->end_at = old->end_at;
 	snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", charge ? charge->id : old->payment_id);
 	snprintf(sub->status, sizeof(sub->status), "active");
 	sub->updated_at = now;
@@ -760,7 +806,7 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	r = lg->replies->changed(sub, token, a->trace_id);
 	also = (struct transition){.sub_id = old->id, .from = "active", .to = "changed", .now = now, .dleft = 1,
 				   .events = old_ev, .nevents = 2};
-	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now, .to = "active", .now = now,
+	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now_ms(), .to = "active", .now = now,
 				.dheld = -1, .payment_id = sub->payment_id, .start_at = sub->start_at,
 				.end_at = sub->end_at, .token_hash = hash, .payment = paid, .events = ev, .nevents = paid ? 2 : 1, .reply = &r, .reply_key = at->key,
 				.attempt = at->key, .also = &also};
@@ -794,15 +840,22 @@ static void change_pay(struct ledger *lg, const struct actor *a, const struct at
 	struct subscription old = {0};
 	struct processor_rec pr;
 	struct payment charge;
-	int64_t diff;
+	int64_t diff, now;
 
 	if (ledger_sub_get(lg, sub->previous_id, &old, &out->err)) {
 		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
 		return;
 	}
-	diff = plan_change_prorate(sub->amount_cents, old.amount_cents, old.start_at, old.end_at, now_ms());
-	if (diff <= 0) {
-		change_settle(lg, a, at, sub, &old, NULL, -diff, out);
+	now = now_ms();
+	if (old.end_at <= now) {
+		/* its period ended while the new plan's seats were held: nothing is left to change */
+		struct reply r = lg->replies->refused("SUBSCRIPTION_ENDED", a->trace_id);
+		change_release(lg, a, at, sub, &r, out);
+		free(r.body);
+	} else if (change_difference(lg, &old, sub->amount_cents, now, &diff, &out->err)) {
+		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
+	} else if (diff <= 0) {
+		change_settle(lg, a, at, sub, &old, NULL, -diff, now, out);
 	} else if (!method) {
 		/* the price rose between the check and the hold: there is now something to charge */
 		struct reply r = lg->replies->invalid("paymentMethodId", "is required: the new plan costs more for the days left",
@@ -814,7 +867,7 @@ static void change_pay(struct ledger *lg, const struct actor *a, const struct at
 		refused(out, out->err.kind, NULL, out->err.msg);
 	} else if (pr.state == PROC_CHARGED) {
 		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now_ms());
-		change_settle(lg, a, at, sub, &old, &charge, 0, out);
+		change_settle(lg, a, at, sub, &old, &charge, 0, now, out);
 	} else if (pr.state == PROC_DECLINED) {
 		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "declined", pr.decline_code,
 			   pr.amount_cents, now_ms());
@@ -830,6 +883,7 @@ void plan_change(struct ledger *lg, const struct actor *a, const struct change_r
 	struct subscription old = {0};
 	struct plan plan = {0};
 	char sub_id[ID_LEN + 1];
+	int64_t now = now_ms(), diff = 0;
 
 	memset(out, 0, sizeof(*out));
 	if (ledger_sub_get(lg, c->sub_id, &old, &out->err) || ledger_plan_get(lg, c->plan_id, &plan, &out->err)) {
@@ -842,10 +896,20 @@ void plan_change(struct ledger *lg, const struct actor *a, const struct change_r
 			 "{\"field\":\"planId\",\"reason\":\"is the subscription's plan already\"}");
 		goto out;
 	}
-	/* Something to charge needs a payment method: told before anything is held. (An old
-	 * subscription no longer active is left to the hold, so that a retry replays.) */
-	if (!c->payment_method && !strcmp(old.status, "active") &&
-	    plan_change_prorate(plan.price_cents * old.quantity, old.amount_cents, old.start_at, old.end_at, now_ms()) > 0) {
+	/* A period that is over has nothing left to change (an old subscription no longer active
+	 * is left to the hold, so that a retry replays). */
+	if (!strcmp(old.status, "active") && old.end_at <= now) {
+		refused(out, ERR_CONFLICT, "SUBSCRIPTION_ENDED", "the subscription's period has ended");
+		goto out;
+	}
+	/* Something to charge needs a payment method: told before anything is held. */
+	if (!c->payment_method && !strcmp(old.status, "active")) {
+		if (change_difference(lg, &old, plan.price_cents * old.quantity, now, &diff, &out->err)) {
+			refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
+			goto out;
+		}
+	}
+	if (diff > 0) {
 		refused(out, ERR_INVALID, "VALIDATION_ERROR", "a payment method is needed for the difference");
 		snprintf(out->err.details, sizeof(out->err.details),
 			 "{\"field\":\"paymentMethodId\",\"reason\":\"is required: the new plan costs more for the days left\"}");

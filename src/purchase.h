@@ -85,9 +85,10 @@ struct change_req {
  * plan costs less) is recorded in that unit as a pending refund and made by the processor
  * after it (by the reaper if this request dies first). */
 void plan_change(struct ledger *lg, const struct actor *a, const struct change_req *c, struct purchase_result *out);
-/* The prorated difference: (new_amount - old_amount) for the part of [start, end) left at now,
- * rounded half away from zero to the cent; 0 once the period is over. */
-int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t start, int64_t end, int64_t now);
+/* The prorated difference at now in the period [period_start, end): new_amount's share of the
+ * part left less old_amount's, each rounded half away from zero to the cent; 0 once the period
+ * is over. */
+int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t period_start, int64_t end, int64_t now);
 /* Has the processor make a pending refund (a plan change's credit), then marks it made. */
 int purchase_credit(struct ledger *lg, const struct actor *a, const struct payment *refund, struct err *e);
 

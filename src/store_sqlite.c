@@ -356,9 +356,10 @@ static int shared_lock(pthread_mutex_t *m)
 	struct timespec deadline;
 	int rc;
 
-	clock_gettime(CLOCK_REALTIME, &deadline);
+	/* the monotonic clock: a step of the wall clock neither cuts nor stretches the bound */
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
 	deadline.tv_sec += BUSY_TIMEOUT_MS / 1000;
-	rc = pthread_mutex_timedlock(m, &deadline);
+	rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &deadline);
 	if (rc == EOWNERDEAD) {
 		/* for the writers' queue: its holder died inside a transaction, which SQLite rolls
 		 * back by itself; for the sync: the next fdatasync covers what it did not */

@@ -273,6 +273,36 @@ class Stack:
         return r.json
 
 
+class Clock:
+    """The server's wall clock, moved forward by the test: the stack runs the binary through
+    tests/faketime.sh (libfaketime), which reads the offset from this file at every call. The
+    clock keeps running between moves; the monotonic clock is never moved."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="numatix-clock-")
+        self.path = os.path.join(self.dir, "offset")
+        self.offset_s = 0.0
+        self._write()
+
+    def _write(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%+.3fs\n" % self.offset_s)
+        os.replace(tmp, self.path)      # a reader sees the old offset or the new, never half
+
+    def advance(self, seconds):
+        self.offset_s += seconds
+        self._write()
+
+    def env(self):
+        """What a Stack needs to run under this clock."""
+        return {"NUMATIX_BIN": os.path.join(ROOT, "tests", "faketime.sh"), "NUMATIX_CLOCK_BIN": BIN,
+                "NUMATIX_TEST_CLOCK": self.path}
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def settle_purchase(S, plan_id, key, email, method="pm_card_visa", seen=None, cut_ok=False, attempts=400):
     """A careful buyer's client: retries its purchase with the same key, honouring Retry-After,
     until a final answer (201, 402, or 409 sold out / hold expired) and returns it. It retries a

@@ -418,6 +418,12 @@ static void test_plan_change_prorate(void **state)
 	assert_int_equal(plan_change_prorate(1000, 0, start, end, start + 29 * day), 33);      /* 33.33 */
 	assert_int_equal(plan_change_prorate(1001, 0, start, end, start + 15 * day), 501);     /* 500.5 up */
 	assert_int_equal(plan_change_prorate(0, 1001, start, end, start + 15 * day), -501);    /* and down */
+	/* each share rounded on its own: 2/3 of 2 cents and 2/3 of 1 cent both round to 1, so the
+	 * difference is 0 (the exact difference, 2/3, would round to 1); with 1/3 left, 0 and 1 */
+	assert_int_equal(plan_change_prorate(2, 1, start, start + 3, start + 1), 0);
+	assert_int_equal(plan_change_prorate(1, 2, start, start + 3, start + 2), -1);
+	/* issue 22.1: a chain's second change is prorated over the period the chain began with */
+	assert_int_equal(plan_change_prorate(1000, 100000, start, end, start + 15 * day), 500 - 50000);
 	assert_int_equal(plan_change_prorate(9000, 3000, start, end, end), 0);
 	assert_int_equal(plan_change_prorate(9000, 3000, start, end, end + day), 0);
 	assert_int_equal(plan_change_prorate(9000, 3000, start, end, start - day), 6000);
