@@ -46,11 +46,18 @@ static int authenticate(struct request *rq, struct response *rs, enum auth_need 
 		response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
 		return -1;
 	}
-	/* A buyer's token opens resources of its own kind (the handler checks the id). */
+	/* A buyer's token opens resources of its own kind */
 	if ((need == AUTH_BEARER && rq->auth.who != AUTH_SUBSCRIPTION) ||
 	    (need == AUTH_SECRET && rq->auth.who != AUTH_SESSION) ||
 	    (need == AUTH_ENTRY && rq->auth.who != AUTH_WAITLIST) || need == AUTH_ADMIN) {
 		response_error(rs, rq, 403, "FORBIDDEN", "This token cannot do this", NULL);
+		return -1;
+	}
+	/* and the one it names alone: told here, before an Idempotency-Key can replay anything */
+	if (strcmp(rq->auth.sub_id, rq->param)) {
+		response_error(rs, rq, 403, "FORBIDDEN", need == AUTH_BEARER ? "This token belongs to another subscription" :
+			       need == AUTH_SECRET ? "This client secret belongs to another session" :
+			       "This access token belongs to another entry", NULL);
 		return -1;
 	}
 	return 0;

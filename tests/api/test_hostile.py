@@ -263,6 +263,48 @@ class Hostile(unittest.TestCase):
         self.assertEqual(S.plan(other["id"])["total_capacity"], 6)
         self.assertEqual(S.admin("GET", "/api/waitlist/" + b["entry"]["id"]).json["status"], "waiting")
 
+    def test_a_key_replays_only_to_its_caller(self):
+        # issue 22.5: buyer B's own token with the Idempotency-Key buyer A used, on A's resource,
+        # got A's stored answer back (without the key: 403); on every keyed route that takes a token
+        own, other = S.create_plan(capacity=10, price=700), S.create_plan(capacity=10, price=900)
+        line = S.create_plan(capacity=1, waitlist_enabled=True)
+        S.purchase(line["id"])
+
+        def buyer(tag):
+            email = "%s-%s@example.com" % (tag, uuid.uuid4().hex[:8])
+            cust = {"email": email, "name": tag}
+
+            def session():
+                return S.request("POST", "/api/checkout-sessions", {"planId": own["id"], "customer": cust},
+                                 {"Idempotency-Key": str(uuid.uuid4())}).json
+            return {"cancel": S.purchase(own["id"], email=email).json, "change": S.purchase(own["id"], email=email).json,
+                    "complete": session(), "expire": session(),
+                    "leave": S.request("POST", "/api/plans/%s/waitlist" % line["id"], {"customer": cust},
+                                       {"Idempotency-Key": str(uuid.uuid4())}).json}
+
+        a, b = buyer("a"), buyer("b")
+        routes = [("cancel", "/api/subscriptions/%s/cancel", "accessToken", {}),
+                  ("change", "/api/subscriptions/%s/change-plan", "accessToken",
+                   {"planId": other["id"], "paymentMethodId": "pm_card_visa"}),
+                  ("complete", "/api/checkout-sessions/%s/complete", "clientSecret", {"paymentMethodId": "pm_card_visa"}),
+                  ("expire", "/api/checkout-sessions/%s/expire", "clientSecret", {}),
+                  ("leave", "/api/waitlist/%s/leave", "accessToken", {})]
+        for what, path, secret, body in routes:
+            key, url = str(uuid.uuid4()), path % a[what]["id"]
+            mine = S.request("POST", url, body, {"Authorization": "Bearer " + a[what][secret], "Idempotency-Key": key})
+            self.assertIn(mine.status, (200, 201), (what, mine))
+            again = S.request("POST", url, body, {"Authorization": "Bearer " + a[what][secret], "Idempotency-Key": key})
+            self.assertEqual((again.status, again.header("Idempotent-Replayed")), (mine.status, "true"), (what, again))
+            theirs = S.request("POST", url, body, {"Authorization": "Bearer " + b[what][secret], "Idempotency-Key": key})
+            self.assertEqual(theirs.status, 403, (what, theirs))
+            self.assertEqual(theirs.json["code"], "FORBIDDEN", what)
+            self.assertIsNone(theirs.header("Idempotent-Replayed"), what)
+            self.assertNotIn(a[what]["id"], theirs.raw, what)
+        # nothing of B's moved
+        self.assertEqual(S.admin("GET", "/api/subscriptions/" + b["cancel"]["id"]).json["status"], "active")
+        self.assertEqual(S.admin("GET", "/api/checkout-sessions/" + b["expire"]["id"]).json["status"], "open")
+        self.assertEqual(S.admin("GET", "/api/waitlist/" + b["leave"]["id"]).json["status"], "waiting")
+
     def test_no_secret_kept_in_the_clear(self):
         """The secrets a buyer is shown once (a subscription's access token, bought or changed, a
         checkout session's client secret, a waiting-list token and its offer's client secret) are
