@@ -7,6 +7,7 @@
 
 #include "api.h"
 #include "ids.h"
+#include "valid.h"
 #include "view.h"
 
 void api_audit_list(struct request *rq, struct response *rs)
@@ -25,6 +26,10 @@ void api_audit_list(struct request *rq, struct response *rs)
 	}
 	if (trace && !trace_id_valid(trace)) {
 		response_invalid(rs, rq, "traceId", "must be 1 to 64 of A-Z a-z 0-9 . _ -");
+		goto out;
+	}
+	if (action && !utf8_valid(action, strlen(action))) {
+		response_invalid(rs, rq, "action", "must be valid UTF-8");
 		goto out;
 	}
 	if (api_page(rq, rs, 50, 200, &pg))

@@ -15,10 +15,46 @@ static int fail(struct vfail *f, const char *prefix, const char *name, const cha
 	va_list ap;
 
 	snprintf(f->field, sizeof(f->field), "%s%s", prefix, name);
+	/* a long name is cut at a whole character: the answer stays valid UTF-8 */
+	for (size_t n = strlen(f->field); n > 0 && !utf8_valid(f->field, n); n--)
+		f->field[n - 1] = '\0';
 	va_start(ap, fmt);
 	vsnprintf(f->reason, sizeof(f->reason), fmt, ap);
 	va_end(ap);
 	return -1;
+}
+
+bool utf8_valid(const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)s, *end = p + len;
+
+	/* RFC 3629's well-formed sequences (Unicode's table 3-7): no overlong form, no surrogate,
+	 * nothing past U+10FFFF */
+	while (p < end) {
+		unsigned char c = *p;
+		size_t n;
+		unsigned char lo = 0x80, hi = 0xbf;
+
+		if (c < 0x80) {
+			p++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			n = 1;
+		else if (c >= 0xe0 && c <= 0xef)
+			n = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+		else if (c >= 0xf0 && c <= 0xf4)
+			n = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+		else
+			return false;
+		if ((size_t)(end - p) <= n || p[1] < lo || p[1] > hi)
+			return false;
+		for (size_t i = 2; i <= n; i++)
+			if ((p[i] & 0xc0) != 0x80)
+				return false;
+		p += n + 1;
+	}
+	return true;
 }
 
 size_t utf8_length(const char *s)
@@ -54,6 +90,8 @@ static const char *text_problem(struct json_object *v)
 
 	if (strlen(s) != len)
 		return "must not contain NUL characters";
+	if (!utf8_valid(s, len))
+		return "must be valid UTF-8";
 	for (; *s; s++)
 		if ((unsigned char)*s < ' ' && *s != '\t')
 			return "must not contain control characters";
@@ -90,6 +128,8 @@ static int check_object(struct json_object *o, const struct field *fields, const
 	json_object_object_foreach(o, key, val) {
 		for (fd = fields; fd->name && strcmp(fd->name, key); fd++)
 			;
+		if (!fd->name && !utf8_valid(key, strlen(key)))
+			return fail(f, prefix, "", "has a field name that is not valid UTF-8");
 		if (!fd->name)
 			return fail(f, prefix, key, "is not a known field");
 		if (check_field(val, fd, prefix, f))

@@ -36,6 +36,8 @@ struct vfail {
 /* Checks that o is an object with only the listed fields, each of its type and within its
  * bounds, and every required one present. Returns 0, or -1 with f filled. */
 int valid_object(struct json_object *o, const struct field *fields, struct vfail *f);
+/* Whether the len bytes at s are well-formed UTF-8 (RFC 3629). */
+bool utf8_valid(const char *s, size_t len);
 /* Number of UTF-8 characters in s (s is valid UTF-8). */
 size_t utf8_length(const char *s);
 bool email_valid(const char *s);

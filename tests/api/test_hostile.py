@@ -3,10 +3,11 @@ crashes, and no seat count moves."""
 
 import json
 import socket
+import subprocess
 import unittest
 import uuid
 
-from stack import Stack
+from stack import ADMIN, Stack
 
 S = None
 PLAN = None
@@ -262,6 +263,53 @@ class Hostile(unittest.TestCase):
         self.assertEqual(S.admin("GET", "/api/checkout-sessions/" + b["session"]["id"]).json["status"], "open")
         self.assertEqual(S.plan(other["id"])["total_capacity"], 6)
         self.assertEqual(S.admin("GET", "/api/waitlist/" + b["entry"]["id"]).json["status"], "waiting")
+
+    def test_invalid_utf8_is_refused_on_its_field(self):
+        # issue 22.6: json-c checks only the byte structure; overlong forms, surrogates and code
+        # points past U+10FFFF were stored, and GET /api/plans served text a strict client cannot
+        # decode. Raw bytes and \u escapes, in every kind of string field.
+        bad = [b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xe0\x80\xaf"]
+        for b in bad:
+            name = b"Plan " + uuid.uuid4().hex[:8].encode() + b
+            for field, body in (
+                    ("name", b'{"name":"' + name + b'","price_cents":1,"total_capacity":1}'),
+                    ("description", b'{"name":"P' + uuid.uuid4().hex.encode() + b'","description":"d' + b +
+                     b'","price_cents":1,"total_capacity":1}'),
+                    ("features", b'{"name":"P' + uuid.uuid4().hex.encode() + b'","features":["f' + b +
+                     b'"],"price_cents":1,"total_capacity":1}')):
+                r = S.admin("POST", "/api/plans", raw=body, headers={"Content-Type": "application/json"})
+                self.assertEqual((r.status, r.json["code"], r.json["details"]["field"]), (400, "VALIDATION_ERROR", field),
+                                 (b, r))
+            cust = b'{"planId":"%s","paymentMethodId":"pm_card_visa","customer":{"email":"%s@example.com","name":"N%s"}}'
+            for field, body in (("customer.name", cust % (PLAN["id"].encode(), uuid.uuid4().hex.encode(), b)),
+                                ("customer.email", cust % (PLAN["id"].encode(), uuid.uuid4().hex.encode() + b, b"n"))):
+                r = purchase_raw(body)
+                self.assertEqual((r.status, r.json["code"], r.json["details"]["field"]), (400, "VALIDATION_ERROR", field),
+                                 (b, r))
+            r = S.admin("POST", "/api/customers", raw=b'{"email":"e%s@example.com","name":"N%s"}' % (uuid.uuid4().hex.encode(), b),
+                        headers={"Content-Type": "application/json"})
+            self.assertEqual((r.status, r.json["details"]["field"]), (400, "name"), (b, r))
+            # an unknown field whose very name is not text: refused without echoing it
+            r = purchase_raw(b'{"x' + b + b'":1}')
+            self.assertEqual((r.status, r.json["details"]["field"]), (400, ""), (b, r))
+            r.raw.encode("utf-8")
+        r = S.admin("GET", "/api/audit-logs?action=%C0%80")
+        self.assertEqual((r.status, r.json["details"]["field"]), (400, "action"), r)
+        # every answer the service gives is text a strict decoder reads
+        for path in ("/api/plans?status=all", "/api/audit-logs?limit=200"):
+            conn_raw = S.admin("GET", path)
+            self.assertEqual(conn_raw.status, 200)
+        raw = subprocess.run(["curl", "-fsS", "-H", "Authorization: Bearer " + ADMIN,
+                              "http://127.0.0.1:%d/api/plans?status=all" % S.port], capture_output=True, check=True).stdout
+        json.loads(raw.decode("utf-8", errors="strict"))
+        # a lone surrogate escaped (\ud800) is read as U+FFFD by json-c: stored as valid text
+        r = S.admin("POST", "/api/plans", raw=b'{"name":"Lone \\ud800 %s","price_cents":1,"total_capacity":1}' %
+                    uuid.uuid4().hex[:6].encode(), headers={"Content-Type": "application/json"})
+        self.assertEqual((r.status, r.json["name"][:6]), (201, "Lone \ufffd"), r)
+        # well-formed text of every length of character still passes
+        ok = S.admin("POST", "/api/plans", {"name": "Ünïcode € \U0001f39f " + uuid.uuid4().hex[:6], "price_cents": 1,
+                                             "total_capacity": 1})
+        self.assertEqual(ok.status, 201, ok)
 
     def test_a_key_replays_only_to_its_caller(self):
         # issue 22.5: buyer B's own token with the Idempotency-Key buyer A used, on A's resource,

@@ -28,15 +28,50 @@ static const struct field fields[] = {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* Every string a body that passed validation carries, nested ones included, is well-formed
+ * UTF-8 (RFC 3629); and so is the field a refusal names, which goes back to the client. */
+static void assert_text(struct json_object *o)
+{
+	switch (json_object_get_type(o)) {
+	case json_type_string:
+		if (!utf8_valid(json_object_get_string(o), (size_t)json_object_get_string_len(o)))
+			__builtin_trap();
+		break;
+	case json_type_array:
+		for (size_t i = 0; i < json_object_array_length(o); i++)
+			assert_text(json_object_array_get_idx(o, i));
+		break;
+	case json_type_object: {
+		json_object_object_foreach(o, k, v) {
+			if (!utf8_valid(k, strlen(k)))
+				__builtin_trap();
+			assert_text(v);
+		}
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+static void validate(struct json_object *o, const struct field *table)
+{
+	struct vfail f;
+
+	if (valid_object(o, table, &f) == 0)
+		assert_text(o);
+	else if (!utf8_valid(f.field, strlen(f.field)) || !utf8_valid(f.reason, strlen(f.reason)))
+		__builtin_trap();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct json_object *o = NULL;
-	struct vfail f;
 	char reason[160], fp[65];
 
 	if (jsonx_parse((const char *)data, size, &o, reason, sizeof(reason)) == 0 && o) {
-		valid_object(o, fields, &f);
-		valid_object(o, api_customer_fields, &f);
+		validate(o, fields);
+		validate(o, api_customer_fields);
 		idem_fingerprint("POST", "/api/subscriptions/purchase", o, fp);
 	}
 	json_object_put(o);

@@ -172,6 +172,25 @@ static void test_email(void **state)
 	assert_int_equal(utf8_length("héllo"), 5);
 }
 
+/* RFC 3629, byte by byte: every well-formed form at its edges, and what json-c lets through */
+static void test_utf8(void **state)
+{
+	static const char *const good[] = {"", "a", "\xc2\x80", "\xdf\xbf", "\xe0\xa0\x80", "\xed\x9f\xbf",
+					   "\xee\x80\x80", "\xef\xbf\xbf", "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf",
+					   "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x8e\x9f"};
+	static const char *const bad[] = {"\x80", "\xbf", "\xc0\x80", "\xc1\xbf", "\xe0\x80\x80",
+					  "\xe0\x9f\xbf", "\xed\xa0\x80", "\xed\xbf\xbf", "\xf0\x80\x80\x80",
+					  "\xf0\x8f\xbf\xbf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\xff",
+					  "\xc3", "\xe2\x82", "\xf0\x9f\x8e", "a\xc3(", "\xe2\x28\xa1"};
+	(void)state;
+	for (size_t i = 0; i < sizeof(good) / sizeof(*good); i++)
+		assert_true(utf8_valid(good[i], strlen(good[i])));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+		assert_false(utf8_valid(bad[i], strlen(bad[i])));
+	/* the length given is the end: a character cut by it is not whole */
+	assert_false(utf8_valid("\xc3\xa9", 1));
+}
+
 static void test_ids(void **state)
 {
 	char id[ID_LEN + 1], id2[ID_LEN + 1], u[UUID_LEN + 1], tok[TOKEN_LEN + 1], named[ID_LEN + 1];
@@ -423,6 +442,7 @@ int main(void)
 		cmocka_unit_test(test_fingerprint),
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_email),
+		cmocka_unit_test(test_utf8),
 		cmocka_unit_test(test_ids),
 		cmocka_unit_test(test_router),
 		cmocka_unit_test(test_request_and_envelopes),
