@@ -78,6 +78,7 @@ struct sq {
 	struct stmt_cache cache, proc_cache;
 	struct busy busy, proc_busy;
 	struct gate *gate, *proc_gate;  /* NULL: the file could not be mapped; writers poll */
+	int gate_fd, proc_gate_fd;      /* the gates' files, flocked shared while mapped; -1 */
 	int wal_fd, proc_wal_fd;        /* the WAL files, for group commit; -1 without a gate */
 };
 
@@ -317,37 +318,70 @@ static void cache_reset(struct stmt_cache *c)
 		sqlite3_reset(c->at[i].st);
 }
 
-/* Maps the gate of the database file path (path + ".gate"), making it on first use. NULL
- * when that cannot be done (a read-only directory, say): writers then meet at SQLite's lock
- * alone, as before. */
-static struct gate *gate_map(const char *path)
+/* Sets a gate up as new: no writer queued, nothing counted. */
+static void gate_init(struct gate *g)
+{
+	pthread_mutexattr_t a;
+
+	memset(g, 0, sizeof(*g));
+	pthread_mutexattr_init(&a);
+	pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+	pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+	pthread_mutex_init(&g->lock, &a);
+	pthread_mutex_init(&g->sync_lock, &a);
+	pthread_mutexattr_destroy(&a);
+	__atomic_store_n(&g->magic, GATE_MAGIC, __ATOMIC_RELEASE);
+}
+
+/* Maps the gate of the database file path (path + ".gate"), making it on first use; *fd, the
+ * file, stays open with a shared flock(2) while the gate is mapped. NULL when that cannot be
+ * done (a read-only directory, say): writers then meet at SQLite's lock alone, as before.
+ *
+ * What the file holds is only trusted while some process maps it. The kernel gives a robust
+ * mutex of a process that dies to the next locker, but nothing survives a reboot: after a crash
+ * of the machine, a power cut, or a copy of var/ restored, the file may say the lock is held by
+ * a thread that no longer exists, and every writer would wait for it in vain. So whoever finds
+ * no other process holding the file (its exclusive lock granted at once) sets the gate up anew,
+ * then shares the file like every other user of the gate; flock(2) locks are the kernel's and
+ * end with their process, so they are never stale. */
+static struct gate *gate_map(const char *path, int *fd)
 {
 	char *gpath = xasprintf("%s.gate", path);
 	struct gate *g = MAP_FAILED;
 	struct stat st;
-	int fd = open(gpath, O_RDWR | O_CREAT | O_CLOEXEC, 0660);
+	bool alone;
 
+	*fd = open(gpath, O_RDWR | O_CREAT | O_CLOEXEC, 0660);
 	free(gpath);
-	if (fd < 0)
+	if (*fd < 0)
 		return NULL;
-	/* one process at a time sizes and initialises it */
-	if (flock(fd, LOCK_EX) == 0 && fstat(fd, &st) == 0 &&
-	    (st.st_size >= (off_t)sizeof(*g) || ftruncate(fd, sizeof(*g)) == 0))
-		g = mmap(NULL, sizeof(*g), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (g != MAP_FAILED && g->magic != GATE_MAGIC) {
-		pthread_mutexattr_t a;
-		pthread_mutexattr_init(&a);
-		pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-		pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-		pthread_mutex_init(&g->lock, &a);
-		pthread_mutex_init(&g->sync_lock, &a);
-		pthread_mutexattr_destroy(&a);
-		g->committed = g->synced = 0;
-		__atomic_store_n(&g->magic, GATE_MAGIC, __ATOMIC_RELEASE);
+	alone = flock(*fd, LOCK_EX | LOCK_NB) == 0;
+	/* else: others map it (or one is setting it up: its exclusive lock ends once it is) */
+	if (!alone && flock(*fd, LOCK_SH))
+		goto fail;
+	if (fstat(*fd, &st) || (st.st_size < (off_t)sizeof(*g) && (!alone || ftruncate(*fd, sizeof(*g)))))
+		goto fail;
+	g = mmap(NULL, sizeof(*g), PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+	if (g == MAP_FAILED)
+		goto fail;
+	if (alone) {
+		/* (a trylock that finds it taken: a holder of an earlier boot, as nobody maps it now) */
+		if (g->magic == GATE_MAGIC && pthread_mutex_trylock(&g->lock) == EBUSY)
+			LOG_WARN(NULL, "sqlite: the writers' gate was left locked by a process of an earlier boot or copy; set up anew");
+		gate_init(g);
+		/* from exclusive to shared: whoever takes the file meanwhile finds it set up anew */
+		if (flock(*fd, LOCK_SH))
+			goto fail;
+	} else if (__atomic_load_n(&g->magic, __ATOMIC_ACQUIRE) != GATE_MAGIC) {
+		goto fail;
 	}
-	flock(fd, LOCK_UN);
-	close(fd);
-	return g == MAP_FAILED ? NULL : g;
+	return g;
+fail:
+	if (g != MAP_FAILED)
+		munmap(g, sizeof(*g));
+	close(*fd);
+	*fd = -1;
+	return NULL;
 }
 
 /* Locks m within BUSY_TIMEOUT_MS; a holder that died leaves it to us. 0 or an errno. */
@@ -2078,6 +2112,10 @@ static void sq_close(struct store *st_)
 		munmap(s->gate, sizeof(*s->gate));
 	if (s->proc_gate)
 		munmap(s->proc_gate, sizeof(*s->proc_gate));
+	if (s->gate_fd >= 0)
+		close(s->gate_fd);
+	if (s->proc_gate_fd >= 0)
+		close(s->proc_gate_fd);
 	if (s->wal_fd >= 0)
 		close(s->wal_fd);
 	if (s->proc_wal_fd >= 0)
@@ -2227,14 +2265,16 @@ processor:
  * leave the sync to tx_end. The WAL exists once the connection has read (schema() did), and
  * stays the same file while any connection to the database is open, as this one is. Without
  * a gate the connection keeps synchronous=FULL and writers meet at SQLite's lock alone. */
-static int group_commit(sqlite3 *db, const char *path, struct gate **g, int *wal_fd, struct err *e)
+static int group_commit(sqlite3 *db, const char *path, struct gate **g, int *gate_fd, int *wal_fd, struct err *e)
 {
 	char *wal = xasprintf("%s-wal", path);
 	int rc;
 
-	if ((*g = gate_map(path)) && (*wal_fd = open(wal, O_RDONLY | O_CLOEXEC)) < 0) {
+	if ((*g = gate_map(path, gate_fd)) && (*wal_fd = open(wal, O_RDONLY | O_CLOEXEC)) < 0) {
 		munmap(*g, sizeof(**g));
 		*g = NULL;
+		close(*gate_fd);
+		*gate_fd = -1;
 	}
 	free(wal);
 	if (!*g)
@@ -2251,7 +2291,7 @@ struct store *store_sqlite_open(const char *url, struct err *e)
 	char *proc_path = NULL;
 
 	s->base.ops = &sqlite_ops;
-	s->wal_fd = s->proc_wal_fd = -1;
+	s->wal_fd = s->proc_wal_fd = s->gate_fd = s->proc_gate_fd = -1;
 	if (!*path) {
 		err_set(e, ERR_UNAVAILABLE, NULL, "NUMATIX_DB sqlite:// names no file");
 		goto fail;
@@ -2261,8 +2301,8 @@ struct store *store_sqlite_open(const char *url, struct err *e)
 							      : xasprintf("%s.processor", path);
 	if (db_open(path, &s->db, &s->busy, e) || db_open(proc_path, &s->proc, &s->proc_busy, e) || schema(s, e))
 		goto fail;
-	if (group_commit(s->db, path, &s->gate, &s->wal_fd, e) ||
-	    group_commit(s->proc, proc_path, &s->proc_gate, &s->proc_wal_fd, e))
+	if (group_commit(s->db, path, &s->gate, &s->gate_fd, &s->wal_fd, e) ||
+	    group_commit(s->proc, proc_path, &s->proc_gate, &s->proc_gate_fd, &s->proc_wal_fd, e))
 		goto fail;
 	free(proc_path);
 	return &s->base;

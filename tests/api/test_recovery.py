@@ -360,6 +360,45 @@ class KillReaperMidPass(unittest.TestCase):
         self.assertTrue(ok, out)
 
 
+@unittest.skipIf(os.environ.get("NUMATIX_TEST_STORE"), "SKIPPED: the writers' gate is the SQLite store's")
+class GateOfAnEarlierBoot(unittest.TestCase):
+    """Issue 22.3: the gate's robust mutex lives in var/<db>.gate, and the kernel's owner-died
+    recovery does not survive a reboot. A gate file put back as a crash of the machine (or a copy
+    of var/ taken while serving) leaves it: both locks taken by a thread that no longer exists.
+    On main every write then waited 10 s and answered 503, seeding included."""
+
+    def test_a_server_started_on_a_gate_left_locked_sells_at_once(self):
+        S = Stack().start()
+        try:
+            plan = S.create_plan(capacity=3)
+            self.assertEqual(S.purchase(plan["id"]).status, 201)
+            db = S.env["NUMATIX_DB"][len("sqlite://"):]
+            S.stop()
+            # a thread id that is nobody's: a process that ran and is gone
+            dead = subprocess.Popen(["true"])
+            dead.wait()
+            for path in (db + ".gate", db[:-3] + ".processor.db.gate"):
+                with open(path, "r+b") as f:
+                    gate = bytearray(f.read())
+                    # struct gate: the magic (8 bytes), then two glibc mutexes of 40 bytes whose
+                    # first int is the lock word (a robust mutex's: its owner's tid), the third the owner
+                    for at in (8, 48):
+                        gate[at:at + 4] = dead.pid.to_bytes(4, "little")
+                        gate[at + 8:at + 12] = dead.pid.to_bytes(4, "little")
+                    f.seek(0)
+                    f.write(gate)
+            S.start()
+            # the first purchase is sold: not a 503 after the gate's 10 s
+            r = S.purchase(plan["id"])
+            self.assertEqual(r.status, 201, r)
+            self.assertEqual(S.plan(plan["id"])["subscriptions_left"], 1)
+            self.assertIn("set up anew", S.logs(tail=400))
+            ok, out = S.check()
+            self.assertTrue(ok, out)
+        finally:
+            S.cleanup()
+
+
 @unittest.skipIf(os.environ.get("NUMATIX_TEST_STORE"), "SKIPPED: locks the SQLite file from outside")
 class LockedFromOutside(unittest.TestCase):
     """The SQLite file write-locked from outside beyond the busy timeout: a purchase answers
