@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -55,15 +56,19 @@ struct stmt_cache {
 	int n;
 };
 
-/* The gate of one database file, shared by every process that maps it. */
+/* The gate of one database file, shared by every process that maps it. Commits are numbered
+ * as they begin (announced, under lock): a reader that notes the number before its snapshot has
+ * seen no commit with a higher one, and answers once the WAL is synced that far. */
 struct gate {
 	uint64_t magic;
 	pthread_mutex_t lock;           /* the writers' queue */
 	pthread_mutex_t sync_lock;      /* one fdatasync of the WAL at a time */
-	uint64_t committed;             /* commits made, counted under lock */
+	uint64_t committed;             /* commits whose frames are written, counted under lock */
 	uint64_t synced;                /* commits a finished fdatasync covered */
+	uint64_t announced;             /* commits begun, counted under lock */
+	uint32_t broken;                /* an fdatasync failed: nothing since is known durable */
 };
-#define GATE_MAGIC 0x6e756d6174697801ULL   /* "numatix" 1 */
+#define GATE_MAGIC 0x6e756d6174697802ULL   /* "numatix" 2 */
 
 /* What the busy handler of a connection has slept for the statement at hand (microseconds);
  * carry: what the gate already took of the transaction's bound. */
@@ -416,34 +421,56 @@ static int gate_enter(struct gate *g, int64_t *carry, struct err *e)
 		err_set(e, ERR_RETRYABLE, NULL, "sqlite: other writers held the store for %d ms", BUSY_TIMEOUT_MS);
 		return -1;
 	}
+	if (__atomic_load_n(&g->broken, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_unlock(&g->lock);
+		err_set(e, ERR_UNAVAILABLE, NULL, "sqlite: a sync of the WAL failed; nothing since is known durable");
+		return -1;
+	}
 	*carry = (now_ms() - start) * 1000;
 	return 0;
 }
 
-/* Makes commit number seq durable: returns once an fdatasync of the WAL that began after it
- * has finished, doing that fdatasync itself unless another writer's covers it. */
+/* Makes commit number seq durable: returns once an fdatasync of the WAL that began after its
+ * frames were written has finished, doing that fdatasync itself unless another's covers it.
+ * After a failed fdatasync nothing is known durable (Linux may have dropped the pages it could
+ * not write and cleared the error): the gate stays broken, every answer that would rest on the
+ * store is a 503, until the server starts again on it (gate_map sets it up anew). */
 static int gate_sync(struct gate *g, int wal_fd, uint64_t seq, struct err *e)
 {
+	struct timespec now, deadline;
 	uint64_t target;
 	int rc = 0;
 
-	if (__atomic_load_n(&g->synced, __ATOMIC_ACQUIRE) >= seq)
-		return 0;
-	if (shared_lock(&g->sync_lock)) {
-		err_set(e, ERR_RETRYABLE, NULL, "sqlite: the WAL could not be synced within %d ms", BUSY_TIMEOUT_MS);
-		return -1;
-	}
-	if (__atomic_load_n(&g->synced, __ATOMIC_ACQUIRE) < seq) {
-		/* every commit counted so far has written its frames: this sync covers them all */
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += BUSY_TIMEOUT_MS / 1000;
+	while (rc == 0 && __atomic_load_n(&g->synced, __ATOMIC_ACQUIRE) < seq) {
+		if (__atomic_load_n(&g->broken, __ATOMIC_ACQUIRE))
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec > deadline.tv_sec || shared_lock(&g->sync_lock)) {
+			err_set(e, ERR_RETRYABLE, NULL, "sqlite: the WAL could not be synced within %d ms", BUSY_TIMEOUT_MS);
+			return -1;
+		}
+		/* every commit counted so far has written its frames: this sync covers them all (a
+		 * reader may wait for one announced and not yet written: it syncs again) */
 		target = __atomic_load_n(&g->committed, __ATOMIC_ACQUIRE);
-		if (fdatasync(wal_fd)) {
-			err_set(e, ERR_UNAVAILABLE, NULL, "sqlite: syncing the WAL: %s", strerror(errno));
-			rc = -1;
+		if (__atomic_load_n(&g->synced, __ATOMIC_ACQUIRE) >= seq || __atomic_load_n(&g->broken, __ATOMIC_ACQUIRE)) {
+			/* covered, or broken, while we waited for the lock */
+		} else if (fdatasync(wal_fd)) {
+			LOG_ERROR(NULL, "sqlite: syncing the WAL failed (%s): the store answers 503 until the server is "
+				  "started again and `numatix check` has passed", strerror(errno));
+			__atomic_store_n(&g->broken, 1, __ATOMIC_RELEASE);
 		} else if (target > __atomic_load_n(&g->synced, __ATOMIC_RELAXED)) {
 			__atomic_store_n(&g->synced, target, __ATOMIC_RELEASE);
+		} else if (target < seq) {
+			sched_yield();   /* the commit waited for is still being written */
 		}
+		pthread_mutex_unlock(&g->sync_lock);
 	}
-	pthread_mutex_unlock(&g->sync_lock);
+	if (__atomic_load_n(&g->broken, __ATOMIC_ACQUIRE) && __atomic_load_n(&g->synced, __ATOMIC_ACQUIRE) < seq) {
+		err_set(e, ERR_UNAVAILABLE, NULL, "sqlite: a sync of the WAL failed; nothing since is known durable");
+		rc = -1;
+	}
 	return rc;
 }
 
@@ -473,12 +500,14 @@ static int tx_end(sqlite3 *db, struct gate *g, int wal_fd, struct stmt_cache *c,
 {
 	cache_reset(c);
 	if (rc == 0) {
+		/* numbered before it is visible to any reader (see struct gate) */
+		uint64_t seq = g ? __atomic_add_fetch(&g->announced, 1, __ATOMIC_ACQ_REL) : 0;
 		int r = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+		if (g)
+			__atomic_store_n(&g->committed, seq, __ATOMIC_RELEASE);
 		if (r == SQLITE_OK) {
-			uint64_t seq;
 			if (!g)
 				return 0;       /* synchronous=FULL synced it */
-			seq = __atomic_add_fetch(&g->committed, 1, __ATOMIC_ACQ_REL);
 			gate_leave(g);
 			return gate_sync(g, wal_fd, seq, e);
 		}
@@ -682,7 +711,7 @@ static const char *features_text(struct json_object *f)
 	return f ? json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN) : "[]";
 }
 
-static int sq_plan_get(struct store *st_, const char *id, struct plan *out, bool *found, struct err *e)
+static int read_plan_get(struct store *st_, const char *id, struct plan *out, bool *found, struct err *e)
 {
 	static const char sql[] = "SELECT " PLAN_COLS " FROM plans WHERE id = ?";
 	sqlite3_stmt *st = q(SQ(st_), sql, e, "t", id);
@@ -732,7 +761,7 @@ out:
 	return END(s, rc, e);
 }
 
-static int sq_plan_list(struct store *st_, const char *status, struct plan **out, size_t *n,
+static int read_plan_list(struct store *st_, const char *status, struct plan **out, size_t *n,
 			struct err *e)
 {
 	static const char sql[] = "SELECT " PLAN_COLS " FROM plans WHERE ?1 IS NULL OR status = ?1"
@@ -788,7 +817,7 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 	*res = WRITE_DONE;
 	if (BEGIN(s, e))
 		return -1;
-	if (sq_plan_get(st_, id, out, &found, e))
+	if (read_plan_get(st_, id, out, &found, e))
 		goto out;
 	if (!found) {
 		*res = WRITE_NOT_FOUND;
@@ -838,7 +867,7 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 		bool again;
 		snprintf(plan_id, sizeof(plan_id), "%s", id);
 		plan_clear(out);
-		rc = offers_make(s, plan_id, now, a, e) || sq_plan_get(st_, plan_id, out, &again, e) ? -1 : 0;
+		rc = offers_make(s, plan_id, now, a, e) || read_plan_get(st_, plan_id, out, &again, e) ? -1 : 0;
 	}
 out:
 	if (*res != WRITE_DONE) {
@@ -876,7 +905,7 @@ static int customer_find(struct sq *s, const char *sql, const char *arg, struct 
 	return r;
 }
 
-static int sq_customer_get(struct store *st_, const char *id, struct customer *out, bool *found, struct err *e)
+static int read_customer_get(struct store *st_, const char *id, struct customer *out, bool *found, struct err *e)
 {
 	int r = customer_find(SQ(st_), CUSTOMER_BY_ID, id, out, e);
 
@@ -890,11 +919,16 @@ static int sq_customer_create(struct store *st_, const struct customer *c, enum 
 	struct sq *s = SQ(st_);
 
 	*res = WRITE_DONE;
-	if (run(q(s, CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name, c->created_at), e) >= 0)
-		return 0;
-	if (!is_unique_violation(s->db))
+	if (BEGIN(s, e))
 		return -1;
+	if (run(q(s, CUSTOMER_INSERT, e, "ttti", c->id, c->email, c->name, c->created_at), e) >= 0)
+		return END(s, 0, e);
+	if (!is_unique_violation(s->db))
+		return END(s, -1, e);
 	*res = WRITE_DUPLICATE;
+	err_clear(e);
+	/* nothing written: the unit ends without a commit to wait for */
+	END(s, -1, e);
 	err_clear(e);
 	return 0;
 }
@@ -980,7 +1014,7 @@ out:
 	return END(s, rc, e);
 }
 
-static int sq_key_get(struct store *st_, const char *key, struct key_record *out, bool *found, struct err *e)
+static int read_key_get(struct store *st_, const char *key, struct key_record *out, bool *found, struct err *e)
 {
 	int r = key_read(SQ(st_), key, out, e);
 
@@ -991,8 +1025,11 @@ static int sq_key_get(struct store *st_, const char *key, struct key_record *out
 static int sq_key_forget(struct store *st_, const char *key, struct err *e)
 {
 	static const char sql[] = "DELETE FROM idempotency_keys WHERE key = ? AND state = 'started'";
+	struct sq *s = SQ(st_);
 
-	return run(q(SQ(st_), sql, e, "t", key), e) < 0 ? -1 : 0;
+	if (BEGIN(s, e))
+		return -1;
+	return END(s, run(q(s, sql, e, "t", key), e) < 0 ? -1 : 0, e);
 }
 
 static const char KEY_DONE_SQL[] =
@@ -1002,10 +1039,17 @@ static const char KEY_DONE_SQL[] =
 static int sq_key_finish(struct store *st_, const char *key, const struct reply *r, bool *matched,
 			 struct err *e)
 {
-	int n = run(q(SQ(st_), KEY_DONE_SQL, e, "itt", (int64_t)r->status, r->body, key), e);
+	struct sq *s = SQ(st_);
+	int n;
 
+	*matched = false;
+	if (BEGIN(s, e))
+		return -1;
+	n = run(q(s, KEY_DONE_SQL, e, "itt", (int64_t)r->status, r->body, key), e);
+	if (END(s, n < 0 ? -1 : 0, e))
+		return -1;
 	*matched = n > 0;
-	return n < 0 ? -1 : 0;
+	return 0;
 }
 
 /* --- subscriptions ------------------------------------------------------------------------ */
@@ -1043,7 +1087,7 @@ static void sub_read(sqlite3_stmt *st, struct subscription *o)
 	col_copy(st, 21, o->entry_id, sizeof(o->entry_id));
 }
 
-static int sq_sub_get(struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e)
+static int read_sub_get(struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e)
 {
 	static const char sql[] =
 		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.id = ?";
@@ -1059,7 +1103,7 @@ static int sq_sub_get(struct store *st_, const char *id, struct subscription *ou
 	return 0;
 }
 
-static int sq_held_by_kind(struct store *st_, const char *plan_id, int64_t *paying, int64_t *sessions,
+static int read_held_by_kind(struct store *st_, const char *plan_id, int64_t *paying, int64_t *sessions,
 			   struct err *e)
 {
 	static const char sql[] =
@@ -1296,12 +1340,12 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 	if (n == 0 || also == 0) {
 		/* nothing of the unit is kept; the facts are read after it is undone */
 		END(s, -1, e);
-		if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e))
+		if (read_sub_get(st_, t->sub_id, &out->sub, &found, e))
 			return -1;
 		out->result = n == 0 ? (found ? MOVE_REFUSED : MOVE_NOT_FOUND) : MOVE_ALSO_REFUSED;
 		return 0;
 	}
-	if (sq_sub_get(st_, t->sub_id, &out->sub, &found, e)) {
+	if (read_sub_get(st_, t->sub_id, &out->sub, &found, e)) {
 		END(s, -1, e);
 		return -1;
 	}
@@ -1419,7 +1463,7 @@ static void sub_clear_v(void *item)
 	subscription_clear(item);
 }
 
-static int sq_sub_list(struct store *st_, const char *customer_id, const char *status,
+static int read_sub_list(struct store *st_, const char *customer_id, const char *status,
 		       const struct seq_page *pg, struct subscription **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
@@ -1466,7 +1510,7 @@ static void audit_clear_v(void *item)
 	"id, at, action, actor_type, actor_id, resource_type, resource_id, plan_id, b_total, b_left," \
 	" b_held, a_total, a_left, a_held, detail, trace_id, ip, seq"
 
-static int sq_audit_list(struct store *st_, const struct audit_filter *f, const struct seq_page *pg,
+static int read_audit_list(struct store *st_, const struct audit_filter *f, const struct seq_page *pg,
 			 struct audit_event **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
@@ -1481,7 +1525,7 @@ static int sq_audit_list(struct store *st_, const struct audit_filter *f, const 
 /* The feed's positions are the events' own seq: writers take the database's one write lock in
  * turn, so AUTOINCREMENT numbers them in commit order, and a unit undone gives its numbers back
  * (sqlite_sequence is undone with it): no gap. */
-static int sq_feed_read(struct store *st_, int64_t after, const char *type, int limit, struct audit_event **out,
+static int read_feed_read(struct store *st_, int64_t after, const char *type, int limit, struct audit_event **out,
 			size_t *n, struct err *e)
 {
 	static const char sql[] =
@@ -1605,7 +1649,7 @@ refused:
 	return e->kind == ERR_NONE ? 0 : -1;
 }
 
-static int sq_entry_get(struct store *st_, const char *id, struct waitlist_entry *out, bool *found, struct err *e)
+static int read_entry_get(struct store *st_, const char *id, struct waitlist_entry *out, bool *found, struct err *e)
 {
 	static const char sql[] = "SELECT " ENTRY_COLS " FROM waitlist w WHERE w.id = ?";
 	sqlite3_stmt *st = q(SQ(st_), sql, e, "t", id);
@@ -1625,7 +1669,7 @@ static void entry_row(sqlite3_stmt *st, void *item)
 	entry_read(st, item);
 }
 
-static int sq_waitlist_list(struct store *st_, const char *plan_id, int64_t after, int limit,
+static int read_waitlist_list(struct store *st_, const char *plan_id, int64_t after, int limit,
 			    struct waitlist_entry **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
@@ -1669,7 +1713,7 @@ static int sq_waitlist_leave(struct store *st_, const char *id, int64_t now, con
 	} else if (st) {
 		sqlite3_reset(st);
 	}
-	rc = sq_entry_get(st_, id, out, found, e);
+	rc = read_entry_get(st_, id, out, found, e);
 out:
 	return END(s, rc, e);
 }
@@ -1682,15 +1726,17 @@ static int sq_webhook_create(struct store *st_, struct webhook *w, struct err *e
 	static const char sql[] =
 		"INSERT INTO webhook_endpoints (id, url, events, description, secret, status, created_at, cursor)"
 		" SELECT ?, ?, ?, ?, ?, ?, ?, coalesce(max(seq), 0) FROM audit_events RETURNING cursor";
-	sqlite3_stmt *st = q(SQ(st_), sql, e, "tttttti", w->id, w->url, w->events, w->description, w->secret,
-			     w->status, w->created_at);
-	int r = step(st, e);
+	struct sq *s = SQ(st_);
+	sqlite3_stmt *st;
+	int r;
 
+	if (BEGIN(s, e))
+		return -1;
+	st = q(s, sql, e, "tttttti", w->id, w->url, w->events, w->description, w->secret, w->status, w->created_at);
+	r = step(st, e);
 	if (r == 1)
 		w->cursor = sqlite3_column_int64(st, 0);
-	if (r < 0 || run(st, e) < 0)
-		return -1;
-	return 0;
+	return END(s, r < 0 || run(st, e) < 0 ? -1 : 0, e);
 }
 
 static void webhook_row(sqlite3_stmt *st, void *item)
@@ -1712,7 +1758,7 @@ static void webhook_clear_v(void *item)
 	webhook_clear(item);
 }
 
-static int sq_webhook_list(struct store *st_, struct webhook **out, size_t *n, struct err *e)
+static int read_webhook_list(struct store *st_, struct webhook **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
 		"SELECT id, url, events, description, secret, status, created_at, cursor FROM webhook_endpoints"
@@ -1779,7 +1825,7 @@ static void delivery_row(sqlite3_stmt *st, void *item)
 	d->updated_at = sqlite3_column_int64(st, 9);
 }
 
-static int sq_delivery_list(struct store *st_, const char *endpoint_id, const struct seq_page *pg,
+static int read_delivery_list(struct store *st_, const char *endpoint_id, const struct seq_page *pg,
 			    struct delivery **out, size_t *n, struct err *e)
 {
 	static const char sql[] =
@@ -1814,7 +1860,7 @@ static int sq_lease_take(struct store *st_, const char *name, const char *holder
 	return 0;
 }
 
-static int sq_holds_overdue(struct store *st_, int64_t now, int limit, struct subscription **out,
+static int read_holds_overdue(struct store *st_, int64_t now, int limit, struct subscription **out,
 			    size_t *n, struct err *e)
 {
 	static const char sql[] =
@@ -1835,7 +1881,7 @@ static void no_clear(void *item)
 	(void)item;
 }
 
-static int sq_refunds_pending(struct store *st_, int limit, struct payment **out, size_t *n, struct err *e)
+static int read_refunds_pending(struct store *st_, int limit, struct payment **out, size_t *n, struct err *e)
 {
 	static const char sql[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'pending'"
 				  " ORDER BY created_at LIMIT ?";
@@ -1844,7 +1890,7 @@ static int sq_refunds_pending(struct store *st_, int limit, struct payment **out
 	return page_rows(st, sizeof(**out), limit, payment_row, (void **)out, n, no_clear, e);
 }
 
-static int sq_charges_unrefunded(struct store *st_, int limit, struct payment **out, size_t *n,
+static int read_charges_unrefunded(struct store *st_, int limit, struct payment **out, size_t *n,
 				 struct err *e)
 {
 	static const char sql[] =
@@ -1864,8 +1910,12 @@ static int sq_keys_purge(struct store *st_, int64_t before, int *n, struct err *
 	static const char sql[] =
 		"DELETE FROM idempotency_keys WHERE state IN ('done', 'started') AND created_at < ?";
 
-	*n = run(q(SQ(st_), sql, e, "i", before), e);
-	return *n < 0 ? -1 : 0;
+	struct sq *s = SQ(st_);
+
+	if (BEGIN(s, e))
+		return -1;
+	*n = run(q(s, sql, e, "i", before), e);
+	return END(s, *n < 0 ? -1 : 0, e);
 }
 
 /* --- the simulated processor's records ---------------------------------------------------- */
@@ -1943,7 +1993,7 @@ out:
 
 /* --- the snapshot for check ----------------------------------------------------------------- */
 
-static int sq_snapshot(struct store *st_, const struct snapshot_visitor *v, struct err *e)
+static int read_snapshot(struct store *st_, const struct snapshot_visitor *v, struct err *e)
 {
 	static const char plans[] =
 		"SELECT " PLAN_COLS ","
@@ -2015,7 +2065,7 @@ out:
 
 /* --- lifecycle ---------------------------------------------------------------------------- */
 
-static int sq_ping(struct store *st_, struct err *e)
+static int read_ping(struct store *st_, struct err *e)
 {
 	static const char sql[] = "SELECT count(*) FROM plans";
 	sqlite3_stmt *st = q(SQ(st_), sql, e, "");
@@ -2122,6 +2172,92 @@ static void sq_close(struct store *st_)
 		close(s->proc_wal_fd);
 	free(s);
 }
+
+/* --- reads that answer only what is durable -------------------------------------------------
+ *
+ * A commit is visible to readers as soon as SQLite has written it to the WAL, before the
+ * fdatasync that makes it durable (group commit, tx_end). A read notes how many commits had
+ * begun before its snapshot and returns once the WAL is synced that far, so that nothing it
+ * shows (a subscription, a stored answer) can be lost by a crash after it was shown. With no
+ * commit waiting for its sync that costs two atomic loads. */
+
+static uint64_t read_mark(const struct sq *s)
+{
+	return s->gate ? __atomic_load_n(&s->gate->announced, __ATOMIC_ACQUIRE) : 0;
+}
+
+static int read_settle(struct sq *s, uint64_t mark, struct err *e)
+{
+	if (!s->gate || __atomic_load_n(&s->gate->synced, __ATOMIC_ACQUIRE) >= mark)
+		return 0;
+	return gate_sync(s->gate, s->wal_fd, mark, e);
+}
+
+/* what a read that cannot be answered gives back */
+#define FREE_ALL(out, n) (free(*(out)), *(out) = NULL, *(n) = 0)
+#define FREE_EACH(out, n, clear)                             \
+	do {                                                 \
+		for (size_t i_ = 0; i_ < *(n); i_++)         \
+			clear(&(*(out))[i_]);                \
+		FREE_ALL(out, n);                            \
+	} while (0)
+
+/* sq_<name>: read_<name>, answered once what it read is durable */
+#define DURABLE_READ(name, params, args, undo)               \
+	static int sq_##name params                          \
+	{                                                    \
+		struct sq *s_ = SQ(st_);                     \
+		uint64_t mark = read_mark(s_);               \
+		if (read_##name args)                        \
+			return -1;                           \
+		if (read_settle(s_, mark, e) == 0)           \
+			return 0;                            \
+		undo;                                        \
+		return -1;                                   \
+	}
+
+DURABLE_READ(ping, (struct store *st_, struct err *e),
+	     (st_, e), (void)0)
+DURABLE_READ(plan_get, (struct store *st_, const char *id, struct plan *out, bool *found, struct err *e),
+	     (st_, id, out, found, e), plan_clear(out))
+DURABLE_READ(plan_list, (struct store *st_, const char *status, struct plan **out, size_t *n, struct err *e),
+	     (st_, status, out, n, e), FREE_EACH(out, n, plan_clear))
+DURABLE_READ(customer_get, (struct store *st_, const char *id, struct customer *out, bool *found, struct err *e),
+	     (st_, id, out, found, e), customer_clear(out))
+DURABLE_READ(key_get, (struct store *st_, const char *key, struct key_record *out, bool *found, struct err *e),
+	     (st_, key, out, found, e), key_record_clear(out))
+DURABLE_READ(held_by_kind, (struct store *st_, const char *plan_id, int64_t *paying, int64_t *sessions, struct err *e),
+	     (st_, plan_id, paying, sessions, e), (void)0)
+DURABLE_READ(refunds_pending, (struct store *st_, int limit, struct payment **out, size_t *n, struct err *e),
+	     (st_, limit, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(sub_get, (struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e),
+	     (st_, id, out, found, e), subscription_clear(out))
+DURABLE_READ(sub_list, (struct store *st_, const char *customer_id, const char *status, const struct seq_page *pg,
+			   struct subscription **out, size_t *n, struct err *e),
+	     (st_, customer_id, status, pg, out, n, e), FREE_EACH(out, n, subscription_clear))
+DURABLE_READ(audit_list, (struct store *st_, const struct audit_filter *f, const struct seq_page *pg,
+			   struct audit_event **out, size_t *n, struct err *e),
+	     (st_, f, pg, out, n, e), FREE_EACH(out, n, audit_event_clear))
+DURABLE_READ(feed_read, (struct store *st_, int64_t after, const char *type, int limit, struct audit_event **out,
+			   size_t *n, struct err *e),
+	     (st_, after, type, limit, out, n, e), FREE_EACH(out, n, audit_event_clear))
+DURABLE_READ(entry_get, (struct store *st_, const char *id, struct waitlist_entry *out, bool *found, struct err *e),
+	     (st_, id, out, found, e), (void)0)
+DURABLE_READ(waitlist_list, (struct store *st_, const char *plan_id, int64_t after, int limit,
+			   struct waitlist_entry **out, size_t *n, struct err *e),
+	     (st_, plan_id, after, limit, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(webhook_list, (struct store *st_, struct webhook **out, size_t *n, struct err *e),
+	     (st_, out, n, e), FREE_EACH(out, n, webhook_clear))
+DURABLE_READ(delivery_list, (struct store *st_, const char *endpoint_id, const struct seq_page *pg,
+			   struct delivery **out, size_t *n, struct err *e),
+	     (st_, endpoint_id, pg, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(holds_overdue, (struct store *st_, int64_t now, int limit, struct subscription **out, size_t *n,
+			   struct err *e),
+	     (st_, now, limit, out, n, e), FREE_EACH(out, n, subscription_clear))
+DURABLE_READ(charges_unrefunded, (struct store *st_, int limit, struct payment **out, size_t *n, struct err *e),
+	     (st_, limit, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(snapshot, (struct store *st_, const struct snapshot_visitor *v, struct err *e),
+	     (st_, v, e), (void)0)
 
 static const struct store_ops sqlite_ops = {
 	.name = "sqlite",
