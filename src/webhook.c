@@ -1,5 +1,6 @@
 /* webhook.c - endpoints, signatures, and the sender: one pass delivers the events due to every
- * enabled endpoint, in feed order, over libcurl. */
+ * enabled endpoint, each in feed order and all at once (libcurl's multi interface: one transfer
+ * in flight per endpoint), so a slow receiver holds up only its own deliveries. */
 #include "webhook.h"
 
 #include <curl/curl.h>
@@ -18,7 +19,9 @@
 
 #define LEASE_MS 20000           /* renewed before each delivery, which takes at most WEBHOOK_TIMEOUT_S */
 #define FEED_PAGE 100
-#define PASS_BUDGET 500           /* deliveries per endpoint per pass: others get their turn */
+#define PASS_BUDGET 500           /* deliveries per endpoint per pass */
+#define PASS_MS 30000             /* no delivery starts later in a pass: endpoints made meanwhile join the next */
+#define LOOK_AGAIN_MS 1000        /* an endpoint with nothing due looks again while others deliver */
 
 int webhook_create(struct ledger *lg, const char *url, const char *events, const char *description,
 		   struct webhook *out, struct err *e)
@@ -104,32 +107,37 @@ static size_t discard(char *p, size_t size, size_t n, void *arg)
 	return size * n;
 }
 
-/* POSTs body to the endpoint: the HTTP status (0 when none came) and, on failure, why. */
-static long post(CURL *c, const struct webhook *w, const char *event_id, const char *body, char *why, size_t whylen)
+/* Sets c up to POST body to the endpoint, signed now; hs: the headers, free with
+ * curl_slist_free_all once the transfer is done. */
+static void post_prepare(CURL *c, const struct webhook *w, const char *event_id, const char *body,
+			 struct curl_slist **hs)
 {
 	char sig[WEBHOOK_SIG_LEN], h_sig[WEBHOOK_SIG_LEN + 24], h_id[64];
-	struct curl_slist *hs = NULL;
-	long status = 0;
-	CURLcode rc;
 
 	webhook_sign(w->secret, now_ms() / 1000, body, strlen(body), sig);
 	snprintf(h_sig, sizeof(h_sig), "Numatix-Signature: %s", sig);
 	snprintf(h_id, sizeof(h_id), "Numatix-Event-Id: %s", event_id);
-	hs = curl_slist_append(hs, "Content-Type: application/json");
-	hs = curl_slist_append(hs, h_sig);
-	hs = curl_slist_append(hs, h_id);
-	hs = curl_slist_append(hs, "Expect:");
+	*hs = curl_slist_append(NULL, "Content-Type: application/json");
+	*hs = curl_slist_append(*hs, h_sig);
+	*hs = curl_slist_append(*hs, h_id);
+	*hs = curl_slist_append(*hs, "Expect:");
 	curl_easy_reset(c);
 	curl_easy_setopt(c, CURLOPT_URL, w->url);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hs);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, *hs);
 	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "Numatix-Webhooks/" NUMATIX_VERSION);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)WEBHOOK_TIMEOUT_S);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 5L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
-	rc = curl_easy_perform(c);
+}
+
+/* A finished transfer: the HTTP status (0 when none came) and, on failure, why. */
+static long post_result(CURL *c, CURLcode rc, char *why, size_t whylen)
+{
+	long status = 0;
+
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
 	if (rc != CURLE_OK)
@@ -138,7 +146,6 @@ static long post(CURL *c, const struct webhook *w, const char *event_id, const c
 		snprintf(why, whylen, "HTTP %ld", status);
 	else
 		why[0] = '\0';
-	curl_slist_free_all(hs);
 	return status;
 }
 
@@ -175,105 +182,203 @@ static int delivery_of(struct ledger *lg, const char *endpoint_id, int64_t seq, 
 
 struct sender {
 	struct ledger *lg;
-	CURL *curl;
 	const char *holder;
 	int64_t retry_ms;
 	bool (*stop)(void);
 	struct deliver_stats *st;
+	int64_t until;                /* no delivery starts after this: the pass ends */
+	bool lost;                    /* the lease went to another sender */
 };
 
-/* Tries one event: 1 when the endpoint may go on to the next, 0 when it must wait (a retry is
- * due later, or it is disabled), -1 on a store error. *cursor moves past a delivered or failed
- * event; the step is kept with the cursor. */
-static int deliver_one(struct sender *x, const struct webhook *w, const struct audit_event *ev, int64_t *cursor,
-		       struct err *e)
-{
-	struct delivery d = {0};
-	int64_t now = now_ms();
-	bool had, taken, disable = false;
+/* One endpoint's part of a pass: its events in feed order, one in flight at a time, while
+ * every other endpoint's go on beside it (a slow receiver holds up only its own). */
+struct lane {
+	const struct webhook *w;
+	CURL *curl;
+	struct curl_slist *headers;
 	char *body;
-	int go = 1;
+	struct audit_event *page;     /* the feed after cursor, read ahead */
+	size_t npage, at;
+	struct delivery d;            /* the attempt in flight */
+	int64_t cursor, kept;         /* events passed up to; the cursor the store keeps */
+	int64_t look_at;              /* while idle: when to look for events again */
+	int budget;
+	bool busy, closed;            /* closed: nothing more this pass */
+};
 
-	if (delivery_of(x->lg, w->id, ev->seq, &d, &had, e))
-		return -1;
-	if (had && d.next_attempt_at > now)
-		return 0;
-	/* the lease renewed before a call that may take WEBHOOK_TIMEOUT_S */
-	if (x->lg->store->ops->lease_take(x->lg->store, WEBHOOK_LEASE, x->holder, now, now + LEASE_MS, &taken, e))
-		return -1;
-	if (!taken)
-		return 0;
-	if (!had) {
-		snprintf(d.endpoint_id, sizeof(d.endpoint_id), "%s", w->id);
-		d.seq = ev->seq;
-		snprintf(d.event_id, sizeof(d.event_id), "%s", ev->id);
-		d.first_attempt_at = now;
-	}
-	body = event_body(ev);
-	d.last_status = (int)post(x->curl, w, ev->id, body, d.last_error, sizeof(d.last_error));
-	free(body);
-	d.attempts++;
-	d.updated_at = now = now_ms();
-	d.next_attempt_at = 0;
-	if (!d.last_error[0]) {
-		snprintf(d.state, sizeof(d.state), "delivered");
-		*cursor = ev->seq;
-		x->st->delivered++;
-	} else if (d.last_status == 410) {
-		/* the receiver says it is gone for good */
-		snprintf(d.state, sizeof(d.state), "failed");
-		disable = true;
-		go = 0;
-		x->st->failed++;
-		LOG_WARN(NULL, "webhook %s answered 410 Gone: disabled", w->id);
-	} else if (webhook_retry(d.attempts, d.first_attempt_at, now, x->retry_ms, &d.next_attempt_at)) {
-		snprintf(d.state, sizeof(d.state), "pending");
-		go = 0;
-		x->st->retrying++;
-	} else {
-		snprintf(d.state, sizeof(d.state), "failed");
-		*cursor = ev->seq;
-		x->st->failed++;
-		LOG_WARN(NULL, "webhook %s: event %" PRId64 " failed after %d attempts (%s)", w->id, ev->seq,
-			 d.attempts, d.last_error);
-	}
-	return x->lg->store->ops->webhook_advance(x->lg->store, w->id, &d, *cursor, disable, e) ? -1 : go;
+static void lane_page_clear(struct lane *l)
+{
+	for (size_t i = 0; i < l->npage; i++)
+		audit_event_clear(&l->page[i]);
+	free(l->page);
+	l->page = NULL;
+	l->npage = l->at = 0;
 }
 
-/* The events due to one endpoint, in order, until it must wait or the budget ends. */
-static int endpoint_pass(struct sender *x, const struct webhook *w, struct err *e)
+/* Nothing due now: look again in a while (sooner when a retry is due sooner). */
+static void lane_idle(struct lane *l, int64_t now, int64_t due)
 {
-	int64_t cursor = w->cursor, kept = w->cursor;
-	int budget = PASS_BUDGET, go = 1;
+	l->look_at = due && due < now + LOOK_AGAIN_MS ? due : now + LOOK_AGAIN_MS;
+}
 
-	while (go > 0 && budget > 0) {
-		struct audit_event *ev = NULL;
-		size_t n = 0, i;
+/* Starts the endpoint's next due event, or leaves the lane idle or closed. 0, or -1 on a
+ * store error. */
+static int lane_start(struct sender *x, struct lane *l, CURLM *m, struct err *e)
+{
+	int64_t now = now_ms();
+	bool had, taken;
 
-		if (ledger_feed(x->lg, cursor, NULL, FEED_PAGE, &ev, &n, e))
-			return -1;
-		if (n == 0)
-			go = 0;
-		for (i = 0; i < n && go > 0 && budget > 0; i++) {
-			if (x->stop && x->stop()) {
-				go = 0;
-			} else if (!webhook_takes(w->events, ev[i].action)) {
-				cursor = ev[i].seq;   /* not its kind: passed over */
-			} else {
-				go = deliver_one(x, w, &ev[i], &cursor, e);
-				kept = cursor;
-				budget--;
+	for (;;) {
+		struct audit_event *ev;
+
+		if (l->budget <= 0 || x->lost || now >= x->until || (x->stop && x->stop())) {
+			l->closed = true;
+			return 0;
+		}
+		if (l->at == l->npage) {
+			lane_page_clear(l);
+			if (ledger_feed(x->lg, l->cursor, NULL, FEED_PAGE, &l->page, &l->npage, e))
+				return -1;
+			if (l->npage == 0) {
+				lane_idle(l, now, 0);
+				return 0;
 			}
 		}
-		for (i = 0; i < n; i++)
-			audit_event_clear(&ev[i]);
-		free(ev);
+		ev = &l->page[l->at];
+		if (!webhook_takes(l->w->events, ev->action)) {
+			l->cursor = ev->seq;   /* not its kind: passed over */
+			l->at++;
+			continue;
+		}
+		memset(&l->d, 0, sizeof(l->d));
+		if (delivery_of(x->lg, l->w->id, ev->seq, &l->d, &had, e))
+			return -1;
+		if (had && l->d.next_attempt_at > now) {
+			lane_idle(l, now, l->d.next_attempt_at);
+			return 0;
+		}
+		/* the lease renewed before a call that may take WEBHOOK_TIMEOUT_S */
+		if (x->lg->store->ops->lease_take(x->lg->store, WEBHOOK_LEASE, x->holder, now, now + LEASE_MS, &taken, e))
+			return -1;
+		if (!taken) {
+			x->lost = true;
+			l->closed = true;
+			return 0;
+		}
+		if (!had) {
+			snprintf(l->d.endpoint_id, sizeof(l->d.endpoint_id), "%s", l->w->id);
+			l->d.seq = ev->seq;
+			snprintf(l->d.event_id, sizeof(l->d.event_id), "%s", ev->id);
+			l->d.first_attempt_at = now;
+		}
+		l->body = event_body(ev);
+		post_prepare(l->curl, l->w, ev->id, l->body, &l->headers);
+		curl_easy_setopt(l->curl, CURLOPT_PRIVATE, l);
+		if (curl_multi_add_handle(m, l->curl) != CURLM_OK) {
+			err_set(e, ERR_INTERNAL, NULL, "curl_multi_add_handle failed");
+			return -1;
+		}
+		l->busy = true;
+		l->at++;
+		return 0;
 	}
-	if (go < 0)
+}
+
+/* The attempt in flight ended: kept with the cursor; then the next event, unless the endpoint
+ * must wait (a retry is due later) or is disabled. 0, or -1 on a store error. */
+static int lane_finish(struct sender *x, struct lane *l, CURLM *m, CURLcode res, struct err *e)
+{
+	struct delivery *d = &l->d;
+	bool disable = false, go = true;
+	int64_t now;
+
+	curl_multi_remove_handle(m, l->curl);
+	l->busy = false;
+	d->last_status = (int)post_result(l->curl, res, d->last_error, sizeof(d->last_error));
+	curl_slist_free_all(l->headers);
+	l->headers = NULL;
+	free(l->body);
+	l->body = NULL;
+	d->attempts++;
+	d->updated_at = now = now_ms();
+	d->next_attempt_at = 0;
+	l->budget--;
+	if (!d->last_error[0]) {
+		snprintf(d->state, sizeof(d->state), "delivered");
+		l->cursor = d->seq;
+		x->st->delivered++;
+	} else if (d->last_status == 410) {
+		/* the receiver says it is gone for good */
+		snprintf(d->state, sizeof(d->state), "failed");
+		disable = true;
+		x->st->failed++;
+		LOG_WARN(NULL, "webhook %s answered 410 Gone: disabled", l->w->id);
+	} else if (webhook_retry(d->attempts, d->first_attempt_at, now, x->retry_ms, &d->next_attempt_at)) {
+		snprintf(d->state, sizeof(d->state), "pending");
+		go = false;
+		x->st->retrying++;
+	} else {
+		snprintf(d->state, sizeof(d->state), "failed");
+		l->cursor = d->seq;
+		x->st->failed++;
+		LOG_WARN(NULL, "webhook %s: event %" PRId64 " failed after %d attempts (%s)", l->w->id, d->seq,
+			 d->attempts, d->last_error);
+	}
+	if (x->lg->store->ops->webhook_advance(x->lg->store, l->w->id, d, l->cursor, disable, e))
 		return -1;
-	/* events passed over since the last step kept: the cursor moves past them too */
-	if (cursor > kept)
-		return x->lg->store->ops->webhook_advance(x->lg->store, w->id, NULL, cursor, false, e);
+	l->kept = l->cursor;
+	if (disable) {
+		l->closed = true;
+		return 0;
+	}
+	if (!go) {
+		/* the event is read again once its retry is due */
+		lane_page_clear(l);
+		lane_idle(l, now, d->next_attempt_at);
+		return 0;
+	}
+	return lane_start(x, l, m, e);
+}
+
+/* Every enabled endpoint's lane, until none has a delivery in flight: each in feed order and
+ * concurrently with the others; an idle one looks for new events every LOOK_AGAIN_MS. */
+static int run_lanes(struct sender *x, struct lane *lanes, size_t n, CURLM *m, struct err *e)
+{
+	bool busy;
+
+	for (size_t i = 0; i < n; i++)
+		if (lane_start(x, &lanes[i], m, e))
+			return -1;
+	do {
+		CURLMsg *msg;
+		int running, left;
+		int64_t now;
+
+		if (curl_multi_perform(m, &running) != CURLM_OK) {
+			err_set(e, ERR_INTERNAL, NULL, "curl_multi_perform failed");
+			return -1;
+		}
+		while ((msg = curl_multi_info_read(m, &left))) {
+			struct lane *l = NULL;
+			if (msg->msg != CURLMSG_DONE)
+				continue;
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&l);
+			if (lane_finish(x, l, m, msg->data.result, e))
+				return -1;
+		}
+		now = now_ms();
+		busy = false;
+		for (size_t i = 0; i < n; i++) {
+			struct lane *l = &lanes[i];
+			if (!l->busy && !l->closed && l->look_at <= now && lane_start(x, l, m, e))
+				return -1;
+			busy = busy || l->busy;
+		}
+		if (busy && curl_multi_poll(m, NULL, 0, 100, NULL) != CURLM_OK) {
+			err_set(e, ERR_INTERNAL, NULL, "curl_multi_poll failed");
+			return -1;
+		}
+	} while (busy);
 	return 0;
 }
 
@@ -282,11 +387,13 @@ int webhook_deliver(struct ledger *lg, const char *holder, int64_t retry_ms, boo
 {
 	struct store *s = lg->store;
 	struct webhook *all = NULL;
-	struct sender x = {lg, NULL, holder, retry_ms, stop, st};
+	struct lane *lanes = NULL;
+	struct sender x = {lg, holder, retry_ms, stop, st, 0, false};
 	int64_t now = now_ms();
-	size_t n = 0;
+	CURLM *m = NULL;
+	size_t n = 0, k = 0;
 	bool taken;
-	int rc = 0;
+	int rc = -1;
 
 	memset(st, 0, sizeof(*st));
 	if (s->ops->lease_take(s, WEBHOOK_LEASE, holder, now, now + LEASE_MS, &taken, e))
@@ -294,22 +401,46 @@ int webhook_deliver(struct ledger *lg, const char *holder, int64_t retry_ms, boo
 	if (!taken)
 		return 0;
 	st->ran = true;
+	x.until = now + PASS_MS;
 	if (ledger_webhook_list(lg, &all, &n, e))
-		rc = -1;
-	for (size_t i = 0; i < n; i++) {
-		if (rc == 0 && !strcmp(all[i].status, "enabled")) {
-			if (!x.curl && !(x.curl = curl_easy_init())) {
-				err_set(e, ERR_INTERNAL, NULL, "curl_easy_init failed");
-				rc = -1;
-			} else {
-				rc = endpoint_pass(&x, &all[i], e);
-			}
-		}
-		webhook_clear(&all[i]);
+		goto out;
+	lanes = xcalloc(n ? n : 1, sizeof(*lanes));
+	if (!(m = curl_multi_init())) {
+		err_set(e, ERR_INTERNAL, NULL, "curl_multi_init failed");
+		goto out;
 	}
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(all[i].status, "enabled"))
+			continue;
+		lanes[k] = (struct lane){.w = &all[i], .cursor = all[i].cursor, .kept = all[i].cursor, .budget = PASS_BUDGET};
+		if (!(lanes[k++].curl = curl_easy_init())) {
+			err_set(e, ERR_INTERNAL, NULL, "curl_easy_init failed");
+			goto out;
+		}
+	}
+	rc = run_lanes(&x, lanes, k, m, e);
+out:
+	for (size_t i = 0; i < k; i++) {
+		struct lane *l = &lanes[i];
+		struct err ae = {0};
+		if (l->busy)
+			curl_multi_remove_handle(m, l->curl);
+		/* events passed over since the last step kept: the cursor moves past them too */
+		if (rc == 0 && l->cursor > l->kept && s->ops->webhook_advance(s, l->w->id, NULL, l->cursor, false, &ae)) {
+			*e = ae;
+			rc = -1;
+		}
+		curl_slist_free_all(l->headers);
+		free(l->body);
+		lane_page_clear(l);
+		curl_easy_cleanup(l->curl);
+	}
+	free(lanes);
+	if (m)
+		curl_multi_cleanup(m);
+	for (size_t i = 0; i < n; i++)
+		webhook_clear(&all[i]);
 	free(all);
-	if (x.curl)
-		curl_easy_cleanup(x.curl);
 	{
 		/* Give the lease back, so the next pass (from any machine) need not wait it out. */
 		struct err ignored = {0};

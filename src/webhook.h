@@ -39,9 +39,10 @@ struct deliver_stats {
 	bool ran;                 /* false: another sender holds the lease */
 };
 
-/* One pass: every enabled endpoint gets the events due, in order, until one fails (it waits
- * for its next attempt) or the pass's budget ends. stop, when given, is asked between
- * deliveries: a stopping server does not start another one. */
+/* One pass: every enabled endpoint gets the events due, each in order and all of them at once
+ * (one transfer in flight per endpoint), until each fails (it waits for its next attempt), has
+ * nothing more, or the pass's budget or time ends. stop, when given, is asked before each
+ * delivery: a stopping server does not start another one. */
 int webhook_deliver(struct ledger *lg, const char *holder, int64_t retry_ms, bool (*stop)(void),
 		    struct deliver_stats *st, struct err *e);
 

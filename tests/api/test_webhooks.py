@@ -178,6 +178,30 @@ class Webhooks(unittest.TestCase):
         self.assertGreaterEqual(len(firsts), 1)
         self.assertNotEqual(S.service_pid("numatix-sender"), sender)
 
+    def test_a_slow_receiver_holds_up_only_its_own(self):
+        # issue 22.7: one sender, endpoints in turn, up to 500 deliveries of up to 10 s each: a
+        # receiver answering after 9 s held every other endpoint's events for over an hour. Here
+        # the slow one's first delivery hangs until released; the fast one gets every event
+        # while it hangs (the sender has not even finished that first attempt: no delivery of
+        # the slow endpoint is recorded yet), then the slow one gets its own, in order.
+        slow, fast = Receiver(plan=["hang"]), Receiver()
+        self.addCleanup(slow.close)
+        self.addCleanup(fast.close)
+        start = S.feed_head()
+        slow_ep = self.endpoint(slow)
+        self.endpoint(fast)
+        p = S.create_plan(capacity=5)
+        for _ in range(3):
+            self.assertEqual(S.purchase(p["id"]).status, 201)
+        want = [(e["id"], e["seq"], e["type"]) for e in S.events_after(start)]
+        until(slow.hanging.is_set, what="the slow receiver's first delivery under way")
+        until(lambda: fast.delivered() == want, what="the fast receiver served while the slow one hangs")
+        self.assertFalse(slow.got)
+        self.assertEqual(S.admin("GET", "/api/webhook-endpoints/%s/deliveries" % slow_ep["id"]).json["deliveries"], [])
+        slow.release.set()
+        until(lambda: slow.delivered() == want, what="the slow receiver's events, in order")
+        self.assertEqual((slow.bad, fast.bad), ([], []))
+
     def test_refusals(self):
         bad = [{"url": "ftp://x/y", "events": ["*"]}, {"url": "not a url", "events": ["*"]},
                {"url": "http://127.0.0.1/x", "events": []}, {"url": "http://127.0.0.1/x", "events": ["*", "seat.held"]},
