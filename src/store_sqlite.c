@@ -370,8 +370,11 @@ static struct gate *gate_map(const char *path, int *fd)
 	if (g == MAP_FAILED)
 		goto fail;
 	if (alone) {
-		/* (a trylock that finds it taken: a holder of an earlier boot, as nobody maps it now) */
-		if (g->magic == GATE_MAGIC && pthread_mutex_trylock(&g->lock) == EBUSY)
+		/* glibc's lock word, read only for the log (a lock taken would enter this thread's
+		 * robust list, which the set-up below must not wipe) */
+		int word;
+		memcpy(&word, &g->lock, sizeof(word));
+		if (g->magic == GATE_MAGIC && word)
 			LOG_WARN(NULL, "sqlite: the writers' gate was left locked by a process of an earlier boot or copy; set up anew");
 		gate_init(g);
 		/* from exclusive to shared: whoever takes the file meanwhile finds it set up anew */
