@@ -95,7 +95,7 @@ void app_handle(struct request *rq, struct response *rs)
 	char allow[sizeof(rs->allow)];
 	const struct route *r;
 	bool claimed = false;
-	int64_t start = now_ms();
+	int64_t start = now_ms(), start_us = mono_us();
 	int status;
 
 	memset(rs, 0, sizeof(*rs));
@@ -131,7 +131,7 @@ void app_handle(struct request *rq, struct response *rs)
 		idem_settle(rq->lg, rq->idem_key, &reply, rq->trace_id);
 	}
 out:
-	metrics_request(router_index(r), rs->status, now_ms() - start);
+	metrics_request(router_index(r), rs->status, mono_us() - start_us);
 	log_request(rq->trace_id, rq->method, rq->path, r ? r->pattern : NULL, rs->status, now_ms() - start,
 		    rs->replayed);
 }

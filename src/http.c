@@ -324,12 +324,15 @@ char *response_head(const struct response *rs, const struct request *rq)
 	if (rs->status == 204)
 		return xasprintf("Status: 204 No Content\r\nCache-Control: no-store\r\nX-Trace-Id: %s\r\n%s%s\r\n",
 				 rq->trace_id, allow, cors);
+	/* the length of the body, which a HEAD answer names without sending */
 	return xasprintf("Status: %d %s\r\n"
 			 "Content-Type: %s\r\n"
+			 "Content-Length: %zu\r\n"
 			 "Cache-Control: no-store\r\n"
 			 "X-Trace-Id: %s\r\n"
 			 "%s%s%s%s\r\n",
 			 rs->status, reason_phrase(rs->status),
-			 rs->content_type ? rs->content_type : "application/json; charset=utf-8", rq->trace_id, retry, allow,
+			 rs->content_type ? rs->content_type : "application/json; charset=utf-8",
+			 rs->body ? strlen(rs->body) : 0, rq->trace_id, retry, allow,
 			 rs->replayed ? "Idempotent-Replayed: true\r\n" : "", cors);
 }

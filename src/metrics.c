@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,23 +11,37 @@
 
 #include "util.h"
 
-static const int64_t buckets_ms[] = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000};
-#define NBUCKETS (sizeof(buckets_ms) / sizeof(buckets_ms[0]))
+/* Upper bounds of the latency buckets, in microseconds: from a fast purchase (about 1 ms) to a
+ * slow payment processor (seconds); rendered in seconds, Prometheus's base unit. */
+static const int64_t buckets_us[] = {250, 500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+				     1000000, 2500000, 5000000, 10000000};
+#define NBUCKETS (sizeof(buckets_us) / sizeof(buckets_us[0]))
 #define NSTATUS 600
 
-/* The answers a purchase can end with; "" is a 201, the last catches any other. */
+/* Every answer a purchase can end with, each its own outcome: "" is a 201 (created). */
 static const char *const codes[] = {
-	"", "PAYMENT_FAILED", "PLAN_SOLD_OUT", "PLAN_INACTIVE", "PLAN_NOT_FOUND", "CUSTOMER_NOT_FOUND",
-	"HOLD_EXPIRED", "REQUEST_IN_PROGRESS", "IDEMPOTENCY_KEY_REUSED", "SERVICE_UNAVAILABLE",
-	"VALIDATION_ERROR", "MISSING_IDEMPOTENCY_KEY", "INVALID_IDEMPOTENCY_KEY", "OTHER",
+	"", "PAYMENT_FAILED", "PAYMENT_ACTION_REQUIRED", "PLAN_SOLD_OUT", "PLAN_INACTIVE", "PLAN_NOT_FOUND",
+	"CUSTOMER_NOT_FOUND", "CUSTOMER_LIMIT_REACHED", "HOLD_EXPIRED", "REQUEST_IN_PROGRESS",
+	"IDEMPOTENCY_KEY_REUSED", "REPLAY_UNAVAILABLE", "SERVICE_UNAVAILABLE", "VALIDATION_ERROR",
+	"MISSING_IDEMPOTENCY_KEY", "INVALID_IDEMPOTENCY_KEY",
 };
 #define NCODES (sizeof(codes) / sizeof(codes[0]))
 
+/* One histogram's counts: per bucket (cumulated at render), the +Inf bucket last, and the sum. */
+struct histogram {
+	uint64_t bucket[NBUCKETS + 1];
+	uint64_t sum_us;
+};
+
+/* The processor's calls, each timed on its own. */
+static const char *const processor_ops[] = {"charge", "credit", "void"};
+#define NOPS (sizeof(processor_ops) / sizeof(processor_ops[0]))
+
 struct counters {
 	uint64_t requests[METRICS_ROUTES + 1][NSTATUS];          /* last row: no route */
-	uint64_t latency[METRICS_ROUTES + 1][NBUCKETS + 1];      /* cumulative at render */
-	uint64_t latency_sum_ms[METRICS_ROUTES + 1];
-	uint64_t purchases[NCODES];
+	struct histogram latency[METRICS_ROUTES + 1];
+	struct histogram processor[NOPS];
+	uint64_t purchases[NCODES + 1];                          /* last: a code not listed */
 	uint64_t worker_restarts, reaper_passes, reaper_expired, reaper_refunded;
 };
 
@@ -50,17 +65,33 @@ static uint64_t get(const uint64_t *v)
 	return __atomic_load_n(v, __ATOMIC_RELAXED);
 }
 
-void metrics_request(int route, int status, int64_t ms)
+static void observe(struct histogram *h, int64_t us)
 {
-	size_t r = route < 0 || route >= METRICS_ROUTES ? METRICS_ROUTES : (size_t)route, b;
+	size_t b;
+
+	if (us < 0)
+		us = 0;
+	for (b = 0; b < NBUCKETS && us > buckets_us[b]; b++)
+		;
+	add(&h->bucket[b], 1);
+	add(&h->sum_us, (uint64_t)us);
+}
+
+void metrics_request(int route, int status, int64_t us)
+{
+	size_t r = route < 0 || route >= METRICS_ROUTES ? METRICS_ROUTES : (size_t)route;
 
 	if (status < 0 || status >= NSTATUS)
 		status = 0;
 	add(&c->requests[r][status], 1);
-	for (b = 0; b < NBUCKETS && ms > buckets_ms[b]; b++)
-		;
-	add(&c->latency[r][b], 1);
-	add(&c->latency_sum_ms[r], ms < 0 ? 0 : (uint64_t)ms);
+	observe(&c->latency[r], us);
+}
+
+void metrics_processor(const char *op, int64_t us)
+{
+	for (size_t i = 0; i < NOPS; i++)
+		if (!strcmp(op, processor_ops[i]))
+			observe(&c->processor[i], us);
 }
 
 void metrics_purchase(int status, const char *code)
@@ -68,7 +99,7 @@ void metrics_purchase(int status, const char *code)
 	size_t i;
 
 	(void)status;
-	for (i = 0; i < NCODES - 1 && strcmp(codes[i], code ? code : ""); i++)
+	for (i = 0; i < NCODES && strcmp(codes[i], code ? code : ""); i++)
 		;
 	add(&c->purchases[i], 1);
 }
@@ -109,15 +140,55 @@ static void put(struct text *t, const char *fmt, ...)
 	t->len += (size_t)n;
 }
 
+/* A label value in the text format: backslash, double quote and newline escaped. */
+static void put_label(struct text *t, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			put(t, "\\%c", *v);
+		else if (*v == '\n')
+			put(t, "\\n");
+		else
+			put(t, "%c", *v);
+	}
+}
+
+/* One histogram's series, labels (already rendered, "a=\"b\"") given. */
+static void put_histogram(struct text *t, const char *name, const char *labels, const struct histogram *h)
+{
+	uint64_t cum = 0;
+
+	for (size_t b = 0; b <= NBUCKETS; b++) {
+		cum += get(&h->bucket[b]);
+		if (b < NBUCKETS)
+			put(t, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, (double)buckets_us[b] / 1e6,
+			    (unsigned long long)cum);
+		else
+			put(t, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels, (unsigned long long)cum);
+	}
+	put(t, "%s_sum{%s} %.6f\n", name, labels, (double)get(&h->sum_us) / 1e6);
+	put(t, "%s_count{%s} %llu\n", name, labels, (unsigned long long)cum);
+}
+
+static uint64_t observed(const struct histogram *h)
+{
+	uint64_t n = 0;
+
+	for (size_t b = 0; b <= NBUCKETS; b++)
+		n += get(&h->bucket[b]);
+	return n;
+}
+
 char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const char **method))
 {
 	struct text t = {xmalloc(4096), 0, 4096};
 	struct plan *plans = NULL;
 	struct err e = {0};
 	size_t n = 0;
+	char labels[160];
 
 	t.s[0] = '\0';
-	put(&t, "# HELP numatix_requests_total Requests answered, by route and status.\n"
+	put(&t, "# HELP numatix_requests_total Requests answered, by route and HTTP status code.\n"
 		"# TYPE numatix_requests_total counter\n");
 	for (int r = 0; r <= METRICS_ROUTES; r++) {
 		const char *method = "", *name = r < METRICS_ROUTES ? route_name(r, &method) : "none";
@@ -125,37 +196,31 @@ char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const c
 			continue;
 		for (int s = 0; s < NSTATUS; s++)
 			if (get(&c->requests[r][s]))
-				put(&t, "numatix_requests_total{method=\"%s\",route=\"%s\",status=\"%d\"} %llu\n", method,
+				put(&t, "numatix_requests_total{method=\"%s\",route=\"%s\",code=\"%d\"} %llu\n", method,
 				    name, s, (unsigned long long)get(&c->requests[r][s]));
 	}
-	put(&t, "# HELP numatix_request_duration_ms Time to answer a request, in milliseconds.\n"
-		"# TYPE numatix_request_duration_ms histogram\n");
+	put(&t, "# HELP numatix_request_duration_seconds Time to answer a request.\n"
+		"# TYPE numatix_request_duration_seconds histogram\n");
 	for (int r = 0; r <= METRICS_ROUTES; r++) {
 		const char *method = "", *name = r < METRICS_ROUTES ? route_name(r, &method) : "none";
-		uint64_t cum = 0, any = 0;
-		for (size_t b = 0; b <= NBUCKETS; b++)
-			any += get(&c->latency[r][b]);
-		if (!name || !any)
+		if (!name || !observed(&c->latency[r]))
 			continue;
-		for (size_t b = 0; b <= NBUCKETS; b++) {
-			cum += get(&c->latency[r][b]);
-			if (b < NBUCKETS)
-				put(&t, "numatix_request_duration_ms_bucket{method=\"%s\",route=\"%s\",le=\"%lld\"} %llu\n", method,
-				    name, (long long)buckets_ms[b], (unsigned long long)cum);
-			else
-				put(&t, "numatix_request_duration_ms_bucket{method=\"%s\",route=\"%s\",le=\"+Inf\"} %llu\n", method,
-				    name, (unsigned long long)cum);
-		}
-		put(&t, "numatix_request_duration_ms_sum{method=\"%s\",route=\"%s\"} %llu\n", method, name,
-		    (unsigned long long)get(&c->latency_sum_ms[r]));
-		put(&t, "numatix_request_duration_ms_count{method=\"%s\",route=\"%s\"} %llu\n", method, name,
-		    (unsigned long long)cum);
+		snprintf(labels, sizeof(labels), "method=\"%s\",route=\"%s\"", method, name);
+		put_histogram(&t, "numatix_request_duration_seconds", labels, &c->latency[r]);
+	}
+	put(&t, "# HELP numatix_processor_call_duration_seconds Time the payment processor took to answer a call.\n"
+		"# TYPE numatix_processor_call_duration_seconds histogram\n");
+	for (size_t i = 0; i < NOPS; i++) {
+		snprintf(labels, sizeof(labels), "op=\"%s\"", processor_ops[i]);
+		put_histogram(&t, "numatix_processor_call_duration_seconds", labels, &c->processor[i]);
 	}
 	put(&t, "# HELP numatix_purchases_total Purchases ended, by outcome (created, or the code of the answer).\n"
 		"# TYPE numatix_purchases_total counter\n");
 	for (size_t k = 0; k < NCODES; k++)
 		put(&t, "numatix_purchases_total{outcome=\"%s\"} %llu\n", *codes[k] ? codes[k] : "created",
 		    (unsigned long long)get(&c->purchases[k]));
+	if (get(&c->purchases[NCODES]))
+		put(&t, "numatix_purchases_total{outcome=\"unlisted\"} %llu\n", (unsigned long long)get(&c->purchases[NCODES]));
 	put(&t, "# HELP numatix_worker_restarts_total Worker processes started again after they ended.\n"
 		"# TYPE numatix_worker_restarts_total counter\nnumatix_worker_restarts_total %llu\n",
 	    (unsigned long long)get(&c->worker_restarts));
@@ -167,15 +232,27 @@ char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const c
 	put(&t, "# HELP numatix_reaper_refunds_total Charges the reaper had refunded.\n"
 		"# TYPE numatix_reaper_refunds_total counter\nnumatix_reaper_refunds_total %llu\n",
 	    (unsigned long long)get(&c->reaper_refunded));
-	if (ledger_plan_list(lg, NULL, &plans, &n, &e) == 0) {
-		put(&t, "# HELP numatix_plan_seats_left Seats of a plan nobody holds or owns.\n"
-			"# TYPE numatix_plan_seats_left gauge\n");
-		for (size_t i = 0; i < n; i++)
-			put(&t, "numatix_plan_seats_left{plan=\"%s\"} %lld\n", plans[i].id, (long long)plans[i].subscriptions_left);
-		put(&t, "# HELP numatix_plan_seats_held Seats of a plan held while their payment runs.\n"
-			"# TYPE numatix_plan_seats_held gauge\n");
-		for (size_t i = 0; i < n; i++)
-			put(&t, "numatix_plan_seats_held{plan=\"%s\"} %lld\n", plans[i].id, (long long)plans[i].subscriptions_held);
+	/* Plans on sale only, by id and name: the series end with the sale, so their number is the
+	 * catalogue's, not every plan ever made; the totals cover every plan. */
+	if (ledger_plan_list(lg, "active", &plans, &n, &e) == 0) {
+		static const struct {
+			const char *name, *help;
+			size_t at;
+		} gauges[] = {
+			{"numatix_plan_seats_left", "Seats of a plan on sale that nobody holds or owns.", offsetof(struct plan, subscriptions_left)},
+			{"numatix_plan_seats_held", "Seats of a plan on sale held while their payment runs or in checkout sessions.",
+			 offsetof(struct plan, subscriptions_held)},
+		};
+		for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
+			put(&t, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help, gauges[g].name);
+			for (size_t i = 0; i < n; i++) {
+				put(&t, "%s{plan=\"%s\",name=\"", gauges[g].name, plans[i].id);
+				put_label(&t, plans[i].name);
+				put(&t, "\"} %lld\n", (long long)*(const int64_t *)((const char *)&plans[i] + gauges[g].at));
+			}
+		}
+		put(&t, "# HELP numatix_plans_on_sale Plans whose status is active.\n# TYPE numatix_plans_on_sale gauge\n"
+			"numatix_plans_on_sale %zu\n", n);
 		for (size_t i = 0; i < n; i++)
 			plan_clear(&plans[i]);
 		free(plans);

@@ -13,8 +13,11 @@
 
 /* Before forking: the counters become shared with the children. */
 void metrics_init(void);
-/* One answered request: its route (index in the route table, -1 for none), status, latency. */
-void metrics_request(int route, int status, int64_t ms);
+/* One answered request: its route (index in the route table, -1 for none), status, latency
+ * in microseconds. */
+void metrics_request(int route, int status, int64_t us);
+/* One call of the payment processor ("charge", "credit", "void"), its latency in microseconds. */
+void metrics_processor(const char *op, int64_t us);
 /* A purchase's end: the status of its answer and its code ("" for a 201). */
 void metrics_purchase(int status, const char *code);
 void metrics_worker_restart(void);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics.h"
 #include "util.h"
 
 static const struct {
@@ -38,30 +39,42 @@ int payment_charge(struct store *s, const char *key, int64_t amount_cents, const
 {
 	const char *decline = payment_decline_code(method);
 	struct processor_rec want = {0};
+	int64_t start = mono_us();
+	int rc;
 
 	network_latency(latency_ms);
 	want.state = decline ? PROC_DECLINED : PROC_CHARGED;
 	id_new_prefixed("pay_", want.charge_id, sizeof(want.charge_id));
 	snprintf(want.decline_code, sizeof(want.decline_code), "%s", decline ? decline : "");
 	want.amount_cents = amount_cents;
-	return s->ops->processor_charge(s, key, &want, out, e);
+	rc = s->ops->processor_charge(s, key, &want, out, e);
+	metrics_processor("charge", mono_us() - start);
+	return rc;
 }
 
 int payment_credit(struct store *s, const char *key, const char *refund_id, int64_t amount_cents,
 		   struct processor_rec *out, struct err *e)
 {
 	struct processor_rec want = {0};
+	int64_t start = mono_us();
+	int rc;
 
 	want.state = PROC_REFUNDED;
 	snprintf(want.refund_id, sizeof(want.refund_id), "%s", refund_id);
 	want.amount_cents = amount_cents;
-	return s->ops->processor_charge(s, key, &want, out, e);
+	rc = s->ops->processor_charge(s, key, &want, out, e);
+	metrics_processor("credit", mono_us() - start);
+	return rc;
 }
 
 int payment_void(struct store *s, const char *key, struct processor_rec *out, struct err *e)
 {
 	char refund_id[32];
+	int64_t start = mono_us();
+	int rc;
 
 	id_new_prefixed("pay_", refund_id, sizeof(refund_id));
-	return s->ops->processor_void(s, key, refund_id, out, e);
+	rc = s->ops->processor_void(s, key, refund_id, out, e);
+	metrics_processor("void", mono_us() - start);
+	return rc;
 }

@@ -81,14 +81,18 @@ const struct route *router_match(const char *method, const char *path, char *par
 	/* The table's order decides between a static route and a pattern: POST
 	 * /api/subscriptions/purchase is the purchase, while GET on it asks for a subscription
 	 * whose id is "purchase" (and finds none). */
+	/* RFC 9110: a server that supports GET on a resource supports HEAD (its answer without
+	 * the body, which the writer leaves out) */
+	if (!strcmp(method, "HEAD"))
+		method = "GET";
 	for (i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
 		if (!matches(routes[i].pattern, path, param, plen))
 			continue;
 		if (!strcmp(routes[i].method, method))
 			return &routes[i];
 		if (!strstr(allow, routes[i].method))
-			snprintf(allow + strlen(allow), alen - strlen(allow), "%s%s", *allow ? ", " : "",
-				 routes[i].method);
+			snprintf(allow + strlen(allow), alen - strlen(allow), "%s%s%s", *allow ? ", " : "",
+				 routes[i].method, !strcmp(routes[i].method, "GET") ? ", HEAD" : "");
 	}
 	*status = *allow ? 405 : 404;
 	return NULL;

@@ -16,6 +16,7 @@ char *xstrndup(const char *s, size_t n);       /* new, free() */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* new, free() */
 
 int64_t now_ms(void);                          /* wall clock, milliseconds since the epoch */
+int64_t mono_us(void);                         /* the monotonic clock, microseconds: for durations */
 /* "<host>:<pid>": who holds a lease in the store (the reaper's, the webhook sender's). */
 void lease_holder(char out[96]);
 /* The same name for another process of this host. */

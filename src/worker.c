@@ -92,7 +92,7 @@ static void serve(struct store **s, const struct config *cfg, char **envp, const
 		response_error(&rs, &rq, 503, "SERVICE_UNAVAILABLE", "The store cannot be reached; retry shortly", NULL);
 	head = response_head(&rs, &rq);
 	io->write(io->out, head, strlen(head));
-	if (rs.body)
+	if (rs.body && strcmp(rq.method, "HEAD"))
 		io->write(io->out, rs.body, strlen(rs.body));
 	free(head);
 	response_free(&rs);

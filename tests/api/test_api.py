@@ -2,6 +2,7 @@
 FastCGI pool, SQLite)."""
 
 import os
+import socket
 import unittest
 import uuid
 
@@ -148,11 +149,47 @@ class Routing(Envelope):
     def test_method_not_allowed(self):
         r = S.request("DELETE", "/api/plans")
         self.assertError(r, 405, "METHOD_NOT_ALLOWED")
-        self.assertEqual(r.header("Allow"), "GET, POST")
+        self.assertEqual(r.header("Allow"), "GET, HEAD, POST")
         r = S.request("PUT", "/api/plans/" + "0" * 24)
         self.assertError(r, 405, "METHOD_NOT_ALLOWED")
-        self.assertEqual(r.header("Allow"), "GET, PATCH")
+        self.assertEqual(r.header("Allow"), "GET, HEAD, PATCH")
+        self.assertEqual(S.request("HEAD", "/api/subscriptions/purchase").status, 401)
+        r = S.request("HEAD", "/api/customers")
+        self.assertEqual((r.status, r.header("Allow"), r.raw), (405, "POST", ""))
         self.assertEqual(S.request("GET", "/api/subscriptions/purchase").status, 401)
+
+    def test_head_on_every_get_route(self):
+        # RFC 9110: a server that supports GET supports HEAD: the same status and headers, no body
+        p = S.create_plan(capacity=3)
+        sub = S.purchase(p["id"]).json
+        ids = {"plans": p["id"], "subscriptions": sub["id"], "customers": sub["customerId"],
+               "checkout-sessions": sub["id"], "waitlist": "0" * 24, "webhook-endpoints": "0" * 24}
+        routes = [l.split() for l in S.command("routes").stdout.splitlines() if l.startswith("GET ")]
+        self.assertGreaterEqual(len(routes), 14)
+        for _, pattern in routes:
+            path = pattern.replace(":id", ids.get(pattern.split("/")[2], "0" * 24))
+            for auth in ({}, {"Authorization": "Bearer " + ADMIN}):
+                get, head = S.request("GET", path, headers=auth), S.request("HEAD", path, headers=auth)
+                self.assertEqual(head.status, get.status, path)
+                self.assertEqual(head.raw, "", path)
+                for h in ("Content-Type", "Cache-Control", "Allow", "Retry-After"):
+                    self.assertEqual(head.header(h), get.header(h), (path, h))
+                self.assertTrue(head.header("X-Trace-Id"), path)
+                # the length of the body GET sends (the metrics change between two reads)
+                if pattern != "/api/metrics":
+                    self.assertEqual(int(head.header("Content-Length")), len(get.raw.encode()), path)
+        # on the wire: nothing after the head, and the connection stays usable
+        with socket.create_connection(("127.0.0.1", S.port), timeout=30) as c:
+            c.sendall(b"HEAD /api/plans HTTP/1.1\r\nHost: t\r\n\r\nGET /api/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            raw = b""
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+        first, rest = raw.split(b"\r\n\r\n", 1)
+        self.assertTrue(first.startswith(b"HTTP/1.1 200"), first)
+        self.assertTrue(rest.startswith(b"HTTP/1.1 200"), rest[:200])
 
     def test_trace_id(self):
         r = S.request("GET", "/api/health", headers={"X-Trace-Id": "my.trace-1_A"})

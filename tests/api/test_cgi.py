@@ -160,6 +160,9 @@ class SharedHosting(unittest.TestCase):
         self.assertEqual(again[1].get("idempotent-replayed"), "true")
         status, _, plan = W.request("GET", "/api/plans/" + p["id"])
         self.assertEqual(plan["subscriptions_left"], 4)
+        # HEAD, as plain CGI answers it: GET's status and headers, no body
+        hstatus, head, hbody = W.request("HEAD", "/api/plans/" + p["id"])
+        self.assertEqual((hstatus, hbody, head.get("content-type")), (200, "", "application/json; charset=utf-8"))
         # the same key with another body is another request: refused, nothing sold
         self.assertEqual(W.purchase(p["id"], key, email="other@example.com")[0], 422)
 

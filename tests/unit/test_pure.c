@@ -250,8 +250,11 @@ static void test_router(void **state)
 	route("GET", "/api/subscriptions/purchase", api_subscriptions_get, "purchase", 0, NULL);
 	route("POST", "/api/subscriptions/x1/cancel", api_subscriptions_cancel, "x1", 0, NULL);
 	route("GET", "/api/customers/c/subscriptions", api_customers_subscriptions, "c", 0, NULL);
-	route("DELETE", "/api/plans", NULL, NULL, 405, "GET, POST");
-	route("PUT", "/api/plans/x", NULL, NULL, 405, "GET, PATCH");
+	route("DELETE", "/api/plans", NULL, NULL, 405, "GET, HEAD, POST");
+	route("PUT", "/api/plans/x", NULL, NULL, 405, "GET, HEAD, PATCH");
+	/* HEAD is GET without the body (RFC 9110) */
+	route("HEAD", "/api/plans/abc", api_plans_get, "abc", 0, NULL);
+	route("HEAD", "/api/customers", NULL, NULL, 405, "POST");
 	route("GET", "/api/plans/", NULL, NULL, 404, NULL);
 	route("GET", "/api/plans//stats", NULL, NULL, 404, NULL);
 	route("GET", "/api/nope", NULL, NULL, 404, NULL);
