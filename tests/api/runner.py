@@ -9,6 +9,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import prism  # noqa: E402
 import stack  # noqa: E402
 
 
@@ -41,6 +42,13 @@ def main():
         passed += max(0, r.testsRun - bad - len(r.skipped))
         skipped += len(r.skipped)
         print("== %s: %.1fs" % (name, time.time() - start), flush=True)
+    if os.environ.get("NUMATIX_TEST_PRISM"):
+        bad = prism.verdict(stack.PRISM_EXCHANGES)
+        print("== prism: %d requests validated against www/openapi.yaml, %d disagreements" %
+              (len(stack.PRISM_EXCHANGES), len(bad)))
+        for b in bad:
+            print("prism: " + b)
+        failed += len(bad)
     print("RESULT %d %d %d" % (passed, failed, skipped))
     return 0 if failed == 0 else 1
 

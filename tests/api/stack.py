@@ -109,6 +109,7 @@ class Stack:
         self.proc = None
 
     def start(self):
+        self.direct_port = self.port
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([os.path.join(ROOT, "scripts", "run.sh")], env=self.env,
                                      stdout=subprocess.PIPE, stderr=self.log)
@@ -122,6 +123,9 @@ class Stack:
             raise RuntimeError("the stack did not start:\n" + self.logs())
         threading.Thread(target=self._drain, daemon=True).start()
         Stack.current = self
+        if os.environ.get("NUMATIX_TEST_PRISM"):
+            self.prism = Prism(self.direct_port)
+            self.port = self.prism.port
         return self
 
     def _drain(self):
@@ -130,6 +134,10 @@ class Stack:
             self.log.flush()
 
     def stop(self):
+        if getattr(self, "prism", None):
+            self.prism.stop()
+            self.prism = None
+            self.port = self.direct_port
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -201,8 +209,11 @@ class Stack:
 
     # --- HTTP ------------------------------------------------------------------------------
 
-    def request(self, method, path, body=None, headers=None, raw=None, timeout=60):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+    def request(self, method, path, body=None, headers=None, raw=None, timeout=60, direct=False):
+        """direct: to nginx itself, past Prism's proxy when the suites run through it; so goes any
+        raw body, bytes a test made by hand (Prism parses bodies itself: see prism.py)."""
+        direct = direct or raw is not None
+        conn = http.client.HTTPConnection("127.0.0.1", self.direct_port if direct else self.port, timeout=timeout)
         h = {}
         if raw is not None:
             data = raw
@@ -271,6 +282,62 @@ class Stack:
         r = self.request("GET", "/api/plans/" + plan_id)
         assert r.status == 200, r
         return r.json
+
+
+class Prism:
+    """Stoplight's Prism (npm, pinned in the lock file) as a validation proxy in front of nginx on
+    loopback: every request and answer is checked against www/openapi.yaml and passed on as it
+    is. Its violations, in either direction, are kept in PRISM_VIOLATIONS for the runner, which
+    counts each as a failure. requests counts what went through."""
+
+    def __init__(self, upstream_port):
+        self.port = free_port()
+        self.log_path = tempfile.mktemp(prefix="numatix-prism-", suffix=".log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([os.path.join(ROOT, "node_modules", ".bin", "prism"), "proxy",
+                                      os.path.join(ROOT, "www", "openapi.yaml"), "http://127.0.0.1:%d" % upstream_port,
+                                      "--host", "127.0.0.1", "--port", str(self.port), "--errors", "false"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        end = time.time() + 120
+        while "Prism is listening" not in open(self.log_path, errors="replace").read():
+            if self.proc.poll() is not None or time.time() > end:
+                raise RuntimeError("prism did not start:\n" + open(self.log_path, errors="replace").read()[-3000:])
+            time.sleep(0.1)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+        text = open(self.log_path, errors="replace").read()
+        os.unlink(self.log_path)
+        PRISM_EXCHANGES.extend(prism_exchanges(text))
+
+
+def prism_exchanges(text):
+    """Prism's log as exchanges: {"request": "post /api/x", "status": 201, "violations": [...]}.
+    Each starts at "Request received"; its answer's status comes on the line naming its path
+    ("The upstream call to /api/x has returned 201"), its violations after it (concurrent
+    exchanges interleave: a violation goes with the last request received)."""
+    out = []
+    for line in text.splitlines():
+        if "[HTTP SERVER]" in line and "Request received" in line:
+            out.append({"request": line.split("[HTTP SERVER]", 1)[1].split("\u2139")[0].strip(), "status": None,
+                        "violations": []})
+        elif "Forwarding" in line and out and "url" not in out[-1]:
+            out[-1]["url"] = line.split(" request to ", 1)[-1].rstrip(".")
+        elif "has returned" in line and "The upstream call to" in line:
+            path = line.split("The upstream call to", 1)[1].split(" has returned")[0].strip()
+            status = int(line.rsplit(" ", 1)[1])
+            for x in reversed(out):
+                if x["status"] is None and x["request"].split(" ", 1)[1].split("?")[0] == path.split("?")[0]:
+                    x["status"] = status
+                    break
+        elif "Violation:" in line and out:
+            out[-1]["violations"].append(line.split("Violation:", 1)[1].strip())
+    return out
+
+
+PRISM_EXCHANGES = []
 
 
 class Clock:

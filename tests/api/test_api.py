@@ -153,8 +153,8 @@ class Routing(Envelope):
         r = S.request("PUT", "/api/plans/" + "0" * 24)
         self.assertError(r, 405, "METHOD_NOT_ALLOWED")
         self.assertEqual(r.header("Allow"), "GET, HEAD, PATCH")
-        self.assertEqual(S.request("HEAD", "/api/subscriptions/purchase").status, 401)
-        r = S.request("HEAD", "/api/customers")
+        self.assertEqual(S.request("HEAD", "/api/subscriptions/purchase", direct=True).status, 401)
+        r = S.request("HEAD", "/api/customers", direct=True)
         self.assertEqual((r.status, r.header("Allow"), r.raw), (405, "POST", ""))
         self.assertEqual(S.request("GET", "/api/subscriptions/purchase").status, 401)
 
@@ -169,7 +169,8 @@ class Routing(Envelope):
         for _, pattern in routes:
             path = pattern.replace(":id", ids.get(pattern.split("/")[2], "0" * 24))
             for auth in ({}, {"Authorization": "Bearer " + ADMIN}):
-                get, head = S.request("GET", path, headers=auth), S.request("HEAD", path, headers=auth)
+                # (Prism answers HEAD with a 500 of its own: past it, straight to nginx)
+                get, head = S.request("GET", path, headers=auth, direct=True), S.request("HEAD", path, headers=auth, direct=True)
                 self.assertEqual(head.status, get.status, path)
                 self.assertEqual(head.raw, "", path)
                 for h in ("Content-Type", "Cache-Control", "Allow", "Retry-After"):
@@ -179,7 +180,7 @@ class Routing(Envelope):
                 if pattern != "/api/metrics":
                     self.assertEqual(int(head.header("Content-Length")), len(get.raw.encode()), path)
         # on the wire: nothing after the head, and the connection stays usable
-        with socket.create_connection(("127.0.0.1", S.port), timeout=30) as c:
+        with socket.create_connection(("127.0.0.1", S.direct_port), timeout=30) as c:
             c.sendall(b"HEAD /api/plans HTTP/1.1\r\nHost: t\r\n\r\nGET /api/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             raw = b""
             while True:
