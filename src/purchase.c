@@ -699,17 +699,25 @@ int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t peri
 	return period_share(new_amount, left, den) - period_share(old_amount, left, den);
 }
 
-/* A plan change keeps its predecessor's period: the start of the period sub is in is that of
- * the purchase that began its chain of changes. */
+/* Whether a subscription's own interval is a whole period of its plan: a purchase, or a change
+ * to a plan of another length, which begins a period of its own. */
+static bool whole_period(const struct subscription *s)
+{
+	return s->end_at - s->start_at >= s->duration_days * DAY_MS;
+}
+
+/* A change to a plan of the same length keeps its predecessor's period: the start of the
+ * period sub is in is that of the subscription of its chain that began it. */
 #define CHAIN_MAX 10000
 static int period_start(struct ledger *lg, const struct subscription *sub, int64_t *start, struct err *e)
 {
 	struct subscription at = {0};
-	char prev[ID_LEN + 1];
+	char prev[ID_LEN + 1] = "";
 	int hops = 0;
 
 	*start = sub->start_at;
-	snprintf(prev, sizeof(prev), "%s", sub->previous_id);
+	if (!whole_period(sub))
+		snprintf(prev, sizeof(prev), "%s", sub->previous_id);
 	while (*prev) {
 		if (++hops > CHAIN_MAX) {
 			err_set(e, ERR_UNAVAILABLE, NULL, "subscription %s: its chain of plan changes has no end", sub->id);
@@ -719,21 +727,33 @@ static int period_start(struct ledger *lg, const struct subscription *sub, int64
 		if (ledger_sub_get(lg, prev, &at, e))
 			return -1;
 		*start = at.start_at;
-		snprintf(prev, sizeof(prev), "%s", at.previous_id);
+		prev[0] = '\0';
+		if (!whole_period(&at))
+			snprintf(prev, sizeof(prev), "%s", at.previous_id);
 	}
 	subscription_clear(&at);
 	return 0;
 }
 
-/* The difference a change of old to a plan costing new_amount a period makes at now. */
-static int change_difference(struct ledger *lg, const struct subscription *old, int64_t new_amount, int64_t now,
-			     int64_t *diff, struct err *e)
+/* What a change of old at now to a plan costing new_amount a period of new_days makes: the
+ * difference to pay (negative: the credit) and the new subscription's end. A plan of the same
+ * length takes the rest of the period (the shares of plan_change_prorate); one of another
+ * length begins a period of its own at now, as Stripe Billing resets the billing cycle when
+ * the interval changes: its whole price, less old's share of what is left. */
+static int change_terms(struct ledger *lg, const struct subscription *old, int64_t new_amount, int64_t new_days,
+			int64_t now, int64_t *diff, int64_t *end, struct err *e)
 {
 	int64_t start;
 
 	if (period_start(lg, old, &start, e))
 		return -1;
-	*diff = plan_change_prorate(new_amount, old->amount_cents, start, old->end_at, now);
+	if (new_days * DAY_MS == old->end_at - start) {
+		*diff = plan_change_prorate(new_amount, old->amount_cents, start, old->end_at, now);
+		*end = old->end_at;
+	} else {
+		*diff = new_amount - plan_change_prorate(old->amount_cents, 0, start, old->end_at, now);
+		*end = now + new_days * DAY_MS;
+	}
 	return 0;
 }
 
@@ -772,7 +792,7 @@ int purchase_credit(struct ledger *lg, const struct actor *a, const struct payme
  * after the unit) recorded, all in one step. */
 static void change_settle(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
 			  const struct subscription *old, const struct payment *charge, int64_t credit, int64_t now,
-			  struct purchase_result *out)
+			  int64_t end, struct purchase_result *out)
 {
 	char token[TOKEN_LEN + 1], hash[65], credit_id[32] = "";
 	struct payment refund;
@@ -788,7 +808,7 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	token_new(sub->id, token);
 	sha256_hex(token, strlen(token), hash);
 	sub->start_at = now;
-	sub->end_at = old->end_at;
+	sub->end_at = end;
 	snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", charge ? charge->id : old->payment_id);
 	snprintf(sub->status, sizeof(sub->status), "active");
 	sub->updated_at = now;
@@ -833,6 +853,17 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	free(detail);
 }
 
+/* The old subscription's period is over: its new hold fails, 409 SUBSCRIPTION_ENDED (any charge
+ * of the attempt refunded with it). */
+static void change_ended(struct ledger *lg, const struct actor *a, const struct attempt *at,
+			 const struct subscription *sub, struct purchase_result *out)
+{
+	struct reply r = lg->replies->refused("SUBSCRIPTION_ENDED", a->trace_id);
+
+	change_release(lg, a, at, sub, &r, out);
+	free(r.body);
+}
+
 /* A plan change's payment: the prorated difference charged, or credited after the last unit. */
 static void change_pay(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
 		       const char *method, struct purchase_result *out)
@@ -840,7 +871,7 @@ static void change_pay(struct ledger *lg, const struct actor *a, const struct at
 	struct subscription old = {0};
 	struct processor_rec pr;
 	struct payment charge;
-	int64_t diff, now;
+	int64_t diff, now, end;
 
 	if (ledger_sub_get(lg, sub->previous_id, &old, &out->err)) {
 		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
@@ -849,13 +880,11 @@ static void change_pay(struct ledger *lg, const struct actor *a, const struct at
 	now = now_ms();
 	if (old.end_at <= now) {
 		/* its period ended while the new plan's seats were held: nothing is left to change */
-		struct reply r = lg->replies->refused("SUBSCRIPTION_ENDED", a->trace_id);
-		change_release(lg, a, at, sub, &r, out);
-		free(r.body);
-	} else if (change_difference(lg, &old, sub->amount_cents, now, &diff, &out->err)) {
+		change_ended(lg, a, at, sub, out);
+	} else if (change_terms(lg, &old, sub->amount_cents, sub->duration_days, now, &diff, &end, &out->err)) {
 		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
 	} else if (diff <= 0) {
-		change_settle(lg, a, at, sub, &old, NULL, -diff, now, out);
+		change_settle(lg, a, at, sub, &old, NULL, -diff, now, end, out);
 	} else if (!method) {
 		/* the price rose between the check and the hold: there is now something to charge */
 		struct reply r = lg->replies->invalid("paymentMethodId", "is required: the new plan costs more for the days left",
@@ -865,9 +894,12 @@ static void change_pay(struct ledger *lg, const struct actor *a, const struct at
 	} else if (payment_charge(lg->store, at->key, diff, method, lg->payment_latency_ms, &pr, &out->err)) {
 		LOG_WARN(a->trace_id, "charge for %s: %s", sub->id, out->err.msg);
 		refused(out, out->err.kind, NULL, out->err.msg);
+	} else if (pr.state == PROC_CHARGED && old.end_at <= now_ms()) {
+		/* the period ended while the difference was charged: the charge goes back with the seats */
+		change_ended(lg, a, at, sub, out);
 	} else if (pr.state == PROC_CHARGED) {
 		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now_ms());
-		change_settle(lg, a, at, sub, &old, &charge, 0, now, out);
+		change_settle(lg, a, at, sub, &old, &charge, 0, now, end, out);
 	} else if (pr.state == PROC_DECLINED) {
 		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "declined", pr.decline_code,
 			   pr.amount_cents, now_ms());
@@ -904,7 +936,8 @@ void plan_change(struct ledger *lg, const struct actor *a, const struct change_r
 	}
 	/* Something to charge needs a payment method: told before anything is held. */
 	if (!c->payment_method && !strcmp(old.status, "active")) {
-		if (change_difference(lg, &old, plan.price_cents * old.quantity, now, &diff, &out->err)) {
+		int64_t end;
+		if (change_terms(lg, &old, plan.price_cents * old.quantity, plan.duration_days, now, &diff, &end, &out->err)) {
 			refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
 			goto out;
 		}

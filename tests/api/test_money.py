@@ -11,6 +11,8 @@ refunds, read from the audit trail by each request's trace id) is the sum of tho
 import datetime
 import os
 import random
+import threading
+import time
 import unittest
 import uuid
 
@@ -73,10 +75,19 @@ class Chain:
                       {"Authorization": "Bearer " + old["accessToken"], "Idempotency-Key": str(uuid.uuid4()),
                        "X-Trace-Id": self._trace()})
         self.tc.assertEqual(r.status, 200, r)
-        self.tc.assertEqual(ms(r.json["endDate"]), self.end, "a change keeps the period's end")
         # the new subscription starts at the instant the difference was reckoned for
-        left = self.end - ms(r.json["startDate"])
-        self.expected += share(r.json["amount_cents"], left, self.period) - share(old["amount_cents"], left, self.period)
+        at = ms(r.json["startDate"])
+        left, days = self.end - at, plan["duration_days"] * DAY * 1000
+        if days == self.period:
+            # a plan of the same length takes the rest of the period
+            self.tc.assertEqual(ms(r.json["endDate"]), self.end, "a change keeps the period's end")
+            self.expected += share(r.json["amount_cents"], left, self.period) - share(old["amount_cents"], left, self.period)
+        else:
+            # one of another length begins a period of its own: its whole price, less the old
+            # plan's share of what is left
+            self.tc.assertEqual(ms(r.json["endDate"]), at + days, "a plan of another length begins its own period")
+            self.expected += r.json["amount_cents"] - share(old["amount_cents"], left, self.period)
+            self.start, self.end, self.period = at, at + days, days
         self.sub = r.json
         return r
 
@@ -115,6 +126,24 @@ class PlanChangeMoney(unittest.TestCase):
         chain.assert_paid("A, B, A")
         ok, out = S.check()
         self.assertTrue(ok, out)
+
+    def test_a_plan_of_another_length_begins_its_own_period(self):
+        # found in review: a year at 36,500 changed at once to a 30-day plan at 3,000 kept the
+        # year's end, and the buyer held the monthly plan a year for 3,000
+        year = S.create_plan(capacity=5, price=36500, duration_days=365)
+        month = S.create_plan(capacity=5, price=3000, duration_days=30)
+        chain = Chain(self, year)
+        down = chain.change(month)
+        self.assertEqual(ms(down.json["endDate"]) - ms(down.json["startDate"]), 30 * DAY * 1000)
+        captured, refunded = money(chain.traces[1])
+        self.assertEqual(captured, 0)
+        self.assertLessEqual(refunded, 36500 - 3000)
+        chain.assert_paid("a year, then a month")
+        chain = Chain(self, month)
+        CLOCK.advance(10 * DAY)
+        up = chain.change(year)
+        self.assertEqual(ms(up.json["endDate"]) - ms(up.json["startDate"]), 365 * DAY * 1000)
+        chain.assert_paid("10 days of a month, then a year")
 
     def test_a_period_that_ended_never_changes_plan(self):
         # issue 22.2: 31 days past a 30-day end, a change to a dear yearly plan was free and
@@ -156,6 +185,54 @@ class PlanChangeMoney(unittest.TestCase):
                 chain.change(rnd.choice([p for p in plans if p["id"] != chain.sub["planId"]]))
                 chain.assert_paid("%s, step %d" % (what, step))
             chain.assert_paid(what)
+        ok, out = S.check()
+        self.assertTrue(ok, out)
+
+
+class PeriodEndsWhileTheChangePays(unittest.TestCase):
+    """Found in review: a change whose period ended while its difference was being charged still
+    went through, for a period already over. The payment takes seconds here; the clock moves past
+    the end once the new plan's seats are held, and the change must end 409 SUBSCRIPTION_ENDED
+    with the seats back and the charge refunded."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.clock = Clock()
+        # the hold outlives the jump of the clock: only the period ends meanwhile
+        cls.S = Stack(NUMATIX_PAYMENT_LATENCY_MS=8000, NUMATIX_HOLD_TTL=DAY, **cls.clock.env()).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+        cls.clock.cleanup()
+
+    def test_the_change_is_refused_and_refunded(self):
+        S = self.S
+        a = S.create_plan(capacity=5, price=100, duration_days=1)
+        b = S.create_plan(capacity=5, price=1000000, duration_days=1)
+        sub = S.purchase(a["id"]).json
+        self.clock.advance(DAY - 1800)   # half an hour of the period left
+        trace = "money-" + uuid.uuid4().hex
+        out = []
+        t = threading.Thread(target=lambda: out.append(S.request(
+            "POST", "/api/subscriptions/%s/change-plan" % sub["id"], {"planId": b["id"], "paymentMethodId": "pm_card_visa"},
+            {"Authorization": "Bearer " + sub["accessToken"], "Idempotency-Key": str(uuid.uuid4()), "X-Trace-Id": trace})))
+        t.start()
+        end = time.time() + 60
+        while S.plan(b["id"])["subscriptions_held"] == 0 and t.is_alive() and time.time() < end:
+            time.sleep(0.05)
+        self.assertEqual(S.plan(b["id"])["subscriptions_held"], 1, "the new plan's seat held while the difference is charged")
+        self.clock.advance(3600)
+        t.join()
+        r = out[0]
+        self.assertEqual((r.status, r.json["code"]), (409, "SUBSCRIPTION_ENDED"), r)
+        self.assertEqual((S.plan(b["id"])["subscriptions_left"], S.plan(b["id"])["subscriptions_held"]), (5, 0))
+        logs = S.admin("GET", "/api/audit-logs?limit=100&traceId=" + trace).json["logs"]
+        captured = sum(l["after"]["amount_cents"] for l in logs if l["action"] == "payment.succeeded")
+        refunded = sum(l["after"]["amount_cents"] for l in logs if l["action"] == "payment.refunded")
+        self.assertEqual(captured, refunded)
+        g = S.request("GET", "/api/subscriptions/" + sub["id"], headers={"Authorization": "Bearer " + sub["accessToken"]})
+        self.assertEqual((g.json["status"], g.json["planId"]), ("active", a["id"]))
         ok, out = S.check()
         self.assertTrue(ok, out)
 
