@@ -19,9 +19,8 @@
 
 #define LEASE_MS 20000           /* renewed before each delivery, which takes at most WEBHOOK_TIMEOUT_S */
 #define FEED_PAGE 100
-#define PASS_BUDGET 500           /* deliveries per endpoint per pass */
-#define PASS_MS 30000             /* no delivery starts later in a pass: endpoints made meanwhile join the next */
-#define LOOK_AGAIN_MS 1000        /* an endpoint with nothing due looks again while others deliver */
+#define PASS_BUDGET 10000         /* deliveries of one pass, all endpoints together */
+#define LOOK_AGAIN_MS 1000        /* while a pass runs: endpoints listed again, idle ones look for events */
 
 int webhook_create(struct ledger *lg, const char *url, const char *events, const char *description,
 		   struct webhook *out, struct err *e)
@@ -186,14 +185,14 @@ struct sender {
 	int64_t retry_ms;
 	bool (*stop)(void);
 	struct deliver_stats *st;
-	int64_t until;                /* no delivery starts after this: the pass ends */
+	int budget;                   /* deliveries this pass may still start */
 	bool lost;                    /* the lease went to another sender */
 };
 
 /* One endpoint's part of a pass: its events in feed order, one in flight at a time, while
  * every other endpoint's go on beside it (a slow receiver holds up only its own). */
 struct lane {
-	const struct webhook *w;
+	struct webhook w;             /* its endpoint as last listed (owned) */
 	CURL *curl;
 	struct curl_slist *headers;
 	char *body;
@@ -202,8 +201,8 @@ struct lane {
 	struct delivery d;            /* the attempt in flight */
 	int64_t cursor, kept;         /* events passed up to; the cursor the store keeps */
 	int64_t look_at;              /* while idle: when to look for events again */
-	int budget;
 	bool busy, closed;            /* closed: nothing more this pass */
+	bool listed;                  /* seen in the last listing */
 };
 
 static void lane_page_clear(struct lane *l)
@@ -231,7 +230,7 @@ static int lane_start(struct sender *x, struct lane *l, CURLM *m, struct err *e)
 	for (;;) {
 		struct audit_event *ev;
 
-		if (l->budget <= 0 || x->lost || now >= x->until || (x->stop && x->stop())) {
+		if (x->budget <= 0 || x->lost || (x->stop && x->stop())) {
 			l->closed = true;
 			return 0;
 		}
@@ -245,13 +244,13 @@ static int lane_start(struct sender *x, struct lane *l, CURLM *m, struct err *e)
 			}
 		}
 		ev = &l->page[l->at];
-		if (!webhook_takes(l->w->events, ev->action)) {
+		if (!webhook_takes(l->w.events, ev->action)) {
 			l->cursor = ev->seq;   /* not its kind: passed over */
 			l->at++;
 			continue;
 		}
 		memset(&l->d, 0, sizeof(l->d));
-		if (delivery_of(x->lg, l->w->id, ev->seq, &l->d, &had, e))
+		if (delivery_of(x->lg, l->w.id, ev->seq, &l->d, &had, e))
 			return -1;
 		if (had && l->d.next_attempt_at > now) {
 			lane_idle(l, now, l->d.next_attempt_at);
@@ -266,13 +265,13 @@ static int lane_start(struct sender *x, struct lane *l, CURLM *m, struct err *e)
 			return 0;
 		}
 		if (!had) {
-			snprintf(l->d.endpoint_id, sizeof(l->d.endpoint_id), "%s", l->w->id);
+			snprintf(l->d.endpoint_id, sizeof(l->d.endpoint_id), "%s", l->w.id);
 			l->d.seq = ev->seq;
 			snprintf(l->d.event_id, sizeof(l->d.event_id), "%s", ev->id);
 			l->d.first_attempt_at = now;
 		}
 		l->body = event_body(ev);
-		post_prepare(l->curl, l->w, ev->id, l->body, &l->headers);
+		post_prepare(l->curl, &l->w, ev->id, l->body, &l->headers);
 		curl_easy_setopt(l->curl, CURLOPT_PRIVATE, l);
 		if (curl_multi_add_handle(m, l->curl) != CURLM_OK) {
 			err_set(e, ERR_INTERNAL, NULL, "curl_multi_add_handle failed");
@@ -302,7 +301,7 @@ static int lane_finish(struct sender *x, struct lane *l, CURLM *m, CURLcode res,
 	d->attempts++;
 	d->updated_at = now = now_ms();
 	d->next_attempt_at = 0;
-	l->budget--;
+	x->budget--;
 	if (!d->last_error[0]) {
 		snprintf(d->state, sizeof(d->state), "delivered");
 		l->cursor = d->seq;
@@ -312,7 +311,7 @@ static int lane_finish(struct sender *x, struct lane *l, CURLM *m, CURLcode res,
 		snprintf(d->state, sizeof(d->state), "failed");
 		disable = true;
 		x->st->failed++;
-		LOG_WARN(NULL, "webhook %s answered 410 Gone: disabled", l->w->id);
+		LOG_WARN(NULL, "webhook %s answered 410 Gone: disabled", l->w.id);
 	} else if (webhook_retry(d->attempts, d->first_attempt_at, now, x->retry_ms, &d->next_attempt_at)) {
 		snprintf(d->state, sizeof(d->state), "pending");
 		go = false;
@@ -321,10 +320,10 @@ static int lane_finish(struct sender *x, struct lane *l, CURLM *m, CURLcode res,
 		snprintf(d->state, sizeof(d->state), "failed");
 		l->cursor = d->seq;
 		x->st->failed++;
-		LOG_WARN(NULL, "webhook %s: event %" PRId64 " failed after %d attempts (%s)", l->w->id, d->seq,
+		LOG_WARN(NULL, "webhook %s: event %" PRId64 " failed after %d attempts (%s)", l->w.id, d->seq,
 			 d->attempts, d->last_error);
 	}
-	if (x->lg->store->ops->webhook_advance(x->lg->store, l->w->id, d, l->cursor, disable, e))
+	if (x->lg->store->ops->webhook_advance(x->lg->store, l->w.id, d, l->cursor, disable, e))
 		return -1;
 	l->kept = l->cursor;
 	if (disable) {
@@ -340,13 +339,77 @@ static int lane_finish(struct sender *x, struct lane *l, CURLM *m, CURLcode res,
 	return lane_start(x, l, m, e);
 }
 
-/* Every enabled endpoint's lane, until none has a delivery in flight: each in feed order and
- * concurrently with the others; an idle one looks for new events every LOOK_AGAIN_MS. */
-static int run_lanes(struct sender *x, struct lane *lanes, size_t n, CURLM *m, struct err *e)
+/* Ends a lane's transfer in flight, unrecorded (its endpoint is gone). */
+static void lane_abort(struct lane *l, CURLM *m)
 {
+	if (!l->busy)
+		return;
+	curl_multi_remove_handle(m, l->curl);
+	l->busy = false;
+	curl_slist_free_all(l->headers);
+	l->headers = NULL;
+	free(l->body);
+	l->body = NULL;
+}
+
+static void lane_free(struct lane *l, CURLM *m)
+{
+	lane_abort(l, m);
+	lane_page_clear(l);
+	curl_easy_cleanup(l->curl);
+	webhook_clear(&l->w);
+}
+
+/* The lanes as the store lists the endpoints now: a new enabled endpoint gets one (from its
+ * cursor), one deleted or disabled is closed, its transfer in flight dropped. */
+static int lanes_list(struct sender *x, struct lane *lanes, size_t *n, CURLM *m, struct err *e)
+{
+	struct webhook *all = NULL;
+	size_t na = 0;
+
+	if (ledger_webhook_list(x->lg, &all, &na, e))
+		return -1;
+	for (size_t i = 0; i < *n; i++)
+		lanes[i].listed = false;
+	for (size_t j = 0; j < na; j++) {
+		size_t i;
+		for (i = 0; i < *n && strcmp(lanes[i].w.id, all[j].id); i++)
+			;
+		if (i < *n) {
+			lanes[i].listed = !strcmp(all[j].status, "enabled");
+		} else if (!strcmp(all[j].status, "enabled") && *n < WEBHOOKS_MAX) {
+			struct lane *l = &lanes[(*n)++];
+			*l = (struct lane){.w = all[j], .cursor = all[j].cursor, .kept = all[j].cursor, .listed = true};
+			memset(&all[j], 0, sizeof(all[j]));      /* its strings now the lane's */
+			if (!(l->curl = curl_easy_init())) {
+				err_set(e, ERR_INTERNAL, NULL, "curl_easy_init failed");
+				(*n)--;
+				webhook_clear(&l->w);
+				break;
+			}
+		}
+	}
+	for (size_t j = 0; j < na; j++)
+		webhook_clear(&all[j]);
+	free(all);
+	for (size_t i = 0; i < *n; i++)
+		if (!lanes[i].listed && !lanes[i].closed) {
+			lane_abort(&lanes[i], m);
+			lanes[i].closed = true;
+		}
+	return e->kind == ERR_NONE ? 0 : -1;
+}
+
+/* Every enabled endpoint's lane, each in feed order and concurrently with the others, while any
+ * has a delivery in flight: meanwhile the endpoints are listed again and idle lanes look for new
+ * events every LOOK_AGAIN_MS, so a slow receiver never holds up another's events, and an
+ * endpoint made or deleted during a pass joins or leaves it within that time. */
+static int run_lanes(struct sender *x, struct lane *lanes, size_t *n, CURLM *m, struct err *e)
+{
+	int64_t listed_at = now_ms();
 	bool busy;
 
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < *n; i++)
 		if (lane_start(x, &lanes[i], m, e))
 			return -1;
 	do {
@@ -367,8 +430,13 @@ static int run_lanes(struct sender *x, struct lane *lanes, size_t n, CURLM *m, s
 				return -1;
 		}
 		now = now_ms();
+		if (now - listed_at >= LOOK_AGAIN_MS) {
+			if (lanes_list(x, lanes, n, m, e))
+				return -1;
+			listed_at = now;
+		}
 		busy = false;
-		for (size_t i = 0; i < n; i++) {
+		for (size_t i = 0; i < *n; i++) {
 			struct lane *l = &lanes[i];
 			if (!l->busy && !l->closed && l->look_at <= now && lane_start(x, l, m, e))
 				return -1;
@@ -386,12 +454,11 @@ int webhook_deliver(struct ledger *lg, const char *holder, int64_t retry_ms, boo
 		    struct deliver_stats *st, struct err *e)
 {
 	struct store *s = lg->store;
-	struct webhook *all = NULL;
 	struct lane *lanes = NULL;
-	struct sender x = {lg, holder, retry_ms, stop, st, 0, false};
+	struct sender x = {lg, holder, retry_ms, stop, st, PASS_BUDGET, false};
 	int64_t now = now_ms();
 	CURLM *m = NULL;
-	size_t n = 0, k = 0;
+	size_t n = 0;
 	bool taken;
 	int rc = -1;
 
@@ -401,46 +468,29 @@ int webhook_deliver(struct ledger *lg, const char *holder, int64_t retry_ms, boo
 	if (!taken)
 		return 0;
 	st->ran = true;
-	x.until = now + PASS_MS;
-	if (ledger_webhook_list(lg, &all, &n, e))
-		goto out;
-	lanes = xcalloc(n ? n : 1, sizeof(*lanes));
+	lanes = xcalloc(WEBHOOKS_MAX, sizeof(*lanes));
 	if (!(m = curl_multi_init())) {
 		err_set(e, ERR_INTERNAL, NULL, "curl_multi_init failed");
 		goto out;
 	}
-	for (size_t i = 0; i < n; i++) {
-		if (strcmp(all[i].status, "enabled"))
-			continue;
-		lanes[k] = (struct lane){.w = &all[i], .cursor = all[i].cursor, .kept = all[i].cursor, .budget = PASS_BUDGET};
-		if (!(lanes[k++].curl = curl_easy_init())) {
-			err_set(e, ERR_INTERNAL, NULL, "curl_easy_init failed");
-			goto out;
-		}
-	}
-	rc = run_lanes(&x, lanes, k, m, e);
+	if (lanes_list(&x, lanes, &n, m, e))
+		goto out;
+	rc = run_lanes(&x, lanes, &n, m, e);
 out:
-	for (size_t i = 0; i < k; i++) {
+	for (size_t i = 0; i < n; i++) {
 		struct lane *l = &lanes[i];
 		struct err ae = {0};
-		if (l->busy)
-			curl_multi_remove_handle(m, l->curl);
 		/* events passed over since the last step kept: the cursor moves past them too */
-		if (rc == 0 && l->cursor > l->kept && s->ops->webhook_advance(s, l->w->id, NULL, l->cursor, false, &ae)) {
+		if (rc == 0 && l->listed && l->cursor > l->kept &&
+		    s->ops->webhook_advance(s, l->w.id, NULL, l->cursor, false, &ae)) {
 			*e = ae;
 			rc = -1;
 		}
-		curl_slist_free_all(l->headers);
-		free(l->body);
-		lane_page_clear(l);
-		curl_easy_cleanup(l->curl);
+		lane_free(l, m);
 	}
 	free(lanes);
 	if (m)
 		curl_multi_cleanup(m);
-	for (size_t i = 0; i < n; i++)
-		webhook_clear(&all[i]);
-	free(all);
 	{
 		/* Give the lease back, so the next pass (from any machine) need not wait it out. */
 		struct err ignored = {0};

@@ -189,7 +189,7 @@ class Webhooks(unittest.TestCase):
         self.addCleanup(fast.close)
         start = S.feed_head()
         slow_ep = self.endpoint(slow)
-        self.endpoint(fast)
+        fast_ep = self.endpoint(fast)
         p = S.create_plan(capacity=5)
         for _ in range(3):
             self.assertEqual(S.purchase(p["id"]).status, 201)
@@ -198,9 +198,22 @@ class Webhooks(unittest.TestCase):
         until(lambda: fast.delivered() == want, what="the fast receiver served while the slow one hangs")
         self.assertFalse(slow.got)
         self.assertEqual(S.admin("GET", "/api/webhook-endpoints/%s/deliveries" % slow_ep["id"]).json["deliveries"], [])
+        # found in review: an endpoint made during a pass waited for the next one, and a deleted
+        # one kept receiving until the pass ended. While the slow one still hangs: the fast one
+        # is deleted, a late one made, and only the late one gets what comes next
+        S.admin("DELETE", "/api/webhook-endpoints/" + fast_ep["id"])
+        late = Receiver()
+        self.addCleanup(late.close)
+        head = S.feed_head()
+        self.endpoint(late)
+        S.purchase(p["id"])
+        later = [(e["id"], e["seq"], e["type"]) for e in S.events_after(head)]
+        until(lambda: late.delivered() == later, what="the endpoint made during the pass served")
+        self.assertEqual(fast.delivered(), want, "a deleted endpoint got more")
+        self.assertFalse(slow.got)
         slow.release.set()
-        until(lambda: slow.delivered() == want, what="the slow receiver's events, in order")
-        self.assertEqual((slow.bad, fast.bad), ([], []))
+        until(lambda: slow.delivered() == want + later, what="the slow receiver's events, in order")
+        self.assertEqual((slow.bad, fast.bad, late.bad), ([], [], []))
 
     def test_refusals(self):
         bad = [{"url": "ftp://x/y", "events": ["*"]}, {"url": "not a url", "events": ["*"]},
