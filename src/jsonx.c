@@ -1,11 +1,56 @@
 /* jsonx.c - strict parsing of request bodies and the canonical form used in fingerprints. */
 #include "jsonx.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
+
+/* The value of the four hex digits at p, or -1. */
+static long hex4(const char *p, const char *end)
+{
+	long v = 0;
+
+	if (end - p < 4)
+		return -1;
+	for (int i = 0; i < 4; i++) {
+		int c = p[i], d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+				  c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+		if (d < 0)
+			return -1;
+		v = v * 16 + d;
+	}
+	return v;
+}
+
+/* Whether a string of the JSON text escapes half of a surrogate pair alone (\ud800 with no low
+ * half after it, or a low half alone): no character at all, which json-c would quietly read as
+ * U+FFFD, so that two different texts would become one. */
+static bool lone_surrogate(const char *p, size_t len)
+{
+	const char *end = p + len;
+	bool in_string = false;
+
+	for (; p < end; p++) {
+		if (*p == '"') {
+			in_string = !in_string;
+		} else if (in_string && *p == '\\' && p + 1 < end) {
+			long v = p[1] == 'u' ? hex4(p + 2, end) : -1;
+			if (v >= 0xdc00 && v <= 0xdfff)
+				return true;
+			if (v >= 0xd800 && v <= 0xdbff) {
+				long lo = p + 7 < end && p[6] == '\\' && p[7] == 'u' ? hex4(p + 8, end) : -1;
+				if (lo < 0xdc00 || lo > 0xdfff)
+					return true;
+				p += 6;        /* the low half, taken with its high one */
+			}
+			p++;                   /* the escaped character */
+		}
+	}
+	return false;
+}
 
 int jsonx_parse(const char *buf, size_t len, struct json_object **out, char *reason, size_t rlen)
 {
@@ -18,6 +63,10 @@ int jsonx_parse(const char *buf, size_t len, struct json_object **out, char *rea
 	*out = NULL;
 	if (len > (size_t)INT32_MAX || memchr(buf, '\0', len)) {
 		snprintf(reason, rlen, "body contains a NUL byte");
+		goto out;
+	}
+	if (lone_surrogate(buf, len)) {
+		snprintf(reason, rlen, "body escapes half of a UTF-16 surrogate pair alone (\\uD800-\\uDFFF), which is no character");
 		goto out;
 	}
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);

@@ -26,7 +26,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sched.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -450,12 +449,25 @@ static int gate_sync(struct gate *g, int wal_fd, uint64_t seq, struct err *e)
 		if (__atomic_load_n(&g->broken, __ATOMIC_ACQUIRE))
 			break;
 		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (__atomic_load_n(&g->committed, __ATOMIC_ACQUIRE) < seq) {
+			/* a commit numbered, not yet written (a reader waits for one it may have seen):
+			 * its writer holds the writers' gate until it is. Taking the gate waits for that,
+			 * or takes over from a writer that died in its COMMIT; under the gate no commit
+			 * is half made, so every one numbered is as written as it will ever be. */
+			if (shared_lock(&g->lock)) {
+				err_set(e, ERR_RETRYABLE, NULL, "sqlite: other writers held the store for %d ms", BUSY_TIMEOUT_MS);
+				return -1;
+			}
+			target = __atomic_load_n(&g->announced, __ATOMIC_ACQUIRE);
+			if (target > __atomic_load_n(&g->committed, __ATOMIC_RELAXED))
+				__atomic_store_n(&g->committed, target, __ATOMIC_RELEASE);
+			pthread_mutex_unlock(&g->lock);
+		}
 		if (now.tv_sec > deadline.tv_sec || shared_lock(&g->sync_lock)) {
 			err_set(e, ERR_RETRYABLE, NULL, "sqlite: the WAL could not be synced within %d ms", BUSY_TIMEOUT_MS);
 			return -1;
 		}
-		/* every commit counted so far has written its frames: this sync covers them all (a
-		 * reader may wait for one announced and not yet written: it syncs again) */
+		/* every commit counted so far has written its frames: this sync covers them all */
 		target = __atomic_load_n(&g->committed, __ATOMIC_ACQUIRE);
 		if (__atomic_load_n(&g->synced, __ATOMIC_ACQUIRE) >= seq || __atomic_load_n(&g->broken, __ATOMIC_ACQUIRE)) {
 			/* covered, or broken, while we waited for the lock */
@@ -465,8 +477,6 @@ static int gate_sync(struct gate *g, int wal_fd, uint64_t seq, struct err *e)
 			__atomic_store_n(&g->broken, 1, __ATOMIC_RELEASE);
 		} else if (target > __atomic_load_n(&g->synced, __ATOMIC_RELAXED)) {
 			__atomic_store_n(&g->synced, target, __ATOMIC_RELEASE);
-		} else if (target < seq) {
-			sched_yield();   /* the commit waited for is still being written */
 		}
 		pthread_mutex_unlock(&g->sync_lock);
 	}

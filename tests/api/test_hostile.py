@@ -302,10 +302,15 @@ class Hostile(unittest.TestCase):
         raw = subprocess.run(["curl", "-fsS", "-H", "Authorization: Bearer " + ADMIN,
                               "http://127.0.0.1:%d/api/plans?status=all" % S.direct_port], capture_output=True, check=True).stdout
         json.loads(raw.decode("utf-8", errors="strict"))
-        # a lone surrogate escaped (\ud800) is read as U+FFFD by json-c: stored as valid text
-        r = S.admin("POST", "/api/plans", raw=b'{"name":"Lone \\ud800 %s","price_cents":1,"total_capacity":1}' %
+        # half a surrogate pair escaped alone (\ud800) is no character either (json-c would have
+        # read it as U+FFFD, so that two different names became one): refused, nothing stored
+        for esc in (b"\\ud800", b"\\udc00x", b"\\udbff\\u0041"):
+            r = S.admin("POST", "/api/plans", raw=b'{"name":"Lone %s %s","price_cents":1,"total_capacity":1}' %
+                        (esc, uuid.uuid4().hex[:6].encode()), headers={"Content-Type": "application/json"})
+            self.assertEqual((r.status, r.json["code"]), (400, "VALIDATION_ERROR"), (esc, r))
+        r = S.admin("POST", "/api/plans", raw=b'{"name":"Pair \\ud83c\\udf9f %s","price_cents":1,"total_capacity":1}' %
                     uuid.uuid4().hex[:6].encode(), headers={"Content-Type": "application/json"})
-        self.assertEqual((r.status, r.json["name"][:6]), (201, "Lone \ufffd"), r)
+        self.assertEqual((r.status, r.json["name"][:6]), (201, "Pair \U0001f39f"), r)
         # well-formed text of every length of character still passes
         ok = S.admin("POST", "/api/plans", {"name": "Ünïcode € \U0001f39f " + uuid.uuid4().hex[:6], "price_cents": 1,
                                              "total_capacity": 1})

@@ -58,6 +58,14 @@ static void test_jsonx_parse(void **state)
 	parse_fails("{\"a\":\"\xc3\x28\"}", 10, "not valid JSON");
 	parse_fails("{\"a\":1}\0", 8, "NUL");
 	parse_fails("", 0, "not valid JSON");
+	/* half a surrogate pair escaped alone is no character (json-c would read U+FFFD) */
+	parse_fails("{\"a\":\"x\\ud800\"}", 14, "surrogate");
+	parse_fails("{\"a\":\"\\udc00\"}", 13, "surrogate");
+	parse_fails("{\"a\":\"\\ud800\\u0041\"}", 19, "surrogate");
+	parse_fails("{\"\\udbff\":1}", 12, "surrogate");
+	o = parse("{\"a\":\"\\ud83c\\udf9f \\\\ud800 \\u00e9\"}");   /* a pair, an escaped backslash */
+	assert_string_equal(json_object_get_string(json_object_object_get(o, "a")), "\xf0\x9f\x8e\x9f \\ud800 \xc3\xa9");
+	json_object_put(o);
 	memset(deep, '[', 100);
 	memset(deep + 100, ']', 100);
 	parse_fails(deep, 200, "nested too deeply");
