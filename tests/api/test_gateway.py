@@ -54,7 +54,7 @@ class Cgi(unittest.TestCase):
         st, _, lst = cgi(dict(self.env, REQUEST_METHOD="GET", PATH_INFO="/api/plans", QUERY_STRING="status=all"))
         self.assertEqual((st, lst["count"]), (200, 1))
         st, h, err = cgi(dict(self.env, REQUEST_METHOD="DELETE", PATH_INFO="/api/plans"))
-        self.assertEqual((st, err["code"], h["Allow"]), (405, "METHOD_NOT_ALLOWED", "GET, POST"))
+        self.assertEqual((st, err["code"], h["Allow"]), (405, "METHOD_NOT_ALLOWED", "GET, HEAD, POST"))
         st, _, err = cgi(dict(self.env, REQUEST_METHOD="POST", PATH_INFO="/api/plans",
                               HTTP_AUTHORIZATION="Bearer " + ADMIN), b"{")
         self.assertEqual((st, err["code"]), (400, "VALIDATION_ERROR"))

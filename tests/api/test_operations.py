@@ -199,7 +199,7 @@ class Cors(unittest.TestCase):
     def test_options_without_cors_lists_the_methods(self):
         r = S.request("OPTIONS", "/api/plans")
         self.assertEqual(r.status, 204)
-        self.assertEqual(set(r.header("Allow").split(", ")), {"GET", "POST"})
+        self.assertEqual(set(r.header("Allow").split(", ")), {"GET", "HEAD", "POST"})
         self.assertEqual(S.request("OPTIONS", "/api/nothing-here").status, 404)
 
 
