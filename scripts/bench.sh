@@ -137,7 +137,8 @@ STATIC=$RATE
 rate 64 $GET "$BASE/api/plans"
 PLANS=$RATE
 PLANS_LAT=$LAT
-MASTER=$(pgrep -f "$STACK_ROOT/cgi-bin/numatix serve" | head -n1)
+# this stack's own master: run.sh's child (another server of the same tree may be stopping)
+MASTER=$(pgrep -P "$STACK_PID" -f "cgi-bin/numatix serve" | head -n1)
 worker_rss() {
 	for c in $(pgrep -P "$MASTER"); do
 		[ "$(cat /proc/$c/comm)" = numatix ] && awk '/^VmRSS/ {print $2}' /proc/$c/status
