@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ids.h"
+#include "trace.h"
 #include "util.h"
 
 static char *param_dup(char **envp, const char *name)
@@ -46,16 +47,24 @@ void request_init(struct request *rq, char **envp)
 		long n = strtol(v, &end, 10);
 		rq->content_length = (*end || n < 0) ? -1 : n;
 	}
-	if ((v = FCGX_GetParam("HTTP_X_TRACE_ID", envp)) && trace_id_valid(v))
+	snprintf(rq->trace_flags, sizeof(rq->trace_flags), "01");   /* a trace of ours: recorded (sampled) */
+	if (traceparent_parse(FCGX_GetParam("HTTP_TRACEPARENT", envp), rq->trace_id, rq->trace_flags)) {
+		if ((v = FCGX_GetParam("HTTP_TRACESTATE", envp)) && tracestate_valid(v))
+			rq->tracestate = xstrdup(v);
+	} else if ((v = FCGX_GetParam("HTTP_X_TRACE_ID", envp)) && trace_id_valid(v)) {
 		snprintf(rq->trace_id, sizeof(rq->trace_id), "%s", v);
-	else if ((v = FCGX_GetParam("REQUEST_ID", envp)) && trace_id_valid(v))
+	} else if ((v = FCGX_GetParam("REQUEST_ID", envp)) && trace_id_valid(v)) {
 		snprintf(rq->trace_id, sizeof(rq->trace_id), "%s", v);
-	else
-		uuid_new(rq->trace_id);
+	} else {
+		span_new(rq->trace_id);
+		span_new(rq->trace_id + SPAN_ID_LEN);
+	}
+	span_new(rq->span_id);
 }
 
 void request_free(struct request *rq)
 {
+	free(rq->tracestate);
 	free(rq->method);
 	free(rq->path);
 	free(rq->query);
@@ -302,37 +311,41 @@ static void cors_head(const struct response *rs, char *out, size_t len)
 		snprintf(out, len,
 			 "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n"
 			 "Access-Control-Allow-Methods: %s\r\n"
-			 "Access-Control-Allow-Headers: Authorization, Content-Type, Idempotency-Key, X-Trace-Id\r\n"
+			 "Access-Control-Allow-Headers: Authorization, Content-Type, Idempotency-Key, X-Trace-Id, traceparent, tracestate\r\n"
 			 "Access-Control-Max-Age: 600\r\n",
 			 rs->cors_origin, rs->allow);
 	else
 		snprintf(out, len,
 			 "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n"
-			 "Access-Control-Expose-Headers: X-Trace-Id, Retry-After, Idempotent-Replayed\r\n",
+			 "Access-Control-Expose-Headers: X-Trace-Id, Retry-After, Idempotent-Replayed, traceparent\r\n",
 			 rs->cors_origin);
 }
 
 char *response_head(const struct response *rs, const struct request *rq)
 {
-	char retry[32] = "", allow[96] = "", cors[512];
+	char retry[32] = "", allow[96] = "", cors[512], parent[TRACEPARENT_LEN + 1], trace[TRACESTATE_MAX + 128];
 
 	if (rs->retry_after > 0)
 		snprintf(retry, sizeof(retry), "Retry-After: %d\r\n", rs->retry_after);
 	if (*rs->allow)
 		snprintf(allow, sizeof(allow), "Allow: %s\r\n", rs->allow);
 	cors_head(rs, cors, sizeof(cors));
+	/* the request's span, for the caller to tie its own to ours */
+	traceparent_format(rq->trace_id, rq->span_id, rq->trace_flags, parent);
+	snprintf(trace, sizeof(trace), "traceparent: %s\r\n%s%s%s", parent, rq->tracestate ? "tracestate: " : "",
+		 rq->tracestate ? rq->tracestate : "", rq->tracestate ? "\r\n" : "");
 	if (rs->status == 204)
-		return xasprintf("Status: 204 No Content\r\nCache-Control: no-store\r\nX-Trace-Id: %s\r\n%s%s\r\n",
-				 rq->trace_id, allow, cors);
+		return xasprintf("Status: 204 No Content\r\nCache-Control: no-store\r\nX-Trace-Id: %s\r\n%s%s%s\r\n",
+				 rq->trace_id, trace, allow, cors);
 	/* the length of the body, which a HEAD answer names without sending */
 	return xasprintf("Status: %d %s\r\n"
 			 "Content-Type: %s\r\n"
 			 "Content-Length: %zu\r\n"
 			 "Cache-Control: no-store\r\n"
 			 "X-Trace-Id: %s\r\n"
-			 "%s%s%s%s\r\n",
+			 "%s%s%s%s%s\r\n",
 			 rs->status, reason_phrase(rs->status),
 			 rs->content_type ? rs->content_type : "application/json; charset=utf-8",
-			 rs->body ? strlen(rs->body) : 0, rq->trace_id, retry, allow,
+			 rs->body ? strlen(rs->body) : 0, rq->trace_id, trace, retry, allow,
 			 rs->replayed ? "Idempotent-Replayed: true\r\n" : "", cors);
 }

@@ -24,6 +24,9 @@ struct request {
 	char *cors_request_method;  /* Access-Control-Request-Method header (a preflight) or NULL */
 	long content_length;        /* -1 when absent */
 	char trace_id[65];
+	char span_id[17];           /* this request's own span (W3C Trace Context) */
+	char trace_flags[3];        /* the caller's traceparent flags, or "01" */
+	char *tracestate;           /* the caller's tracestate, passed on as it is, or NULL */
 	char *body;                 /* NUL-terminated; body_len may include inner NULs */
 	size_t body_len;
 
@@ -50,8 +53,9 @@ struct response {
 };
 
 /* Reads method, path, query and headers from a CGI/FastCGI environment (NAME=value, NULL
- * terminated). The trace id is the client's valid X-Trace-Id, else nginx's request id,
- * else a new UUID. */
+ * terminated). The trace id is the trace of the client's valid traceparent, else its valid
+ * X-Trace-Id, else nginx's request id, else a new one (32 hex digits, as W3C's); a malformed
+ * traceparent is ignored. */
 void request_init(struct request *rq, char **envp);
 void request_free(struct request *rq);
 void response_free(struct response *rs);

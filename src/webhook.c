@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "trace.h"
 #include "util.h"
 #include "version.h"
 #include "view.h"
@@ -108,17 +109,23 @@ static size_t discard(char *p, size_t size, size_t n, void *arg)
 
 /* Sets c up to POST body to the endpoint, signed now; hs: the headers, free with
  * curl_slist_free_all once the transfer is done. */
-static void post_prepare(CURL *c, const struct webhook *w, const char *event_id, const char *body,
+static void post_prepare(CURL *c, const struct webhook *w, const struct audit_event *ev, const char *body,
 			 struct curl_slist **hs)
 {
-	char sig[WEBHOOK_SIG_LEN], h_sig[WEBHOOK_SIG_LEN + 24], h_id[64];
+	char sig[WEBHOOK_SIG_LEN], h_sig[WEBHOOK_SIG_LEN + 24], h_id[64], span[SPAN_ID_LEN + 1];
+	char parent[TRACEPARENT_LEN + 1], h_parent[TRACEPARENT_LEN + 16];
 
 	webhook_sign(w->secret, now_ms() / 1000, body, strlen(body), sig);
 	snprintf(h_sig, sizeof(h_sig), "Numatix-Signature: %s", sig);
-	snprintf(h_id, sizeof(h_id), "Numatix-Event-Id: %s", event_id);
+	snprintf(h_id, sizeof(h_id), "Numatix-Event-Id: %s", ev->id);
+	/* the trace of the request that made the event, a span of the delivery's own */
+	span_new(span);
+	traceparent_format(*ev->trace_id ? ev->trace_id : ev->id, span, "01", parent);
+	snprintf(h_parent, sizeof(h_parent), "traceparent: %s", parent);
 	*hs = curl_slist_append(NULL, "Content-Type: application/json");
 	*hs = curl_slist_append(*hs, h_sig);
 	*hs = curl_slist_append(*hs, h_id);
+	*hs = curl_slist_append(*hs, h_parent);
 	*hs = curl_slist_append(*hs, "Expect:");
 	curl_easy_reset(c);
 	curl_easy_setopt(c, CURLOPT_URL, w->url);
@@ -271,7 +278,7 @@ static int lane_start(struct sender *x, struct lane *l, CURLM *m, struct err *e)
 			l->d.first_attempt_at = now;
 		}
 		l->body = event_body(ev);
-		post_prepare(l->curl, &l->w, ev->id, l->body, &l->headers);
+		post_prepare(l->curl, &l->w, ev, l->body, &l->headers);
 		curl_easy_setopt(l->curl, CURLOPT_PRIVATE, l);
 		if (curl_multi_add_handle(m, l->curl) != CURLM_OK) {
 			err_set(e, ERR_INTERNAL, NULL, "curl_multi_add_handle failed");

@@ -201,6 +201,40 @@ class Routing(Envelope):
         r = S.request("GET", "/api/health", headers={"X-Trace-Id": "x" * 65})
         self.assertNotEqual(r.header("X-Trace-Id"), "x" * 65)
 
+    def test_traceparent(self):
+        # W3C Trace Context: a caller's trace is the request's trace id (X-Trace-Id, log lines,
+        # events), the answer names a span of the request's own, tracestate passes through
+        trace, parent = uuid.uuid4().hex, "b7ad6b7169203331"
+        p = S.create_plan(capacity=2)
+        r = S.purchase(p["id"], headers={"traceparent": "00-%s-%s-01" % (trace, parent), "tracestate": "congo=t61rcWkgMzE",
+                                         "X-Trace-Id": "overridden"})
+        self.assertEqual((r.status, r.header("X-Trace-Id"), r.json["traceId"]), (201, trace, trace))
+        version, t, span, flags = r.header("traceparent").split("-")
+        self.assertEqual((version, t, flags), ("00", trace, "01"))
+        self.assertRegex(span, r"^[0-9a-f]{16}$")
+        self.assertNotEqual(span, parent)
+        self.assertEqual(r.header("tracestate"), "congo=t61rcWkgMzE")
+        actions = {l["action"] for l in S.admin("GET", "/api/audit-logs?traceId=" + trace).json["logs"]}
+        self.assertIn("subscription.activated", actions)
+        logged = [l for l in open(S.log_path, errors="replace") if '"trace_id":"%s"' % trace in l]
+        self.assertTrue(logged)
+        # each request its own span
+        again = S.request("GET", "/api/health", headers={"traceparent": "00-%s-%s-00" % (trace, parent)})
+        self.assertNotEqual(again.header("traceparent").split("-")[2], span)
+        self.assertEqual(again.header("traceparent").split("-")[3], "00")
+        # a malformed traceparent is ignored, never refused: a trace of the request's own
+        for bad in ("00-%s-%s-01-x" % (trace, parent), "ff-%s-%s-01" % (trace, parent), "00-%s-%s-01" % ("0" * 32, parent),
+                    "00-%s-%s-01" % (trace.upper(), parent), "garbage", "00-%s-0000000000000000-01" % trace):
+            r = S.request("GET", "/api/health", headers={"traceparent": bad, "tracestate": "a=b"})
+            self.assertEqual(r.status, 200, bad)
+            self.assertNotEqual(r.header("X-Trace-Id"), trace, bad)
+            self.assertIsNone(r.header("tracestate"), bad)
+            self.assertEqual(r.header("traceparent").split("-")[1], r.header("X-Trace-Id"), bad)
+        # a caller's own X-Trace-Id still names one trace: the same W3C id every time
+        a = S.request("GET", "/api/health", headers={"X-Trace-Id": "my.trace-1_A"}).header("traceparent")
+        b = S.request("GET", "/api/health", headers={"X-Trace-Id": "my.trace-1_A"}).header("traceparent")
+        self.assertEqual(a.split("-")[1], b.split("-")[1])
+
     def test_health(self):
         r = S.request("GET", "/api/health")
         self.assertEqual(r.status, 200)

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import unittest
+import uuid
 
 from stack import Stack
 
@@ -33,6 +34,7 @@ class Receiver:
     def __init__(self, secret=None, plan=()):
         self.secret, self.plan, self.lock = secret, list(plan), threading.Lock()
         self.got = []                 # (event id, seq, type, status answered) per request
+        self.traceparents = {}        # event id: the traceparent header of its last delivery
         self.bad = []                 # requests whose signature did not verify
         self.release, self.hanging = threading.Event(), threading.Event()
         rx = self
@@ -53,6 +55,7 @@ class Receiver:
                     what = 200
                 with rx.lock:
                     rx.got.append((ev["id"], ev["seq"], ev["type"], what))
+                    rx.traceparents[ev["id"]] = self.headers.get("traceparent")
                 if what == "drop":
                     self.close_connection = True
                     self.connection.close()
@@ -136,8 +139,13 @@ class Webhooks(unittest.TestCase):
         self.addCleanup(rx.close)
         ep = self.endpoint(rx, events=["subscription.activated"])
         p = S.create_plan(capacity=5)
-        ids = [S.purchase(p["id"]).json["id"] for _ in range(2)]
+        traces = [uuid.uuid4().hex for _ in range(2)]
+        ids = [S.purchase(p["id"], headers={"traceparent": "00-%s-b7ad6b7169203331-01" % t}).json["id"] for t in traces]
         until(lambda: len(rx.delivered()) == 2, what="two activations")
+        # each delivery carries the trace of the purchase that made its event, in a span of its own
+        got = [rx.traceparents[i] for i, s, t in rx.delivered()]
+        self.assertEqual([g.split("-")[1] for g in got], traces)
+        self.assertTrue(all(g.split("-")[2] != "b7ad6b7169203331" for g in got), got)
         self.assertEqual({t for i, s, t in rx.delivered()}, {"subscription.activated"})
         seqs = [s for i, s, t in rx.delivered()]
         self.assertEqual(seqs, sorted(seqs))

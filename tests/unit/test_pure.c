@@ -16,6 +16,7 @@
 #include "jsonx.h"
 #include "router.h"
 #include "seal.h"
+#include "trace.h"
 #include "valid.h"
 #include "webhook.h"
 
@@ -197,6 +198,45 @@ static void test_utf8(void **state)
 		assert_false(utf8_valid(bad[i], strlen(bad[i])));
 	/* the length given is the end: a character cut by it is not whole */
 	assert_false(utf8_valid("\xc3\xa9", 1));
+}
+
+/* W3C Trace Context, level 1: what a receiver honours, and what it must ignore */
+static void test_traceparent(void **state)
+{
+	static const char *const bad[] = {
+		"", "00", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",          /* 00 has no more */
+		"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",                /* version ff */
+		"00-00000000000000000000000000000000-b7ad6b7169203331-01",                /* zero trace */
+		"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",                /* zero parent */
+		"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",                /* upper case */
+		"00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01x",               /* later, no dash */
+		"0g-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+	};
+	char trace[TRACE_ID_LEN + 1], flags[3], w3c[TRACE_ID_LEN + 1], span[SPAN_ID_LEN + 1], out[TRACEPARENT_LEN + 1];
+
+	(void)state;
+	assert_true(traceparent_parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", trace, flags));
+	assert_string_equal(trace, "0af7651916cd43dd8448eb211c80319c");
+	assert_string_equal(flags, "01");
+	/* a later version is read as far as level 1 goes */
+	assert_true(traceparent_parse("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-what-comes", trace, flags));
+	assert_string_equal(flags, "00");
+	assert_false(traceparent_parse(NULL, trace, flags));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+		assert_false(traceparent_parse(bad[i], trace, flags));
+	trace_w3c_id("0af7651916cd43dd8448eb211c80319c", w3c);
+	assert_string_equal(w3c, "0af7651916cd43dd8448eb211c80319c");
+	trace_w3c_id("my.trace-1_A", w3c);                                  /* a trace id of a caller's own */
+	assert_int_equal(strlen(w3c), TRACE_ID_LEN);
+	assert_string_not_equal(w3c, "00000000000000000000000000000000");
+	span_new(span);
+	traceparent_format("my.trace-1_A", span, "01", out);
+	assert_true(traceparent_parse(out, trace, flags));
+	assert_string_equal(trace, w3c);
+	assert_true(tracestate_valid("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"));
+	assert_false(tracestate_valid("a=\nb"));
 }
 
 static void test_ids(void **state)
@@ -454,6 +494,7 @@ int main(void)
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_email),
 		cmocka_unit_test(test_utf8),
+		cmocka_unit_test(test_traceparent),
 		cmocka_unit_test(test_ids),
 		cmocka_unit_test(test_router),
 		cmocka_unit_test(test_request_and_envelopes),
