@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "metrics.h"
 #include "ids.h"
 #include "util.h"
 #include "valid.h"
@@ -41,15 +42,17 @@ static const struct field plan_update_fields[] = {
 static int plan_load(struct request *rq, struct response *rs, struct plan *p)
 {
 	struct err e = {0};
+	bool standby;
 
 	if (!id_valid(rq->param)) {
 		response_error(rs, rq, 404, "PLAN_NOT_FOUND", "Plan not found", NULL);
 		return -1;
 	}
-	if (ledger_plan_get(rq->lg, rq->param, p, &e)) {
+	if (ledger_public_plan_get(rq->lg, rq->param, p, &standby, &e)) {
 		response_err(rs, rq, &e);
 		return -1;
 	}
+	metrics_public_read(standby);
 	return 0;
 }
 
@@ -59,15 +62,18 @@ void api_plans_list(struct request *rq, struct response *rs)
 	struct plan *plans = NULL;
 	struct err e = {0};
 	size_t n = 0;
+	bool standby;
 
 	if (status && strcmp(status, "active") && strcmp(status, "inactive") && strcmp(status, "all")) {
 		response_invalid(rs, rq, "status", "must be one of: active, inactive, all");
 		goto out;
 	}
-	if (ledger_plan_list(rq->lg, !status ? "active" : !strcmp(status, "all") ? NULL : status, &plans, &n, &e)) {
+	if (ledger_public_plan_list(rq->lg, !status ? "active" : !strcmp(status, "all") ? NULL : status, &plans, &n,
+				    &standby, &e)) {
 		response_err(rs, rq, &e);
 		goto out;
 	}
+	metrics_public_read(standby);
 	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
 	for (size_t i = 0; i < n; i++)
 		json_object_array_add(arr, view_plan(&plans[i]));
@@ -98,7 +104,8 @@ void api_plans_stats(struct request *rq, struct response *rs)
 	int64_t paying, sessions;
 
 	if (plan_load(rq, rs, &p) == 0) {
-		if (ledger_plan_held(rq->lg, p.id, &paying, &sessions, &e))
+		bool standby;
+		if (ledger_public_plan_held(rq->lg, p.id, &paying, &sessions, &standby, &e))
 			response_err(rs, rq, &e);
 		else
 			response_json(rs, 200, view_plan_stats(&p, paying, sessions));

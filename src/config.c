@@ -16,7 +16,7 @@
 /* Every setting there is; the file may name no other. */
 static const char *const known[] = {
 	"NUMATIX_DB", "NUMATIX_ADMIN_TOKEN", "NUMATIX_SOCKET", "NUMATIX_WORKERS", "NUMATIX_THREADS",
-	"NUMATIX_STORE_HANDLES", "NUMATIX_HOLD_TTL", "NUMATIX_PAYMENT_LATENCY_MS", "NUMATIX_MAX_BODY",
+	"NUMATIX_STORE_HANDLES", "NUMATIX_DB_REPLICA", "NUMATIX_REPLICA_MAX_LAG_MS", "NUMATIX_HOLD_TTL", "NUMATIX_PAYMENT_LATENCY_MS", "NUMATIX_MAX_BODY",
 	"NUMATIX_REAP_INTERVAL", "NUMATIX_KEY_RETENTION_HOURS", "NUMATIX_LOG_LEVEL", "NUMATIX_LOG",
 	"NUMATIX_CORS_ORIGINS", "NUMATIX_CHECKOUT_TTL", "NUMATIX_USER", "NUMATIX_WEBHOOK_RETRY_HOURS",
 	"NUMATIX_OFFER_TTL",
@@ -229,6 +229,16 @@ int config_load(struct config *cfg, struct err *e)
 	} else {
 		cfg->db_url = xasprintf("sqlite://%s/var/numatix.db", root);
 	}
+	v = setting("NUMATIX_DB_REPLICA");
+	if (v && *v) {
+		char shown[256];
+		if (strcmp(store_kind(v), "postgresql") || strcmp(store_kind(cfg->db_url), "postgresql")) {
+			err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_DB_REPLICA must name a PostgreSQL standby of a PostgreSQL "
+				"NUMATIX_DB, not \"%s\"", store_url_redact(v, shown, sizeof(shown)));
+			goto out;
+		}
+		cfg->db_replica_url = xstrdup(v);
+	}
 	v = setting("NUMATIX_ADMIN_TOKEN");
 	if (v && *v) {
 		if (strlen(v) < 16) {
@@ -251,7 +261,8 @@ int config_load(struct config *cfg, struct err *e)
 	    env_int("NUMATIX_MAX_BODY", 16384, 256, 1 << 20, &cfg->max_body, e) ||
 	    env_int("NUMATIX_REAP_INTERVAL", 10, 1, 3600, &cfg->reap_interval_s, e) ||
 	    env_int("NUMATIX_KEY_RETENTION_HOURS", 24, 1, 24 * 365, &cfg->key_retention_h, e) ||
-	    env_int("NUMATIX_WEBHOOK_RETRY_HOURS", 72, 1, 24 * 30, &cfg->webhook_retry_h, e))
+	    env_int("NUMATIX_WEBHOOK_RETRY_HOURS", 72, 1, 24 * 30, &cfg->webhook_retry_h, e) ||
+	    env_int("NUMATIX_REPLICA_MAX_LAG_MS", 1000, 0, 3600000, &cfg->replica_max_lag_ms, e))
 		goto out;
 	v = setting("NUMATIX_LOG_LEVEL");
 	if ((cfg->log_level = v ? log_level_parse(v) : LOG_LEVEL_INFO) < 0) {
@@ -279,6 +290,7 @@ out:
 void config_free(struct config *cfg)
 {
 	free(cfg->db_url);
+	free(cfg->db_replica_url);
 	free(cfg->admin_token);
 	free(cfg->socket);
 	free(cfg->run_as);

@@ -8,6 +8,8 @@
 
 struct config {
 	char *db_url;            /* NUMATIX_DB */
+	char *db_replica_url;    /* NUMATIX_DB_REPLICA: a PostgreSQL standby for public reads, or NULL */
+	int replica_max_lag_ms;  /* NUMATIX_REPLICA_MAX_LAG_MS */
 	char *admin_token;       /* NUMATIX_ADMIN_TOKEN; NULL: admin routes answer 401 */
 	char *socket;            /* NUMATIX_SOCKET: unix path or host:port */
 	char *run_as;            /* NUMATIX_USER: "user" or "user:group" a server started as root

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "util.h"
 
 /* A store error passes as it is; a refusal gets its code. */
@@ -83,6 +84,60 @@ int ledger_plan_held(struct ledger *lg, const char *id, int64_t *paying, int64_t
 int ledger_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, struct err *e)
 {
 	return lg->store->ops->plan_list(lg->store, status, out, n, e);
+}
+
+/* The standby a public read may go to now, or NULL. */
+static struct store *standby_of(struct ledger *lg)
+{
+	return lg->replica ? replica_reader(lg->replica) : NULL;
+}
+
+/* A public read the standby could not answer: the primary's turn (err cleared). */
+static void standby_failed(struct ledger *lg, struct err *e)
+{
+	LOG_WARN(NULL, "standby: %s; the primary answers", e->msg);
+	replica_failed(lg->replica);
+	err_clear(e);
+}
+
+int ledger_public_plan_get(struct ledger *lg, const char *id, struct plan *out, bool *standby, struct err *e)
+{
+	struct store *r = standby_of(lg);
+	bool found = false;
+
+	*standby = false;
+	if (r && r->ops->plan_get(r, id, out, &found, e))
+		standby_failed(lg, e);
+	else if (r && found)
+		return *standby = true, 0;
+	/* (a plan the standby lacks may be one it has not replayed yet) */
+	return ledger_plan_get(lg, id, out, e);
+}
+
+int ledger_public_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, bool *standby,
+			    struct err *e)
+{
+	struct store *r = standby_of(lg);
+
+	*standby = false;
+	if (r && r->ops->plan_list(r, status, out, n, e) == 0)
+		return *standby = true, 0;
+	if (r)
+		standby_failed(lg, e);
+	return ledger_plan_list(lg, status, out, n, e);
+}
+
+int ledger_public_plan_held(struct ledger *lg, const char *id, int64_t *paying, int64_t *sessions, bool *standby,
+			    struct err *e)
+{
+	struct store *r = standby_of(lg);
+
+	*standby = false;
+	if (r && r->ops->held_by_kind(r, id, paying, sessions, e) == 0)
+		return *standby = true, 0;
+	if (r)
+		standby_failed(lg, e);
+	return ledger_plan_held(lg, id, paying, sessions, e);
 }
 
 int ledger_customer_create(struct ledger *lg, const struct customer *c, struct err *e)

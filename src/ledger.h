@@ -15,6 +15,7 @@
 #include "err.h"
 #include "model.h"
 #include "seal.h"
+#include "replica.h"
 #include "store.h"
 
 /* How the final answers of a purchase read; the API layer provides them, since they are
@@ -44,6 +45,7 @@ struct ledger {
 	int offer_ttl_s;                      /* a waiting-list offer's lifetime */
 	bool sealing;                         /* answers kept on keys are sealed (seal.h) */
 	unsigned char seal_key[SEAL_KEY_LEN];
+	struct replica *replica;              /* borrowed; a standby for public reads, or NULL */
 };
 
 /* A secret as it is kept in the store (seal.h): sealed when the ledger seals; new. And back:
@@ -89,6 +91,14 @@ int ledger_plan_get(struct ledger *lg, const char *id, struct plan *out, struct 
 int ledger_plan_held(struct ledger *lg, const char *id, int64_t *paying, int64_t *sessions, struct err *e);
 /* status: "active", "inactive" or NULL for all. *out: new, free each with plan_clear. */
 int ledger_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, struct err *e);
+/* The same reads for the public routes (plans, a plan, its stats): from the standby when one is
+ * configured and within its bound of lag (replica.h), else, or when it fails or lacks the plan,
+ * from the primary. *standby: whether the standby answered. */
+int ledger_public_plan_get(struct ledger *lg, const char *id, struct plan *out, bool *standby, struct err *e);
+int ledger_public_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, bool *standby,
+			    struct err *e);
+int ledger_public_plan_held(struct ledger *lg, const char *id, int64_t *paying, int64_t *sessions, bool *standby,
+			    struct err *e);
 
 int ledger_customer_create(struct ledger *lg, const struct customer *c, struct err *e);
 int ledger_customer_get(struct ledger *lg, const char *id, struct customer *out, struct err *e);

@@ -43,6 +43,7 @@ struct counters {
 	struct histogram processor[NOPS];
 	uint64_t purchases[NCODES + 1];                          /* last: a code not listed */
 	uint64_t worker_restarts, reaper_passes, reaper_expired, reaper_refunded;
+	uint64_t public_reads[2];                                /* by the primary, by the standby */
 };
 
 static struct counters local, *c = &local;
@@ -102,6 +103,11 @@ void metrics_purchase(int status, const char *code)
 	for (i = 0; i < NCODES && strcmp(codes[i], code ? code : ""); i++)
 		;
 	add(&c->purchases[i], 1);
+}
+
+void metrics_public_read(bool standby)
+{
+	add(&c->public_reads[standby ? 1 : 0], 1);
 }
 
 void metrics_worker_restart(void)
@@ -221,6 +227,10 @@ char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const c
 		    (unsigned long long)get(&c->purchases[k]));
 	if (get(&c->purchases[NCODES]))
 		put(&t, "numatix_purchases_total{outcome=\"unlisted\"} %llu\n", (unsigned long long)get(&c->purchases[NCODES]));
+	put(&t, "# HELP numatix_public_reads_total Public reads of plans answered, by the store that answered.\n"
+		"# TYPE numatix_public_reads_total counter\nnumatix_public_reads_total{store=\"primary\"} %llu\n"
+		"numatix_public_reads_total{store=\"standby\"} %llu\n", (unsigned long long)get(&c->public_reads[0]),
+	    (unsigned long long)get(&c->public_reads[1]));
 	put(&t, "# HELP numatix_worker_restarts_total Worker processes started again after they ended.\n"
 		"# TYPE numatix_worker_restarts_total counter\nnumatix_worker_restarts_total %llu\n",
 	    (unsigned long long)get(&c->worker_restarts));

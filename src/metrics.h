@@ -5,6 +5,7 @@
 #ifndef NUMATIX_METRICS_H
 #define NUMATIX_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "ledger.h"
@@ -20,6 +21,8 @@ void metrics_request(int route, int status, int64_t us);
 void metrics_processor(const char *op, int64_t us);
 /* A purchase's end: the status of its answer and its code ("" for a 201). */
 void metrics_purchase(int status, const char *code);
+/* A public read (plans, a plan, stats) answered by the standby, or by the primary. */
+void metrics_public_read(bool standby);
 void metrics_worker_restart(void);
 void metrics_reaper_pass(int expired, int refunded);
 

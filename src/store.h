@@ -260,6 +260,9 @@ struct store_ops {
 	const char *name;                 /* "sqlite", "postgresql", "mongodb" */
 	void (*close)(struct store *s);
 	int (*ping)(struct store *s, struct err *e);
+	/* A standby's lag behind its primary: 0 when it has replayed all it received, else the
+	 * time since the last transaction it replayed, in ms. NULL where the store has no standbys. */
+	int (*replica_lag)(struct store *s, int64_t *lag_ms, struct err *e);
 	int (*reset)(struct store *s, struct err *e);
 
 	/* Plans. create: WRITE_DONE or WRITE_DUPLICATE, with its events. update: sets the

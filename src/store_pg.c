@@ -1880,6 +1880,25 @@ static int pg_ping(struct store *st, struct err *e)
 	return connected(PG(st), e) || exec(PG(st), "SELECT 1", e) ? -1 : 0;
 }
 
+static int pg_replica_lag(struct store *st, int64_t *lag_ms, struct err *e)
+{
+	/* replayed all it received: not behind (its primary may simply be idle); else the time
+	 * since the last transaction it replayed (replay paused, or slow) */
+	static const char sql[] =
+		"SELECT CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() IS NULL"
+		" OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+		" ELSE coalesce((extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000)::bigint,"
+		" 9223372036854775807) END";
+	struct pg *s = PG(st);
+	PGresult *r;
+
+	if (connected(s, e) || !(r = q(s, sql, e, "")))
+		return -1;
+	*lag_ms = col_int(r, 0, 0);
+	PQclear(r);
+	return 0;
+}
+
 static int pg_reset(struct store *st, struct err *e)
 {
 	return connected(PG(st), e) ||
@@ -1897,6 +1916,7 @@ static const struct store_ops pg_ops = {
 	.name = "postgresql",
 	.close = pg_close,
 	.ping = pg_ping,
+	.replica_lag = pg_replica_lag,
 	.reset = pg_reset,
 	.plan_create = pg_plan_create,
 	.plan_get = pg_plan_get,
@@ -1962,6 +1982,15 @@ static int migrate_tx(struct pg *s, void *arg, struct err *e)
 	return 0;
 }
 
+static bool in_recovery(struct pg *s)
+{
+	PGresult *r = PQexec(s->conn, "SELECT pg_is_in_recovery()");
+	bool yes = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !strcmp(PQgetvalue(r, 0, 0), "t");
+
+	PQclear(r);
+	return yes;
+}
+
 struct store *store_pg_open(const char *url, struct err *e)
 {
 	struct pg *s = xcalloc(1, sizeof(*s));
@@ -1976,8 +2005,10 @@ struct store *store_pg_open(const char *url, struct err *e)
 	}
 	/* A stuck lock or statement answers 503, never hangs a worker; every commit is durable. */
 	if (exec(s, "SET statement_timeout = 5000; SET lock_timeout = 3000; SET synchronous_commit = on;"
-		    " SET client_min_messages = warning", e) ||
-	    tx(s, WRITE, migrate_tx, NULL, e) < 0)
+		    " SET client_min_messages = warning", e))
+		goto fail;
+	/* a standby (read-only) has its primary's schema: only a primary is migrated */
+	if (!in_recovery(s) && tx(s, WRITE, migrate_tx, NULL, e) < 0)
 		goto fail;
 	return &s->base;
 fail:

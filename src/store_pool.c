@@ -82,6 +82,22 @@ static void give_back(struct handles *p, struct store *h)
 #define READ(name, params, args) FORWARD_TO(readers, name, params, args)
 
 READ(ping, (struct store *s, struct err *e), (h, e))
+
+static int pool_replica_lag(struct store *s, int64_t *lag_ms, struct err *e)
+{
+	struct handles *p = &POOL(s)->readers;
+	struct store *h = borrow_from(p, POOL(s)->url, e);
+	int rc = -1;
+
+	if (!h)
+		return -1;
+	if (h->ops->replica_lag)
+		rc = h->ops->replica_lag(h, lag_ms, e);
+	else
+		err_set(e, ERR_UNAVAILABLE, NULL, "the %s store has no standbys", h->ops->name);
+	give_back(p, h);
+	return rc;
+}
 FORWARD(reset, (struct store *s, struct err *e), (h, e))
 FORWARD(plan_create, (struct store *s, const struct plan *pl, const struct event_spec *ev, size_t nev,
 		      const struct actor *a, enum write_result *res, struct err *e), (h, pl, ev, nev, a, res, e))
@@ -185,6 +201,7 @@ static const struct store_ops pool_ops = {
 	.name = "pool",
 	.close = pool_close,
 	.ping = pool_ping,
+	.replica_lag = pool_replica_lag,
 	.reset = pool_reset,
 	.plan_create = pool_plan_create,
 	.plan_get = pool_plan_get,

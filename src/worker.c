@@ -17,6 +17,7 @@
 #include "app.h"
 #include "config.h"
 #include "log.h"
+#include "replica.h"
 #include "store.h"
 #include "util.h"
 
@@ -74,7 +75,8 @@ static struct store *store_get(struct store **s, const struct config *cfg, const
 	return *s;
 }
 
-static void serve(struct store **s, const struct config *cfg, char **envp, const struct io *io)
+static void serve(struct store **s, struct replica *replica, const struct config *cfg, char **envp,
+		  const struct io *io)
 {
 	struct request rq;
 	struct response rs = {0};
@@ -86,6 +88,7 @@ static void serve(struct store **s, const struct config *cfg, char **envp, const
 	read_body(&rq, io, cfg->max_body);
 	if (store_get(s, cfg, rq.trace_id)) {
 		app_ledger_init(&lg, *s, cfg);
+		lg.replica = replica;
 		rq.lg = &lg;
 		app_handle(&rq, &rs);
 	} else
@@ -113,6 +116,7 @@ struct thread {
 	pthread_t id;
 	const struct config *cfg;
 	struct store *store;          /* the process's pool, shared */
+	struct replica *replica;      /* the process's standby for public reads, shared, or NULL */
 };
 
 static void *serve_thread(void *arg)
@@ -130,7 +134,7 @@ static void *serve_thread(void *arg)
 		if (rc < 0)
 			break;
 		struct io io = {fcgi_read, fcgi_write, req.in, req.out};
-		serve(&store, t->cfg, req.envp, &io);
+		serve(&store, t->replica, t->cfg, req.envp, &io);
 		FCGX_Finish_r(&req);
 	}
 	return NULL;
@@ -141,6 +145,7 @@ int worker_run(int fd, const struct config *cfg)
 	struct sigaction sa = {0};
 	struct thread *threads;
 	struct store *pool;
+	struct replica *replica;
 	sigset_t stop, old;
 	int n = cfg->threads, sig, devnull;
 
@@ -162,9 +167,11 @@ int worker_run(int fd, const struct config *cfg)
 	mallopt(M_ARENA_MAX, 2);
 	threads = xcalloc((size_t)n, sizeof(*threads));
 	pool = store_pool_new(cfg->db_url, cfg->store_handles);
+	replica = cfg->db_replica_url ? replica_new(cfg->db_replica_url, cfg->store_handles, cfg->replica_max_lag_ms) : NULL;
 	for (int i = 0; i < n; i++) {
 		threads[i].cfg = cfg;
 		threads[i].store = pool;
+		threads[i].replica = replica;
 		if (pthread_create(&threads[i].id, NULL, serve_thread, &threads[i])) {
 			LOG_ERROR(NULL, "cannot start thread %d of %d", i + 1, n);
 			n = i;
@@ -184,6 +191,7 @@ int worker_run(int fd, const struct config *cfg)
 	for (int i = 0; i < n; i++)
 		pthread_join(threads[i].id, NULL);
 	free(threads);
+	replica_free(replica);
 	store_close(pool);
 	close(devnull);
 	return 0;
@@ -205,7 +213,8 @@ int worker_cgi(const struct config *cfg)
 	struct io io = {stdio_read, stdio_write, stdin, stdout};
 
 	signal(SIGPIPE, SIG_IGN);
-	serve(&store, cfg, environ, &io);
+	/* (one request: the primary answers it all) */
+	serve(&store, NULL, cfg, environ, &io);
 	fflush(stdout);
 	store_close(store);
 	return 0;

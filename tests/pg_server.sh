@@ -4,6 +4,9 @@
 #                            the connection string of its database "numatix"
 #   pg_server.sh stop DIR    fast shutdown
 #   pg_server.sh resume DIR  start the stopped server again, with its data
+#   pg_server.sh standby DIR PRIMARY_DIR
+#                            a streaming standby of the server in PRIMARY_DIR (pg_basebackup -R),
+#                            started on a socket in DIR; prints its connection string
 # PG_LISTEN (addresses) and PG_PORT make it listen on TCP as well, trusting 10.0.0.0/8 (the
 # test hosts made with network namespaces). PG_INITDB_OPTS and PG_OPTS add to initdb's and the
 # server's options (a small disk's test: small WAL segments). The server refuses to run as root, so as root it
@@ -29,6 +32,15 @@ start)
 	;;
 stop)
 	as_pg "$BIN/pg_ctl" -D "$DIR/data" -m fast -w stop > /dev/null
+	;;
+standby)
+	PRIMARY=$3
+	mkdir -p "$DIR"
+	[ "$(id -u)" -eq 0 ] && chown postgres "$DIR"
+	as_pg "$BIN/pg_basebackup" -D "$DIR/data" -R -X stream -h "$PRIMARY" -p "${PG_PORT:-5432}" -U postgres > "$DIR/basebackup.log" 2>&1
+	as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w \
+		-o "-k $DIR -c max_connections=200 -c hot_standby=on ${PG_OPTS:-}" start > /dev/null
+	echo "postgresql:///numatix?host=$DIR&port=${PG_PORT:-5432}&user=postgres"
 	;;
 resume)
 	as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -o "-k $DIR -c max_connections=200 ${PG_OPTS:-}" start > /dev/null

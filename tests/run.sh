@@ -84,7 +84,7 @@ tally() {
 		failed=$((failed + 1))
 	fi
 }
-SUITES=${NUMATIX_SUITES:-"test_api test_money test_durability test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway test_metrics test_operations test_openapi prism test_install test_cgi test_mongo_wire test_mongo_live"}
+SUITES=${NUMATIX_SUITES:-"test_api test_money test_durability test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway test_metrics test_operations test_openapi prism test_replica test_install test_cgi test_mongo_wire test_mongo_live"}
 # the shared black-box suites once more, against PostgreSQL ("pg:" marks the store)
 PG_SUITES=${NUMATIX_PG_SUITES-"test_api test_money test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost"}
 [ -n "${NUMATIX_TEST_PG:-}" ] && for s in $PG_SUITES; do SUITES="$SUITES pg:$s"; done
