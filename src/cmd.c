@@ -296,6 +296,8 @@ static const char ENVIRONMENT[] =
 	"  NUMATIX_WORKERS        worker processes (default 2 per core)\n"
 	"  NUMATIX_THREADS        requests in flight per worker (default 64)\n"
 	"  NUMATIX_STORE_HANDLES  database connections per worker for writes, as many for reads (4)\n"
+	"  NUMATIX_DB_REPLICA     a PostgreSQL standby for the public plan reads, within\n"
+	"                         NUMATIX_REPLICA_MAX_LAG_MS of lag (1000)\n"
 	"  NUMATIX_HOLD_TTL       seconds a seat stays held while its payment runs (600)\n"
 	"  NUMATIX_CHECKOUT_TTL   seconds a checkout session holds its seats by default (900)\n"
 	"  NUMATIX_OFFER_TTL      seconds a waiting-list offer holds its seats (86400)\n"
