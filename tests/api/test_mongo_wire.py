@@ -280,14 +280,15 @@ class MongoWire(unittest.TestCase):
         self.assertEqual((stored["q"]["_id"], stored["u"]["$set"]["response_status"]), (pay_key, 201))
 
     def test_plan_change_commands(self):
-        # an active subscription of the wire plan, read by its access token
+        # an active subscription of the wire plan, a day into its 30-day period, read by its
+        # access token (a change to a plan of the same price and length: nothing to pay)
         new_plan = ObjectId()
+        started = datetime.datetime.utcnow().replace(microsecond=0) - datetime.timedelta(days=1)
         st, bought, err = purchase(self.w)
         self.assertEqual(st, 201, (bought, err))
         old = {"_id": ObjectId(bought["id"]), "plan_id": PLAN_ID, "customer_id": ObjectId(bought["customerId"]),
                "status": "active", "idem_key": "k", "quantity": 1, "amount_cents": 1500, "duration_days": 30,
-               "payment_id": bought["paymentId"], "start_at": datetime.datetime(2026, 1, 1),
-               "end_at": datetime.datetime(2100, 1, 1),
+               "payment_id": bought["paymentId"], "start_at": started, "end_at": started + datetime.timedelta(days=30),
                "token_hash": hashlib.sha256(bought["accessToken"].encode()).hexdigest(), "attempt_key": "k"}
         self.w.docs["subscriptions"] = [old]
         self.w.docs["customers"] = [{"_id": old["customer_id"], "email": "wire@example.com", "name": "Wire"}]
