@@ -452,8 +452,9 @@ def release_disk(disk):
 def sell_through_a_full_disk(tc, S, disk, n=150, freed=None):
     """The disk under S's store filled to its last 1.5 MB, then n purchases one after another:
     each a 201 or a JSON 503 with Retry-After (never a 500 or a cut connection), some of each;
-    the filler removed (then freed() if given), every key retried settles once, the early 201s
-    answer the same subscription, the plan counts exactly the n, and check passes."""
+    the filler removed (then freed() if given), every key retried settles once (a 201, or a
+    hold that expired meanwhile), the early 201s answer the same subscription, the plan counts
+    exactly the 201s, and check passes."""
     p = S.create_plan(capacity=100000)
     filler = os.path.join(disk, "filler")
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # unbuffered: nothing left to flush
@@ -482,9 +483,14 @@ def sell_through_a_full_disk(tc, S, disk, n=150, freed=None):
         freed()
     settled = {k: settle_purchase(S, p["id"], k, e) for k, e, r in keys}
     for k, e, r in keys:
-        tc.assertEqual(settled[k].status, 201, settled[k])
         if r.status == 201:
-            tc.assertEqual(settled[k].json["id"], r.json["id"])
+            tc.assertEqual((settled[k].status, settled[k].json["id"]), (201, r.json["id"]))
+        else:
+            # a key cut after its hold may find the hold gone by the time its retry runs (the
+            # outage, then the lease, outlasted it on a slow machine): that is a settlement too,
+            # the seat back and any charge refunded; never anything else
+            tc.assertIn((settled[k].status, settled[k].json.get("code")), ((201, None), (409, "HOLD_EXPIRED")), settled[k])
+    sold = sum(settled[k].status == 201 for k, e, r in keys)
     # a handle whose server was restarted answers one 503 (Retry-After) before it reconnects
     for _ in range(20):
         r = S.request("GET", "/api/plans/" + p["id"])
@@ -493,7 +499,7 @@ def sell_through_a_full_disk(tc, S, disk, n=150, freed=None):
         time.sleep(float(r.header("Retry-After") or 1))
     tc.assertEqual(r.status, 200, r)
     tc.assertEqual(r.json["subscriptions_held"], 0)
-    tc.assertEqual(r.json["total_capacity"] - r.json["subscriptions_left"], n)
+    tc.assertEqual(r.json["total_capacity"] - r.json["subscriptions_left"], sold)
     ok, text = S.check()
     tc.assertTrue(ok, text)
 
