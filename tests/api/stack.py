@@ -370,6 +370,19 @@ class Clock:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def until(cond, timeout=60, what="condition"):
+    """Polls cond() until it gives something true, and returns that; fails the test after timeout
+    seconds. The state waited for is the service's own (a delivery made, a standby caught up):
+    the bound only ends a test that would otherwise hang."""
+    end = time.time() + timeout
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
 def settle_purchase(S, plan_id, key, email, method="pm_card_visa", seen=None, cut_ok=False, attempts=400):
     """A careful buyer's client: retries its purchase with the same key, honouring Retry-After,
     until a final answer (201, 402, or 409 sold out / hold expired) and returns it. It retries a

@@ -14,17 +14,9 @@ import unittest
 import uuid
 
 from stack import (BIN, Stack, assert_settled_once, free_port, pool, release_disk, sell_through_a_full_disk,
-                   settle_purchase, small_disk)
+                   settle_purchase, small_disk, until as wait_for)
 
 
-def wait_for(cond, timeout=30, what="condition"):
-    """Polls cond() until it is true; fails the test after timeout seconds."""
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class KillWorkers(unittest.TestCase):

@@ -9,11 +9,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 import unittest
-import uuid
 
-from stack import ROOT, Stack
+from stack import ROOT, Stack, until
 
 PG = os.path.join(ROOT, "tests", "pg_server.sh")
 # the standby's lag as the service reads it (store_pg.c, pg_replica_lag)
@@ -26,14 +24,6 @@ def psql(url, sql):
                           capture_output=True, text=True).stdout.strip()
 
 
-def until(cond, timeout=60, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Standby(unittest.TestCase):

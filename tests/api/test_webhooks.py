@@ -13,7 +13,7 @@ import time
 import unittest
 import uuid
 
-from stack import Stack
+from stack import Stack, until
 
 S = None
 
@@ -85,15 +85,6 @@ class Receiver:
         self.srv.shutdown()
 
 
-def until(cond, timeout=60, what="condition"):
-    """Polls cond until true; the sender works on its own schedule, so tests wait for what it did."""
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Webhooks(unittest.TestCase):
