@@ -198,8 +198,9 @@ class Webhooks(unittest.TestCase):
         self.assertFalse(slow.got)
         self.assertEqual(S.admin("GET", "/api/webhook-endpoints/%s/deliveries" % slow_ep["id"]).json["deliveries"], [])
         # found in review: an endpoint made during a pass waited for the next one, and a deleted
-        # one kept receiving until the pass ended. While the slow one still hangs: the fast one
-        # is deleted, a late one made, and only the late one gets what comes next
+        # one kept receiving until the pass ended. While the slow one hangs (or, on a slow
+        # machine, is retried after its timeout): the fast one is deleted, a late one made, and
+        # only the late one gets what comes next
         S.admin("DELETE", "/api/webhook-endpoints/" + fast_ep["id"])
         late = Receiver()
         self.addCleanup(late.close)
@@ -209,7 +210,6 @@ class Webhooks(unittest.TestCase):
         later = [(e["id"], e["seq"], e["type"]) for e in S.events_after(head)]
         until(lambda: late.delivered() == later, what="the endpoint made during the pass served")
         self.assertEqual(fast.delivered(), want, "a deleted endpoint got more")
-        self.assertFalse(slow.got)
         slow.release.set()
         until(lambda: slow.delivered() == want + later, what="the slow receiver's events, in order")
         self.assertEqual((slow.bad, fast.bad, late.bad), ([], [], []))
