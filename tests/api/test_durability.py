@@ -54,7 +54,7 @@ class Strace:
             if os.path.exists(self.path) and trace in open(self.path, errors="replace").read():
                 return
             time.sleep(0.1)
-        raise AssertionError("strace did not attach: %s" % self.proc.stderr.read() if self.proc.poll() else "")
+        raise AssertionError("strace did not attach: %s" % (self.proc.stderr.read() if self.proc.poll() is not None else "still running"))
 
     def stop(self):
         self.proc.terminate()

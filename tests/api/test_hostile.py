@@ -297,8 +297,7 @@ class Hostile(unittest.TestCase):
         self.assertEqual((r.status, r.json["details"]["field"]), (400, "action"), r)
         # every answer the service gives is text a strict decoder reads
         for path in ("/api/plans?status=all", "/api/audit-logs?limit=200"):
-            conn_raw = S.admin("GET", path)
-            self.assertEqual(conn_raw.status, 200)
+            self.assertEqual(S.admin("GET", path).status, 200, path)
         raw = subprocess.run(["curl", "-fsS", "-H", "Authorization: Bearer " + ADMIN,
                               "http://127.0.0.1:%d/api/plans?status=all" % S.direct_port], capture_output=True, check=True).stdout
         json.loads(raw.decode("utf-8", errors="strict"))

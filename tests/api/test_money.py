@@ -44,9 +44,9 @@ def share(amount, left, period):
     return (abs(num) + period // 2) // period * (1 if num >= 0 else -1)
 
 
-def money(trace):
+def money(trace, stack=None):
     """(captured, refunded) in cents by the requests of one trace id."""
-    logs = S.admin("GET", "/api/audit-logs?limit=100&traceId=" + trace).json["logs"]
+    logs = (stack or S).admin("GET", "/api/audit-logs?limit=100&traceId=" + trace).json["logs"]
     captured = sum(l["after"]["amount_cents"] for l in logs if l["action"] == "payment.succeeded")
     refunded = sum(l["after"]["amount_cents"] for l in logs if l["action"] == "payment.refunded")
     return captured, refunded
@@ -227,9 +227,7 @@ class PeriodEndsWhileTheChangePays(unittest.TestCase):
         r = out[0]
         self.assertEqual((r.status, r.json["code"]), (409, "SUBSCRIPTION_ENDED"), r)
         self.assertEqual((S.plan(b["id"])["subscriptions_left"], S.plan(b["id"])["subscriptions_held"]), (5, 0))
-        logs = S.admin("GET", "/api/audit-logs?limit=100&traceId=" + trace).json["logs"]
-        captured = sum(l["after"]["amount_cents"] for l in logs if l["action"] == "payment.succeeded")
-        refunded = sum(l["after"]["amount_cents"] for l in logs if l["action"] == "payment.refunded")
+        captured, refunded = money(trace, S)
         self.assertEqual(captured, refunded)
         g = S.request("GET", "/api/subscriptions/" + sub["id"], headers={"Authorization": "Bearer " + sub["accessToken"]})
         self.assertEqual((g.json["status"], g.json["planId"]), ("active", a["id"]))
