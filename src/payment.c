@@ -1,80 +1,112 @@
-/* payment.c - the simulated payment processor, with Stripe's test payment-method names. */
+/* payment.c - the ledger's calls of the payment processor, and its payment records. */
 #include "payment.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "metrics.h"
 #include "util.h"
 
-static const struct {
-	const char *method;
-	const char *decline_code;
-} declines[] = {
-	{"pm_card_chargeDeclined", "generic_decline"},
-	{"pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"},
-	{"pm_card_chargeDeclinedExpiredCard", "expired_card"},
-};
-
-const char *payment_decline_code(const char *method)
+/* The process's processor, or NULL (its outcome PAY_UNKNOWN) when it cannot be opened. */
+static struct processor *processor_of(struct ledger *lg, struct pay_result *out)
 {
-	for (size_t i = 0; i < sizeof(declines) / sizeof(declines[0]); i++)
-		if (!strcmp(method, declines[i].method))
-			return declines[i].decline_code;
-	return NULL;
+	struct processor *p = lg->proc ? lg->proc : processor_shared(&lg->processor);
+
+	if (!p) {
+		memset(out, 0, sizeof(*out));
+		snprintf(out->msg, sizeof(out->msg), "the payment processor is not available");
+		out->outcome = PAY_UNKNOWN;
+	}
+	return p;
 }
 
-/* The processor's round trip. Models a real network call, not a synchronisation. */
-static void network_latency(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+/* One timed call of operation op: out->outcome is what it returns. */
+#define CALL(op, expr)                                                                                    \
+	do {                                                                                              \
+		struct processor *p = processor_of(lg, out);                                              \
+		int64_t start = mono_us();                                                                \
+		if (!p)                                                                                   \
+			return PAY_UNKNOWN;                                                               \
+		out->outcome = (expr);                                                                    \
+		metrics_processor(op, (int)out->outcome, mono_us() - start);                             \
+		return out->outcome;                                                                      \
+	} while (0)
 
-	while (ms > 0 && nanosleep(&ts, &ts) != 0)
-		;
+enum pay_outcome payment_authorize(struct ledger *lg, const struct pay_req *r, struct pay_result *out)
+{
+	CALL(r->off_session ? "charge_saved" : "authorize",
+	     r->off_session ? p->ops->charge_saved(p, r, out) : p->ops->authorize(p, r, out));
 }
 
-int payment_charge(struct store *s, const char *key, int64_t amount_cents, const char *method,
-		   int latency_ms, struct processor_rec *out, struct err *e)
+enum pay_outcome payment_capture(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out)
 {
-	const char *decline = payment_decline_code(method);
-	struct processor_rec want = {0};
-	int64_t start = mono_us();
-	int rc;
-
-	network_latency(latency_ms);
-	want.state = decline ? PROC_DECLINED : PROC_CHARGED;
-	id_new_prefixed("pay_", want.charge_id, sizeof(want.charge_id));
-	snprintf(want.decline_code, sizeof(want.decline_code), "%s", decline ? decline : "");
-	want.amount_cents = amount_cents;
-	rc = s->ops->processor_charge(s, key, &want, out, e);
-	metrics_processor("charge", mono_us() - start);
-	return rc;
+	CALL("capture", p->ops->capture(p, ref, out));
 }
 
-int payment_credit(struct store *s, const char *key, const char *refund_id, int64_t amount_cents,
-		   struct processor_rec *out, struct err *e)
+enum pay_outcome payment_cancel(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out)
 {
-	struct processor_rec want = {0};
-	int64_t start = mono_us();
-	int rc;
-
-	want.state = PROC_REFUNDED;
-	snprintf(want.refund_id, sizeof(want.refund_id), "%s", refund_id);
-	want.amount_cents = amount_cents;
-	rc = s->ops->processor_charge(s, key, &want, out, e);
-	metrics_processor("credit", mono_us() - start);
-	return rc;
+	CALL("cancel", p->ops->cancel(p, ref, out));
 }
 
-int payment_void(struct store *s, const char *key, struct processor_rec *out, struct err *e)
+enum pay_outcome payment_refund(struct ledger *lg, const char *payment_id, const char *refund_key, int64_t max_cents,
+				struct pay_result *out)
 {
-	char refund_id[32];
-	int64_t start = mono_us();
-	int rc;
+	CALL("refund", p->ops->refund(p, payment_id, refund_key, max_cents, out));
+}
 
-	id_new_prefixed("pay_", refund_id, sizeof(refund_id));
-	rc = s->ops->processor_void(s, key, refund_id, out, e);
-	metrics_processor("void", mono_us() - start);
+enum pay_outcome payment_lookup(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out)
+{
+	CALL("lookup", p->ops->lookup(p, ref, out));
+}
+
+int payment_verify_event(struct ledger *lg, const char *body, size_t len, const char *signature, bool *none, char *why,
+			 size_t whylen)
+{
+	struct pay_result ignored;
+	struct processor *p = processor_of(lg, &ignored);
+
+	*none = !p || !p->ops->verify_event;
+	if (*none) {
+		snprintf(why, whylen, "this payment processor sends no events");
+		return -1;
+	}
+	return p->ops->verify_event(p, body, len, signature, now_ms() / 1000, why, whylen);
+}
+
+void payment_of(struct payment *p, const char *key, const char *sub_id, const char *kind, const char *id,
+		const char *status, const char *decline, int64_t amount, int64_t now)
+{
+	memset(p, 0, sizeof(*p));
+	snprintf(p->id, sizeof(p->id), "%s", id);
+	snprintf(p->idem_key, sizeof(p->idem_key), "%s", key);
+	snprintf(p->kind, sizeof(p->kind), "%s", kind);
+	snprintf(p->status, sizeof(p->status), "%s", status);
+	snprintf(p->decline_code, sizeof(p->decline_code), "%s", decline ? decline : "");
+	snprintf(p->subscription_id, sizeof(p->subscription_id), "%s", sub_id);
+	p->amount_cents = amount;
+	p->created_at = now;
+}
+
+const char *payment_action(const struct payment *p)
+{
+	if (!strcmp(p->kind, "refund"))
+		return "payment.refunded";
+	if (!strcmp(p->kind, "dispute"))
+		return "subscription.disputed";
+	if (!strcmp(p->status, "authorized"))
+		return "payment.authorized";
+	if (!strcmp(p->status, "voided"))
+		return "payment.voided";
+	return !strcmp(p->status, "succeeded") ? "payment.captured" : "payment.declined";
+}
+
+int payment_keep(struct ledger *lg, const struct actor *a, const struct payment *p, bool *existed, struct err *e)
+{
+	char *detail = ledger_payment_detail(p);
+	const struct event_spec ev[] = {{payment_action(p), "payment", p->id, EV_NO_COUNTS, detail, NULL}};
+	int rc = lg->store->ops->payment_record(lg->store, p, ev, 1, a, existed, e);
+
+	free(detail);
 	return rc;
 }

@@ -1,24 +1,33 @@
-/* payment.h - the simulated payment processor, with Stripe's test payment-method names. It
- * plays a remote service: it keeps its own records by the purchase's Idempotency-Key (apart
- * from the ledger, see store.h), never charges twice for one key, and a key voided before its
- * charge refuses any later charge. */
+/* payment.h - the ledger's side of the processor seam (processor.h): every call of the
+ * payment processor, timed and counted for the metrics, and what the ledger records of it.
+ *
+ * A charge is recorded "authorized" by the unit that settles its hold, then "succeeded" once
+ * captured, or "voided" when no seat keeps it; a refund "pending" until the processor made
+ * it. */
 #ifndef NUMATIX_PAYMENT_H
 #define NUMATIX_PAYMENT_H
 
-#include "store.h"
+#include "ledger.h"
+#include "processor.h"
 
-/* The decline code the method name asks for, or NULL if it succeeds. */
-const char *payment_decline_code(const char *method);
-/* Charges amount once for key, after latency_ms of simulated network time. out: the
- * processor's record for the key (PROC_CHARGED or PROC_DECLINED, or what an earlier call
- * left: PROC_REFUNDED, PROC_VOID). */
-int payment_charge(struct store *s, const char *key, int64_t amount_cents, const char *method,
-		   int latency_ms, struct processor_rec *out, struct err *e);
-/* Credits amount to the customer once for key (a refund without a charge of its own, as a
- * plan change's), under the refund id given. out: the record after. */
-int payment_credit(struct store *s, const char *key, const char *refund_id, int64_t amount_cents,
-		   struct processor_rec *out, struct err *e);
-/* Refunds the key's charge, or voids a key that has none. out: the record after. */
-int payment_void(struct store *s, const char *key, struct processor_rec *out, struct err *e);
+enum pay_outcome payment_authorize(struct ledger *lg, const struct pay_req *r, struct pay_result *out);
+enum pay_outcome payment_capture(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out);
+enum pay_outcome payment_cancel(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out);
+enum pay_outcome payment_refund(struct ledger *lg, const char *payment_id, const char *refund_key, int64_t max_cents,
+				struct pay_result *out);
+enum pay_outcome payment_lookup(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out);
+/* Whether an event is the processor's own (processor.h, verify_event): 0; -1 with why, and
+ * *none set when this processor sends no events at all. */
+int payment_verify_event(struct ledger *lg, const char *body, size_t len, const char *signature, bool *none, char *why,
+			 size_t whylen);
+
+/* A payment record as the ledger keeps it. */
+void payment_of(struct payment *p, const char *key, const char *sub_id, const char *kind, const char *id,
+		const char *status, const char *decline, int64_t amount, int64_t now);
+/* Records a payment on its own (a void, a refund, a charge that came too late) with its
+ * event, once per key and kind; *existed when one was there. */
+int payment_keep(struct ledger *lg, const struct actor *a, const struct payment *p, bool *existed, struct err *e);
+/* The audit action of a payment record in its status. */
+const char *payment_action(const struct payment *p);
 
 #endif
