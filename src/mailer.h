@@ -1,0 +1,47 @@
+/* mailer.h - the mail sender: each pass sends the outbox's due mails (outbox.h) over SMTP
+ * (smtp.h), rendered from their data (mail_render.h). A 4xx, or no server, is tried again after
+ * 10 s, 30 s, 1 min, 5 min and 15 min, then the mail is failed; a 5xx fails it at once; a failed
+ * mail writes mail.failed. At least once: a sender killed after the server took a mail and
+ * before it was marked sends it again, with the same Message-ID (made from the row's id). One
+ * runs at a time across workers and machines, by a lease in the store: the server's process,
+ * or `numatix mail` from cron. Without an SMTP server set, mails stay queued. */
+#ifndef NUMATIX_MAILER_H
+#define NUMATIX_MAILER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ledger.h"
+#include "smtp.h"
+
+#define MAILER_LEASE "mailer"
+#define MAIL_RETRIES 5
+
+struct mail_settings {
+	struct smtp_settings smtp;   /* url NULL: nothing is sent */
+	const char *public_url;
+	const char *currency;
+};
+
+struct mail_stats {
+	int sent, deferred, failed;
+	bool ran;                    /* false: another sender holds the lease, or no server is set */
+};
+
+/* After `attempts` attempts refused with a 4xx: true and *next_at when to try again, or false
+ * (the mail has failed). */
+bool mail_retry(int attempts, int64_t now, int64_t *next_at);
+
+/* The Message-ID of a mail: "<id@host of public_url>" into out. */
+#define MESSAGE_ID_LEN 300
+void mail_message_id(const char *mail_id, const char *public_url, char out[MESSAGE_ID_LEN]);
+
+struct config;
+/* The settings of cfg (its strings borrowed). */
+void mailer_settings(struct mail_settings *ms, const struct config *cfg);
+
+/* One pass; stop (may be NULL) ends it early between mails. */
+int mailer_run(struct ledger *lg, const struct mail_settings *ms, const char *holder, bool (*stop)(void),
+	       struct mail_stats *st, struct err *e);
+
+#endif

@@ -1,0 +1,46 @@
+/* outbox.h - the mail a change sends. Each is a row of the outbox written in the change's own
+ * atomic unit, with its event (struct mail_spec on the event_spec): a receipt with a payment's
+ * capture or a renewal, word of a failed renewal with the subscription going past due, word of
+ * an end with the end, an offer with a waiting-list offer. What a mail shows is data kept on
+ * the row (ids, names, amounts and times, never a secret), rendered at sending by its kind's
+ * template (mail_render.h); nothing here sends (mailer.h does). */
+#ifndef NUMATIX_OUTBOX_H
+#define NUMATIX_OUTBOX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "store.h"
+
+#define MAIL_RECEIPT "receipt"
+#define MAIL_PAYMENT_FAILED "payment_failed"
+#define MAIL_ENDED "ended"
+#define MAIL_OFFER "offer"
+
+/* A mail being written: its spec (for the event that sends it) and the data it owns. */
+struct outbox_mail {
+	struct mail_spec spec;
+	char *data;
+};
+void outbox_mail_clear(struct outbox_mail *m);
+
+/* A payment's receipt (a purchase's charge captured, a renewal, a plan change's difference):
+ * the subscription it pays and the period it pays for. */
+void outbox_receipt(struct outbox_mail *m, const struct subscription *sub, const struct payment *p,
+		    const char *what);
+/* A renewal declined: the amount, and the next attempt (0: none, the subscription ends). */
+void outbox_payment_failed(struct outbox_mail *m, const struct subscription *sub, int64_t next_attempt_at,
+			   const char *decline_code);
+/* A subscription's end: ended at its period's end, or cancelled (reason as kept). */
+void outbox_ended(struct outbox_mail *m, const struct subscription *sub, const char *status, int64_t at);
+/* A waiting-list offer: the entry's session, its seats and its deadline. */
+void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w);
+
+/* Whether an event of this action may send a mail of this kind (check()'s invariant 7). */
+bool outbox_caused_by(const char *kind, const char *action);
+/* Whether text holds something shaped like a secret this service makes or keeps (an access
+ * token, a client secret, a waiting-list or session token, a signing or API key). */
+bool outbox_leaks(const char *text);
+
+#endif

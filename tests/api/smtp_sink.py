@@ -1,0 +1,86 @@
+"""A real SMTP server on loopback for the mail tests: aiosmtpd's controller in the test process.
+It keeps every message it took, raw, and answers DATA as a test scripts it (451, 550, or 250)."""
+import asyncio
+import email
+import email.policy
+import threading
+
+from aiosmtpd.controller import Controller
+
+from stack import free_port, until
+
+
+class _Handler:
+    def __init__(self, box):
+        self.box = box
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.box.lock:
+            self.box.attempts += 1
+            answer = self.box.script.pop(0) if self.box.script else "250 OK"
+            if answer.startswith("250"):
+                self.box.raw.append((envelope.rcpt_tos, envelope.original_content or envelope.content))
+            gate = None
+            if self.box.gate and self.box.gate[0] in envelope.rcpt_tos:
+                gate = self.box.gate[1]
+                self.box.gate = None
+        if gate:
+            # the message is taken; the answer waits until the test lets it go
+            self.box.held.set()
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait)
+        return answer
+
+
+class Mailbox:
+    """Started on a free port (or the port given). script: the answers to the next DATAs."""
+
+    def __init__(self, port=None):
+        self.lock = threading.Lock()
+        self.raw = []
+        self.script = []
+        self.attempts = 0
+        self.gate = None
+        self.held = threading.Event()
+        self.port = port or free_port()
+        self.controller = None
+
+    def start(self):
+        self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self):
+        with self.lock:
+            if self.gate:
+                self.gate[1].set()
+        if self.controller:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def url(self):
+        return "smtp://127.0.0.1:%d" % self.port
+
+    def hold_next(self, rcpt):
+        """The next message to rcpt is taken, and its answer held until the event returned is
+        set: held is set once the sender waits for it."""
+        with self.lock:
+            self.held.clear()
+            self.gate = (rcpt, threading.Event())
+            return self.gate[1]
+
+    def answer(self, *codes):
+        with self.lock:
+            self.script.extend(codes)
+
+    def messages(self):
+        """Every message taken, parsed: (recipients, email.message.EmailMessage, raw bytes)."""
+        with self.lock:
+            taken = list(self.raw)
+        return [(rcpt, email.message_from_bytes(raw, policy=email.policy.default), raw) for rcpt, raw in taken]
+
+    def wait_for(self, n, what="mail"):
+        return until(lambda: (lambda m: m if len(m) >= n else None)(self.messages()), what="%d %s" % (n, what))
+
+    def to(self, address, subject_has=None):
+        return [m for r, m, _ in self.messages() if address in r and (not subject_has or subject_has in m["subject"])]

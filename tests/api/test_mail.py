@@ -1,0 +1,210 @@
+"""The mail a customer gets, through a real SMTP server on loopback (aiosmtpd): every kind written
+with its change and sent once, MIME as readers expect, no secret in any byte; a server that
+defers, refuses, or is down, against the retry schedule (the server's clock moved by
+libfaketime, never a sleep)."""
+import os
+import signal
+import time
+import unittest
+import uuid
+
+from smtp_sink import Mailbox
+from stack import Clock, Stack, until
+
+PUBLIC = "https://seats.example.com"
+
+
+class Mail(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.box = Mailbox().start()
+        cls.clock = Clock()
+        cls.S = Stack(NUMATIX_SMTP_URL=cls.box.url, NUMATIX_PUBLIC_URL=PUBLIC + "/",
+                      NUMATIX_MAIL_FROM="Numatix Seats <seats@example.com>", NUMATIX_RENEW_INTERVAL=3600,
+                      **cls.clock.env()).start()
+        cls.secrets = []
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+        cls.box.stop()
+        cls.clock.cleanup()
+
+    def address(self):
+        return "m-%s@example.com" % uuid.uuid4().hex[:12]
+
+    def buy(self, plan, email, method="pm_card_visa", name="Test Buyer"):
+        r = self.S.request("POST", "/api/subscriptions/purchase",
+                           {"planId": plan["id"], "paymentMethodId": method, "customer": {"email": email, "name": name}},
+                           {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual(r.status, 201, r)
+        self.secrets.append(r.json["accessToken"])
+        return r.json
+
+    def rows(self, customer_id, kind=None):
+        out, cursor = [], ""
+        while True:
+            r = self.S.admin("GET", "/api/mail?limit=200" + ("&cursor=" + cursor if cursor else ""))
+            self.assertEqual(r.status, 200, r)
+            out += [m for m in r.json["mail"] if m["customerId"] == customer_id and (not kind or m["kind"] == kind)]
+            cursor = r.json["nextCursor"]
+            if not cursor:
+                return out
+
+    def row_when(self, customer_id, kind, cond, what):
+        return until(lambda: next((m for m in self.rows(customer_id, kind) if cond(m)), None), what=what)
+
+    def assertNoSecret(self):
+        """No token a test was given, nor its random part, in any message: raw, or its parts
+        decoded (quoted-printable may fold a token across lines)."""
+        for _, m, raw in self.box.messages():
+            seen = [raw.decode("utf-8", "replace")] + [p.get_content() for p in m.walk()
+                                                       if p.get_content_maintype() == "text"]
+            for s in self.secrets:
+                for text in seen:
+                    self.assertNotIn(s, text)
+                    self.assertNotIn(s.rsplit("_", 1)[-1], text, "a token's secret part")
+
+    def test_a_purchase_gets_one_receipt_as_readers_expect(self):
+        p = self.S.create_plan(capacity=5, price=1250, name="Receipts %s" % uuid.uuid4().hex[:6])
+        to = self.address()
+        s = self.buy(p, to, name="Zoë Ünal")
+        row = self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "the receipt sent")
+        self.assertEqual(row["attempts"], 1, row)
+        [m] = self.box.to(to)
+        self.assertEqual(m["message-id"], "<mail.%s@seats.example.com>" % row["id"])
+        self.assertEqual(m["to"].addresses[0].display_name, "Zoë Ünal")
+        self.assertEqual(m["to"].addresses[0].addr_spec, to)
+        self.assertEqual(m["from"].addresses[0].addr_spec, "seats@example.com")
+        self.assertIn(p["name"], m["subject"])
+        self.assertIsNotNone(m["date"])
+        text, html = m.get_body(("plain",)), m.get_body(("html",))
+        self.assertEqual(text.get_content_charset(), "utf-8")
+        self.assertEqual(html.get_content_type(), "text/html")
+        link = PUBLIC + "/account.html#subscription=" + s["id"]
+        self.assertIn(link, text.get_content())
+        self.assertIn('href="%s"' % link, html.get_content())
+        self.assertIn("12.50 USD", text.get_content())
+        self.assertIn("Zoë Ünal", text.get_content())
+        self.assertNoSecret()
+        ok, out = self.S.check()
+        self.assertTrue(ok, out)
+
+    def test_451_twice_then_250_delivers_once_after_three_attempts(self):
+        p = self.S.create_plan(capacity=5, price=700)
+        to = self.address()
+        self.box.answer("451 4.3.0 Try again later", "451 4.3.0 Try again later")
+        s = self.buy(p, to)
+        self.row_when(s["customerId"], "receipt", lambda m: m["attempts"] == 1 and m["status"] == "queued",
+                      "the first attempt deferred")
+        self.clock.advance(11)
+        self.row_when(s["customerId"], "receipt", lambda m: m["attempts"] == 2 and m["status"] == "queued",
+                      "the second attempt deferred, 10 s later")
+        self.clock.advance(31)
+        row = self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "sent at the third")
+        self.assertEqual(row["attempts"], 3, row)
+        self.assertEqual(len(self.box.to(to)), 1)
+
+    def test_550_fails_at_once_with_mail_failed_in_the_feed(self):
+        p = self.S.create_plan(capacity=5, price=700)
+        to = self.address()
+        head = self.S.feed_head()
+        self.box.answer("550 5.1.1 No such user")
+        s = self.buy(p, to)
+        row = self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "failed", "failed")
+        self.assertEqual(row["attempts"], 1, row)
+        self.assertIn("550", row["lastError"] or "", row)
+        failed = [e for e in self.S.events_after(head) if e["type"] == "mail.failed"]
+        self.assertEqual([(e["data"]["resourceType"], e["data"]["resourceId"]) for e in failed], [("mail", row["id"])], failed)
+        self.assertEqual(self.box.to(to), [])
+        r = self.S.admin("GET", "/api/mail?status=failed")
+        self.assertIn(row["id"], [m["id"] for m in r.json["mail"]])
+        self.assertEqual(self.S.admin("GET", "/api/mail?status=nope").status, 400)
+
+    def test_a_server_down_loses_nothing(self):
+        p = self.S.create_plan(capacity=5, price=700)
+        to = self.address()
+        self.box.stop()
+        try:
+            s = self.buy(p, to)
+            row = self.row_when(s["customerId"], "receipt", lambda m: m["attempts"] >= 1, "an attempt while down")
+            self.assertEqual(row["status"], "queued", row)
+        finally:
+            self.box.start()
+        self.clock.advance(11)
+        self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "sent once the server is back")
+        self.assertEqual(len(self.box.to(to)), 1)
+
+    def test_the_sender_killed_mid_send_sends_again_with_the_same_message_id(self):
+        p = self.S.create_plan(capacity=5, price=700)
+        to = self.address()
+        gate = self.box.hold_next(to)
+        try:
+            s = self.buy(p, to)
+            until(lambda: self.box.held.is_set(), what="the sender waiting for the server's answer")
+            killed = self.S.service_pid("numatix-mailer")
+            self.assertTrue(killed)
+            os.kill(killed, signal.SIGKILL)
+            until(lambda: self.S.service_pid("numatix-mailer") not in (0, killed), what="another sender")
+        finally:
+            gate.set()
+        row = self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "sent by the new sender")
+        self.assertEqual(row["attempts"], 1, row)
+        got = self.box.to(to)
+        self.assertEqual(len(got), 2, "taken before the kill, and again after")
+        self.assertEqual({m["message-id"] for m in got}, {"<mail.%s@seats.example.com>" % row["id"]})
+
+    def test_a_cancellation_is_mailed(self):
+        p = self.S.create_plan(capacity=5, price=700, name="Ends %s" % uuid.uuid4().hex[:6])
+        to = self.address()
+        s = self.buy(p, to)
+        r = self.S.request("POST", "/api/subscriptions/%s/cancel" % s["id"], {},
+                           {"Authorization": "Bearer " + s["accessToken"]})
+        self.assertEqual(r.status, 200, r)
+        self.row_when(s["customerId"], "ended", lambda m: m["status"] == "sent", "the end mailed")
+        [m] = self.box.to(to, subject_has="ended")
+        self.assertIn("was cancelled", m.get_body(("plain",)).get_content())
+        self.assertNoSecret()
+
+    def test_a_failed_renewal_is_mailed_with_its_next_attempt(self):
+        p = self.S.create_plan(capacity=5, price=900, interval="week", renewal="auto",
+                               name="Dunning %s" % uuid.uuid4().hex[:6])
+        to = self.address()
+        s = self.buy(p, to, method="pm_card_chargeCustomerFail")
+        end = s["currentPeriodEnd"]
+        server = time.time() + self.clock.offset_s
+        end_s = time.mktime(time.strptime(end[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        self.clock.advance(max(0, end_s + 60 - server))
+        self.S.renew()
+        g = self.S.admin("GET", "/api/subscriptions/" + s["id"]).json
+        self.assertEqual(g["status"], "past_due", g)
+        self.row_when(s["customerId"], "payment_failed", lambda m: m["status"] == "sent", "the failure mailed")
+        [m] = self.box.to(to, subject_has="failed")
+        body = m.get_body(("plain",)).get_content()
+        nxt = g["nextPaymentAttemptAt"]
+        self.assertIn("%s %s" % (nxt[:10], nxt[11:16]), body, "the next attempt, in the plan's zone (UTC)")
+        self.assertIn(PUBLIC + "/account.html#subscription=" + s["id"], body)
+        self.assertNoSecret()
+
+    def test_a_waiting_list_offer_is_mailed_to_the_first_in_line(self):
+        p = self.S.create_plan(capacity=1, price=500, waitlist_enabled=True, name="Line %s" % uuid.uuid4().hex[:6])
+        s = self.buy(p, self.address())
+        waiter = self.address()
+        j = self.S.request("POST", "/api/plans/%s/waitlist" % p["id"], {"customer": {"email": waiter, "name": "W"}},
+                           {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual(j.status, 201, j)
+        self.secrets += [v for k, v in j.json.items() if k.endswith("Token") and isinstance(v, str) and len(v) > 20]
+        r = self.S.request("POST", "/api/subscriptions/%s/cancel" % s["id"], {},
+                           {"Authorization": "Bearer " + s["accessToken"]})
+        self.assertEqual(r.status, 200, r)
+        [m] = until(lambda: self.box.to(waiter, subject_has="yours"), what="the offer mailed")
+        body = m.get_body(("plain",)).get_content()
+        self.assertIn(PUBLIC + "/account.html#entry=" + j.json["id"], body)
+        self.assertIn(p["name"], body)
+        self.assertNoSecret()
+        ok, out = self.S.check()
+        self.assertTrue(ok, out)
+
+
+if __name__ == "__main__":
+    unittest.main()
