@@ -18,6 +18,9 @@ void api_subscriptions_purchase(struct request *rq, struct response *rs);
 void api_subscriptions_get(struct request *rq, struct response *rs);
 void api_subscriptions_cancel(struct request *rq, struct response *rs);
 void api_subscriptions_change_plan(struct request *rq, struct response *rs);
+void api_subscriptions_resume(struct request *rq, struct response *rs);
+void api_renewals(struct request *rq, struct response *rs);
+void api_subscriptions_payment_method(struct request *rq, struct response *rs);
 
 void api_checkout_create(struct request *rq, struct response *rs);
 void api_checkout_get(struct request *rq, struct response *rs);
@@ -37,9 +40,12 @@ void api_webhooks_create(struct request *rq, struct response *rs);
 void api_webhooks_list(struct request *rq, struct response *rs);
 void api_webhooks_delete(struct request *rq, struct response *rs);
 void api_webhooks_deliveries(struct request *rq, struct response *rs);
+void api_mail_list(struct request *rq, struct response *rs);
 /* Whether t spells an event type (seat.held): 1 to 39 of a-z . _ */
 bool api_event_type_valid(const char *t);
 void api_health(struct request *rq, struct response *rs);
+void api_stripe_webhook(struct request *rq, struct response *rs);
+void api_payments_summary(struct request *rq, struct response *rs);
 void api_metrics(struct request *rq, struct response *rs);
 
 /* Shared by handlers: validates rq->json against fields; on failure answers 400 and

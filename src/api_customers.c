@@ -35,7 +35,8 @@ void api_customers_create(struct request *rq, struct response *rs)
 	customer_clear(&c);
 }
 
-static const char *const sub_statuses[] = {"pending", "active", "failed", "expired", "cancelled"};
+static const char *const sub_statuses[] = {"pending", "active", "past_due", "failed", "expired", "cancelled",
+					   "ended", "changed"};
 
 void api_customers_subscriptions(struct request *rq, struct response *rs)
 {
@@ -53,7 +54,7 @@ void api_customers_subscriptions(struct request *rq, struct response *rs)
 		for (i = 0; i < sizeof(sub_statuses) / sizeof(sub_statuses[0]) && strcmp(status, sub_statuses[i]); i++)
 			;
 		if (i == sizeof(sub_statuses) / sizeof(sub_statuses[0])) {
-			response_invalid(rs, rq, "status", "must be one of: pending, active, failed, expired, cancelled");
+			response_invalid(rs, rq, "status", "must be one of: pending, active, past_due, failed, expired, cancelled, ended, changed");
 			goto out;
 		}
 	} else {

@@ -1,15 +1,25 @@
 /* api_plans.c - /api/plans: list, get, stats, create, update. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
 #include "metrics.h"
 #include "ids.h"
+#include "period.h"
 #include "util.h"
 #include "valid.h"
 #include "view.h"
 
 static const char *const plan_statuses[] = {"active", "inactive", NULL};
+static const char *const intervals[] = {"day", "week", "month", "year", NULL};
+static const char *const renewals[] = {"auto", "none", NULL};
+
+#define TERM_FIELDS                                                             \
+	{"interval", V_ENUM, false, 0, 0, intervals, NULL},                     \
+	{"interval_count", V_INT, false, 1, PERIOD_COUNT_MAX, NULL, NULL},      \
+	{"renewal", V_ENUM, false, 0, 0, renewals, NULL},                       \
+	{"timezone", V_STRING, false, 1, PERIOD_ZONE_MAX, NULL, NULL}
 
 static const struct field plan_create_fields[] = {
 	{"name", V_STRING, true, 1, 100, NULL, NULL},
@@ -21,6 +31,7 @@ static const struct field plan_create_fields[] = {
 	{"max_per_order", V_INT, false, 1, 1000, NULL, NULL},
 	{"max_per_customer", V_INT_NULL, false, 1, 1000000000LL, NULL, NULL},
 	{"waitlist_enabled", V_BOOL, false, 0, 0, NULL, NULL},
+	TERM_FIELDS,
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
@@ -35,6 +46,7 @@ static const struct field plan_update_fields[] = {
 	{"max_per_order", V_INT, false, 1, 1000, NULL, NULL},
 	{"max_per_customer", V_INT_NULL, false, 1, 1000000000LL, NULL, NULL},
 	{"waitlist_enabled", V_BOOL, false, 0, 0, NULL, NULL},
+	TERM_FIELDS,
 	{NULL, 0, false, 0, 0, NULL, NULL},
 };
 
@@ -121,19 +133,62 @@ static struct json_object *get(struct request *rq, const char *key)
 	return v;
 }
 
+/* A plan's term from a body: duration_days is a term of days (as before intervals), or
+ * interval with interval_count (1 when not given), never both; timezone an IANA zone. The
+ * fields given are added to *fields (PLAN_F_INTERVAL, PLAN_F_TIMEZONE, PLAN_F_RENEWAL). -1 after
+ * a 400. */
+static int terms_read(struct request *rq, struct response *rs, enum period_unit *unit, int64_t *count,
+		      const char **zone, bool *renews, unsigned *fields)
+{
+	struct json_object *days = get(rq, "duration_days"), *iv = get(rq, "interval"), *n = get(rq, "interval_count");
+	struct json_object *v;
+
+	if (days && (iv || n)) {
+		response_invalid(rs, rq, "duration_days", "give duration_days, or interval and interval_count, not both");
+		return -1;
+	}
+	if (days || iv || n) {
+		*fields |= PLAN_F_INTERVAL;
+		*unit = PERIOD_DAY;
+		if (iv)
+			period_unit_parse(json_object_get_string(iv), unit);
+		*count = days ? json_object_get_int64(days) : n ? json_object_get_int64(n) : 1;
+	}
+	if ((v = get(rq, "timezone"))) {
+		*zone = json_object_get_string(v);
+		if (!period_zone_known(*zone)) {
+			response_invalid(rs, rq, "timezone", "must be an IANA time zone name, such as Europe/Berlin or UTC");
+			return -1;
+		}
+		*fields |= PLAN_F_TIMEZONE;
+	}
+	if ((v = get(rq, "renewal"))) {
+		*renews = !strcmp(json_object_get_string(v), "auto");
+		*fields |= PLAN_F_RENEWAL;
+	}
+	return 0;
+}
+
 void api_plans_create(struct request *rq, struct response *rs)
 {
 	struct plan p = {0};
 	struct err e = {0};
 	struct json_object *v;
 
+	const char *zone = "UTC";
+	unsigned given = 0;
+
 	if (api_body(rq, rs, plan_create_fields))
 		return;
+	p.interval = PERIOD_DAY;
+	p.interval_count = 30;
+	if (terms_read(rq, rs, &p.interval, &p.interval_count, &zone, &p.renews, &given))
+		return;
+	snprintf(p.timezone, sizeof(p.timezone), "%s", zone);
 	id_new(p.id);
 	p.name = xstrdup(json_object_get_string(get(rq, "name")));
 	p.description = xstrdup((v = get(rq, "description")) ? json_object_get_string(v) : "");
 	p.price_cents = json_object_get_int64(get(rq, "price_cents"));
-	p.duration_days = (v = get(rq, "duration_days")) ? json_object_get_int64(v) : 30;
 	p.total_capacity = json_object_get_int64(get(rq, "total_capacity"));
 	p.subscriptions_left = p.total_capacity;
 	p.max_per_order = (v = get(rq, "max_per_order")) ? json_object_get_int64(v) : PLAN_MAX_PER_ORDER_DEFAULT;
@@ -168,8 +223,8 @@ void api_plans_update(struct request *rq, struct response *rs)
 		pt.description = json_object_get_string(v);
 	if ((v = get(rq, "price_cents")) && (pt.fields |= PLAN_F_PRICE))
 		pt.price_cents = json_object_get_int64(v);
-	if ((v = get(rq, "duration_days")) && (pt.fields |= PLAN_F_DURATION))
-		pt.duration_days = json_object_get_int64(v);
+	if (terms_read(rq, rs, &pt.interval, &pt.interval_count, &pt.timezone, &pt.renews, &pt.fields))
+		return;
 	if ((v = get(rq, "total_capacity")) && (pt.fields |= PLAN_F_CAPACITY))
 		pt.total_capacity = json_object_get_int64(v);
 	if ((v = get(rq, "features")) && (pt.fields |= PLAN_F_FEATURES))

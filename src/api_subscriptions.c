@@ -5,6 +5,7 @@
 
 #include "api.h"
 #include "idem.h"
+#include "life.h"
 #include "metrics.h"
 #include "purchase.h"
 #include "util.h"
@@ -117,17 +118,31 @@ out:
 	subscription_clear(&sub);
 }
 
-void api_subscriptions_cancel(struct request *rq, struct response *rs)
+static const struct field cancel_fields[] = {
+	{"atPeriodEnd", V_BOOL, false, 0, 0, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+static const struct field nothing_fields[] = {
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+static const struct field method_fields[] = {
+	{"paymentMethodId", V_STRING, true, 4, 100, NULL, NULL},
+	{NULL, 0, false, 0, 0, NULL, NULL},
+};
+
+/* A move of a subscription's own: the subscription loaded (404 first), its customer the actor
+ * unless the admin asks; then the move, answered with the subscription after it. */
+enum own_move { MOVE_CANCEL_NOW, MOVE_CANCEL_AT_END, MOVE_RESUME, MOVE_METHOD };
+
+static void own_move(struct request *rq, struct response *rs, enum own_move m, const char *method)
 {
 	struct subscription sub = {0};
 	struct err e = {0};
 	char customer[ID_LEN + 1];
+	int rc;
 
-	if (rq->json && (!json_object_is_type(rq->json, json_type_object) ||
-			 json_object_object_length(rq->json) > 0)) {
-		response_invalid(rs, rq, "", "cancel takes no body, or an empty object");
-		return;
-	}
 	if (subscription_load(rq, rs, &sub))
 		goto out;
 	if (!rq->is_admin) {
@@ -135,11 +150,80 @@ void api_subscriptions_cancel(struct request *rq, struct response *rs)
 		rq->actor.id = customer;
 	}
 	subscription_clear(&sub);
-	if (ledger_sub_cancel(rq->lg, &rq->actor, rq->param, &sub, &e))
+	switch (m) {
+	case MOVE_CANCEL_NOW:
+		rc = ledger_sub_cancel(rq->lg, &rq->actor, rq->param, &sub, &e);
+		break;
+	case MOVE_CANCEL_AT_END:
+	case MOVE_RESUME:
+		rc = life_schedule_end(rq->lg, &rq->actor, rq->param, m == MOVE_CANCEL_AT_END, &sub, &e);
+		break;
+	default:
+		rc = life_payment_method(rq->lg, &rq->actor, rq->param, method, &sub, &e);
+		break;
+	}
+	if (rc)
 		response_err(rs, rq, &e);
 	else
 		response_json(rs, 200, view_subscription(&sub));
 	rq->actor.id = NULL;
 out:
 	subscription_clear(&sub);
+}
+
+/* No body, {} or {"atPeriodEnd": false}: at once; {"atPeriodEnd": true}: at the period's end. */
+void api_subscriptions_cancel(struct request *rq, struct response *rs)
+{
+	struct json_object *v = NULL;
+
+	if (rq->json && api_body(rq, rs, cancel_fields))
+		return;
+	json_object_object_get_ex(rq->json, "atPeriodEnd", &v);
+	own_move(rq, rs, v && json_object_get_boolean(v) ? MOVE_CANCEL_AT_END : MOVE_CANCEL_NOW, NULL);
+}
+
+void api_subscriptions_resume(struct request *rq, struct response *rs)
+{
+	if (rq->json && api_body(rq, rs, nothing_fields))
+		return;
+	own_move(rq, rs, MOVE_RESUME, NULL);
+}
+
+void api_subscriptions_payment_method(struct request *rq, struct response *rs)
+{
+	const char *method;
+
+	if (api_body(rq, rs, method_fields))
+		return;
+	method = api_str(rq, "paymentMethodId", NULL);
+	if (api_payment_method(rq, rs, method))
+		return;
+	own_move(rq, rs, MOVE_METHOD, method);
+}
+
+/* GET /api/renewals?days=N&limit=M (admin): what the renewer will do in the coming days, soonest
+ * first — active subscriptions whose period ends by then (renewed, or ended), past_due ones
+ * whose next try falls by then. */
+void api_renewals(struct request *rq, struct response *rs)
+{
+	struct subscription *subs = NULL;
+	struct err e = {0};
+	int64_t days, limit;
+	size_t n = 0;
+
+	if (api_query_int(rq, rs, "days", 0, 90, 7, &days) || api_query_int(rq, rs, "limit", 1, 200, 50, &limit))
+		return;
+	if (life_coming(rq->lg, days, (int)limit, &subs, &n, &e)) {
+		response_err(rs, rq, &e);
+		return;
+	}
+	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	for (size_t i = 0; i < n; i++) {
+		json_object_array_add(arr, view_subscription(&subs[i]));
+		subscription_clear(&subs[i]);
+	}
+	free(subs);
+	json_object_object_add(o, "subscriptions", arr);
+	json_object_object_add(o, "days", json_object_new_int64(days));
+	response_json(rs, 200, o);
 }

@@ -17,11 +17,15 @@
 void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cfg)
 {
 	lg->store = s;
+	lg->proc = NULL;
 	lg->replies = &api_replies;
 	lg->hold_ttl_s = cfg->hold_ttl_s;
-	lg->payment_latency_ms = cfg->payment_latency_ms;
+	lg->processor = (struct processor_settings){cfg->processor, cfg->sim_db, cfg->payment_latency_ms,
+						    cfg->stripe_key, cfg->stripe_api, cfg->currency, cfg->stripe_webhook_secrets};
 	lg->key_retention_h = cfg->key_retention_h;
 	lg->offer_ttl_s = cfg->offer_ttl_s;
+	lg->ndunning = cfg->ndunning;
+	memcpy(lg->dunning_days, cfg->dunning_days, sizeof(lg->dunning_days));
 	/* without an admin token there is nothing the store does not see to seal with */
 	lg->sealing = cfg->admin_token != NULL;
 	if (lg->sealing)
@@ -113,7 +117,8 @@ void app_handle(struct request *rq, struct response *rs)
 		}
 		goto out;
 	}
-	if (rq->content_length > rq->cfg->max_body || rq->body_len > (size_t)rq->cfg->max_body) {
+	long max_body = r->max_body > rq->cfg->max_body ? r->max_body : rq->cfg->max_body;
+	if (rq->content_length > max_body || rq->body_len > (size_t)max_body) {
 		response_error(rs, rq, 413, "PAYLOAD_TOO_LARGE", "The request body is too large", NULL);
 		goto out;
 	}

@@ -9,12 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "outbox.h"
 #include "util.h"
 
 #define MAX_ROWS 8
 
 struct key_rows {
-	char key[UUID_LEN + 1];
+	char key[PAYMENT_KEY_LEN + 1];
 	struct subscription subs[MAX_ROWS];
 	int nsubs;
 	struct payment pays[MAX_ROWS];
@@ -32,6 +33,13 @@ struct plan_row {
 	int64_t waiting;                  /* its line's count as the plan keeps it */
 };
 
+/* A renewal charge that took: of which subscription and period (its key, life.h). */
+struct renewal {
+	char sub_id[ID_LEN + 1];
+	int64_t period;
+	char id[32];
+};
+
 struct walk {
 	check_report_fn report;
 	void *arg;
@@ -47,14 +55,17 @@ struct walk {
 	size_t ncharged, charged_cap;
 	struct waitlist_entry *entries;   /* by plan and place */
 	size_t nentries, entries_cap;
+	struct renewal *renewals;         /* successful renewal charges */
+	size_t nrenewals, renewals_cap;
 };
 
 #define REPORT(w, ...) ((w)->report((w)->arg, __VA_ARGS__), (w)->violations++)
 
-/* A subscription that was activated: active, or ended by a cancel or a plan change. */
+/* A subscription that was activated: active or past_due, or ended (its last period over, a
+ * cancel, a plan change). */
 static bool was_active(const struct subscription *s)
 {
-	return !strcmp(s->status, "active") || !strcmp(s->status, "cancelled") || !strcmp(s->status, "changed");
+	return sub_was_activated(s->status);
 }
 
 static int on_plan(void *arg, const struct plan_tally *t)
@@ -105,9 +116,10 @@ static void plans_done(struct walk *w)
 	for (size_t i = 0; i < w->nsubs; i++) {
 		const struct subscription *s = &w->subs[i];
 		struct plan_row key, *r;
-		bool pending = !strcmp(s->status, "pending"), active = !strcmp(s->status, "active");
+		/* a past_due subscription keeps its seats until its dunning ends */
+		bool pending = !strcmp(s->status, "pending");
 
-		if (!pending && !active)
+		if (!sub_takes_seats(s->status))
 			continue;
 		snprintf(key.id, sizeof(key.id), "%s", s->plan_id);
 		if (!(r = bsearch(&key, w->plans, w->nplans, sizeof(*w->plans), plan_cmp))) {
@@ -136,6 +148,23 @@ static void plans_done(struct walk *w)
 			REPORT(w, "plan %s: the last audit event does not end at %lld seats left", r->id,
 			       (long long)r->left);
 	}
+}
+
+/* 7: every mail written with an event of a change that sends its kind (the event exists: the
+ * row was written in its unit), and no secret in what it keeps but sealed */
+static int on_mail(void *arg, const struct mail *m)
+{
+	struct walk *w = arg;
+
+	if (!*m->event_action)
+		REPORT(w, "mail %s has no event of its unit (%s)", m->id, m->event_id);
+	else if (!outbox_caused_by(m->kind, m->event_action))
+		REPORT(w, "mail %s of kind %s was written by %s, which sends none", m->id, m->kind, m->event_action);
+	if (outbox_leaks(m->data))
+		REPORT(w, "mail %s keeps a secret in its data", m->id);
+	if (m->secret && strncmp(m->secret, "nx1.", 4))
+		REPORT(w, "mail %s keeps a secret unsealed", m->id);
+	return 0;
 }
 
 static int on_entry(void *arg, const struct waitlist_entry *e)
@@ -248,7 +277,9 @@ static void key_done(struct walk *w)
 	for (int i = 0; i < k->npays; i++) {
 		if (!strcmp(k->pays[i].kind, "refund"))
 			refunds++;
-		else if (charges++, !strcmp(k->pays[i].status, "succeeded"))
+		else if (strcmp(k->pays[i].kind, "charge"))
+			;  /* a dispute: a flag for the operator, no money of the ledger's */
+		else if (charges++, !strcmp(k->pays[i].status, "succeeded") || !strcmp(k->pays[i].status, "authorized"))
 			ok = &k->pays[i];
 	}
 	/* 2: one key, at most one hold, one charge, one refund */
@@ -264,8 +295,15 @@ static void key_done(struct walk *w)
 				    (!*sub->attempt_key && !strcmp(sub->idem_key, k->key)) :
 				    was_active(sub) && !strcmp(sub->payment_id, ok->id));
 		if (!kept)
-			REPORT(w, "charge %s succeeded, but subscription %s is %s and nothing was refunded", ok->id,
-			       sub ? sub->id : "(none)", sub ? sub->status : "(none)");
+			REPORT(w, "charge %s %s, but subscription %s is %s and nothing was refunded or voided", ok->id,
+			       ok->status, sub ? sub->id : "(none)", sub ? sub->status : "(none)");
+	}
+	/* 3: the charge an active (or once active) subscription is paid by is never given back
+	 * whole under its own key (a credit of a plan change is a refund under the change's key) */
+	if (ok && refunds) {
+		sub = sub_of(w, ok->subscription_id);
+		if (sub && was_active(sub) && !strcmp(sub->payment_id, ok->id))
+			REPORT(w, "charge %s pays for subscription %s (%s), yet it was refunded", ok->id, sub->id, sub->status);
 	}
 	if (ok) {
 		if (w->ncharged == w->charged_cap) {
@@ -293,9 +331,71 @@ static void subs_until(struct walk *w, const char *key)
 	}
 }
 
+/* 6: a renewal is kept apart from the keys of purchases: its key names its subscription and
+ * period. */
+static void on_renewal(struct walk *w, const struct payment *p)
+{
+	struct renewal *r;
+	const char *dot = strchr(p->idem_key, '.');
+	char *end;
+
+	if (strcmp(p->status, "succeeded"))
+		return;  /* declined, or late (refunded, or about to be) */
+	if (w->nrenewals == w->renewals_cap) {
+		w->renewals_cap = w->renewals_cap ? 2 * w->renewals_cap : 64;
+		w->renewals = xrealloc(w->renewals, w->renewals_cap * sizeof(*w->renewals));
+	}
+	r = &w->renewals[w->nrenewals++];
+	memset(r, 0, sizeof(*r));
+	snprintf(r->id, sizeof(r->id), "%s", p->id);
+	snprintf(r->sub_id, sizeof(r->sub_id), "%s", p->subscription_id);
+	r->period = dot ? strtoll(dot + 1, &end, 10) : 0;
+	if (!dot || (size_t)(dot - p->idem_key) != strlen(p->subscription_id) ||
+	    strncmp(p->idem_key, p->subscription_id, (size_t)(dot - p->idem_key)) || *end != '.' || r->period < 1)
+		REPORT(w, "renewal %s has key %s, which names no period of subscription %s", p->id, p->idem_key,
+		       p->subscription_id);
+}
+
+static int renewal_cmp(const void *a, const void *b)
+{
+	const struct renewal *x = a, *y = b;
+	int c = strcmp(x->sub_id, y->sub_id);
+
+	return c ? c : x->period < y->period ? -1 : x->period > y->period;
+}
+
+/* 6: at most one renewal charge per subscription and period, each of a period that was served
+ * (the subscription reached it); a subscription's period ends after it starts. */
+static void renewals_done(struct walk *w)
+{
+	if (w->nrenewals)
+		qsort(w->renewals, w->nrenewals, sizeof(*w->renewals), renewal_cmp);
+	for (size_t i = 0; i < w->nrenewals; i++) {
+		const struct renewal *r = &w->renewals[i];
+		const struct subscription *s = sub_of(w, r->sub_id);
+		if (i > 0 && !renewal_cmp(r, &w->renewals[i - 1]))
+			REPORT(w, "subscription %s: period %lld was charged twice (%s and %s)", r->sub_id,
+			       (long long)r->period, w->renewals[i - 1].id, r->id);
+		if (!s || !was_active(s) || s->life.period_index < r->period)
+			REPORT(w, "renewal %s paid period %lld of subscription %s, which is %s at period %lld", r->id,
+			       (long long)r->period, r->sub_id, s ? s->status : "(none)",
+			       (long long)(s ? s->life.period_index : -1));
+	}
+	for (size_t i = 0; i < w->nsubs; i++) {
+		const struct subscription *s = &w->subs[i];
+		if (s->end_at && s->life.period_start && s->end_at <= s->life.period_start)
+			REPORT(w, "subscription %s: its period ends before it starts", s->id);
+	}
+}
+
 static int on_payment(void *arg, const struct payment *p)
 {
 	struct walk *w = arg;
+
+	if (!strcmp(p->kind, "renewal")) {
+		on_renewal(w, p);
+		return 0;
+	}
 
 	subs_until(w, p->idem_key);
 	if (strcmp(w->cur.key, p->idem_key)) {
@@ -342,7 +442,7 @@ static int feed_gapless(struct ledger *lg, struct walk *w, struct err *e)
 int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violations, struct err *e)
 {
 	struct walk w = {.report = report, .arg = arg};
-	struct snapshot_visitor v = {&w, on_plan, on_subscription, on_payment, on_entry};
+	struct snapshot_visitor v = {&w, on_plan, on_subscription, on_payment, on_entry, on_mail};
 	int rc = lg->store->ops->snapshot(lg->store, &v, e);
 
 	if (rc == 0) {
@@ -352,9 +452,11 @@ int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violati
 		plans_done(&w);
 		activations_done(&w);
 		entries_done(&w);
+		renewals_done(&w);
 		rc = feed_gapless(lg, &w, e);
 	}
 	free(w.by_id);
+	free(w.renewals);
 	free(w.entries);
 	free(w.charged);
 	free(w.plans);

@@ -18,6 +18,8 @@
 #include "log.h"
 #include "reaper.h"
 #include "webhook.h"
+#include "mailer.h"
+#include "renewer.h"
 #include "router.h"
 #include "server.h"
 #include "store.h"
@@ -26,17 +28,20 @@
 
 struct demo_plan {
 	const char *name, *description;
-	int64_t price_cents, duration_days, capacity;
+	int64_t price_cents;
+	enum period_unit interval;
+	int64_t interval_count, capacity;
+	bool renews;
 	const char *features[4];
 };
 
 static const struct demo_plan demo_plans[] = {
 	{"C Systems Workshop", "Two days of hands-on systems programming in C, in a room of twelve.",
-	 49000, 30, 12, {"Two full days", "Printed notes", "Lunch included", NULL}},
+	 49000, PERIOD_DAY, 30, 12, false, {"Two full days", "Printed notes", "Lunch included", NULL}},
 	{"Beta Access", "Early access to the next release, with a direct line to the team.",
-	 0, 90, 100, {"Early builds", "Private forum", NULL, NULL}},
+	 0, PERIOD_MONTH, 1, 100, true, {"Early builds", "Private forum", NULL, NULL}},
 	{"Database Internals Cohort", "Eight weeks through storage engines, transactions and recovery.",
-	 120000, 56, 25, {"Weekly live sessions", "Code reviews", "Certificate", NULL}},
+	 120000, PERIOD_WEEK, 8, 25, false, {"Weekly live sessions", "Code reviews", "Certificate", NULL}},
 };
 
 /* The store with a ledger over it, for a command. */
@@ -72,7 +77,10 @@ static int cmd_seed(const struct config *cfg, int argc, char **argv)
 		p.name = xstrdup(d->name);
 		p.description = xstrdup(d->description);
 		p.price_cents = d->price_cents;
-		p.duration_days = d->duration_days;
+		p.interval = d->interval;
+		p.interval_count = d->interval_count;
+		p.renews = d->renews;
+		strcpy(p.timezone, "UTC");
 		p.total_capacity = p.subscriptions_left = d->capacity;
 		p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
 		strcpy(p.status, "active");
@@ -181,6 +189,66 @@ static int cmd_deliver(const struct config *cfg, int argc, char **argv)
 	return rc;
 }
 
+static int cmd_renew(const struct config *cfg, int argc, char **argv)
+{
+	struct renew_stats st;
+	struct store *s;
+	struct ledger lg;
+	struct err e = {0};
+	char holder[96];
+	int rc = 1;
+
+	(void)argc;
+	(void)argv;
+	if (!(s = open_store(cfg, &lg)))
+		return 1;
+	lease_holder(holder);
+	if (renewer_run(&lg, holder, NULL, &st, &e))
+		fprintf(stderr, "numatix: renew: %s\n", e.msg);
+	else {
+		if (st.ran)
+			printf("renew: %d renewed, %d past due, %d cancelled, %d ended, %d late renewals refunded, "
+			       "%d left for the next pass\n", st.life.renewed, st.life.past_due, st.life.cancelled,
+			       st.life.ended, st.life.refunded, st.life.unknown);
+		else
+			printf("renew: another renewer is running; nothing done\n");
+		rc = 0;
+	}
+	store_close(s);
+	return rc;
+}
+
+static int cmd_mail(const struct config *cfg, int argc, char **argv)
+{
+	struct mail_settings ms;
+	struct mail_stats st;
+	struct store *s;
+	struct ledger lg;
+	struct err e = {0};
+	char holder[96];
+	int rc = 1;
+
+	(void)argc;
+	(void)argv;
+	if (!(s = open_store(cfg, &lg)))
+		return 1;
+	lease_holder(holder);
+	mailer_settings(&ms, cfg);
+	if (mailer_run(&lg, &ms, holder, NULL, &st, &e))
+		fprintf(stderr, "numatix: mail: %s\n", e.msg);
+	else {
+		if (!ms.smtp.url)
+			printf("mail: NUMATIX_SMTP_URL is not set; mails stay queued\n");
+		else if (st.ran)
+			printf("mail: %d sent, %d to retry, %d failed\n", st.sent, st.deferred, st.failed);
+		else
+			printf("mail: another sender is running; nothing done\n");
+		rc = 0;
+	}
+	store_close(s);
+	return rc;
+}
+
 static int cmd_reap(const struct config *cfg, int argc, char **argv)
 {
 	struct reap_stats st;
@@ -282,7 +350,9 @@ static const struct cmd {
 	{"reset", cmd_reset, "delete all data (--yes)"},
 	{"check", cmd_check, "verify the invariants on the live store; exit 1 on a violation"},
 	{"reap", cmd_reap, "release expired holds and settle abandoned purchases once (for cron)"},
+	{"renew", cmd_renew, "renew, retry and end the subscriptions that are due once (for cron)"},
 	{"deliver", cmd_deliver, "send the webhook deliveries that are due once (for cron)"},
+	{"mail", cmd_mail, "send the mails of the outbox that are due once (for cron)"},
 	{"backup", cmd_backup, "copy the live SQLite store into FILE, consistently, while it serves"},
 	{"routes", cmd_routes, "list the API's routes as the server matches them"},
 };

@@ -19,7 +19,9 @@ static const char *const known[] = {
 	"NUMATIX_STORE_HANDLES", "NUMATIX_DB_REPLICA", "NUMATIX_REPLICA_MAX_LAG_MS", "NUMATIX_HOLD_TTL", "NUMATIX_PAYMENT_LATENCY_MS", "NUMATIX_MAX_BODY",
 	"NUMATIX_REAP_INTERVAL", "NUMATIX_KEY_RETENTION_HOURS", "NUMATIX_LOG_LEVEL", "NUMATIX_LOG",
 	"NUMATIX_CORS_ORIGINS", "NUMATIX_CHECKOUT_TTL", "NUMATIX_USER", "NUMATIX_WEBHOOK_RETRY_HOURS",
-	"NUMATIX_OFFER_TTL",
+	"NUMATIX_OFFER_TTL", "NUMATIX_RENEW_INTERVAL", "NUMATIX_DUNNING_DAYS",
+	"NUMATIX_SMTP_URL", "NUMATIX_SMTP_USER", "NUMATIX_SMTP_PASSWORD", "NUMATIX_MAIL_FROM", "NUMATIX_PUBLIC_URL",
+	"NUMATIX_MAIL_INTERVAL",
 };
 #define NKNOWN (sizeof(known) / sizeof(known[0]))
 
@@ -203,6 +205,177 @@ bool config_origin_allowed(const struct config *cfg, const char *origin)
 	return false;
 }
 
+/* Whether s is prefix followed by at least 8 letters, digits or underscores (a Stripe key's shape). */
+static bool key_shaped(const char *s, const char *prefix)
+{
+	size_t n = strlen(prefix), len = strlen(s);
+
+	if (strncmp(s, prefix, n) || len < n + 8)
+		return false;
+	return strspn(s + n, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == len - n;
+}
+
+/* A setting's value, new, or NULL when it is unset or empty. */
+static char *setting_dup(const char *name)
+{
+	const char *v = setting(name);
+
+	return v && *v ? xstrdup(v) : NULL;
+}
+
+/* Whether s has a control character (a header's line break). */
+static bool has_control(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return true;
+	return false;
+}
+
+/* Mail's settings: the server's URL, the sender's address, the pages' address for links. */
+static int mail_settings(struct config *cfg, struct err *e)
+{
+	cfg->smtp_url = setting_dup("NUMATIX_SMTP_URL");
+	cfg->smtp_user = setting_dup("NUMATIX_SMTP_USER");
+	cfg->smtp_password = setting_dup("NUMATIX_SMTP_PASSWORD");
+	cfg->mail_from = setting_dup("NUMATIX_MAIL_FROM");
+	cfg->public_url = setting_dup("NUMATIX_PUBLIC_URL");
+	if (!cfg->mail_from)
+		cfg->mail_from = xstrdup("Numatix <numatix@localhost>");
+	if (!cfg->public_url)
+		cfg->public_url = xstrdup("http://localhost:8080");
+	if (cfg->smtp_url && ((strncmp(cfg->smtp_url, "smtp://", 7) && strncmp(cfg->smtp_url, "smtps://", 8)) ||
+			      has_control(cfg->smtp_url) || strchr(cfg->smtp_url, '@'))) {
+		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_SMTP_URL must be smtp://host:port or smtps://host:port"
+			" (the user and password go in NUMATIX_SMTP_USER and NUMATIX_SMTP_PASSWORD)");
+		return -1;
+	}
+	if (has_control(cfg->mail_from) || !strchr(cfg->mail_from, '@') || strlen(cfg->mail_from) > 200) {
+		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_MAIL_FROM must be an address, or Name <address>, on one line");
+		return -1;
+	}
+	size_t n = strlen(cfg->public_url);
+	while (n > 0 && cfg->public_url[n - 1] == '/')
+		cfg->public_url[--n] = '\0';
+	if ((strncmp(cfg->public_url, "https://", 8) && strncmp(cfg->public_url, "http://", 7)) ||
+	    has_control(cfg->public_url) || strpbrk(cfg->public_url, " ?#\"<>") || n > 200) {
+		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_PUBLIC_URL must be an http(s) URL without a query");
+		return -1;
+	}
+	return 0;
+}
+
+/* Stripe's settings. Malformed ones are refused by their name alone: a key is never echoed. */
+static int stripe_settings(struct config *cfg, struct err *e)
+{
+	const char *key = setting("NUMATIX_STRIPE_SECRET_KEY"), *api = setting("NUMATIX_STRIPE_API_BASE");
+	const char *hooks = setting("NUMATIX_STRIPE_WEBHOOK_SECRET"), *pk = setting("NUMATIX_STRIPE_PUBLISHABLE_KEY");
+	const char *cur = setting("NUMATIX_CURRENCY");
+
+	cfg->currency = xstrdup(cur && *cur ? cur : "usd");
+	if (strlen(cfg->currency) != 3 || strspn(cfg->currency, "abcdefghijklmnopqrstuvwxyz") != 3) {
+		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_CURRENCY must be an ISO 4217 code in lower case (usd), not \"%.8s\"",
+			cfg->currency);
+		return -1;
+	}
+	cfg->stripe_api = xstrdup(api && *api ? api : "https://api.stripe.com");
+	if ((strncmp(cfg->stripe_api, "https://", 8) && strncmp(cfg->stripe_api, "http://", 7)) ||
+	    strlen(cfg->stripe_api) > 200 || strpbrk(cfg->stripe_api, " \t\r\n?#")) {
+		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_STRIPE_API_BASE must be an http(s) URL without a query");
+		return -1;
+	}
+	if (key && *key) {
+		if (!key_shaped(key, "sk_test_") && !key_shaped(key, "sk_live_") && !key_shaped(key, "rk_test_") &&
+		    !key_shaped(key, "rk_live_")) {
+			err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_STRIPE_SECRET_KEY must be a secret (sk_) or restricted (rk_) key");
+			return -1;
+		}
+		cfg->stripe_key = xstrdup(key);
+	} else if (!strcmp(cfg->processor, "stripe")) {
+		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_PROCESSOR=stripe needs NUMATIX_STRIPE_SECRET_KEY");
+		return -1;
+	}
+	if (hooks && *hooks) {
+		size_t n = 0;
+		char *copy = xstrdup(hooks), *save = NULL;
+		cfg->stripe_webhook_secrets = xcalloc(3, sizeof(char *));
+		for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+			while (*t == ' ')
+				t++;
+			if (n == 2 || !key_shaped(t, "whsec_")) {
+				free(copy);
+				err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_STRIPE_WEBHOOK_SECRET must be one or two whsec_ secrets, "
+					"comma separated");
+				return -1;
+			}
+			cfg->stripe_webhook_secrets[n++] = xstrdup(t);
+		}
+		free(copy);
+	}
+	if (pk && *pk) {
+		if (!key_shaped(pk, "pk_test_") && !key_shaped(pk, "pk_live_")) {
+			err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_STRIPE_PUBLISHABLE_KEY must be a publishable (pk_) key");
+			return -1;
+		}
+		cfg->stripe_publishable_key = xstrdup(pk);
+	}
+	return 0;
+}
+
+/* NUMATIX_PROCESSOR and the simulated processor's file: NUMATIX_SIM_DB, by default beside a
+ * SQLite store's file (numatix.db -> numatix.processor.db), else under the project's var/. */
+static int processor_settings(struct config *cfg, const char *root, struct err *e)
+{
+	const char *v = setting("NUMATIX_PROCESSOR");
+
+	cfg->processor = xstrdup(v && *v ? v : "sim");
+	if (strcmp(cfg->processor, "sim") && strcmp(cfg->processor, "stripe")) {
+		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_PROCESSOR must be sim or stripe, not \"%s\"", cfg->processor);
+		return -1;
+	}
+	if (stripe_settings(cfg, e))
+		return -1;
+	v = setting("NUMATIX_SIM_DB");
+	if (v && *v) {
+		if (v[0] != '/') {
+			err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_SIM_DB must be an absolute file path, not \"%s\"", v);
+			return -1;
+		}
+		cfg->sim_db = xstrdup(v);
+	} else if (!strncmp(cfg->db_url, "sqlite://", 9)) {
+		const char *path = cfg->db_url + 9;
+		size_t len = strcspn(path, "?");
+		cfg->sim_db = len > 3 && !strncmp(path + len - 3, ".db", 3) ? xasprintf("%.*s.processor.db", (int)(len - 3), path)
+									 : xasprintf("%.*s.processor", (int)len, path);
+	} else {
+		cfg->sim_db = xasprintf("%s/var/numatix.processor.db", root);
+	}
+	return 0;
+}
+
+/* "1,3,5,7": the days after a period's end on which a failed renewal is tried again, each
+ * 1...90 and after the one before; "" none (the first failure cancels). */
+static int dunning_parse(struct config *cfg, const char *v, struct err *e)
+{
+	const char *p = v ? v : "1,3,5,7";
+
+	cfg->ndunning = 0;
+	while (*p) {
+		char *end;
+		long d = strtol(p, &end, 10);
+		if (end == p || d < 1 || d > 90 || (cfg->ndunning && d <= cfg->dunning_days[cfg->ndunning - 1]) ||
+		    cfg->ndunning == (int)(sizeof(cfg->dunning_days) / sizeof(*cfg->dunning_days)) ||
+		    (*end && *end != ',') || (*end == ',' && !end[1])) {
+			err_set(e, ERR_INVALID, "CONFIG",
+				"NUMATIX_DUNNING_DAYS must be ascending days 1...90 separated by commas (at most 16), not \"%s\"", v);
+			return -1;
+		}
+		cfg->dunning_days[cfg->ndunning++] = (int)d;
+		p = *end ? end + 1 : end;
+	}
+	return 0;
+}
+
 int config_load(struct config *cfg, struct err *e)
 {
 	const char *v;
@@ -260,9 +433,13 @@ int config_load(struct config *cfg, struct err *e)
 	    env_int("NUMATIX_PAYMENT_LATENCY_MS", 0, 0, 60000, &cfg->payment_latency_ms, e) ||
 	    env_int("NUMATIX_MAX_BODY", 16384, 256, 1 << 20, &cfg->max_body, e) ||
 	    env_int("NUMATIX_REAP_INTERVAL", 10, 1, 3600, &cfg->reap_interval_s, e) ||
+	    env_int("NUMATIX_RENEW_INTERVAL", 10, 1, 3600, &cfg->renew_interval_s, e) ||
+	    env_int("NUMATIX_MAIL_INTERVAL", 1, 1, 3600, &cfg->mail_interval_s, e) ||
 	    env_int("NUMATIX_KEY_RETENTION_HOURS", 24, 1, 24 * 365, &cfg->key_retention_h, e) ||
 	    env_int("NUMATIX_WEBHOOK_RETRY_HOURS", 72, 1, 24 * 30, &cfg->webhook_retry_h, e) ||
 	    env_int("NUMATIX_REPLICA_MAX_LAG_MS", 1000, 0, 3600000, &cfg->replica_max_lag_ms, e))
+		goto out;
+	if (processor_settings(cfg, root, e) || dunning_parse(cfg, setting("NUMATIX_DUNNING_DAYS"), e))
 		goto out;
 	v = setting("NUMATIX_LOG_LEVEL");
 	if ((cfg->log_level = v ? log_level_parse(v) : LOG_LEVEL_INFO) < 0) {
@@ -276,7 +453,7 @@ int config_load(struct config *cfg, struct err *e)
 			cfg->log_path);
 		goto out;
 	}
-	if (cors_parse(cfg, setting("NUMATIX_CORS_ORIGINS"), e))
+	if (cors_parse(cfg, setting("NUMATIX_CORS_ORIGINS"), e) || mail_settings(cfg, e))
 		goto out;
 	rc = 0;
 out:
@@ -295,8 +472,22 @@ void config_free(struct config *cfg)
 	free(cfg->socket);
 	free(cfg->run_as);
 	free(cfg->log_path);
+	free(cfg->processor);
+	free(cfg->sim_db);
+	free(cfg->stripe_key);
+	free(cfg->stripe_api);
+	free(cfg->stripe_publishable_key);
+	free(cfg->currency);
+	for (char **w = cfg->stripe_webhook_secrets; w && *w; w++)
+		free(*w);
+	free(cfg->stripe_webhook_secrets);
 	for (char **o = cfg->cors_origins; o && *o; o++)
 		free(*o);
 	free(cfg->cors_origins);
+	free(cfg->smtp_url);
+	free(cfg->smtp_user);
+	free(cfg->smtp_password);
+	free(cfg->mail_from);
+	free(cfg->public_url);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -20,14 +20,31 @@ struct config {
 	int hold_ttl_s;          /* NUMATIX_HOLD_TTL */
 	int checkout_ttl_s;      /* NUMATIX_CHECKOUT_TTL: a session's lifetime by default */
 	int offer_ttl_s;         /* NUMATIX_OFFER_TTL: a waiting-list offer's lifetime */
-	int payment_latency_ms;  /* NUMATIX_PAYMENT_LATENCY_MS */
+	int payment_latency_ms;  /* NUMATIX_PAYMENT_LATENCY_MS: the simulated processor's round trip */
+	char *processor;         /* NUMATIX_PROCESSOR: "sim" or "stripe" */
+	char *sim_db;            /* NUMATIX_SIM_DB: the simulated processor's records */
+	char *stripe_key;        /* NUMATIX_STRIPE_SECRET_KEY: never logged */
+	char *stripe_api;        /* NUMATIX_STRIPE_API_BASE */
+	char **stripe_webhook_secrets; /* NUMATIX_STRIPE_WEBHOOK_SECRET: NULL-terminated, or NULL */
+	char *stripe_publishable_key;  /* NUMATIX_STRIPE_PUBLISHABLE_KEY, or NULL */
+	char *currency;          /* NUMATIX_CURRENCY */
 	int max_body;            /* NUMATIX_MAX_BODY bytes */
 	int reap_interval_s;     /* NUMATIX_REAP_INTERVAL */
+	int renew_interval_s;    /* NUMATIX_RENEW_INTERVAL: between the renewer's passes */
+	int dunning_days[16];    /* NUMATIX_DUNNING_DAYS: ascending days after a period's end */
+	int ndunning;
 	int key_retention_h;     /* NUMATIX_KEY_RETENTION_HOURS */
 	int webhook_retry_h;     /* NUMATIX_WEBHOOK_RETRY_HOURS: how long a failing delivery is retried */
 	int log_level;           /* NUMATIX_LOG_LEVEL: debug, info, warn, error (enum log_level) */
 	char *log_path;          /* NUMATIX_LOG: "stderr" or a file appended to */
 	char **cors_origins;     /* NUMATIX_CORS_ORIGINS: allowed origins, NULL-terminated; "*" any */
+	/* Mail (mailer.h): NULL smtp_url: mails stay queued */
+	char *smtp_url;          /* NUMATIX_SMTP_URL: smtp://host:port or smtps://host:port */
+	char *smtp_user;         /* NUMATIX_SMTP_USER, or NULL */
+	char *smtp_password;     /* NUMATIX_SMTP_PASSWORD: never logged */
+	char *mail_from;         /* NUMATIX_MAIL_FROM: an address, or "Name <address>" */
+	char *public_url;        /* NUMATIX_PUBLIC_URL: where the pages are, for links in mail */
+	int mail_interval_s;     /* NUMATIX_MAIL_INTERVAL: between the mail sender's passes */
 };
 
 /* Fills cfg from the environment and, for what the environment does not set, from the file

@@ -41,6 +41,7 @@ void request_init(struct request *rq, char **envp)
 	rq->authorization = param_dup(envp, "HTTP_AUTHORIZATION");
 	rq->remote_addr = param_dup(envp, "REMOTE_ADDR");
 	rq->origin = param_dup(envp, "HTTP_ORIGIN");
+	rq->stripe_signature = param_dup(envp, "HTTP_STRIPE_SIGNATURE");
 	rq->cors_request_method = param_dup(envp, "HTTP_ACCESS_CONTROL_REQUEST_METHOD");
 	if ((v = FCGX_GetParam("CONTENT_LENGTH", envp)) && *v) {
 		char *end;
@@ -70,6 +71,7 @@ void request_free(struct request *rq)
 	free(rq->query);
 	free(rq->idem_key);
 	free(rq->origin);
+	free(rq->stripe_signature);
 	free(rq->cors_request_method);
 	free(rq->authorization);
 	free(rq->remote_addr);
@@ -187,6 +189,7 @@ static const struct {
 	{"ALREADY_CANCELLED", 409, "Subscription is cancelled already"},
 	{"SUBSCRIPTION_NOT_ACTIVE", 409, "The subscription is not active"},
 	{"SUBSCRIPTION_ENDED", 409, "The subscription's period has ended"},
+	{"NOT_SCHEDULED", 409, "The subscription has no end scheduled to resume from"},
 	{"HOLD_EXPIRED", 409, "The seat hold expired before the payment finished; any charge is refunded"},
 	{"VALIDATION_ERROR", 400, "The request is not valid"},
 	{"CUSTOMER_LIMIT_REACHED", 409, "The customer holds as many seats of this plan as it allows"},

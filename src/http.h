@@ -21,6 +21,7 @@ struct request {
 	char *authorization;        /* Authorization header or NULL */
 	char *remote_addr;
 	char *origin;               /* Origin header or NULL */
+	char *stripe_signature;     /* Stripe-Signature header (Stripe's events) or NULL */
 	char *cors_request_method;  /* Access-Control-Request-Method header (a preflight) or NULL */
 	long content_length;        /* -1 when absent */
 	char trace_id[65];

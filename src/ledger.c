@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "outbox.h"
 #include "util.h"
 
 /* A store error passes as it is; a refusal gets its code. */
@@ -36,7 +37,7 @@ int ledger_ping(struct ledger *lg, const char **store_name, struct err *e)
 
 int ledger_plan_create(struct ledger *lg, const struct actor *a, const struct plan *p, struct err *e)
 {
-	const struct event_spec ev[] = {{"plan.created", "plan", p->id, EV_AFTER, NULL}};
+	const struct event_spec ev[] = {{"plan.created", "plan", p->id, EV_AFTER, NULL, NULL}};
 	enum write_result res;
 
 	if (lg->store->ops->plan_create(lg->store, p, ev, 1, a, &res, e))
@@ -49,7 +50,7 @@ int ledger_plan_create(struct ledger *lg, const struct actor *a, const struct pl
 int ledger_plan_update(struct ledger *lg, const struct actor *a, const char *id,
 		       const struct plan_patch *pt, struct plan *out, struct err *e)
 {
-	const struct event_spec ev[] = {{"plan.updated", "plan", id, EV_BEFORE_AFTER, NULL}};
+	const struct event_spec ev[] = {{"plan.updated", "plan", id, EV_BEFORE_AFTER, NULL, NULL}};
 	enum write_result res;
 
 	if (lg->store->ops->plan_update(lg->store, id, pt, now_ms(), ev, 1, a, out, &res, e))
@@ -79,6 +80,16 @@ int ledger_plan_get(struct ledger *lg, const char *id, struct plan *out, struct 
 int ledger_plan_held(struct ledger *lg, const char *id, int64_t *paying, int64_t *sessions, struct err *e)
 {
 	return lg->store->ops->held_by_kind(lg->store, id, paying, sessions, e);
+}
+
+int ledger_sub_totals(struct ledger *lg, struct sub_total **out, size_t *n, struct err *e)
+{
+	return lg->store->ops->sub_totals(lg->store, out, n, e);
+}
+
+int ledger_payment_totals(struct ledger *lg, struct payment_total **out, size_t *n, struct err *e)
+{
+	return lg->store->ops->payment_totals(lg->store, out, n, e);
 }
 
 int ledger_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, struct err *e)
@@ -230,28 +241,46 @@ int ledger_sub_get(struct ledger *lg, const char *id, struct subscription *out, 
 int ledger_sub_cancel(struct ledger *lg, const struct actor *a, const char *id, struct subscription *out,
 		      struct err *e)
 {
-	const struct event_spec ev[] = {
-		{"subscription.cancelled", "subscription", id, EV_BEFORE_AFTER, NULL},
-		{"seat.released", "subscription", id, EV_BEFORE_AFTER, NULL},
-	};
-	struct transition t = {.sub_id = id, .from = "active", .to = "cancelled", .now = now_ms(),
-			       .dleft = 1, .events = ev, .nevents = 2};
-	struct transition_out o;
-
-	if (lg->store->ops->transition(lg->store, &t, a, &o, e))
-		return -1;
-	*out = o.sub;
-	if (o.result == MOVED)
-		return 0;
-	memset(&o.sub, 0, sizeof(o.sub));
-	if (o.result == MOVE_NOT_FOUND)
-		return refuse(e, ERR_NOT_FOUND, "SUBSCRIPTION_NOT_FOUND", "no subscription", id);
-	if (!strcmp(out->status, "cancelled"))
-		refuse(e, ERR_CONFLICT, "ALREADY_CANCELLED", "cancelled already:", id);
-	else
-		refuse(e, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "not active:", id);
-	subscription_clear(out);
-	return -1;
+	/* from what was read of it: a renewal or a schedule moving it meanwhile is read again */
+	for (int tries = 0; tries < 5; tries++) {
+		struct subscription cur = {0};
+		struct transition_out o;
+		struct outbox_mail m;
+		if (ledger_sub_get(lg, id, &cur, e))
+			return -1;
+		if (strcmp(cur.status, "active") && strcmp(cur.status, "past_due")) {
+			if (!strcmp(cur.status, "cancelled"))
+				refuse(e, ERR_CONFLICT, "ALREADY_CANCELLED", "cancelled already:", id);
+			else
+				refuse(e, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "not active:", id);
+			subscription_clear(&cur);
+			return -1;
+		}
+		struct sub_life l = cur.life;
+		outbox_ended(&m, &cur, "cancelled", now_ms());
+		const struct event_spec ev[] = {
+			{"subscription.cancelled", "subscription", id, EV_BEFORE_AFTER, NULL, &m.spec},
+			{"seat.released", "subscription", id, EV_BEFORE_AFTER, NULL, NULL},
+		};
+		struct transition t = {.sub_id = id, .from = cur.status, .to = "cancelled", .now = now_ms(),
+				       .dleft = 1, .events = ev, .nevents = 2,
+				       .life = {&l, true, cur.end_at, cur.life.next_attempt_at, cur.life.cancel_at_period_end,
+						cur.life.payment_method}};
+		l.ended_at = t.now;
+		l.next_attempt_at = 0;
+		snprintf(l.cancellation_reason, sizeof(l.cancellation_reason), "requested");
+		int rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
+		subscription_clear(&cur);
+		outbox_mail_clear(&m);
+		if (rc)
+			return -1;
+		if (o.result == MOVED) {
+			*out = o.sub;
+			return 0;
+		}
+		transition_out_clear(&o);
+	}
+	return refuse(e, ERR_RETRYABLE, NULL, "kept changing:", id);
 }
 
 /* Cursors name the last row of a page: "<seq>.<id>". */
@@ -381,6 +410,23 @@ int ledger_delivery_list(struct ledger *lg, const char *endpoint_id, const struc
 	if (*n > (size_t)pr->limit) {
 		--*n;
 		cursor_encode((*out)[*n - 1].seq, (*out)[*n - 1].event_id, next);
+	}
+	return 0;
+}
+
+int ledger_mail_list(struct ledger *lg, const char *status, const struct page_req *pr, struct mail **out, size_t *n,
+		     char next[CURSOR_LEN], struct err *e)
+{
+	struct seq_page pg = {.limit = pr->limit + 1};
+
+	*out = NULL;
+	*n = 0;
+	next[0] = '\0';
+	if (cursor_decode(pr->cursor, &pg, e) || lg->store->ops->mail_list(lg->store, status, &pg, out, n, e))
+		return -1;
+	if (*n > (size_t)pr->limit) {
+		mail_clear(&(*out)[--*n]);
+		cursor_encode((*out)[*n - 1].created_at, (*out)[*n - 1].id, next);
 	}
 	return 0;
 }

@@ -14,6 +14,7 @@
 
 #include "err.h"
 #include "model.h"
+#include "processor.h"
 #include "seal.h"
 #include "replica.h"
 #include "store.h"
@@ -36,16 +37,23 @@ struct ledger_replies {
 	struct reply (*changed)(const struct subscription *s, const char *access_token, const char *trace_id);
 };
 
+#define DUNNING_MAX 16
+
 struct ledger {
 	struct store *store;                  /* borrowed */
 	const struct ledger_replies *replies; /* borrowed */
 	int hold_ttl_s;
-	int payment_latency_ms;
+	struct processor_settings processor;  /* strings borrowed */
+	struct processor *proc;               /* borrowed; NULL: the process's own, as settings say */
 	int key_retention_h;
 	int offer_ttl_s;                      /* a waiting-list offer's lifetime */
 	bool sealing;                         /* answers kept on keys are sealed (seal.h) */
 	unsigned char seal_key[SEAL_KEY_LEN];
 	struct replica *replica;              /* borrowed; a standby for public reads, or NULL */
+	/* The dunning schedule (life.h): days after a period's end on which a failed renewal is
+	 * tried again, ascending. */
+	int dunning_days[DUNNING_MAX];
+	int ndunning;
 };
 
 /* A secret as it is kept in the store (seal.h): sealed when the ledger seals; new. And back:
@@ -89,6 +97,10 @@ int ledger_plan_update(struct ledger *lg, const struct actor *a, const char *id,
 int ledger_plan_get(struct ledger *lg, const char *id, struct plan *out, struct err *e);
 /* The plan's held seats by kind: paying (a purchase's payment runs) and in open sessions. */
 int ledger_plan_held(struct ledger *lg, const char *id, int64_t *paying, int64_t *sessions, struct err *e);
+/* The payments by kind and status (store.h, payment_totals); *out: new, free(). */
+int ledger_payment_totals(struct ledger *lg, struct payment_total **out, size_t *n, struct err *e);
+/* The subscriptions by status (store.h, sub_totals); *out: new, free(). */
+int ledger_sub_totals(struct ledger *lg, struct sub_total **out, size_t *n, struct err *e);
 /* status: "active", "inactive" or NULL for all. *out: new, free each with plan_clear. */
 int ledger_plan_list(struct ledger *lg, const char *status, struct plan **out, size_t *n, struct err *e);
 /* The same reads for the public routes (plans, a plan, its stats): from the standby when one is
@@ -128,6 +140,9 @@ int ledger_webhook_delete(struct ledger *lg, const char *id, struct err *e);
  * free with webhook_clear. */
 int ledger_webhook_get(struct ledger *lg, const char *id, struct webhook *out, struct err *e);
 /* An endpoint's deliveries, newest event first (404 when the endpoint is not). *out: new, free(). */
+/* The outbox, newest first, of a status ("queued", "sent", "failed") or all (NULL). */
+int ledger_mail_list(struct ledger *lg, const char *status, const struct page_req *pg, struct mail **out, size_t *n,
+		     char next[CURSOR_LEN], struct err *e);
 int ledger_delivery_list(struct ledger *lg, const char *endpoint_id, const struct page_req *pg,
 			 struct delivery **out, size_t *n, char next[CURSOR_LEN], struct err *e);
 

@@ -33,16 +33,22 @@ struct histogram {
 	uint64_t sum_us;
 };
 
-/* The processor's calls, each timed on its own. */
-static const char *const processor_ops[] = {"charge", "credit", "void"};
+/* The processor's calls, each timed on its own, and counted by outcome (enum pay_outcome's
+ * order). */
+static const char *const processor_ops[] = {"authorize", "charge_saved", "capture", "cancel", "refund", "lookup"};
 #define NOPS (sizeof(processor_ops) / sizeof(processor_ops[0]))
+static const char *const processor_outcomes[] = {"ok", "declined", "action_required", "unknown", "invalid"};
+#define NOUTCOMES (sizeof(processor_outcomes) / sizeof(processor_outcomes[0]))
 
 struct counters {
 	uint64_t requests[METRICS_ROUTES + 1][NSTATUS];          /* last row: no route */
 	struct histogram latency[METRICS_ROUTES + 1];
 	struct histogram processor[NOPS];
+	uint64_t processor_calls[NOPS][NOUTCOMES];
 	uint64_t purchases[NCODES + 1];                          /* last: a code not listed */
 	uint64_t worker_restarts, reaper_passes, reaper_expired, reaper_refunded;
+	uint64_t renewer_passes, renewals[6];                    /* renewal_outcomes' order */
+	uint64_t mailer_passes, mails[3];                        /* mail_outcomes' order */
 	uint64_t public_reads[2];                                /* by the primary, by the standby */
 };
 
@@ -88,11 +94,14 @@ void metrics_request(int route, int status, int64_t us)
 	observe(&c->latency[r], us);
 }
 
-void metrics_processor(const char *op, int64_t us)
+void metrics_processor(const char *op, int outcome, int64_t us)
 {
 	for (size_t i = 0; i < NOPS; i++)
-		if (!strcmp(op, processor_ops[i]))
+		if (!strcmp(op, processor_ops[i])) {
 			observe(&c->processor[i], us);
+			if (outcome >= 0 && (size_t)outcome < NOUTCOMES)
+				add(&c->processor_calls[i][outcome], 1);
+		}
 }
 
 void metrics_purchase(int status, const char *code)
@@ -120,6 +129,28 @@ void metrics_reaper_pass(int expired, int refunded)
 	add(&c->reaper_passes, 1);
 	add(&c->reaper_expired, (uint64_t)expired);
 	add(&c->reaper_refunded, (uint64_t)refunded);
+}
+
+/* What a renewer's pass did with each subscription due, as the counter's label. */
+static const char *const renewal_outcomes[] = {"renewed", "past_due", "cancelled", "ended", "refunded", "unknown"};
+
+void metrics_renewer_pass(const struct life_stats *st)
+{
+	const int n[] = {st->renewed, st->past_due, st->cancelled, st->ended, st->refunded, st->unknown};
+
+	add(&c->renewer_passes, 1);
+	for (size_t i = 0; i < 6; i++)
+		add(&c->renewals[i], (uint64_t)n[i]);
+}
+
+static const char *const mail_outcomes[] = {"sent", "deferred", "failed"};
+
+void metrics_mailer_pass(int sent, int deferred, int failed)
+{
+	add(&c->mailer_passes, 1);
+	add(&c->mails[0], (uint64_t)sent);
+	add(&c->mails[1], (uint64_t)deferred);
+	add(&c->mails[2], (uint64_t)failed);
 }
 
 /* Appends printf-style text to a growing buffer. */
@@ -220,6 +251,12 @@ char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const c
 		snprintf(labels, sizeof(labels), "op=\"%s\"", processor_ops[i]);
 		put_histogram(&t, "numatix_processor_call_duration_seconds", labels, &c->processor[i]);
 	}
+	put(&t, "# HELP numatix_processor_requests_total Calls of the payment processor, by operation and outcome.\n"
+		"# TYPE numatix_processor_requests_total counter\n");
+	for (size_t i = 0; i < NOPS; i++)
+		for (size_t o = 0; o < NOUTCOMES; o++)
+			put(&t, "numatix_processor_requests_total{op=\"%s\",outcome=\"%s\"} %llu\n", processor_ops[i],
+			    processor_outcomes[o], (unsigned long long)get(&c->processor_calls[i][o]));
 	put(&t, "# HELP numatix_purchases_total Purchases ended, by outcome (created, or the code of the answer).\n"
 		"# TYPE numatix_purchases_total counter\n");
 	for (size_t k = 0; k < NCODES; k++)
@@ -242,6 +279,41 @@ char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const c
 	put(&t, "# HELP numatix_reaper_refunds_total Charges the reaper had refunded.\n"
 		"# TYPE numatix_reaper_refunds_total counter\nnumatix_reaper_refunds_total %llu\n",
 	    (unsigned long long)get(&c->reaper_refunded));
+	put(&t, "# HELP numatix_renewer_passes_total Renewer passes run.\n# TYPE numatix_renewer_passes_total counter\n"
+		"numatix_renewer_passes_total %llu\n", (unsigned long long)get(&c->renewer_passes));
+	put(&t, "# HELP numatix_renewals_total Subscriptions due, by what the renewer did: renewed, past_due (a "
+		"renewal declined), cancelled (after the last retry, or as asked), ended, refunded (a late renewal), "
+		"unknown (left for the next pass).\n# TYPE numatix_renewals_total counter\n");
+	for (size_t i = 0; i < 6; i++)
+		put(&t, "numatix_renewals_total{outcome=\"%s\"} %llu\n", renewal_outcomes[i],
+		    (unsigned long long)get(&c->renewals[i]));
+	put(&t, "# HELP numatix_mailer_passes_total Mail sender passes run.\n# TYPE numatix_mailer_passes_total counter\n"
+		"numatix_mailer_passes_total %llu\n", (unsigned long long)get(&c->mailer_passes));
+	put(&t, "# HELP numatix_mails_total Attempts at sending mails of the outbox, by outcome: sent, deferred (the mail "
+		"server answered 4xx or not at all; tried again), failed (a 5xx, or the last retry).\n"
+		"# TYPE numatix_mails_total counter\n");
+	for (size_t i = 0; i < 3; i++)
+		put(&t, "numatix_mails_total{outcome=\"%s\"} %llu\n", mail_outcomes[i], (unsigned long long)get(&c->mails[i]));
+	/* Subscriptions by status, every status always (0 when none) */
+	{
+		static const char *const statuses[] = {"pending", "active", "past_due", "failed", "expired",
+						       "cancelled", "ended", "changed"};
+		struct sub_total *st = NULL;
+		size_t ns = 0;
+		if (ledger_sub_totals(lg, &st, &ns, &e) == 0) {
+			put(&t, "# HELP numatix_subscriptions Subscriptions by status.\n"
+				"# TYPE numatix_subscriptions gauge\n");
+			for (size_t i = 0; i < sizeof(statuses) / sizeof(*statuses); i++) {
+				int64_t count = 0;
+				for (size_t k = 0; k < ns; k++)
+					if (!strcmp(st[k].status, statuses[i]))
+						count = st[k].count;
+				put(&t, "numatix_subscriptions{status=\"%s\"} %lld\n", statuses[i], (long long)count);
+			}
+		}
+		free(st);
+		err_clear(&e);
+	}
 	/* Plans on sale only, by id and name: the series end with the sale, so their number is the
 	 * catalogue's, not every plan ever made; the totals cover every plan. */
 	if (ledger_plan_list(lg, "active", &plans, &n, &e) == 0) {

@@ -9,22 +9,27 @@
 #include <stdint.h>
 
 #include "ledger.h"
+#include "life.h"
 
-#define METRICS_ROUTES 32
+#define METRICS_ROUTES 48
 
 /* Before forking: the counters become shared with the children. */
 void metrics_init(void);
 /* One answered request: its route (index in the route table, -1 for none), status, latency
  * in microseconds. */
 void metrics_request(int route, int status, int64_t us);
-/* One call of the payment processor ("charge", "credit", "void"), its latency in microseconds. */
-void metrics_processor(const char *op, int64_t us);
+/* One call of the payment processor (op: "authorize", "charge_saved", "capture", "cancel",
+ * "refund", "lookup"), its outcome (enum pay_outcome) and latency in microseconds. */
+void metrics_processor(const char *op, int outcome, int64_t us);
 /* A purchase's end: the status of its answer and its code ("" for a 201). */
 void metrics_purchase(int status, const char *code);
 /* A public read (plans, a plan, stats) answered by the standby, or by the primary. */
 void metrics_public_read(bool standby);
 void metrics_worker_restart(void);
 void metrics_reaper_pass(int expired, int refunded);
+void metrics_renewer_pass(const struct life_stats *st);
+/* A mail sender's pass: mails sent, deferred (to retry) and failed. */
+void metrics_mailer_pass(int sent, int deferred, int failed);
 
 /* The text exposition: the counters, and the seats left and held per plan read from the
  * store. route_name(i) names route i. New, free(). */

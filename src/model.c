@@ -1,4 +1,4 @@
-/* model.c - releasing the model's structs. */
+/* model.c - releasing the model's structs, and the facts derived from them. */
 #include "model.h"
 
 #include <stdlib.h>
@@ -11,6 +11,11 @@ void plan_clear(struct plan *p)
 	if (p->features)
 		json_object_put(p->features);
 	memset(p, 0, sizeof(*p));
+}
+
+int64_t term_days(enum period_unit u, int64_t count)
+{
+	return u == PERIOD_DAY ? count : u == PERIOD_WEEK ? 7 * count : 0;
 }
 
 void customer_clear(struct customer *c)
@@ -26,6 +31,21 @@ void subscription_clear(struct subscription *s)
 	memset(s, 0, sizeof(*s));
 }
 
+bool sub_takes_seats(const char *status)
+{
+	return !strcmp(status, "pending") || !strcmp(status, "active") || !strcmp(status, "past_due");
+}
+
+bool sub_was_activated(const char *status)
+{
+	static const char *const served[] = {"active", "past_due", "ended", "cancelled", "changed"};
+
+	for (size_t i = 0; i < sizeof(served) / sizeof(*served); i++)
+		if (!strcmp(status, served[i]))
+			return true;
+	return false;
+}
+
 void audit_event_clear(struct audit_event *a)
 {
 	free(a->detail);
@@ -38,6 +58,13 @@ void webhook_clear(struct webhook *w)
 	free(w->events);
 	free(w->description);
 	memset(w, 0, sizeof(*w));
+}
+
+void mail_clear(struct mail *m)
+{
+	free(m->data);
+	free(m->secret);
+	m->data = m->secret = NULL;
 }
 
 void key_record_clear(struct key_record *k)

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ids.h"
+#include "period.h"
 #include "seal.h"
 
 /* The seats one order may take when a plan does not say. */
@@ -23,7 +24,12 @@ struct plan {
 	char *name;
 	char *description;
 	int64_t price_cents;
-	int64_t duration_days;
+	/* Its term: interval_count intervals, counted in timezone (period.h); a plan from before
+	 * intervals is interval "day" x its duration in days. */
+	enum period_unit interval;
+	int64_t interval_count;          /* 1...365 (an older plan's days: up to 36500) */
+	char timezone[PERIOD_ZONE_MAX + 1];
+	bool renews;                     /* renewal "auto" (else "none") */
 	int64_t total_capacity;
 	int64_t subscriptions_left;
 	int64_t subscriptions_held;
@@ -36,18 +42,22 @@ struct plan {
 	int64_t created_at, updated_at;  /* ms since the epoch */
 };
 void plan_clear(struct plan *p);
+/* A term's length in whole days (a day or week term), or 0 (months and years vary). */
+int64_t term_days(enum period_unit u, int64_t count);
 
 enum plan_field {
 	PLAN_F_NAME = 1 << 0,
 	PLAN_F_DESCRIPTION = 1 << 1,
 	PLAN_F_PRICE = 1 << 2,
-	PLAN_F_DURATION = 1 << 3,
 	PLAN_F_FEATURES = 1 << 4,
 	PLAN_F_STATUS = 1 << 5,
 	PLAN_F_CAPACITY = 1 << 6,
 	PLAN_F_MAX_ORDER = 1 << 7,
 	PLAN_F_MAX_CUSTOMER = 1 << 8,
 	PLAN_F_WAITLIST = 1 << 9,
+	PLAN_F_INTERVAL = 1 << 10,       /* interval and interval_count, always together */
+	PLAN_F_TIMEZONE = 1 << 11,
+	PLAN_F_RENEWAL = 1 << 12,
 };
 
 /* What a PATCH changes; the strings and features are borrowed for the call. */
@@ -56,7 +66,10 @@ struct plan_patch {
 	const char *name;
 	const char *description;
 	int64_t price_cents;
-	int64_t duration_days;
+	enum period_unit interval;
+	int64_t interval_count;
+	const char *timezone;
+	bool renews;
 	struct json_object *features;
 	const char *status;
 	int64_t total_capacity;
@@ -72,6 +85,26 @@ struct customer {
 	int64_t created_at;
 };
 void customer_clear(struct customer *c);
+
+/* A subscription's periods (period.h): counted in its term from anchor_at, where period
+ * anchor_index began (a term changed by its plan starts a new anchor at a period's start);
+ * period_index is the current one, [period_start, end_at of the subscription). Its end: cancel_at_period_end, or
+ * ended_at with cancellation_reason once over. past_due: next_attempt_at is the next try of
+ * the renewal that failed, of which attempts were made. */
+struct sub_life {
+	enum period_unit term_unit;
+	int64_t term_count;
+	char term_zone[PERIOD_ZONE_MAX + 1];
+	int64_t anchor_at, anchor_index, period_index;
+	int64_t period_start;            /* 0: a subscription from before periods */
+	bool cancel_at_period_end;
+	char cancellation_reason[24];    /* "", "requested", "payment_failed" */
+	int64_t ended_at;
+	int64_t next_attempt_at;         /* past_due: 0 otherwise */
+	int64_t attempts;                /* failed renewal charges of this period */
+	char payment_method[64];         /* the saved method renewals are charged to */
+	char period_payment[32];         /* the renewal charge that paid the current period; "" in its first */
+};
 
 /* pending: seats held, payment running or awaited (a checkout session is its pending
  * subscription: open while pending, completed once active, expired once failed or expired);
@@ -94,19 +127,30 @@ struct subscription {
 	char previous_id[ID_LEN + 1];    /* the subscription a plan change replaces, or "" */
 	char entry_id[ID_LEN + 1];       /* the waiting-list entry it is the offer of, or "" */
 	int64_t quantity;                /* seats it takes */
-	int64_t amount_cents;            /* price_cents x quantity */
-	int64_t duration_days;
-	int64_t start_at, end_at;        /* 0 until active */
+	int64_t amount_cents;            /* price_cents x quantity: what each period costs */
+	int64_t duration_days;           /* a subscription from before terms: its days; else 0 */
+	int64_t start_at, end_at;        /* 0 until active; end_at: its current period's end */
+	struct sub_life life;            /* its periods and their end */
 	int64_t hold_deadline;
 	int64_t created_at, updated_at;
 	int64_t seq;                     /* the store's order of creation, for paging */
+	bool plan_renews;                /* read from its plan: renewal "auto" */
 };
 void subscription_clear(struct subscription *s);
+/* Whether a status takes seats: pending, active, past_due. */
+bool sub_takes_seats(const char *status);
+/* Whether a status is one of a subscription that was activated (paid, and served): active,
+ * past_due, or ended since (ended, cancelled, changed). */
+bool sub_was_activated(const char *status);
 
+/* A payment's key: an Idempotency-Key, or a renewal's "<subscription>.<period>.<attempt>". */
+#define PAYMENT_KEY_LEN 80
 struct payment {
 	char id[32];                      /* "pay_" + id */
-	char idem_key[UUID_LEN + 1];
-	char kind[8];                     /* "charge" | "refund" */
+	char idem_key[PAYMENT_KEY_LEN + 1];
+	/* "charge" | "refund" | "renewal" (a period's charge) | "attempt" (a renewal's charge asked
+	 * for: "open" until its outcome is settled, then "closed"; no money of its own) */
+	char kind[8];
 	char status[12];                  /* "succeeded" | "declined" | "pending": a refund recorded,
 					     not yet made by the processor (a plan change's credit) */
 	char decline_code[32];
@@ -196,6 +240,28 @@ struct delivery {
 	char state[12];                   /* "pending" | "delivered" | "failed" */
 	int64_t first_attempt_at, next_attempt_at, updated_at;
 };
+
+/* A mail of the outbox (outbox.h): written in the unit of the change that caused it, with that
+ * change's event, then sent by the mail sender (mailer.h). What it shows is data, rendered at
+ * sending by its kind's template; its recipient is its customer's address. */
+#define MAIL_KIND_LEN 16
+struct mail {
+	char id[ID_LEN + 1];              /* "mail_" + id; its Message-ID is made from it */
+	char kind[MAIL_KIND_LEN];         /* "receipt", "payment_failed", "ended", "offer", ... */
+	char customer_id[ID_LEN + 1];
+	char event_id[ID_LEN + 1];        /* the event written in the same unit */
+	char *data;                       /* JSON object: the template's values (never a secret) */
+	char *secret;                     /* sealed (seal.h), or NULL: a login link's token */
+	char status[8];                   /* "queued" | "sent" | "failed" */
+	int attempts;
+	int64_t next_attempt_at;          /* queued: when it is due */
+	char last_error[160];             /* "" or the mail server's last refusal */
+	int64_t created_at, updated_at;
+	/* check(): the action of the event named by event_id as found in the same snapshot ("" when
+	 * there is none) */
+	char event_action[40];
+};
+void mail_clear(struct mail *m);
 
 /* A final answer, stored byte for byte on its Idempotency-Key for replays. */
 struct reply {

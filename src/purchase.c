@@ -5,8 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ids.h"
+#include "life.h"
 #include "log.h"
+#include "outbox.h"
 #include "payment.h"
+#include "processor.h"
 #include "util.h"
 
 #define DAY_MS (24LL * 3600 * 1000)
@@ -28,7 +32,9 @@ static void refused(struct purchase_result *out, enum err_kind kind, const char 
 }
 
 /* The answer stored on the key: the purchase ended, perhaps in another request (a concurrent
- * retry, or the reaper that expired the hold). */
+ * retry, the reaper that expired the hold, the processor's event that settled it first). It is
+ * that unit's answer, replayed byte for byte (Idempotent-Replayed), its traceId the trace of
+ * the request that made it. */
 static void answer_stored(struct ledger *lg, const char *key, struct purchase_result *out)
 {
 	struct key_record k = {0};
@@ -40,6 +46,7 @@ static void answer_stored(struct ledger *lg, const char *key, struct purchase_re
 			out->end = PURCHASE_REFUSED;
 		} else {
 			out->end = PURCHASE_ANSWERED;
+			out->replayed = true;
 			out->reply = k.reply;
 			k.reply.body = NULL;
 		}
@@ -50,61 +57,115 @@ static void answer_stored(struct ledger *lg, const char *key, struct purchase_re
 	key_record_clear(&k);
 }
 
-static void payment_of(struct payment *p, const char *key, const char *sub_id, const char *kind,
-		       const char *id, const char *status, const char *decline, int64_t amount, int64_t now)
+/* Records a payment on its own (once per key and kind) and, when it was there in status
+ * `was`, moves it to the status given with its event. */
+static int mark_mailing(struct ledger *lg, const struct actor *a, const struct payment *p, const char *from,
+			const struct mail_spec *mail, struct err *e);
+
+static int keep_or_mark(struct ledger *lg, const struct actor *a, const struct payment *p, const char *was,
+			struct err *e)
 {
-	memset(p, 0, sizeof(*p));
-	snprintf(p->id, sizeof(p->id), "%s", id);
-	snprintf(p->idem_key, sizeof(p->idem_key), "%s", key);
-	snprintf(p->kind, sizeof(p->kind), "%s", kind);
-	snprintf(p->status, sizeof(p->status), "%s", status);
-	snprintf(p->decline_code, sizeof(p->decline_code), "%s", decline ? decline : "");
-	snprintf(p->subscription_id, sizeof(p->subscription_id), "%s", sub_id);
-	p->amount_cents = amount;
-	p->created_at = now;
+	bool existed;
+
+	if (payment_keep(lg, a, p, &existed, e))
+		return -1;
+	return existed ? purchase_mark(lg, a, p, was, e) : 0;
 }
 
-static const char *payment_action(const struct payment *p)
+int purchase_mark(struct ledger *lg, const struct actor *a, const struct payment *p, const char *from, struct err *e)
 {
-	if (!strcmp(p->kind, "refund"))
-		return "payment.refunded";
-	return !strcmp(p->status, "succeeded") ? "payment.succeeded" : "payment.declined";
+	return mark_mailing(lg, a, p, from, NULL, e);
 }
 
-/* Records a payment on its own (a refund, a charge that came too late), once per key. */
-static int record(struct ledger *lg, const struct actor *a, const struct payment *p, struct err *e)
+/* purchase_mark, its event sending mail (or NULL) */
+static int mark_mailing(struct ledger *lg, const struct actor *a, const struct payment *p, const char *from,
+			const struct mail_spec *mail, struct err *e)
 {
 	char *detail = ledger_payment_detail(p);
-	const struct event_spec ev[] = {{payment_action(p), "payment", p->id, EV_NO_COUNTS, detail}};
-	bool existed;
-	int rc = lg->store->ops->payment_record(lg->store, p, ev, 1, a, &existed, e);
+	const struct event_spec ev[] = {{payment_action(p), "payment", p->id, EV_NO_COUNTS, detail, mail}};
+	bool moved;
+	int rc = lg->store->ops->payment_mark(lg->store, p->id, from, p->status, ev, 1, a, &moved, e);
 
 	free(detail);
 	return rc;
 }
 
-int purchase_refund(struct ledger *lg, const struct actor *a, const char *key, const char *sub_id,
-		    struct err *e)
+int purchase_void(struct ledger *lg, const struct actor *a, const char *key, const struct subscription *sub,
+		  const char *payment_id, struct err *e)
 {
-	struct processor_rec pr;
+	const char *sub_id = sub->id;
+	const struct pay_ref ref = {key, payment_id, sub->customer_id};
+	struct pay_result pr, rr;
 	struct payment charge, refund;
+	char refund_key[UUID_LEN + 8];
 	int64_t now = now_ms();
+	enum pay_outcome o = payment_cancel(lg, &ref, &pr);
 
-	if (payment_void(lg->store, key, &pr, e))
-		return -1;
-	/* (a plan change's credit is a refund record without a charge: nothing of it to undo) */
-	if (pr.state != PROC_REFUNDED || !*pr.charge_id)
-		return 0;
-	payment_of(&charge, key, sub_id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now);
-	payment_of(&refund, key, sub_id, "refund", pr.refund_id, "succeeded", NULL, pr.amount_cents, now);
-	return record(lg, a, &charge, e) || record(lg, a, &refund, e) ? -1 : 0;
+	if (o == PAY_OK) {
+		/* declined, or the key closed before any authorization: nothing to record */
+		if (pr.state != PAYS_VOIDED || !pr.amount_cents)
+			return 0;
+		payment_of(&charge, key, sub_id, "charge", pr.id, "voided", NULL, pr.amount_cents, now);
+		return keep_or_mark(lg, a, &charge, "authorized", e);
+	}
+	if (o == PAY_INVALID && pr.state == PAYS_CAPTURED) {
+		/* money taken that no seat keeps (captured before its hold was lost): given back whole */
+		snprintf(refund_key, sizeof(refund_key), "%s:refund", key);
+		if (payment_refund(lg, pr.id, refund_key, pr.amount_cents, &rr) != PAY_OK) {
+			err_set(e, ERR_UNAVAILABLE, NULL, "refunding %s: %s", pr.id, rr.msg);
+			return -1;
+		}
+		payment_of(&charge, key, sub_id, "charge", pr.id, "succeeded", NULL, pr.amount_cents, now);
+		payment_of(&refund, key, sub_id, "refund", *rr.refund_id ? rr.refund_id : pr.id, "succeeded", NULL,
+			   rr.refunded_cents, now);
+		bool existed;
+		return keep_or_mark(lg, a, &charge, "authorized", e) || payment_keep(lg, a, &refund, &existed, e) ? -1 : 0;
+	}
+	err_set(e, ERR_UNAVAILABLE, NULL, "voiding the payment of %s: %s", sub_id, pr.msg);
+	return -1;
 }
 
 /* Whether a subscription may keep a charge: it holds or held its seats. */
 static bool keeps_charge(const struct subscription *s)
 {
-	return !strcmp(s->status, "pending") || !strcmp(s->status, "active") || !strcmp(s->status, "cancelled") ||
-	       !strcmp(s->status, "changed");
+	return !strcmp(s->status, "pending") || sub_was_activated(s->status);
+}
+
+/* Whether a subscription keeps the charge it is paid by: it was activated by it. */
+static bool paid_by(const struct subscription *s, const struct payment *charge)
+{
+	return sub_was_activated(s->status) && !strcmp(s->payment_id, charge->id);
+}
+
+int purchase_finish(struct ledger *lg, const struct actor *a, const struct payment *charge, struct err *e)
+{
+	struct subscription sub = {0};
+	struct payment done = *charge;
+	struct pay_result pr;
+	int rc = 0;
+
+	if (ledger_sub_get(lg, charge->subscription_id, &sub, e))
+		return -1;
+	if (paid_by(&sub, charge)) {
+		const struct pay_ref ref = {charge->idem_key, charge->id, sub.customer_id};
+		if (payment_capture(lg, &ref, &pr) == PAY_OK) {
+			struct outbox_mail m;
+			snprintf(done.status, sizeof(done.status), "succeeded");
+			outbox_receipt(&m, &sub, &done, *sub.previous_id ? "change" : "purchase");
+			rc = mark_mailing(lg, a, &done, "authorized", &m.spec, e);
+			outbox_mail_clear(&m);
+		} else {
+			err_set(e, ERR_UNAVAILABLE, NULL, "capturing %s: %s", charge->id, pr.msg);
+			rc = -1;
+		}
+	} else if (strcmp(sub.status, "pending")) {
+		rc = purchase_void(lg, a, charge->idem_key, &sub, charge->id, e);
+	} else {
+		err_set(e, ERR_RETRYABLE, NULL, "subscription %s is still settling", sub.id);
+		rc = -1;
+	}
+	subscription_clear(&sub);
+	return rc;
 }
 
 /* Why a session cannot be paid now (SESSION_COMPLETED, SESSION_EXPIRED), or NULL: it is open. */
@@ -121,14 +182,14 @@ static const char *attempt_of(const struct subscription *sub)
 	return *sub->attempt_key ? sub->attempt_key : sub->idem_key;
 }
 
-/* A hold ended without its seats: no charge of its attempt is kept. The reaper refunds later
- * what cannot be refunded now. */
+/* A hold ended without its seats: no money of its attempt is kept. The reaper voids later
+ * what cannot be voided now. */
 static void refund_attempt(struct ledger *lg, const struct actor *a, const struct subscription *sub)
 {
 	struct err re = {0};
 
-	if (purchase_refund(lg, a, attempt_of(sub), sub->id, &re))
-		LOG_WARN(a->trace_id, "refund for %s deferred to the reaper: %s", sub->id, re.msg);
+	if (purchase_void(lg, a, attempt_of(sub), sub, NULL, &re))
+		LOG_WARN(a->trace_id, "void for %s deferred to the reaper: %s", sub->id, re.msg);
 }
 
 int purchase_expire(struct ledger *lg, const struct actor *a, const struct subscription *sub,
@@ -139,8 +200,8 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 	bool session = *sub->secret_hash;
 	struct event_spec ev[4] = {
 		{session ? "checkout.expired" : "subscription.expired", session ? "session" : "subscription", sub->id,
-		 EV_BEFORE_AFTER, NULL},
-		{"seat.released", session ? "session" : "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		 EV_BEFORE_AFTER, NULL, NULL},
+		{"seat.released", session ? "session" : "subscription", sub->id, EV_BEFORE_AFTER, NULL, NULL},
 	};
 	size_t nev = 2;
 	struct reply r = lg->replies->expired(a->trace_id);
@@ -148,10 +209,10 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 			       .now = now, .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .reply = &r};
 
 	if (charge)
-		ev[nev++] = (struct event_spec){"payment.succeeded", "payment", charge->id, EV_NO_COUNTS, detail};
+		ev[nev++] = (struct event_spec){payment_action(charge), "payment", charge->id, EV_NO_COUNTS, detail, NULL};
 	if (*sub->entry_id) {
 		/* a waiting-list offer ran out: its entry with it, its seats to the next in line */
-		ev[nev++] = (struct event_spec){"waitlist.expired", "waitlist_entry", sub->entry_id, EV_BEFORE_AFTER, NULL};
+		ev[nev++] = (struct event_spec){"waitlist.expired", "waitlist_entry", sub->entry_id, EV_BEFORE_AFTER, NULL, NULL};
 		t.entry_to = "expired";
 	}
 	t.nevents = nev;
@@ -173,6 +234,7 @@ int purchase_expire(struct ledger *lg, const struct actor *a, const struct subsc
 struct attempt {
 	const char *key;                  /* the attempt's Idempotency-Key: the processor's too */
 	bool session;
+	bool resumed;                     /* a retry taking over a request that died after its hold */
 };
 
 /* A refusal stored on the attempt's key (it is bound: a charge may have been tried). */
@@ -208,12 +270,35 @@ static void hold_gone(struct ledger *lg, const struct actor *a, const struct att
 		answer_stored(lg, at->key, out);
 		return;
 	}
-	/* A session: this attempt's charge, if any, is refunded (completed by another attempt, or
-	 * expired), and the key answers why. */
+	/* A session whose attempt was ended by this very attempt elsewhere (its retry, or the
+	 * processor's event settling it first): the answer kept on its key is the attempt's own, and
+	 * a session it completed keeps its money. */
+	{
+		struct key_record k = {0};
+		bool found, completed;
+		if (lg->store->ops->key_get(lg->store, at->key, &k, &found, &out->err)) {
+			refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
+			return;
+		}
+		if (found && k.state == KEY_DONE) {
+			completed = k.reply.status / 100 == 2;
+			key_record_clear(&k);
+			if (!completed) {
+				struct err re = {0};
+				if (purchase_void(lg, a, at->key, sub, NULL, &re))
+					LOG_WARN(a->trace_id, "void of %s deferred to the reaper: %s", at->key, re.msg);
+			}
+			answer_stored(lg, at->key, out);
+			return;
+		}
+		key_record_clear(&k);
+	}
+	/* Completed by another attempt, or expired: this attempt's authorization, if any, is voided,
+	 * and the key answers why. */
 	{
 		struct err re = {0};
-		if (purchase_refund(lg, a, at->key, sub->id, &re))
-			LOG_WARN(a->trace_id, "refund of %s deferred to the reaper: %s", at->key, re.msg);
+		if (purchase_void(lg, a, at->key, sub, NULL, &re))
+			LOG_WARN(a->trace_id, "void of %s deferred to the reaper: %s", at->key, re.msg);
 	}
 	if (ledger_sub_get(lg, sub->id, &now, &out->err)) {
 		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
@@ -253,16 +338,30 @@ static int settle(struct ledger *lg, const struct actor *a, const struct transit
 	return rc;
 }
 
+/* The money of a charge its settling unit kept is taken now that the unit has committed; the
+ * reaper takes what this does not (a failure, a crash) and records each capture. */
+static void capture(const struct actor *a, struct ledger *lg, const struct subscription *sub,
+		    const struct payment *charge)
+{
+	const struct pay_ref ref = {charge->idem_key, charge->id, sub->customer_id};
+	struct pay_result pr;
+
+	if (payment_capture(lg, &ref, &pr) != PAY_OK)
+		LOG_WARN(a->trace_id, "capture of %s deferred to the reaper: %s", charge->id, pr.msg);
+}
+
+/* A hold paid for: active, its first period begun now in its term, the card saved for its
+ * renewals (method: the processor's name for it, or the one the buyer gave; NULL: none). */
 static void settle_paid(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
-			const struct payment *charge, struct purchase_result *out)
+			const struct payment *charge, const char *method, struct purchase_result *out)
 {
 	char token[TOKEN_LEN + 1], hash[65];
 	char *detail = ledger_payment_detail(charge);
 	const struct event_spec ev[] = {
-		{"payment.succeeded", "payment", charge->id, EV_NO_COUNTS, detail},
-		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
-		{"checkout.completed", "session", sub->id, EV_BEFORE_AFTER, NULL},
-		{"waitlist.converted", "waitlist_entry", sub->entry_id, EV_BEFORE_AFTER, NULL},
+		{payment_action(charge), "payment", charge->id, EV_NO_COUNTS, detail, NULL},
+		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL, NULL},
+		{"checkout.completed", "session", sub->id, EV_BEFORE_AFTER, NULL, NULL},
+		{"waitlist.converted", "waitlist_entry", sub->entry_id, EV_BEFORE_AFTER, NULL, NULL},
 	};
 	int64_t now = now_ms();
 	struct transition t;
@@ -272,7 +371,12 @@ static void settle_paid(struct ledger *lg, const struct actor *a, const struct a
 	token_new(sub->id, token);
 	sha256_hex(token, strlen(token), hash);
 	sub->start_at = now;
-	sub->end_at = now + sub->duration_days * DAY_MS;
+	if (life_begin(&sub->life, now, &sub->end_at)) {
+		refused(out, ERR_UNAVAILABLE, NULL, "the plan's time zone is not known on this machine");
+		free(detail);
+		return;
+	}
+	snprintf(sub->life.payment_method, sizeof(sub->life.payment_method), "%s", method ? method : "");
 	snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", charge->id);
 	snprintf(sub->status, sizeof(sub->status), "active");
 	sub->updated_at = now;
@@ -280,91 +384,169 @@ static void settle_paid(struct ledger *lg, const struct actor *a, const struct a
 	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now, .to = "active",
 				.now = now, .dheld = -1, .payment_id = charge->id, .start_at = sub->start_at,
 				.end_at = sub->end_at, .token_hash = hash, .payment = charge, .events = ev,
-				.nevents = at->session ? 3 : 2, .reply = &r, .reply_key = at->key, .attempt = at->key};
+				.nevents = at->session ? 3 : 2, .reply = &r, .reply_key = at->key, .attempt = at->key,
+				.life = {.set = &sub->life}};
 	if (*sub->entry_id) {
 		/* a waiting-list offer taken up */
 		t.nevents = 4;
 		t.entry_to = "converted";
 	}
-	if (settle(lg, a, &t, &r, out) == 0)
+	switch (settle(lg, a, &t, &r, out)) {
+	case 0:
 		hold_gone(lg, a, at, sub, charge, out);
+		break;
+	case 1:
+		if (!strcmp(charge->status, "authorized"))
+			capture(a, lg, sub, charge);
+		break;
+	}
 	free(r.body);
+	free(detail);
+}
+
+/* A payment refused: a decline (charge, its record) or a payment method the processor does not
+ * know (charge NULL). A purchase's hold ends, its seats back; a session stays open with its
+ * seats for another card, this attempt ended. r is stored on the attempt's key. */
+static void settle_refusal(struct ledger *lg, const struct actor *a, const struct attempt *at,
+			   const struct subscription *sub, const struct payment *charge, struct reply *r,
+			   struct purchase_result *out)
+{
+	char *detail = charge ? ledger_payment_detail(charge) : NULL;
+	const struct event_spec all[] = {
+		{"payment.declined", "payment", charge ? charge->id : "", EV_NO_COUNTS, detail, NULL},
+		{"subscription.failed", "subscription", sub->id, EV_BEFORE_AFTER, NULL, NULL},
+		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL, NULL},
+	};
+	const struct event_spec *ev = charge ? all : all + 1;
+	struct transition t = {.sub_id = sub->id, .from = "pending", .to = "failed", .now = now_ms(),
+			       .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .nevents = charge ? 3 : 2,
+			       .reply = r, .reply_key = at->key, .attempt = at->key};
+
+	if (at->session) {
+		/* The session stays open with its seats for another card; this attempt ends. */
+		t.to = "pending";
+		t.dleft = t.dheld = 0;
+		t.nevents = charge ? 1 : 0;
+		t.live_after = t.now;
+		t.attempt_end = true;
+	}
+	if (settle(lg, a, &t, r, out) == 0) {
+		if (at->session) {
+			hold_gone(lg, a, at, sub, NULL, out);
+		} else {
+			/* Settled by someone else (the reaper): keep the decline on record. */
+			struct err re = {0};
+			bool existed;
+			if (charge && payment_keep(lg, a, charge, &existed, &re))
+				LOG_WARN(a->trace_id, "recording decline %s: %s", charge->id, re.msg);
+			answer_stored(lg, at->key, out);
+		}
+	}
 	free(detail);
 }
 
 static void settle_declined(struct ledger *lg, const struct actor *a, const struct attempt *at,
 			    const struct subscription *sub, const struct payment *charge, struct purchase_result *out)
 {
-	char *detail = ledger_payment_detail(charge);
-	const struct event_spec ev[] = {
-		{"payment.declined", "payment", charge->id, EV_NO_COUNTS, detail},
-		{"subscription.failed", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
-		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
-	};
 	struct reply r = lg->replies->declined(charge->decline_code, at->session, a->trace_id);
-	struct transition t = {.sub_id = sub->id, .from = "pending", .to = "failed", .now = now_ms(),
-			       .dleft = 1, .dheld = -1, .payment = charge, .events = ev, .nevents = 3,
-			       .reply = &r, .reply_key = at->key, .attempt = at->key};
 
-	if (at->session) {
-		/* The session stays open with its seats for another card; this attempt ends. */
-		t.to = "pending";
-		t.dleft = t.dheld = 0;
-		t.nevents = 1;
-		t.live_after = t.now;
-		t.attempt_end = true;
-	}
-	if (settle(lg, a, &t, &r, out) == 0) {
-		if (at->session) {
-			hold_gone(lg, a, at, sub, NULL, out);
-		} else {
-			/* Settled by someone else (the reaper): keep the decline on record. */
-			struct err re = {0};
-			if (record(lg, a, charge, &re))
-				LOG_WARN(a->trace_id, "recording decline %s: %s", charge->id, re.msg);
-			answer_stored(lg, at->key, out);
-		}
-	}
+	settle_refusal(lg, a, at, sub, charge, &r, out);
 	free(r.body);
-	free(detail);
 }
 
 static void change_pay(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
 		       const char *method, struct purchase_result *out);
 
-/* Charge outside any transaction, then settle in one atomic unit. */
+/* What an authorization that says nothing leaves: the key stays bound to its hold, and the
+ * client's retry with it (or the reaper) asks the processor again under the same key. */
+static void pay_unknown(const struct actor *a, const struct subscription *sub, const struct pay_result *pr,
+			struct purchase_result *out)
+{
+	LOG_WARN(a->trace_id, "payment of %s: %s (%s)", sub->id, pay_outcome_name(pr->outcome), pr->msg);
+	refused(out, ERR_UNAVAILABLE, NULL, "the payment processor did not answer; retry with the same key");
+	out->retry_after_s = 1;
+}
+
+/* An authorization's outcome: 1 with charge filled when the money is held, for the caller to
+ * settle; else 0, the outcome answered here (a decline settled, a voided key, an unknown). */
+static int authorized(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
+		      const struct pay_result *pr, struct payment *charge, struct purchase_result *out)
+{
+	switch (pr->outcome) {
+	case PAY_OK:
+		if (pr->state == PAYS_AUTHORIZED) {
+			payment_of(charge, at->key, sub->id, "charge", pr->id, "authorized", NULL, pr->amount_cents,
+				   now_ms());
+			return 1;
+		}
+		/* voided: whoever closed the key settled the hold first */
+		hold_gone(lg, a, at, sub, NULL, out);
+		return 0;
+	case PAY_DECLINED:
+		payment_of(charge, at->key, sub->id, "charge", pr->id, "declined", pr->decline_code, pr->amount_cents,
+			   now_ms());
+		settle_declined(lg, a, at, sub, charge, out);
+		return 0;
+	case PAY_ACTION_REQUIRED:
+		/* The bank wants the buyer, and the 3-D Secure step is not built yet: refused as a
+		 * decline the buyer can read, and what the processor holds voided. */
+		payment_of(charge, at->key, sub->id, "charge", pr->id, "declined", "authentication_required",
+			   pr->amount_cents, now_ms());
+		settle_declined(lg, a, at, sub, charge, out);
+		{
+			const struct pay_ref ref = {at->key, pr->id, sub->customer_id};
+			struct pay_result vr;
+			if (payment_cancel(lg, &ref, &vr) != PAY_OK)
+				LOG_WARN(a->trace_id, "cancel of %s deferred: %s", pr->id, vr.msg);
+		}
+		return 0;
+	case PAY_INVALID:
+		if (!strcmp(pr->param, "payment_method")) {
+			/* the processor knows no such payment method: the buyer's mistake, told as one */
+			struct reply r = lg->replies->invalid("paymentMethodId", "is not a payment method the processor knows",
+							      a->trace_id);
+			settle_refusal(lg, a, at, sub, NULL, &r, out);
+			free(r.body);
+			return 0;
+		}
+		LOG_ERROR(a->trace_id, "the processor refused the payment of %s: %s", sub->id, pr->msg);
+		pay_unknown(a, sub, pr, out);
+		return 0;
+	default:
+		pay_unknown(a, sub, pr, out);
+		return 0;
+	}
+}
+
+/* The payment of a hold's amount, outside any transaction, then settled in one atomic unit. */
 static void charge_and_settle(struct ledger *lg, const struct actor *a, const struct attempt *at,
 			      struct subscription *sub, const char *method, struct purchase_result *out)
 {
-	struct processor_rec pr;
+	struct pay_result pr;
 	struct payment charge;
 
+	if (sub->hold_deadline <= now_ms()) {
+		/* a retry after the hold's end: nothing is asked of the processor any more */
+		hold_gone(lg, a, at, sub, NULL, out);
+		return;
+	}
 	if (*sub->previous_id) {
 		change_pay(lg, a, at, sub, method, out);
 		return;
 	}
-	if (payment_charge(lg->store, at->key, sub->amount_cents, method, lg->payment_latency_ms, &pr, &out->err)) {
-		/* The key stays bound to the attempt; a retry after the lease resumes here. */
-		LOG_WARN(a->trace_id, "charge for %s: %s", sub->id, out->err.msg);
-		refused(out, out->err.kind, NULL, out->err.msg);
+	if (!sub->amount_cents) {
+		/* a free plan: nothing to ask the processor for, as Stripe charges no $0 invoice */
+		char id[32];
+		id_new_prefixed("pay_", id, sizeof(id));
+		payment_of(&charge, at->key, sub->id, "charge", id, "succeeded", NULL, 0, now_ms());
+		settle_paid(lg, a, at, sub, &charge, method, out);
 		return;
 	}
-	switch (pr.state) {
-	case PROC_CHARGED:
-		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents,
-			   now_ms());
-		settle_paid(lg, a, at, sub, &charge, out);
-		break;
-	case PROC_DECLINED:
-		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "declined", pr.decline_code,
-			   pr.amount_cents, now_ms());
-		settle_declined(lg, a, at, sub, &charge, out);
-		break;
-	default:
-		/* Voided or refunded: whoever did it settled the hold first. */
-		hold_gone(lg, a, at, sub, NULL, out);
-		break;
-	}
+	struct pay_req r = {at->key, sub->id, sub->customer_id, method, sub->amount_cents, false, sub->hold_deadline,
+			    a->trace_id};
+	payment_authorize(lg, &r, &pr);
+	if (authorized(lg, a, at, sub, &pr, &charge, out))
+		settle_paid(lg, a, at, sub, &charge, *pr.method ? pr.method : method, out);
 }
 
 /* The key existed: replay, refuse, or resume a request that died after its hold. */
@@ -394,10 +576,9 @@ static void key_exists(struct ledger *lg, const struct actor *a, const char *key
 		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
 	} else if (strcmp(sub.status, "pending")) {
 		answer_stored(lg, key, out);
-		out->replayed = true;
 	} else {
 		struct actor buyer = *a;
-		struct attempt at = {key, false};
+		struct attempt at = {key, false, true};
 		buyer.id = sub.customer_id;
 		LOG_INFO(a->trace_id, "resuming purchase %s at its charge", sub.id);
 		charge_and_settle(lg, &buyer, &at, &sub, method, out);
@@ -444,8 +625,8 @@ static void hold(struct ledger *lg, const struct actor *a, const struct hold_spe
 	struct kept_reply k = {lg, hs};
 	int64_t now = now_ms();
 	const struct event_spec ev[] = {
-		{"seat.held", "subscription", hs->sub_id, EV_BEFORE_AFTER, NULL},
-		{"checkout.created", "session", hs->sub_id, EV_BEFORE_AFTER, NULL},
+		{"seat.held", "subscription", hs->sub_id, EV_BEFORE_AFTER, NULL, NULL},
+		{"checkout.created", "session", hs->sub_id, EV_BEFORE_AFTER, NULL, NULL},
 	};
 
 	if (!hs->customer_id) {
@@ -494,7 +675,7 @@ static void hold_then_pay(struct ledger *lg, const struct actor *a, const struct
 {
 	struct hold_out h = {0};
 	struct actor buyer = *a;
-	struct attempt at = {hs->key, false};
+	struct attempt at = {hs->key, false, false};
 
 	hold(lg, a, hs, &h, out);
 	if (out->end == PURCHASE_REFUSED)
@@ -513,6 +694,64 @@ static void hold_then_pay(struct ledger *lg, const struct actor *a, const struct
 	}
 out:
 	hold_out_clear(&h);
+}
+
+int purchase_event(struct ledger *lg, const struct actor *a, const char *sub_id, const char *key,
+		   const char *payment_id, struct err *e)
+{
+	struct subscription sub = {0};
+	struct purchase_result out = {0};
+	struct pay_result pr;
+	struct payment charge;
+
+	if (ledger_sub_get(lg, sub_id, &sub, e)) {
+		int rc = e->kind == ERR_NOT_FOUND ? 0 : -1;   /* not one of ours */
+		subscription_clear(&sub);
+		return rc;
+	}
+	struct attempt at = {key, *sub.secret_hash != '\0', false};
+	struct actor buyer = *a;
+	const struct pay_ref ref = {key, payment_id, sub.customer_id};
+	buyer.id = sub.customer_id;
+	if (!strcmp(sub.status, "pending") && !strcmp(attempt_of(&sub), key) && !*sub.previous_id &&
+	    sub.hold_deadline > now_ms() && payment_lookup(lg, &ref, &pr) == PAY_OK &&
+	    (!*pr.subscription_id || !strcmp(pr.subscription_id, sub.id))) {
+		if (pr.state == PAYS_AUTHORIZED) {
+			payment_of(&charge, key, sub.id, "charge", pr.id, "authorized", NULL, pr.amount_cents, now_ms());
+			settle_paid(lg, &buyer, &at, &sub, &charge, *pr.method ? pr.method : NULL, &out);
+		} else if (pr.state == PAYS_DECLINED) {
+			payment_of(&charge, key, sub.id, "charge", pr.id, "declined", pr.decline_code, pr.amount_cents,
+				   now_ms());
+			settle_declined(lg, &buyer, &at, &sub, &charge, &out);
+		}
+	}
+	int rc = out.end == PURCHASE_REFUSED && (out.err.kind == ERR_UNAVAILABLE || out.err.kind == ERR_RETRYABLE) ? -1 : 0;
+	if (rc)
+		*e = out.err;
+	purchase_result_clear(&out);
+	subscription_clear(&sub);
+	return rc;
+}
+
+int purchase_dispute(struct ledger *lg, const struct actor *a, const char *sub_id, const char *dispute_id,
+		     const char *payment_id, int64_t amount_cents, struct err *e)
+{
+	struct subscription sub = {0};
+	struct payment d;
+	bool existed;
+	int rc;
+
+	if (ledger_sub_get(lg, sub_id, &sub, e)) {
+		rc = e->kind == ERR_NOT_FOUND ? 0 : -1;
+		subscription_clear(&sub);
+		return rc;
+	}
+	/* one flag per dispute (a payment may be disputed more than once), kept under its id */
+	payment_of(&d, dispute_id, sub.id, "dispute", dispute_id, "open", NULL, amount_cents, now_ms());
+	(void)payment_id;
+	rc = payment_keep(lg, a, &d, &existed, e);
+	subscription_clear(&sub);
+	return rc;
 }
 
 void purchase_run(struct ledger *lg, const struct actor *a, const struct purchase_req *p,
@@ -599,7 +838,7 @@ void checkout_complete(struct ledger *lg, const struct actor *a, const char *ses
 		       const char *method, struct purchase_result *out)
 {
 	struct subscription sub = {0};
-	struct attempt at = {key, true};
+	struct attempt at = {key, true, false};
 	struct actor buyer = *a;
 	int64_t now = now_ms();
 	bool taken;
@@ -623,7 +862,7 @@ void checkout_complete(struct ledger *lg, const struct actor *a, const char *ses
 	/* An earlier attempt whose request died: its charge, if it landed, is not kept. */
 	if (*sub.attempt_key && strcmp(sub.attempt_key, key)) {
 		LOG_INFO(a->trace_id, "session %s: attempt %s taken over", sub.id, sub.attempt_key);
-		if (purchase_refund(lg, a, sub.attempt_key, sub.id, &out->err)) {
+		if (purchase_void(lg, a, sub.attempt_key, &sub, NULL, &out->err)) {
 			out->end = PURCHASE_REFUSED;
 			goto out;
 		}
@@ -640,8 +879,8 @@ int checkout_expire(struct ledger *lg, const struct actor *a, const char *sessio
 	struct subscription now = {0};
 	bool found;
 	struct event_spec ev[3] = {
-		{"checkout.expired", "session", session_id, EV_BEFORE_AFTER, NULL},
-		{"seat.released", "session", session_id, EV_BEFORE_AFTER, NULL},
+		{"checkout.expired", "session", session_id, EV_BEFORE_AFTER, NULL, NULL},
+		{"seat.released", "session", session_id, EV_BEFORE_AFTER, NULL, NULL},
 	};
 	char action[40];
 	struct transition t = {.sub_id = session_id, .from = "pending", .to = "expired", .now = now_ms(),
@@ -654,7 +893,7 @@ int checkout_expire(struct ledger *lg, const struct actor *a, const char *sessio
 	if (found && *now.entry_id) {
 		t.entry_to = entry_to ? entry_to : "expired";
 		snprintf(action, sizeof(action), "waitlist.%s", t.entry_to);
-		ev[t.nevents++] = (struct event_spec){action, "waitlist_entry", now.entry_id, EV_BEFORE_AFTER, NULL};
+		ev[t.nevents++] = (struct event_spec){action, "waitlist_entry", now.entry_id, EV_BEFORE_AFTER, NULL, NULL};
 	}
 	int rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
 	subscription_clear(&now);
@@ -699,15 +938,15 @@ int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t peri
 	return period_share(new_amount, left, den) - period_share(old_amount, left, den);
 }
 
-/* Whether a subscription's own interval is a whole period of its plan: a purchase, or a change
- * to a plan of another length, which begins a period of its own. */
+/* Whether a subscription from before periods (its period's start not kept) began a period of
+ * its own: a purchase, or a change to a plan of another length. */
 static bool whole_period(const struct subscription *s)
 {
 	return s->end_at - s->start_at >= s->duration_days * DAY_MS;
 }
 
-/* A change to a plan of the same length keeps its predecessor's period: the start of the
- * period sub is in is that of the subscription of its chain that began it. */
+/* The start of the period sub is in: kept with it, or for a subscription from before periods
+ * that of the subscription of its chain of same-length changes that began it. */
 #define CHAIN_MAX 10000
 static int period_start(struct ledger *lg, const struct subscription *sub, int64_t *start, struct err *e)
 {
@@ -715,8 +954,8 @@ static int period_start(struct ledger *lg, const struct subscription *sub, int64
 	char prev[ID_LEN + 1] = "";
 	int hops = 0;
 
-	*start = sub->start_at;
-	if (!whole_period(sub))
+	*start = sub->life.period_start ? sub->life.period_start : sub->start_at;
+	if (!sub->life.period_start && !whole_period(sub))
 		snprintf(prev, sizeof(prev), "%s", sub->previous_id);
 	while (*prev) {
 		if (++hops > CHAIN_MAX) {
@@ -726,33 +965,45 @@ static int period_start(struct ledger *lg, const struct subscription *sub, int64
 		subscription_clear(&at);
 		if (ledger_sub_get(lg, prev, &at, e))
 			return -1;
-		*start = at.start_at;
+		*start = at.life.period_start ? at.life.period_start : at.start_at;
 		prev[0] = '\0';
-		if (!whole_period(&at))
+		if (!at.life.period_start && !whole_period(&at))
 			snprintf(prev, sizeof(prev), "%s", at.previous_id);
 	}
 	subscription_clear(&at);
 	return 0;
 }
 
-/* What a change of old at now to a plan costing new_amount a period of new_days makes: the
- * difference to pay (negative: the credit) and the new subscription's end. A plan of the same
- * length takes the rest of the period (the shares of plan_change_prorate); one of another
- * length begins a period of its own at now, as Stripe Billing resets the billing cycle when
- * the interval changes: its whole price, less old's share of what is left. */
-static int change_terms(struct ledger *lg, const struct subscription *old, int64_t new_amount, int64_t new_days,
-			int64_t now, int64_t *diff, int64_t *end, struct err *e)
+/* What a change of old at now to a plan costing new_amount a period in term makes: the
+ * difference to pay (negative: the credit) and the new subscription's life (*life, with its
+ * period's end in *end). A plan of the same term takes the rest of the period (the shares of
+ * plan_change_prorate) and keeps old's anchor, so its renewals fall where old's would; one of
+ * another term begins a period of its own at now, as Stripe Billing resets the billing cycle
+ * when the interval changes: its whole price, less old's share of what is left. Either keeps
+ * old's card and schedule. */
+static int change_terms(struct ledger *lg, const struct subscription *old, int64_t new_amount,
+			const struct sub_life *term, int64_t now, int64_t *diff, int64_t *end, struct sub_life *life,
+			struct err *e)
 {
 	int64_t start;
 
 	if (period_start(lg, old, &start, e))
 		return -1;
-	if (new_days * DAY_MS == old->end_at - start) {
+	if (life_same_term(&old->life, term)) {
 		*diff = plan_change_prorate(new_amount, old->amount_cents, start, old->end_at, now);
 		*end = old->end_at;
-	} else {
-		*diff = new_amount - plan_change_prorate(old->amount_cents, 0, start, old->end_at, now);
-		*end = now + new_days * DAY_MS;
+		*life = old->life;
+		life->period_start = start;
+		return 0;
+	}
+	*diff = new_amount - plan_change_prorate(old->amount_cents, 0, start, old->end_at, now);
+	*life = old->life;
+	life->term_unit = term->term_unit;
+	life->term_count = term->term_count;
+	snprintf(life->term_zone, sizeof(life->term_zone), "%s", term->term_zone);
+	if (life_begin(life, now, end)) {
+		err_set(e, ERR_UNAVAILABLE, NULL, "the plan's time zone %s is not known on this machine", term->term_zone);
+		return -1;
 	}
 	return 0;
 }
@@ -763,8 +1014,8 @@ static void change_release(struct ledger *lg, const struct actor *a, const struc
 			   const struct subscription *sub, struct reply *r, struct purchase_result *out)
 {
 	const struct event_spec ev[] = {
-		{"subscription.failed", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
-		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
+		{"subscription.failed", "subscription", sub->id, EV_BEFORE_AFTER, NULL, NULL},
+		{"seat.released", "subscription", sub->id, EV_BEFORE_AFTER, NULL, NULL},
 	};
 	struct transition t = {.sub_id = sub->id, .from = "pending", .to = "failed", .now = now_ms(), .dleft = 1,
 			       .dheld = -1, .events = ev, .nevents = 2, .reply = r, .reply_key = at->key,
@@ -773,18 +1024,96 @@ static void change_release(struct ledger *lg, const struct actor *a, const struc
 
 	if (settle(lg, a, &t, r, out) == 0)
 		answer_stored(lg, at->key, out);
-	if (purchase_refund(lg, a, at->key, sub->id, &re))
-		LOG_WARN(a->trace_id, "refund for %s deferred to the reaper: %s", sub->id, re.msg);
+	if (purchase_void(lg, a, at->key, sub, NULL, &re))
+		LOG_WARN(a->trace_id, "void for %s deferred to the reaper: %s", sub->id, re.msg);
+}
+
+/* Refunds up to *left of captured payment payment_id under the credit's own key for it: taken
+ * first when only authorized (a chain's charge is kept by the subscription it activated). */
+static int credit_from(struct ledger *lg, const struct payment *credit, const struct subscription *by,
+		       const char *payment_id, int64_t *left, struct err *e)
+{
+	const struct pay_ref ref = {attempt_of(by), payment_id, by->customer_id};
+	char refund_key[sizeof(credit->id) + 40];
+	struct pay_result pr;
+	enum pay_outcome o;
+
+	snprintf(refund_key, sizeof(refund_key), "%s:%s", credit->id, payment_id);
+	if ((o = payment_refund(lg, payment_id, refund_key, *left, &pr)) == PAY_INVALID && pr.state == PAYS_AUTHORIZED &&
+	    payment_capture(lg, &ref, &pr) == PAY_OK)
+		o = payment_refund(lg, payment_id, refund_key, *left, &pr);
+	if (o != PAY_OK) {
+		err_set(e, ERR_UNAVAILABLE, NULL, "credit %s from %s: %s", credit->id, payment_id, pr.msg);
+		return -1;
+	}
+	*left -= pr.refunded_cents;
+	return 0;
+}
+
+/* Whether the credit's walk goes on from at to its predecessor: at joined a period its
+ * predecessor began (a change to a plan of the same term, or any change before periods were
+ * kept), or began one of its own paid in part by its predecessor's unused share (a change to a
+ * plan of another term). A subscription renewed since it began, or bought, was paid for its
+ * period by itself alone. */
+static bool credit_goes_on(const struct subscription *at)
+{
+	return *at->previous_id && at->life.period_start <= at->start_at;
 }
 
 int purchase_credit(struct ledger *lg, const struct actor *a, const struct payment *refund, struct err *e)
 {
-	struct processor_rec pr;
+	struct subscription at = {0}, older = {0};
+	char used[8][32] = {{0}};
+	int64_t left = refund->amount_cents;
+	int hops = 0, nused = 0, rc = -1;
+	const struct payment made = *refund;
 
-	(void)a;
-	if (payment_credit(lg->store, refund->idem_key, refund->id, refund->amount_cents, &pr, e))
-		return -1;
-	return lg->store->ops->refund_made(lg->store, refund->id, e);
+	/* What paid for the period the credit is of, newest first, each giving back what is left of
+	 * the credit, up to what is left of it: a subscription renewed since it began, its renewal;
+	 * else its own charge (not one it kept from its predecessor, as a change that was credited
+	 * does). Each part's amount is fixed by its first call, so a credit made again after a crash
+	 * makes the same parts. */
+	if (ledger_sub_get(lg, refund->subscription_id, &at, e))
+		goto out;
+	while (left > 0) {
+		bool on = credit_goes_on(&at), renewed = at.life.period_start > at.start_at;
+		if (++hops > CHAIN_MAX) {
+			err_set(e, ERR_UNAVAILABLE, NULL, "credit %s: its chain of plan changes has no end", refund->id);
+			goto out;
+		}
+		if (on && ledger_sub_get(lg, at.previous_id, &older, e))
+			goto out;
+		const char *paid = renewed ? at.life.period_payment
+			: on && !strcmp(older.payment_id, at.payment_id) ? "" : at.payment_id;
+		bool again = false;
+		for (int i = 0; i < nused; i++)
+			again |= !strcmp(used[i], paid);
+		/* (a free plan's charge is the ledger's alone, of nothing) */
+		if (*paid && !again && at.amount_cents > 0) {
+			if (nused < 8)
+				snprintf(used[nused++], sizeof(used[0]), "%s", paid);
+			if (credit_from(lg, refund, &at, paid, &left, e))
+				goto out;
+		}
+		subscription_clear(&at);
+		if (!on)
+			break;
+		at = older;
+		memset(&older, 0, sizeof(older));
+	}
+	if (left > 0) {
+		err_set(e, ERR_INTERNAL, NULL, "credit %s: %lld cents more than its chain was paid", refund->id,
+			(long long)left);
+		LOG_ERROR(a->trace_id, "%s", e->msg);
+		goto out;
+	}
+	/* its payment.refunded was written with the change: marked made without another event */
+	bool moved;
+	rc = lg->store->ops->payment_mark(lg->store, made.id, "pending", "succeeded", NULL, 0, a, &moved, e);
+out:
+	subscription_clear(&at);
+	subscription_clear(&older);
+	return rc;
 }
 
 /* The last unit of a plan change: the new subscription active, the old one changed with its
@@ -792,14 +1121,14 @@ int purchase_credit(struct ledger *lg, const struct actor *a, const struct payme
  * after the unit) recorded, all in one step. */
 static void change_settle(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
 			  const struct subscription *old, const struct payment *charge, int64_t credit, int64_t now,
-			  int64_t end, struct purchase_result *out)
+			  int64_t end, const struct sub_life *life, struct purchase_result *out)
 {
 	char token[TOKEN_LEN + 1], hash[65], credit_id[32] = "";
 	struct payment refund;
 	char *detail;
 	const struct event_spec old_ev[] = {
-		{"subscription.plan_changed", "subscription", old->id, EV_BEFORE_AFTER, NULL},
-		{"seat.released", "subscription", old->id, EV_BEFORE_AFTER, NULL},
+		{"subscription.plan_changed", "subscription", old->id, EV_BEFORE_AFTER, NULL, NULL},
+		{"seat.released", "subscription", old->id, EV_BEFORE_AFTER, NULL, NULL},
 	};
 	struct transition also, t;
 	struct transition_out o = {0};
@@ -809,6 +1138,7 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	sha256_hex(token, strlen(token), hash);
 	sub->start_at = now;
 	sub->end_at = end;
+	sub->life = *life;
 	snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", charge ? charge->id : old->payment_id);
 	snprintf(sub->status, sizeof(sub->status), "active");
 	sub->updated_at = now;
@@ -820,16 +1150,19 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 	const struct payment *paid = charge ? charge : credit > 0 ? &refund : NULL;
 	detail = paid ? ledger_payment_detail(paid) : NULL;
 	const struct event_spec ev[] = {
-		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL},
-		{charge ? "payment.succeeded" : "payment.refunded", "payment", paid ? paid->id : "", EV_NO_COUNTS, detail},
+		{"subscription.activated", "subscription", sub->id, EV_BEFORE_AFTER, NULL, NULL},
+		{charge ? "payment.authorized" : "payment.refunded", "payment", paid ? paid->id : "", EV_NO_COUNTS, detail, NULL},
 	};
 	r = lg->replies->changed(sub, token, a->trace_id);
+	/* the old one as read: a renewal or a schedule of it meanwhile makes the change lose */
 	also = (struct transition){.sub_id = old->id, .from = "active", .to = "changed", .now = now, .dleft = 1,
-				   .events = old_ev, .nevents = 2};
+				   .events = old_ev, .nevents = 2,
+				   .life = {NULL, true, old->end_at, old->life.next_attempt_at, old->life.cancel_at_period_end,
+					    old->life.payment_method}};
 	t = (struct transition){.sub_id = sub->id, .from = "pending", .live_after = now_ms(), .to = "active", .now = now,
 				.dheld = -1, .payment_id = sub->payment_id, .start_at = sub->start_at,
 				.end_at = sub->end_at, .token_hash = hash, .payment = paid, .events = ev, .nevents = paid ? 2 : 1, .reply = &r, .reply_key = at->key,
-				.attempt = at->key, .also = &also};
+				.attempt = at->key, .also = &also, .life = {.set = &sub->life}};
 	if (ledger_transition(lg, &t, a, &o, &out->err)) {
 		refused(out, out->err.kind, NULL, out->err.msg);
 	} else if (o.result == MOVED) {
@@ -837,6 +1170,8 @@ static void change_settle(struct ledger *lg, const struct actor *a, const struct
 		out->end = PURCHASE_ANSWERED;
 		out->reply = r;
 		r.body = NULL;
+		if (charge)
+			capture(a, lg, sub, charge);
 		/* the credit, once the change is made; the reaper makes it if this request dies first */
 		if (credit > 0 && purchase_credit(lg, a, &refund, &ce))
 			LOG_WARN(a->trace_id, "credit %s deferred to the reaper: %s", refund.id, ce.msg);
@@ -869,7 +1204,8 @@ static void change_pay(struct ledger *lg, const struct actor *a, const struct at
 		       const char *method, struct purchase_result *out)
 {
 	struct subscription old = {0};
-	struct processor_rec pr;
+	struct sub_life life;
+	struct pay_result pr;
 	struct payment charge;
 	int64_t diff, now, end;
 
@@ -881,31 +1217,35 @@ static void change_pay(struct ledger *lg, const struct actor *a, const struct at
 	if (old.end_at <= now) {
 		/* its period ended while the new plan's seats were held: nothing is left to change */
 		change_ended(lg, a, at, sub, out);
-	} else if (change_terms(lg, &old, sub->amount_cents, sub->duration_days, now, &diff, &end, &out->err)) {
+	} else if (change_terms(lg, &old, sub->amount_cents, &sub->life, now, &diff, &end, &life, &out->err)) {
 		refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
 	} else if (diff <= 0) {
-		change_settle(lg, a, at, sub, &old, NULL, -diff, now, end, out);
+		change_settle(lg, a, at, sub, &old, NULL, -diff, now, end, &life, out);
 	} else if (!method) {
 		/* the price rose between the check and the hold: there is now something to charge */
 		struct reply r = lg->replies->invalid("paymentMethodId", "is required: the new plan costs more for the days left",
 						      a->trace_id);
 		change_release(lg, a, at, sub, &r, out);
 		free(r.body);
-	} else if (payment_charge(lg->store, at->key, diff, method, lg->payment_latency_ms, &pr, &out->err)) {
-		LOG_WARN(a->trace_id, "charge for %s: %s", sub->id, out->err.msg);
-		refused(out, out->err.kind, NULL, out->err.msg);
-	} else if (pr.state == PROC_CHARGED && old.end_at <= now_ms()) {
-		/* the period ended while the difference was charged: the charge goes back with the seats */
-		change_ended(lg, a, at, sub, out);
-	} else if (pr.state == PROC_CHARGED) {
-		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "succeeded", NULL, pr.amount_cents, now_ms());
-		change_settle(lg, a, at, sub, &old, &charge, 0, now, end, out);
-	} else if (pr.state == PROC_DECLINED) {
-		payment_of(&charge, at->key, sub->id, "charge", pr.charge_id, "declined", pr.decline_code,
-			   pr.amount_cents, now_ms());
-		settle_declined(lg, a, at, sub, &charge, out);
 	} else {
-		hold_gone(lg, a, at, sub, NULL, out);
+		struct pay_req r = {at->key, sub->id, sub->customer_id, method, diff, false, sub->hold_deadline,
+				    a->trace_id};
+		const struct pay_ref ref = {at->key, NULL, sub->customer_id};
+		/* A resumed change keeps the difference its first attempt was authorized for: asked
+		 * again it would be another amount (the period went on), which the processor refuses
+		 * under the same key. */
+		if (!at->resumed || payment_lookup(lg, &ref, &pr) != PAY_OK ||
+		    (pr.state != PAYS_AUTHORIZED && pr.state != PAYS_DECLINED))
+			payment_authorize(lg, &r, &pr);
+		else
+			pr.outcome = pr.state == PAYS_DECLINED ? PAY_DECLINED : PAY_OK;
+		if (!authorized(lg, a, at, sub, &pr, &charge, out))
+			;
+		else if (old.end_at <= now_ms())
+			/* the period ended while the difference was authorized: voided with the seats back */
+			change_ended(lg, a, at, sub, out);
+		else
+			change_settle(lg, a, at, sub, &old, &charge, 0, now, end, &life, out);
 	}
 	subscription_clear(&old);
 }
@@ -936,8 +1276,10 @@ void plan_change(struct ledger *lg, const struct actor *a, const struct change_r
 	}
 	/* Something to charge needs a payment method: told before anything is held. */
 	if (!c->payment_method && !strcmp(old.status, "active")) {
+		struct sub_life term = {0}, life;
 		int64_t end;
-		if (change_terms(lg, &old, plan.price_cents * old.quantity, plan.duration_days, now, &diff, &end, &out->err)) {
+		life_term_of(&term, &plan);
+		if (change_terms(lg, &old, plan.price_cents * old.quantity, &term, now, &diff, &end, &life, &out->err)) {
 			refused(out, ERR_UNAVAILABLE, NULL, out->err.msg);
 			goto out;
 		}

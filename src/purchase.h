@@ -89,17 +89,36 @@ void plan_change(struct ledger *lg, const struct actor *a, const struct change_r
  * part left less old_amount's, each rounded half away from zero to the cent; 0 once the period
  * is over. */
 int64_t plan_change_prorate(int64_t new_amount, int64_t old_amount, int64_t period_start, int64_t end, int64_t now);
-/* Has the processor make a pending refund (a plan change's credit), then marks it made. */
+/* Has the processor make a pending refund (a plan change's credit) from the captured charges
+ * of the chain it is of, newest first, then marks it made. */
 int purchase_credit(struct ledger *lg, const struct actor *a, const struct payment *refund, struct err *e);
 
 /* Expires a pending hold past its deadline (seat back, HOLD_EXPIRED stored on its key),
- * recording the charge when one was made, then has the processor refund the key's charge or
- * void it. *moved: whether this call expired it. Used by the purchase and the reaper. */
+ * recording the charge when one was authorized, then has the processor void the key's
+ * authorization. *moved: whether this call expired it. Used by the purchase and the reaper. */
 int purchase_expire(struct ledger *lg, const struct actor *a, const struct subscription *sub,
 		    const struct payment *charge, int64_t now, bool *moved, struct err *e);
-/* Has the processor refund the charge of a payment attempt (key) of subscription sub_id that
- * must not keep it (or void the key) and records the charge and its refund in the ledger. */
-int purchase_refund(struct ledger *lg, const struct actor *a, const char *key, const char *sub_id,
-		    struct err *e);
+/* No seat keeps the money of payment attempt key of subscription sub (its payment's id at the
+ * processor when known, else NULL): the processor voids
+ * its authorization (or closes the key, so that none comes under it later), or refunds it whole
+ * when it was captured; the ledger records what was done. */
+int purchase_void(struct ledger *lg, const struct actor *a, const char *key, const struct subscription *sub,
+		  const char *payment_id, struct err *e);
+/* An authorized charge the ledger recorded, finished: captured when its subscription keeps it,
+ * else voided; the ledger records which (the reaper's sweep). */
+int purchase_finish(struct ledger *lg, const struct actor *a, const struct payment *charge, struct err *e);
+/* The processor's word (an event) that payment key of subscription sub_id changed: the
+ * payment is looked up and, while the subscription's hold still waits on that attempt, settled
+ * through the request's own steps (its answer stored on the key for the client's retry); settled
+ * already, another attempt's, or a plan change's (its request or the reaper settles it):
+ * nothing. */
+int purchase_event(struct ledger *lg, const struct actor *a, const char *sub_id, const char *key,
+		   const char *payment_id, struct err *e);
+/* A dispute of payment payment_id of subscription sub_id, flagged once for the operator
+ * (subscription.disputed); seats do not move. */
+int purchase_dispute(struct ledger *lg, const struct actor *a, const char *sub_id, const char *dispute_id,
+		     const char *payment_id, int64_t amount_cents, struct err *e);
+/* Moves payment p from status `from` to its own, with its event. */
+int purchase_mark(struct ledger *lg, const struct actor *a, const struct payment *p, const char *from, struct err *e);
 
 #endif

@@ -41,8 +41,8 @@ static int expire_overdue(struct ledger *lg, const struct actor *a, int64_t now,
 	return rc;
 }
 
-/* Charges recorded in the ledger whose hold ended without a seat and were never refunded
- * (a crash between the two). */
+/* Captured charges recorded in the ledger whose hold ended without a seat and were never
+ * refunded (a crash between the two). */
 static int refund_unrefunded(struct ledger *lg, const struct actor *a, struct reap_stats *st, struct err *e)
 {
 	struct payment *charges = NULL;
@@ -52,8 +52,11 @@ static int refund_unrefunded(struct ledger *lg, const struct actor *a, struct re
 	if (lg->store->ops->charges_unrefunded(lg->store, BATCH, &charges, &n, e))
 		return -1;
 	for (i = 0; i < n && rc == 0; i++) {
-		if ((rc = purchase_refund(lg, a, charges[i].idem_key, charges[i].subscription_id, e)) == 0)
+		struct subscription sub = {0};
+		if ((rc = ledger_sub_get(lg, charges[i].subscription_id, &sub, e)) == 0 &&
+		    (rc = purchase_void(lg, a, charges[i].idem_key, &sub, charges[i].id, e)) == 0)
 			st->refunded++;
+		subscription_clear(&sub);
 	}
 	free(charges);
 	return rc;
@@ -66,12 +69,48 @@ static int make_credits(struct ledger *lg, const struct actor *a, struct reap_st
 	size_t n = 0, i;
 	int rc = 0;
 
-	if (lg->store->ops->refunds_pending(lg->store, BATCH, &refunds, &n, e))
+	if (lg->store->ops->payments_in(lg->store, "pending", BATCH, &refunds, &n, e))
 		return -1;
-	for (i = 0; i < n && rc == 0; i++)
-		if ((rc = purchase_credit(lg, a, &refunds[i], e)) == 0)
+	/* one that cannot be made now (the processor down, or a credit past what its chain was
+	 * paid, logged as an error) never holds up the others, nor the rest of the pass */
+	for (i = 0; i < n; i++) {
+		struct err ce = {0};
+		if (purchase_credit(lg, a, &refunds[i], &ce))
+			LOG_WARN(a->trace_id, "reaper: credit %s: %s", refunds[i].id, ce.msg);
+		else
 			st->refunded++;
+	}
 	free(refunds);
+	return rc;
+}
+
+/* Authorizations the ledger recorded and nobody finished: captured when a seat keeps them (the
+ * request took the money, or died first), voided when none does. Each capture is recorded here,
+ * so that a purchase's own request pays two durable commits, not three. */
+static int finish_authorized(struct ledger *lg, const struct actor *a, struct reap_stats *st, struct err *e)
+{
+	struct payment *charges = NULL;
+	size_t n = 0, i;
+	int rc = 0;
+
+	for (int batch = 0; batch < 50 && rc == 0; batch++) {
+		if (lg->store->ops->payments_in(lg->store, "authorized", BATCH, &charges, &n, e))
+			return -1;
+		size_t done = 0;
+		for (i = 0; i < n; i++) {
+			struct err fe = {0};
+			if (purchase_finish(lg, a, &charges[i], &fe))
+				LOG_WARN(a->trace_id, "reaper: finishing %s: %s", charges[i].id, fe.msg);
+			else
+				done++;
+		}
+		st->finished += (int)done;
+		free(charges);
+		charges = NULL;
+		/* the next batch would begin with what failed here: left to the next pass */
+		if (n < BATCH || done < n)
+			break;
+	}
 	return rc;
 }
 
@@ -91,7 +130,8 @@ int reaper_run(struct ledger *lg, const char *holder, struct reap_stats *st, str
 	if (!taken)
 		return 0;
 	st->ran = true;
-	if (expire_overdue(lg, &a, now, st, e) || refund_unrefunded(lg, &a, st, e) || make_credits(lg, &a, st, e) ||
+	if (expire_overdue(lg, &a, now, st, e) || finish_authorized(lg, &a, st, e) || refund_unrefunded(lg, &a, st, e) ||
+	    make_credits(lg, &a, st, e) ||
 	    s->ops->keys_purge(s, now - (int64_t)lg->key_retention_h * 3600 * 1000, &st->purged, e))
 		goto out;
 	if (st->expired || st->refunded)

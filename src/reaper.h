@@ -15,6 +15,7 @@
 struct reap_stats {
 	int expired;     /* holds released */
 	int refunded;    /* charges refunded */
+	int finished;    /* authorizations captured or voided */
 	int purged;      /* keys purged */
 	bool ran;        /* false: another reaper holds the lease */
 };

@@ -6,34 +6,41 @@
 #include <string.h>
 
 static const struct route routes[] = {
-	{"GET", "/api/health", api_health, AUTH_ANYONE, IDEM_NONE},
-	{"GET", "/api/plans", api_plans_list, AUTH_ANYONE, IDEM_NONE},
-	{"POST", "/api/plans", api_plans_create, AUTH_ADMIN, IDEM_HONOURED},
-	{"GET", "/api/plans/:id", api_plans_get, AUTH_ANYONE, IDEM_NONE},
-	{"PATCH", "/api/plans/:id", api_plans_update, AUTH_ADMIN, IDEM_HONOURED},
-	{"GET", "/api/plans/:id/stats", api_plans_stats, AUTH_ANYONE, IDEM_NONE},
-	{"POST", "/api/plans/:id/waitlist", api_waitlist_join, AUTH_ANYONE, IDEM_HONOURED},
-	{"GET", "/api/plans/:id/waitlist", api_waitlist_list, AUTH_ADMIN, IDEM_NONE},
-	{"GET", "/api/waitlist/:id", api_waitlist_get, AUTH_ENTRY, IDEM_NONE},
-	{"POST", "/api/waitlist/:id/leave", api_waitlist_leave, AUTH_ENTRY, IDEM_HONOURED},
-	{"POST", "/api/subscriptions/purchase", api_subscriptions_purchase, AUTH_ANYONE, IDEM_OWN},
-	{"GET", "/api/subscriptions/:id", api_subscriptions_get, AUTH_BEARER, IDEM_NONE},
-	{"POST", "/api/subscriptions/:id/cancel", api_subscriptions_cancel, AUTH_BEARER, IDEM_HONOURED},
-	{"POST", "/api/subscriptions/:id/change-plan", api_subscriptions_change_plan, AUTH_BEARER, IDEM_OWN},
-	{"POST", "/api/checkout-sessions", api_checkout_create, AUTH_ANYONE, IDEM_OWN},
-	{"GET", "/api/checkout-sessions/:id", api_checkout_get, AUTH_SECRET, IDEM_NONE},
-	{"POST", "/api/checkout-sessions/:id/complete", api_checkout_complete, AUTH_SECRET, IDEM_OWN},
-	{"POST", "/api/checkout-sessions/:id/expire", api_checkout_expire, AUTH_SECRET, IDEM_HONOURED},
-	{"POST", "/api/customers", api_customers_create, AUTH_ADMIN, IDEM_HONOURED},
-	{"GET", "/api/customers/:id/subscriptions", api_customers_subscriptions, AUTH_ADMIN, IDEM_NONE},
-	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE},
-	{"GET", "/api/events", api_events, AUTH_ADMIN, IDEM_NONE},
-	{"POST", "/api/webhook-endpoints", api_webhooks_create, AUTH_ADMIN, IDEM_HONOURED},
-	{"GET", "/api/webhook-endpoints", api_webhooks_list, AUTH_ADMIN, IDEM_NONE},
-	{"DELETE", "/api/webhook-endpoints/:id", api_webhooks_delete, AUTH_ADMIN, IDEM_NONE},
-	{"GET", "/api/webhook-endpoints/:id/deliveries", api_webhooks_deliveries, AUTH_ADMIN, IDEM_NONE},
+	{"GET", "/api/health", api_health, AUTH_ANYONE, IDEM_NONE, 0},
+	{"GET", "/api/plans", api_plans_list, AUTH_ANYONE, IDEM_NONE, 0},
+	{"POST", "/api/plans", api_plans_create, AUTH_ADMIN, IDEM_HONOURED, 0},
+	{"GET", "/api/plans/:id", api_plans_get, AUTH_ANYONE, IDEM_NONE, 0},
+	{"PATCH", "/api/plans/:id", api_plans_update, AUTH_ADMIN, IDEM_HONOURED, 0},
+	{"GET", "/api/plans/:id/stats", api_plans_stats, AUTH_ANYONE, IDEM_NONE, 0},
+	{"POST", "/api/plans/:id/waitlist", api_waitlist_join, AUTH_ANYONE, IDEM_HONOURED, 0},
+	{"GET", "/api/plans/:id/waitlist", api_waitlist_list, AUTH_ADMIN, IDEM_NONE, 0},
+	{"GET", "/api/waitlist/:id", api_waitlist_get, AUTH_ENTRY, IDEM_NONE, 0},
+	{"POST", "/api/waitlist/:id/leave", api_waitlist_leave, AUTH_ENTRY, IDEM_HONOURED, 0},
+	{"POST", "/api/subscriptions/purchase", api_subscriptions_purchase, AUTH_ANYONE, IDEM_OWN, 0},
+	{"GET", "/api/subscriptions/:id", api_subscriptions_get, AUTH_BEARER, IDEM_NONE, 0},
+	{"POST", "/api/subscriptions/:id/cancel", api_subscriptions_cancel, AUTH_BEARER, IDEM_HONOURED, 0},
+	{"POST", "/api/subscriptions/:id/change-plan", api_subscriptions_change_plan, AUTH_BEARER, IDEM_OWN, 0},
+	{"GET", "/api/renewals", api_renewals, AUTH_ADMIN, IDEM_NONE, 0},
+	{"POST", "/api/subscriptions/:id/resume", api_subscriptions_resume, AUTH_BEARER, IDEM_HONOURED, 0},
+	{"POST", "/api/subscriptions/:id/payment-method", api_subscriptions_payment_method, AUTH_BEARER, IDEM_HONOURED, 0},
+	{"POST", "/api/checkout-sessions", api_checkout_create, AUTH_ANYONE, IDEM_OWN, 0},
+	{"GET", "/api/checkout-sessions/:id", api_checkout_get, AUTH_SECRET, IDEM_NONE, 0},
+	{"POST", "/api/checkout-sessions/:id/complete", api_checkout_complete, AUTH_SECRET, IDEM_OWN, 0},
+	{"POST", "/api/checkout-sessions/:id/expire", api_checkout_expire, AUTH_SECRET, IDEM_HONOURED, 0},
+	{"POST", "/api/customers", api_customers_create, AUTH_ADMIN, IDEM_HONOURED, 0},
+	{"GET", "/api/customers/:id/subscriptions", api_customers_subscriptions, AUTH_ADMIN, IDEM_NONE, 0},
+	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE, 0},
+	{"GET", "/api/events", api_events, AUTH_ADMIN, IDEM_NONE, 0},
+	{"GET", "/api/payments/summary", api_payments_summary, AUTH_ADMIN, IDEM_NONE, 0},
+	{"POST", "/api/webhook-endpoints", api_webhooks_create, AUTH_ADMIN, IDEM_HONOURED, 0},
+	{"GET", "/api/webhook-endpoints", api_webhooks_list, AUTH_ADMIN, IDEM_NONE, 0},
+	{"DELETE", "/api/webhook-endpoints/:id", api_webhooks_delete, AUTH_ADMIN, IDEM_NONE, 0},
+	{"GET", "/api/webhook-endpoints/:id/deliveries", api_webhooks_deliveries, AUTH_ADMIN, IDEM_NONE, 0},
+	{"GET", "/api/mail", api_mail_list, AUTH_ADMIN, IDEM_NONE, 0},
+	/* Stripe's events: the Stripe-Signature header is the credential; bodies up to nginx's 64 KiB */
+	{"POST", "/api/stripe/webhook", api_stripe_webhook, AUTH_ANYONE, IDEM_NONE, 65536},
 	/* loopback only: nginx refuses it from anywhere else */
-	{"GET", "/api/metrics", api_metrics, AUTH_ANYONE, IDEM_NONE},
+	{"GET", "/api/metrics", api_metrics, AUTH_ANYONE, IDEM_NONE, 0},
 };
 
 int router_index(const struct route *r)
@@ -70,6 +77,15 @@ static bool matches(const char *pattern, const char *path, char *param, size_t p
 		path += sl;
 	}
 	return !*pattern && !*path;
+}
+
+long router_body_limit(const char *method, const char *path, long def)
+{
+	char param[ID_LEN + 41], allow[64];
+	int status;
+	const struct route *r = router_match(method, path, param, sizeof(param), allow, sizeof(allow), &status);
+
+	return r && r->max_body > def ? r->max_body : def;
 }
 
 const struct route *router_match(const char *method, const char *path, char *param, size_t plen,

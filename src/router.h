@@ -26,7 +26,11 @@ struct route {
 	handler_fn handler;
 	enum auth_need auth;
 	enum idem_mode idem;
+	long max_body;          /* the largest body this route takes; 0: NUMATIX_MAX_BODY */
 };
+
+/* The largest body a request of method and path may have: its route's own, or def. */
+long router_body_limit(const char *method, const char *path, long def);
 
 /* The route for method and path, with its :id segment copied into param. NULL when none:
  * *status is then 404, or 405 with the methods the path allows in allow. */

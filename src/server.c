@@ -23,6 +23,8 @@
 #include "metrics.h"
 #include "notify.h"
 #include "reaper.h"
+#include "mailer.h"
+#include "renewer.h"
 #include "webhook.h"
 #include "store.h"
 #include "util.h"
@@ -32,7 +34,7 @@
 #define STOP_GRACE_S 30
 
 /* The background processes beside the workers, each one long-lived with one store handle. */
-enum { SVC_REAPER, SVC_SENDER, NSVC };
+enum { SVC_REAPER, SVC_SENDER, SVC_RENEWER, SVC_MAILER, NSVC };
 
 struct pool {
 	pid_t *pids;          /* 0: a free slot to fill */
@@ -163,6 +165,31 @@ static void send_pass(struct ledger *lg, const struct config *cfg, const char *h
 		LOG_WARN(NULL, "webhooks: %s", e.msg);
 }
 
+static void renew_pass(struct ledger *lg, const struct config *cfg, const char *holder)
+{
+	struct renew_stats st;
+	struct err e = {0};
+
+	(void)cfg;
+	if (renewer_run(lg, holder, stop_pending, &st, &e))
+		LOG_WARN(NULL, "renewer: %s", e.msg);
+	else if (st.ran)
+		metrics_renewer_pass(&st.life);
+}
+
+static void mail_pass(struct ledger *lg, const struct config *cfg, const char *holder)
+{
+	struct mail_settings ms;
+	struct mail_stats st;
+	struct err e = {0};
+
+	mailer_settings(&ms, cfg);
+	if (mailer_run(lg, &ms, holder, stop_pending, &st, &e))
+		LOG_WARN(NULL, "mailer: %s", e.msg);
+	else if (st.ran)
+		metrics_mailer_pass(st.sent, st.deferred, st.failed);
+}
+
 static const struct service {
 	const char *name;     /* for ps and for the operator */
 	const char *lease;    /* the lease a pass holds */
@@ -170,6 +197,8 @@ static const struct service {
 } services[NSVC] = {
 	[SVC_REAPER] = {"numatix-reaper", REAPER_LEASE, reap_pass},
 	[SVC_SENDER] = {"numatix-sender", WEBHOOK_LEASE, send_pass},
+	[SVC_RENEWER] = {"numatix-renewer", RENEWER_LEASE, renew_pass},
+	[SVC_MAILER] = {"numatix-mailer", MAILER_LEASE, mail_pass},
 };
 
 /* A predecessor killed mid-pass (kill -9, the OOM killer) left its lease held until it runs
@@ -227,7 +256,12 @@ static pid_t spawn_service(const struct config *cfg, int which, pid_t dead)
 	pid_t pid = fork();
 
 	if (pid == 0) {
-		service_loop(cfg, &services[which], which == SVC_REAPER ? cfg->reap_interval_s : 1, dead);
+		service_loop(cfg, &services[which],
+			     which == SVC_REAPER    ? cfg->reap_interval_s
+			     : which == SVC_RENEWER ? cfg->renew_interval_s
+			     : which == SVC_MAILER  ? cfg->mail_interval_s
+						    : 1,
+			     dead);
 		_exit(0);
 	}
 	return pid < 0 ? 0 : pid;

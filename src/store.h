@@ -29,12 +29,22 @@ enum event_counts {
 	EV_BEFORE_AFTER,  /* the counts before and after the unit */
 };
 
+/* The mail an event sends (outbox.h): a row of the outbox written with the event, in its unit,
+ * queued and due at once. */
+struct mail_spec {
+	const char *kind;
+	const char *customer_id;
+	const char *data;                 /* JSON object */
+	const char *secret;               /* sealed, or NULL */
+};
+
 struct event_spec {
 	const char *action;
 	const char *resource_type;
 	const char *resource_id;
 	enum event_counts counts;
 	const char *detail;               /* JSON text or NULL */
+	const struct mail_spec *mail;     /* NULL: the event sends none */
 };
 
 /* --- outcomes ------------------------------------------------------------------------------ */
@@ -156,6 +166,18 @@ struct transition {
 	/* The subscription is a waiting-list offer's session (entry_id set): its entry moves from
 	 * offered to this ("converted", "expired", "left") in the unit. */
 	const char *entry_to;
+	/* A move of its life (an activation, a renewal, a failed one, an end, a schedule). */
+	struct life_move {
+		/* the life after the move, kept whole (with the transition's end_at); NULL: untouched */
+		const struct sub_life *set;
+		/* require the life as the caller read it: the period (end_at), the next attempt, the
+		 * schedule and the card, so that two renewers, or a renewer and its holder, never both
+		 * move it (nor one put back what the other changed) */
+		bool check;
+		int64_t end_at, next_attempt_at;
+		bool cancel_at_period_end;
+		const char *payment_method;   /* with check: the card as read ("" none) */
+	} life;
 };
 
 enum transition_result {
@@ -216,23 +238,20 @@ struct audit_filter {
 	const char *plan_id, *trace_id, *action;  /* each may be NULL */
 };
 
-/* The simulated payment processor's own records. They play a remote service: kept apart
- * from the ledger so they never take its write lock (for SQLite, a file of their own). */
-enum processor_state {
-	PROC_NONE,            /* nothing for this key */
-	PROC_CHARGED,         /* succeeded */
-	PROC_DECLINED,
-	PROC_REFUNDED,        /* charged, then refunded */
-	PROC_VOID,            /* voided before any charge: a later charge is refused */
+/* The ledger's payments counted and summed by kind and status (the dashboard's). */
+struct payment_total {
+	char kind[8];
+	char status[12];
+	int64_t count, amount_cents;
 };
+#define PAYMENT_TOTALS_MAX 32
 
-struct processor_rec {
-	enum processor_state state;
-	char charge_id[32];
-	char refund_id[32];
-	char decline_code[32];
-	int64_t amount_cents;
+/* The subscriptions counted by status, with their seats (the metrics'). */
+struct sub_total {
+	char status[16];
+	int64_t count, seats;
 };
+#define SUB_TOTALS_MAX 16
 
 /* Each plan with the facts check() needs, read in the same snapshot as the rest. */
 struct plan_tally {
@@ -252,6 +271,7 @@ struct snapshot_visitor {
 	int (*subscription)(void *arg, const struct subscription *s);
 	int (*payment)(void *arg, const struct payment *p);
 	int (*entry)(void *arg, const struct waitlist_entry *w);
+	int (*mail)(void *arg, const struct mail *m);    /* ordered by id, with event_action */
 };
 
 struct store;
@@ -314,6 +334,12 @@ struct store_ops {
 	 * runs, and held by open checkout sessions. */
 	int (*held_by_kind)(struct store *s, const char *plan_id, int64_t *paying, int64_t *sessions,
 			    struct err *e);
+	/* Every (kind, status) of the payments with their count and sum, at most
+	 * PAYMENT_TOTALS_MAX; *out: new array, free(). */
+	int (*payment_totals)(struct store *s, struct payment_total **out, size_t *n, struct err *e);
+	/* Every status of the subscriptions with their count and seats, at most SUB_TOTALS_MAX;
+	 * *out: new array, free(). */
+	int (*sub_totals)(struct store *s, struct sub_total **out, size_t *n, struct err *e);
 	/* status may be NULL. *out: new array, free each with subscription_clear. */
 	int (*sub_list)(struct store *s, const char *customer_id, const char *status,
 			const struct seq_page *pg, struct subscription **out, size_t *n, struct err *e);
@@ -334,14 +360,25 @@ struct store_ops {
 	/* Pending subscriptions whose hold deadline is at or before now, oldest first. */
 	int (*holds_overdue)(struct store *s, int64_t now, int limit, struct subscription **out,
 			     size_t *n, struct err *e);
+	/* Subscriptions whose life is due at now, soonest first: active ones whose period ended
+	 * (end_at <= now: to renew or to end), past_due ones whose next attempt is due. Found by
+	 * indexes on the period's end and the next attempt, never by a scan. */
+	int (*subs_due)(struct store *s, int64_t now, int limit, struct subscription **out, size_t *n,
+			struct err *e);
 	/* Successful charges that have no refund and whose subscription is failed or expired, or
 	 * still pending or active by another payment attempt (a charge that came too late). */
 	int (*charges_unrefunded)(struct store *s, int limit, struct payment **out, size_t *n,
 				  struct err *e);
-	/* Refunds recorded as pending (not yet made by the processor), oldest first; and the mark
-	 * that one was made (pending -> succeeded). */
-	int (*refunds_pending)(struct store *s, int limit, struct payment **out, size_t *n, struct err *e);
-	int (*refund_made)(struct store *s, const char *payment_id, struct err *e);
+	/* Payments in a status, oldest first: refunds "pending" (not yet made by the processor),
+	 * charges "authorized" (not yet captured or voided), renewals "late" (taken after their
+	 * period was served another way, or ended: to refund), renewal attempts "open" (a charge
+	 * asked for whose outcome is not yet settled). */
+	int (*payments_in)(struct store *s, const char *status, int limit, struct payment **out, size_t *n,
+			   struct err *e);
+	/* Moves payment id from status `from` to `to` with its events, in one atomic step; *moved
+	 * false (nothing written) when it was not in `from`. */
+	int (*payment_mark)(struct store *s, const char *id, const char *from, const char *to,
+			    const struct event_spec *ev, size_t nev, const struct actor *a, bool *moved, struct err *e);
 	/* Deletes done and started keys created before `before`; a key that holds a seat stays
 	 * until its purchase is done. *n: how many. */
 	int (*keys_purge)(struct store *s, int64_t before, int *n, struct err *e);
@@ -375,13 +412,16 @@ struct store_ops {
 	int (*delivery_list)(struct store *s, const char *endpoint_id, const struct seq_page *pg,
 			     struct delivery **out, size_t *n, struct err *e);
 
-	/* The simulated processor's records, one per key. charge: records a charge (or a
-	 * decline) unless the key has a record, which is returned instead. void: refunds a
-	 * charge, or voids a key with no record; returns the record after. */
-	int (*processor_charge)(struct store *s, const char *key, const struct processor_rec *want,
-				struct processor_rec *out, struct err *e);
-	int (*processor_void)(struct store *s, const char *key, const char *refund_id,
-			      struct processor_rec *out, struct err *e);
+	/* The outbox. due: queued mails whose next attempt is at or before now, oldest first.
+	 * mark: a queued mail whose attempts are still `attempts` (as the sender read it) moves to
+	 * m's status, attempts, next attempt and last error, with its events, in one atomic step;
+	 * *moved false (nothing written) otherwise. list: newest first, of a status or all (NULL),
+	 * paged by creation time (before_seq) and id. */
+	int (*mail_due)(struct store *s, int64_t now, int limit, struct mail **out, size_t *n, struct err *e);
+	int (*mail_mark)(struct store *s, const struct mail *m, int attempts, const struct event_spec *ev,
+			 size_t nev, const struct actor *a, bool *moved, struct err *e);
+	int (*mail_list)(struct store *s, const char *status, const struct seq_page *pg, struct mail **out,
+			 size_t *n, struct err *e);
 
 	/* Walks the store for check(), in one read snapshot. */
 	int (*snapshot)(struct store *s, const struct snapshot_visitor *v, struct err *e);

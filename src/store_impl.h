@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 
+#include "outbox.h"
 #include "store.h"
 
 struct store *store_sqlite_open(const char *url, struct err *e);
@@ -23,10 +24,11 @@ struct seat_counts store_counts_before(struct seat_counts after, int64_t dleft, 
  * hash, and its payment attempt (the key, while its lease runs) when the hold pays at once. */
 void store_hold_fill(struct subscription *sub, const struct hold_req *r);
 
-/* The events of one offer: waitlist.offered on the entry, seat.held and checkout.created on
- * its session, each with the plan's counts before and after the offer. */
+/* The events of one offer: waitlist.offered on the entry (sending its mail, m: clear it after
+ * the events are written), seat.held and checkout.created on its session, each with the plan's
+ * counts before and after the offer. w's offer_expires_at is the offer's deadline. */
 #define OFFER_EVENTS 3
-void store_offer_events(const struct waitlist_entry *w, struct event_spec ev[OFFER_EVENTS]);
+void store_offer_events(const struct waitlist_entry *w, struct event_spec ev[OFFER_EVENTS], struct outbox_mail *m);
 
 /* Whether attempt_take must see expect's lease ended: expect is another request's attempt. */
 bool store_attempt_needs_lapse(const char *expect, const char *key);

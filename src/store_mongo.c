@@ -31,7 +31,7 @@ struct mg {
 	mongoc_collection_t *counters;       /* the event feed's last position */
 	mongoc_collection_t *webhooks, *deliveries;
 	mongoc_collection_t *waitlist;
-	mongoc_collection_t *processor;      /* the simulated processor's own records */
+	mongoc_collection_t *mail;           /* the outbox */
 	char not_replset[320];       /* non-empty: a standalone server, and how to fix it */
 };
 
@@ -349,8 +349,50 @@ static int modify(mongoc_collection_t *c, mongoc_client_session_t *cs, const bso
 
 /* --- plans and customers: documents ------------------------------------------------------- */
 
+static bool get_str_is(const bson_t *d, const char *key, const char *want)
+{
+	char v[32];
+
+	get_str(d, key, v, sizeof(v));
+	return !strcmp(v, want);
+}
+
+/* A term as plans and subscriptions both keep it; a document from before terms is a term of
+ * its duration_days, in UTC. */
+static void term_read(const bson_t *d, struct sub_life *l)
+{
+	char unit[8];
+
+	memset(l, 0, sizeof(*l));
+	get_str(d, "term_unit", unit, sizeof(unit));
+	if (period_unit_parse(unit, &l->term_unit))
+		l->term_unit = PERIOD_DAY;
+	l->term_count = get_int_or(d, "term_count", get_int(d, "duration_days"));
+	get_str(d, "term_zone", l->term_zone, sizeof(l->term_zone));
+	if (!*l->term_zone)
+		snprintf(l->term_zone, sizeof(l->term_zone), "UTC");
+}
+
+static void append_term(bson_t *b, enum period_unit unit, int64_t count, const char *zone)
+{
+	BSON_APPEND_UTF8(b, "term_unit", period_unit_name(unit));
+	BSON_APPEND_INT64(b, "term_count", count);
+	BSON_APPEND_UTF8(b, "term_zone", zone);
+}
+
+/* A new subscription's term, its plan's (and its days, as kept before terms). */
+static void append_term_of_plan(bson_t *sub, const bson_t *plan)
+{
+	struct sub_life t;
+
+	term_read(plan, &t);
+	append_term(sub, t.term_unit, t.term_count, t.term_zone);
+	BSON_APPEND_INT64(sub, "duration_days", term_days(t.term_unit, t.term_count));
+}
+
 static void plan_read(const bson_t *d, struct plan *p)
 {
+	struct sub_life t;
 	bson_iter_t it;
 
 	memset(p, 0, sizeof(*p));
@@ -358,7 +400,11 @@ static void plan_read(const bson_t *d, struct plan *p)
 	p->name = get_strdup(d, "name");
 	p->description = get_strdup(d, "description");
 	p->price_cents = get_int(d, "price_cents");
-	p->duration_days = get_int(d, "duration_days");
+	term_read(d, &t);
+	p->interval = t.term_unit;
+	p->interval_count = t.term_count;
+	snprintf(p->timezone, sizeof(p->timezone), "%s", t.term_zone);
+	p->renews = get_str_is(d, "renewal", "auto");
 	p->total_capacity = get_int(d, "total_capacity");
 	p->subscriptions_left = get_int(d, "subscriptions_left");
 	p->subscriptions_held = get_int(d, "subscriptions_held");
@@ -406,7 +452,8 @@ static void append_plan(bson_t *b, const struct plan *p)
 	BSON_APPEND_UTF8(b, "name_key", lower);
 	BSON_APPEND_UTF8(b, "description", p->description);
 	BSON_APPEND_INT64(b, "price_cents", p->price_cents);
-	BSON_APPEND_INT64(b, "duration_days", p->duration_days);
+	append_term(b, p->interval, p->interval_count, p->timezone);
+	BSON_APPEND_UTF8(b, "renewal", p->renews ? "auto" : "none");
 	BSON_APPEND_INT64(b, "total_capacity", p->total_capacity);
 	BSON_APPEND_INT64(b, "subscriptions_left", p->subscriptions_left);
 	BSON_APPEND_INT64(b, "subscriptions_held", p->subscriptions_held);
@@ -506,6 +553,33 @@ static int feed_take(struct mg *s, mongoc_client_session_t *cs, size_t n, int64_
 	return rc;
 }
 
+/* The outbox's document of a mail an event sends, queued and due at once, in the transaction. */
+static int mail_put(struct mg *s, mongoc_client_session_t *cs, const struct mail_spec *m, const char *event_id,
+		    int64_t now, bson_t *reply, struct err *e)
+{
+	bson_t doc = BSON_INITIALIZER;
+	char id[ID_LEN + 1];
+	int rc;
+
+	id_new(id);
+	append_oid(&doc, "_id", id);
+	BSON_APPEND_UTF8(&doc, "kind", m->kind);
+	append_oid(&doc, "customer_id", m->customer_id);
+	append_oid(&doc, "event_id", event_id);
+	BSON_APPEND_UTF8(&doc, "data", m->data ? m->data : "{}");
+	if (m->secret)
+		BSON_APPEND_UTF8(&doc, "secret", m->secret);
+	BSON_APPEND_UTF8(&doc, "status", "queued");
+	BSON_APPEND_INT64(&doc, "attempts", 0);
+	BSON_APPEND_DATE_TIME(&doc, "next_attempt_at", now);
+	BSON_APPEND_UTF8(&doc, "last_error", "");
+	BSON_APPEND_DATE_TIME(&doc, "created_at", now);
+	BSON_APPEND_DATE_TIME(&doc, "updated_at", now);
+	rc = insert(s->mail, cs, &doc, reply, e, "mail");
+	bson_destroy(&doc);
+	return rc;
+}
+
 static int events_put(struct mg *s, mongoc_client_session_t *cs, const struct actor *a, int64_t now,
 		      const char *plan_id, const struct event_spec *ev, size_t nev, const struct seat_counts *before,
 		      const struct seat_counts *after, bson_t *reply, struct err *e)
@@ -540,6 +614,8 @@ static int events_put(struct mg *s, mongoc_client_session_t *cs, const struct ac
 		BSON_APPEND_UTF8(&doc, "ip", a->ip ? a->ip : "");
 		rc = insert(s->audit, cs, &doc, reply, e, "audit");
 		bson_destroy(&doc);
+		if (rc == 0 && ev[i].mail)
+			rc = mail_put(s, cs, ev[i].mail, id, now, reply, e);
 	}
 	return rc;
 }
@@ -613,6 +689,7 @@ static int offers_make(struct mg *s, mongoc_client_session_t *cs, const char *pl
 		bson_t *sub = NULL, *mf = NULL, *mark = NULL;
 		struct waitlist_entry w;
 		struct event_spec ev[OFFER_EVENTS];
+		struct outbox_mail m;
 		struct seat_counts before, after;
 		bool found = false;
 		int n = find_one(s->waitlist, head, sort, cs, &doc, e, "waiting list");
@@ -643,20 +720,22 @@ static int offers_make(struct mg *s, mongoc_client_session_t *cs, const char *pl
 		append_oid(sub, "plan_id", plan_id);
 		append_oid(sub, "customer_id", w.customer_id);
 		BCON_APPEND(sub, "idem_key", BCON_UTF8(w.offer_key), "status", BCON_UTF8("pending"), "amount_cents",
-			    BCON_INT64(get_int(plan, "price_cents") * w.quantity), "duration_days",
-			    BCON_INT64(get_int(plan, "duration_days")), "payment_id", BCON_UTF8(""), "token_hash",
+			    BCON_INT64(get_int(plan, "price_cents") * w.quantity), "payment_id", BCON_UTF8(""), "token_hash",
 			    BCON_UTF8(""), "hold_deadline", BCON_DATE_TIME(now + w.offer_ttl_ms), "created_at",
 			    BCON_DATE_TIME(now), "updated_at", BCON_DATE_TIME(now), "quantity", BCON_INT64(w.quantity),
 			    "secret_hash", BCON_UTF8(w.secret_hash), "attempt_key", BCON_UTF8(""), "attempt_until",
 			    BCON_DATE_TIME(0));
 		append_oid(sub, "entry_id", w.id);
+		append_term_of_plan(sub, plan);
 		mf = by_id(w.id);
 		mark = BCON_NEW("$set", "{", "status", BCON_UTF8("offered"), "offer_expires_at",
 				BCON_DATE_TIME(now + w.offer_ttl_ms), "updated_at", BCON_DATE_TIME(now), "}");
-		store_offer_events(&w, ev);
+		w.offer_expires_at = now + w.offer_ttl_ms;
+		store_offer_events(&w, ev, &m);
 		if (insert(s->subs, cs, sub, reply, e, "offer") || update(s->waitlist, cs, mf, mark, reply, e, "offer") < 0 ||
 		    events_put(s, cs, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, reply, e))
 			rc = -1;
+		outbox_mail_clear(&m);
 next:
 		bson_destroy(head);
 		bson_destroy(sort);
@@ -780,8 +859,14 @@ static int patch_apply(struct plan *p, const struct plan_patch *pt, int64_t now)
 	}
 	if (pt->fields & PLAN_F_PRICE)
 		p->price_cents = pt->price_cents;
-	if (pt->fields & PLAN_F_DURATION)
-		p->duration_days = pt->duration_days;
+	if (pt->fields & PLAN_F_INTERVAL) {
+		p->interval = pt->interval;
+		p->interval_count = pt->interval_count;
+	}
+	if (pt->fields & PLAN_F_TIMEZONE)
+		snprintf(p->timezone, sizeof(p->timezone), "%s", pt->timezone);
+	if (pt->fields & PLAN_F_RENEWAL)
+		p->renews = pt->renews;
 	if (pt->fields & PLAN_F_STATUS)
 		snprintf(p->status, sizeof(p->status), "%s", pt->status);
 	if (pt->fields & PLAN_F_MAX_ORDER)
@@ -1102,6 +1187,36 @@ static void sub_read(const bson_t *d, struct subscription *o)
 	o->attempt_until = get_int(d, "attempt_until");
 	get_id(d, "previous_id", o->previous_id, sizeof(o->previous_id));
 	get_id(d, "entry_id", o->entry_id, sizeof(o->entry_id));
+	term_read(d, &o->life);
+	/* one from before periods: anchored so that its one period ends at its end */
+	o->life.anchor_at = get_int_or(d, "anchor_at", o->end_at ? o->end_at - o->duration_days * 86400000 : 0);
+	o->life.anchor_index = get_int(d, "anchor_index");
+	o->life.period_index = get_int(d, "period_index");
+	o->life.period_start = get_int(d, "period_start");
+	o->life.cancel_at_period_end = get_int(d, "cancel_at_period_end") != 0;
+	get_str(d, "cancellation_reason", o->life.cancellation_reason, sizeof(o->life.cancellation_reason));
+	o->life.ended_at = get_int(d, "ended_at");
+	o->life.next_attempt_at = get_int(d, "next_attempt_at");
+	o->life.attempts = get_int(d, "attempts");
+	get_str(d, "payment_method", o->life.payment_method, sizeof(o->life.payment_method));
+	get_str(d, "period_payment", o->life.period_payment, sizeof(o->life.period_payment));
+}
+
+/* A life's fields as a move sets them. */
+static void append_life(bson_t *b, const struct sub_life *l)
+{
+	append_term(b, l->term_unit, l->term_count, l->term_zone);
+	BSON_APPEND_DATE_TIME(b, "anchor_at", l->anchor_at);
+	BSON_APPEND_INT64(b, "anchor_index", l->anchor_index);
+	BSON_APPEND_INT64(b, "period_index", l->period_index);
+	BSON_APPEND_DATE_TIME(b, "period_start", l->period_start);
+	BSON_APPEND_BOOL(b, "cancel_at_period_end", l->cancel_at_period_end);
+	BSON_APPEND_UTF8(b, "cancellation_reason", l->cancellation_reason);
+	BSON_APPEND_DATE_TIME(b, "ended_at", l->ended_at);
+	BSON_APPEND_DATE_TIME(b, "next_attempt_at", l->next_attempt_at);
+	BSON_APPEND_INT64(b, "attempts", l->attempts);
+	BSON_APPEND_UTF8(b, "payment_method", l->payment_method);
+	BSON_APPEND_UTF8(b, "period_payment", l->period_payment);
 }
 
 /* Fills the plan names of n subscriptions with one query on plans, as SQLite's join does. */
@@ -1128,8 +1243,10 @@ static int plan_names(struct mg *s, struct subscription *subs, size_t n, struct 
 	while (mongoc_cursor_next(cur, &doc)) {
 		get_id(doc, "_id", id, sizeof(id));
 		for (size_t i = 0; i < n; i++)
-			if (!subs[i].plan_name && !strcmp(subs[i].plan_id, id))
+			if (!subs[i].plan_name && !strcmp(subs[i].plan_id, id)) {
 				subs[i].plan_name = get_strdup(doc, "name");
+				subs[i].plan_renews = get_str_is(doc, "renewal", "auto");
+			}
 	}
 	if (mongoc_cursor_error(cur, &be))
 		rc = mg_fail(&be, NULL, e, "plan names");
@@ -1206,8 +1323,70 @@ static int64_t owned_seats(struct mg *s, mongoc_client_session_t *cs, const char
 	bson_oid_init_from_string(&c, customer_id);
 	bson_oid_init_from_string(&p, plan_id);
 	return sum_in(s->subs, cs, BCON_NEW("customer_id", BCON_OID(&c), "plan_id", BCON_OID(&p), "status", "{", "$in",
-					    "[", BCON_UTF8("pending"), BCON_UTF8("active"), "]", "}"),
+					    "[", BCON_UTF8("pending"), BCON_UTF8("active"), BCON_UTF8("past_due"), "]", "}"),
 		      "quantity", e);
+}
+
+static int mg_payment_totals(struct store *st, struct payment_total **out, size_t *n, struct err *e)
+{
+	bson_t *pipeline = BCON_NEW("pipeline", "[", "{", "$group", "{", "_id", "{", "kind", BCON_UTF8("$kind"), "status",
+				    BCON_UTF8("$status"), "}", "count", "{", "$sum", BCON_INT32(1), "}", "amount", "{",
+				    "$sum", BCON_UTF8("$amount_cents"), "}", "}", "}", "{", "$sort", "{", "_id.kind",
+				    BCON_INT32(1), "_id.status", BCON_INT32(1), "}", "}", "{", "$limit",
+				    BCON_INT32(PAYMENT_TOTALS_MAX), "}", "]");
+	mongoc_cursor_t *cur = mongoc_collection_aggregate(MG(st)->payments, MONGOC_QUERY_NONE, pipeline, NULL, NULL);
+	const bson_t *doc, *errdoc = NULL;
+	bson_error_t be;
+	bson_iter_t it, sub;
+	int rc = 0;
+
+	*out = xcalloc(PAYMENT_TOTALS_MAX, sizeof(**out));
+	*n = 0;
+	while (*n < PAYMENT_TOTALS_MAX && mongoc_cursor_next(cur, &doc)) {
+		struct payment_total *t = &(*out)[(*n)++];
+		if (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &sub)) {
+			while (bson_iter_next(&sub)) {
+				const char *v = BSON_ITER_HOLDS_UTF8(&sub) ? bson_iter_utf8(&sub, NULL) : "";
+				if (!strcmp(bson_iter_key(&sub), "kind"))
+					snprintf(t->kind, sizeof(t->kind), "%s", v);
+				else if (!strcmp(bson_iter_key(&sub), "status"))
+					snprintf(t->status, sizeof(t->status), "%s", v);
+			}
+		}
+		t->count = get_int(doc, "count");
+		t->amount_cents = get_int(doc, "amount");
+	}
+	if (mongoc_cursor_error_document(cur, &be, &errdoc))
+		rc = mg_fail(&be, errdoc, e, "payment totals");
+	mongoc_cursor_destroy(cur);
+	bson_destroy(pipeline);
+	return rc;
+}
+
+static int mg_sub_totals(struct store *st, struct sub_total **out, size_t *n, struct err *e)
+{
+	bson_t *pipeline = BCON_NEW("pipeline", "[", "{", "$group", "{", "_id", BCON_UTF8("$status"), "count", "{", "$sum",
+				    BCON_INT32(1), "}", "seats", "{", "$sum", BCON_UTF8("$quantity"), "}", "}", "}",
+				    "{", "$sort", "{", "_id", BCON_INT32(1), "}", "}", "{", "$limit",
+				    BCON_INT32(SUB_TOTALS_MAX), "}", "]");
+	mongoc_cursor_t *cur = mongoc_collection_aggregate(MG(st)->subs, MONGOC_QUERY_NONE, pipeline, NULL, NULL);
+	const bson_t *doc, *errdoc = NULL;
+	bson_error_t be;
+	int rc = 0;
+
+	*out = xcalloc(SUB_TOTALS_MAX, sizeof(**out));
+	*n = 0;
+	while (*n < SUB_TOTALS_MAX && mongoc_cursor_next(cur, &doc)) {
+		struct sub_total *t = &(*out)[(*n)++];
+		get_str(doc, "_id", t->status, sizeof(t->status));
+		t->count = get_int(doc, "count");
+		t->seats = get_int(doc, "seats");
+	}
+	if (mongoc_cursor_error_document(cur, &be, &errdoc))
+		rc = mg_fail(&be, errdoc, e, "subscription totals");
+	mongoc_cursor_destroy(cur);
+	bson_destroy(pipeline);
+	return rc;
 }
 
 static int mg_held_by_kind(struct store *st, const char *plan_id, int64_t *paying, int64_t *sessions,
@@ -1364,7 +1543,9 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 	o->plan_name = get_strdup(plan, "name");
 	o->quantity = r->quantity;
 	o->amount_cents = get_int(plan, "price_cents") * r->quantity;
-	o->duration_days = get_int(plan, "duration_days");
+	term_read(plan, &o->life);
+	o->plan_renews = get_str_is(plan, "renewal", "auto");
+	o->duration_days = term_days(o->life.term_unit, o->life.term_count);
 	o->hold_deadline = r->deadline;
 	o->created_at = o->updated_at = o->seq = now;
 	store_hold_fill(o, r);
@@ -1373,11 +1554,11 @@ static int hold_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t 
 	append_oid(sub, "plan_id", r->plan_id);
 	append_oid(sub, "customer_id", customer_id);
 	BCON_APPEND(sub, "idem_key", BCON_UTF8(r->claim.key), "status", BCON_UTF8("pending"), "amount_cents",
-		    BCON_INT64(o->amount_cents), "duration_days", BCON_INT64(o->duration_days), "payment_id",
-		    BCON_UTF8(""), "token_hash", BCON_UTF8(""), "hold_deadline", BCON_DATE_TIME(r->deadline),
+		    BCON_INT64(o->amount_cents), "payment_id", BCON_UTF8(""), "token_hash", BCON_UTF8(""), "hold_deadline", BCON_DATE_TIME(r->deadline),
 		    "created_at", BCON_DATE_TIME(now), "updated_at", BCON_DATE_TIME(now), "quantity",
 		    BCON_INT64(r->quantity), "secret_hash", BCON_UTF8(o->secret_hash), "attempt_key",
 		    BCON_UTF8(o->attempt_key), "attempt_until", BCON_DATE_TIME(o->attempt_until));
+	append_term_of_plan(sub, plan);
 	if (r->previous_id)
 		append_oid(sub, "previous_id", r->previous_id);
 	if (insert(s->subs, cs, sub, reply, e, "subscription"))
@@ -1481,17 +1662,37 @@ static int move_one(struct mg *s, mongoc_client_session_t *cs, const struct tran
 			BSON_APPEND_DATE_TIME(&cond, "$lte", t->due_by);
 		bson_append_document_end(filter, &cond);
 	}
+	if (t->life.check) {
+		/* one from before periods keeps no next attempt nor schedule: absent reads as 0 */
+		BSON_APPEND_DATE_TIME(filter, "end_at", t->life.end_at);
+		if (t->life.next_attempt_at)
+			BSON_APPEND_DATE_TIME(filter, "next_attempt_at", t->life.next_attempt_at);
+		else
+			BCON_APPEND(filter, "next_attempt_at", "{", "$in", "[", BCON_DATE_TIME(0), BCON_NULL, "]", "}");
+		if (t->life.cancel_at_period_end)
+			BSON_APPEND_BOOL(filter, "cancel_at_period_end", true);
+		else
+			BCON_APPEND(filter, "cancel_at_period_end", "{", "$ne", BCON_BOOL(true), "}");
+		if (t->life.payment_method && *t->life.payment_method)
+			BSON_APPEND_UTF8(filter, "payment_method", t->life.payment_method);
+		else
+			BCON_APPEND(filter, "payment_method", "{", "$in", "[", BCON_UTF8(""), BCON_NULL, "]", "}");
+	}
 	BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
 	BSON_APPEND_UTF8(&set, "status", t->to);
 	BSON_APPEND_DATE_TIME(&set, "updated_at", t->now);
 	if (t->attempt_end)
 		BSON_APPEND_UTF8(&set, "attempt_key", "");
-	if (t->payment_id) {
+	if (t->payment_id)
 		BSON_APPEND_UTF8(&set, "payment_id", t->payment_id);
+	if (t->start_at)
 		BSON_APPEND_DATE_TIME(&set, "start_at", t->start_at);
+	if (t->end_at)
 		BSON_APPEND_DATE_TIME(&set, "end_at", t->end_at);
+	if (t->token_hash)
 		BSON_APPEND_UTF8(&set, "token_hash", t->token_hash);
-	}
+	if (t->life.set)
+		append_life(&set, t->life.set);
 	bson_append_document_end(upd, &set);
 	if (modify(s->subs, cs, filter, upd, &doc, &found, reply, e, "subscription"))
 		goto out;
@@ -1589,30 +1790,62 @@ static int payments_of(mongoc_cursor_t *cur, int limit, struct payment **out, si
 	return rc;
 }
 
-static int mg_refunds_pending(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+static int mg_payments_in(struct store *st, const char *status, int limit, struct payment **out, size_t *n,
+			  struct err *e)
 {
-	bson_t *filter = BCON_NEW("status", BCON_UTF8("pending"));
+	bson_t *filter = BCON_NEW("status", BCON_UTF8(status));
 	bson_t *opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
 	int rc = payments_of(mongoc_collection_find_with_opts(MG(st)->payments, filter, opts, NULL), limit, out, n, e,
-			     "pending refunds");
+			     "payments in a status");
 
 	bson_destroy(filter);
 	bson_destroy(opts);
 	return rc;
 }
 
-static int mg_refund_made(struct store *st, const char *payment_id, struct err *e)
-{
-	bson_t *filter = BCON_NEW("_id", BCON_UTF8(payment_id), "status", BCON_UTF8("pending"));
-	bson_t *upd = BCON_NEW("$set", "{", "status", BCON_UTF8("succeeded"), "}"), reply;
-	int n;
+struct mark_arg {
+	const char *id, *from, *to;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
 
-	bson_init(&reply);
-	n = update(MG(st)->payments, NULL, filter, upd, &reply, e, "refund made");
-	bson_destroy(&reply);
+static int mark_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct mark_arg *x = arg;
+	bson_t *filter = BCON_NEW("_id", BCON_UTF8(x->id), "status", BCON_UTF8(x->from));
+	bson_t *upd = BCON_NEW("$set", "{", "status", BCON_UTF8(x->to), "}"), *pay = NULL, *sub = NULL, *f = NULL;
+	char plan_id[ID_LEN + 1] = "", sub_id[ID_LEN + 1] = "";
+	bool found;
+	int rc = modify(s->payments, cs, filter, upd, &pay, &found, reply, e, "payment mark");
+
+	if (rc == 0 && !found)
+		rc = 1;  /* not in `from`: nothing to commit */
+	if (rc == 0 && found) {
+		get_id(pay, "subscription_id", sub_id, sizeof(sub_id));
+		f = by_id(sub_id);
+		if ((rc = find_one(s->subs, f, NULL, cs, &sub, e, "subscription")) >= 0) {
+			if (sub)
+				get_id(sub, "plan_id", plan_id, sizeof(plan_id));
+			rc = events_put(s, cs, x->a, now_ms(), plan_id, x->ev, x->nev, NULL, NULL, reply, e) ? -1 : 0;
+		}
+	}
 	bson_destroy(filter);
 	bson_destroy(upd);
-	return n < 0 ? -1 : 0;
+	bson_destroy(pay);
+	bson_destroy(sub);
+	bson_destroy(f);
+	return rc;
+}
+
+static int mg_payment_mark(struct store *st, const char *id, const char *from, const char *to,
+			   const struct event_spec *ev, size_t nev, const struct actor *a, bool *moved, struct err *e)
+{
+	struct mark_arg x = {id, from, to, ev, nev, a};
+	int rc = transaction(MG(st), mark_tx, &x, e);
+
+	*moved = rc == 0;
+	return rc < 0 ? -1 : 0;
 }
 
 static int mg_attempt_take(struct store *st, const char *sub_id, const char *expect, const char *key, int64_t now,
@@ -2249,6 +2482,107 @@ static int mg_delivery_list(struct store *st, const char *endpoint_id, const str
 	return rc;
 }
 
+/* --- the outbox ---------------------------------------------------------------------------- */
+
+static void mail_read(const bson_t *doc, struct mail *m)
+{
+	bson_iter_t it;
+
+	memset(m, 0, sizeof(*m));
+	get_id(doc, "_id", m->id, sizeof(m->id));
+	get_str(doc, "kind", m->kind, sizeof(m->kind));
+	get_id(doc, "customer_id", m->customer_id, sizeof(m->customer_id));
+	get_id(doc, "event_id", m->event_id, sizeof(m->event_id));
+	m->data = get_strdup(doc, "data");
+	if (bson_iter_init_find(&it, doc, "secret") && BSON_ITER_HOLDS_UTF8(&it))
+		m->secret = xstrdup(bson_iter_utf8(&it, NULL));
+	get_str(doc, "status", m->status, sizeof(m->status));
+	m->attempts = (int)get_int(doc, "attempts");
+	m->next_attempt_at = get_int(doc, "next_attempt_at");
+	get_str(doc, "last_error", m->last_error, sizeof(m->last_error));
+	m->created_at = get_int(doc, "created_at");
+	m->updated_at = get_int(doc, "updated_at");
+}
+
+static void mail_item(const bson_t *doc, void *items, size_t i)
+{
+	mail_read(doc, &((struct mail *)items)[i]);
+}
+
+static int mg_mail_due(struct store *st, int64_t now, int limit, struct mail **out, size_t *n, struct err *e)
+{
+	bson_t *f = BCON_NEW("status", BCON_UTF8("queued"), "next_attempt_at", "{", "$lte", BCON_DATE_TIME(now), "}");
+	bson_t *opts = BCON_NEW("sort", "{", "next_attempt_at", BCON_INT32(1), "_id", BCON_INT32(1), "}", "limit",
+				BCON_INT64(limit));
+	int rc = find_all(MG(st)->mail, f, opts, sizeof(**out), mail_item, (void **)out, n, e);
+
+	bson_destroy(f);
+	bson_destroy(opts);
+	return rc;
+}
+
+static int mg_mail_list(struct store *st, const char *status, const struct seq_page *pg, struct mail **out,
+			size_t *n, struct err *e)
+{
+	bson_t *f = bson_new();
+	bson_t *opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(-1), "_id", BCON_INT32(-1), "}", "limit",
+				BCON_INT64(pg->limit));
+	int rc;
+
+	if (status)
+		BSON_APPEND_UTF8(f, "status", status);
+	if (pg->before_seq) {
+		bson_oid_t oid;
+		bson_oid_init_from_string(&oid, id_valid(pg->before_id) ? pg->before_id : "000000000000000000000000");
+		BCON_APPEND(f, "$or", "[", "{", "created_at", "{", "$lt", BCON_DATE_TIME(pg->before_seq), "}", "}",
+			    "{", "created_at", BCON_DATE_TIME(pg->before_seq), "_id", "{", "$lt", BCON_OID(&oid), "}", "}",
+			    "]");
+	}
+	rc = find_all(MG(st)->mail, f, opts, sizeof(**out), mail_item, (void **)out, n, e);
+	bson_destroy(f);
+	bson_destroy(opts);
+	return rc;
+}
+
+struct mail_mark_arg {
+	const struct mail *m;
+	int attempts;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
+
+static int mail_mark_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct mail_mark_arg *x = arg;
+	int64_t now = now_ms();
+	bson_t *f = by_id(x->m->id), *upd;
+	int n;
+
+	BCON_APPEND(f, "status", BCON_UTF8("queued"), "attempts", BCON_INT64(x->attempts));
+	upd = BCON_NEW("$set", "{", "status", BCON_UTF8(x->m->status), "attempts", BCON_INT64(x->m->attempts),
+		       "next_attempt_at", BCON_DATE_TIME(x->m->next_attempt_at), "last_error", BCON_UTF8(x->m->last_error),
+		       "updated_at", BCON_DATE_TIME(now), "}");
+	n = update(s->mail, cs, f, upd, reply, e, "mail mark");
+	bson_destroy(f);
+	bson_destroy(upd);
+	if (n < 0)
+		return -1;
+	if (n == 0)
+		return 1;  /* moved on meanwhile: nothing to commit */
+	return events_put(s, cs, x->a, now, NULL, x->ev, x->nev, NULL, NULL, reply, e) ? -1 : 0;
+}
+
+static int mg_mail_mark(struct store *st, const struct mail *m, int attempts, const struct event_spec *ev, size_t nev,
+			const struct actor *a, bool *moved, struct err *e)
+{
+	struct mail_mark_arg x = {m, attempts, ev, nev, a};
+	int rc = transaction(MG(st), mail_mark_tx, &x, e);
+
+	*moved = rc == 0;
+	return rc < 0 ? -1 : 0;
+}
+
 static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n,
 			    struct err *e)
 {
@@ -2260,6 +2594,60 @@ static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct sub
 		rc = plan_names(MG(st), *out, *n, e);
 	bson_destroy(f);
 	bson_destroy(opts);
+	return rc;
+}
+
+static int64_t due_of(const struct subscription *s)
+{
+	return !strcmp(s->status, "past_due") ? s->life.next_attempt_at : s->end_at;
+}
+
+static int by_due(const void *a, const void *b)
+{
+	int64_t x = due_of(a), y = due_of(b);
+
+	return x < y ? -1 : x > y;
+}
+
+static int mg_subs_due(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n, struct err *e)
+{
+	/* each by its own index (status with end_at, status with next_attempt_at), then merged */
+	static const char *const field[2] = {"end_at", "next_attempt_at"};
+	static const char *const status[2] = {"active", "past_due"};
+	struct subscription *part[2] = {NULL, NULL};
+	size_t np[2] = {0, 0};
+	int rc = 0;
+
+	*out = NULL;
+	*n = 0;
+	for (int i = 0; i < 2 && rc == 0; i++) {
+		bson_t *f = BCON_NEW("status", BCON_UTF8(status[i]), field[i], "{", "$lte", BCON_DATE_TIME(now), "}");
+		bson_t *opts = BCON_NEW("sort", "{", field[i], BCON_INT32(1), "}", "limit", BCON_INT64(limit));
+		rc = find_all(MG(st)->subs, f, opts, sizeof(**out), sub_item, (void **)&part[i], &np[i], e);
+		bson_destroy(f);
+		bson_destroy(opts);
+	}
+	*out = xcalloc(np[0] + np[1] + 1, sizeof(**out));
+	for (int i = 0; i < 2; i++) {
+		if (np[i])
+			memcpy(*out + *n, part[i], np[i] * sizeof(**out));
+		*n += np[i];
+		free(part[i]);
+	}
+	qsort(*out, *n, sizeof(**out), by_due);
+	for (size_t i = (size_t)limit; i < *n; i++)
+		subscription_clear(&(*out)[i]);
+	if (*n > (size_t)limit)
+		*n = (size_t)limit;
+	if (rc == 0)
+		rc = plan_names(MG(st), *out, *n, e);
+	if (rc) {
+		for (size_t i = 0; i < *n; i++)
+			subscription_clear(&(*out)[i]);
+		free(*out);
+		*out = NULL;
+		*n = 0;
+	}
 	return rc;
 }
 
@@ -2305,80 +2693,6 @@ static int mg_keys_purge(struct store *st, int64_t before, int *n, struct err *e
 		*n = (int)get_int(&reply, "deletedCount");
 	bson_destroy(&reply);
 	bson_destroy(f);
-	return rc;
-}
-
-/* --- the simulated processor's records ---------------------------------------------------- */
-
-static void proc_read(const bson_t *d, struct processor_rec *out)
-{
-	memset(out, 0, sizeof(*out));
-	out->state = (enum processor_state)get_int(d, "state");
-	get_str(d, "charge_id", out->charge_id, sizeof(out->charge_id));
-	get_str(d, "refund_id", out->refund_id, sizeof(out->refund_id));
-	get_str(d, "decline_code", out->decline_code, sizeof(out->decline_code));
-	out->amount_cents = get_int(d, "amount_cents");
-}
-
-/* Inserts doc for key unless one exists; out: the record for key after. */
-static int proc_insert(struct mg *s, const char *key, const bson_t *doc, struct processor_rec *out, struct err *e)
-{
-	bson_t *f = BCON_NEW("_id", BCON_UTF8(key)), *found = NULL, reply;
-	int rc = 0;
-
-	bson_init(&reply);
-	if (insert(s->processor, NULL, doc, &reply, e, "processor")) {
-		rc = -1;
-		if (e->kind == ERR_CONFLICT && find_one(s->processor, f, NULL, NULL, &found, e, "processor") > 0) {
-			err_clear(e);
-			proc_read(found, out);
-			rc = 0;
-		}
-	}
-	bson_destroy(&reply);
-	bson_destroy(f);
-	bson_destroy(found);
-	return rc;
-}
-
-static int mg_processor_charge(struct store *st, const char *key, const struct processor_rec *want,
-			       struct processor_rec *out, struct err *e)
-{
-	bson_t *doc = BCON_NEW("_id", BCON_UTF8(key), "state", BCON_INT32((int32_t)want->state), "charge_id",
-			       BCON_UTF8(want->charge_id), "refund_id", BCON_UTF8(want->refund_id), "decline_code",
-			       BCON_UTF8(want->decline_code), "amount_cents", BCON_INT64(want->amount_cents));
-	int rc;
-
-	*out = *want;
-	rc = proc_insert(MG(st), key, doc, out, e);
-	bson_destroy(doc);
-	return rc;
-}
-
-static int mg_processor_void(struct store *st, const char *key, const char *refund_id, struct processor_rec *out,
-			     struct err *e)
-{
-	bson_t *f = BCON_NEW("_id", BCON_UTF8(key), "state", BCON_INT32(PROC_CHARGED));
-	bson_t *upd = BCON_NEW("$set", "{", "state", BCON_INT32(PROC_REFUNDED), "refund_id", BCON_UTF8(refund_id), "}");
-	bson_t *doc = NULL, *v = NULL, reply;
-	bool found;
-	int rc;
-
-	bson_init(&reply);
-	memset(out, 0, sizeof(*out));
-	rc = modify(MG(st)->processor, NULL, f, upd, &doc, &found, &reply, e, "processor refund");
-	if (rc == 0 && found) {
-		proc_read(doc, out);
-	} else if (rc == 0) {
-		v = BCON_NEW("_id", BCON_UTF8(key), "state", BCON_INT32(PROC_VOID));
-		out->state = PROC_VOID;
-		rc = proc_insert(MG(st), key, v, out, e);
-	}
-	bson_destroy(&reply);
-	bson_destroy(f);
-	bson_destroy(upd);
-	bson_destroy(doc);
-	bson_destroy(v);
 	return rc;
 }
 
@@ -2479,6 +2793,26 @@ static int snap_entry(const bson_t *doc, void *ctx)
 	return x->v->entry(x->v->arg, &w);
 }
 
+/* A mail with the action of the event its unit wrote, read in the same snapshot. */
+static int snap_mail(const bson_t *doc, void *ctx)
+{
+	struct snap *x = ctx;
+	struct mail m;
+	bson_t *f, *ev = NULL;
+	int rc;
+
+	mail_read(doc, &m);
+	f = by_id(id_valid(m.event_id) ? m.event_id : "000000000000000000000000");
+	rc = find_one(x->s->audit, f, NULL, x->cs, &ev, x->e, "mail's event");
+	if (rc == 1)
+		get_str(ev, "action", m.event_action, sizeof(m.event_action));
+	rc = rc < 0 ? -1 : x->v->mail(x->v->arg, &m);
+	bson_destroy(ev);
+	bson_destroy(f);
+	mail_clear(&m);
+	return rc;
+}
+
 static int mg_snapshot(struct store *st, const struct snapshot_visitor *v, struct err *e)
 {
 	struct mg *s = MG(st);
@@ -2508,6 +2842,8 @@ static int mg_snapshot(struct store *st, const struct snapshot_visitor *v, struc
 		rc = walk(s->payments, cs, by_key_kind, snap_payment, &x, e);
 	if (rc == 0 && v->entry)
 		rc = walk(s->waitlist, cs, by_line, snap_entry, &x, e);
+	if (rc == 0 && v->mail)
+		rc = walk(s->mail, cs, by_plan, snap_mail, &x, e);
 out:
 	mongoc_client_session_destroy(cs);
 	mongoc_session_opts_destroy(so);
@@ -2540,7 +2876,7 @@ static int mg_reset(struct store *st, struct err *e)
 {
 	struct mg *s = MG(st);
 	mongoc_collection_t *all[] = {s->audit, s->payments, s->keys, s->subs, s->customers, s->plans, s->leases,
-				      s->processor, s->webhooks, s->deliveries, s->waitlist};
+				      s->webhooks, s->deliveries, s->waitlist, s->mail};
 	bson_t *empty = bson_new();
 	bson_error_t be;
 	int rc = 0;
@@ -2567,7 +2903,7 @@ static void mg_close(struct store *st)
 	mongoc_collection_destroy(s->webhooks);
 	mongoc_collection_destroy(s->deliveries);
 	mongoc_collection_destroy(s->waitlist);
-	mongoc_collection_destroy(s->processor);
+	mongoc_collection_destroy(s->mail);
 	mongoc_database_destroy(s->db);
 	mongoc_client_destroy(s->client);
 	free(s);
@@ -2590,9 +2926,11 @@ static const struct store_ops mongo_ops = {
 	.key_get = mg_key_get,
 	.hold = mg_hold,
 	.transition = mg_transition,
-	.refunds_pending = mg_refunds_pending,
-	.refund_made = mg_refund_made,
+	.payments_in = mg_payments_in,
+	.payment_mark = mg_payment_mark,
 	.held_by_kind = mg_held_by_kind,
+	.payment_totals = mg_payment_totals,
+	.sub_totals = mg_sub_totals,
 	.attempt_take = mg_attempt_take,
 	.payment_record = mg_payment_record,
 	.sub_get = mg_sub_get,
@@ -2608,12 +2946,14 @@ static const struct store_ops mongo_ops = {
 	.webhook_delete = mg_webhook_delete,
 	.webhook_advance = mg_webhook_advance,
 	.delivery_list = mg_delivery_list,
+	.mail_due = mg_mail_due,
+	.mail_mark = mg_mail_mark,
+	.mail_list = mg_mail_list,
 	.lease_take = mg_lease_take,
 	.holds_overdue = mg_holds_overdue,
+	.subs_due = mg_subs_due,
 	.charges_unrefunded = mg_charges_unrefunded,
 	.keys_purge = mg_keys_purge,
-	.processor_charge = mg_processor_charge,
-	.processor_void = mg_processor_void,
 	.snapshot = mg_snapshot,
 };
 
@@ -2730,8 +3070,9 @@ static int schema(struct mg *s, struct err *e)
 	static const bool plan_u[] = {true, false};
 	static const char *const cust_n[] = {"email_key_unique"};
 	static const bool cust_u[] = {true};
-	static const char *const sub_n[] = {"idem_key_unique", "hold_deadline", "customer_created", "plan_status"};
-	static const bool sub_u[] = {true, false, false, false};
+	static const char *const sub_n[] = {"idem_key_unique", "hold_deadline", "customer_created", "plan_status",
+					    "status_end", "status_next_attempt"};
+	static const bool sub_u[] = {true, false, false, false, false, false};
 	static const char *const pay_n[] = {"idem_key_kind_unique", "subscription", "status_created"};
 	static const bool pay_u[] = {true, false, false};
 	static const char *const aud_n[] = {"plan_at", "trace_at", "action_at", "at", "feed"};
@@ -2742,12 +3083,19 @@ static int schema(struct mg *s, struct err *e)
 	static const char *const line_n[] = {"plan_status_seq", "session"};
 	static const bool line_u[] = {false, true};
 	static const bool key_u[] = {false};
+	static const char *const mail_n[] = {"status_next_attempt", "created", "status_created"};
+	static const bool mail_u[] = {false, false, false};
+	bson_t *mail_k[] = {BCON_NEW("status", BCON_INT32(1), "next_attempt_at", BCON_INT32(1), "_id", BCON_INT32(1)),
+			    BCON_NEW("created_at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
+			    BCON_NEW("status", BCON_INT32(1), "created_at", BCON_INT32(-1), "_id", BCON_INT32(-1))};
 	bson_t *plan_k[] = {BCON_NEW("name_key", BCON_INT32(1)), BCON_NEW("status", BCON_INT32(1), "price_cents", BCON_INT32(1))};
 	bson_t *cust_k[] = {BCON_NEW("email_key", BCON_INT32(1))};
 	bson_t *sub_k[] = {BCON_NEW("idem_key", BCON_INT32(1)),
 			   BCON_NEW("status", BCON_INT32(1), "hold_deadline", BCON_INT32(1)),
 			   BCON_NEW("customer_id", BCON_INT32(1), "created_at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
-			   BCON_NEW("plan_id", BCON_INT32(1), "status", BCON_INT32(1))};
+			   BCON_NEW("plan_id", BCON_INT32(1), "status", BCON_INT32(1)),
+			   BCON_NEW("status", BCON_INT32(1), "end_at", BCON_INT32(1)),
+			   BCON_NEW("status", BCON_INT32(1), "next_attempt_at", BCON_INT32(1))};
 	bson_t *pay_k[] = {BCON_NEW("idem_key", BCON_INT32(1), "kind", BCON_INT32(1)),
 			   BCON_NEW("subscription_id", BCON_INT32(1)),
 			   BCON_NEW("status", BCON_INT32(1), "created_at", BCON_INT32(1))};
@@ -2765,12 +3113,13 @@ static int schema(struct mg *s, struct err *e)
 	/* Each call consumes its keys, so all run even after a failure. */
 	rc |= indexes(s, "plans", 2, plan_n, plan_k, plan_u, e);
 	rc |= indexes(s, "customers", 1, cust_n, cust_k, cust_u, e);
-	rc |= indexes(s, "subscriptions", 4, sub_n, sub_k, sub_u, e);
+	rc |= indexes(s, "subscriptions", 6, sub_n, sub_k, sub_u, e);
 	rc |= indexes(s, "payments", 3, pay_n, pay_k, pay_u, e);
 	rc |= indexes(s, "audit_events", 5, aud_n, aud_k, aud_u, e);
 	rc |= indexes(s, "idempotency_keys", 1, key_n, key_k, key_u, e);
 	rc |= indexes(s, "webhook_deliveries", 1, del_n, del_k, del_u, e);
 	rc |= indexes(s, "waitlist", 2, line_n, line_k, line_u, e);
+	rc |= indexes(s, "mail", 3, mail_n, mail_k, mail_u, e);
 	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(PLAN_MAX_PER_ORDER_DEFAULT),
 							  "max_per_customer", BCON_INT64(0), "}"), e);
 	rc |= backfill(s->plans, "waiting", BCON_NEW("$set", "{", "waiting", BCON_INT64(0), "line_seq", BCON_INT64(0),
@@ -2852,7 +3201,7 @@ struct store *store_mongo_open(const char *url, struct err *e)
 	s->webhooks = mongoc_database_get_collection(s->db, "webhook_endpoints");
 	s->deliveries = mongoc_database_get_collection(s->db, "webhook_deliveries");
 	s->waitlist = mongoc_database_get_collection(s->db, "waitlist");
-	s->processor = mongoc_database_get_collection(s->db, "processor");
+	s->mail = mongoc_database_get_collection(s->db, "mail");
 	if (topology(s, url, e) || schema(s, e))
 		goto fail;
 	mongoc_write_concern_destroy(wc);

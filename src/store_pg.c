@@ -116,6 +116,41 @@ static const char *const MIGRATIONS[] = {
 	" offer_expires_at BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);"
 	"CREATE INDEX waitlist_line ON waitlist (plan_id, status, seq);"
 	"CREATE UNIQUE INDEX waitlist_live ON waitlist (plan_id, customer_id) WHERE status IN ('waiting', 'offered');",
+	/* 6: charges are authorized, then captured or voided; the simulated processor keeps its
+	 * records apart, as the remote service it plays */
+	"CREATE INDEX payments_authorized ON payments (created_at) WHERE status = 'authorized'; DROP TABLE processor;",
+	/* 7: a subscription's life. A plan's term is an interval counted in a time zone, with its
+	 * renewal (an older plan: days, not renewing); a subscription keeps the term its periods are
+	 * counted in, their anchor, the current period and its end (an older one: one period of its
+	 * days, anchored so that it ends at its end_at; its period's start unknown, 0). */
+	"ALTER TABLE plans ADD COLUMN term_unit TEXT NOT NULL DEFAULT 'day',"
+	" ADD COLUMN term_count BIGINT NOT NULL DEFAULT 30, ADD COLUMN term_zone TEXT NOT NULL DEFAULT 'UTC',"
+	" ADD COLUMN renewal TEXT NOT NULL DEFAULT 'none';"
+	"UPDATE plans SET term_count = duration_days; ALTER TABLE plans DROP COLUMN duration_days;"
+	"ALTER TABLE subscriptions ADD COLUMN term_unit TEXT NOT NULL DEFAULT 'day',"
+	" ADD COLUMN term_count BIGINT NOT NULL DEFAULT 0, ADD COLUMN term_zone TEXT NOT NULL DEFAULT 'UTC',"
+	" ADD COLUMN anchor_at BIGINT NOT NULL DEFAULT 0, ADD COLUMN anchor_index BIGINT NOT NULL DEFAULT 0,"
+	" ADD COLUMN period_index BIGINT NOT NULL DEFAULT 0, ADD COLUMN period_start BIGINT NOT NULL DEFAULT 0,"
+	" ADD COLUMN cancel_at_period_end BOOLEAN NOT NULL DEFAULT false,"
+	" ADD COLUMN cancellation_reason TEXT NOT NULL DEFAULT '', ADD COLUMN ended_at BIGINT NOT NULL DEFAULT 0,"
+	" ADD COLUMN next_attempt_at BIGINT NOT NULL DEFAULT 0, ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0,"
+	" ADD COLUMN payment_method TEXT NOT NULL DEFAULT '', ADD COLUMN period_payment TEXT NOT NULL DEFAULT '';"
+	"UPDATE subscriptions SET term_count = duration_days,"
+	" anchor_at = CASE WHEN end_at > 0 THEN end_at - duration_days * 86400000 ELSE 0 END;"
+	"CREATE INDEX subscriptions_due ON subscriptions (status, end_at);"
+	"CREATE INDEX subscriptions_retry ON subscriptions (status, next_attempt_at);"
+	"CREATE INDEX payments_late ON payments (created_at) WHERE status = 'late';"
+	"CREATE INDEX payments_open ON payments (created_at) WHERE status = 'open';",
+	/* 8: the outbox. A mail is found due by its next attempt while it is queued, listed by its
+	 * time (of a status or all), and checked against the event of its unit. */
+	"CREATE TABLE mail ("
+	" id TEXT PRIMARY KEY, kind TEXT NOT NULL, customer_id TEXT NOT NULL, event_id TEXT NOT NULL,"
+	" data TEXT NOT NULL, secret TEXT, status TEXT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0,"
+	" next_attempt_at BIGINT NOT NULL, last_error TEXT NOT NULL DEFAULT '',"
+	" created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);"
+	"CREATE INDEX mail_due ON mail (next_attempt_at) WHERE status = 'queued';"
+	"CREATE INDEX mail_time ON mail (created_at, id);"
+	"CREATE INDEX mail_status ON mail (status, created_at, id);",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -295,6 +330,19 @@ static int tx(struct pg *s, const char *begin, tx_fn fn, void *arg, struct err *
 
 /* --- events and seats --------------------------------------------------------------------- */
 
+/* The outbox's row of a mail an event sends, queued and due at once. */
+static int mail_put(struct pg *s, const struct mail_spec *m, const char *event_id, int64_t now, struct err *e)
+{
+	static const char sql[] =
+		"INSERT INTO mail (id, kind, customer_id, event_id, data, secret, status, next_attempt_at,"
+		" created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7, $7)";
+	char id[ID_LEN + 1];
+
+	id_new(id);
+	return run(q(s, sql, e, "tttttti", id, m->kind, m->customer_id, event_id, m->data ? m->data : "{}", m->secret,
+		     now)) < 0 ? -1 : 0;
+}
+
 static int events_put(struct pg *s, const struct actor *a, int64_t now, const char *plan_id,
 		      const struct event_spec *ev, size_t nev, const struct seat_counts *b,
 		      const struct seat_counts *af, struct err *e)
@@ -323,7 +371,8 @@ static int events_put(struct pg *s, const struct actor *a, int64_t now, const ch
 		id_new(id);
 		if (run(q(s, sql, e, "tittttttttttttttt", id, now, ev[i].action, a->type, a->id ? a->id : "",
 			  ev[i].resource_type, ev[i].resource_id, plan_id ? plan_id : "", v[0], v[1], v[2], v[3], v[4],
-			  v[5], ev[i].detail, a->trace_id ? a->trace_id : "", a->ip ? a->ip : "")) < 0)
+			  v[5], ev[i].detail, a->trace_id ? a->trace_id : "", a->ip ? a->ip : "")) < 0 ||
+		    (ev[i].mail && mail_put(s, ev[i].mail, id, now, e)))
 			return -1;
 	}
 	return 0;
@@ -382,6 +431,16 @@ static void entry_read(PGresult *r, int row, struct waitlist_entry *w)
 	w->position = col_int(r, row, 15);
 }
 
+/* A term as plans and subscriptions both keep it: its count at col, its unit and zone at
+ * unit_col and unit_col + 1. */
+static void term_read(PGresult *r, int row, int col, int unit_col, struct sub_life *l)
+{
+	memset(l, 0, sizeof(*l));
+	l->term_count = col_int(r, row, col);
+	period_unit_parse(PQgetvalue(r, row, unit_col), &l->term_unit);
+	col_copy(r, row, unit_col + 1, l->term_zone, sizeof(l->term_zone));
+}
+
 /* The plan's free seats to its line, in the caller's unit, which holds the plan's row
  * (store.h, *offers*). */
 static int offers_make(struct pg *s, const char *plan_id, int64_t now, const struct actor *a, struct err *e)
@@ -392,19 +451,23 @@ static int offers_make(struct pg *s, const char *plan_id, int64_t now, const str
 		"UPDATE plans SET subscriptions_left = subscriptions_left - $1,"
 		" subscriptions_held = subscriptions_held + $1, waiting = waiting - 1, updated_at = $2"
 		" WHERE id = $3 AND subscriptions_left >= $1"
-		" RETURNING total_capacity, subscriptions_left, subscriptions_held, price_cents, duration_days";
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held, price_cents, term_count, term_unit,"
+		" term_zone";
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
-		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, entry_id)"
-		" VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10, $11, $12)";
+		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, entry_id,"
+		" term_count, term_unit, term_zone)"
+		" VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 	static const char mark[] =
 		"UPDATE waitlist SET status = 'offered', offer_expires_at = $1, updated_at = $2 WHERE id = $3";
 
 	for (;;) {
 		struct waitlist_entry w;
 		struct event_spec ev[OFFER_EVENTS];
+		struct outbox_mail m;
 		struct seat_counts before, after;
-		int64_t price, days, until;
+		struct sub_life term;
+		int64_t price, until;
 		PGresult *r = q(s, head, e, "t", plan_id);
 
 		if (!r)
@@ -423,15 +486,19 @@ static int offers_make(struct pg *s, const char *plan_id, int64_t now, const str
 		}
 		after = (struct seat_counts){col_int(r, 0, 0), col_int(r, 0, 1), col_int(r, 0, 2)};
 		price = col_int(r, 0, 3);
-		days = col_int(r, 0, 4);
+		term_read(r, 0, 4, 5, &term);
 		PQclear(r);
 		before = store_counts_before(after, -w.quantity, w.quantity);
 		until = now + w.offer_ttl_ms;
-		store_offer_events(&w, ev);
-		if (run(q(s, ins, e, "ttttiiiiiitt", w.session_id, plan_id, w.customer_id, w.offer_key,
-			  price * w.quantity, days, until, now, now, w.quantity, w.secret_hash, w.id)) < 0 ||
-		    run(q(s, mark, e, "iit", until, now, w.id)) < 0 ||
-		    events_put(s, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, e))
+		w.offer_expires_at = until;
+		store_offer_events(&w, ev, &m);
+		int rc = run(q(s, ins, e, "ttttiiiiiittitt", w.session_id, plan_id, w.customer_id, w.offer_key,
+			       price * w.quantity, term_days(term.term_unit, term.term_count), until, now, now, w.quantity,
+			       w.secret_hash, w.id, term.term_count, period_unit_name(term.term_unit), term.term_zone)) < 0 ||
+			 run(q(s, mark, e, "iit", until, now, w.id)) < 0 ||
+			 events_put(s, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, e);
+		outbox_mail_clear(&m);
+		if (rc)
 			return -1;
 	}
 }
@@ -439,9 +506,10 @@ static int offers_make(struct pg *s, const char *plan_id, int64_t now, const str
 /* --- plans and customers ------------------------------------------------------------------- */
 
 #define PLAN_COLS                                                                            \
-	"id, name, description, price_cents, duration_days, total_capacity, subscriptions_left," \
+	"id, name, description, price_cents, term_count, total_capacity, subscriptions_left," \
 	" subscriptions_held, status, features, created_at, updated_at, max_per_order, max_per_customer," \
-	" waitlist_enabled, waiting"
+	" waitlist_enabled, waiting, term_unit, term_zone, renewal"
+#define PLAN_NCOLS 19
 
 static void plan_read(PGresult *r, int row, struct plan *p)
 {
@@ -450,7 +518,7 @@ static void plan_read(PGresult *r, int row, struct plan *p)
 	p->name = col_str(r, row, 1);
 	p->description = col_str(r, row, 2);
 	p->price_cents = col_int(r, row, 3);
-	p->duration_days = col_int(r, row, 4);
+	p->interval_count = col_int(r, row, 4);
 	p->total_capacity = col_int(r, row, 5);
 	p->subscriptions_left = col_int(r, row, 6);
 	p->subscriptions_held = col_int(r, row, 7);
@@ -464,6 +532,9 @@ static void plan_read(PGresult *r, int row, struct plan *p)
 	p->max_per_customer = col_int(r, row, 13);
 	p->waitlist_enabled = !strcmp(PQgetvalue(r, row, 14), "t");
 	p->waiting = col_int(r, row, 15);
+	period_unit_parse(PQgetvalue(r, row, 16), &p->interval);
+	col_copy(r, row, 17, p->timezone, sizeof(p->timezone));
+	p->renews = !strcmp(PQgetvalue(r, row, 18), "auto");
 }
 
 static const char *features_text(struct json_object *f)
@@ -494,15 +565,16 @@ struct plan_create_arg {
 static int plan_create_tx(struct pg *s, void *arg, struct err *e)
 {
 	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ")"
-				  " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15::boolean,0)"
+				  " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15::boolean,0,$16,$17,$18)"
 				  " ON CONFLICT DO NOTHING";
 	struct plan_create_arg *x = arg;
 	const struct plan *p = x->p;
 	struct seat_counts after = {p->total_capacity, p->subscriptions_left, p->subscriptions_held};
-	int n = run(q(s, sql, e, "tttiiiiittiiiit", p->id, p->name, p->description, p->price_cents, p->duration_days,
+	int n = run(q(s, sql, e, "tttiiiiittiiiitttt", p->id, p->name, p->description, p->price_cents, p->interval_count,
 		      p->total_capacity, p->subscriptions_left, p->subscriptions_held, p->status,
 		      features_text(p->features), p->created_at, p->updated_at, p->max_per_order,
-		      p->max_per_customer, p->waitlist_enabled ? "true" : "false"));
+		      p->max_per_customer, p->waitlist_enabled ? "true" : "false", period_unit_name(p->interval),
+		      p->timezone, p->renews ? "auto" : "none"));
 
 	if (n <= 0)
 		return n < 0 ? -1 : 1;
@@ -553,7 +625,9 @@ static int plan_update_tx(struct pg *s, void *arg, struct err *e)
 	/* The capacity moves what is left by its delta, conditionally, in the row's lock. */
 	static const char sql[] =
 		"UPDATE plans SET name = coalesce($1, name), description = coalesce($2, description),"
-		" price_cents = coalesce($3::bigint, price_cents), duration_days = coalesce($4::bigint, duration_days),"
+		" price_cents = coalesce($3::bigint, price_cents), term_count = coalesce($4::bigint, term_count),"
+		" term_unit = coalesce($13, term_unit), term_zone = coalesce($14, term_zone),"
+		" renewal = coalesce($15, renewal),"
 		" features = coalesce($5, features), status = coalesce($6, status),"
 		" subscriptions_left = subscriptions_left + coalesce($7::bigint - total_capacity, 0),"
 		" total_capacity = coalesce($7::bigint, total_capacity), updated_at = $8,"
@@ -578,19 +652,22 @@ static int plan_update_tx(struct pg *s, void *arg, struct err *e)
 	before = (struct seat_counts){col_int(r, 0, 5), col_int(r, 0, 6), col_int(r, 0, 7)};
 	PQclear(r);
 	snprintf(price, sizeof(price), "%" PRId64, pt->price_cents);
-	snprintf(duration, sizeof(duration), "%" PRId64, pt->duration_days);
+	snprintf(duration, sizeof(duration), "%" PRId64, pt->interval_count);
 	snprintf(capacity, sizeof(capacity), "%" PRId64, pt->total_capacity);
 	snprintf(now, sizeof(now), "%" PRId64, x->now);
 	snprintf(per_order, sizeof(per_order), "%" PRId64, pt->max_per_order);
 	snprintf(per_customer, sizeof(per_customer), "%" PRId64, pt->max_per_customer);
-	r = q(s, sql, e, "tttttttttttt", pt->fields & PLAN_F_NAME ? pt->name : NULL,
+	r = q(s, sql, e, "ttttttttttttttt", pt->fields & PLAN_F_NAME ? pt->name : NULL,
 	      pt->fields & PLAN_F_DESCRIPTION ? pt->description : NULL, pt->fields & PLAN_F_PRICE ? price : NULL,
-	      pt->fields & PLAN_F_DURATION ? duration : NULL,
+	      pt->fields & PLAN_F_INTERVAL ? duration : NULL,
 	      pt->fields & PLAN_F_FEATURES ? features_text(pt->features) : NULL,
 	      pt->fields & PLAN_F_STATUS ? pt->status : NULL, pt->fields & PLAN_F_CAPACITY ? capacity : NULL, now,
 	      x->id, pt->fields & PLAN_F_MAX_ORDER ? per_order : NULL,
 	      pt->fields & PLAN_F_MAX_CUSTOMER ? per_customer : NULL,
-	      pt->fields & PLAN_F_WAITLIST ? (pt->waitlist_enabled ? "true" : "false") : NULL);
+	      pt->fields & PLAN_F_WAITLIST ? (pt->waitlist_enabled ? "true" : "false") : NULL,
+	      pt->fields & PLAN_F_INTERVAL ? period_unit_name(pt->interval) : NULL,
+	      pt->fields & PLAN_F_TIMEZONE ? pt->timezone : NULL,
+	      pt->fields & PLAN_F_RENEWAL ? (pt->renews ? "auto" : "none") : NULL);
 	if (!r)
 		return -1;
 	if (PQntuples(r) == 0) {
@@ -788,7 +865,9 @@ static int pg_key_finish(struct store *st, const char *key, const struct reply *
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
 	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until, s.previous_id," \
-	" s.entry_id"
+	" s.entry_id, s.term_count, s.term_unit, s.term_zone, s.anchor_at, s.anchor_index, s.period_index,"  \
+	" s.period_start, s.cancel_at_period_end, s.cancellation_reason, s.ended_at, s.next_attempt_at,"   \
+	" s.attempts, s.payment_method, p.renewal, s.period_payment"
 
 static void sub_read(PGresult *r, int row, struct subscription *o)
 {
@@ -815,6 +894,19 @@ static void sub_read(PGresult *r, int row, struct subscription *o)
 	o->attempt_until = col_int(r, row, 19);
 	col_copy(r, row, 20, o->previous_id, sizeof(o->previous_id));
 	col_copy(r, row, 21, o->entry_id, sizeof(o->entry_id));
+	term_read(r, row, 22, 23, &o->life);
+	o->life.anchor_at = col_int(r, row, 25);
+	o->life.anchor_index = col_int(r, row, 26);
+	o->life.period_index = col_int(r, row, 27);
+	o->life.period_start = col_int(r, row, 28);
+	o->life.cancel_at_period_end = !strcmp(PQgetvalue(r, row, 29), "t");
+	col_copy(r, row, 30, o->life.cancellation_reason, sizeof(o->life.cancellation_reason));
+	o->life.ended_at = col_int(r, row, 31);
+	o->life.next_attempt_at = col_int(r, row, 32);
+	o->life.attempts = col_int(r, row, 33);
+	col_copy(r, row, 34, o->life.payment_method, sizeof(o->life.payment_method));
+	o->plan_renews = !strcmp(PQgetvalue(r, row, 35), "auto");
+	col_copy(r, row, 36, o->life.period_payment, sizeof(o->life.period_payment));
 }
 
 static const char SUB_BY_ID[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.id = $1";
@@ -853,6 +945,47 @@ static int pg_held_by_kind(struct store *st, const char *plan_id, int64_t *payin
 	return 0;
 }
 
+static int pg_payment_totals(struct store *st, struct payment_total **out, size_t *n, struct err *e)
+{
+	static const char sql[] = "SELECT kind, status, count(*), coalesce(sum(amount_cents), 0) FROM payments"
+				  " GROUP BY kind, status ORDER BY kind, status LIMIT $1";
+	PGresult *r;
+
+	*out = xcalloc(PAYMENT_TOTALS_MAX, sizeof(**out));
+	*n = 0;
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "i", (int64_t)PAYMENT_TOTALS_MAX)))
+		return -1;
+	for (int i = 0; i < PQntuples(r); i++) {
+		struct payment_total *t = &(*out)[(*n)++];
+		col_copy(r, i, 0, t->kind, sizeof(t->kind));
+		col_copy(r, i, 1, t->status, sizeof(t->status));
+		t->count = col_int(r, i, 2);
+		t->amount_cents = col_int(r, i, 3);
+	}
+	PQclear(r);
+	return 0;
+}
+
+static int pg_sub_totals(struct store *st, struct sub_total **out, size_t *n, struct err *e)
+{
+	static const char sql[] = "SELECT status, count(*), coalesce(sum(quantity), 0) FROM subscriptions"
+				  " GROUP BY status ORDER BY status LIMIT $1";
+	PGresult *r;
+
+	*out = xcalloc(SUB_TOTALS_MAX, sizeof(**out));
+	*n = 0;
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "i", (int64_t)SUB_TOTALS_MAX)))
+		return -1;
+	for (int i = 0; i < PQntuples(r); i++) {
+		struct sub_total *t = &(*out)[(*n)++];
+		col_copy(r, i, 0, t->status, sizeof(t->status));
+		t->count = col_int(r, i, 1);
+		t->seats = col_int(r, i, 2);
+	}
+	PQclear(r);
+	return 0;
+}
+
 struct hold_arg {
 	const struct hold_req *r;
 	const struct actor *a;
@@ -874,17 +1007,18 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 		"UPDATE plans SET subscriptions_left = subscriptions_left - $3, subscriptions_held = subscriptions_held + $3,"
 		" updated_at = $1 WHERE id = $2 AND status = 'active' AND subscriptions_left >= $3 AND max_per_order >= $3"
 		" AND waiting = 0"
-		" RETURNING name, price_cents, duration_days, total_capacity, subscriptions_left, subscriptions_held,"
-		" max_per_customer";
+		" RETURNING name, price_cents, term_count, total_capacity, subscriptions_left, subscriptions_held,"
+		" max_per_customer, term_unit, term_zone, renewal";
 	static const char why[] = "SELECT status, subscriptions_left, max_per_order, waiting FROM plans WHERE id = $1";
 	/* Read after the plan's row is ours: every hold of the plan that committed before is seen. */
 	static const char owned[] =
 		"SELECT coalesce(sum(quantity), 0) FROM subscriptions"
-		" WHERE customer_id = $1 AND plan_id = $2 AND status IN ('pending', 'active')";
+		" WHERE customer_id = $1 AND plan_id = $2 AND status IN ('pending', 'active', 'past_due')";
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents, duration_days,"
 		" token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, attempt_key, attempt_until,"
-		" previous_id) VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10, $11, $12, $13, $14)";
+		" previous_id, term_count, term_unit, term_zone)"
+		" VALUES ($1, $2, $3, $4, 'pending', $5, $6, '', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 	/* a plan change: the subscription it replaces, still active, locked until the unit ends */
 	static const char previous[] =
 		"SELECT 1 FROM subscriptions WHERE id = $1 AND customer_id = $2 AND status = 'active' FOR UPDATE";
@@ -969,7 +1103,9 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	sub->plan_name = col_str(res, 0, 0);
 	sub->quantity = r->quantity;
 	sub->amount_cents = col_int(res, 0, 1) * r->quantity;
-	sub->duration_days = col_int(res, 0, 2);
+	term_read(res, 0, 2, 7, &sub->life);
+	sub->plan_renews = !strcmp(PQgetvalue(res, 0, 9), "auto");
+	sub->duration_days = term_days(sub->life.term_unit, sub->life.term_count);
 	after = (struct seat_counts){col_int(res, 0, 3), col_int(res, 0, 4), col_int(res, 0, 5)};
 	PQclear(res);
 	before = store_counts_before(after, -r->quantity, r->quantity);
@@ -977,9 +1113,10 @@ static int hold_tx(struct pg *s, void *arg, struct err *e)
 	sub->created_at = sub->updated_at = now;
 	buyer.id = customer_id;
 	store_hold_fill(sub, r);
-	if (run(q(s, ins, e, "ttttiiiiiittit", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+	if (run(q(s, ins, e, "ttttiiiiiittititt", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
 		  sub->duration_days, r->deadline, now, now, r->quantity, sub->secret_hash, sub->attempt_key,
-		  sub->attempt_until, sub->previous_id)) < 0 ||
+		  sub->attempt_until, sub->previous_id, sub->life.term_count, period_unit_name(sub->life.term_unit),
+		  sub->life.term_zone)) < 0 ||
 	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e))
 		return -1;
 	if (r->reply) {
@@ -1035,7 +1172,15 @@ static int move_one(struct pg *s, const struct transition *t, const struct actor
 		" token_hash = coalesce($6, token_hash), attempt_key = CASE WHEN $11::bigint = 1 THEN '' ELSE attempt_key END"
 		" WHERE id = $7 AND status = $8 AND ($9::bigint IS NULL OR hold_deadline > $9::bigint)"
 		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) AND ($12::text IS NULL OR attempt_key = $12)"
+		" AND ($13::bigint = 0 OR (end_at = $14::bigint AND next_attempt_at = $15::bigint"
+		"      AND cancel_at_period_end = $16::boolean AND payment_method = $17))"
 		" RETURNING plan_id, idem_key, quantity";
+	static const char life[] =
+		"UPDATE subscriptions SET term_unit = $1, term_count = $2, term_zone = $3, anchor_at = $4,"
+		" anchor_index = $5, period_index = $6, period_start = $7, cancel_at_period_end = $8::boolean,"
+		" cancellation_reason = $9, ended_at = $10, next_attempt_at = $11, attempts = $12, payment_method = $13,"
+		" period_payment = $14 WHERE id = $15";
+	const struct sub_life *l = t->life.set;
 	static const char entry[] =
 		"UPDATE waitlist SET status = $1, updated_at = $2 WHERE session_id = $3 AND status = 'offered'";
 	struct seat_counts before, after;
@@ -1043,8 +1188,10 @@ static int move_one(struct pg *s, const struct transition *t, const struct actor
 	int64_t dleft, dheld, waiting = 0;
 	PGresult *r;
 
-	if (!(r = q(s, move, e, "titIItttIIit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
-		    t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt)))
+	if (!(r = q(s, move, e, "titIItttIIitiiitt", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
+		    t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt,
+		    (int64_t)t->life.check, t->life.end_at, t->life.next_attempt_at,
+		    t->life.cancel_at_period_end ? "true" : "false", t->life.payment_method ? t->life.payment_method : "")))
 		return -1;
 	if (PQntuples(r) == 0) {
 		PQclear(r);
@@ -1058,6 +1205,11 @@ static int move_one(struct pg *s, const struct transition *t, const struct actor
 	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, &waiting, e))
 		return -1;
 	before = store_counts_before(after, dleft, dheld);
+	if (l && run(q(s, life, e, "titiiiittiiittt", period_unit_name(l->term_unit), l->term_count, l->term_zone,
+		       l->anchor_at, l->anchor_index, l->period_index, l->period_start,
+		       l->cancel_at_period_end ? "true" : "false", l->cancellation_reason, l->ended_at,
+		       l->next_attempt_at, l->attempts, l->payment_method, l->period_payment, t->sub_id)) < 0)
+		return -1;
 	if (t->entry_to && run(q(s, entry, e, "tit", t->entry_to, t->now, t->sub_id)) < 0)
 		return -1;
 	if (t->payment && payment_put(s, t->payment, e) != 1) {
@@ -1317,7 +1469,7 @@ static int join_tx(struct pg *s, void *arg, struct err *e)
 	/* read after the plan's row is ours: every join and hold of the plan before is seen */
 	static const char owned[] =
 		"SELECT (SELECT coalesce(sum(quantity), 0) FROM subscriptions WHERE customer_id = $1 AND plan_id = $2"
-		"  AND status IN ('pending', 'active')) + (SELECT coalesce(sum(quantity), 0) FROM waitlist"
+		"  AND status IN ('pending', 'active', 'past_due')) + (SELECT coalesce(sum(quantity), 0) FROM waitlist"
 		"  WHERE customer_id = $1 AND plan_id = $2 AND status = 'waiting')";
 	static const char live[] =
 		"SELECT 1 FROM waitlist WHERE plan_id = $1 AND customer_id = $2 AND status IN ('waiting', 'offered')";
@@ -1653,6 +1805,105 @@ static int pg_delivery_list(struct store *st, const char *endpoint_id, const str
 	return 0;
 }
 
+/* --- the outbox ---------------------------------------------------------------------------- */
+
+#define MAIL_COLS                                                                                    \
+	"m.id, m.kind, m.customer_id, m.event_id, m.data, m.secret, m.status, m.attempts,"          \
+	" m.next_attempt_at, m.last_error, m.created_at, m.updated_at"
+
+static void mail_read(PGresult *r, int i, struct mail *m)
+{
+	memset(m, 0, sizeof(*m));
+	col_copy(r, i, 0, m->id, sizeof(m->id));
+	col_copy(r, i, 1, m->kind, sizeof(m->kind));
+	col_copy(r, i, 2, m->customer_id, sizeof(m->customer_id));
+	col_copy(r, i, 3, m->event_id, sizeof(m->event_id));
+	m->data = col_str(r, i, 4);
+	m->secret = PQgetisnull(r, i, 5) ? NULL : col_str(r, i, 5);
+	col_copy(r, i, 6, m->status, sizeof(m->status));
+	m->attempts = (int)col_int(r, i, 7);
+	m->next_attempt_at = col_int(r, i, 8);
+	col_copy(r, i, 9, m->last_error, sizeof(m->last_error));
+	m->created_at = col_int(r, i, 10);
+	m->updated_at = col_int(r, i, 11);
+}
+
+/* The rows of r as mails into *out. */
+static int mails_of(PGresult *r, struct mail **out, size_t *n)
+{
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		mail_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
+static int pg_mail_due(struct store *st, int64_t now, int limit, struct mail **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " MAIL_COLS " FROM mail m WHERE m.status = 'queued' AND m.next_attempt_at <= $1"
+		" ORDER BY m.next_attempt_at, m.id LIMIT $2";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "ii", now, (int64_t)limit)))
+		return -1;
+	return mails_of(r, out, n);
+}
+
+static int pg_mail_list(struct store *st, const char *status, const struct seq_page *pg, struct mail **out,
+			size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " MAIL_COLS " FROM mail m WHERE ($1::text IS NULL OR m.status = $1::text)"
+		" AND ($2::bigint = 0 OR (m.created_at, m.id) < ($2::bigint, $3::text))"
+		" ORDER BY m.created_at DESC, m.id DESC LIMIT $4";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (connected(PG(st), e) ||
+	    !(r = q(PG(st), sql, e, "titi", status, pg->before_seq, pg->before_id, (int64_t)pg->limit)))
+		return -1;
+	return mails_of(r, out, n);
+}
+
+struct mail_mark_arg {
+	const struct mail *m;
+	int attempts;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
+
+static int mail_mark_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE mail SET status = $1, attempts = $2, next_attempt_at = $3, last_error = $4, updated_at = $5"
+		" WHERE id = $6 AND status = 'queued' AND attempts = $7";
+	struct mail_mark_arg *x = arg;
+	int64_t now = now_ms();
+	int n = run(q(s, sql, e, "tiititi", x->m->status, (int64_t)x->m->attempts, x->m->next_attempt_at,
+		      x->m->last_error, now, x->m->id, (int64_t)x->attempts));
+
+	if (n < 0)
+		return -1;
+	if (n == 0)
+		return 1;  /* moved on meanwhile: nothing to commit */
+	return events_put(s, x->a, now, NULL, x->ev, x->nev, NULL, NULL, e) ? -1 : 0;
+}
+
+static int pg_mail_mark(struct store *st, const struct mail *m, int attempts, const struct event_spec *ev, size_t nev,
+			const struct actor *a, bool *moved, struct err *e)
+{
+	struct mail_mark_arg x = {m, attempts, ev, nev, a};
+	int rc = tx(PG(st), WRITE, mail_mark_tx, &x, e);
+
+	*moved = rc == 0;
+	return rc < 0 ? -1 : 0;
+}
+
 /* --- the reaper's facts ------------------------------------------------------------------- */
 
 static int pg_lease_take(struct store *st, const char *name, const char *holder, int64_t now, int64_t until,
@@ -1669,22 +1920,42 @@ static int pg_lease_take(struct store *st, const char *name, const char *holder,
 	return 0;
 }
 
-static int pg_holds_overdue(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n,
-			    struct err *e)
+static int subs_read(struct pg *s, const char *sql, int64_t now, int limit, struct subscription **out, size_t *n,
+		     struct err *e)
 {
-	static const char sql[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
-				  " WHERE s.status = 'pending' AND s.hold_deadline <= $1 ORDER BY s.hold_deadline LIMIT $2";
 	PGresult *r;
 
 	*out = NULL;
 	*n = 0;
-	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "ii", now, (int64_t)limit)))
+	if (connected(s, e) || !(r = q(s, sql, e, "ii", now, (int64_t)limit)))
 		return -1;
 	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
 	for (int i = 0; i < PQntuples(r); i++)
 		sub_read(r, i, &(*out)[(*n)++]);
 	PQclear(r);
 	return 0;
+}
+
+static int pg_subs_due(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n, struct err *e)
+{
+	/* each branch by its own index, at most limit rows each, then merged by when it is due */
+	static const char sql[] =
+		"(SELECT " SUB_COLS ", s.end_at AS due FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
+		" WHERE s.status = 'active' AND s.end_at <= $1 ORDER BY s.end_at LIMIT $2)"
+		" UNION ALL (SELECT " SUB_COLS ", s.next_attempt_at AS due FROM subscriptions s"
+		" JOIN plans p ON p.id = s.plan_id WHERE s.status = 'past_due' AND s.next_attempt_at <= $1"
+		" ORDER BY s.next_attempt_at LIMIT $2) ORDER BY due LIMIT $2";
+
+	return subs_read(PG(st), sql, now, limit, out, n, e);
+}
+
+static int pg_holds_overdue(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n,
+			    struct err *e)
+{
+	static const char sql[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
+				  " WHERE s.status = 'pending' AND s.hold_deadline <= $1 ORDER BY s.hold_deadline LIMIT $2";
+
+	return subs_read(PG(st), sql, now, limit, out, n, e);
 }
 
 static void payment_read(PGresult *r, int row, struct payment *p)
@@ -1717,20 +1988,63 @@ static int payments_query(struct store *st, const char *sql, int limit, struct p
 	return 0;
 }
 
-static int pg_refunds_pending(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
+static int pg_payments_in(struct store *st, const char *status, int limit, struct payment **out, size_t *n,
+			  struct err *e)
 {
-	static const char sql[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT $1";
+	/* each status its own statement, so that its partial index serves it */
+	static const char pending[] =
+		"SELECT " PAY_COLS " FROM payments WHERE status = 'pending' ORDER BY created_at LIMIT $1";
+	static const char authorized[] =
+		"SELECT " PAY_COLS " FROM payments WHERE status = 'authorized' ORDER BY created_at LIMIT $1";
+	static const char late[] =
+		"SELECT " PAY_COLS " FROM payments WHERE status = 'late' ORDER BY created_at LIMIT $1";
+	static const char open[] =
+		"SELECT " PAY_COLS " FROM payments WHERE status = 'open' ORDER BY created_at LIMIT $1";
+	const char *sql = !strcmp(status, "pending") ? pending : !strcmp(status, "authorized") ? authorized :
+			  !strcmp(status, "late") ? late : !strcmp(status, "open") ? open : NULL;
 
+	if (!sql) {
+		err_set(e, ERR_INTERNAL, NULL, "no payments are kept in status %s", status);
+		return -1;
+	}
 	return payments_query(st, sql, limit, out, n, e);
 }
 
-static int pg_refund_made(struct store *st, const char *payment_id, struct err *e)
-{
-	static const char sql[] = "UPDATE payments SET status = 'succeeded' WHERE id = $1 AND status = 'pending'";
+struct mark_arg {
+	const char *id, *from, *to;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
 
-	if (connected(PG(st), e))
+static int mark_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE payments p SET status = $1 FROM subscriptions s"
+		" WHERE p.id = $2 AND p.status = $3 AND s.id = p.subscription_id RETURNING s.plan_id";
+	struct mark_arg *x = arg;
+	char plan_id[ID_LEN + 1] = "";
+	PGresult *r = q(s, sql, e, "ttt", x->to, x->id, x->from);
+
+	if (!r)
 		return -1;
-	return run(q(PG(st), sql, e, "t", payment_id)) < 0 ? -1 : 0;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		return 1;  /* not in `from`: nothing to commit */
+	}
+	col_copy(r, 0, 0, plan_id, sizeof(plan_id));
+	PQclear(r);
+	return events_put(s, x->a, now_ms(), plan_id, x->ev, x->nev, NULL, NULL, e) ? -1 : 0;
+}
+
+static int pg_payment_mark(struct store *st, const char *id, const char *from, const char *to,
+			   const struct event_spec *ev, size_t nev, const struct actor *a, bool *moved, struct err *e)
+{
+	struct mark_arg x = {id, from, to, ev, nev, a};
+	int rc = tx(PG(st), WRITE, mark_tx, &x, e);
+
+	*moved = rc == 0;
+	return rc < 0 ? -1 : 0;
 }
 
 static int pg_charges_unrefunded(struct store *st, int limit, struct payment **out, size_t *n, struct err *e)
@@ -1753,54 +2067,6 @@ static int pg_keys_purge(struct store *st, int64_t before, int *n, struct err *e
 	return 0;
 }
 
-/* --- the simulated processor's records (row locks only: never the ledger's rows) --------- */
-
-static void proc_read(PGresult *r, struct processor_rec *out)
-{
-	memset(out, 0, sizeof(*out));
-	out->state = (enum processor_state)col_int(r, 0, 0);
-	col_copy(r, 0, 1, out->charge_id, sizeof(out->charge_id));
-	col_copy(r, 0, 2, out->refund_id, sizeof(out->refund_id));
-	col_copy(r, 0, 3, out->decline_code, sizeof(out->decline_code));
-	out->amount_cents = col_int(r, 0, 4);
-}
-
-static int pg_processor_charge(struct store *st, const char *key, const struct processor_rec *want,
-			       struct processor_rec *out, struct err *e)
-{
-	/* The no-op update makes RETURNING give the row that was there first. */
-	static const char sql[] =
-		"INSERT INTO processor (key, state, charge_id, refund_id, decline_code, amount_cents, created_at)"
-		" VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO UPDATE SET key = processor.key"
-		" RETURNING state, charge_id, refund_id, decline_code, amount_cents";
-	PGresult *r;
-
-	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "titttii", key, (int64_t)want->state, want->charge_id,
-					  want->refund_id, want->decline_code, want->amount_cents, now_ms())))
-		return -1;
-	proc_read(r, out);
-	PQclear(r);
-	return 0;
-}
-
-static int pg_processor_void(struct store *st, const char *key, const char *refund_id, struct processor_rec *out,
-			     struct err *e)
-{
-	static const char sql[] =
-		"INSERT INTO processor (key, state, created_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE"
-		" SET state = CASE WHEN processor.state = $4 THEN $5 ELSE processor.state END,"
-		" refund_id = CASE WHEN processor.state = $4 THEN $6 ELSE processor.refund_id END"
-		" RETURNING state, charge_id, refund_id, decline_code, amount_cents";
-	PGresult *r;
-
-	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "tiiiit", key, (int64_t)PROC_VOID, now_ms(),
-					  (int64_t)PROC_CHARGED, (int64_t)PROC_REFUNDED, refund_id)))
-		return -1;
-	proc_read(r, out);
-	PQclear(r);
-	return 0;
-}
-
 /* --- the snapshot for check ----------------------------------------------------------------- */
 
 struct snap_arg {
@@ -1809,30 +2075,35 @@ struct snap_arg {
 
 static int snapshot_tx(struct pg *s, void *arg, struct err *e)
 {
+	/* one pass over the audit for every plan's tallies, not a scan per plan */
 	static const char plans[] =
-		"SELECT " PLAN_COLS ","
-		" (SELECT coalesce(sum(a.b_left - a.a_left), 0) FROM audit_events a"
-		"   WHERE a.plan_id = p.id AND a.action = 'seat.held'),"
-		" (SELECT coalesce(sum(a.a_left - a.b_left), 0) FROM audit_events a"
-		"   WHERE a.plan_id = p.id AND a.action = 'seat.released'),"
-		" (SELECT a.a_left FROM audit_events a WHERE a.plan_id = p.id AND a.a_left IS NOT NULL"
-		"   ORDER BY a.seq DESC LIMIT 1)"
-		" FROM plans p ORDER BY p.id";
+		"WITH t AS (SELECT plan_id,"
+		"   coalesce(sum(b_left - a_left) FILTER (WHERE action = 'seat.held'), 0) AS held,"
+		"   coalesce(sum(a_left - b_left) FILTER (WHERE action = 'seat.released'), 0) AS released"
+		"   FROM audit_events GROUP BY plan_id)"
+		" SELECT " PLAN_COLS ", coalesce(t.held, 0), coalesce(t.released, 0), l.a_left"
+		" FROM plans p LEFT JOIN t ON t.plan_id = p.id"
+		" LEFT JOIN LATERAL (SELECT a.a_left FROM audit_events a WHERE a.plan_id = p.id"
+		"   AND a.a_left IS NOT NULL ORDER BY a.seq DESC LIMIT 1) l ON true ORDER BY p.id";
 	static const char subs[] = "SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
 				   " ORDER BY s.idem_key COLLATE \"C\"";
 	static const char pays[] = "SELECT " PAY_COLS " FROM payments ORDER BY idem_key COLLATE \"C\", kind";
 	static const char entries[] = "SELECT " ENTRY_COLS " FROM waitlist w ORDER BY w.plan_id, w.seq";
+	static const char mails[] =
+		"SELECT " MAIL_COLS ", coalesce(a.action, '') FROM mail m LEFT JOIN audit_events a ON a.id = m.event_id"
+		" ORDER BY m.id COLLATE \"C\"";
 	const struct snapshot_visitor *v = ((struct snap_arg *)arg)->v;
 	PGresult *r;
 	int rc = 0;
 
-	if (!(r = q(s, plans, e, "")))
+	/* the check reads the whole store: a request's statement timeout is not its bound */
+	if (exec(s, "SET LOCAL statement_timeout = '10min'", e) || !(r = q(s, plans, e, "")))
 		return -1;
 	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
 		struct plan p;
-		/* the tallies follow PLAN_COLS (16 columns) */
-		struct plan_tally t = {&p, col_int(r, i, 16), col_int(r, i, 17), !PQgetisnull(r, i, 18),
-				       col_int(r, i, 18)};
+		/* the tallies follow PLAN_COLS */
+		struct plan_tally t = {&p, col_int(r, i, PLAN_NCOLS), col_int(r, i, PLAN_NCOLS + 1),
+				       !PQgetisnull(r, i, PLAN_NCOLS + 2), col_int(r, i, PLAN_NCOLS + 2)};
 		plan_read(r, i, &p);
 		rc = v->plan(v->arg, &t);
 		plan_clear(&p);
@@ -1861,6 +2132,16 @@ static int snapshot_tx(struct pg *s, void *arg, struct err *e)
 		struct waitlist_entry w;
 		entry_read(r, i, &w);
 		rc = v->entry(v->arg, &w);
+	}
+	PQclear(r);
+	if (rc || !v->mail || !(r = q(s, mails, e, "")))
+		return rc || !v->mail ? 0 : -1;
+	for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+		struct mail m;
+		mail_read(r, i, &m);
+		col_copy(r, i, 12, m.event_action, sizeof(m.event_action));
+		rc = v->mail(v->arg, &m);
+		mail_clear(&m);
 	}
 	PQclear(r);
 	return 0;
@@ -1903,7 +2184,7 @@ static int pg_reset(struct store *st, struct err *e)
 {
 	return connected(PG(st), e) ||
 	       exec(PG(st), "TRUNCATE audit_events, payments, idempotency_keys, subscriptions, customers, plans,"
-			    " leases, processor, webhook_endpoints, webhook_deliveries, waitlist", e) ? -1 : 0;
+			    " leases, webhook_endpoints, webhook_deliveries, waitlist, mail", e) ? -1 : 0;
 }
 
 static void pg_close(struct store *st)
@@ -1930,9 +2211,11 @@ static const struct store_ops pg_ops = {
 	.key_get = pg_key_get,
 	.hold = pg_hold,
 	.transition = pg_transition,
-	.refunds_pending = pg_refunds_pending,
-	.refund_made = pg_refund_made,
+	.payments_in = pg_payments_in,
+	.payment_mark = pg_payment_mark,
 	.held_by_kind = pg_held_by_kind,
+	.payment_totals = pg_payment_totals,
+	.sub_totals = pg_sub_totals,
 	.attempt_take = pg_attempt_take,
 	.payment_record = pg_payment_record,
 	.sub_get = pg_sub_get,
@@ -1948,12 +2231,14 @@ static const struct store_ops pg_ops = {
 	.webhook_delete = pg_webhook_delete,
 	.webhook_advance = pg_webhook_advance,
 	.delivery_list = pg_delivery_list,
+	.mail_due = pg_mail_due,
+	.mail_mark = pg_mail_mark,
+	.mail_list = pg_mail_list,
 	.lease_take = pg_lease_take,
 	.holds_overdue = pg_holds_overdue,
+	.subs_due = pg_subs_due,
 	.charges_unrefunded = pg_charges_unrefunded,
 	.keys_purge = pg_keys_purge,
-	.processor_charge = pg_processor_charge,
-	.processor_void = pg_processor_void,
 	.snapshot = pg_snapshot,
 };
 

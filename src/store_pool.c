@@ -122,11 +122,14 @@ FORWARD(hold, (struct store *s, const struct hold_req *r, const struct actor *a,
 	       struct err *e), (h, r, a, out, e))
 FORWARD(transition, (struct store *s, const struct transition *t, const struct actor *a,
 		     struct transition_out *out, struct err *e), (h, t, a, out, e))
+READ(payment_totals, (struct store *s, struct payment_total **out, size_t *n, struct err *e), (h, out, n, e))
+READ(sub_totals, (struct store *s, struct sub_total **out, size_t *n, struct err *e), (h, out, n, e))
 READ(held_by_kind, (struct store *s, const char *plan_id, int64_t *paying, int64_t *sessions, struct err *e),
 	(h, plan_id, paying, sessions, e))
-READ(refunds_pending, (struct store *s, int limit, struct payment **out, size_t *n, struct err *e),
-     (h, limit, out, n, e))
-FORWARD(refund_made, (struct store *s, const char *payment_id, struct err *e), (h, payment_id, e))
+READ(payments_in, (struct store *s, const char *status, int limit, struct payment **out, size_t *n, struct err *e),
+     (h, status, limit, out, n, e))
+FORWARD(payment_mark, (struct store *s, const char *id, const char *from, const char *to, const struct event_spec *ev,
+		       size_t nev, const struct actor *a, bool *moved, struct err *e), (h, id, from, to, ev, nev, a, moved, e))
 FORWARD(attempt_take, (struct store *s, const char *sub_id, const char *expect, const char *key, int64_t now,
 		       int64_t until, bool *taken, struct err *e), (h, sub_id, expect, key, now, until, taken, e))
 FORWARD(payment_record, (struct store *s, const struct payment *pm, const struct event_spec *ev, size_t nev,
@@ -144,6 +147,12 @@ FORWARD(webhook_advance, (struct store *s, const char *endpoint_id, const struct
 			  bool disable, struct err *e), (h, endpoint_id, d, cursor, disable, e))
 READ(delivery_list, (struct store *s, const char *endpoint_id, const struct seq_page *pg, struct delivery **out,
 		     size_t *n, struct err *e), (h, endpoint_id, pg, out, n, e))
+READ(mail_due, (struct store *s, int64_t now, int limit, struct mail **out, size_t *n, struct err *e),
+     (h, now, limit, out, n, e))
+FORWARD(mail_mark, (struct store *s, const struct mail *m, int attempts, const struct event_spec *ev, size_t nev,
+		    const struct actor *a, bool *moved, struct err *e), (h, m, attempts, ev, nev, a, moved, e))
+READ(mail_list, (struct store *s, const char *status, const struct seq_page *pg, struct mail **out, size_t *n,
+		 struct err *e), (h, status, pg, out, n, e))
 FORWARD(waitlist_join, (struct store *s, const struct join_req *r, const struct actor *a, struct join_out *out,
 			 struct err *e), (h, r, a, out, e))
 READ(entry_get, (struct store *s, const char *id, struct waitlist_entry *out, bool *found, struct err *e),
@@ -159,13 +168,11 @@ FORWARD(lease_take, (struct store *s, const char *name, const char *holder, int6
 		     bool *taken, struct err *e), (h, name, holder, now, until, taken, e))
 READ(holds_overdue, (struct store *s, int64_t now, int limit, struct subscription **out, size_t *n,
 			struct err *e), (h, now, limit, out, n, e))
+READ(subs_due, (struct store *s, int64_t now, int limit, struct subscription **out, size_t *n, struct err *e),
+	(h, now, limit, out, n, e))
 READ(charges_unrefunded, (struct store *s, int limit, struct payment **out, size_t *n, struct err *e),
 	(h, limit, out, n, e))
 FORWARD(keys_purge, (struct store *s, int64_t before, int *n, struct err *e), (h, before, n, e))
-FORWARD(processor_charge, (struct store *s, const char *key, const struct processor_rec *want,
-			   struct processor_rec *out, struct err *e), (h, key, want, out, e))
-FORWARD(processor_void, (struct store *s, const char *key, const char *refund_id, struct processor_rec *out,
-			 struct err *e), (h, key, refund_id, out, e))
 READ(snapshot, (struct store *s, const struct snapshot_visitor *v, struct err *e), (h, v, e))
 
 static void handles_init(struct handles *p, int size)
@@ -216,9 +223,11 @@ static const struct store_ops pool_ops = {
 	.hold = pool_hold,
 	.transition = pool_transition,
 	.attempt_take = pool_attempt_take,
-	.refunds_pending = pool_refunds_pending,
-	.refund_made = pool_refund_made,
+	.payments_in = pool_payments_in,
+	.payment_mark = pool_payment_mark,
 	.held_by_kind = pool_held_by_kind,
+	.payment_totals = pool_payment_totals,
+	.sub_totals = pool_sub_totals,
 	.payment_record = pool_payment_record,
 	.sub_get = pool_sub_get,
 	.sub_list = pool_sub_list,
@@ -233,12 +242,14 @@ static const struct store_ops pool_ops = {
 	.webhook_delete = pool_webhook_delete,
 	.webhook_advance = pool_webhook_advance,
 	.delivery_list = pool_delivery_list,
+	.mail_due = pool_mail_due,
+	.mail_mark = pool_mail_mark,
+	.mail_list = pool_mail_list,
 	.lease_take = pool_lease_take,
 	.holds_overdue = pool_holds_overdue,
+	.subs_due = pool_subs_due,
 	.charges_unrefunded = pool_charges_unrefunded,
 	.keys_purge = pool_keys_purge,
-	.processor_charge = pool_processor_charge,
-	.processor_void = pool_processor_void,
 	.snapshot = pool_snapshot,
 };
 

@@ -43,7 +43,7 @@
 
 #define STMT_CACHE 64
 #define BUSY_TIMEOUT_MS 10000
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 8
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -78,12 +78,11 @@ struct busy {
 struct sq {
 	struct store base;
 	sqlite3 *db;                    /* the ledger */
-	sqlite3 *proc;                  /* the simulated processor's records */
-	struct stmt_cache cache, proc_cache;
-	struct busy busy, proc_busy;
-	struct gate *gate, *proc_gate;  /* NULL: the file could not be mapped; writers poll */
-	int gate_fd, proc_gate_fd;      /* the gates' files, flocked shared while mapped; -1 */
-	int wal_fd, proc_wal_fd;        /* the WAL files, for group commit; -1 without a gate */
+	struct stmt_cache cache;
+	struct busy busy;
+	struct gate *gate;              /* NULL: the file could not be mapped; writers poll */
+	int gate_fd;                    /* the gate's file, flocked shared while mapped; -1 */
+	int wal_fd;                     /* the WAL file, for group commit; -1 without a gate */
 };
 
 /* Webhook endpoints, and each one's deliveries (version 4). */
@@ -161,6 +160,55 @@ static const char MIGRATE_4_5[] =
 	"CREATE UNIQUE INDEX IF NOT EXISTS waitlist_live ON waitlist(plan_id, customer_id)"
 	" WHERE status IN ('waiting', 'offered');";
 
+/* Version 6: charges are authorized, then captured or voided; the reaper finds those left
+ * authorized by this index. */
+static const char MIGRATE_5_6[] =
+	"CREATE INDEX IF NOT EXISTS payments_authorized ON payments(created_at) WHERE status = 'authorized';";
+
+/* Version 7: a subscription's life. A plan's term is an interval counted in a time zone, with
+ * its renewal (an older plan: days, not renewing); a subscription keeps the term its periods
+ * are counted in, their anchor, the current period and its end (an older one: one period of
+ * its days, anchored so that it ends at its end_at; its period's start unknown, 0). */
+static const char MIGRATE_6_7[] =
+	"ALTER TABLE plans ADD COLUMN term_unit TEXT NOT NULL DEFAULT 'day';"
+	"ALTER TABLE plans ADD COLUMN term_count INTEGER NOT NULL DEFAULT 30;"
+	"ALTER TABLE plans ADD COLUMN term_zone TEXT NOT NULL DEFAULT 'UTC';"
+	"ALTER TABLE plans ADD COLUMN renewal TEXT NOT NULL DEFAULT 'none';"
+	"UPDATE plans SET term_count = duration_days;"
+	"ALTER TABLE plans DROP COLUMN duration_days;"
+	"ALTER TABLE subscriptions ADD COLUMN term_unit TEXT NOT NULL DEFAULT 'day';"
+	"ALTER TABLE subscriptions ADD COLUMN term_count INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN term_zone TEXT NOT NULL DEFAULT 'UTC';"
+	"ALTER TABLE subscriptions ADD COLUMN anchor_at INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN anchor_index INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN period_index INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN period_start INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN cancel_at_period_end INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN cancellation_reason TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE subscriptions ADD COLUMN ended_at INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE subscriptions ADD COLUMN payment_method TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE subscriptions ADD COLUMN period_payment TEXT NOT NULL DEFAULT '';"
+	"UPDATE subscriptions SET term_count = duration_days,"
+	" anchor_at = CASE WHEN end_at > 0 THEN end_at - duration_days * 86400000 ELSE 0 END;"
+	"CREATE INDEX IF NOT EXISTS subscriptions_due ON subscriptions(status, end_at);"
+	"CREATE INDEX IF NOT EXISTS subscriptions_retry ON subscriptions(status, next_attempt_at);"
+	"CREATE INDEX IF NOT EXISTS payments_late ON payments(created_at) WHERE status = 'late';"
+	"CREATE INDEX IF NOT EXISTS payments_open ON payments(created_at) WHERE status = 'open';";
+
+/* Version 8: the outbox. A mail is found due by its next attempt while it is queued, listed by
+ * its time (of a status or all), and checked against the event of its unit. */
+static const char MIGRATE_7_8[] =
+	"CREATE TABLE IF NOT EXISTS mail ("
+	" id TEXT PRIMARY KEY, kind TEXT NOT NULL, customer_id TEXT NOT NULL, event_id TEXT NOT NULL,"
+	" data TEXT NOT NULL, secret TEXT, status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+	" next_attempt_at INTEGER NOT NULL, last_error TEXT NOT NULL DEFAULT '',"
+	" created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS mail_due ON mail(next_attempt_at) WHERE status = 'queued';"
+	"CREATE INDEX IF NOT EXISTS mail_time ON mail(created_at, id);"
+	"CREATE INDEX IF NOT EXISTS mail_status ON mail(status, created_at, id);";
+
 /* Version 1 kept an event's seat counts as JSON text in before/after; version 2 keeps them as
  * numbers, and a payment's summary in detail. */
 static const char MIGRATE_1_2[] =
@@ -189,12 +237,6 @@ static const char MIGRATE_2_3[] =
 	"ALTER TABLE subscriptions ADD COLUMN previous_id TEXT NOT NULL DEFAULT '';"
 	"CREATE INDEX IF NOT EXISTS payments_pending ON payments(created_at) WHERE status = 'pending';"
 	"UPDATE subscriptions SET attempt_key = idem_key WHERE status = 'pending';";
-
-static const char PROC_SCHEMA[] =
-	"CREATE TABLE IF NOT EXISTS processor ("
-	" key TEXT PRIMARY KEY, state INTEGER NOT NULL, charge_id TEXT NOT NULL DEFAULT '',"
-	" refund_id TEXT NOT NULL DEFAULT '', decline_code TEXT NOT NULL DEFAULT '',"
-	" amount_cents INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL);";
 
 #define SQ(s) ((struct sq *)(s))
 
@@ -263,17 +305,6 @@ static sqlite3_stmt *q(struct sq *s, const char *sql, struct err *e, const char 
 
 	va_start(ap, fmt);
 	st = qv(s->db, &s->cache, sql, e, fmt, ap);
-	va_end(ap);
-	return st;
-}
-
-static sqlite3_stmt *qp(struct sq *s, const char *sql, struct err *e, const char *fmt, ...)
-{
-	va_list ap;
-	sqlite3_stmt *st;
-
-	va_start(ap, fmt);
-	st = qv(s->proc, &s->proc_cache, sql, e, fmt, ap);
 	va_end(ap);
 	return st;
 }
@@ -537,6 +568,19 @@ static int tx_end(sqlite3 *db, struct gate *g, int wal_fd, struct stmt_cache *c,
 
 /* --- events and seats --------------------------------------------------------------------- */
 
+/* The outbox's row of a mail an event sends, queued and due at once. */
+static int mail_put(struct sq *s, const struct mail_spec *m, const char *event_id, int64_t now, struct err *e)
+{
+	static const char sql[] =
+		"INSERT INTO mail (id, kind, customer_id, event_id, data, secret, status, next_attempt_at,"
+		" created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?7)";
+	char id[ID_LEN + 1];
+
+	id_new(id);
+	return run(q(s, sql, e, "tttttti", id, m->kind, m->customer_id, event_id, m->data ? m->data : "{}",
+		     m->secret, now), e) < 0 ? -1 : 0;
+}
+
 static int events_put(struct sq *s, const struct actor *a, int64_t now, const char *plan_id,
 		      const struct event_spec *ev, size_t nev, const struct seat_counts *before,
 		      const struct seat_counts *after, struct err *e)
@@ -570,7 +614,7 @@ static int events_put(struct sq *s, const struct actor *a, int64_t now, const ch
 			sqlite3_bind_text(st, 15, ev[i].detail, -1, SQLITE_TRANSIENT);
 		sqlite3_bind_text(st, 16, a->trace_id ? a->trace_id : "", -1, SQLITE_TRANSIENT);
 		sqlite3_bind_text(st, 17, a->ip ? a->ip : "", -1, SQLITE_TRANSIENT);
-		if (run(st, e) < 0)
+		if (run(st, e) < 0 || (ev[i].mail && mail_put(s, ev[i].mail, id, now, e)))
 			return -1;
 	}
 	return 0;
@@ -634,6 +678,17 @@ static void entry_read(sqlite3_stmt *st, struct waitlist_entry *w)
 	w->position = sqlite3_column_int64(st, 15);
 }
 
+/* A term as plans and subscriptions both keep it, from column col on. */
+#define TERM_COLS "term_unit, term_count, term_zone"
+
+static void term_read(sqlite3_stmt *st, int col, struct sub_life *l)
+{
+	memset(l, 0, sizeof(*l));
+	period_unit_parse((const char *)sqlite3_column_text(st, col), &l->term_unit);
+	l->term_count = sqlite3_column_int64(st, col + 1);
+	col_copy(st, col + 2, l->term_zone, sizeof(l->term_zone));
+}
+
 /* The plan's free seats to its line, in the caller's unit (store.h, *offers*). */
 static int offers_make(struct sq *s, const char *plan_id, int64_t now, const struct actor *a, struct err *e)
 {
@@ -643,20 +698,22 @@ static int offers_make(struct sq *s, const char *plan_id, int64_t now, const str
 		"UPDATE plans SET subscriptions_left = subscriptions_left - ?1,"
 		" subscriptions_held = subscriptions_held + ?1, waiting = waiting - 1, updated_at = ?2"
 		" WHERE id = ?3 AND subscriptions_left >= ?1"
-		" RETURNING total_capacity, subscriptions_left, subscriptions_held, price_cents, duration_days";
+		" RETURNING total_capacity, subscriptions_left, subscriptions_held, price_cents, " TERM_COLS;
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
-		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, entry_id)"
-		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?, ?, ?)";
+		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash, entry_id,"
+		" " TERM_COLS ") VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 	static const char mark[] =
 		"UPDATE waitlist SET status = 'offered', offer_expires_at = ?, updated_at = ? WHERE id = ?";
 
 	for (;;) {
 		struct waitlist_entry w;
 		struct event_spec ev[OFFER_EVENTS];
+		struct outbox_mail m;
 		struct seat_counts before, after;
 		sqlite3_stmt *st = q(s, head, e, "t", plan_id);
-		int64_t price, days, until;
+		struct sub_life term;
+		int64_t price, until;
 		int n = step(st, e);
 
 		if (n <= 0) {
@@ -674,15 +731,20 @@ static int offers_make(struct sq *s, const char *plan_id, int64_t now, const str
 		after = (struct seat_counts){sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
 					     sqlite3_column_int64(st, 2)};
 		price = sqlite3_column_int64(st, 3);
-		days = sqlite3_column_int64(st, 4);
+		term_read(st, 4, &term);
 		sqlite3_reset(st);
 		before = store_counts_before(after, -w.quantity, w.quantity);
 		until = now + w.offer_ttl_ms;
-		store_offer_events(&w, ev);
-		if (run(q(s, ins, e, "ttttiiiiiitt", w.session_id, plan_id, w.customer_id, w.offer_key,
-			  price * w.quantity, days, until, now, now, w.quantity, w.secret_hash, w.id), e) < 0 ||
-		    run(q(s, mark, e, "iit", until, now, w.id), e) < 0 ||
-		    events_put(s, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, e))
+		w.offer_expires_at = until;
+		store_offer_events(&w, ev, &m);
+		int rc = run(q(s, ins, e, "ttttiiiiiitttit", w.session_id, plan_id, w.customer_id, w.offer_key,
+			       price * w.quantity, term_days(term.term_unit, term.term_count), until, now, now, w.quantity,
+			       w.secret_hash, w.id, period_unit_name(term.term_unit), term.term_count, term.term_zone),
+			     e) < 0 ||
+			 run(q(s, mark, e, "iit", until, now, w.id), e) < 0 ||
+			 events_put(s, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, e);
+		outbox_mail_clear(&m);
+		if (rc)
 			return -1;
 	}
 }
@@ -690,9 +752,10 @@ static int offers_make(struct sq *s, const char *plan_id, int64_t now, const str
 /* --- plans -------------------------------------------------------------------------------- */
 
 #define PLAN_COLS                                                                            \
-	"id, name, description, price_cents, duration_days, total_capacity, subscriptions_left," \
+	"id, name, description, price_cents, term_count, total_capacity, subscriptions_left," \
 	" subscriptions_held, status, features, created_at, updated_at, max_per_order, max_per_customer," \
-	" waitlist_enabled, waiting"
+	" waitlist_enabled, waiting, term_unit, term_zone, renewal"
+#define PLAN_NCOLS 19
 
 static void plan_read(sqlite3_stmt *st, struct plan *p)
 {
@@ -703,7 +766,7 @@ static void plan_read(sqlite3_stmt *st, struct plan *p)
 	p->name = col_str(st, 1);
 	p->description = col_str(st, 2);
 	p->price_cents = sqlite3_column_int64(st, 3);
-	p->duration_days = sqlite3_column_int64(st, 4);
+	p->interval_count = sqlite3_column_int64(st, 4);
 	p->total_capacity = sqlite3_column_int64(st, 5);
 	p->subscriptions_left = sqlite3_column_int64(st, 6);
 	p->subscriptions_held = sqlite3_column_int64(st, 7);
@@ -717,6 +780,9 @@ static void plan_read(sqlite3_stmt *st, struct plan *p)
 	p->max_per_customer = sqlite3_column_int64(st, 13);
 	p->waitlist_enabled = sqlite3_column_int64(st, 14) != 0;
 	p->waiting = sqlite3_column_int64(st, 15);
+	period_unit_parse((const char *)sqlite3_column_text(st, 16), &p->interval);
+	col_copy(st, 17, p->timezone, sizeof(p->timezone));
+	p->renews = !strcmp((const char *)sqlite3_column_text(st, 18), "auto");
 }
 
 static const char *features_text(struct json_object *f)
@@ -747,7 +813,7 @@ static bool is_unique_violation(sqlite3 *db)
 static int sq_plan_create(struct store *st_, const struct plan *p, const struct event_spec *ev, size_t nev,
 			  const struct actor *a, enum write_result *res, struct err *e)
 {
-	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)";
+	static const char sql[] = "INSERT INTO plans (" PLAN_COLS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?,?,?)";
 	struct sq *s = SQ(st_);
 	struct seat_counts after = {p->total_capacity, p->subscriptions_left, p->subscriptions_held};
 	int rc = -1;
@@ -755,10 +821,11 @@ static int sq_plan_create(struct store *st_, const struct plan *p, const struct 
 	*res = WRITE_DONE;
 	if (BEGIN(s, e))
 		return -1;
-	if (run(q(s, sql, e, "tttiiiiittiiiii", p->id, p->name, p->description, p->price_cents,
-		  p->duration_days, p->total_capacity, p->subscriptions_left, p->subscriptions_held,
+	if (run(q(s, sql, e, "tttiiiiittiiiiittt", p->id, p->name, p->description, p->price_cents,
+		  p->interval_count, p->total_capacity, p->subscriptions_left, p->subscriptions_held,
 		  p->status, features_text(p->features), p->created_at, p->updated_at, p->max_per_order,
-		  p->max_per_customer, (int64_t)p->waitlist_enabled), e) < 0) {
+		  p->max_per_customer, (int64_t)p->waitlist_enabled, period_unit_name(p->interval), p->timezone,
+		  p->renews ? "auto" : "none"), e) < 0) {
 		if (is_unique_violation(s->db)) {
 			*res = WRITE_DUPLICATE;
 			err_clear(e);
@@ -813,7 +880,9 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 	 * concurrent purchase's decrement is never overwritten. */
 	static const char sql[] =
 		"UPDATE plans SET name = coalesce(?1, name), description = coalesce(?2, description),"
-		" price_cents = coalesce(?3, price_cents), duration_days = coalesce(?4, duration_days),"
+		" price_cents = coalesce(?3, price_cents), term_count = coalesce(?4, term_count),"
+		" term_unit = coalesce(?13, term_unit), term_zone = coalesce(?14, term_zone),"
+		" renewal = coalesce(?15, renewal),"
 		" features = coalesce(?5, features), status = coalesce(?6, status),"
 		" subscriptions_left = subscriptions_left + coalesce(?7 - total_capacity, 0),"
 		" total_capacity = coalesce(?7, total_capacity), updated_at = ?8,"
@@ -847,8 +916,14 @@ static int sq_plan_update(struct store *st_, const char *id, const struct plan_p
 	/* 0 is a price and a capacity like any other: bind NULL only for fields not patched. */
 	if (pt->fields & PLAN_F_PRICE)
 		sqlite3_bind_int64(st, 3, pt->price_cents);
-	if (pt->fields & PLAN_F_DURATION)
-		sqlite3_bind_int64(st, 4, pt->duration_days);
+	if (pt->fields & PLAN_F_INTERVAL) {
+		sqlite3_bind_int64(st, 4, pt->interval_count);
+		sqlite3_bind_text(st, 13, period_unit_name(pt->interval), -1, SQLITE_STATIC);
+	}
+	if (pt->fields & PLAN_F_TIMEZONE)
+		sqlite3_bind_text(st, 14, pt->timezone, -1, SQLITE_TRANSIENT);
+	if (pt->fields & PLAN_F_RENEWAL)
+		sqlite3_bind_text(st, 15, pt->renews ? "auto" : "none", -1, SQLITE_STATIC);
 	if (pt->fields & PLAN_F_CAPACITY)
 		sqlite3_bind_int64(st, 7, pt->total_capacity);
 	if (pt->fields & PLAN_F_MAX_ORDER)
@@ -1071,7 +1146,9 @@ static int sq_key_finish(struct store *st_, const char *key, const struct reply 
 	"s.id, s.status, s.plan_id, p.name, s.customer_id, s.idem_key, s.payment_id, s.token_hash," \
 	" s.amount_cents, s.duration_days, s.start_at, s.end_at, s.hold_deadline, s.created_at,"    \
 	" s.updated_at, s.seq, s.quantity, s.secret_hash, s.attempt_key, s.attempt_until, s.previous_id," \
-	" s.entry_id"
+	" s.entry_id, s.term_unit, s.term_count, s.term_zone, s.anchor_at, s.anchor_index, s.period_index,"  \
+	" s.period_start, s.cancel_at_period_end, s.cancellation_reason, s.ended_at, s.next_attempt_at,"   \
+	" s.attempts, s.payment_method, p.renewal, s.period_payment"
 
 static void sub_read(sqlite3_stmt *st, struct subscription *o)
 {
@@ -1098,6 +1175,19 @@ static void sub_read(sqlite3_stmt *st, struct subscription *o)
 	o->attempt_until = sqlite3_column_int64(st, 19);
 	col_copy(st, 20, o->previous_id, sizeof(o->previous_id));
 	col_copy(st, 21, o->entry_id, sizeof(o->entry_id));
+	term_read(st, 22, &o->life);
+	o->life.anchor_at = sqlite3_column_int64(st, 25);
+	o->life.anchor_index = sqlite3_column_int64(st, 26);
+	o->life.period_index = sqlite3_column_int64(st, 27);
+	o->life.period_start = sqlite3_column_int64(st, 28);
+	o->life.cancel_at_period_end = sqlite3_column_int64(st, 29) != 0;
+	col_copy(st, 30, o->life.cancellation_reason, sizeof(o->life.cancellation_reason));
+	o->life.ended_at = sqlite3_column_int64(st, 31);
+	o->life.next_attempt_at = sqlite3_column_int64(st, 32);
+	o->life.attempts = sqlite3_column_int64(st, 33);
+	col_copy(st, 34, o->life.payment_method, sizeof(o->life.payment_method));
+	o->plan_renews = !strcmp((const char *)sqlite3_column_text(st, 35), "auto");
+	col_copy(st, 36, o->life.period_payment, sizeof(o->life.period_payment));
 }
 
 static int read_sub_get(struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e)
@@ -1133,6 +1223,49 @@ static int read_held_by_kind(struct store *st_, const char *plan_id, int64_t *pa
 	return 0;
 }
 
+static int read_payment_totals(struct store *st_, struct payment_total **out, size_t *n, struct err *e)
+{
+	static const char sql[] = "SELECT kind, status, count(*), coalesce(sum(amount_cents), 0) FROM payments"
+				  " GROUP BY kind, status ORDER BY kind, status LIMIT ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "i", (int64_t)PAYMENT_TOTALS_MAX);
+	int r;
+
+	*out = xcalloc(PAYMENT_TOTALS_MAX, sizeof(**out));
+	*n = 0;
+	if (!st)
+		return -1;
+	while ((r = step(st, e)) == 1) {
+		struct payment_total *t = &(*out)[(*n)++];
+		col_copy(st, 0, t->kind, sizeof(t->kind));
+		col_copy(st, 1, t->status, sizeof(t->status));
+		t->count = sqlite3_column_int64(st, 2);
+		t->amount_cents = sqlite3_column_int64(st, 3);
+	}
+	sqlite3_reset(st);
+	return r < 0 ? -1 : 0;
+}
+
+static int read_sub_totals(struct store *st_, struct sub_total **out, size_t *n, struct err *e)
+{
+	static const char sql[] = "SELECT status, count(*), coalesce(sum(quantity), 0) FROM subscriptions"
+				  " GROUP BY status ORDER BY status LIMIT ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "i", (int64_t)SUB_TOTALS_MAX);
+	int r;
+
+	*out = xcalloc(SUB_TOTALS_MAX, sizeof(**out));
+	*n = 0;
+	if (!st)
+		return -1;
+	while ((r = step(st, e)) == 1) {
+		struct sub_total *t = &(*out)[(*n)++];
+		col_copy(st, 0, t->status, sizeof(t->status));
+		t->count = sqlite3_column_int64(st, 1);
+		t->seats = sqlite3_column_int64(st, 2);
+	}
+	sqlite3_reset(st);
+	return r < 0 ? -1 : 0;
+}
+
 /* The buyer of a hold or a join, in the caller's unit: an existing customer by id, or one
  * found by email or created. 1 with *id set (borrowed from given or found), 0 no such
  * customer, -1 error. found: filled when found by email; customer_clear it. */
@@ -1160,17 +1293,17 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 		"UPDATE plans SET subscriptions_left = subscriptions_left - ?1,"
 		" subscriptions_held = subscriptions_held + ?1, updated_at = ?2"
 		" WHERE id = ?3 AND status = 'active' AND subscriptions_left >= ?1 AND max_per_order >= ?1 AND waiting = 0"
-		" RETURNING name, price_cents, duration_days, total_capacity, subscriptions_left,"
-		" subscriptions_held, max_per_customer";
+		" RETURNING name, price_cents, total_capacity, subscriptions_left,"
+		" subscriptions_held, max_per_customer, " TERM_COLS ", renewal";
 	static const char why[] = "SELECT status, subscriptions_left, max_per_order, waiting FROM plans WHERE id = ?";
 	static const char owned[] =
 		"SELECT coalesce(sum(quantity), 0) FROM subscriptions"
-		" WHERE customer_id = ? AND plan_id = ? AND status IN ('pending', 'active')";
+		" WHERE customer_id = ? AND plan_id = ? AND status IN ('pending', 'active', 'past_due')";
 	static const char ins[] =
 		"INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents,"
 		" duration_days, token_hash, hold_deadline, created_at, updated_at, quantity, secret_hash,"
-		" attempt_key, attempt_until, previous_id)"
-		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?)";
+		" attempt_key, attempt_until, previous_id, " TERM_COLS ")"
+		" VALUES (?, ?, ?, ?, 'pending', ?, ?, '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 	static const char previous[] =
 		"SELECT 1 FROM subscriptions WHERE id = ? AND customer_id = ? AND status = 'active'";
 	static const char key_ins[] =
@@ -1225,7 +1358,7 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 			r->quantity > out->limit ? HOLD_ORDER_LIMIT : HOLD_SOLD_OUT;
 		goto refused;
 	}
-	if ((out->limit = sqlite3_column_int64(st, 6)) > 0) {
+	if ((out->limit = sqlite3_column_int64(st, 5)) > 0) {
 		sqlite3_stmt *o = q(s, owned, e, "tt", customer_id, r->plan_id);
 		if (step(o, e) < 0)
 			goto refused;
@@ -1245,9 +1378,11 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 	sub->plan_name = col_str(st, 0);
 	sub->quantity = r->quantity;
 	sub->amount_cents = sqlite3_column_int64(st, 1) * r->quantity;
-	sub->duration_days = sqlite3_column_int64(st, 2);
-	after = (struct seat_counts){sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4),
-				     sqlite3_column_int64(st, 5)};
+	after = (struct seat_counts){sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3),
+				     sqlite3_column_int64(st, 4)};
+	term_read(st, 6, &sub->life);
+	sub->plan_renews = !strcmp((const char *)sqlite3_column_text(st, 9), "auto");
+	sub->duration_days = term_days(sub->life.term_unit, sub->life.term_count);
 	sqlite3_reset(st);
 	before = store_counts_before(after, -r->quantity, r->quantity);
 	buyer = *a;
@@ -1257,9 +1392,10 @@ static int sq_hold(struct store *st_, const struct hold_req *r, const struct act
 	store_hold_fill(sub, r);
 	if (r->reply)
 		done = r->reply(sub, r->reply_arg);
-	if (run(q(s, ins, e, "ttttiiiiiittit", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
+	if (run(q(s, ins, e, "ttttiiiiiittittit", sub->id, r->plan_id, customer_id, r->claim.key, sub->amount_cents,
 		  sub->duration_days, r->deadline, now, now, r->quantity, sub->secret_hash, sub->attempt_key,
-		  sub->attempt_until, sub->previous_id), e) < 0 ||
+		  sub->attempt_until, sub->previous_id, period_unit_name(sub->life.term_unit), sub->life.term_count,
+		  sub->life.term_zone), e) < 0 ||
 	    events_put(s, &buyer, now, r->plan_id, r->events, r->nevents, &before, &after, e) ||
 	    run(q(s, key_ins, e, "ttiitiit", r->claim.key, r->claim.fingerprint, (int64_t)done.status,
 		  done.status ? (int64_t)0 : r->claim.lease_until, sub->id, now, (int64_t)done.status, done.body), e) < 0)
@@ -1288,6 +1424,14 @@ static int payment_put(struct sq *s, const struct payment *p, struct err *e)
 		     p->subscription_id, p->amount_cents, p->created_at), e) < 0 ? -1 : 0;
 }
 
+static int life_put(struct sq *s, const char *sql, const char *sub_id, const struct sub_life *l, struct err *e)
+{
+	return run(q(s, sql, e, "titiiiiitiiittt", period_unit_name(l->term_unit), l->term_count, l->term_zone,
+		     l->anchor_at, l->anchor_index, l->period_index, l->period_start, (int64_t)l->cancel_at_period_end,
+		     l->cancellation_reason, l->ended_at, l->next_attempt_at, l->attempts, l->payment_method,
+		     l->period_payment, sub_id), e) < 0 ? -1 : 0;
+}
+
 /* One move of a transition, in the caller's transaction: 1 moved, 0 its condition did not
  * hold (nothing written by it), -1 error. */
 static int move_one(struct sq *s, const struct transition *t, const struct actor *a, struct err *e)
@@ -1298,7 +1442,13 @@ static int move_one(struct sq *s, const struct transition *t, const struct actor
 		" token_hash = coalesce(?6, token_hash), attempt_key = CASE WHEN ?11 THEN '' ELSE attempt_key END"
 		" WHERE id = ?7 AND status = ?8 AND (?9 IS NULL OR hold_deadline > ?9)"
 		" AND (?10 IS NULL OR hold_deadline <= ?10) AND (?12 IS NULL OR attempt_key = ?12)"
+		" AND (?13 = 0 OR (end_at = ?14 AND next_attempt_at = ?15 AND cancel_at_period_end = ?16"
+		"      AND payment_method = ?17))"
 		" RETURNING plan_id, idem_key, quantity";
+	static const char life[] =
+		"UPDATE subscriptions SET term_unit = ?, term_count = ?, term_zone = ?, anchor_at = ?, anchor_index = ?,"
+		" period_index = ?, period_start = ?, cancel_at_period_end = ?, cancellation_reason = ?, ended_at = ?,"
+		" next_attempt_at = ?, attempts = ?, payment_method = ?, period_payment = ? WHERE id = ?";
 	static const char entry[] =
 		"UPDATE waitlist SET status = ?, updated_at = ? WHERE session_id = ? AND status = 'offered'";
 	struct seat_counts before, after;
@@ -1307,8 +1457,10 @@ static int move_one(struct sq *s, const struct transition *t, const struct actor
 	int64_t dleft, dheld, waiting = 0;
 	int n;
 
-	st = q(s, move, e, "titIItttIIit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
-	       t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt);
+	st = q(s, move, e, "titIItttIIitiiiit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
+	       t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt,
+	       (int64_t)t->life.check, t->life.end_at, t->life.next_attempt_at, (int64_t)t->life.cancel_at_period_end,
+	       t->life.payment_method ? t->life.payment_method : "");
 	if ((n = step(st, e)) <= 0) {
 		if (st)
 			sqlite3_reset(st);
@@ -1322,7 +1474,8 @@ static int move_one(struct sq *s, const struct transition *t, const struct actor
 	if (seats_move(s, plan_id, dleft, dheld, t->now, &after, &waiting, e))
 		return -1;
 	before = store_counts_before(after, dleft, dheld);
-	if ((t->entry_to && run(q(s, entry, e, "tit", t->entry_to, t->now, t->sub_id), e) < 0) ||
+	if ((t->life.set && life_put(s, life, t->sub_id, t->life.set, e)) ||
+	    (t->entry_to && run(q(s, entry, e, "tit", t->entry_to, t->now, t->sub_id), e) < 0) ||
 	    (t->payment && payment_put(s, t->payment, e)) ||
 	    events_put(s, a, t->now, plan_id, t->events, t->nevents, &before, &after, e))
 		return -1;
@@ -1370,16 +1523,35 @@ static int sq_transition(struct store *st_, const struct transition *t, const st
 	return 0;
 }
 
-static int sq_refund_made(struct store *st_, const char *payment_id, struct err *e)
+static int sq_payment_mark(struct store *st_, const char *id, const char *from, const char *to,
+			   const struct event_spec *ev, size_t nev, const struct actor *a, bool *moved, struct err *e)
 {
-	static const char sql[] = "UPDATE payments SET status = 'succeeded' WHERE id = ? AND status = 'pending'";
+	static const char sql[] = "UPDATE payments SET status = ? WHERE id = ? AND status = ?";
+	static const char plan[] = "SELECT s.plan_id FROM payments p JOIN subscriptions s ON s.id = p.subscription_id"
+				   " WHERE p.id = ?";
 	struct sq *s = SQ(st_);
-	int n;
+	sqlite3_stmt *st;
+	char plan_id[ID_LEN + 1] = "";
+	int n, rc = -1;
 
+	*moved = false;
 	if (BEGIN(s, e))
 		return -1;
-	n = run(q(s, sql, e, "t", payment_id), e);
-	return END(s, n < 0 ? -1 : 0, e);
+	if ((n = run(q(s, sql, e, "ttt", to, id, from), e)) < 0)
+		goto out;
+	rc = 0;
+	if (n == 0)
+		goto out;
+	*moved = true;
+	if ((n = step(st = q(s, plan, e, "t", id), e)) < 0) {
+		rc = -1;
+		goto out;
+	}
+	if (n == 1)
+		col_copy(st, 0, plan_id, sizeof(plan_id));
+	rc = events_put(s, a, now_ms(), plan_id, ev, nev, NULL, NULL, e);
+out:
+	return END(s, rc, e);
 }
 
 static int sq_attempt_take(struct store *st_, const char *sub_id, const char *expect, const char *key, int64_t now,
@@ -1568,7 +1740,7 @@ static int sq_waitlist_join(struct store *st_, const struct join_req *r, const s
 		"SELECT status, waitlist_enabled, max_per_order, subscriptions_left FROM plans WHERE id = ?";
 	static const char owned[] =
 		"SELECT (SELECT coalesce(sum(quantity), 0) FROM subscriptions WHERE customer_id = ?1 AND plan_id = ?2"
-		"  AND status IN ('pending', 'active')) + (SELECT coalesce(sum(quantity), 0) FROM waitlist"
+		"  AND status IN ('pending', 'active', 'past_due')) + (SELECT coalesce(sum(quantity), 0) FROM waitlist"
 		"  WHERE customer_id = ?1 AND plan_id = ?2 AND status = 'waiting')";
 	static const char live[] =
 		"SELECT 1 FROM waitlist WHERE plan_id = ? AND customer_id = ? AND status IN ('waiting', 'offered')";
@@ -1851,6 +2023,82 @@ static int read_delivery_list(struct store *st_, const char *endpoint_id, const 
 	return page_rows(st, sizeof(**out), pg->limit, delivery_row, (void **)out, n, nothing_v, e);
 }
 
+/* --- the outbox ---------------------------------------------------------------------------- */
+
+#define MAIL_COLS                                                                                    \
+	"m.id, m.kind, m.customer_id, m.event_id, m.data, m.secret, m.status, m.attempts,"          \
+	" m.next_attempt_at, m.last_error, m.created_at, m.updated_at"
+
+static void mail_row(sqlite3_stmt *st, void *item)
+{
+	struct mail *m = item;
+
+	memset(m, 0, sizeof(*m));
+	col_copy(st, 0, m->id, sizeof(m->id));
+	col_copy(st, 1, m->kind, sizeof(m->kind));
+	col_copy(st, 2, m->customer_id, sizeof(m->customer_id));
+	col_copy(st, 3, m->event_id, sizeof(m->event_id));
+	m->data = col_str(st, 4);
+	m->secret = sqlite3_column_type(st, 5) == SQLITE_NULL ? NULL : col_str(st, 5);
+	col_copy(st, 6, m->status, sizeof(m->status));
+	m->attempts = sqlite3_column_int(st, 7);
+	m->next_attempt_at = sqlite3_column_int64(st, 8);
+	col_copy(st, 9, m->last_error, sizeof(m->last_error));
+	m->created_at = sqlite3_column_int64(st, 10);
+	m->updated_at = sqlite3_column_int64(st, 11);
+}
+
+static void mail_clear_v(void *item)
+{
+	mail_clear(item);
+}
+
+static int read_mail_due(struct store *st_, int64_t now, int limit, struct mail **out, size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " MAIL_COLS " FROM mail m WHERE m.status = 'queued' AND m.next_attempt_at <= ?"
+		" ORDER BY m.next_attempt_at, m.id LIMIT ?";
+
+	return page_rows(q(SQ(st_), sql, e, "ii", now, (int64_t)limit), sizeof(**out), limit, mail_row,
+			 (void **)out, n, mail_clear_v, e);
+}
+
+static int read_mail_list(struct store *st_, const char *status, const struct seq_page *pg, struct mail **out,
+			  size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " MAIL_COLS " FROM mail m WHERE (?1 IS NULL OR m.status = ?1)"
+		" AND (?2 = 0 OR m.created_at < ?2 OR (m.created_at = ?2 AND m.id < ?3))"
+		" ORDER BY m.created_at DESC, m.id DESC LIMIT ?4";
+
+	return page_rows(q(SQ(st_), sql, e, "titi", status, pg->before_seq, pg->before_id, (int64_t)pg->limit),
+			 sizeof(**out), pg->limit, mail_row, (void **)out, n, mail_clear_v, e);
+}
+
+static int sq_mail_mark(struct store *st_, const struct mail *m, int attempts, const struct event_spec *ev,
+			size_t nev, const struct actor *a, bool *moved, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE mail SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5"
+		" WHERE id = ?6 AND status = 'queued' AND attempts = ?7";
+	struct sq *s = SQ(st_);
+	int64_t now = now_ms();
+	int n, rc = -1;
+
+	*moved = false;
+	if (BEGIN(s, e))
+		return -1;
+	if ((n = run(q(s, sql, e, "tiititi", m->status, (int64_t)m->attempts, m->next_attempt_at, m->last_error,
+			 now, m->id, (int64_t)attempts), e)) < 0)
+		goto out;
+	*moved = n > 0;
+	rc = n > 0 ? events_put(s, a, now, NULL, ev, nev, NULL, NULL, e) : 0;
+out:
+	if (rc)
+		*moved = false;
+	return END(s, rc, e);
+}
+
 /* --- the reaper's facts ------------------------------------------------------------------- */
 
 static int sq_lease_take(struct store *st_, const char *name, const char *holder, int64_t now,
@@ -1884,6 +2132,21 @@ static int read_holds_overdue(struct store *st_, int64_t now, int limit, struct 
 	return page_rows(st, sizeof(**out), limit, sub_row, (void **)out, n, sub_clear_v, e);
 }
 
+static int read_subs_due(struct store *st_, int64_t now, int limit, struct subscription **out, size_t *n,
+			 struct err *e)
+{
+	/* each branch by its own index, at most limit rows each, then merged by when it is due */
+	static const char sql[] =
+		"SELECT * FROM (SELECT " SUB_COLS ", s.end_at AS due FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
+		" WHERE s.status = 'active' AND s.end_at <= ?1 ORDER BY s.end_at LIMIT ?2)"
+		" UNION ALL SELECT * FROM (SELECT " SUB_COLS ", s.next_attempt_at AS due FROM subscriptions s"
+		" JOIN plans p ON p.id = s.plan_id WHERE s.status = 'past_due' AND s.next_attempt_at <= ?1"
+		" ORDER BY s.next_attempt_at LIMIT ?2) ORDER BY due LIMIT ?2";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "ii", now, (int64_t)limit);
+
+	return page_rows(st, sizeof(**out), limit, sub_row, (void **)out, n, sub_clear_v, e);
+}
+
 static void payment_row(sqlite3_stmt *st, void *item)
 {
 	payment_read(st, 0, item);
@@ -1894,11 +2157,27 @@ static void no_clear(void *item)
 	(void)item;
 }
 
-static int read_refunds_pending(struct store *st_, int limit, struct payment **out, size_t *n, struct err *e)
+static int read_payments_in(struct store *st_, const char *status, int limit, struct payment **out, size_t *n,
+			    struct err *e)
 {
-	static const char sql[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'pending'"
-				  " ORDER BY created_at LIMIT ?";
-	sqlite3_stmt *st = q(SQ(st_), sql, e, "i", (int64_t)limit);
+	/* each status its own statement, so that its partial index serves it */
+	static const char pending[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'pending'"
+				      " ORDER BY created_at LIMIT ?";
+	static const char authorized[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'authorized'"
+					 " ORDER BY created_at LIMIT ?";
+	static const char late[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'late'"
+				   " ORDER BY created_at LIMIT ?";
+	static const char open[] = "SELECT " PAY_COLS " FROM payments WHERE status = 'open'"
+				   " ORDER BY created_at LIMIT ?";
+	const char *sql = !strcmp(status, "pending") ? pending : !strcmp(status, "authorized") ? authorized :
+			  !strcmp(status, "late") ? late : !strcmp(status, "open") ? open : NULL;
+	sqlite3_stmt *st;
+
+	if (!sql) {
+		err_set(e, ERR_INTERNAL, NULL, "no payments are kept in status %s", status);
+		return -1;
+	}
+	st = q(SQ(st_), sql, e, "i", (int64_t)limit);
 
 	return page_rows(st, sizeof(**out), limit, payment_row, (void **)out, n, no_clear, e);
 }
@@ -1931,79 +2210,6 @@ static int sq_keys_purge(struct store *st_, int64_t before, int *n, struct err *
 	return END(s, *n < 0 ? -1 : 0, e);
 }
 
-/* --- the simulated processor's records ---------------------------------------------------- */
-
-static int proc_read(struct sq *s, const char *key, struct processor_rec *out, struct err *e)
-{
-	static const char sql[] =
-		"SELECT state, charge_id, refund_id, decline_code, amount_cents FROM processor WHERE key = ?";
-	sqlite3_stmt *st = qp(s, sql, e, "t", key);
-	int r = step(st, e);
-
-	memset(out, 0, sizeof(*out));
-	if (r == 1) {
-		out->state = (enum processor_state)sqlite3_column_int(st, 0);
-		col_copy(st, 1, out->charge_id, sizeof(out->charge_id));
-		col_copy(st, 2, out->refund_id, sizeof(out->refund_id));
-		col_copy(st, 3, out->decline_code, sizeof(out->decline_code));
-		out->amount_cents = sqlite3_column_int64(st, 4);
-	}
-	if (st)
-		sqlite3_reset(st);
-	return r;
-}
-
-static int sq_processor_charge(struct store *st_, const char *key, const struct processor_rec *want,
-			       struct processor_rec *out, struct err *e)
-{
-	static const char ins[] =
-		"INSERT INTO processor (key, state, charge_id, refund_id, decline_code, amount_cents, created_at)"
-		" VALUES (?, ?, ?, ?, ?, ?, ?)";
-	struct sq *s = SQ(st_);
-	int r, rc = -1;
-
-	if (tx_begin(s->proc, s->proc_gate, &s->proc_busy, e))
-		return -1;
-	if ((r = proc_read(s, key, out, e)) < 0)
-		goto out;
-	if (r == 0) {
-		*out = *want;
-		if (run(qp(s, ins, e, "titttii", key, (int64_t)want->state, want->charge_id, want->refund_id,
-			   want->decline_code, want->amount_cents, now_ms()), e) < 0)
-			goto out;
-	}
-	rc = 0;
-out:
-	return tx_end(s->proc, s->proc_gate, s->proc_wal_fd, &s->proc_cache, rc, e);
-}
-
-static int sq_processor_void(struct store *st_, const char *key, const char *refund_id,
-			     struct processor_rec *out, struct err *e)
-{
-	static const char ins[] = "INSERT INTO processor (key, state, created_at) VALUES (?, ?, ?)";
-	static const char refund[] = "UPDATE processor SET state = ?, refund_id = ? WHERE key = ?";
-	struct sq *s = SQ(st_);
-	int r, rc = -1;
-
-	if (tx_begin(s->proc, s->proc_gate, &s->proc_busy, e))
-		return -1;
-	if ((r = proc_read(s, key, out, e)) < 0)
-		goto out;
-	if (r == 0) {
-		out->state = PROC_VOID;
-		if (run(qp(s, ins, e, "tii", key, (int64_t)PROC_VOID, now_ms()), e) < 0)
-			goto out;
-	} else if (out->state == PROC_CHARGED) {
-		out->state = PROC_REFUNDED;
-		snprintf(out->refund_id, sizeof(out->refund_id), "%s", refund_id);
-		if (run(qp(s, refund, e, "itt", (int64_t)PROC_REFUNDED, refund_id, key), e) < 0)
-			goto out;
-	}
-	rc = 0;
-out:
-	return tx_end(s->proc, s->proc_gate, s->proc_wal_fd, &s->proc_cache, rc, e);
-}
-
 /* --- the snapshot for check ----------------------------------------------------------------- */
 
 static int read_snapshot(struct store *st_, const struct snapshot_visitor *v, struct err *e)
@@ -2021,6 +2227,9 @@ static int read_snapshot(struct store *st_, const struct snapshot_visitor *v, st
 		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id ORDER BY s.idem_key";
 	static const char pays[] = "SELECT " PAY_COLS " FROM payments ORDER BY idem_key, kind";
 	static const char entries[] = "SELECT " ENTRY_COLS " FROM waitlist w ORDER BY w.plan_id, w.seq";
+	static const char mails[] =
+		"SELECT " MAIL_COLS ", coalesce(a.action, '') FROM mail m LEFT JOIN audit_events a ON a.id = m.event_id"
+		" ORDER BY m.id";
 	struct sq *s = SQ(st_);
 	sqlite3_stmt *st;
 	int r, rc = -1;
@@ -2032,8 +2241,9 @@ static int read_snapshot(struct store *st_, const struct snapshot_visitor *v, st
 	while ((r = step(st, e)) == 1) {
 		struct plan p;
 		/* the tallies follow PLAN_COLS (16 columns) */
-		struct plan_tally t = {&p, sqlite3_column_int64(st, 16), sqlite3_column_int64(st, 17),
-				       sqlite3_column_type(st, 18) != SQLITE_NULL, sqlite3_column_int64(st, 18)};
+		struct plan_tally t = {&p, sqlite3_column_int64(st, PLAN_NCOLS), sqlite3_column_int64(st, PLAN_NCOLS + 1),
+				       sqlite3_column_type(st, PLAN_NCOLS + 2) != SQLITE_NULL,
+				       sqlite3_column_int64(st, PLAN_NCOLS + 2)};
 		plan_read(st, &p);
 		r = v->plan(v->arg, &t);
 		plan_clear(&p);
@@ -2069,6 +2279,18 @@ static int read_snapshot(struct store *st_, const struct snapshot_visitor *v, st
 		if (v->entry && v->entry(v->arg, &w))
 			goto out;
 	}
+	if (r < 0)
+		goto out;
+	st = q(s, mails, e, "");
+	while ((r = step(st, e)) == 1) {
+		struct mail m;
+		mail_row(st, &m);
+		col_copy(st, 12, m.event_action, sizeof(m.event_action));
+		r = v->mail ? v->mail(v->arg, &m) : 0;
+		mail_clear(&m);
+		if (r)
+			goto out;
+	}
 	rc = r < 0 ? -1 : 0;
 out:
 	cache_reset(&s->cache);
@@ -2096,11 +2318,10 @@ static int sq_reset(struct store *st_, struct err *e)
 			      "BEGIN IMMEDIATE; DELETE FROM audit_events; DELETE FROM payments;"
 			      " DELETE FROM idempotency_keys; DELETE FROM subscriptions; DELETE FROM customers;"
 			      " DELETE FROM plans; DELETE FROM leases; DELETE FROM webhook_deliveries; DELETE FROM waitlist;"
+			      " DELETE FROM mail;"
 			      " DELETE FROM webhook_endpoints; COMMIT;",
 			      NULL, NULL, NULL);
 
-	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(s->proc, "DELETE FROM processor", NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		db_error(s->db, rc, e);
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
@@ -2168,21 +2389,13 @@ static void sq_close(struct store *st_)
 	struct sq *s = SQ(st_);
 
 	cache_free(&s->cache);
-	cache_free(&s->proc_cache);
 	sqlite3_close(s->db);
-	sqlite3_close(s->proc);
 	if (s->gate)
 		munmap(s->gate, sizeof(*s->gate));
-	if (s->proc_gate)
-		munmap(s->proc_gate, sizeof(*s->proc_gate));
 	if (s->gate_fd >= 0)
 		close(s->gate_fd);
-	if (s->proc_gate_fd >= 0)
-		close(s->proc_gate_fd);
 	if (s->wal_fd >= 0)
 		close(s->wal_fd);
-	if (s->proc_wal_fd >= 0)
-		close(s->proc_wal_fd);
 	free(s);
 }
 
@@ -2239,10 +2452,15 @@ DURABLE_READ(customer_get, (struct store *st_, const char *id, struct customer *
 	     (st_, id, out, found, e), customer_clear(out))
 DURABLE_READ(key_get, (struct store *st_, const char *key, struct key_record *out, bool *found, struct err *e),
 	     (st_, key, out, found, e), key_record_clear(out))
+DURABLE_READ(payment_totals, (struct store *st_, struct payment_total **out, size_t *n, struct err *e), (st_, out, n, e),
+	     FREE_ALL(out, n))
+DURABLE_READ(sub_totals, (struct store *st_, struct sub_total **out, size_t *n, struct err *e), (st_, out, n, e),
+	     FREE_ALL(out, n))
 DURABLE_READ(held_by_kind, (struct store *st_, const char *plan_id, int64_t *paying, int64_t *sessions, struct err *e),
 	     (st_, plan_id, paying, sessions, e), (void)0)
-DURABLE_READ(refunds_pending, (struct store *st_, int limit, struct payment **out, size_t *n, struct err *e),
-	     (st_, limit, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(payments_in, (struct store *st_, const char *status, int limit, struct payment **out, size_t *n,
+			       struct err *e),
+	     (st_, status, limit, out, n, e), FREE_ALL(out, n))
 DURABLE_READ(sub_get, (struct store *st_, const char *id, struct subscription *out, bool *found, struct err *e),
 	     (st_, id, out, found, e), subscription_clear(out))
 DURABLE_READ(sub_list, (struct store *st_, const char *customer_id, const char *status, const struct seq_page *pg,
@@ -2264,11 +2482,19 @@ DURABLE_READ(webhook_list, (struct store *st_, struct webhook **out, size_t *n, 
 DURABLE_READ(delivery_list, (struct store *st_, const char *endpoint_id, const struct seq_page *pg,
 			   struct delivery **out, size_t *n, struct err *e),
 	     (st_, endpoint_id, pg, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(subs_due, (struct store *st_, int64_t now, int limit, struct subscription **out, size_t *n,
+		       struct err *e),
+	     (st_, now, limit, out, n, e), FREE_EACH(out, n, subscription_clear))
 DURABLE_READ(holds_overdue, (struct store *st_, int64_t now, int limit, struct subscription **out, size_t *n,
 			   struct err *e),
 	     (st_, now, limit, out, n, e), FREE_EACH(out, n, subscription_clear))
 DURABLE_READ(charges_unrefunded, (struct store *st_, int limit, struct payment **out, size_t *n, struct err *e),
 	     (st_, limit, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(mail_due, (struct store *st_, int64_t now, int limit, struct mail **out, size_t *n, struct err *e),
+	     (st_, now, limit, out, n, e), FREE_EACH(out, n, mail_clear))
+DURABLE_READ(mail_list, (struct store *st_, const char *status, const struct seq_page *pg, struct mail **out,
+			 size_t *n, struct err *e),
+	     (st_, status, pg, out, n, e), FREE_EACH(out, n, mail_clear))
 DURABLE_READ(snapshot, (struct store *st_, const struct snapshot_visitor *v, struct err *e),
 	     (st_, v, e), (void)0)
 
@@ -2289,9 +2515,12 @@ static const struct store_ops sqlite_ops = {
 	.key_get = sq_key_get,
 	.hold = sq_hold,
 	.transition = sq_transition,
-	.refunds_pending = sq_refunds_pending,
-	.refund_made = sq_refund_made,
+	.payments_in = sq_payments_in,
+	.subs_due = sq_subs_due,
+	.payment_mark = sq_payment_mark,
 	.held_by_kind = sq_held_by_kind,
+	.payment_totals = sq_payment_totals,
+	.sub_totals = sq_sub_totals,
 	.attempt_take = sq_attempt_take,
 	.payment_record = sq_payment_record,
 	.sub_get = sq_sub_get,
@@ -2311,8 +2540,9 @@ static const struct store_ops sqlite_ops = {
 	.holds_overdue = sq_holds_overdue,
 	.charges_unrefunded = sq_charges_unrefunded,
 	.keys_purge = sq_keys_purge,
-	.processor_charge = sq_processor_charge,
-	.processor_void = sq_processor_void,
+	.mail_due = sq_mail_due,
+	.mail_mark = sq_mail_mark,
+	.mail_list = sq_mail_list,
 	.snapshot = sq_snapshot,
 	.backup = sq_backup,
 };
@@ -2371,7 +2601,7 @@ static int schema(struct sq *s, struct err *e)
 
 	/* Up to date: a read, so a store write-locked from outside can still be opened for reads. */
 	if (user_version(s->db) == SCHEMA_VERSION)
-		goto processor;
+		return 0;
 	rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
 	if (rc == SQLITE_OK && sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW)
@@ -2393,8 +2623,14 @@ static int schema(struct sq *s, struct err *e)
 			rc = sqlite3_exec(s->db, MIGRATE_2_3, NULL, NULL, NULL);
 		if (rc == SQLITE_OK && (legacy || version == 2 || version == 3))
 			rc = sqlite3_exec(s->db, WEBHOOK_TABLES, NULL, NULL, NULL);
-		if (rc == SQLITE_OK)
+		if (rc == SQLITE_OK && version <= 4)
 			rc = sqlite3_exec(s->db, MIGRATE_4_5, NULL, NULL, NULL);
+		if (rc == SQLITE_OK && version <= 5)
+			rc = sqlite3_exec(s->db, MIGRATE_5_6, NULL, NULL, NULL);
+		if (rc == SQLITE_OK && version <= 6)
+			rc = sqlite3_exec(s->db, MIGRATE_6_7, NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(s->db, MIGRATE_7_8, NULL, NULL, NULL);
 		if (rc == SQLITE_OK)
 			rc = sqlite3_exec(s->db, "PRAGMA user_version = " STR(SCHEMA_VERSION), NULL, NULL, NULL);
 	}
@@ -2405,9 +2641,7 @@ static int schema(struct sq *s, struct err *e)
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 		return -1;
 	}
-processor:
-	rc = sqlite3_exec(s->proc, PROC_SCHEMA, NULL, NULL, NULL);
-	return rc == SQLITE_OK ? 0 : db_error(s->proc, rc, e);
+	return 0;
 }
 
 /* Sets a connection up for group commit: its gate, the WAL file to sync, and commits that
@@ -2436,27 +2670,18 @@ struct store *store_sqlite_open(const char *url, struct err *e)
 {
 	const char *path = url + strlen("sqlite://");
 	struct sq *s = xcalloc(1, sizeof(*s));
-	size_t len = strlen(path);
-	char *proc_path = NULL;
 
 	s->base.ops = &sqlite_ops;
-	s->wal_fd = s->proc_wal_fd = s->gate_fd = s->proc_gate_fd = -1;
+	s->wal_fd = s->gate_fd = -1;
 	if (!*path) {
 		err_set(e, ERR_UNAVAILABLE, NULL, "NUMATIX_DB sqlite:// names no file");
 		goto fail;
 	}
-	/* numatix.db -> numatix.processor.db */
-	proc_path = len > 3 && !strcmp(path + len - 3, ".db") ? xasprintf("%.*s.processor.db", (int)(len - 3), path)
-							      : xasprintf("%s.processor", path);
-	if (db_open(path, &s->db, &s->busy, e) || db_open(proc_path, &s->proc, &s->proc_busy, e) || schema(s, e))
+	if (db_open(path, &s->db, &s->busy, e) || schema(s, e) ||
+	    group_commit(s->db, path, &s->gate, &s->gate_fd, &s->wal_fd, e))
 		goto fail;
-	if (group_commit(s->db, path, &s->gate, &s->gate_fd, &s->wal_fd, e) ||
-	    group_commit(s->proc, proc_path, &s->proc_gate, &s->proc_gate_fd, &s->proc_wal_fd, e))
-		goto fail;
-	free(proc_path);
 	return &s->base;
 fail:
-	free(proc_path);
 	sq_close(&s->base);
 	return NULL;
 }

@@ -36,12 +36,17 @@ static struct json_object *occupancy(const struct plan *p)
 struct json_object *view_plan(const struct plan *p)
 {
 	struct json_object *o = json_object_new_object();
+	int64_t days = term_days(p->interval, p->interval_count);
 
 	ADD(o, "id", STR(p->id));
 	ADD(o, "name", STR(p->name));
 	ADD(o, "description", STR(p->description));
 	ADD(o, "price_cents", INT(p->price_cents));
-	ADD(o, "duration_days", INT(p->duration_days));
+	ADD(o, "duration_days", days ? INT(days) : NULL);
+	ADD(o, "interval", STR(period_unit_name(p->interval)));
+	ADD(o, "interval_count", INT(p->interval_count));
+	ADD(o, "renewal", STR(p->renews ? "auto" : "none"));
+	ADD(o, "timezone", STR(p->timezone));
 	ADD(o, "total_capacity", INT(p->total_capacity));
 	ADD(o, "subscriptions_left", INT(p->subscriptions_left));
 	ADD(o, "subscriptions_held", INT(p->subscriptions_held));
@@ -89,6 +94,26 @@ struct json_object *view_customer(const struct customer *c)
 	return o;
 }
 
+/* A subscription's life (API.md, *A subscription's life*): its period, whether it renews, its
+ * end, and the card its renewals are charged to. */
+static void subscription_life(struct json_object *o, const struct subscription *s)
+{
+	const struct sub_life *l = &s->life;
+	bool live = !strcmp(s->status, "active") || !strcmp(s->status, "past_due");
+
+	ADD(o, "interval", STR(period_unit_name(l->term_unit)));
+	ADD(o, "intervalCount", INT(l->term_count));
+	ADD(o, "currentPeriodStart", view_time(l->period_start ? l->period_start : s->start_at));
+	ADD(o, "currentPeriodEnd", view_time(s->end_at));
+	ADD(o, "periodIndex", INT(l->period_index));
+	ADD(o, "renews", json_object_new_boolean(live && s->plan_renews && !l->cancel_at_period_end));
+	ADD(o, "cancelAtPeriodEnd", json_object_new_boolean(l->cancel_at_period_end));
+	ADD(o, "cancellationReason", *l->cancellation_reason ? STR(l->cancellation_reason) : NULL);
+	ADD(o, "endedAt", view_time(l->ended_at));
+	ADD(o, "nextPaymentAttemptAt", !strcmp(s->status, "past_due") ? view_time(l->next_attempt_at) : NULL);
+	ADD(o, "paymentMethodId", *l->payment_method ? STR(l->payment_method) : NULL);
+}
+
 static struct json_object *subscription_common(const struct subscription *s)
 {
 	struct json_object *o = json_object_new_object();
@@ -103,6 +128,7 @@ static struct json_object *subscription_common(const struct subscription *s)
 	ADD(o, "quantity", INT(s->quantity));
 	ADD(o, "amount_cents", INT(s->amount_cents));
 	ADD(o, "paymentId", *s->payment_id ? STR(s->payment_id) : NULL);
+	subscription_life(o, s);
 	if (*s->previous_id)
 		ADD(o, "previousSubscriptionId", STR(s->previous_id));
 	return o;
@@ -232,6 +258,23 @@ struct json_object *view_delivery(const struct delivery *d)
 	ADD(o, "lastError", *d->last_error ? STR(d->last_error) : NULL);
 	ADD(o, "state", STR(d->state));
 	ADD(o, "nextAttemptAt", !strcmp(d->state, "pending") ? view_time(d->next_attempt_at) : NULL);
+	return o;
+}
+
+struct json_object *view_mail(const struct mail *m)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "id", STR(m->id));
+	ADD(o, "kind", STR(m->kind));
+	ADD(o, "customerId", STR(m->customer_id));
+	ADD(o, "eventId", STR(m->event_id));
+	ADD(o, "status", STR(m->status));
+	ADD(o, "attempts", INT(m->attempts));
+	ADD(o, "lastError", *m->last_error ? STR(m->last_error) : NULL);
+	ADD(o, "nextAttemptAt", !strcmp(m->status, "queued") ? view_time(m->next_attempt_at) : NULL);
+	ADD(o, "createdAt", view_time(m->created_at));
+	ADD(o, "updatedAt", view_time(m->updated_at));
 	return o;
 }
 

@@ -25,6 +25,8 @@ struct json_object *view_feed_event(const struct audit_event *a);
 /* A webhook endpoint; its secret only when with_secret (the answer to its creation). */
 struct json_object *view_webhook(const struct webhook *w, bool with_secret);
 struct json_object *view_delivery(const struct delivery *d);
+/* A mail of the outbox as the admin sees it: no data but its kind and whom it goes to. */
+struct json_object *view_mail(const struct mail *m);
 /* A waiting-list entry; its access token when given (the answer to joining), its offer's
  * client secret only when with_secret (the admin, or the entry's own token). */
 /* access_token: the entry's, shown once at its join; client_secret: its offer's (opened, see

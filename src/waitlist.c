@@ -74,7 +74,7 @@ int waitlist_join(struct ledger *lg, const struct actor *a, const struct join_sp
 		c.name = xstrdup(js->name);
 		c.created_at = now;
 	}
-	const struct event_spec ev[] = {{"waitlist.joined", "waitlist_entry", w.id, EV_BEFORE_AFTER, NULL}};
+	const struct event_spec ev[] = {{"waitlist.joined", "waitlist_entry", w.id, EV_BEFORE_AFTER, NULL, NULL}};
 	struct join_req r = {&w, js->customer_id, js->customer_id ? NULL : &c, ev, 1};
 	if (lg->store->ops->waitlist_join(lg->store, &r, a, &o, e) == 0) {
 		if (o.result == JOIN_DONE) {
@@ -101,7 +101,7 @@ int waitlist_get(struct ledger *lg, const char *id, struct waitlist_entry *out, 
 
 int waitlist_leave(struct ledger *lg, const struct actor *a, const char *id, struct waitlist_entry *out, struct err *e)
 {
-	const struct event_spec ev[] = {{"waitlist.left", "waitlist_entry", id, EV_BEFORE_AFTER, NULL}};
+	const struct event_spec ev[] = {{"waitlist.left", "waitlist_entry", id, EV_BEFORE_AFTER, NULL, NULL}};
 	struct subscription session;
 	bool moved = false, found = false;
 

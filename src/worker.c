@@ -3,6 +3,7 @@
  * their payments run; and the single request of CGI. */
 #include "worker.h"
 
+
 #include <fcgiapp.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -18,6 +19,7 @@
 #include "config.h"
 #include "log.h"
 #include "replica.h"
+#include "router.h"
 #include "store.h"
 #include "util.h"
 
@@ -85,7 +87,7 @@ static void serve(struct store **s, struct replica *replica, const struct config
 
 	request_init(&rq, envp);
 	rq.cfg = cfg;
-	read_body(&rq, io, cfg->max_body);
+	read_body(&rq, io, (int)router_body_limit(rq.method, rq.path, cfg->max_body));
 	if (store_get(s, cfg, rq.trace_id)) {
 		app_ledger_init(&lg, *s, cfg);
 		lg.replica = replica;

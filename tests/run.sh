@@ -84,13 +84,23 @@ tally() {
 		failed=$((failed + 1))
 	fi
 }
-SUITES=${NUMATIX_SUITES:-"test_api test_money test_durability test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway test_metrics test_operations test_openapi prism test_replica test_install test_cgi test_mongo_wire test_mongo_live"}
+SUITES=${NUMATIX_SUITES:-"test_api test_money test_life test_mail test_periods test_payments test_stripe test_durability test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway test_metrics test_operations test_openapi prism test_replica test_install test_cgi test_mongo_wire test_mongo_live"}
 # the shared black-box suites once more, against PostgreSQL ("pg:" marks the store)
-PG_SUITES=${NUMATIX_PG_SUITES-"test_api test_money test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost"}
+PG_SUITES=${NUMATIX_PG_SUITES-"test_api test_money test_life test_mail test_payments test_stripe test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost"}
 [ -n "${NUMATIX_TEST_PG:-}" ] && for s in $PG_SUITES; do SUITES="$SUITES pg:$s"; done
+# the API, payment, hostile-input, concurrency and recovery suites with NUMATIX_PROCESSOR=stripe,
+# against the Stripe test server (tests/stripe), on SQLite and on PostgreSQL
+STRIPE_SUITES=${NUMATIX_STRIPE_SUITES-"test_api test_payments test_hostile test_concurrency test_recovery"}
+for s in $STRIPE_SUITES; do
+	SUITES="$SUITES stripe:$s"
+	[ -n "${NUMATIX_TEST_PG:-}" ] && SUITES="$SUITES stripe-pg:$s"
+done
 for s in $SUITES; do
 	case $s in
 	pg:*) NUMATIX_TEST_STORE=postgresql $PY tests/api/runner.py "${s#pg:}" 2>&1 | tee "$out" ;;
+	stripe:*) NUMATIX_TEST_PROCESSOR=stripe $PY tests/api/runner.py "${s#stripe:}" 2>&1 | tee "$out" ;;
+	stripe-pg:*) NUMATIX_TEST_PROCESSOR=stripe NUMATIX_TEST_STORE=postgresql $PY tests/api/runner.py "${s#stripe-pg:}" 2>&1 |
+		tee "$out" ;;
 	# the API, hostile-input and concurrency suites once more, through Prism's validation
 	# proxy: every disagreement with www/openapi.yaml, either way, is a failure (prism.py)
 	prism) NUMATIX_TEST_PRISM=1 $PY tests/api/runner.py test_api test_hostile test_concurrency 2>&1 | tee "$out" ;;

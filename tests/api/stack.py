@@ -5,6 +5,7 @@ a client speaks HTTP to nginx exactly as curl or a browser would.
 Each test module starts one stack (setUpModule) and stops it (tearDownModule). The stack's
 logs are printed when a test of the module fails (see runner.py)."""
 
+import atexit
 import collections
 import http.client
 import json
@@ -17,6 +18,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,7 +85,75 @@ class Response:
         return "<%d %s>" % (self.status, self.raw[:300])
 
 
-SERVICES = ("numatix-reaper", "numatix-sender")
+SERVICES = ("numatix-reaper", "numatix-sender", "numatix-renewer", "numatix-mailer")
+
+class StripeServer:
+    """The Stripe-speaking test server (tests/stripe/server.mjs over stripe-stateful-mock), on a
+    loopback port of its own; one per test process, started on first use."""
+
+    shared = None
+
+    def __init__(self):
+        self.port = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="numatix-stripe-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(["node", os.path.join(ROOT, "tests", "stripe", "server.mjs"), str(self.port)],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log)
+        line = self.proc.stdout.readline()
+        if b"stripe test server on" not in line:
+            raise RuntimeError("the Stripe test server did not start: " + open(self.log.name).read())
+        self.base = "http://127.0.0.1:%d" % self.port
+        # stopped with the test process that started it
+        atexit.register(self.stop)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if StripeServer.shared is self:
+            StripeServer.shared = None
+
+    @classmethod
+    def get(cls):
+        if not cls.shared:
+            cls.shared = StripeServer()
+        return cls.shared
+
+    def control(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def fault(self, match, **f):
+        """Queues a fault for the next request that matches ("POST /v1/payment_intents")."""
+        return self.control("POST", "/__control/faults", dict(f, match=match))
+
+    def state(self):
+        return self.control("GET", "/__control/state")
+
+    def env(self, port, latency_ms=0):
+        """A stack's settings: a secret key of its own, whose authorizations take latency_ms (as
+        NUMATIX_PAYMENT_LATENCY_MS makes the simulated processor's), and whose events go to the
+        stack's webhook route on port, signed with a webhook secret of its own."""
+        key, secret = "sk_test_" + uuid.uuid4().hex, "whsec_" + uuid.uuid4().hex
+        self.control("POST", "/__control/latency", {"key": key, "ms": int(latency_ms or 0)})
+        self.control("POST", "/__control/webhook", {"key": key, "secret": secret,
+                                                    "url": "http://127.0.0.1:%d/api/stripe/webhook" % port})
+        return {"NUMATIX_PROCESSOR": "stripe", "NUMATIX_STRIPE_SECRET_KEY": key, "NUMATIX_STRIPE_API_BASE": self.base,
+                "NUMATIX_STRIPE_WEBHOOK_SECRET": secret}
+
+
+def processor_env(port, latency_ms=0):
+    """The processor a test stack uses: the simulated one; with NUMATIX_TEST_PROCESSOR=stripe,
+    Stripe's API as the test server speaks it."""
+    if os.environ.get("NUMATIX_TEST_PROCESSOR") == "stripe":
+        return StripeServer.get().env(port, latency_ms)
+    return {}
 
 
 class Stack:
@@ -100,11 +170,18 @@ class Stack:
             "NUMATIX_VAR": self.dir,
             "NUMATIX_ADMIN_TOKEN": ADMIN,
             "NUMATIX_DB": store_url or globals()["store_url"](self.dir),
+            # the simulated processor's records: its own file, as the remote service it plays
+            "NUMATIX_SIM_DB": os.path.join(self.dir, "sim.processor.db"),
             "NUMATIX_WORKERS": "4",
             # every test client is 127.0.0.1: the per-client limits would throttle the load tests
             "NUMATIX_RATE_LIMIT": "off",
         })
         self.env.update({k: str(v) for k, v in env.items()})
+        if self.env.get("NUMATIX_PROCESSOR") == "stripe" and "NUMATIX_STRIPE_SECRET_KEY" not in env:
+            # a Stripe stack asked for by name: the test server's settings for it
+            self.env.update(StripeServer.get().env(self.port, self.env.get("NUMATIX_PAYMENT_LATENCY_MS")))
+        else:
+            self.env.update(processor_env(self.port, self.env.get("NUMATIX_PAYMENT_LATENCY_MS")))
         self.log_path = os.path.join(self.dir, "stack.log")
         self.proc = None
 
@@ -165,7 +242,40 @@ class Stack:
     # --- the service's own commands, on this stack's store ---------------------------------
 
     def command(self, *args):
-        return subprocess.run([BIN] + list(args), env=self.env, capture_output=True, text=True, timeout=120)
+        return self.command_env(self.env, *args)
+
+    @staticmethod
+    def command_env(env, *args):
+        # under the test's clock when the stack runs under one (tests/faketime.sh)
+        return subprocess.run([env.get("NUMATIX_BIN") or BIN] + list(args), env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    def reap(self):
+        """Runs one reaper pass (`numatix reap`), as cron would."""
+        r = self.command("reap")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def renew(self):
+        """Runs one renewer pass (`numatix renew`), as cron would: again while the server's own
+        renewer holds the lease, until a pass of this one ran. Returns what it reported."""
+        def once():
+            r = self.command("renew")
+            assert r.returncode == 0, r.stdout + r.stderr
+            return None if "another renewer is running" in r.stdout else r.stdout
+        return until(once, what="a renewer pass of its own")
+
+    def audit(self, action, plan_id=None, trace=None):
+        """Every audit event of an action (of a plan, of a trace), newest first, page after page."""
+        out, cursor = [], None
+        while True:
+            q = "/api/audit-logs?limit=200&action=" + action
+            q += "&planId=" + plan_id if plan_id else ""
+            q += "&traceId=" + trace if trace else ""
+            r = self.admin("GET", q + ("&cursor=" + cursor if cursor else "")).json
+            out += r["logs"]
+            cursor = r["nextCursor"]
+            if not cursor:
+                return out
 
     def check(self):
         """Runs `numatix check`; returns (passed, output)."""
@@ -368,6 +478,22 @@ class Clock:
 
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def answered(send, timeout=60):
+    """send() again while it is told 409 REQUEST_IN_PROGRESS (its key's lease runs), as a client
+    retrying with its key does; the first other answer."""
+    return until(lambda: (lambda r: None if (r.json or {}).get("code") == "REQUEST_IN_PROGRESS" else r)(send()),
+                 timeout=timeout, what="an answer other than REQUEST_IN_PROGRESS")
+
+
+def exited(pid):
+    """True once process pid has exited: gone from /proc, or a zombie its parent has not reaped
+    yet (a look that races the reaping counts as gone)."""
+    try:
+        return open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def until(cond, timeout=60, what="condition"):

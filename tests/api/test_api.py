@@ -26,7 +26,10 @@ class Envelope(unittest.TestCase):
         self.assertIsNotNone(r.json, r)
         self.assertEqual(r.json["code"], code, r)
         self.assertTrue(r.json["message"])
-        self.assertEqual(r.json["traceId"], r.header("X-Trace-Id"))
+        # an answer another request made first (with Stripe, the processor's event may settle a
+        # decline before the purchase's own request does) is replayed with that request's trace
+        if r.header("Idempotent-Replayed") != "true":
+            self.assertEqual(r.json["traceId"], r.header("X-Trace-Id"))
         self.assertTrue(r.header("Content-Type").startswith("application/json"))
 
 
@@ -262,7 +265,7 @@ class Purchase(Envelope):
             self.assertIn(k, b)
         self.assertEqual((b["status"], b["planId"], b["planName"], b["amount_cents"]),
                          ("active", p["id"], p["name"], 4200))
-        self.assertTrue(b["paymentId"].startswith("pay_"))
+        self.assertTrue(b["paymentId"].startswith(("pay_", "pi_")))  # the simulated processor's, or a PaymentIntent
         self.assertEqual(b["traceId"], r.header("X-Trace-Id"))
         self.assertIsNone(r.header("Idempotent-Replayed"))
         q = S.plan(p["id"])
@@ -626,7 +629,7 @@ class ChangePlan(Envelope):
         self.assertNotEqual(new["accessToken"], sub["accessToken"])
         self.assertEqual(new["endDate"], sub["endDate"])
         # the difference for the whole period left (just begun): 2 x (90 - 30) dollars, to the cent
-        charges = [l for l in S.admin("GET", "/api/audit-logs?action=payment.succeeded&planId=" + b["id"]).json["logs"]]
+        charges = [l for l in S.admin("GET", "/api/audit-logs?action=payment.authorized&planId=" + b["id"]).json["logs"]]
         self.assertEqual([c["after"]["amount_cents"] for c in charges], [12000])
         replay = change_plan(sub, b["id"], "pm_card_visa", key=key)
         self.assertEqual((replay.status, replay.raw), (200, r.raw))
@@ -688,7 +691,7 @@ class Audit(Envelope):
         self.assertEqual(r.status, 201)
         logs = S.admin("GET", "/api/audit-logs?traceId=" + trace).json["logs"]
         actions = [l["action"] for l in logs]
-        self.assertEqual(sorted(actions), ["payment.succeeded", "seat.held", "subscription.activated"])
+        self.assertEqual(sorted(actions), ["payment.authorized", "seat.held", "subscription.activated"])
         held = [l for l in logs if l["action"] == "seat.held"][0]
         self.assertEqual(held["before"]["subscriptions_left"], 2)
         self.assertEqual(held["after"]["subscriptions_left"], 1)
@@ -838,7 +841,7 @@ class Events(Envelope):
         evs = r.json["events"]
         self.assertEqual([e["type"] for e in evs],
                          ["plan.created", "seat.held", "checkout.created", "checkout.expired", "seat.released",
-                          "seat.held", "payment.succeeded", "subscription.activated"])
+                          "seat.held", "payment.authorized", "subscription.activated"])
         self.assertEqual([e["seq"] for e in evs], list(range(start + 1, start + 9)))
         self.assertEqual(r.json["nextAfter"], start + 8)
         held = evs[1]
@@ -846,7 +849,7 @@ class Events(Envelope):
         self.assertEqual(held["traceId"], "feed-trace")
         self.assertEqual((held["data"]["planId"], held["data"]["resourceId"]), (p["id"], s["id"]))
         self.assertEqual((held["data"]["before"]["subscriptions_left"], held["data"]["after"]["subscriptions_left"]), (2, 1))
-        self.assertEqual(evs[6]["data"]["payment"]["status"], "succeeded")
+        self.assertEqual(evs[6]["data"]["payment"]["status"], "authorized")
         self.assertEqual(evs[7]["data"]["resourceId"], b["id"])
         # paging by position, and a type alone
         two = S.admin("GET", "/api/events?after=%d&limit=2" % start).json

@@ -46,15 +46,35 @@ class Strace:
         for p in pids:
             args += ["-p", str(p)]
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-        # attached once a request's read shows: strace attaches every pid before it goes on
+        # attached once every thread of every process is traced (the kernel says who traces a
+        # task: /proc/<pid>/task/<tid>/status, TracerPid), and a request's read shows
         end = time.time() + 60
         while time.time() < end:
-            trace = "attach-" + uuid.uuid4().hex
-            S.request("GET", "/api/health", headers={"X-Trace-Id": trace})
-            if os.path.exists(self.path) and trace in open(self.path, errors="replace").read():
-                return
+            if all(self.traced(p) for p in pids):
+                trace = "attach-" + uuid.uuid4().hex
+                S.request("GET", "/api/health", headers={"X-Trace-Id": trace})
+                if os.path.exists(self.path) and trace in open(self.path, errors="replace").read():
+                    return
+            if self.proc.poll() is not None:
+                break
             time.sleep(0.1)
         raise AssertionError("strace did not attach: %s" % (self.proc.stderr.read() if self.proc.poll() is not None else "still running"))
+
+    @staticmethod
+    def traced(pid):
+        """Whether every thread of pid is traced."""
+        try:
+            tasks = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            return True   # gone: nothing of it to trace
+        for tid in tasks:
+            try:
+                status = open("/proc/%d/task/%s/status" % (pid, tid)).read()
+            except OSError:
+                continue
+            if re.search(r"^TracerPid:\s+0$", status, re.M):
+                return False
+        return True
 
     def stop(self):
         self.proc.terminate()
@@ -67,15 +87,17 @@ class Strace:
 SYNC = re.compile(r"^f(data)?sync\(\d+<([^>]*)>")
 
 
-def answered_after_sync(trace, calls):
-    """Whether the request with this trace id, once it had written to a WAL, was answered only
-    after a sync of that WAL began and ended; and the status it was answered with."""
-    read_at = next(t for _, t, c in calls if c.startswith("read(") and trace in c)
+def answered_after_sync(trace, calls, wal_path):
+    """Whether the request with this trace id, once it had written to the store's WAL (wal_path;
+    the simulated processor's file is not the store's), was answered only after a sync of that
+    WAL began and ended; and the status it was answered with."""
+    reader, read_at = next((p, t) for p, t, c in calls if c.startswith("read(") and trace in c)
     answer = next((t, c) for _, t, c in calls if c.startswith("write(") and "Status: " in c and trace in c and t >= read_at)
     status = int(re.search(r"Status: (\d+)", answer[1]).group(1))
-    # the last write of a WAL page while the request ran (SQLite's pwrite64)
-    wal = [(t, re.match(r"pwrite64\(\d+<([^>]*)>", c).group(1)) for _, t, c in calls
-           if read_at <= t <= answer[0] and re.match(r"pwrite64\(\d+<[^>]*-wal>", c)]
+    # the last write of a WAL page the request's own thread made while it ran (SQLite's
+    # pwrite64; another process's, the reaper's for one, is that process's to sync)
+    wal = [(t, re.match(r"pwrite64\(\d+<([^>]*)>", c).group(1)) for p, t, c in calls
+           if p == reader and read_at <= t <= answer[0] and re.match(r"pwrite64\(\d+<%s>" % re.escape(wal_path), c)]
     if not wal:
         return True, status
     last, path = wal[-1]
@@ -163,7 +185,7 @@ class EveryWriteIsDurableBeforeItsAnswer(unittest.TestCase):
             strace = st.stop()
         late = []
         for what, trace, status in traces:
-            synced, seen = answered_after_sync(trace, strace)
+            synced, seen = answered_after_sync(trace, strace, S.env["NUMATIX_DB"][len("sqlite://"):] + "-wal")
             self.assertEqual(seen, status, what)
             if not synced:
                 late.append("%s (%d)" % (what, status))

@@ -13,7 +13,7 @@ import threading
 import unittest
 import uuid
 
-from stack import ADMIN, BIN, Stack
+from stack import ADMIN, BIN, Stack, exited
 from test_recovery import wait_for
 
 
@@ -83,8 +83,7 @@ class SpawnFcgi(unittest.TestCase):
             S.start()
             master, _ = S.server_pids()
             os.kill(master, signal.SIGTERM)
-            wait_for(lambda: not os.path.exists("/proc/%d" % master) or
-                     open("/proc/%d/stat" % master).read().split()[2] == "Z", what="the server to stop")
+            wait_for(lambda: exited(master), what="the server to stop")
             # the server removes its socket as it stops: hand the spawned workers' socket back
             wait_for(lambda: not os.path.exists(sock), what="the server's socket removed")
             spawned = subprocess.run(["spawn-fcgi", "-s", sock, "-F", "2", "--", BIN], env=S.env,
@@ -129,8 +128,7 @@ class Signals(unittest.TestCase):
             os.kill(master, signal.SIGTERM)
             t.join()
             self.assertEqual(out["r"].status, 201, out["r"])
-            wait_for(lambda: open("/proc/%d/stat" % master).read().split()[2] == "Z"
-                     if os.path.exists("/proc/%d" % master) else True, what="the master to exit")
+            wait_for(lambda: exited(master), what="the master to exit")
             r = S.command("check")
             self.assertEqual(r.returncode, 0, r.stdout)
         finally:
@@ -215,8 +213,7 @@ class StopUnderLoad(unittest.TestCase):
                 buyers.after(40)
                 master, _ = S.server_pids()
                 os.kill(master, signal.SIGTERM)
-                wait_for(lambda: not os.path.exists("/proc/%d" % master) or
-                         open("/proc/%d/stat" % master).read().split()[2] == "Z", what="the master to exit")
+                wait_for(lambda: exited(master), what="the master to exit")
                 buyers.after(16)
             finally:
                 answers = buyers.stop()

@@ -64,9 +64,13 @@ class Metrics(unittest.TestCase):
         self.assertEqual(delta('numatix_purchases_total{outcome="PLAN_SOLD_OUT"}'),
                          34 - created - declined)
         self.assertEqual(delta('numatix_requests_total{%s,code="201"}' % route), created)
+        # the subscriptions by status: every purchase made one, active or failed
+        self.assertEqual(delta('numatix_subscriptions{status="active"}'), created)
+        self.assertEqual(delta('numatix_subscriptions{status="failed"}'), declined)
+        self.assertIn('numatix_subscriptions{status="past_due"}', after)
         self.assertEqual(delta('numatix_requests_total{%s,code="402"}' % route), declined)
         self.assertEqual(delta('numatix_request_duration_seconds_count{%s}' % route), 34)
-        self.assertEqual(delta('numatix_processor_call_duration_seconds_count{op="charge"}'), created + declined)
+        self.assertEqual(delta('numatix_processor_call_duration_seconds_count{op="authorize"}'), created + declined)
         plan = 'plan="%s",name="%s"' % (p["id"], p["name"])
         self.assertEqual(after['numatix_plan_seats_left{%s}' % plan], 20 - created)
         self.assertEqual(after['numatix_plan_seats_held{%s}' % plan], 0)

@@ -1,4 +1,4 @@
-"""test_mongo_live.py - the shared black-box suites (API, hostile input, concurrency, webhooks,
+"""test_mongo_live.py - the shared black-box suites (API, a subscription's life, hostile input, concurrency, webhooks,
 kill-a-worker) against a live MongoDB replica set, when MONGO_URI names one; each stack gets a
 database of its own. Without MONGO_URI it is skipped, and says so: no MongoDB server can be
 installed on these machines, so there the MongoDB store is verified by test_mongo_wire.py."""
@@ -8,7 +8,7 @@ import subprocess
 import sys
 import unittest
 
-SUITES = ["test_api", "test_hostile", "test_concurrency", "test_webhooks", "test_recovery"]
+SUITES = ["test_api", "test_life", "test_hostile", "test_concurrency", "test_webhooks", "test_recovery"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -13,6 +13,7 @@ import hmac
 import http.server
 import json
 import os
+import tempfile
 import subprocess
 import threading
 import unittest
@@ -21,6 +22,7 @@ import uuid
 from bson import ObjectId
 from mockupdb import Matcher, MockupDB
 
+from smtp_sink import Mailbox
 from stack import ADMIN, BIN, unseal
 
 HELLO = {"ismaster": True, "isWritablePrimary": True, "setName": "rs0", "hosts": [],
@@ -106,9 +108,14 @@ class Wire:
         return [d for n, c, d in self.log if n == name and (coll is None or c == coll)]
 
 
+# the simulated processor's records: a file of their own, never the store's collections
+SIM_DB = os.path.join(tempfile.mkdtemp(prefix="numatix-wire-"), "sim.processor.db")
+
+
 def cgi(wire, method, path, body=None, headers=None):
     env = {"PATH": os.environ["PATH"], "GATEWAY_INTERFACE": "CGI/1.1", "REQUEST_METHOD": method,
-           "PATH_INFO": path.partition("?")[0], "QUERY_STRING": path.partition("?")[2], "NUMATIX_DB": wire.uri(), "NUMATIX_ADMIN_TOKEN": ADMIN, "REMOTE_ADDR": "192.0.2.7"}
+           "PATH_INFO": path.partition("?")[0], "QUERY_STRING": path.partition("?")[2], "NUMATIX_DB": wire.uri(), "NUMATIX_ADMIN_TOKEN": ADMIN, "REMOTE_ADDR": "192.0.2.7",
+           "NUMATIX_SIM_DB": SIM_DB}
     data = json.dumps(body).encode() if body is not None else b""
     env["CONTENT_LENGTH"] = str(len(data))
     for k, v in (headers or {}).items():
@@ -147,7 +154,7 @@ class MongoWire(unittest.TestCase):
         self.assertEqual((st, body["store"], body["status"]), (200, "mongodb", "ok"))
         specs = {d["createIndexes"]: d for d in self.w.commands("createIndexes")}
         self.assertEqual(set(specs), {"plans", "customers", "subscriptions", "payments", "audit_events",
-                                      "idempotency_keys", "webhook_deliveries", "waitlist"})
+                                      "idempotency_keys", "webhook_deliveries", "waitlist", "mail"})
         ix = lambda coll: {i["name"]: (dict(i["key"]), i.get("unique", False)) for i in specs[coll]["indexes"]}
         self.assertEqual(ix("subscriptions")["idem_key_unique"], ({"idem_key": 1}, True))
         self.assertEqual(ix("subscriptions")["hold_deadline"], ({"status": 1, "hold_deadline": 1}, False))
@@ -158,6 +165,7 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(ix("waitlist")["plan_status_seq"], ({"plan_id": 1, "status": 1, "seq": 1}, False))
         self.assertEqual(ix("plans")["name_key_unique"], ({"name_key": 1}, True))
         self.assertEqual(ix("customers")["email_key_unique"], ({"email_key": 1}, True))
+        self.assertEqual(ix("mail")["status_next_attempt"], ({"status": 1, "next_attempt_at": 1, "_id": 1}, False))
         for d in specs.values():
             self.assertEqual(d["writeConcern"]["w"], "majority")
 
@@ -203,11 +211,9 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(audit["seq"], 41)
         commit = [d for d in self.w.commands("commitTransaction") if txn_of(d) == hold_txn][0]
         self.assertEqual(commit["writeConcern"]["w"], "majority")
-        # the simulated processor keeps its own record, outside any transaction
-        proc = self.w.commands("insert", "processor")[0]
-        self.assertNotIn("startTransaction", proc)
-        self.assertNotIn("autocommit", proc)
-        self.assertEqual(proc["documents"][0]["_id"], key)
+        # the simulated processor keeps its own records, apart from the store: nothing of it
+        # reaches MongoDB
+        self.assertEqual([c for n, c, d in self.w.log if c == "processor"], [])
         # the second unit: pending -> active only while the hold is live, the seat counted
         # sold, the charge recorded, its events and the 201 stored on the key, one commit
         confirm = self.w.commands("findAndModify", "subscriptions")[0]
@@ -223,7 +229,7 @@ class MongoWire(unittest.TestCase):
                                      ("insert", "audit_events"), ("insert", "audit_events"),
                                      ("update", "idempotency_keys"), ("commitTransaction", None)])
         charge = self.w.commands("insert", "payments")[0]
-        self.assertEqual(charge["documents"][0]["idem_key"], key)
+        self.assertEqual((charge["documents"][0]["idem_key"], charge["documents"][0]["status"]), (key, "authorized"))
         done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
         self.assertEqual(done["q"]["state"], {"$ne": "done"})
         self.assertEqual((done["u"]["$set"]["state"], done["u"]["$set"]["response_status"]), ("done", 201))
@@ -256,7 +262,7 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(json.loads(unseal(kept))["clientSecret"], body["clientSecret"])
         done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
         self.assertEqual((done["q"]["_id"], done["u"]["$set"]["response_status"]), (key, 201))
-        self.assertEqual(self.w.commands("insert", "processor"), [])
+        self.assertEqual([c for n, c, d in self.w.log if c == "processor"], [])
         # completing it: the attempt is taken by one conditional update of the session's document
         self.w.log.clear()
         self.w.docs["subscriptions"] = [dict(sub, _id=sub["_id"])]
@@ -272,8 +278,8 @@ class MongoWire(unittest.TestCase):
         self.assertIn("$gt", q["hold_deadline"])
         self.assertEqual(take["updates"][0]["u"]["$set"]["attempt_key"], pay_key)
         self.assertNotIn("startTransaction", take)
-        # the charge under the attempt's key, settled only while the attempt is still this one
-        self.assertEqual(self.w.commands("insert", "processor")[0]["documents"][0]["_id"], pay_key)
+        # the authorization under the attempt's key, settled only while the attempt is still this one
+        self.assertEqual(self.w.commands("insert", "payments")[0]["documents"][0]["idem_key"], pay_key)
         confirm = self.w.commands("findAndModify", "subscriptions")[0]
         self.assertEqual((confirm["query"]["attempt_key"], confirm["update"]["$set"]["status"]), (pay_key, "active"))
         stored = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
@@ -373,7 +379,7 @@ class MongoWire(unittest.TestCase):
         claim = self.w.commands("insert", "idempotency_keys")[0]
         self.assertEqual(txn_of(claim), txn_of(aborted[0]))
         self.assertEqual(self.w.commands("insert", "payments"), [])
-        self.assertEqual(self.w.commands("insert", "processor"), [])
+        self.assertEqual([c for n, c, d in self.w.log if c == "processor"], [])
 
     def test_network_error_is_503(self):
         self.w.override("findAndModify", "plans", lambda req: req.hangup() or True, once=False)
@@ -502,16 +508,31 @@ class MongoWire(unittest.TestCase):
             return True
         self.w.override("findAndModify", "plans", plans, once=False)
         sid = self.w.fam["subscriptions"]["_id"]
+        # the cancel reads the subscription first, and moves it only from what it read
+        self.w.docs["subscriptions"] = [dict(self.w.fam["subscriptions"], end_at=datetime.datetime(2030, 1, 1))]
         st, body, err = cgi(self.w, "POST", "/api/subscriptions/%s/cancel" % sid, {},
                             {"Authorization": "Bearer " + ADMIN})
         self.assertEqual(st, 200, (body, err))
         cancel = self.w.commands("findAndModify", "subscriptions")[0]
+        q = dict(cancel["query"])
+        self.assertEqual((q["status"], q["end_at"], dict(q["next_attempt_at"]), dict(q["cancel_at_period_end"])),
+                         ("active", datetime.datetime(2030, 1, 1), {"$in": [datetime.datetime(1970, 1, 1), None]},
+                          {"$ne": True}))
+        life = cancel["update"]["$set"]
+        self.assertEqual((life["status"], life["cancellation_reason"], life["next_attempt_at"]),
+                         ("cancelled", "requested", datetime.datetime(1970, 1, 1)))
         txn = txn_of(cancel)
         in_txn = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn]
-        self.assertEqual(in_txn[:8], [("findAndModify", "subscriptions"), ("findAndModify", "plans"),
-                                      ("findAndModify", "counters"), ("insert", "audit_events"),
+        # the cancellation's mail is a document of the outbox written with its event, in the transaction
+        self.assertEqual(in_txn[:9], [("findAndModify", "subscriptions"), ("findAndModify", "plans"),
+                                      ("findAndModify", "counters"), ("insert", "audit_events"), ("insert", "mail"),
                                       ("insert", "audit_events"), ("find", "waitlist"), ("findAndModify", "plans"),
                                       ("insert", "subscriptions")])
+        ev = [d for d in self.w.commands("insert", "audit_events") if txn_of(d) == txn][0]["documents"][0]
+        mail = [d for d in self.w.commands("insert", "mail") if txn_of(d) == txn][0]["documents"][0]
+        self.assertEqual((ev["action"], mail["kind"], mail["event_id"], mail["status"], mail["attempts"]),
+                         ("subscription.cancelled", "ended", ev["_id"], "queued", 0))
+        self.assertEqual(json.loads(mail["data"])["subscriptionId"], str(sid))
         self.assertEqual(in_txn[-1], ("commitTransaction", None))
         take = json.loads(json.dumps(calls[1]["query"], default=str))
         self.assertEqual(take, {"_id": str(PLAN_ID), "subscriptions_left": {"$gte": 1}})
@@ -527,6 +548,131 @@ class MongoWire(unittest.TestCase):
         actions = [d["documents"][0]["action"] for d in self.w.commands("insert", "audit_events") if txn_of(d) == txn]
         self.assertEqual(actions, ["subscription.cancelled", "seat.released", "waitlist.offered", "seat.held",
                                    "checkout.created"])
+
+    def renew(self):
+        env = {"PATH": os.environ["PATH"], "NUMATIX_DB": self.w.uri(), "NUMATIX_ADMIN_TOKEN": ADMIN,
+               "NUMATIX_SIM_DB": SIM_DB}
+        r = subprocess.run([BIN, "renew"], env=env, capture_output=True, timeout=60, text=True)
+        assert "Sanitizer" not in r.stderr, r.stderr[-3000:]
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return r.stdout
+
+    def test_the_renewer_finds_what_is_due_by_its_two_indexes(self):
+        out = self.renew()
+        self.assertIn("renew: 0 renewed", out)
+        finds = [d for d in self.w.commands("find", "subscriptions")]
+        got = sorted((d["filter"]["status"], json.dumps(d["filter"], default=str, sort_keys=True), dict(d["sort"]),
+                      d["limit"]) for d in finds)
+        self.assertEqual([(g[0], dict(g[2]), g[3]) for g in got],
+                         [("active", {"end_at": 1}, 200), ("past_due", {"next_attempt_at": 1}, 200)])
+        self.assertIn('"end_at": {"$lte"', got[0][1])
+        self.assertIn('"next_attempt_at": {"$lte"', got[1][1])
+        # the indexes they read by
+        made = [i for d in self.w.commands("createIndexes", "subscriptions") for i in d["indexes"]]
+        self.assertIn({"status": 1, "end_at": 1}, [dict(i["key"]) for i in made])
+        self.assertIn({"status": 1, "next_attempt_at": 1}, [dict(i["key"]) for i in made])
+
+    def test_the_mail_sender_finds_due_mail_by_its_index_and_marks_it_from_what_it_read(self):
+        box = Mailbox().start()
+        try:
+            mid, cid = ObjectId(), ObjectId()
+            now = datetime.datetime.utcnow()
+            self.w.docs["mail"] = [{"_id": mid, "kind": "ended", "customer_id": cid, "event_id": ObjectId(),
+                                    "data": json.dumps({"subscriptionId": "a" * 24, "planName": "Wire", "quantity": 1,
+                                                        "status": "ended", "endedAt": 0}),
+                                    "status": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
+                                    "created_at": now, "updated_at": now}]
+            self.w.docs["customers"] = [{"_id": cid, "email": "wire@example.com", "email_key": "wire@example.com",
+                                         "name": "Wire Buyer", "created_at": now}]
+            env = {"PATH": os.environ["PATH"], "NUMATIX_DB": self.w.uri(), "NUMATIX_ADMIN_TOKEN": ADMIN,
+                   "NUMATIX_SIM_DB": SIM_DB, "NUMATIX_SMTP_URL": box.url}
+            r = subprocess.run([BIN, "mail"], env=env, capture_output=True, timeout=60, text=True)
+            assert "Sanitizer" not in r.stderr, r.stderr[-3000:]
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("mail: 1 sent", r.stdout)
+            [due] = self.w.commands("find", "mail")
+            f = json.loads(json.dumps(due["filter"], default=str))
+            self.assertEqual((f["status"], list(f["next_attempt_at"])), ("queued", ["$lte"]))
+            self.assertEqual(dict(due["sort"]), {"next_attempt_at": 1, "_id": 1})
+            [mark] = self.w.commands("update", "mail")
+            u = mark["updates"][0]
+            self.assertEqual(dict(u["q"]), {"_id": mid, "status": "queued", "attempts": 0})
+            self.assertEqual((u["u"]["$set"]["status"], u["u"]["$set"]["attempts"]), ("sent", 1))
+            self.assertIn("txnNumber", mark)
+            [(rcpt, m, _)] = box.messages()
+            self.assertEqual((rcpt, m["message-id"]), (["wire@example.com"], "<mail.%s@localhost>" % mid))
+        finally:
+            box.stop()
+
+    def test_an_end_is_one_transaction_from_the_life_it_read(self):
+        end = datetime.datetime(2020, 1, 1)
+        due = dict(self.w.fam["subscriptions"], end_at=end, quantity=1, term_unit="day", term_count=30,
+                   term_zone="UTC", period_index=0, anchor_at=datetime.datetime(2019, 12, 2))
+
+        def subs(req):
+            # the period's end found due, nothing past due
+            f = req.doc["filter"]
+            docs = [due] if f.get("status") == "active" or "_id" in f else []
+            req.reply({"ok": 1, "cursor": {"id": 0, "ns": "numatix.subscriptions", "firstBatch": docs}})
+            return True
+        self.w.override("find", "subscriptions", subs, once=False)
+        self.w.fam["plans"] = dict(plan_doc(left=8, held=1), waiting=0)   # renewal "none" (absent)
+        out = self.renew()
+        self.assertIn("1 ended", out)
+        move = self.w.commands("findAndModify", "subscriptions")[0]
+        q = dict(move["query"])
+        self.assertEqual((q["status"], q["end_at"], dict(q["cancel_at_period_end"])), ("active", end, {"$ne": True}))
+        life = move["update"]["$set"]
+        self.assertEqual((life["status"], life["ended_at"], life["cancellation_reason"]), ("ended", end, ""))
+        txn = txn_of(move)
+        in_txn = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn]
+        self.assertEqual(in_txn[:2], [("findAndModify", "subscriptions"), ("findAndModify", "plans")])
+        self.assertEqual(in_txn[-1], ("commitTransaction", None))
+        seats = [d for d in self.w.commands("findAndModify", "plans") if txn_of(d) == txn][0]
+        self.assertEqual(dict(seats["update"]["$inc"]), {"subscriptions_left": 1, "subscriptions_held": 0})
+        actions = [d["documents"][0]["action"] for d in self.w.commands("insert", "audit_events") if txn_of(d) == txn]
+        self.assertEqual(actions, ["subscription.ended", "seat.released"])
+
+    def test_a_renewal_is_on_record_before_its_charge_and_settled_in_one_transaction(self):
+        end = datetime.datetime(2020, 1, 1)
+        due = dict(self.w.fam["subscriptions"], end_at=end, quantity=1, term_unit="day", term_count=30,
+                   term_zone="UTC", period_index=0, anchor_at=datetime.datetime(2019, 12, 2),
+                   payment_method="pm_card_visa", amount_cents=1500, customer_id=ObjectId())
+
+        def subs(req):
+            f = req.doc["filter"]
+            docs = [due] if f.get("status") == "active" or "_id" in f else []
+            req.reply({"ok": 1, "cursor": {"id": 0, "ns": "numatix.subscriptions", "firstBatch": docs}})
+            return True
+        self.w.override("find", "subscriptions", subs, once=False)
+        self.w.docs["plans"] = [dict(plan_doc(), renewal="auto")]
+        self.w.fam["plans"] = dict(plan_doc(), renewal="auto", waiting=0)
+        self.w.fam["payments"] = {"_id": "att_x", "subscription_id": due["_id"], "status": "closed"}
+        out = self.renew()
+        self.assertIn("1 renewed", out)
+        key = "%s.1.0." % due["_id"]
+        inserts = [d["documents"][0] for d in self.w.commands("insert", "payments")]
+        self.assertEqual([(p["kind"], p["status"]) for p in inserts], [("attempt", "open"), ("renewal", "succeeded")])
+        self.assertTrue(all(p["idem_key"].startswith(key) for p in inserts), inserts)
+        self.assertEqual(inserts[1]["amount_cents"], 1500)
+        # the settle: the subscription moved only from the period, next try, schedule and card it
+        # had, with the renewal's record and its events, in one transaction
+        move = self.w.commands("findAndModify", "subscriptions")[0]
+        q = dict(move["query"])
+        self.assertEqual((q["status"], q["end_at"], q["payment_method"]), ("active", end, "pm_card_visa"))
+        life = move["update"]["$set"]
+        self.assertEqual((life["status"], life["period_index"], life["period_start"], life["period_payment"]),
+                         ("active", 1, end, inserts[1]["_id"]))
+        self.assertEqual(life["end_at"], end + datetime.timedelta(days=30))
+        txn = txn_of(move)
+        renewal_insert = [d for d in self.w.commands("insert", "payments") if d["documents"][0]["kind"] == "renewal"][0]
+        self.assertEqual(txn_of(renewal_insert), txn)
+        actions = [d["documents"][0]["action"] for d in self.w.commands("insert", "audit_events") if txn_of(d) == txn]
+        self.assertEqual(actions, ["payment.succeeded", "subscription.renewed"])
+        # then the attempt closed
+        close = [d for d in self.w.commands("findAndModify", "payments")][-1]
+        self.assertEqual((dict(close["query"])["status"], close["update"]["$set"]["status"]), ("open", "closed"))
+        self.assertTrue(dict(close["query"])["_id"].startswith("att_"))
 
     def test_quantity_and_customer_limit(self):
         self.w.fam["plans"] = dict(plan_doc(left=6, held=1), max_per_order=10, max_per_customer=4)
@@ -545,7 +691,7 @@ class MongoWire(unittest.TestCase):
         agg = self.w.commands("aggregate", "subscriptions")[0]
         self.assertEqual(txn_of(agg), txn_of(hold))
         match = agg["pipeline"][0]["$match"]
-        self.assertEqual((match["plan_id"], dict(match["status"])), (PLAN_ID, {"$in": ["pending", "active"]}))
+        self.assertEqual((match["plan_id"], dict(match["status"])), (PLAN_ID, {"$in": ["pending", "active", "past_due"]}))
         self.assertEqual(agg["pipeline"][1]["$group"]["n"], {"$sum": "$quantity"})
         # refused: aborted, nothing committed
         self.assertEqual(self.w.commands("commitTransaction"), [])

@@ -106,7 +106,9 @@ class SeveralHosts(unittest.TestCase):
             # each host reaches PostgreSQL over TCP, at its own gateway address
             db_for = lambda i: "postgresql://postgres@%s.%d.1:%d/numatix" % (NET, i, cls.port)
             server_env = dict(os.environ, NUMATIX_WORKERS="3", NUMATIX_HOLD_TTL="6", NUMATIX_REAP_INTERVAL="1",
-                              NUMATIX_PAYMENT_LATENCY_MS="30", NUMATIX_ADMIN_TOKEN="test-admin-token-0123456789abcdef")
+                              NUMATIX_PAYMENT_LATENCY_MS="30", NUMATIX_ADMIN_TOKEN="test-admin-token-0123456789abcdef",
+                              # one simulated processor for every host, as one remote service
+                              NUMATIX_SIM_DB=os.path.join(cls.pgdir, "sim.processor.db"))
             for i in range(2):
                 cls.H.serve(i, db_for, server_env)
             cls.S = Stack(store_url=local, NUMATIX_UPSTREAMS=cls.H.upstreams()).start()

@@ -184,8 +184,20 @@ class Responses(unittest.TestCase):
         sid = self.call("POST", "/api/subscriptions/purchase",
                         {"planId": pid, "paymentMethodId": "pm_card_visa", "customerId": bought["customerId"]},
                         key()).json["id"]
+        # a subscription's life: an end scheduled, resumed, a card saved; refusals
+        self.call("POST", "/api/subscriptions/%s/cancel" % sid, {"atPeriodEnd": True}, admin=True)
+        self.call("POST", "/api/subscriptions/%s/cancel" % sid, {"atPeriodEnd": "yes"}, admin=True)
+        self.call("POST", "/api/subscriptions/%s/resume" % sid, admin=True)
+        self.call("POST", "/api/subscriptions/%s/resume" % sid, {}, admin=True)
+        self.call("POST", "/api/subscriptions/%s/payment-method" % sid, {"paymentMethodId": "pm_card_mastercard"},
+                  admin=True)
+        self.call("POST", "/api/subscriptions/%s/payment-method" % sid, {"paymentMethodId": "card"}, admin=True)
+        self.call("POST", "/api/subscriptions/%s/payment-method" % ("d" * 24), {"paymentMethodId": "pm_card_visa"},
+                  admin=True)
         self.call("POST", "/api/subscriptions/%s/cancel" % sid, admin=True)
         self.call("POST", "/api/subscriptions/%s/cancel" % sid, admin=True)
+        self.call("POST", "/api/subscriptions/%s/payment-method" % sid, {"paymentMethodId": "pm_card_visa"},
+                  admin=True)
         self.call("POST", "/api/plans", {"name": "y", "price_cents": 1, "total_capacity": 1}, headers=token)
         cust = self.call("POST", "/api/customers", {"email": "c-%s@example.com" % uuid.uuid4().hex[:8],
                                                     "name": "C"}, admin=True).json
@@ -247,6 +259,18 @@ class Responses(unittest.TestCase):
                           key()).json
         self.call("POST", "/api/checkout-sessions/%s/expire" % other["id"], {},
                   {"Authorization": "Bearer " + other["clientSecret"]})
+        self.call("GET", "/api/renewals?days=60", admin=True)
+        self.call("GET", "/api/renewals?days=91", admin=True)
+        self.call("GET", "/api/renewals", headers=token)
+        self.call("GET", "/api/payments/summary", admin=True)
+        self.call("GET", "/api/payments/summary", headers=token)
+        self.call("GET", "/api/mail?limit=5", admin=True)
+        self.call("GET", "/api/mail?status=queued", admin=True)
+        self.call("GET", "/api/mail?status=lost", admin=True)
+        self.call("GET", "/api/mail", headers=token)
+        # Stripe's events: with the simulated processor, no such route
+        self.call("POST", "/api/stripe/webhook", {"id": "evt_1", "type": "charge.refunded", "data": {"object": {}}},
+                  {"Stripe-Signature": "t=1,v1=00"})
         # every operation was seen answering at least once, and each status the test meant to see
         ops = {(m, t) for m, t, _ in Responses.seen}
         self.assertEqual(len(ops), len(documented()), sorted(documented()))

@@ -141,7 +141,8 @@ class KillWritersAtRandom(unittest.TestCase):
 
 
 class SlowPayment(unittest.TestCase):
-    """The processor takes longer than the hold: the seat goes back and the charge is refunded."""
+    """The processor takes longer than the hold: the seat goes back and the authorization is
+    voided, never captured."""
 
     @classmethod
     def setUpClass(cls):
@@ -157,13 +158,22 @@ class SlowPayment(unittest.TestCase):
         p = S.create_plan(capacity=1)
         key = str(uuid.uuid4())
         r = S.purchase(p["id"], key=key, email="slow@example.com")
+        if r.status == 503:
+            # Stripe's calls are bounded by the hold's deadline: the outcome is unknown, and the
+            # client's retry with its key finds the hold gone
+            self.assertIsNotNone(r.header("Retry-After"), r)
+            r = S.purchase(p["id"], key=key, email="slow@example.com")
         self.assertEqual((r.status, r.json["code"]), (409, "HOLD_EXPIRED"), r)
         q = S.plan(p["id"])
         self.assertEqual((q["subscriptions_left"], q["subscriptions_held"]), (1, 0))
         logs = S.admin("GET", "/api/audit-logs?planId=" + p["id"]).json["logs"]
         actions = [l["action"] for l in logs]
-        for a in ("payment.succeeded", "payment.refunded", "subscription.expired", "seat.released"):
+        for a in ("subscription.expired", "seat.released"):
             self.assertIn(a, actions)
+        # an authorization that came (the simulated processor's, after its 1.3 s) is voided
+        self.assertEqual("payment.authorized" in actions, "payment.voided" in actions, actions)
+        self.assertNotIn("payment.captured", actions)
+        self.assertNotIn("payment.refunded", actions)
         self.assertNotIn("subscription.activated", actions)
         again = S.purchase(p["id"], key=key, email="slow@example.com")
         self.assertEqual((again.status, again.raw), (409, r.raw))
@@ -321,6 +331,9 @@ class KillReaperMidPass(unittest.TestCase):
         the plan, the feed's head before the pass, the killed reaper's pid, and the holds it
         left (0 when its whole pass ran between two looks of this test: nothing to take up)."""
         S, n = self.S, self.HOLDS
+        # the head before this plan exists: every expiry of its holds comes after it, whoever
+        # makes it (a reaper still passing over an earlier scenario's holds included)
+        head = S.feed_head()
         p = S.create_plan(capacity=n)
         # n purchases held inside a 30 s charge; then every worker killed: n abandoned holds
         buyers = [threading.Thread(target=S.purchase, args=(p["id"],), kwargs={"timeout": 60}) for _ in range(n)]
@@ -331,13 +344,13 @@ class KillReaperMidPass(unittest.TestCase):
             os.kill(pid, signal.SIGKILL)
         for t in buyers:
             t.join()
-        head = S.feed_head()
         # The reaper idles for an hour between passes; one started anew passes at once, a
         # second after its predecessor ended, when every hold (1 s) is overdue.
-        first = S.service_pid("numatix-reaper")
+        # (a pid of 0 would be this test's own process group: each pid is one seen alive)
+        first = wait_for(lambda: S.service_pid("numatix-reaper"), what="a reaper")
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: S.service_pid("numatix-reaper") not in (0, first), what="a new reaper")
-        second = S.service_pid("numatix-reaper")
+        second = wait_for(lambda: (lambda pid: pid if pid not in (0, first) else 0)(S.service_pid("numatix-reaper")),
+                          what="a new reaper")
         wait_for(lambda: S.plan(p["id"])["subscriptions_held"] < n, what="the pass under way")
         os.kill(second, signal.SIGKILL)
         return p, head, second, S.plan(p["id"])["subscriptions_held"]
@@ -356,7 +369,8 @@ class KillReaperMidPass(unittest.TestCase):
         wait_for(lambda: S.plan(p["id"])["subscriptions_held"] == 0, timeout=20, what="the rest expired")
         q = S.plan(p["id"])
         self.assertEqual(q["subscriptions_left"], n)
-        expired = [e for e in S.events_after(head) if e["type"] == "subscription.expired"]
+        expired = [e for e in S.events_after(head) if e["type"] == "subscription.expired" and
+                   e["data"]["planId"] == p["id"]]
         self.assertEqual(len(expired), n)
         self.assertEqual(len({e["data"]["resourceId"] for e in expired}), n)
         self.assertIn(b"numatix-reaper %d ended (signal 9)" % second, open(S.log_path, "rb").read())
@@ -381,7 +395,7 @@ class GateOfAnEarlierBoot(unittest.TestCase):
             # a thread id that is nobody's: a process that ran and is gone
             dead = subprocess.Popen(["true"])
             dead.wait()
-            for path in (db + ".gate", db[:-3] + ".processor.db.gate"):
+            for path in (db + ".gate",):
                 with open(path, "r+b") as f:
                     gate = bytearray(f.read())
                     # struct gate: the magic (8 bytes), then two glibc mutexes of 40 bytes whose

@@ -3,7 +3,7 @@
 // test, keeps a screenshot of each page in tests/artifacts/, and ends with "RESULT p f s".
 import { launch, buyThrough, holdThrough, payThrough } from './shop.mjs';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -34,12 +34,12 @@ async function startOrigin() {
 const SHOP = await startOrigin();
 const STRANGER = await startOrigin();
 
-async function startStack() {
+async function startStack(extra = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'numatix-browser-'));
   const port = await freePort();
   const proc = spawn(join(ROOT, 'scripts', 'run.sh'), [], {
     env: { ...process.env, PORT: String(port), NUMATIX_VAR: dir, NUMATIX_ADMIN_TOKEN: ADMIN, NUMATIX_WORKERS: '4',
-           NUMATIX_PAYMENT_LATENCY_MS: '150', NUMATIX_CORS_ORIGINS: SHOP.base },
+           NUMATIX_PAYMENT_LATENCY_MS: '150', NUMATIX_CORS_ORIGINS: SHOP.base, ...extra(dir) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';
@@ -51,7 +51,7 @@ async function startStack() {
   return { base: `http://127.0.0.1:${port}`, proc, dir, logs: () => log };
 }
 
-const S = await startStack();
+const S = await startStack(() => ({}));
 const api = async (method, path, body, token = ADMIN) => {
   const r = await fetch(S.base + path, { method, headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
                                          body: body ? JSON.stringify(body) : undefined });
@@ -184,6 +184,25 @@ test('cancelling on the subscription page gives the seat back', async () => {
   await page.waitForFunction(() => document.querySelector('dd[data-field="status"]')?.textContent === 'cancelled');
   assert.equal(await left(p.id), 2);
   await page.screenshot({ path: join(ARTIFACTS, 'subscription-cancelled.png'), fullPage: true });
+  await context.close();
+});
+
+test('cancel at period end on the subscription page, then keep renewing', async () => {
+  const p = await newPlan(2, { interval: 'month', renewal: 'auto' });
+  const { context, page } = await newPage();
+  await page.goto(S.base + '/');
+  await buyThrough(page, p.id);
+  await page.locator('#sub-link').click();
+  await page.locator('dd[data-field="renews on"]').waitFor();
+  await page.getByRole('button', { name: 'Cancel at period end' }).click();
+  await page.locator('dd[data-field="ends on"]').waitFor();
+  assert.match(await page.locator('#sub-status').textContent(), /ends on .*nothing more is charged/);
+  assert.equal(await page.locator('dd[data-field="status"]').textContent(), 'active');
+  assert.equal(await left(p.id), 1, 'the seat is kept to the end of the period');
+  await page.screenshot({ path: join(ARTIFACTS, 'subscription-ends.png'), fullPage: true });
+  await page.getByRole('button', { name: 'Keep renewing' }).click();
+  await page.locator('dd[data-field="renews on"]').waitFor();
+  assert.equal(await page.getByRole('button', { name: 'Cancel at period end' }).isVisible(), true);
   await context.close();
 });
 
@@ -343,6 +362,61 @@ test('a page of an allowed origin buys through the API; a stranger\'s page canno
   // the stranger's request never reached a handler: one seat sold, not two
   assert.equal(await left(p.id), 1);
   consoleErrors.splice(0, consoleErrors.length, ...consoleErrors.filter((e) => !e.startsWith(STRANGER.base)));
+});
+
+// A renewal that fails, on a stack of its own whose clock the test moves (libfaketime, as the
+// API suites do): the subscription page shows it past due with its next try, the dashboard lists
+// it, and another card pays the period it would have had.
+test('a failed renewal: past due on the page and the dashboard, then paid with another card', async () => {
+  const clock = join(mkdtempSync(join(tmpdir(), 'numatix-clock-')), 'offset');
+  writeFileSync(clock, '+0s\n');
+  const T = await startStack((dir) => ({ NUMATIX_BIN: join(ROOT, 'tests', 'faketime.sh'),
+    NUMATIX_CLOCK_BIN: join(ROOT, 'cgi-bin', 'numatix'), NUMATIX_TEST_CLOCK: clock, NUMATIX_RENEW_INTERVAL: '1' }));
+  try {
+    const plan = await (await fetch(T.base + '/api/plans', { method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${ADMIN}` },
+      body: JSON.stringify({ name: 'Renewing', price_cents: 1900, total_capacity: 3, interval: 'week', renewal: 'auto' }) })).json();
+    const bought = await (await fetch(T.base + '/api/subscriptions/purchase', { method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'Idempotency-Key': crypto.randomUUID() },
+      body: JSON.stringify({ planId: plan.id, paymentMethodId: 'pm_card_chargeCustomerFail',
+                             customer: { email: 'renews@example.com', name: 'R' } }) })).json();
+    writeFileSync(clock, `+${8 * 86400}s\n`);   // past the week: the renewer's next pass tries the card
+    const { context, page } = await newPage();
+    await page.goto(`${T.base}/subscription.html#id=${bought.id}&token=${bought.accessToken}`);
+    // the page as a buyer who comes back sees it: read again until the renewer has been by
+    for (let tries = 0; ; tries++) {
+      await page.locator('dd[data-field="status"]').waitFor();
+      if (await page.locator('dd[data-field="status"]').textContent() === 'past due') break;
+      assert.ok(tries < 120, 'the renewal was never tried');
+      await page.waitForTimeout(500);
+      await page.reload();
+    }
+    await page.locator('#dunning:not([hidden])').waitFor();
+    assert.match(await page.locator('#dunning-next').textContent(), /We try your card again on/);
+    await page.screenshot({ path: join(ARTIFACTS, 'subscription-past-due.png'), fullPage: true });
+    const admin = await newPage();
+    await admin.page.goto(T.base + '/admin.html');
+    await admin.page.locator('#token').fill(ADMIN);
+    await admin.page.locator('#login-form button[type="submit"]').click();
+    await admin.page.locator('#renewal-rows tr[data-status="past_due"]').waitFor();
+    assert.match(await admin.page.locator('#renewal-rows').textContent(), /retry the card/);
+    await admin.page.locator('#renewal-rows').screenshot({ path: join(ARTIFACTS, 'dashboard-renewals.png') });
+    await admin.context.close();
+    await page.getByLabel(/Pay now with another card/).selectOption('pm_card_visa');
+    await page.locator('#dunning-submit').click();
+    await page.waitForFunction(() => document.querySelector('dd[data-field="status"]')?.textContent === 'active');
+    assert.match(await page.locator('#sub-status').textContent(), /Paid: your subscription renews on/);
+    assert.equal(await page.locator('#dunning').isHidden(), true);
+    await context.close();
+  } catch (e) {
+    console.log(T.logs().split('\n').filter((l) => !l.includes('"event":"request"') || !l.includes('"status":200')).slice(-40).join('\n'));
+    throw e;
+  } finally {
+    T.proc.kill('SIGTERM');
+    await new Promise((r) => T.proc.on('exit', r));
+    rmSync(T.dir, { recursive: true, force: true });
+    rmSync(dirname(clock), { recursive: true, force: true });
+  }
 });
 
 test('no console errors on any page', async () => {

@@ -19,11 +19,6 @@ struct mem_key {
 	bool used;
 };
 
-struct mem_proc {
-	char key[UUID_LEN + 1];
-	struct processor_rec rec;
-};
-
 struct mem {
 	struct store base;
 	struct plan plans[MAX];
@@ -37,8 +32,6 @@ struct mem {
 	struct audit_event events[4 * MAX];
 	int nevents;
 	struct mem_key keys[MAX];
-	struct mem_proc procs[MAX];
-	int nprocs;
 	int64_t seq;
 	int64_t lease_until;
 	char lease_holder[64];
@@ -59,15 +52,6 @@ static bool failing(struct store *s, const char *op, struct err *e)
 	M(s)->fail = NULL;
 	err_set(e, ERR_UNAVAILABLE, NULL, "injected crash at %s", op);
 	return true;
-}
-
-int mem_processor_charges(struct store *s)
-{
-	int n = 0;
-
-	for (int i = 0; i < M(s)->nprocs; i++)
-		n += M(s)->procs[i].rec.state == PROC_CHARGED || M(s)->procs[i].rec.state == PROC_REFUNDED;
-	return n;
 }
 
 static struct plan *plan_find(struct mem *m, const char *id)
@@ -100,6 +84,7 @@ static void sub_copy(struct mem *m, struct subscription *dst, const struct subsc
 
 	*dst = *src;
 	dst->plan_name = xstrdup(p ? p->name : "");
+	dst->plan_renews = p && p->renews;
 }
 
 static struct mem_key *key_find(struct mem *m, const char *key)
@@ -448,7 +433,10 @@ static int mem_hold(struct store *s, const struct hold_req *r, const struct acto
 	snprintf(sub->idem_key, sizeof(sub->idem_key), "%s", r->claim.key);
 	sub->quantity = r->quantity;
 	sub->amount_cents = p->price_cents * r->quantity;
-	sub->duration_days = p->duration_days;
+	sub->life.term_unit = p->interval;
+	sub->life.term_count = p->interval_count;
+	snprintf(sub->life.term_zone, sizeof(sub->life.term_zone), "%s", p->timezone);
+	sub->duration_days = term_days(p->interval, p->interval_count);
 	sub->hold_deadline = r->deadline;
 	sub->created_at = sub->updated_at = r->claim.now;
 	sub->seq = ++m->seq;
@@ -490,7 +478,10 @@ static int mem_move(struct store *s, const struct transition *t, const struct ac
 		return 0;
 	}
 	if (strcmp(sub->status, t->from) || (t->live_after && sub->hold_deadline <= t->live_after) ||
-	    (t->due_by && sub->hold_deadline > t->due_by) || (t->attempt && strcmp(sub->attempt_key, t->attempt))) {
+	    (t->due_by && sub->hold_deadline > t->due_by) || (t->attempt && strcmp(sub->attempt_key, t->attempt)) ||
+	    (t->life.check && (sub->end_at != t->life.end_at || sub->life.next_attempt_at != t->life.next_attempt_at ||
+			       sub->life.cancel_at_period_end != t->life.cancel_at_period_end ||
+			       strcmp(sub->life.payment_method, t->life.payment_method ? t->life.payment_method : "")))) {
 		out->result = MOVE_REFUSED;
 		sub_copy(m, &out->sub, sub);
 		return 0;
@@ -508,12 +499,16 @@ static int mem_move(struct store *s, const struct transition *t, const struct ac
 	sub->updated_at = t->now;
 	if (t->attempt_end)
 		sub->attempt_key[0] = '\0';
-	if (t->payment_id) {
+	if (t->payment_id)
 		snprintf(sub->payment_id, sizeof(sub->payment_id), "%s", t->payment_id);
+	if (t->token_hash)
 		snprintf(sub->token_hash, sizeof(sub->token_hash), "%s", t->token_hash);
+	if (t->start_at)
 		sub->start_at = t->start_at;
+	if (t->end_at)
 		sub->end_at = t->end_at;
-	}
+	if (t->life.set)
+		sub->life = *t->life.set;
 	if (t->payment)
 		m->pays[m->npays++] = *t->payment;
 	events_put(m, a, t->now, p->id, t->events, t->nevents, &before, &after);
@@ -551,7 +546,8 @@ static int mem_transition(struct store *s, const struct transition *t, const str
 	return 0;
 }
 
-static int mem_refunds_pending(struct store *s, int limit, struct payment **out, size_t *n, struct err *e)
+static int mem_payments_in(struct store *s, const char *status, int limit, struct payment **out, size_t *n,
+			   struct err *e)
 {
 	struct mem *m = M(s);
 
@@ -559,19 +555,26 @@ static int mem_refunds_pending(struct store *s, int limit, struct payment **out,
 	*out = xcalloc((size_t)limit, sizeof(**out));
 	*n = 0;
 	for (int i = 0; i < m->npays && (int)*n < limit; i++)
-		if (!strcmp(m->pays[i].status, "pending"))
+		if (!strcmp(m->pays[i].status, status))
 			(*out)[(*n)++] = m->pays[i];
 	return 0;
 }
 
-static int mem_refund_made(struct store *s, const char *payment_id, struct err *e)
+static int mem_payment_mark(struct store *s, const char *id, const char *from, const char *to,
+			    const struct event_spec *ev, size_t nev, const struct actor *a, bool *moved, struct err *e)
 {
 	struct mem *m = M(s);
 
-	(void)e;
+	if (failing(s, "payment_mark", e))
+		return -1;
+	*moved = false;
 	for (int i = 0; i < m->npays; i++)
-		if (!strcmp(m->pays[i].id, payment_id) && !strcmp(m->pays[i].status, "pending"))
-			snprintf(m->pays[i].status, sizeof(m->pays[i].status), "succeeded");
+		if (!strcmp(m->pays[i].id, id) && !strcmp(m->pays[i].status, from)) {
+			snprintf(m->pays[i].status, sizeof(m->pays[i].status), "%s", to);
+			struct subscription *sub = sub_find(m, m->pays[i].subscription_id);
+			events_put(m, a, now_ms(), sub ? sub->plan_id : "", ev, nev, NULL, NULL);
+			*moved = true;
+		}
 	return 0;
 }
 
@@ -655,6 +658,54 @@ static int mem_feed_read(struct store *s, int64_t after, const char *type, int l
 	return 0;
 }
 
+static int mem_payment_totals(struct store *s, struct payment_total **out, size_t *n, struct err *e)
+{
+	struct mem *m = M(s);
+
+	(void)e;
+	*out = xcalloc(PAYMENT_TOTALS_MAX, sizeof(**out));
+	*n = 0;
+	for (int i = 0; i < m->npays; i++) {
+		size_t j;
+		for (j = 0; j < *n; j++)
+			if (!strcmp((*out)[j].kind, m->pays[i].kind) && !strcmp((*out)[j].status, m->pays[i].status))
+				break;
+		if (j == *n) {
+			if (*n == PAYMENT_TOTALS_MAX)
+				continue;
+			snprintf((*out)[j].kind, sizeof((*out)[j].kind), "%s", m->pays[i].kind);
+			snprintf((*out)[j].status, sizeof((*out)[j].status), "%s", m->pays[i].status);
+			(*n)++;
+		}
+		(*out)[j].count++;
+		(*out)[j].amount_cents += m->pays[i].amount_cents;
+	}
+	return 0;
+}
+
+static int mem_sub_totals(struct store *s, struct sub_total **out, size_t *n, struct err *e)
+{
+	struct mem *m = M(s);
+
+	(void)e;
+	*out = xcalloc(SUB_TOTALS_MAX, sizeof(**out));
+	*n = 0;
+	for (int i = 0; i < m->nsubs; i++) {
+		size_t j;
+		for (j = 0; j < *n && strcmp((*out)[j].status, m->subs[i].status); j++)
+			;
+		if (j == *n) {
+			if (*n == SUB_TOTALS_MAX)
+				continue;
+			snprintf((*out)[j].status, sizeof((*out)[j].status), "%s", m->subs[i].status);
+			(*n)++;
+		}
+		(*out)[j].count++;
+		(*out)[j].seats += m->subs[i].quantity;
+	}
+	return 0;
+}
+
 static int mem_held_by_kind(struct store *s, const char *plan_id, int64_t *paying, int64_t *sessions,
 			    struct err *e)
 {
@@ -711,6 +762,22 @@ static int mem_holds_overdue(struct store *s, int64_t now, int limit, struct sub
 	return 0;
 }
 
+static int mem_subs_due(struct store *s, int64_t now, int limit, struct subscription **out, size_t *n, struct err *e)
+{
+	struct mem *m = M(s);
+
+	(void)e;
+	*out = xcalloc((size_t)limit, sizeof(**out));
+	*n = 0;
+	for (int i = 0; i < m->nsubs && (int)*n < limit; i++) {
+		const struct subscription *x = &m->subs[i];
+		if ((!strcmp(x->status, "active") && x->end_at <= now) ||
+		    (!strcmp(x->status, "past_due") && x->life.next_attempt_at <= now))
+			sub_copy(m, &(*out)[(*n)++], x);
+	}
+	return 0;
+}
+
 static int mem_charges_unrefunded(struct store *s, int limit, struct payment **out, size_t *n, struct err *e)
 {
 	struct mem *m = M(s);
@@ -744,51 +811,6 @@ static int mem_keys_purge(struct store *s, int64_t before, int *n, struct err *e
 			m->keys[i].used = false;
 			(*n)++;
 		}
-	return 0;
-}
-
-static struct mem_proc *proc_find(struct mem *m, const char *key)
-{
-	for (int i = 0; i < m->nprocs; i++)
-		if (!strcmp(m->procs[i].key, key))
-			return &m->procs[i];
-	return NULL;
-}
-
-static int mem_processor_charge(struct store *s, const char *key, const struct processor_rec *want,
-				struct processor_rec *out, struct err *e)
-{
-	struct mem *m = M(s);
-	struct mem_proc *p = proc_find(m, key);
-
-	if (failing(s, "processor_charge", e))
-		return -1;
-	if (!p) {
-		p = &m->procs[m->nprocs++];
-		snprintf(p->key, sizeof(p->key), "%s", key);
-		p->rec = *want;
-	}
-	*out = p->rec;
-	return 0;
-}
-
-static int mem_processor_void(struct store *s, const char *key, const char *refund_id, struct processor_rec *out,
-			      struct err *e)
-{
-	struct mem *m = M(s);
-	struct mem_proc *p = proc_find(m, key);
-
-	(void)e;
-	if (!p) {
-		p = &m->procs[m->nprocs++];
-		memset(p, 0, sizeof(*p));
-		snprintf(p->key, sizeof(p->key), "%s", key);
-		p->rec.state = PROC_VOID;
-	} else if (p->rec.state == PROC_CHARGED) {
-		p->rec.state = PROC_REFUNDED;
-		snprintf(p->rec.refund_id, sizeof(p->rec.refund_id), "%s", refund_id);
-	}
-	*out = p->rec;
 	return 0;
 }
 
@@ -856,9 +878,11 @@ static const struct store_ops mem_ops = {
 	.key_get = mem_key_get,
 	.hold = mem_hold,
 	.attempt_take = mem_attempt_take,
-	.refunds_pending = mem_refunds_pending,
-	.refund_made = mem_refund_made,
+	.payments_in = mem_payments_in,
+	.payment_mark = mem_payment_mark,
 	.held_by_kind = mem_held_by_kind,
+	.payment_totals = mem_payment_totals,
+	.sub_totals = mem_sub_totals,
 	.transition = mem_transition,
 	.payment_record = mem_payment_record,
 	.sub_get = mem_sub_get,
@@ -867,10 +891,9 @@ static const struct store_ops mem_ops = {
 	.feed_read = mem_feed_read,
 	.lease_take = mem_lease_take,
 	.holds_overdue = mem_holds_overdue,
+	.subs_due = mem_subs_due,
 	.charges_unrefunded = mem_charges_unrefunded,
 	.keys_purge = mem_keys_purge,
-	.processor_charge = mem_processor_charge,
-	.processor_void = mem_processor_void,
 	.snapshot = mem_snapshot,
 };
 

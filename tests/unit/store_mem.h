@@ -7,7 +7,7 @@
 /* New, close with store_close. */
 struct store *mem_store_new(void);
 void mem_reset_all(struct store *s);
-/* The next call of op ("hold", "transition", "processor_charge") fails as if the process died
+/* The next call of op ("hold", "transition", "payment_mark") fails as if the process died
  * there: nothing of it happens, the caller sees ERR_UNAVAILABLE. */
 void mem_fail_next(struct store *s, const char *op);
 /* Facts set by hand: a plan's counts (to break an invariant on purpose), a hold's deadline,
@@ -15,7 +15,5 @@ void mem_fail_next(struct store *s, const char *op);
 void mem_plan_counts(struct store *s, const char *plan_id, int64_t left, int64_t held);
 void mem_sub_deadline(struct store *s, const char *sub_id, int64_t deadline);
 void mem_key_lease(struct store *s, const char *key, int64_t until);
-/* How many charges the simulated processor's records hold for all keys. */
-int mem_processor_charges(struct store *s);
 
 #endif

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "check.h"
 #include "ledger.h"
+#include "processor.h"
 #include "purchase.h"
 #include "reaper.h"
 #include "store.h"
@@ -29,22 +30,30 @@
 
 static char store_url[512];
 
-/* --- the fault wrapper: the real store's ops, with three that can fail once --------------- */
+/* --- the fault wrapper: the real store's ops and the simulated processor's, with some that
+ * can fail once ------------------------------------------------------------------------------ */
 
 static const struct store_ops *real_ops;
+static char sim_path[300];           /* the simulated processor's file */
+static struct processor_settings sim; /* as the ledger made last, for the wrapper */
+static struct processor faulty_proc;
 
-/* A ledger over s as a worker makes it (app_ledger_init): answers kept on keys sealed. */
+/* A ledger over s as a worker makes it (app_ledger_init): answers kept on keys sealed; its
+ * processor the simulated one behind the fault wrapper. */
 static struct ledger ledger_of(struct store *s, int hold_ttl_s, int payment_latency_ms)
 {
 	struct config cfg = {.admin_token = (char *)"contract-test-admin-token", .hold_ttl_s = hold_ttl_s,
-			     .payment_latency_ms = payment_latency_ms, .key_retention_h = 24, .offer_ttl_s = 600};
+			     .payment_latency_ms = payment_latency_ms, .key_retention_h = 24, .offer_ttl_s = 600,
+			     .processor = (char *)"sim", .sim_db = sim_path};
 	struct ledger lg;
 
 	app_ledger_init(&lg, s, &cfg);
+	sim = lg.processor;
+	lg.proc = &faulty_proc;
 	return lg;
 }
 static struct store_ops faulty_ops;
-static const char *fail_at;          /* "hold", "processor_charge", "transition" or NULL */
+static const char *fail_at;          /* "hold", "transition", "authorize", "refund" or NULL */
 
 static bool trip(const char *op, struct err *e)
 {
@@ -66,11 +75,71 @@ static int f_transition(struct store *s, const struct transition *t, const struc
 	return trip("transition", e) ? -1 : real_ops->transition(s, t, a, o, e);
 }
 
-static int f_charge(struct store *s, const char *key, const struct processor_rec *w, struct processor_rec *o,
-		    struct err *e)
+/* The process's simulated processor (a forked child opens its own). */
+static struct processor *real_proc(void)
 {
-	return trip("processor_charge", e) ? -1 : real_ops->processor_charge(s, key, w, o, e);
+	return processor_shared(&sim);
 }
+
+/* A processor call that fails once: nothing done, no answer. */
+static enum pay_outcome proc_trip(const char *op, struct pay_result *out)
+{
+	struct err e = {0};
+
+	if (!trip(op, &e))
+		return PAY_OK;
+	memset(out, 0, sizeof(*out));
+	snprintf(out->msg, sizeof(out->msg), "%.150s", e.msg);
+	return out->outcome = PAY_UNKNOWN;
+}
+
+static enum pay_outcome fp_authorize(struct processor *p, const struct pay_req *r, struct pay_result *out)
+{
+	(void)p;
+	return proc_trip("authorize", out) ? PAY_UNKNOWN : real_proc()->ops->authorize(real_proc(), r, out);
+}
+
+static enum pay_outcome fp_charge_saved(struct processor *p, const struct pay_req *r, struct pay_result *out)
+{
+	(void)p;
+	return real_proc()->ops->charge_saved(real_proc(), r, out);
+}
+
+static enum pay_outcome fp_capture(struct processor *p, const struct pay_ref *ref, struct pay_result *out)
+{
+	(void)p;
+	return real_proc()->ops->capture(real_proc(), ref, out);
+}
+
+static enum pay_outcome fp_cancel(struct processor *p, const struct pay_ref *ref, struct pay_result *out)
+{
+	(void)p;
+	return real_proc()->ops->cancel(real_proc(), ref, out);
+}
+
+static enum pay_outcome fp_refund(struct processor *p, const char *id, const char *rkey, int64_t max,
+				  struct pay_result *out)
+{
+	(void)p;
+	return proc_trip("refund", out) ? PAY_UNKNOWN : real_proc()->ops->refund(real_proc(), id, rkey, max, out);
+}
+
+static enum pay_outcome fp_lookup(struct processor *p, const struct pay_ref *ref, struct pay_result *out)
+{
+	(void)p;
+	return real_proc()->ops->lookup(real_proc(), ref, out);
+}
+
+static const struct processor_ops faulty_proc_ops = {
+	.name = "faulty",
+	.authorize = fp_authorize,
+	.charge_saved = fp_charge_saved,
+	.capture = fp_capture,
+	.cancel = fp_cancel,
+	.refund = fp_refund,
+	.lookup = fp_lookup,
+};
+static struct processor faulty_proc = {&faulty_proc_ops};
 
 struct fixture {
 	struct store *s;
@@ -92,7 +161,6 @@ static struct fixture *fixture_new(int capacity, int hold_ttl_s)
 	faulty_ops = *real_ops;
 	faulty_ops.hold = f_hold;
 	faulty_ops.transition = f_transition;
-	faulty_ops.processor_charge = f_charge;
 	x->s->ops = &faulty_ops;
 	fail_at = NULL;
 	x->lg = ledger_of(x->s, hold_ttl_s, 0);
@@ -100,7 +168,9 @@ static struct fixture *fixture_new(int capacity, int hold_ttl_s)
 	p.name = xasprintf("Plan %s", p.id);
 	p.description = xstrdup("");
 	p.price_cents = 1500;
-	p.duration_days = 30;
+	p.interval = PERIOD_DAY;
+	p.interval_count = 30;
+	strcpy(p.timezone, "UTC");
 	p.total_capacity = p.subscriptions_left = capacity;
 	p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
 	strcpy(p.status, "active");
@@ -265,7 +335,7 @@ static void test_key_reused_and_in_progress(void **state)
 
 	(void)state;
 	new_key(key);
-	fail_at = "processor_charge";
+	fail_at = "authorize";
 	buy(x, key, "pm_card_visa", &r);  /* dies after its hold: the key stays leased */
 	assert_int_equal(r.end, PURCHASE_REFUSED);
 	purchase_result_clear(&r);
@@ -357,10 +427,10 @@ static void test_crash_after_charge_reaper_refunds(void **state)
 	assert_int_equal(p.subscriptions_left, 2);
 	assert_int_equal(p.subscriptions_held, 0);
 	plan_clear(&p);
-	/* the processor refunded the charge the crashed request made */
-	struct processor_rec pr;
-	assert_int_equal(x->s->ops->processor_void(x->s, key, "pay_unused", &pr, &e), 0);
-	assert_int_equal(pr.state, PROC_REFUNDED);
+	/* the processor voided the authorization the crashed request made: nothing was taken */
+	struct pay_result pr;
+	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL}, &pr), PAY_OK);
+	assert_int_equal(pr.state, PAYS_VOIDED);
 	/* the retry now gets the stored HOLD_EXPIRED, and nothing is charged again */
 	buy(x, key, "pm_card_visa", &r);
 	assert_int_equal(r.reply.status, 409);
@@ -398,6 +468,91 @@ static void test_cancel_and_capacity(void **state)
 	p = plan_now(x);
 	assert_int_equal(p.subscriptions_left, 1);
 	plan_clear(&p);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+/* A subscription's life on the store: what is due found once its period ends, a life move
+ * only from the life as read (a stale read moves nothing), the life kept whole, and an end
+ * giving the seat back. */
+static void test_life_moves_from_what_was_read(void **state)
+{
+	struct fixture *x = fixture_new(1, 600);
+	struct actor a = {"test", "system", "renewer", NULL};
+	const struct event_spec ev[] = {{"subscription.updated", "subscription", "", EV_NO_COUNTS, NULL, NULL}};
+	const struct event_spec end_ev[] = {{"subscription.ended", "subscription", "", EV_BEFORE_AFTER, NULL, NULL},
+					    {"seat.released", "subscription", "", EV_BEFORE_AFTER, NULL, NULL}};
+	struct purchase_result r;
+	struct subscription sub = {0}, *due = NULL;
+	struct transition_out o;
+	struct err e = {0};
+	struct plan p;
+	size_t n = 0;
+	char key[UUID_LEN + 1], sub_id[ID_LEN + 1];
+
+	(void)state;
+	new_key(key);
+	buy(x, key, "pm_card_visa", &r);
+	assert_int_equal(r.reply.status, 201);
+	snprintf(sub_id, sizeof(sub_id), "%.24s", strstr(r.reply.body, "\"id\":\"") + 6);
+	purchase_result_clear(&r);
+	assert_int_equal(ledger_sub_get(&x->lg, sub_id, &sub, &e), 0);
+	assert_int_equal(sub.life.term_unit, PERIOD_DAY);
+	assert_int_equal(sub.life.term_count, 30);
+	assert_string_equal(sub.life.term_zone, "UTC");
+	assert_int_equal(sub.life.period_start, sub.start_at);
+	assert_string_equal(sub.life.payment_method, "pm_card_visa");
+	/* nothing due before the end, the subscription at it */
+	assert_int_equal(x->lg.store->ops->subs_due(x->lg.store, sub.end_at - 1, 10, &due, &n, &e), 0);
+	for (size_t i = 0; i < n; i++)
+		assert_string_not_equal(due[i].id, sub_id);
+	for (size_t i = 0; i < n; i++)
+		subscription_clear(&due[i]);
+	free(due);
+	assert_int_equal(x->lg.store->ops->subs_due(x->lg.store, sub.end_at, 200, &due, &n, &e), 0);
+	bool found = false;
+	for (size_t i = 0; i < n; i++) {
+		found |= !strcmp(due[i].id, sub_id);
+		subscription_clear(&due[i]);
+	}
+	free(due);
+	assert_true(found);
+	/* a move from a stale read (another card) moves nothing */
+	struct sub_life l = sub.life;
+	l.cancel_at_period_end = true;
+	snprintf(l.payment_method, sizeof(l.payment_method), "pm_card_mastercard");
+	struct transition t = {.sub_id = sub_id, .from = "active", .to = "active", .now = sub.start_at + 1,
+			       .events = ev, .nevents = 1,
+			       .life = {&l, true, sub.end_at, 0, false, "pm_card_amex"}};
+	assert_int_equal(ledger_transition(&x->lg, &t, &a, &o, &e), 0);
+	assert_int_equal(o.result, MOVE_REFUSED);
+	transition_out_clear(&o);
+	/* from the life as read: kept whole */
+	t.life.payment_method = sub.life.payment_method;
+	assert_int_equal(ledger_transition(&x->lg, &t, &a, &o, &e), 0);
+	assert_int_equal(o.result, MOVED);
+	assert_true(o.sub.life.cancel_at_period_end);
+	assert_string_equal(o.sub.life.payment_method, "pm_card_mastercard");
+	assert_int_equal(o.sub.life.anchor_at, sub.life.anchor_at);
+	transition_out_clear(&o);
+	/* the old read is stale now: the schedule changed */
+	assert_int_equal(ledger_transition(&x->lg, &t, &a, &o, &e), 0);
+	assert_int_equal(o.result, MOVE_REFUSED);
+	transition_out_clear(&o);
+	/* the end, from the life as it is: the seat back */
+	l.ended_at = sub.end_at;
+	struct transition end = {.sub_id = sub_id, .from = "active", .to = "ended", .now = sub.end_at, .dleft = 1,
+				 .events = end_ev, .nevents = 2,
+				 .life = {&l, true, sub.end_at, 0, true, "pm_card_mastercard"}};
+	assert_int_equal(ledger_transition(&x->lg, &end, &a, &o, &e), 0);
+	assert_int_equal(o.result, MOVED);
+	assert_string_equal(o.sub.status, "ended");
+	assert_int_equal(o.sub.life.ended_at, sub.end_at);
+	transition_out_clear(&o);
+	p = plan_now(x);
+	assert_int_equal(p.subscriptions_left, 1);
+	plan_clear(&p);
+	subscription_clear(&sub);
 	assert_int_equal(violations(x), 0);
 	fixture_free(x);
 }
@@ -485,14 +640,11 @@ static void complete(struct fixture *x, const char *id, const char *key, struct 
 	checkout_complete(&x->lg, &a, id, key, "pm_card_visa", r);
 }
 
-static enum processor_state processor_state_of(struct fixture *x, const char *key)
+static enum pay_state processor_state_of(const char *key)
 {
-	struct processor_rec pr;
-	struct err e = {0};
+	struct pay_result pr;
 
-	/* voiding a refunded or voided key changes nothing; a charged one it refunds: only asked
-	 * once the test expects no charge to be kept */
-	assert_int_equal(x->s->ops->processor_void(x->s, key, "pay_probe", &pr, &e), 0);
+	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL}, &pr), PAY_OK);
 	return pr.state;
 }
 
@@ -553,7 +705,7 @@ static void test_session_completion_crash_reaper_refunds(void **state)
 	assert_int_equal(p.subscriptions_held, 0);
 	plan_clear(&p);
 	assert_int_equal(violations(x), 0);
-	assert_int_equal(processor_state_of(x, k2), PROC_REFUNDED);
+	assert_int_equal(processor_state_of(k2), PAYS_VOIDED);
 	complete(x, id, k2, &r);
 	assert_string_equal(r.err.code, "SESSION_EXPIRED");
 	purchase_result_clear(&r);
@@ -605,7 +757,7 @@ static void test_session_dead_attempt_taken_over(void **state)
 	assert_int_equal(r.reply.status, 201);
 	purchase_result_clear(&r);
 	assert_int_equal(violations(x), 0);
-	assert_int_equal(processor_state_of(x, k2), PROC_REFUNDED);
+	assert_int_equal(processor_state_of(k2), PAYS_VOIDED);
 	fixture_free(x);
 }
 
@@ -620,7 +772,9 @@ static void other_plan(struct fixture *x, int64_t price, int64_t capacity, char 
 	p.name = xasprintf("Other %s", p.id);
 	p.description = xstrdup("");
 	p.price_cents = price;
-	p.duration_days = 30;
+	p.interval = PERIOD_DAY;
+	p.interval_count = 30;
+	strcpy(p.timezone, "UTC");
 	p.total_capacity = p.subscriptions_left = capacity;
 	p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
 	strcpy(p.status, "active");
@@ -703,7 +857,7 @@ static void test_plan_change_loses_to_a_cancel(void **state)
 	assert_int_equal(p.subscriptions_left, 3);
 	assert_int_equal(p.subscriptions_held, 0);
 	plan_clear(&p);
-	assert_int_equal(processor_state_of(x, key), PROC_REFUNDED);
+	assert_int_equal(processor_state_of(key), PAYS_VOIDED);
 	assert_int_equal(violations(x), 0);
 	fixture_free(x);
 }
@@ -723,20 +877,29 @@ static void test_plan_change_credit_made_by_the_reaper(void **state)
 	bought(x, sub_id);
 	other_plan(x, 500, 3, cheap);
 	new_key(key);
-	fail_at = "processor_charge";   /* the credit's call to the processor fails */
+	fail_at = "refund";   /* the credit's call to the processor fails */
 	change(x, sub_id, cheap, key, &r);
 	assert_int_equal(r.reply.status, 200);
 	purchase_result_clear(&r);
-	assert_int_equal(x->s->ops->refunds_pending(x->s, 10, &pending, &n, &e), 0);
+	assert_int_equal(x->s->ops->payments_in(x->s, "pending", 10, &pending, &n, &e), 0);
 	assert_int_equal(n, 1);
 	assert_int_equal(pending[0].amount_cents, 1000);
 	free(pending);
 	assert_int_equal(reaper_run(&x->lg, "test", &st, &e), 0);
 	assert_int_equal(st.refunded, 1);
-	assert_int_equal(x->s->ops->refunds_pending(x->s, 10, &pending, &n, &e), 0);
+	assert_int_equal(x->s->ops->payments_in(x->s, "pending", 10, &pending, &n, &e), 0);
 	assert_int_equal(n, 0);
 	free(pending);
-	assert_int_equal(processor_state_of(x, key), PROC_REFUNDED);
+	/* made from the purchase's captured charge, once */
+	struct subscription bought_sub = {0};
+	struct pay_result pr;
+	assert_int_equal(ledger_sub_get(&x->lg, sub_id, &bought_sub, &e), 0);
+	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){bought_sub.idem_key, NULL, NULL}, &pr), PAY_OK);
+	assert_int_equal(pr.state, PAYS_CAPTURED);
+	assert_int_equal(pr.refunded_cents, 1000);
+	subscription_clear(&bought_sub);
+	assert_int_equal(reaper_run(&x->lg, "test", &st, &e), 0);
+	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL}, &pr), PAY_OK);
 	assert_int_equal(violations(x), 0);
 	fixture_free(x);
 }
@@ -788,17 +951,6 @@ static void test_racing_processes_sell_exactly_capacity(void **state)
 	plan_clear(&p);
 	assert_int_equal(violations(x), 0);
 	fixture_free(x);
-}
-
-/* What the processor holds for a key, changing nothing (a charge call on a key with a record
- * returns that record; on a key without one it leaves a decline, which keeps nothing). */
-static enum processor_state processor_peek(struct fixture *x, const char *key)
-{
-	struct processor_rec want = {PROC_DECLINED, "pay_peek", "", "peek", 0}, got;
-	struct err e = {0};
-
-	assert_int_equal(real_ops->processor_charge(x->s, key, &want, &got, &e), 0);
-	return got.state;
 }
 
 /* Sessions completed around their own deadline by racing processes while the reaper runs:
@@ -878,7 +1030,9 @@ static void test_sessions_race_their_deadline(void **state)
 		} else {
 			assert_int_equal(got[i].status, 409);
 			assert_string_equal(sub.status, "expired");
-			assert_int_not_equal(processor_peek(x, got[i].key), PROC_CHARGED);
+			/* its money, if any was authorized, is voided, never taken */
+			enum pay_state ps = processor_state_of(got[i].key);
+			assert_true(ps == PAYS_NONE || ps == PAYS_VOIDED || ps == PAYS_DECLINED);
 		}
 		subscription_clear(&sub);
 	}
@@ -975,7 +1129,7 @@ static void test_feed_in_commit_order(void **state)
 	close(fds[0]);
 	while (wait(&status) > 0)
 		assert_int_equal(status, 0);
-	/* plan.created twice, then per purchase seat.held, payment.succeeded and
+	/* plan.created twice, then per purchase seat.held, payment.authorized and
 	 * subscription.activated, per cancel subscription.cancelled and seat.released */
 	assert_int_equal(seen, 2 + PROCS * EACH * 3 + PROCS * (EACH / 2) * 2);
 	for (int k = 0; k < 2; k++) {
@@ -1113,6 +1267,7 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_refusals_keep_no_key),
 		cmocka_unit_test(test_key_reused_and_in_progress),
 		cmocka_unit_test(test_decline_gives_the_seat_back),
+		cmocka_unit_test(test_life_moves_from_what_was_read),
 		cmocka_unit_test(test_crash_after_charge_retry_settles_once),
 		cmocka_unit_test(test_crash_after_charge_reaper_refunds),
 		cmocka_unit_test(test_cancel_and_capacity),
@@ -1142,6 +1297,7 @@ int main(void)
 	if (!mkdtemp(dir))
 		return 1;
 	snprintf(url, sizeof(url), "sqlite://%s/contract.db", dir);
+	snprintf(sim_path, sizeof(sim_path), "%s/contract.processor.db", dir);
 	failed = run_on(url, "contract_sqlite");
 	/* tests/run.sh starts a throwaway PostgreSQL and names it here */
 	if (pg && *pg)

@@ -16,6 +16,7 @@
 #include "check.h"
 #include "idem.h"
 #include "ledger.h"
+#include "processor_mem.h"
 #include "purchase.h"
 #include "reaper.h"
 #include "store_mem.h"
@@ -23,6 +24,7 @@
 
 struct world {
 	struct store *s;
+	struct processor *proc;
 	struct ledger lg;
 	char plan_id[ID_LEN + 1];
 };
@@ -42,11 +44,14 @@ static int setup(void **state)
 				     .key_retention_h = 24, .offer_ttl_s = 600};
 		app_ledger_init(&w->lg, w->s, &cfg);
 	}
+	w->proc = w->lg.proc = procmem_new();
 	id_new(p.id);
 	p.name = xstrdup("Workshop");
 	p.description = xstrdup("");
 	p.price_cents = 4900;
-	p.duration_days = 30;
+	p.interval = PERIOD_DAY;
+	p.interval_count = 30;
+	strcpy(p.timezone, "UTC");
 	p.total_capacity = p.subscriptions_left = 2;
 	p.max_per_order = PLAN_MAX_PER_ORDER_DEFAULT;
 	strcpy(p.status, "active");
@@ -64,6 +69,7 @@ static int teardown(void **state)
 	struct world *w = *state;
 
 	store_close(w->s);
+	procmem_free(w->proc);
 	free(w);
 	return 0;
 }
@@ -141,7 +147,7 @@ static void test_purchase_writes_its_events(void **state)
 	assert_int_equal(p.subscriptions_held, 0);
 	plan_clear(&p);
 	assert_int_equal(count_events(w, "seat.held"), 1);
-	assert_int_equal(count_events(w, "payment.succeeded"), 1);
+	assert_int_equal(count_events(w, "payment.authorized"), 1);
 	assert_int_equal(count_events(w, "subscription.activated"), 1);
 	assert_int_equal(violations(w), 0);
 }
@@ -184,7 +190,7 @@ static void test_key_outcomes(void **state)
 	const char *key = "6f1c2a34-0000-4000-8000-000000000007";
 	struct purchase_result r, replay;
 
-	mem_fail_next(w->s, "processor_charge");
+	procmem_fail_next(w->proc, "authorize", false);
 	buy(w, key, "pm_card_visa", "a@example.com", &r);
 	assert_int_equal(r.end, PURCHASE_REFUSED);
 	purchase_result_clear(&r);
@@ -241,18 +247,19 @@ static void test_crash_after_charge_settles_once(void **state)
 	assert_int_equal(r.end, PURCHASE_REFUSED);
 	assert_int_equal(r.err.kind, ERR_UNAVAILABLE);
 	purchase_result_clear(&r);
-	assert_int_equal(mem_processor_charges(w->s), 1);
+	assert_int_equal(procmem_authorized(w->proc), 1);
 	mem_key_lease(w->s, key, 0);
 	buy(w, key, "pm_card_visa", "a@example.com", &r);
 	assert_int_equal(r.reply.status, 201);
 	purchase_result_clear(&r);
-	assert_int_equal(mem_processor_charges(w->s), 1);
-	assert_int_equal(count_events(w, "payment.succeeded"), 1);
+	assert_int_equal(procmem_authorized(w->proc), 1);
+	assert_int_equal(procmem_captured(w->proc), 1);
+	assert_int_equal(count_events(w, "payment.authorized"), 1);
 	assert_int_equal(violations(w), 0);
 }
 
-/* The hold ran out while the request was gone: the retry is charged, cannot keep the seat,
- * and the charge is refunded; the key answers HOLD_EXPIRED from then on. */
+/* The hold ran out while the request was gone: the retry asks the processor for nothing, the
+ * seat goes back, and the key answers HOLD_EXPIRED from then on. */
 static void test_hold_expired_before_the_charge_settled(void **state)
 {
 	struct world *w = *state;
@@ -263,7 +270,7 @@ static void test_hold_expired_before_the_charge_settled(void **state)
 	struct plan p;
 	bool found;
 
-	mem_fail_next(w->s, "processor_charge");
+	procmem_fail_next(w->proc, "authorize", false);
 	buy(w, key, "pm_card_visa", "a@example.com", &r);
 	purchase_result_clear(&r);
 	assert_int_equal(w->s->ops->key_get(w->s, key, &k, &found, &e), 0);
@@ -278,12 +285,13 @@ static void test_hold_expired_before_the_charge_settled(void **state)
 	assert_int_equal(p.subscriptions_left, 2);
 	assert_int_equal(p.subscriptions_held, 0);
 	plan_clear(&p);
-	assert_int_equal(count_events(w, "payment.refunded"), 1);
+	assert_int_equal(procmem_authorized(w->proc), 0);
+	assert_int_equal(procmem_captured(w->proc), 0);
 	assert_int_equal(violations(w), 0);
 }
 
-/* Crash after the charge and no retry: the reaper expires the hold past its deadline and the
- * processor refunds; a late retry neither charges again nor takes a seat. */
+/* Crash after the authorization and no retry: the reaper expires the hold past its deadline
+ * and the processor voids it; a late retry neither charges again nor takes a seat. */
 static void test_reaper_settles_an_abandoned_purchase(void **state)
 {
 	struct world *w = *state;
@@ -304,12 +312,14 @@ static void test_reaper_settles_an_abandoned_purchase(void **state)
 	assert_true(st.ran);
 	assert_int_equal(st.expired, 1);
 	assert_int_equal(count_events(w, "subscription.expired"), 1);
-	assert_int_equal(count_events(w, "payment.refunded"), 1);
+	assert_int_equal(count_events(w, "payment.voided"), 1);
 	mem_key_lease(w->s, key, 0);
 	buy(w, key, "pm_card_visa", "a@example.com", &r);
 	assert_int_equal(r.reply.status, 409);
 	purchase_result_clear(&r);
-	assert_int_equal(mem_processor_charges(w->s), 1);
+	assert_int_equal(procmem_authorized(w->proc), 1);
+	assert_int_equal(procmem_voided(w->proc), 1);
+	assert_int_equal(procmem_captured(w->proc), 0);
 	assert_int_equal(violations(w), 0);
 }
 

@@ -8,12 +8,14 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "http.h"
 #include "idem.h"
 #include "ids.h"
 #include "jsonx.h"
+#include "period.h"
 #include "router.h"
 #include "seal.h"
 #include "trace.h"
@@ -485,6 +487,88 @@ static void test_seal(void **state)
 	free(b);
 }
 
+/* UTC instants as the tests write them */
+static int64_t utc(int y, int mo, int d, int h, int mi)
+{
+	struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h, .tm_min = mi};
+
+	return (int64_t)timegm(&tm) * 1000;
+}
+
+static void expect_ends(int64_t anchor, enum period_unit u, int count, const char *zone, const int64_t *ends, int n)
+{
+	for (int k = 0; k < n; k++) {
+		int64_t end = 0;
+		assert_int_equal(period_end(anchor, u, count, zone, k, &end), 0);
+		if (end != ends[k])
+			print_error("%s k=%d: %lld, not %lld\n", zone, k, (long long)end, (long long)ends[k]);
+		assert_int_equal(end, ends[k]);
+	}
+}
+
+/* API.md's dates first, then the edges around them */
+static void test_period_ends(void **state)
+{
+	(void)state;
+	int64_t monthly[] = {utc(2027, 2, 28, 10, 0), utc(2027, 3, 31, 10, 0), utc(2027, 4, 30, 10, 0),
+			     utc(2027, 5, 31, 10, 0)};
+	expect_ends(utc(2027, 1, 31, 10, 0), PERIOD_MONTH, 1, "UTC", monthly, 4);
+	int64_t leap[] = {utc(2028, 2, 29, 10, 0)};
+	expect_ends(utc(2028, 1, 31, 10, 0), PERIOD_MONTH, 1, "UTC", leap, 1);
+	int64_t yearly[] = {utc(2029, 2, 28, 0, 0), utc(2030, 2, 28, 0, 0), utc(2031, 2, 28, 0, 0),
+			    utc(2032, 2, 29, 0, 0)};
+	expect_ends(utc(2028, 2, 29, 0, 0), PERIOD_YEAR, 1, "UTC", yearly, 4);
+	/* Berlin: 2027-03-13T10:00 CET (09:00Z) + 30 days = 2027-04-12T10:00 CEST (08:00Z) */
+	int64_t berlin[] = {utc(2027, 4, 12, 8, 0)};
+	expect_ends(utc(2027, 3, 13, 9, 0), PERIOD_DAY, 30, "Europe/Berlin", berlin, 1);
+	assert_int_equal(berlin[0] - utc(2027, 3, 13, 9, 0), (int64_t)(29 * 24 + 23) * 3600 * 1000);
+	/* and back across the autumn change: 25 hours more than the days */
+	int64_t autumn[] = {utc(2027, 11, 1, 11, 0)};
+	expect_ends(utc(2027, 10, 30, 10, 0), PERIOD_DAY, 2, "Europe/Berlin", autumn, 1);
+	/* weeks are 7 local days; a quarter is 3 months from the anchor, not chained */
+	int64_t weekly[] = {utc(2027, 1, 8, 0, 0), utc(2027, 1, 15, 0, 0)};
+	expect_ends(utc(2027, 1, 1, 0, 0), PERIOD_WEEK, 1, "UTC", weekly, 2);
+	int64_t quarterly[] = {utc(2027, 2, 28, 0, 0), utc(2027, 5, 30, 0, 0), utc(2027, 8, 30, 0, 0),
+			       utc(2027, 11, 30, 0, 0), utc(2028, 2, 29, 0, 0)};
+	expect_ends(utc(2026, 11, 30, 0, 0), PERIOD_MONTH, 3, "UTC", quarterly, 5);
+	/* a month end in a zone whose local date differs from UTC's: 31 Jan 23:30 in New York is
+	 * 1 Feb 04:30Z; a month later is 28 Feb 23:30 local (29 Feb 04:30Z... 2027 has no 29th:
+	 * 1 Mar 04:30Z) */
+	int64_t ny[] = {utc(2027, 3, 1, 4, 30)};
+	expect_ends(utc(2027, 2, 1, 4, 30), PERIOD_MONTH, 1, "America/New_York", ny, 1);
+	/* a day whose local time is skipped in spring (02:30 on 2027-03-28 in Berlin) is read with
+	 * the offset before the change: 01:30Z */
+	int64_t skipped[] = {utc(2027, 3, 28, 1, 30)};
+	expect_ends(utc(2027, 3, 27, 1, 30), PERIOD_DAY, 1, "Europe/Berlin", skipped, 1);
+	/* a local time that occurs twice in autumn (02:30 on 2027-10-31) is its first: 00:30Z */
+	int64_t twice[] = {utc(2027, 10, 31, 0, 30)};
+	expect_ends(utc(2027, 10, 30, 0, 30), PERIOD_DAY, 1, "Europe/Berlin", twice, 1);
+}
+
+static void test_period_refusals(void **state)
+{
+	int64_t end = 0;
+	enum period_unit u;
+
+	(void)state;
+	assert_true(period_zone_known("UTC"));
+	assert_true(period_zone_known("Europe/Berlin"));
+	assert_true(period_zone_known("America/Argentina/Buenos_Aires"));
+	const char *bad[] = {"", "Mars/Olympus", "Europe/../../etc/passwd", "/etc/passwd", "Europe//Berlin",
+			     "Europe/Berlin/", ".hidden", "Europe/.Berlin", "zone.tab", "posixrules x", "utc\n"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+		assert_false(period_zone_known(bad[i]));
+	assert_false(period_zone_known(NULL));
+	assert_int_equal(period_end(0, PERIOD_DAY, 1, "Mars/Olympus", 0, &end), -1);
+	assert_int_equal(period_end(0, PERIOD_DAY, 0, "UTC", 0, &end), -1);
+	assert_int_equal(period_end(0, PERIOD_DAY, 1, "UTC", -1, &end), -1);
+	assert_int_equal(period_unit_parse("month", &u), 0);
+	assert_int_equal(u, PERIOD_MONTH);
+	assert_int_equal(period_unit_parse("Month", &u), -1);
+	assert_int_equal(period_unit_parse(NULL, &u), -1);
+	assert_string_equal(period_unit_name(PERIOD_YEAR), "year");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -502,6 +586,8 @@ int main(void)
 		cmocka_unit_test(test_webhook_signature),
 		cmocka_unit_test(test_webhook_retry_and_types),
 		cmocka_unit_test(test_seal),
+		cmocka_unit_test(test_period_ends),
+		cmocka_unit_test(test_period_refusals),
 	};
 	return cmocka_run_group_tests_name("pure", tests, NULL, NULL);
 }
