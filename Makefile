@@ -11,6 +11,7 @@ CC       ?= cc
 WARN     := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow \
             -Wpointer-arith -Wcast-qual -Wsign-compare -Wformat=2
 CFLAGS   ?= -O2 -g
+CFLAGS   += -DMAIL_DIR='"$(CURDIR)/src/mail"'
 CFLAGS   += -std=gnu11 -D_GNU_SOURCE -pthread $(WARN) -MMD -MP $(patsubst -I%,-isystem %,$(shell pkg-config --cflags $(PKGS) 2>/dev/null))
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
 ifneq ($(SAN),)
@@ -51,10 +52,17 @@ $(BIN): $(OBJ)
 $(BUILD)/%.o: src/%.c
 	$(call quiet,CC,$@)mkdir -p $(dir $@) && $(CC) $(CFLAGS) -c -o $@ $<
 
+# the mail templates are built into the binary (.incbin of MAIL_DIR's files)
+$(BUILD)/mail_render.o: $(wildcard src/mail/*)
+
 $(BUILD)/tests/%: tests/unit/%.c $(UNIT_LIB) $(LIBOBJ)
 	$(call quiet,CC,$@)mkdir -p $(dir $@) && $(CC) $(CFLAGS) -Isrc -Itests/unit -o $@ $< $(UNIT_LIB) $(LIBOBJ) $(LDFLAGS) $(LDLIBS) -lcmocka
 
-unit: $(UNIT_BIN)
+# the period arithmetic on stdin, for the differential test against Python's oracle
+$(BUILD)/tests/period_ends: tests/oracle/period_ends.c $(BUILD)/period.o $(BUILD)/tz.o $(BUILD)/civil.o $(BUILD)/util.o
+	$(call quiet,CC,$@)mkdir -p $(dir $@) && $(CC) $(CFLAGS) -Isrc -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+unit: $(UNIT_BIN) $(BUILD)/tests/period_ends
 
 deps:
 	$(Q)scripts/deps.sh
@@ -71,7 +79,7 @@ test: deps
 test-mongo: deps
 	$(Q)test -n "$(MONGO_URI)" || { echo "test-mongo: set MONGO_URI to a MongoDB replica set"; exit 2; }
 	$(Q)$(MAKE) --no-print-directory all
-	$(Q)MONGO_URI="$(MONGO_URI)" NUMATIX_SUITES="test_mongo_live" NUMATIX_PG_SUITES="" tests/run.sh
+	$(Q)MONGO_URI="$(MONGO_URI)" NUMATIX_SUITES="test_mongo_live" NUMATIX_PG_SUITES="" NUMATIX_STRIPE_SUITES="" tests/run.sh
 
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all
@@ -81,13 +89,13 @@ bench: deps
 # with AddressSanitizer and UBSan under build/asan: any report a process writes fails the run.
 # (test_money is not among them: libfaketime, which moves its clock, deadlocks ASan's allocator
 # as both start.)
-ASAN_SUITES ?= test_api test_durability test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway \
+ASAN_SUITES ?= test_api test_payments test_stripe test_durability test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway \
 	test_metrics test_operations test_cgi test_mongo_wire
 ASAN_PG_SUITES ?= test_api test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost
 asan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build/asan SAN=address,undefined CC=clang BIN=build/asan/numatix build/asan/numatix unit
 	$(Q)NUMATIX_BIN=$(CURDIR)/build/asan/numatix NUMATIX_UNIT_DIR=build/asan/tests NUMATIX_SANITIZE=1 \
-		NUMATIX_SUITES="$(ASAN_SUITES)" NUMATIX_PG_SUITES="$(ASAN_PG_SUITES)" tests/run.sh
+		NUMATIX_SUITES="$(ASAN_SUITES)" NUMATIX_PG_SUITES="$(ASAN_PG_SUITES)" NUMATIX_STRIPE_SUITES="test_api test_payments" tests/run.sh
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c) over everything that reads what a client sends, built
 # with clang and ASan+UBSan: each runs FUZZ_SECONDS from its committed seed corpus, then every

@@ -19,9 +19,13 @@
 #      and `numatix check` passing.
 #   6. The largest worker's resident memory after a 1 s warm-up and after 10^6 requests.
 #   7. One plan with a 50 ms processor: 64 buyers at once against one at a time.
+#   8. Renewals: 10^4 subscriptions of the hot plan due at once, renewed by one `numatix renew`
+#      pass while 16 buyers purchase seats of the same plan: renewals per second, and the
+#      purchases meanwhile against the same plan's purchases without renewals.
 #
 # BENCH_SECONDS (default 5) per figure; BENCH_WORKERS (default: the service's own, 2 per core);
-# BENCH_SELLOUT_SEATS (10^6), BENCH_GROWTH_ROWS (10^6), BENCH_RSS_REQUESTS (10^6);
+# BENCH_SELLOUT_SEATS (10^6), BENCH_GROWTH_ROWS (10^6), BENCH_RSS_REQUESTS (10^6), BENCH_RENEWALS
+# (10^4);
 # BENCH_STACK_ROOT measures another checkout's build; BENCH_OUT (var/bench) where the report
 # goes. BENCH_SMOKE=1 runs every scenario briefly and small (make test does, as a smoke run;
 # its figures mean nothing).
@@ -32,11 +36,14 @@ WORKERS=${BENCH_WORKERS:-}
 OUT=${BENCH_OUT:-$ROOT/var/bench}
 PY=/usr/bin/python3
 if [ -n "${BENCH_SMOKE:-}" ]; then
-	SECS=1 SELLOUT=500 GROWTH_SMALL=100 GROWTH_LARGE=2000 RSS_REQUESTS=5000
+	SECS=1 SELLOUT=500 GROWTH_SMALL=100 GROWTH_LARGE=2000 RSS_REQUESTS=5000 RENEWALS=200
 else
 	SECS=${BENCH_SECONDS:-5} SELLOUT=${BENCH_SELLOUT_SEATS:-1000000}
 	GROWTH_SMALL=10000 GROWTH_LARGE=${BENCH_GROWTH_ROWS:-1000000} RSS_REQUESTS=${BENCH_RSS_REQUESTS:-1000000}
+	RENEWALS=${BENCH_RENEWALS:-10000}
 fi
+# the server's own renewer passes once at start; scenario 8 drives its passes with numatix renew
+export NUMATIX_RENEW_INTERVAL=3600
 command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
 command -v gnuplot >/dev/null || { echo "bench: gnuplot is missing (apt-get install gnuplot-nox)" >&2; exit 1; }
 
@@ -235,7 +242,7 @@ populate() {
 	sqlite3 "$DIR/var/numatix.db" > /dev/null <<-SQL
 	PRAGMA busy_timeout = 10000;
 	BEGIN IMMEDIATE;
-	INSERT INTO plans (id, name, description, price_cents, duration_days, total_capacity, subscriptions_left,
+	INSERT INTO plans (id, name, description, price_cents, term_count, total_capacity, subscriptions_left,
 	  subscriptions_held, status, features, created_at, updated_at)
 	  VALUES ('$(printf '%024x' 7)', 'History', '', 100, 30, $1, 0, 0, 'active', '[]', 0, 0);
 	WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
@@ -301,6 +308,50 @@ PARALLEL=$RATE
 record "one plan, 50 ms processor, 64 buyers at once" "$PARALLEL" req/s "one buyer at a time" "$SERIAL" "-"
 stop_stack
 NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$STACK_ROOT/cgi-bin/numatix" check >&2
+
+# --- 8. renewals -----------------------------------------------------------------------------
+# due <n>: n renewing subscriptions of the hot plan whose period ended a second ago (made by SQL,
+# as in 4: a customer, an active subscription of a 30-day term on the saved card, its charge),
+# their seats taken from the plan's capacity.
+due() {
+	now=$($PY -c 'import time; print(int(time.time() * 1000) - 1000)')
+	sqlite3 "$DIR/var/numatix.db" > /dev/null <<-SQL
+	PRAGMA busy_timeout = 10000;
+	BEGIN IMMEDIATE;
+	UPDATE plans SET renewal = 'auto', total_capacity = total_capacity + $1 WHERE id = '$PLAN_ID';
+	WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
+	INSERT INTO customers (id, email, name, created_at) SELECT printf('r%023x', i), printf('r%d@bench', i), 'R', 0 FROM n;
+	WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
+	INSERT INTO subscriptions (id, plan_id, customer_id, idem_key, status, amount_cents, duration_days, token_hash,
+	  hold_deadline, payment_id, created_at, updated_at, start_at, end_at, term_unit, term_count, term_zone, anchor_at,
+	  period_start, payment_method)
+	  SELECT printf('t%023x', i), '$PLAN_ID', printf('r%023x', i), printf('00000000-0000-4000-9000-%012x', i),
+	  'active', 100, 30, '', 0, printf('pay_r%019x', i), 0, 0, $now - 2592000000, $now, 'day', 30, 'UTC',
+	  $now - 2592000000, $now - 2592000000, 'pm_card_visa' FROM n;
+	WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)
+	INSERT INTO payments (id, idem_key, kind, status, subscription_id, amount_cents, created_at)
+	  SELECT printf('pay_r%019x', i), printf('00000000-0000-4000-9000-%012x', i), 'charge', 'succeeded',
+	  printf('t%023x', i), 100, 0 FROM n;
+	COMMIT;
+	SQL
+}
+start_stack 0
+rate 16 $BUY "$BASE"
+ALONE=$RATE
+due "$RENEWALS"
+wrk -t2 -c16 -d"${SECS}s" -s "$ROOT/scripts/bench/purchase.lua" "$BASE" > "$DIR/wrk.out" 2>&1 &
+WRK_PID=$!
+start=$($PY -c 'import time; print(time.time())')
+NUMATIX_DB="sqlite://$DIR/var/numatix.db" "$STACK_ROOT/cgi-bin/numatix" renew > "$DIR/renew.out" 2>&1
+took=$($PY -c "import time; print('%.3f' % (time.time() - $start))")
+wait "$WRK_PID" || true
+LAT=$(awk '/^latency_us:/ {printf "%.2f %.2f %.2f", $2 / 1000, $3 / 1000, $4 / 1000}' "$DIR/wrk.out")
+DURING=$(awk '/^Requests\/sec:/ {print $2}' "$DIR/wrk.out")
+grep -q "renew: $RENEWALS renewed" "$DIR/renew.out" || { cat "$DIR/renew.out" >&2; echo "bench: not every renewal was made" >&2; exit 1; }
+RENEW_RATE=$($PY -c "print('%.1f' % ($RENEWALS / $took))")
+record "hot plan purchases while $RENEWALS renew (${took} s)" "$DURING" req/s "the same plan's purchases alone" "$ALONE" "-"
+record "renewals: $RENEWALS due at once, one pass beside 16 buyers" "$RENEW_RATE" renewals/s "the same plan's purchases alone" "$ALONE" "-"
+stop_stack
 
 $PY "$ROOT/scripts/bench/report.py" "$OUT" "$STACK_ROOT" "$SECS" "${WORKERS:-default}" ${BENCH_SMOKE:+smoke}
 echo "bench: $OUT/report.md, $OUT/ratios.png" >&2

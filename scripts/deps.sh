@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="build-essential pkg-config libfcgi-dev libjson-c-dev libsqlite3-dev uuid-dev
-libssl-dev libcurl4-openssl-dev libmongoc-dev libpq-dev postgresql iproute2 libcmocka-dev faketime python3-mockupdb wrk docker-compose nginx-light sqlite3 python3 python3-yaml python3-jsonschema python3-cryptography curl spawn-fcgi procps chromium
+libssl-dev libcurl4-openssl-dev libmongoc-dev libpq-dev tzdata postgresql iproute2 libcmocka-dev faketime python3-mockupdb wrk docker-compose nginx-light sqlite3 python3 python3-yaml python3-jsonschema python3-cryptography python3-dateutil python3-aiosmtpd curl spawn-fcgi procps chromium
 systemd logrotate fcgiwrap gnuplot-nox clang libclang-rt-14-dev prometheus"
 # Node.js and npm drive Chromium in the browser tests; a machine that has node already keeps it.
 command -v node >/dev/null 2>&1 || PACKAGES="$PACKAGES nodejs npm"

@@ -82,6 +82,18 @@ async function refresh() {
     $('plan-rows').replaceChildren(...plans.map((p, i) => planRow(p, stats[i])));
     const chosen = $('chart-plan').value;
     $('chart-plan').replaceChildren(...plans.map((p) => el('option', { value: p.id, selected: p.id === chosen }, p.name)));
+    const { byState } = await api('GET', '/api/payments/summary', { token });
+    const labels = { authorized: 'Authorized (not yet captured)', captured: 'Captured', voided: 'Voided',
+      declined: 'Declined', refunded: 'Refunded', refundPending: 'Refunds pending', disputed: 'Disputed' };
+    $('payment-rows').replaceChildren(...Object.entries(labels).map(([k, label]) => el('tr', { 'data-state': k },
+      el('td', {}, label), el('td', { class: 'num' }, String(byState[k].count)),
+      el('td', { class: 'num' }, money(byState[k].amount_cents)))));
+    const { subscriptions } = await api('GET', '/api/renewals?days=7&limit=50', { token });
+    $('renewal-rows').replaceChildren(...subscriptions.map((s) => el('tr', { 'data-status': s.status },
+      el('td', {}, when(s.status === 'past_due' ? s.nextPaymentAttemptAt : s.currentPeriodEnd)),
+      el('td', {}, el('code', {}, s.id)), el('td', {}, s.planName), el('td', {}, s.status.replace('_', ' ')),
+      el('td', {}, s.status === 'past_due' ? 'retry the card' : s.renews ? 'renew' : 'end, seats back'),
+      el('td', { class: 'num' }, money(s.amount_cents)))));
     const { logs } = await api('GET', '/api/audit-logs?limit=30', { token });
     const names = Object.fromEntries(plans.map((p) => [p.id, p.name]));
     $('audit-rows').replaceChildren(...logs.map((l) => el('tr', {},
@@ -167,7 +179,8 @@ $('create-form').addEventListener('submit', async (ev) => {
   const features = $('new-features').value.split(',').map((s) => s.trim()).filter(Boolean);
   const body = { name: $('new-name').value.trim(), description: $('new-description').value.trim(),
                  price_cents: Number($('new-price').value), total_capacity: Number($('new-capacity').value),
-                 duration_days: Number($('new-days').value) || 30, features };
+                 interval: $('new-interval').value, interval_count: Number($('new-count').value) || 1,
+                 renewal: $('new-renews').checked ? 'auto' : 'none', features };
   try {
     const p = await api('POST', '/api/plans', { token, body, key: crypto.randomUUID() });
     say($('create-status'), 'ok', `Created ${p.name}.`);

@@ -1,4 +1,5 @@
-// subscription.js - view, cancel or change the plan of a subscription with its access token.
+// subscription.js - view a subscription with its access token: its period and renewal, cancel it
+// now or at its period's end (and undo that), pay a failed renewal with another card, change plan.
 // The id and token travel in the URL fragment, which browsers never send to a server or a log.
 import { api, retrying, money, when, el } from './api.js';
 
@@ -11,6 +12,8 @@ let changeKey = null;    // the Idempotency-Key of the change attempt in the for
 const facts = document.getElementById('sub');
 const status = document.getElementById('sub-status');
 const cancel = document.getElementById('cancel');
+const atEnd = document.getElementById('cancel-at-end');
+const resume = document.getElementById('resume');
 
 function say(kind, text) {
   status.className = `notice ${kind}`;
@@ -18,12 +21,24 @@ function say(kind, text) {
 }
 
 function render(s) {
-  const rows = [['Status', s.status], ['Plan', s.planName], ['Amount', money(s.amount_cents)],
-                ['Starts', when(s.startDate)], ['Ends', when(s.endDate)], ['Subscription', s.id],
-                ['Payment', s.paymentId || '—']];
+  const live = s.status === 'active' || s.status === 'past_due';
+  const rows = [['Status', s.status.replace('_', ' ')], ['Plan', s.planName], ['Amount', money(s.amount_cents)],
+                ['Period', `${when(s.currentPeriodStart)} – ${when(s.currentPeriodEnd)}`]];
+  if (s.status === 'active') rows.push(s.renews ? ['Renews on', when(s.currentPeriodEnd)] : ['Ends on', when(s.currentPeriodEnd)]);
+  if (s.status === 'past_due') rows.push(['Renewal', `due since ${when(s.currentPeriodEnd)}, not yet paid`]);
+  if (s.endedAt) rows.push(['Ended', when(s.endedAt)]);
+  rows.push(['Card', s.paymentMethodId || '—'], ['Subscription', s.id], ['Payment', s.paymentId || '—']);
   if (s.quantity > 1) rows.splice(2, 0, ['Seats', String(s.quantity)]);
   facts.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', { 'data-field': k.toLowerCase() }, v)]));
-  cancel.hidden = s.status !== 'active';
+  cancel.hidden = !live;
+  atEnd.hidden = s.status !== 'active' || s.cancelAtPeriodEnd;
+  resume.hidden = !live || !s.cancelAtPeriodEnd;
+  // a renewal that failed: when it is tried again, and a card to pay it with now
+  const dunning = document.getElementById('dunning');
+  dunning.hidden = s.status !== 'past_due';
+  if (s.status === 'past_due')
+    document.getElementById('dunning-next').textContent = s.nextPaymentAttemptAt
+      ? `We try your card again on ${when(s.nextPaymentAttemptAt)}.` : '';
   current = s;
   offerChange();
 }
@@ -78,6 +93,34 @@ cancel.addEventListener('click', async () => {
   } finally {
     cancel.disabled = false;
   }
+});
+
+// One of the holder's moves on the subscription: the answer is the subscription after it.
+async function move(button, path, body, done, refusals = {}) {
+  button.disabled = true;
+  try {
+    render(await api('POST', `/api/subscriptions/${encodeURIComponent(id)}/${path}`,
+                     { token, key: crypto.randomUUID(), body }));
+    say('ok', done(current));
+  } catch (e) {
+    say('bad', refusals[e.code] || `Could not do that (${e.code}).`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+atEnd.addEventListener('click', () => move(atEnd, 'cancel', { atPeriodEnd: true },
+  (s) => `Your subscription ends on ${when(s.currentPeriodEnd)}; nothing more is charged.`,
+  { SUBSCRIPTION_NOT_ACTIVE: 'This subscription is no longer active.' }));
+resume.addEventListener('click', () => move(resume, 'resume', undefined,
+  (s) => `Your subscription renews on ${when(s.currentPeriodEnd)}.`,
+  { SUBSCRIPTION_ENDED: 'Its period is over: it can no longer be resumed.' }));
+document.getElementById('dunning-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  move(document.getElementById('dunning-submit'), 'payment-method',
+       { paymentMethodId: document.getElementById('dunning-card').value },
+       (s) => s.status === 'active' ? `Paid: your subscription renews on ${when(s.currentPeriodEnd)}.`
+         : 'That card was declined too; your subscription is still past due.');
 });
 
 document.getElementById('change-plan').addEventListener('change', () => { changeKey = crypto.randomUUID(); showDifference(); });
