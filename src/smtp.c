@@ -1,6 +1,7 @@
 /* smtp.c - SMTP over libcurl, the message built with libcurl's MIME API. */
 #include "smtp.h"
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,8 @@ char *smtp_header_word(const char *text)
 		size_t take = n - at > 45 ? 45 : n - at;
 		while (at + take < n && take > 0 && ((unsigned char)text[at + take] & 0xc0) == 0x80)
 			take--;
+		if (!take) /* not UTF-8 (the API lets none in): cut where it falls, never stuck */
+			take = n - at > 45 ? 45 : n - at;
 		if (len)
 			out[len++] = ' ';
 		memcpy(out + len, "=?UTF-8?B?", 10);
@@ -66,32 +69,45 @@ static bool split_address(const char *s, char *name, size_t nlen, char *addr, si
 	return *addr && strchr(addr, '@') && !strpbrk(addr, " <>\r\n\"") && plain_ascii(addr);
 }
 
-/* A display name and address as a header's value: the name an encoded word, or a quoted string
- * when it has characters that mean something in an address. New. */
+/* True when a plain ASCII name can stand bare in a header: letters, digits, spaces and the
+ * atext that neither starts an encoded word (=, ?) nor means something in an address. */
+static bool bare_name(const char *s)
+{
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && !strchr(" !#$%&'*+-/^_`{|}~", *s))
+			return false;
+	return true;
+}
+
+/* A display name and address as a header's value: a name with any character beyond ASCII is
+ * encoded words; a plain one is bare, or else a quoted string, where nothing it holds (an
+ * encoded word's shape, an address, a comma) is read as header syntax. */
 static char *mailbox(const char *name, const char *addr)
 {
-	char *word, *res;
+	char *res;
 
 	if (!name || !*name)
 		return xasprintf("<%s>", addr);
-	word = smtp_header_word(name);
-	if (!strncmp(word, "=?", 2) || !strpbrk(word, "()<>[]:;@\\,.\"")) {
+	if (!plain_ascii(name)) {
+		char *word = smtp_header_word(name);
 		res = xasprintf("%s <%s>", word, addr);
+		free(word);
+	} else if (bare_name(name)) {
+		res = xasprintf("%s <%s>", name, addr);
 	} else {
-		size_t n = strlen(word), j = 0;
+		size_t n = strlen(name), j = 0;
 		char *q = xmalloc(2 * n + 3);
 		q[j++] = '"';
 		for (size_t i = 0; i < n; i++) {
-			if (word[i] == '"' || word[i] == '\\')
+			if (name[i] == '"' || name[i] == '\\')
 				q[j++] = '\\';
-			q[j++] = word[i];
+			q[j++] = name[i];
 		}
 		q[j++] = '"';
 		q[j] = '\0';
 		res = xasprintf("%s <%s>", q, addr);
 		free(q);
 	}
-	free(word);
 	return res;
 }
 

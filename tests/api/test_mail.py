@@ -90,6 +90,18 @@ class Mail(unittest.TestCase):
         ok, out = self.S.check()
         self.assertTrue(ok, out)
 
+    def test_a_name_that_looks_like_an_address_stays_one_name(self):
+        """A buyer's name is text, never header syntax: one with an encoded word's shape, an
+        address and a comma gives a To of exactly the buyer, its name as given."""
+        p = self.S.create_plan(capacity=5, price=300)
+        to = self.address()
+        name = "=?x?= <attacker@evil.example>, Support"
+        s = self.buy(p, to, name=name)
+        self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "the receipt sent")
+        [m] = self.box.to(to)
+        self.assertEqual([a.addr_spec for a in m["to"].addresses], [to], m["to"])
+        self.assertEqual(m["to"].addresses[0].display_name, name)
+
     def test_451_twice_then_250_delivers_once_after_three_attempts(self):
         p = self.S.create_plan(capacity=5, price=700)
         to = self.address()
