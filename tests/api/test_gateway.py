@@ -74,28 +74,27 @@ class SpawnFcgi(unittest.TestCase):
         S = Stack(NUMATIX_WORKERS=1)
         sock = os.path.join(S.dir, "spawned.sock")
         S.env["NUMATIX_SOCKET"] = sock
-        spawned = subprocess.run(["spawn-fcgi", "-s", sock, "-F", "2", "-P", os.path.join(S.dir, "spawn.pid"),
-                                  "--", BIN], env=S.env, capture_output=True, text=True)
-        self.assertEqual(spawned.returncode, 0, spawned.stderr)
-        pids = subprocess.run(["pgrep", "-f", "^%s$" % BIN], capture_output=True, text=True).stdout.split()
         try:
-            # run.sh's own server also listens on the socket; stop it so only spawned workers answer
+            # run.sh brings up nginx and its own server on the socket; stop that server so only
+            # spawned workers answer. (Spawning first would race: nginx's readiness check could be
+            # answered by the spawned workers while the server was still starting up.)
             S.start()
             master, _ = S.server_pids()
             os.kill(master, signal.SIGTERM)
             wait_for(lambda: exited(master), what="the server to stop")
             # the server removes its socket as it stops: hand the spawned workers' socket back
-            wait_for(lambda: not os.path.exists(sock), what="the server's socket removed")
-            spawned = subprocess.run(["spawn-fcgi", "-s", sock, "-F", "2", "--", BIN], env=S.env,
-                                     capture_output=True, text=True)
+            self.assertFalse(os.path.exists(sock), "the stopped server left its socket behind")
+            spawned = subprocess.run(["spawn-fcgi", "-s", sock, "-F", "2", "-P", os.path.join(S.dir, "spawn.pid"),
+                                      "--", BIN], env=S.env, capture_output=True, text=True)
             self.assertEqual(spawned.returncode, 0, spawned.stderr)
+            pids = subprocess.run(["pgrep", "-f", "^%s$" % BIN], capture_output=True, text=True).stdout.split()
+            self.assertTrue(pids, "spawn-fcgi started no worker")
             p = S.create_plan(capacity=1)
             r = S.purchase(p["id"])
             self.assertEqual(r.status, 201, r)
         finally:
             subprocess.run(["pkill", "-f", "^%s$" % BIN])
             S.cleanup()
-        self.assertTrue(pids)
 
 
 class Signals(unittest.TestCase):
