@@ -240,7 +240,8 @@ static int cmd_mail(const struct config *cfg, int argc, char **argv)
 		if (!ms.smtp.url)
 			printf("mail: NUMATIX_SMTP_URL is not set; mails stay queued\n");
 		else if (st.ran)
-			printf("mail: %d sent, %d to retry, %d failed\n", st.sent, st.deferred, st.failed);
+			printf("mail: %d sent, %d to retry, %d failed%s\n", st.sent, st.deferred, st.failed,
+			       st.unavailable ? "; then the mail server took no more (see the log): the rest wait" : "");
 		else
 			printf("mail: another sender is running; nothing done\n");
 		rc = 0;

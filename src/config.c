@@ -12,6 +12,7 @@
 #include "log.h"
 #include "store.h"
 #include "util.h"
+#include "valid.h"
 
 /* Every setting there is; the file may name no other. */
 static const char *const known[] = {
@@ -250,7 +251,9 @@ static int mail_settings(struct config *cfg, struct err *e)
 			" (the user and password go in NUMATIX_SMTP_USER and NUMATIX_SMTP_PASSWORD)");
 		return -1;
 	}
-	if (has_control(cfg->mail_from) || !strchr(cfg->mail_from, '@') || strlen(cfg->mail_from) > 200) {
+	char name[256], addr[256];
+	if (has_control(cfg->mail_from) || strlen(cfg->mail_from) > 200 ||
+	    !mailbox_split(cfg->mail_from, name, sizeof(name), addr, sizeof(addr))) {
 		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_MAIL_FROM must be an address, or Name <address>, on one line");
 		return -1;
 	}
@@ -258,8 +261,9 @@ static int mail_settings(struct config *cfg, struct err *e)
 	while (n > 0 && cfg->public_url[n - 1] == '/')
 		cfg->public_url[--n] = '\0';
 	if ((strncmp(cfg->public_url, "https://", 8) && strncmp(cfg->public_url, "http://", 7)) ||
-	    has_control(cfg->public_url) || strpbrk(cfg->public_url, " ?#\"<>") || n > 200) {
-		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_PUBLIC_URL must be an http(s) URL without a query");
+	    has_control(cfg->public_url) || strpbrk(cfg->public_url, " ?#\"<>@\\") || n > 200) {
+		err_set(e, ERR_INVALID, "CONFIG", "NUMATIX_PUBLIC_URL must be an http(s) URL without a user, a password"
+			" or a query");
 		return -1;
 	}
 	return 0;

@@ -15,8 +15,9 @@
 #include "util.h"
 
 #define BATCH 50
-/* the lease of a pass; renewed before each batch */
-#define LEASE_MS 60000
+/* The lease of a pass, renewed before each mail: longer than one attempt can take, so no other
+ * sender takes a mail over while it is being sent. */
+#define LEASE_MS ((SMTP_TIMEOUT_S * 2 + 10) * 1000)
 
 void mailer_settings(struct mail_settings *ms, const struct config *cfg)
 {
@@ -25,14 +26,21 @@ void mailer_settings(struct mail_settings *ms, const struct config *cfg)
 	ms->currency = cfg->currency;
 }
 
+static const int64_t after_s[MAIL_RETRIES] = {10, 30, 60, 300, 900};
+
 bool mail_retry(int attempts, int64_t now, int64_t *next_at)
 {
-	static const int64_t after_s[MAIL_RETRIES] = {10, 30, 60, 300, 900};
-
 	if (attempts < 1 || attempts > MAIL_RETRIES)
 		return false;
 	*next_at = now + after_s[attempts - 1] * 1000;
 	return true;
+}
+
+int64_t mail_outage_wait_ms(int outages)
+{
+	if (outages < 1)
+		return 0;
+	return after_s[outages > MAIL_RETRIES ? MAIL_RETRIES - 1 : outages - 1] * 1000;
 }
 
 void mail_message_id(const char *mail_id, const char *public_url, char out[MESSAGE_ID_LEN])
@@ -41,7 +49,8 @@ void mail_message_id(const char *mail_id, const char *public_url, char out[MESSA
 	size_t n;
 
 	host = host ? host + 3 : public_url;
-	n = strcspn(host, ":/");
+	/* an IPv6 host is a domain literal, brackets and all */
+	n = *host == '[' && strchr(host, ']') ? (size_t)(strchr(host, ']') - host) + 1 : strcspn(host, ":/");
 	snprintf(out, MESSAGE_ID_LEN, "<mail.%s@%.*s>", mail_id, (int)(n ? n : 9), n ? host : "localhost");
 }
 
@@ -86,7 +95,8 @@ static int mark(struct ledger *lg, const struct actor *a, const struct mail *m, 
 	return rc;
 }
 
-/* One mail rendered and sent. *reached: the server answered (false: stop this pass). */
+/* One mail rendered and sent, and what came of it marked. *reached: the server answered for
+ * this mail (false: it took no mail from us, and the pass ends). */
 static int send_one(struct ledger *lg, const struct mail_settings *ms, const struct actor *a, const struct mail *m,
 		    struct mail_stats *st, bool *reached, struct err *e)
 {
@@ -119,15 +129,20 @@ static int send_one(struct ledger *lg, const struct mail_settings *ms, const str
 		json_object_put(vars);
 		free(plan);
 	}
-	next.attempts = m->attempts + 1;
+	/* an attempt the server did not answer for this mail is not one of its attempts: an
+	 * outage or a refused login fails no mail, whatever it lasts */
+	next.attempts = out == SMTP_UNAVAILABLE ? m->attempts : m->attempts + 1;
 	snprintf(next.last_error, sizeof(next.last_error), "%s", out == SMTP_SENT ? "" : why);
 	if (out == SMTP_SENT) {
 		snprintf(next.status, sizeof(next.status), "sent");
 		next.next_attempt_at = 0;
 		st->sent++;
+	} else if (out == SMTP_UNAVAILABLE) {
+		st->unavailable = true;
+		*reached = false;
+		LOG_WARN(a->trace_id, "mailer: the mail server took no mail: %s", why);
 	} else if (out == SMTP_DEFERRED && mail_retry(next.attempts, now_ms(), &next.next_attempt_at)) {
 		st->deferred++;
-		*reached = code != 0;
 	} else {
 		snprintf(next.status, sizeof(next.status), "failed");
 		next.next_attempt_at = 0;
@@ -136,8 +151,28 @@ static int send_one(struct ledger *lg, const struct mail_settings *ms, const str
 			 why);
 	}
 	rc = mark(lg, a, m, &next, code, e);
+	if (rc)
+		st->unavailable = true; /* the store: what was sent is sent again, not at once */
 	mail_message_clear(&msg);
 	customer_clear(&c);
+	return rc;
+}
+
+/* The pass's lease taken or kept for another LEASE_MS. */
+static int renew(struct store *s, const char *holder, bool *taken, struct err *e)
+{
+	int64_t now = now_ms();
+
+	return s->ops->lease_take(s, MAILER_LEASE, holder, now, now + LEASE_MS, taken, e);
+}
+
+/* The lease given back at the end of a pass; rc passed through. */
+static int release(struct store *s, const char *holder, int rc)
+{
+	struct err ignored = {0};
+	bool taken;
+
+	s->ops->lease_take(s, MAILER_LEASE, holder, now_ms(), 0, &taken, &ignored);
 	return rc;
 }
 
@@ -157,20 +192,23 @@ int mailer_run(struct ledger *lg, const struct mail_settings *ms, const char *ho
 	while (rc == 0 && reached && !(stop && stop())) {
 		struct mail *due = NULL;
 		size_t n = 0;
-		int64_t now = now_ms();
-		if (s->ops->lease_take(s, MAILER_LEASE, holder, now, now + LEASE_MS, &taken, e))
-			return -1;
+		if (renew(s, holder, &taken, e))
+			return st->ran ? release(s, holder, -1) : -1;
 		if (!taken)
-			return 0;
+			break;
 		st->ran = true;
-		if (s->ops->mail_due(s, now, BATCH, &due, &n, e)) {
+		if (s->ops->mail_due(s, now_ms(), BATCH, &due, &n, e)) {
 			rc = -1;
 			break;
 		}
 		for (size_t i = 0; i < n && reached && !(stop && stop()); i++) {
 			struct err me = {0};
-			/* a mail not marked goes again at the next pass: this one ends here */
-			if (send_one(lg, ms, &a, &due[i], st, &reached, &me)) {
+			if ((i > 0 && renew(s, holder, &taken, &me)) || !taken) {
+				reached = false; /* the lease lost: the pass ends before this mail */
+				if (me.kind != ERR_NONE)
+					LOG_WARN(trace, "mailer: the lease: %s", me.msg);
+			/* a mail not marked goes again at a later pass: this one ends here */
+			} else if (send_one(lg, ms, &a, &due[i], st, &reached, &me)) {
 				LOG_WARN(trace, "mailer: %s: %s", due[i].id, me.msg);
 				reached = false;
 			}
@@ -183,9 +221,5 @@ int mailer_run(struct ledger *lg, const struct mail_settings *ms, const char *ho
 	}
 	if (st->sent || st->deferred || st->failed)
 		LOG_INFO(trace, "mailer: %d sent, %d deferred, %d failed", st->sent, st->deferred, st->failed);
-	if (st->ran) {
-		struct err ignored = {0};
-		s->ops->lease_take(s, MAILER_LEASE, holder, now_ms(), 0, &taken, &ignored);
-	}
-	return rc;
+	return st->ran ? release(s, holder, rc) : rc;
 }

@@ -1,7 +1,8 @@
 /* mailer.h - the mail sender: each pass sends the outbox's due mails (outbox.h) over SMTP
- * (smtp.h), rendered from their data (mail_render.h). A 4xx, or no server, is tried again after
- * 10 s, 30 s, 1 min, 5 min and 15 min, then the mail is failed; a 5xx fails it at once; a failed
- * mail writes mail.failed. At least once: a sender killed after the server took a mail and
+ * (smtp.h), rendered from their data (mail_render.h). A 4xx to a mail's recipient or message is
+ * tried again after 10 s, 30 s, 1 min, 5 min and 15 min, then the mail is failed; a 5xx fails it
+ * at once; a failed mail writes mail.failed. A server that answers nothing about the mail (down,
+ * a timeout, our login or sender refused) ends the pass and spends none of its attempts. At least once: a sender killed after the server took a mail and
  * before it was marked sends it again, with the same Message-ID (made from the row's id). One
  * runs at a time across workers and machines, by a lease in the store: the server's process,
  * or `numatix mail` from cron. Without an SMTP server set, mails stay queued. */
@@ -26,11 +27,18 @@ struct mail_settings {
 struct mail_stats {
 	int sent, deferred, failed;
 	bool ran;                    /* false: another sender holds the lease, or no server is set */
+	bool unavailable;            /* the pass ended on a server that took no mail from us (or a
+				      * store that could not mark one): wait before the next */
 };
 
 /* After `attempts` attempts refused with a 4xx: true and *next_at when to try again, or false
  * (the mail has failed). */
 bool mail_retry(int attempts, int64_t now, int64_t *next_at);
+
+/* After `outages` passes in a row that ended unavailable, how long the sender waits before its
+ * next pass (the retry schedule's steps, then its last): a server down, or refusing our login
+ * or our sender, is not tried every second, and spends no mail's attempts. */
+int64_t mail_outage_wait_ms(int outages);
 
 /* The Message-ID of a mail: "<id@host of public_url>" into out. */
 #define MESSAGE_ID_LEN 300

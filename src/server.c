@@ -179,15 +179,23 @@ static void renew_pass(struct ledger *lg, const struct config *cfg, const char *
 
 static void mail_pass(struct ledger *lg, const struct config *cfg, const char *holder)
 {
+	/* passes that ended on a server taking no mail, in a row, and when the next may run */
+	static int outages;
+	static int64_t next_pass_at;
 	struct mail_settings ms;
 	struct mail_stats st;
 	struct err e = {0};
 
+	if (now_ms() < next_pass_at)
+		return;
 	mailer_settings(&ms, cfg);
-	if (mailer_run(lg, &ms, holder, stop_pending, &st, &e))
+	int rc = mailer_run(lg, &ms, holder, stop_pending, &st, &e);
+	if (rc)
 		LOG_WARN(NULL, "mailer: %s", e.msg);
 	else if (st.ran)
 		metrics_mailer_pass(st.sent, st.deferred, st.failed);
+	outages = rc || st.unavailable ? outages + 1 : st.ran ? 0 : outages;
+	next_pass_at = now_ms() + mail_outage_wait_ms(outages);
 }
 
 static const struct service {

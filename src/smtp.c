@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 
 #include "util.h"
+#include "valid.h"
 
 static bool plain_ascii(const char *s)
 {
@@ -47,26 +48,6 @@ char *smtp_header_word(const char *text)
 	}
 	out[len] = '\0';
 	return out;
-}
-
-/* "Name <address>" or "address" into its parts; false when there is no address in it. */
-static bool split_address(const char *s, char *name, size_t nlen, char *addr, size_t alen)
-{
-	const char *lt = strchr(s, '<'), *gt = lt ? strchr(lt, '>') : NULL;
-
-	if (!lt) {
-		snprintf(name, nlen, "%s", "");
-		snprintf(addr, alen, "%s", s);
-	} else {
-		if (!gt)
-			return false;
-		size_t k = (size_t)(lt - s);
-		while (k > 0 && s[k - 1] == ' ')
-			k--;
-		snprintf(name, nlen, "%.*s", (int)k, s);
-		snprintf(addr, alen, "%.*s", (int)(gt - lt - 1), lt + 1);
-	}
-	return *addr && strchr(addr, '@') && !strpbrk(addr, " <>\r\n\"") && plain_ascii(addr);
 }
 
 /* True when a plain ASCII name can stand bare in a header: letters, digits, spaces and the
@@ -111,6 +92,23 @@ static char *mailbox(const char *name, const char *addr)
 	return res;
 }
 
+/* What an attempt came to. libcurl tells the step a refusal came at only by its message:
+ * "RCPT failed: N" and "DATA failed: N" answer the recipient or the message, and so does a
+ * refusal after the message's data (CURLE_WEIRD_SERVER_REPLY with no message of its own); any
+ * other (no connection, TLS, AUTH, the greeting, MAIL FROM, a timeout) says nothing about
+ * this mail, only that the server does not take mail from us now. */
+static enum smtp_outcome judged(CURLcode rc, long reply, const char *errbuf)
+{
+	bool of_the_mail = !strncmp(errbuf, "RCPT failed", 11) || !strncmp(errbuf, "DATA failed", 11) ||
+			   (rc == CURLE_WEIRD_SERVER_REPLY && !*errbuf);
+
+	if (rc == CURLE_OK)
+		return SMTP_SENT;
+	if (!of_the_mail || reply < 400 || reply >= 600)
+		return SMTP_UNAVAILABLE;
+	return reply >= 500 ? SMTP_REFUSED : SMTP_DEFERRED;
+}
+
 static struct curl_slist *header(struct curl_slist *h, const char *name, const char *value)
 {
 	char *line = xasprintf("%s: %s", name, value);
@@ -128,7 +126,7 @@ enum smtp_outcome smtp_send(const struct smtp_settings *s, const struct smtp_env
 	struct curl_slist *headers = NULL, *rcpts = NULL, *alt_type = NULL;
 	curl_mime *mime = NULL, *alt = NULL;
 	curl_mimepart *part;
-	enum smtp_outcome out = SMTP_DEFERRED;
+	enum smtp_outcome out;
 	long reply = 0;
 	time_t now = time(NULL);
 	struct tm tm;
@@ -137,17 +135,17 @@ enum smtp_outcome smtp_send(const struct smtp_settings *s, const struct smtp_env
 
 	*code = 0;
 	snprintf(why, whylen, "%s", "");
-	if (!split_address(s->from, from_name, sizeof(from_name), from_addr, sizeof(from_addr))) {
+	if (!mailbox_split(s->from, from_name, sizeof(from_name), from_addr, sizeof(from_addr))) {
 		snprintf(why, whylen, "the sender's address cannot be used");
-		return SMTP_REFUSED;
+		return SMTP_UNAVAILABLE;
 	}
-	if (!split_address(env->to, to_name, sizeof(to_name), to_addr, sizeof(to_addr))) {
+	if (!mailbox_split(env->to, to_name, sizeof(to_name), to_addr, sizeof(to_addr))) {
 		snprintf(why, whylen, "the recipient's address cannot be mailed");
 		return SMTP_REFUSED;
 	}
 	if (!(c = curl_easy_init())) {
 		snprintf(why, whylen, "out of memory");
-		return SMTP_DEFERRED;
+		return SMTP_UNAVAILABLE;
 	}
 	snprintf(envelope_from, sizeof(envelope_from), "<%s>", from_addr);
 	snprintf(rcpt, sizeof(rcpt), "<%s>", to_addr);
@@ -192,7 +190,7 @@ enum smtp_outcome smtp_send(const struct smtp_settings *s, const struct smtp_env
 	curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)SMTP_TIMEOUT_S);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
 	/* a password never goes over a connection in the clear */
@@ -204,10 +202,8 @@ enum smtp_outcome smtp_send(const struct smtp_settings *s, const struct smtp_env
 	CURLcode rc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &reply);
 	*code = (int)reply;
-	if (rc == CURLE_OK) {
-		out = SMTP_SENT;
-	} else {
-		out = reply >= 500 && reply < 600 ? SMTP_REFUSED : SMTP_DEFERRED;
+	out = judged(rc, reply, errbuf);
+	if (out != SMTP_SENT) {
 		if (reply)
 			snprintf(why, whylen, "the server answered %ld (%s)", reply, *errbuf ? errbuf : curl_easy_strerror(rc));
 		else

@@ -23,10 +23,15 @@ struct smtp_envelope {
 };
 
 enum smtp_outcome {
-	SMTP_SENT,       /* the server took it (2xx) */
-	SMTP_DEFERRED,   /* a 4xx, or no answer (the server down, a timeout): try again later */
-	SMTP_REFUSED,    /* a 5xx: it will not be taken */
+	SMTP_SENT,        /* the server took it (2xx) */
+	SMTP_DEFERRED,    /* a 4xx to its recipient or its message: try it again later */
+	SMTP_REFUSED,     /* a 5xx to its recipient or its message: it will not be taken */
+	SMTP_UNAVAILABLE, /* nothing said about this mail: no server, a timeout, TLS, AUTH or the
+			   * sender refused (4xx or 5xx); other mails would fare the same */
 };
+
+/* The longest one attempt takes, connection and all. */
+#define SMTP_TIMEOUT_S 30
 
 /* Sends msg; *code is the server's last reply code (0: none), why what went wrong. */
 enum smtp_outcome smtp_send(const struct smtp_settings *s, const struct smtp_envelope *env,

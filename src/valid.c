@@ -67,19 +67,47 @@ size_t utf8_length(const char *s)
 	return n;
 }
 
+/* local@domain in printable ASCII, nothing of header syntax in it */
+static bool address_ok(const char *s)
+{
+	const char *at = strchr(s, '@');
+	size_t len = strlen(s);
+
+	if (len < 3 || len > 254 || !at || at == s || !at[1] || strchr(at + 1, '@'))
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s <= ' ' || (unsigned char)*s > '~' || strchr("<>\",;()[]\\", *s))
+			return false;
+	return true;
+}
+
 bool email_valid(const char *s)
 {
 	const char *at = strchr(s, '@');
 	size_t len = strlen(s);
 
-	if (len < 3 || len > 254 || !at || at == s || strchr(at + 1, '@'))
-		return false;
-	if (!strchr(at + 1, '.') || at[1] == '.' || s[len - 1] == '.')
-		return false;
-	for (; *s; s++)
-		if ((unsigned char)*s <= ' ' || *s == '<' || *s == '>' || *s == '"' || *s == ',')
+	return address_ok(s) && strchr(at + 1, '.') && at[1] != '.' && s[len - 1] != '.';
+}
+
+bool mailbox_split(const char *s, char *name, size_t nlen, char *addr, size_t alen)
+{
+	const char *lt = strchr(s, '<'), *gt = lt ? strchr(lt, '>') : NULL;
+
+	if (!lt) {
+		snprintf(name, nlen, "%s", "");
+		if ((size_t)snprintf(addr, alen, "%s", s) >= alen)
 			return false;
-	return true;
+	} else {
+		if (!gt || gt[1])
+			return false;
+		size_t k = (size_t)(lt - s);
+		while (k > 0 && s[k - 1] == ' ')
+			k--;
+		if ((size_t)snprintf(name, nlen, "%.*s", (int)k, s) >= nlen ||
+		    (size_t)snprintf(addr, alen, "%.*s", (int)(gt - lt - 1), lt + 1) >= alen)
+			return false;
+	}
+	return address_ok(addr);
 }
 
 /* Text a person can read: no NUL hidden by \u0000, no control characters. */

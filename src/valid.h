@@ -40,6 +40,12 @@ int valid_object(struct json_object *o, const struct field *fields, struct vfail
 bool utf8_valid(const char *s, size_t len);
 /* Number of UTF-8 characters in s (s is valid UTF-8). */
 size_t utf8_length(const char *s);
+/* An address that can be mailed: one @, a dotted domain, printable ASCII without spaces or the
+ * characters of header syntax (no SMTPUTF8: a server need not take anything else). */
 bool email_valid(const char *s);
+/* "Name <address>" or "address" into its parts; false when the address in it is not one
+ * (local@domain as email_valid has it, a domain without a dot allowed: a sender may be
+ * someone@localhost), or text follows its '>'. */
+bool mailbox_split(const char *s, char *name, size_t nlen, char *addr, size_t alen);
 
 #endif

@@ -1,5 +1,6 @@
 """A real SMTP server on loopback for the mail tests: aiosmtpd's controller in the test process.
-It keeps every message it took, raw, and answers DATA as a test scripts it (451, 550, or 250)."""
+It keeps every message it took, raw, and answers DATA as a test scripts it (451, 550, or 250);
+a test can have it refuse our sender (MAIL FROM) until told otherwise."""
 import asyncio
 import email
 import email.policy
@@ -13,6 +14,16 @@ from stack import free_port, until
 class _Handler:
     def __init__(self, box):
         self.box = box
+
+    async def handle_MAIL(self, server, session, envelope, address, options):
+        with self.box.lock:
+            self.box.mail_froms += 1
+            refusal = self.box.sender_refusal
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         with self.box.lock:
@@ -39,6 +50,8 @@ class Mailbox:
         self.raw = []
         self.script = []
         self.attempts = 0
+        self.mail_froms = 0
+        self.sender_refusal = None
         self.gate = None
         self.held = threading.Event()
         self.port = port or free_port()
@@ -68,6 +81,11 @@ class Mailbox:
             self.held.clear()
             self.gate = (rcpt, threading.Event())
             return self.gate[1]
+
+    def refuse_sender(self, answer):
+        """Every MAIL FROM answered with answer (None: taken again) from now on."""
+        with self.lock:
+            self.sender_refusal = answer
 
     def answer(self, *codes):
         with self.lock:

@@ -317,6 +317,14 @@ class Stack:
                 return m, [int(k) for k in kids.split() if self._comm(int(k)) not in SERVICES]
         raise RuntimeError("no master found")
 
+    def metric(self, series):
+        """The value of one series of /api/metrics, as written (name and labels), or None."""
+        r = self.request("GET", "/api/metrics", direct=True)
+        for line in r.raw.splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
     # --- HTTP ------------------------------------------------------------------------------
 
     def request(self, method, path, body=None, headers=None, raw=None, timeout=60, direct=False):

@@ -87,16 +87,37 @@ class Strace:
 SYNC = re.compile(r"^f(data)?sync\(\d+<([^>]*)>")
 
 
+RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
+
+
+def completed(calls):
+    """The calls as they returned: a call another traced task interrupted in strace's output
+    ("read(5<...>, <unfinished ...>", then from that pid "<... read resumed>"data", ...) = n")
+    joined into one, at the time it returned. A worker waiting in read() for its next request
+    while the background services make calls of their own is such a call."""
+    out, pending = [], {}
+    for pid, t, c in calls:
+        if c.endswith("<unfinished ...>"):
+            pending[pid] = c[:-len("<unfinished ...>")]
+            continue
+        m = RESUMED.match(c)
+        if m and pid in pending:
+            c = pending.pop(pid) + m.group(2)
+        out.append((pid, t, c))
+    return out
+
+
 def answered_after_sync(trace, calls, wal_path):
     """Whether the request with this trace id, once it had written to the store's WAL (wal_path;
     the simulated processor's file is not the store's), was answered only after a sync of that
     WAL began and ended; and the status it was answered with."""
-    reader, read_at = next((p, t) for p, t, c in calls if c.startswith("read(") and trace in c)
-    answer = next((t, c) for _, t, c in calls if c.startswith("write(") and "Status: " in c and trace in c and t >= read_at)
+    done = completed(calls)
+    reader, read_at = next((p, t) for p, t, c in done if c.startswith("read(") and trace in c)
+    answer = next((t, c) for _, t, c in done if c.startswith("write(") and "Status: " in c and trace in c and t >= read_at)
     status = int(re.search(r"Status: (\d+)", answer[1]).group(1))
     # the last write of a WAL page the request's own thread made while it ran (SQLite's
     # pwrite64; another process's, the reaper's for one, is that process's to sync)
-    wal = [(t, re.match(r"pwrite64\(\d+<([^>]*)>", c).group(1)) for p, t, c in calls
+    wal = [(t, re.match(r"pwrite64\(\d+<([^>]*)>", c).group(1)) for p, t, c in done
            if p == reader and read_at <= t <= answer[0] and re.match(r"pwrite64\(\d+<%s>" % re.escape(wal_path), c)]
     if not wal:
         return True, status

@@ -281,7 +281,10 @@ class Unavailable(unittest.TestCase):
         for var, value in (("NUMATIX_WORKERS", "many"), ("NUMATIX_HOLD_TTL", "0"),
                            ("NUMATIX_DB", "mysql://x"), ("NUMATIX_ADMIN_TOKEN", "short"),
                            # a store this build lacks: refused at start with the password hidden
-                           ("NUMATIX_DB", "mysql://app:s3cret@db.example/numatix")):
+                           ("NUMATIX_DB", "mysql://app:s3cret@db.example/numatix"),
+                           # a sender that cannot be mailed from, a link base that would carry a password
+                           ("NUMATIX_MAIL_FROM", "Seats <seats@example.com"), ("NUMATIX_MAIL_FROM", "Seats <s\u00e9ats@example.com>"),
+                           ("NUMATIX_PUBLIC_URL", "https://app:s3cret@seats.example.com")):
             env = dict(os.environ, **{var: value})
             r = subprocess.run([BIN, "serve"], env=env, capture_output=True, text=True, timeout=10)
             self.assertEqual(r.returncode, 1)

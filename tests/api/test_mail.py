@@ -134,18 +134,54 @@ class Mail(unittest.TestCase):
         self.assertEqual(self.S.admin("GET", "/api/mail?status=nope").status, 400)
 
     def test_a_server_down_loses_nothing(self):
+        """However long it lasts: a server that answers nothing spends none of a mail's attempts."""
         p = self.S.create_plan(capacity=5, price=700)
         to = self.address()
         self.box.stop()
         try:
             s = self.buy(p, to)
-            row = self.row_when(s["customerId"], "receipt", lambda m: m["attempts"] >= 1, "an attempt while down")
-            self.assertEqual(row["status"], "queued", row)
+            row = self.row_when(s["customerId"], "receipt", lambda m: m["lastError"], "an attempt while down")
+            self.assertEqual((row["status"], row["attempts"]), ("queued", 0), row)
+            # far past the last retry of the schedule (about 22 minutes), a pass after each step
+            for _ in range(8):
+                passes = self.S.metric("numatix_mailer_passes_total")
+                self.clock.advance(16 * 60)
+                until(lambda: self.S.metric("numatix_mailer_passes_total") > passes, what="a pass while down")
+            row = self.rows(s["customerId"], "receipt")[0]
+            self.assertEqual((row["status"], row["attempts"]), ("queued", 0), row)
         finally:
             self.box.start()
-        self.clock.advance(11)
-        self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "sent once the server is back")
+        self.clock.advance(16 * 60)
+        row = self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "sent once the server is back")
+        self.assertEqual(row["attempts"], 1, row)
         self.assertEqual(len(self.box.to(to)), 1)
+
+    def test_a_refused_sender_fails_no_mail_and_ends_the_pass(self):
+        """A 5xx to MAIL FROM (a refused login, a sender not allowed) is about us, not a mail: no
+        mail fails, the pass ends at the first, and the server is not asked again at once."""
+        p = self.S.create_plan(capacity=5, price=700)
+        head = self.S.feed_head()
+        one, two = self.address(), self.address()
+        self.box.refuse_sender("530 5.7.0 Authentication required")
+        try:
+            a, b = self.buy(p, one), self.buy(p, two)
+            first = until(lambda: [m for c in (a, b) for m in self.rows(c["customerId"], "receipt") if m["lastError"]],
+                          what="an attempt refused")
+            self.assertEqual(len(first), 1, "the pass ended at the first refusal: %r" % first)
+            self.assertIn("530", first[0]["lastError"])
+            self.assertEqual((first[0]["status"], first[0]["attempts"]), ("queued", 0), first)
+            asked = self.box.mail_froms
+            # 10 s after the refusal the server is asked again, with one mail
+            self.clock.advance(11)
+            until(lambda: self.box.mail_froms > asked, what="the server asked again")
+        finally:
+            self.box.refuse_sender(None)
+        self.clock.advance(31)
+        for c, to in ((a, one), (b, two)):
+            row = self.row_when(c["customerId"], "receipt", lambda m: m["status"] == "sent", "sent once taken")
+            self.assertEqual(row["attempts"], 1, row)
+            self.assertEqual(len(self.box.to(to)), 1)
+        self.assertEqual([e for e in self.S.events_after(head) if e["type"] == "mail.failed"], [])
 
     def test_the_sender_killed_mid_send_sends_again_with_the_same_message_id(self):
         p = self.S.create_plan(capacity=5, price=700)

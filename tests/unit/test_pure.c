@@ -15,6 +15,7 @@
 #include "idem.h"
 #include "ids.h"
 #include "jsonx.h"
+#include "mailer.h"
 #include "period.h"
 #include "router.h"
 #include "seal.h"
@@ -180,7 +181,46 @@ static void test_email(void **state)
 	assert_false(email_valid("a b@c.co"));
 	assert_false(email_valid("a@.co"));
 	assert_false(email_valid("a@b.co."));
+	/* what a mail server need not take (no SMTPUTF8), or what would be header syntax */
+	assert_false(email_valid("j\xc3\xbcrgen@b\xc3\xbc" "cher.de"));
+	assert_false(email_valid("a,b@c.co"));
+	assert_false(email_valid("a(b)@c.co"));
+	assert_false(email_valid("a\\b@c.co"));
 	assert_int_equal(utf8_length("héllo"), 5);
+}
+
+static void test_message_id(void **state)
+{
+	char id[MESSAGE_ID_LEN];
+
+	(void)state;
+	mail_message_id("6b11", "https://seats.example.com:8443/shop", id);
+	assert_string_equal(id, "<mail.6b11@seats.example.com>");
+	mail_message_id("6b11", "http://[::1]:8080", id);
+	assert_string_equal(id, "<mail.6b11@[::1]>");
+	mail_message_id("6b11", "http://", id);
+	assert_string_equal(id, "<mail.6b11@localhost>");
+}
+
+static void test_mailbox_split(void **state)
+{
+	char name[64], addr[64];
+
+	(void)state;
+	assert_true(mailbox_split("seats@example.com", name, sizeof(name), addr, sizeof(addr)));
+	assert_string_equal(name, "");
+	assert_string_equal(addr, "seats@example.com");
+	assert_true(mailbox_split("Numatix Seats  <seats@example.com>", name, sizeof(name), addr, sizeof(addr)));
+	assert_string_equal(name, "Numatix Seats");
+	assert_string_equal(addr, "seats@example.com");
+	assert_false(mailbox_split("Seats <seats@example.com", name, sizeof(name), addr, sizeof(addr)));
+	assert_false(mailbox_split("Seats <seats@example.com> x", name, sizeof(name), addr, sizeof(addr)));
+	assert_false(mailbox_split("Seats <seats>", name, sizeof(name), addr, sizeof(addr)));
+	assert_true(mailbox_split("Numatix <numatix@localhost>", name, sizeof(name), addr, sizeof(addr)));
+	assert_false(mailbox_split("Seats <s\xc3\xa9" "ats@example.com>", name, sizeof(name), addr, sizeof(addr)));
+	/* too long for the buffers: refused, never cut to another address */
+	assert_false(mailbox_split("averyveryveryveryveryveryveryveryveryveryverylongname@example.com", name, sizeof(name),
+				   addr, 32));
 }
 
 /* RFC 3629, byte by byte: every well-formed form at its edges, and what json-c lets through */
@@ -577,6 +617,8 @@ int main(void)
 		cmocka_unit_test(test_fingerprint),
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_email),
+		cmocka_unit_test(test_mailbox_split),
+		cmocka_unit_test(test_message_id),
 		cmocka_unit_test(test_utf8),
 		cmocka_unit_test(test_traceparent),
 		cmocka_unit_test(test_ids),
