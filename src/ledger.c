@@ -257,7 +257,7 @@ int ledger_sub_cancel(struct ledger *lg, const struct actor *a, const char *id, 
 			return -1;
 		}
 		struct sub_life l = cur.life;
-		outbox_ended(&m, &cur, "cancelled", now_ms());
+		outbox_ended(&m, &cur, "cancelled", now_ms(), a->trace_id);
 		const struct event_spec ev[] = {
 			{"subscription.cancelled", "subscription", id, EV_BEFORE_AFTER, NULL, &m.spec},
 			{"seat.released", "subscription", id, EV_BEFORE_AFTER, NULL, NULL},

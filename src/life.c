@@ -117,7 +117,7 @@ static int end_period(struct ledger *lg, const struct actor *a, const struct sub
 {
 	bool asked = sub->life.cancel_at_period_end;
 	struct outbox_mail m;
-	outbox_ended(&m, sub, asked ? "cancelled" : "ended", sub->end_at);
+	outbox_ended(&m, sub, asked ? "cancelled" : "ended", sub->end_at, a->trace_id);
 	const struct event_spec ev[] = {
 		{asked ? "subscription.cancelled" : "subscription.ended", "subscription", sub->id, EV_BEFORE_AFTER, NULL,
 		 &m.spec},
@@ -204,7 +204,7 @@ static int renewed(struct ledger *lg, const struct actor *a, const struct subscr
 	struct outbox_mail m;
 	renewed.life = l;
 	renewed.end_at = end;
-	outbox_receipt(&m, &renewed, &p, "renewal");
+	outbox_receipt(&m, &renewed, &p, "renewal", a->trace_id);
 	const struct event_spec ev[] = {
 		{"payment.succeeded", "payment", p.id, EV_NO_COUNTS, detail, &m.spec},
 		{"subscription.renewed", "subscription", sub->id, EV_NO_COUNTS, NULL, NULL},
@@ -254,9 +254,9 @@ static int declined(struct ledger *lg, const struct actor *a, const struct subsc
 	struct outbox_mail m;
 	after.life = l;
 	if (last)
-		outbox_ended(&m, &after, "cancelled", now);
+		outbox_ended(&m, &after, "cancelled", now, a->trace_id);
 	else
-		outbox_payment_failed(&m, &after, l.next_attempt_at, code);
+		outbox_payment_failed(&m, &after, l.next_attempt_at, code, a->trace_id);
 	const struct event_spec ev[] = {
 		{"payment.declined", "payment", p.id, EV_NO_COUNTS, detail, NULL},
 		{last ? "subscription.cancelled" : "subscription.past_due", "subscription", sub->id,

@@ -54,23 +54,29 @@ void mail_message_id(const char *mail_id, const char *public_url, char out[MESSA
 	snprintf(out, MESSAGE_ID_LEN, "<mail.%s@%.*s>", mail_id, (int)(n ? n : 9), n ? host : "localhost");
 }
 
-/* The plan's name as it is now, for a mail that names only its plan (an offer); "" if none. */
-static char *plan_name_of(struct ledger *lg, const char *data)
+/* The plan's name as it is now, for a mail that names only its plan (an offer), and the trace
+ * of the change that sent it, from the row's data; "" when none. */
+static void row_facts(struct ledger *lg, const char *data, char **plan_name, char trace[65])
 {
 	struct json_object *o = NULL;
 	struct plan p = {0};
 	struct err e = {0};
-	char reason[8], *name = xstrdup("");
+	char reason[8];
 	bool found = false;
 
-	if (jsonx_parse(data, strlen(data), &o, reason, sizeof(reason)) == 0 && jsonx_str(o, "planId") &&
+	*plan_name = xstrdup("");
+	*trace = '\0';
+	if (jsonx_parse(data, strlen(data), &o, reason, sizeof(reason)))
+		return;
+	if (jsonx_str(o, "traceId"))
+		snprintf(trace, 65, "%s", jsonx_str(o, "traceId"));
+	if (jsonx_str(o, "planId") &&
 	    lg->store->ops->plan_get(lg->store, jsonx_str(o, "planId"), &p, &found, &e) == 0 && found) {
-		free(name);
-		name = xstrdup(p.name ? p.name : "");
+		free(*plan_name);
+		*plan_name = xstrdup(p.name ? p.name : "");
 		plan_clear(&p);
 	}
 	json_object_put(o);
-	return name;
 }
 
 /* What became of one attempt at m, written with mail.failed when it has failed. */
@@ -116,13 +122,14 @@ static int send_one(struct ledger *lg, const struct mail_settings *ms, const str
 		out = SMTP_REFUSED;
 		snprintf(why, sizeof(why), "no customer %s", m->customer_id);
 	} else {
-		char *plan = plan_name_of(lg, m->data);
+		char *plan, trace[65];
+		row_facts(lg, m->data, &plan, trace);
 		struct json_object *vars = mail_values(m, &c, plan, ms->public_url, ms->currency);
 		if (mail_render(m->kind, vars, &msg, &re)) {
 			out = SMTP_REFUSED;
 			snprintf(why, sizeof(why), "%.150s", re.msg);
 		} else {
-			struct smtp_envelope env = {c.email, c.name, msgid};
+			struct smtp_envelope env = {c.email, c.name, msgid, trace};
 			mail_message_id(m->id, ms->public_url, msgid);
 			out = smtp_send(&ms->smtp, &env, &msg, &code, why, sizeof(why));
 		}

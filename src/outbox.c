@@ -37,15 +37,20 @@ static struct json_object *about(const struct subscription *sub)
 	return o;
 }
 
-static void finish(struct outbox_mail *m, const char *kind, const char *customer_id, struct json_object *o)
+/* The row's data, with the trace of the change that sends it (the mail's X-Trace-Id). */
+static void finish(struct outbox_mail *m, const char *kind, const char *customer_id, struct json_object *o,
+		   const char *trace_id)
 {
+	if (trace_id && *trace_id)
+		add_str(o, "traceId", trace_id);
 	memset(m, 0, sizeof(*m));
 	m->data = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
 	m->spec = (struct mail_spec){kind, customer_id, m->data, NULL};
 }
 
-void outbox_receipt(struct outbox_mail *m, const struct subscription *sub, const struct payment *p, const char *what)
+void outbox_receipt(struct outbox_mail *m, const struct subscription *sub, const struct payment *p, const char *what,
+		    const char *trace_id)
 {
 	struct json_object *o = about(sub);
 
@@ -56,31 +61,32 @@ void outbox_receipt(struct outbox_mail *m, const struct subscription *sub, const
 	add_int(o, "periodStart", sub->life.period_start ? sub->life.period_start : sub->start_at);
 	add_int(o, "periodEnd", sub->end_at);
 	add_int(o, "renews", sub->plan_renews && !sub->life.cancel_at_period_end);
-	finish(m, MAIL_RECEIPT, sub->customer_id, o);
+	finish(m, MAIL_RECEIPT, sub->customer_id, o, trace_id);
 }
 
 void outbox_payment_failed(struct outbox_mail *m, const struct subscription *sub, int64_t next_attempt_at,
-			   const char *decline_code)
+			   const char *decline_code, const char *trace_id)
 {
 	struct json_object *o = about(sub);
 
 	add_int(o, "amountCents", sub->amount_cents);
 	add_int(o, "nextAttemptAt", next_attempt_at);
 	add_str(o, "declineCode", decline_code);
-	finish(m, MAIL_PAYMENT_FAILED, sub->customer_id, o);
+	finish(m, MAIL_PAYMENT_FAILED, sub->customer_id, o, trace_id);
 }
 
-void outbox_ended(struct outbox_mail *m, const struct subscription *sub, const char *status, int64_t at)
+void outbox_ended(struct outbox_mail *m, const struct subscription *sub, const char *status, int64_t at,
+		  const char *trace_id)
 {
 	struct json_object *o = about(sub);
 
 	add_str(o, "status", status);
 	add_str(o, "reason", sub->life.cancellation_reason);
 	add_int(o, "endedAt", at);
-	finish(m, MAIL_ENDED, sub->customer_id, o);
+	finish(m, MAIL_ENDED, sub->customer_id, o, trace_id);
 }
 
-void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w)
+void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w, const char *trace_id)
 {
 	struct json_object *o = json_object_new_object();
 
@@ -89,7 +95,7 @@ void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w)
 	add_str(o, "planId", w->plan_id);
 	add_int(o, "quantity", w->quantity);
 	add_int(o, "expiresAt", w->offer_expires_at);
-	finish(m, MAIL_OFFER, w->customer_id, o);
+	finish(m, MAIL_OFFER, w->customer_id, o, trace_id);
 }
 
 static const struct cause {

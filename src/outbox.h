@@ -3,7 +3,8 @@
  * capture or a renewal, word of a failed renewal with the subscription going past due, word of
  * an end with the end, an offer with a waiting-list offer. What a mail shows is data kept on
  * the row (ids, names, amounts and times, never a secret), rendered at sending by its kind's
- * template (mail_render.h); nothing here sends (mailer.h does). */
+ * template (mail_render.h); nothing here sends (mailer.h does). Each takes the trace of the
+ * change that sends it (NULL: none), kept in its data for the mail's X-Trace-Id header. */
 #ifndef NUMATIX_OUTBOX_H
 #define NUMATIX_OUTBOX_H
 
@@ -28,14 +29,15 @@ void outbox_mail_clear(struct outbox_mail *m);
 /* A payment's receipt (a purchase's charge captured, a renewal, a plan change's difference):
  * the subscription it pays and the period it pays for. */
 void outbox_receipt(struct outbox_mail *m, const struct subscription *sub, const struct payment *p,
-		    const char *what);
+		    const char *what, const char *trace_id);
 /* A renewal declined: the amount, and the next attempt (0: none, the subscription ends). */
 void outbox_payment_failed(struct outbox_mail *m, const struct subscription *sub, int64_t next_attempt_at,
-			   const char *decline_code);
+			   const char *decline_code, const char *trace_id);
 /* A subscription's end: ended at its period's end, or cancelled (reason as kept). */
-void outbox_ended(struct outbox_mail *m, const struct subscription *sub, const char *status, int64_t at);
+void outbox_ended(struct outbox_mail *m, const struct subscription *sub, const char *status, int64_t at,
+		  const char *trace_id);
 /* A waiting-list offer: the entry's session, its seats and its deadline. */
-void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w);
+void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w, const char *trace_id);
 
 /* Whether an event of this action may send a mail of this kind (check()'s invariant 7). */
 bool outbox_caused_by(const char *kind, const char *action);

@@ -44,6 +44,7 @@ struct pay_result {
 	char client_secret[128];     /* PAY_ACTION_REQUIRED: for the buyer's page */
 	char subscription_id[48];    /* lookup: the subscription it was made for, when the processor keeps it */
 	char method[64];             /* the payment method it was made on, when the processor says */
+	char trace_id[65];           /* the trace of the request that made it, when the processor keeps it */
 	int64_t amount_cents;        /* authorized */
 	int64_t refunded_cents;      /* refund: by this call's refund key; lookup: in all */
 	char msg[160];               /* for the log; never a secret */
@@ -57,7 +58,7 @@ struct pay_req {
 	int64_t amount_cents;
 	bool off_session;            /* charged without the buyer (a saved method) */
 	int64_t deadline_ms;         /* wall clock: retries end here (0: the processor's own bound) */
-	const char *trace_id;
+	const char *trace_id;        /* kept with the payment (Stripe: metadata[trace_id]); may be NULL */
 };
 
 /* Which payment a call is about: its key, and what else the caller knows of it. */

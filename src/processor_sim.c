@@ -32,7 +32,8 @@ static const char SCHEMA[] =
 	"CREATE TABLE IF NOT EXISTS sim_payments ("
 	" key TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, state INTEGER NOT NULL,"
 	" amount INTEGER NOT NULL DEFAULT 0, refunded INTEGER NOT NULL DEFAULT 0,"
-	" decline TEXT NOT NULL DEFAULT '', secret TEXT NOT NULL DEFAULT '', created_at INTEGER NOT NULL);"
+	" decline TEXT NOT NULL DEFAULT '', secret TEXT NOT NULL DEFAULT '', created_at INTEGER NOT NULL,"
+	" trace_id TEXT NOT NULL DEFAULT '');"
 	"CREATE TABLE IF NOT EXISTS sim_refunds ("
 	" key TEXT PRIMARY KEY, payment_key TEXT NOT NULL, id TEXT NOT NULL, amount INTEGER NOT NULL);";
 
@@ -82,7 +83,7 @@ static sqlite3_stmt *prepare(struct sim *s, const char *sql)
 	return st;
 }
 
-#define PAYMENT_COLS "key, id, state, amount, refunded, decline, secret"
+#define PAYMENT_COLS "key, id, state, amount, refunded, decline, secret, trace_id"
 
 /* The payment whose key (or, by_id, whose id) is name into out, its key into key_out when
  * given; 1 found, 0 absent, -1 error. */
@@ -106,6 +107,7 @@ static int read_payment_by(struct sim *s, const char *name, bool by_id, struct p
 		out->refunded_cents = sqlite3_column_int64(st, 4);
 		snprintf(out->decline_code, sizeof(out->decline_code), "%s", (const char *)sqlite3_column_text(st, 5));
 		snprintf(out->client_secret, sizeof(out->client_secret), "%s", (const char *)sqlite3_column_text(st, 6));
+		snprintf(out->trace_id, sizeof(out->trace_id), "%s", (const char *)sqlite3_column_text(st, 7));
 	}
 	sqlite3_finalize(st);
 	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
@@ -133,10 +135,10 @@ static int update_payment(struct sim *s, const char *key, enum pay_state state, 
 }
 
 static int insert_payment(struct sim *s, const char *key, enum pay_state state, int64_t amount, const char *decline,
-			  struct pay_result *out)
+			  const char *trace_id, struct pay_result *out)
 {
-	sqlite3_stmt *st = prepare(s, "INSERT INTO sim_payments (key, id, state, amount, decline, secret, created_at)"
-				      " VALUES (?, ?, ?, ?, ?, ?, ?)");
+	sqlite3_stmt *st = prepare(s, "INSERT INTO sim_payments (key, id, state, amount, decline, secret, created_at,"
+				      " trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
 	int rc;
 
 	if (!st)
@@ -155,6 +157,8 @@ static int insert_payment(struct sim *s, const char *key, enum pay_state state, 
 	sqlite3_bind_text(st, 5, out->decline_code, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 6, out->client_secret, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 7, now_ms());
+	snprintf(out->trace_id, sizeof(out->trace_id), "%s", trace_id ? trace_id : "");
+	sqlite3_bind_text(st, 8, out->trace_id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	return rc == SQLITE_DONE ? 0 : -1;
@@ -201,7 +205,7 @@ static enum pay_outcome sim_pay(struct processor *p, const struct pay_req *r, bo
 		return failed(s, out, "begin");
 	if ((found = read_payment(s, r->key, out)) < 0)
 		return failed(s, out, "read");
-	if (!found && insert_payment(s, r->key, state, r->amount_cents, decline, out))
+	if (!found && insert_payment(s, r->key, state, r->amount_cents, decline, r->trace_id, out))
 		return failed(s, out, "insert");
 	snprintf(out->method, sizeof(out->method), "%s", r->method ? r->method : "");
 	return commit(s, out, authorized_outcome(out));
@@ -236,7 +240,7 @@ static enum pay_outcome sim_move(struct processor *p, const char *key, unsigned 
 			snprintf(out->msg, sizeof(out->msg), "no payment under this key");
 			return commit(s, out, PAY_INVALID);
 		}
-		if (insert_payment(s, key, to, 0, NULL, out))
+		if (insert_payment(s, key, to, 0, NULL, NULL, out))
 			return failed(s, out, "insert");
 		return commit(s, out, PAY_OK);
 	}
@@ -346,6 +350,30 @@ static const struct processor_ops sim_ops = {
 	.close = sim_close,
 };
 
+/* A file made before payments kept their trace gains the column (once: under the write lock,
+ * whoever comes first adds it). */
+static int trace_column(struct sim *s)
+{
+	sqlite3_stmt *st;
+	bool has = false;
+	int rc;
+
+	if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+		return -1;
+	if (!(st = prepare(s, "SELECT 1 FROM pragma_table_info('sim_payments') WHERE name = 'trace_id'")))
+		goto fail;
+	has = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	if (!has && sqlite3_exec(s->db, "ALTER TABLE sim_payments ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''", NULL,
+				 NULL, NULL) != SQLITE_OK)
+		goto fail;
+	rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+	return rc == SQLITE_OK ? 0 : -1;
+fail:
+	sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	return -1;
+}
+
 struct processor *processor_sim_open(const char *path, int latency_ms)
 {
 	struct sim *s = xcalloc(1, sizeof(*s));
@@ -360,7 +388,7 @@ struct processor *processor_sim_open(const char *path, int latency_ms)
 	}
 	sqlite3_busy_timeout(s->db, 30000);
 	/* many processes start at once: the schema is applied under the write lock */
-	if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK) {
+	if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK || trace_column(s)) {
 		sim_close(&s->base);
 		return NULL;
 	}

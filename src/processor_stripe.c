@@ -245,7 +245,9 @@ static void intent_read(struct json_object *pi, struct pay_result *out)
 
 	snprintf(out->id, sizeof(out->id), "%s", id ? id : "");
 	const char *sub = jsonx_str(jsonx_obj(pi, "metadata"), "subscription");
+	const char *trace = jsonx_str(jsonx_obj(pi, "metadata"), "trace_id");
 	snprintf(out->subscription_id, sizeof(out->subscription_id), "%s", sub ? sub : "");
+	snprintf(out->trace_id, sizeof(out->trace_id), "%s", trace ? trace : "");
 	out->amount_cents = jsonx_int(pi, "amount");
 	/* the method it was confirmed with, attached to the customer for renewals */
 	const char *pm = jsonx_str(pi, "payment_method");
@@ -383,6 +385,8 @@ static enum pay_outcome intent_create(struct processor *p, const struct pay_req 
 	form_add(&f, "confirm", "true");
 	form_add(&f, "metadata[numatix_key]", r->key);
 	form_add(&f, "metadata[subscription]", r->subscription_id);
+	if (r->trace_id && *r->trace_id)
+		form_add(&f, "metadata[trace_id]", r->trace_id);
 	if (off_session) {
 		form_add(&f, "off_session", "true");
 	} else {

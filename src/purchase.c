@@ -151,7 +151,9 @@ int purchase_finish(struct ledger *lg, const struct actor *a, const struct payme
 		if (payment_capture(lg, &ref, &pr) == PAY_OK) {
 			struct outbox_mail m;
 			snprintf(done.status, sizeof(done.status), "succeeded");
-			outbox_receipt(&m, &sub, &done, *sub.previous_id ? "change" : "purchase");
+			/* the trace of the request that paid, as the processor kept it; else this pass's */
+			outbox_receipt(&m, &sub, &done, *sub.previous_id ? "change" : "purchase",
+				       *pr.trace_id ? pr.trace_id : a->trace_id);
 			rc = mark_mailing(lg, a, &done, "authorized", &m.spec, e);
 			outbox_mail_clear(&m);
 		} else {

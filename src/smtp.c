@@ -109,6 +109,14 @@ static enum smtp_outcome judged(CURLcode rc, long reply, const char *errbuf)
 	return reply >= 500 ? SMTP_REFUSED : SMTP_DEFERRED;
 }
 
+/* A trace id fit for a header as it is: 1 to 64 letters, digits, '-', '_', '.'. */
+static bool trace_token(const char *s)
+{
+	size_t n = strlen(s);
+
+	return n > 0 && n <= 64 && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.") == n;
+}
+
 static struct curl_slist *header(struct curl_slist *h, const char *name, const char *value)
 {
 	char *line = xasprintf("%s: %s", name, value);
@@ -165,6 +173,8 @@ enum smtp_outcome smtp_send(const struct smtp_settings *s, const struct smtp_env
 	free(v);
 	headers = header(headers, "Message-ID", env->message_id);
 	headers = header(headers, "Auto-Submitted", "auto-generated");
+	if (env->trace_id && trace_token(env->trace_id))
+		headers = header(headers, "X-Trace-Id", env->trace_id);
 
 	/* multipart/alternative: the plain text first, the HTML last (the one readers prefer) */
 	mime = curl_mime_init(c);

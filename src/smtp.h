@@ -20,6 +20,7 @@ struct smtp_envelope {
 	const char *to;         /* the address */
 	const char *to_name;    /* may be NULL or "" */
 	const char *message_id; /* "<...@...>" */
+	const char *trace_id;   /* the change's trace: X-Trace-Id; NULL or "" none */
 };
 
 enum smtp_outcome {

@@ -83,9 +83,10 @@ const struct seat_counts *store_event_after(const struct event_spec *ev, const s
 	return ev->counts != EV_NO_COUNTS ? after : NULL;
 }
 
-void store_offer_events(const struct waitlist_entry *w, struct event_spec ev[OFFER_EVENTS], struct outbox_mail *m)
+void store_offer_events(const struct waitlist_entry *w, struct event_spec ev[OFFER_EVENTS], struct outbox_mail *m,
+			const char *trace_id)
 {
-	outbox_offer(m, w);
+	outbox_offer(m, w, trace_id);
 	ev[0] = (struct event_spec){"waitlist.offered", "waitlist_entry", w->id, EV_BEFORE_AFTER, NULL, &m->spec};
 	ev[1] = (struct event_spec){"seat.held", "session", w->session_id, EV_BEFORE_AFTER, NULL, NULL};
 	ev[2] = (struct event_spec){"checkout.created", "session", w->session_id, EV_BEFORE_AFTER, NULL, NULL};

@@ -28,7 +28,8 @@ void store_hold_fill(struct subscription *sub, const struct hold_req *r);
  * the events are written), seat.held and checkout.created on its session, each with the plan's
  * counts before and after the offer. w's offer_expires_at is the offer's deadline. */
 #define OFFER_EVENTS 3
-void store_offer_events(const struct waitlist_entry *w, struct event_spec ev[OFFER_EVENTS], struct outbox_mail *m);
+void store_offer_events(const struct waitlist_entry *w, struct event_spec ev[OFFER_EVENTS], struct outbox_mail *m,
+			const char *trace_id);
 
 /* Whether attempt_take must see expect's lease ended: expect is another request's attempt. */
 bool store_attempt_needs_lapse(const char *expect, const char *key);

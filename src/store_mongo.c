@@ -731,7 +731,7 @@ static int offers_make(struct mg *s, mongoc_client_session_t *cs, const char *pl
 		mark = BCON_NEW("$set", "{", "status", BCON_UTF8("offered"), "offer_expires_at",
 				BCON_DATE_TIME(now + w.offer_ttl_ms), "updated_at", BCON_DATE_TIME(now), "}");
 		w.offer_expires_at = now + w.offer_ttl_ms;
-		store_offer_events(&w, ev, &m);
+		store_offer_events(&w, ev, &m, a ? a->trace_id : NULL);
 		if (insert(s->subs, cs, sub, reply, e, "offer") || update(s->waitlist, cs, mf, mark, reply, e, "offer") < 0 ||
 		    events_put(s, cs, a, now, plan_id, ev, OFFER_EVENTS, &before, &after, reply, e))
 			rc = -1;

@@ -491,7 +491,7 @@ static int offers_make(struct pg *s, const char *plan_id, int64_t now, const str
 		before = store_counts_before(after, -w.quantity, w.quantity);
 		until = now + w.offer_ttl_ms;
 		w.offer_expires_at = until;
-		store_offer_events(&w, ev, &m);
+		store_offer_events(&w, ev, &m, a ? a->trace_id : NULL);
 		int rc = run(q(s, ins, e, "ttttiiiiiittitt", w.session_id, plan_id, w.customer_id, w.offer_key,
 			       price * w.quantity, term_days(term.term_unit, term.term_count), until, now, now, w.quantity,
 			       w.secret_hash, w.id, term.term_count, period_unit_name(term.term_unit), term.term_zone)) < 0 ||

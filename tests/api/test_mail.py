@@ -33,10 +33,12 @@ class Mail(unittest.TestCase):
     def address(self):
         return "m-%s@example.com" % uuid.uuid4().hex[:12]
 
-    def buy(self, plan, email, method="pm_card_visa", name="Test Buyer"):
+    def buy(self, plan, email, method="pm_card_visa", name="Test Buyer", trace=None):
+        h = {"Idempotency-Key": str(uuid.uuid4())}
+        if trace:
+            h["X-Trace-Id"] = trace
         r = self.S.request("POST", "/api/subscriptions/purchase",
-                           {"planId": plan["id"], "paymentMethodId": method, "customer": {"email": email, "name": name}},
-                           {"Idempotency-Key": str(uuid.uuid4())})
+                           {"planId": plan["id"], "paymentMethodId": method, "customer": {"email": email, "name": name}}, h)
         self.assertEqual(r.status, 201, r)
         self.secrets.append(r.json["accessToken"])
         return r.json
@@ -205,13 +207,21 @@ class Mail(unittest.TestCase):
     def test_a_cancellation_is_mailed(self):
         p = self.S.create_plan(capacity=5, price=700, name="Ends %s" % uuid.uuid4().hex[:6])
         to = self.address()
-        s = self.buy(p, to)
+        bought, cancelled = "buy-" + uuid.uuid4().hex, "cancel-" + uuid.uuid4().hex
+        s = self.buy(p, to, trace=bought)
         r = self.S.request("POST", "/api/subscriptions/%s/cancel" % s["id"], {},
-                           {"Authorization": "Bearer " + s["accessToken"]})
+                           {"Authorization": "Bearer " + s["accessToken"], "X-Trace-Id": cancelled})
         self.assertEqual(r.status, 200, r)
         self.row_when(s["customerId"], "ended", lambda m: m["status"] == "sent", "the end mailed")
         [m] = self.box.to(to, subject_has="ended")
         self.assertIn("was cancelled", m.get_body(("plain",)).get_content())
+        # each mail carries the trace of the request that caused it: the end the cancel's, the
+        # receipt (written by the reaper's pass that recorded the capture) the purchase's, as the
+        # processor kept it
+        self.assertEqual(m["x-trace-id"], cancelled)
+        self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "the receipt mailed")
+        [receipt] = self.box.to(to, subject_has="receipt")
+        self.assertEqual(receipt["x-trace-id"], bought)
         self.assertNoSecret()
 
     def test_a_failed_renewal_is_mailed_with_its_next_attempt(self):

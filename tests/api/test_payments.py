@@ -58,6 +58,20 @@ def processor_books():
         db.close()
 
 
+def processor_trace(pay_id):
+    """The trace the processor keeps with a payment: the simulated processor's record, or the
+    PaymentIntent's metadata[trace_id] at the Stripe test server."""
+    if S.env.get("NUMATIX_PROCESSOR") == "stripe":
+        [pi] = [pi for pi in StripeServer.get().state()["intents"] if pi["id"] == pay_id]
+        return pi["metadata"].get("trace_id")
+    db = sqlite3.connect("file:%s?mode=ro" % S.env["NUMATIX_SIM_DB"], uri=True, timeout=30)
+    try:
+        [(trace,)] = db.execute("SELECT trace_id FROM sim_payments WHERE id = ?", (pay_id,)).fetchall()
+        return trace
+    finally:
+        db.close()
+
+
 def change_plan(sub, plan_id, method="pm_card_visa", trace=None):
     body = {"planId": plan_id}
     if method:
@@ -111,6 +125,19 @@ class Payments(unittest.TestCase):
         self.assertEqual(delta(before, after, "authorized"), (0, 0))
         self.assertEqual(delta(before, after, "captured"), (3, 3 * PRICE))
         self.assertEqual(S.request("GET", "/api/payments/summary").status, 401)
+
+    def test_the_processor_keeps_the_trace_of_the_request_that_paid(self):
+        """An operator follows a purchase from its request to the processor: the trace id it was
+        given (X-Trace-Id, or a W3C traceparent's trace-id) is kept with its payment."""
+        p = S.create_plan(capacity=5, price=PRICE)
+        trace = "pay-" + uuid.uuid4().hex
+        r = S.purchase(p["id"], headers={"X-Trace-Id": trace})
+        self.assertEqual((r.status, r.header("X-Trace-Id")), (201, trace), r)
+        self.assertEqual(processor_trace(r.json["paymentId"]), trace)
+        w3c = uuid.uuid4().hex
+        r = S.purchase(p["id"], headers={"traceparent": "00-%s-%s-01" % (w3c, uuid.uuid4().hex[:16])})
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(processor_trace(r.json["paymentId"]), w3c)
 
     def test_declines_take_nothing(self):
         p = S.create_plan(capacity=10, price=PRICE)
