@@ -9,8 +9,12 @@ The expected period ends are computed by an oracle independent of the C code: Py
 and dateutil.relativedelta, from the period's anchor."""
 
 import datetime
+import os
+import re
+import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -19,7 +23,7 @@ import zoneinfo
 
 from dateutil.relativedelta import relativedelta
 
-from stack import Clock, Stack, StripeServer, until
+from stack import BIN, Clock, Stack, StripeServer, until
 
 DAY = 86400
 UNITS = {"day": "days", "week": "weeks", "month": "months", "year": "years"}
@@ -718,14 +722,25 @@ class KillTheRenewer(unittest.TestCase):
 
 
 class RenewalRace(unittest.TestCase):
-    """200 subscriptions of one plan come due at once while the server's own renewer (a pass a
-    second) and two cron `numatix renew` run together: exactly one charge per subscription and
-    period."""
+    """200 subscriptions of one plan come due at once while two servers on one store (each its
+    own master, workers and renewer, a pass a second, as two machines on one PostgreSQL run) and
+    two cron `numatix renew` run together: exactly one charge per subscription and period."""
 
     def test_two_hundred_due_at_once(self):
         clock = Clock()
         S = Stack(NUMATIX_RENEW_INTERVAL=1, NUMATIX_WORKERS=4, **clock.env()).start()
+        second = None
         try:
+            # the second server: the same store, processor and clock, a socket of its own
+            sock = os.path.join(S.dir, "second.sock")
+            log = open(os.path.join(S.dir, "second.log"), "ab")
+            second = subprocess.Popen([BIN, "serve"], env=dict(S.env, NUMATIX_SOCKET=sock, NUMATIX_WORKERS="2"),
+                                      stdout=log, stderr=log, start_new_session=True)
+            until(lambda: os.path.exists(sock) and second.poll() is None, what="the second server listening")
+            until(lambda: any(open("/proc/%s/comm" % k).read().strip() == "numatix-renewer" for k in
+                              subprocess.run(["pgrep", "-P", str(second.pid)], capture_output=True,
+                                             text=True).stdout.split()),
+                  what="the second server's renewer")
             p = S.create_plan(capacity=200, price=1234, interval="day", renewal="auto")
             subs = []
             lock = threading.Lock()
@@ -743,6 +758,8 @@ class RenewalRace(unittest.TestCase):
                 t.join()
             self.assertEqual(len(subs), 200)
             clock.advance(DAY + 60)
+            # the servers' renewers begin; the crons come in while they run
+            until(lambda: S.audit("subscription.renewed", plan_id=p["id"]), what="a renewer under way")
             crons = [threading.Thread(target=S.renew) for _ in range(2)]
             for t in crons:
                 t.start()
@@ -766,7 +783,15 @@ class RenewalRace(unittest.TestCase):
             self.assertEqual(S.plan(p["id"])["subscriptions_left"], 0)
             ok, out = S.check()
             self.assertTrue(ok, out)
+            self.assertIsNone(second.poll(), "the second server ran throughout")
+            by = [sum(int(m) for m in re.findall(r'renewer: (\d+) renewed', open(f, errors="replace").read()))
+                  for f in (S.log_path, log.name)]
+            print("renewed by the first server's renewer %d, the second's %d, the crons %d" % (by[0], by[1], 200 - sum(by)),
+                  file=sys.stderr)
         finally:
+            if second:
+                os.killpg(second.pid, signal.SIGTERM)
+                second.wait(timeout=60)
             S.cleanup()
             clock.cleanup()
 
