@@ -140,20 +140,27 @@ static int send_one(struct ledger *lg, const struct mail_settings *ms, const str
 	 * outage or a refused login fails no mail, whatever it lasts */
 	next.attempts = out == SMTP_UNAVAILABLE ? m->attempts : m->attempts + 1;
 	snprintf(next.last_error, sizeof(next.last_error), "%s", out == SMTP_SENT ? "" : why);
+	int kind = outbox_kind_index(m->kind);
 	if (out == SMTP_SENT) {
 		snprintf(next.status, sizeof(next.status), "sent");
 		next.next_attempt_at = 0;
 		st->sent++;
+		if (kind >= 0)
+			st->by_kind[kind][MAIL_SENT]++;
 	} else if (out == SMTP_UNAVAILABLE) {
 		st->unavailable = true;
 		*reached = false;
 		LOG_WARN(a->trace_id, "mailer: the mail server took no mail: %s", why);
 	} else if (out == SMTP_DEFERRED && mail_retry(next.attempts, now_ms(), &next.next_attempt_at)) {
 		st->deferred++;
+		if (kind >= 0)
+			st->by_kind[kind][MAIL_DEFERRED]++;
 	} else {
 		snprintf(next.status, sizeof(next.status), "failed");
 		next.next_attempt_at = 0;
 		st->failed++;
+		if (kind >= 0)
+			st->by_kind[kind][MAIL_FAILED]++;
 		LOG_WARN(a->trace_id, "mail %s (%s) failed after %d attempt(s): %d %s", m->id, m->kind, next.attempts, code,
 			 why);
 	}

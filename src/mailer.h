@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ledger.h"
+#include "outbox.h"
 #include "smtp.h"
 
 #define MAILER_LEASE "mailer"
@@ -24,8 +25,12 @@ struct mail_settings {
 	const char *currency;
 };
 
+/* What came of an attempt at a mail, as counted. */
+enum mail_outcome { MAIL_SENT, MAIL_DEFERRED, MAIL_FAILED, MAIL_OUTCOMES };
+
 struct mail_stats {
 	int sent, deferred, failed;
+	int by_kind[OUTBOX_KINDS][MAIL_OUTCOMES];  /* the same attempts by the mail's kind */
 	bool ran;                    /* false: another sender holds the lease, or no server is set */
 	bool unavailable;            /* the pass ended on a server that took no mail from us (or a
 				      * store that could not mark one): wait before the next */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "mailer.h"
 #include "util.h"
 
 /* Upper bounds of the latency buckets, in microseconds: from a fast purchase (about 1 ms) to a
@@ -48,7 +49,7 @@ struct counters {
 	uint64_t purchases[NCODES + 1];                          /* last: a code not listed */
 	uint64_t worker_restarts, reaper_passes, reaper_expired, reaper_refunded;
 	uint64_t renewer_passes, renewals[6];                    /* renewal_outcomes' order */
-	uint64_t mailer_passes, mails[3];                        /* mail_outcomes' order */
+	uint64_t mailer_passes, mails[OUTBOX_KINDS][MAIL_OUTCOMES]; /* by outbox_kinds, mail_outcomes */
 	uint64_t public_reads[2];                                /* by the primary, by the standby */
 };
 
@@ -143,14 +144,14 @@ void metrics_renewer_pass(const struct life_stats *st)
 		add(&c->renewals[i], (uint64_t)n[i]);
 }
 
-static const char *const mail_outcomes[] = {"sent", "deferred", "failed"};
+static const char *const mail_outcomes[MAIL_OUTCOMES] = {"sent", "deferred", "failed"};
 
-void metrics_mailer_pass(int sent, int deferred, int failed)
+void metrics_mailer_pass(const struct mail_stats *st)
 {
 	add(&c->mailer_passes, 1);
-	add(&c->mails[0], (uint64_t)sent);
-	add(&c->mails[1], (uint64_t)deferred);
-	add(&c->mails[2], (uint64_t)failed);
+	for (size_t k = 0; k < OUTBOX_KINDS; k++)
+		for (size_t o = 0; o < MAIL_OUTCOMES; o++)
+			add(&c->mails[k][o], (uint64_t)st->by_kind[k][o]);
 }
 
 /* Appends printf-style text to a growing buffer. */
@@ -214,6 +215,26 @@ static uint64_t observed(const struct histogram *h)
 	for (size_t b = 0; b <= NBUCKETS; b++)
 		n += get(&h->bucket[b]);
 	return n;
+}
+
+/* How long the most overdue queued mail has been due, read from the store (by the outbox's
+ * index of due mail): 0 when none is due; nothing when the store cannot say now. */
+static void outbox_overdue(struct text *t, struct ledger *lg)
+{
+	struct mail *due = NULL;
+	struct err e = {0};
+	int64_t now = now_ms();
+	size_t n = 0;
+
+	if (lg->store->ops->mail_due(lg->store, now, 1, &due, &n, &e))
+		return;
+	put(t, "# HELP numatix_mail_outbox_overdue_seconds How long the queued mail most overdue has waited past its "
+	       "time (0: none is due); it grows while the mail server takes nothing.\n"
+	       "# TYPE numatix_mail_outbox_overdue_seconds gauge\nnumatix_mail_outbox_overdue_seconds %.3f\n",
+	    n ? (double)(now - due[0].next_attempt_at) / 1000.0 : 0.0);
+	for (size_t i = 0; i < n; i++)
+		mail_clear(&due[i]);
+	free(due);
 }
 
 char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const char **method))
@@ -289,11 +310,14 @@ char *metrics_render(struct ledger *lg, const char *(*route_name)(int i, const c
 		    (unsigned long long)get(&c->renewals[i]));
 	put(&t, "# HELP numatix_mailer_passes_total Mail sender passes run.\n# TYPE numatix_mailer_passes_total counter\n"
 		"numatix_mailer_passes_total %llu\n", (unsigned long long)get(&c->mailer_passes));
-	put(&t, "# HELP numatix_mails_total Attempts at sending mails of the outbox, by outcome: sent, deferred (the mail "
-		"server answered 4xx or not at all; tried again), failed (a 5xx, or the last retry).\n"
+	put(&t, "# HELP numatix_mails_total Attempts at sending mails of the outbox, by kind and outcome: sent, "
+		"deferred (a 4xx to the mail; tried again), failed (a 5xx to it, or the last retry).\n"
 		"# TYPE numatix_mails_total counter\n");
-	for (size_t i = 0; i < 3; i++)
-		put(&t, "numatix_mails_total{outcome=\"%s\"} %llu\n", mail_outcomes[i], (unsigned long long)get(&c->mails[i]));
+	for (size_t k = 0; k < OUTBOX_KINDS; k++)
+		for (size_t o = 0; o < MAIL_OUTCOMES; o++)
+			put(&t, "numatix_mails_total{kind=\"%s\",outcome=\"%s\"} %llu\n", outbox_kinds[k], mail_outcomes[o],
+			    (unsigned long long)get(&c->mails[k][o]));
+	outbox_overdue(&t, lg);
 	/* Subscriptions by status, every status always (0 when none) */
 	{
 		static const char *const statuses[] = {"pending", "active", "past_due", "failed", "expired",

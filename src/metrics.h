@@ -28,8 +28,9 @@ void metrics_public_read(bool standby);
 void metrics_worker_restart(void);
 void metrics_reaper_pass(int expired, int refunded);
 void metrics_renewer_pass(const struct life_stats *st);
-/* A mail sender's pass: mails sent, deferred (to retry) and failed. */
-void metrics_mailer_pass(int sent, int deferred, int failed);
+/* A mail sender's pass: its mails sent, deferred (to retry) and failed, by kind. */
+struct mail_stats;
+void metrics_mailer_pass(const struct mail_stats *st);
 
 /* The text exposition: the counters, and the seats left and held per plan read from the
  * store. route_name(i) names route i. New, free(). */

@@ -8,6 +8,16 @@
 
 #include "util.h"
 
+const char *const outbox_kinds[OUTBOX_KINDS] = {MAIL_RECEIPT, MAIL_PAYMENT_FAILED, MAIL_ENDED, MAIL_OFFER};
+
+int outbox_kind_index(const char *kind)
+{
+	for (int i = 0; i < OUTBOX_KINDS; i++)
+		if (!strcmp(kind, outbox_kinds[i]))
+			return i;
+	return -1;
+}
+
 void outbox_mail_clear(struct outbox_mail *m)
 {
 	free(m->data);

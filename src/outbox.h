@@ -19,6 +19,11 @@
 #define MAIL_ENDED "ended"
 #define MAIL_OFFER "offer"
 
+/* Every kind, in a fixed order (metrics count by it); the index of a kind, or -1. */
+#define OUTBOX_KINDS 4
+extern const char *const outbox_kinds[OUTBOX_KINDS];
+int outbox_kind_index(const char *kind);
+
 /* A mail being written: its spec (for the event that sends it) and the data it owns. */
 struct outbox_mail {
 	struct mail_spec spec;

@@ -193,7 +193,7 @@ static void mail_pass(struct ledger *lg, const struct config *cfg, const char *h
 	if (rc)
 		LOG_WARN(NULL, "mailer: %s", e.msg);
 	else if (st.ran)
-		metrics_mailer_pass(st.sent, st.deferred, st.failed);
+		metrics_mailer_pass(&st);
 	outages = rc || st.unavailable ? outages + 1 : st.ran ? 0 : outages;
 	next_pass_at = now_ms() + mail_outage_wait_ms(outages);
 }

@@ -70,8 +70,12 @@ class Mail(unittest.TestCase):
     def test_a_purchase_gets_one_receipt_as_readers_expect(self):
         p = self.S.create_plan(capacity=5, price=1250, name="Receipts %s" % uuid.uuid4().hex[:6])
         to = self.address()
+        sent = 'numatix_mails_total{kind="receipt",outcome="sent"}'
+        before = self.S.metric(sent)
         s = self.buy(p, to, name="Zoë Ünal")
         row = self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "the receipt sent")
+        # counted by its kind (the counter is the mailer's, added after its pass)
+        until(lambda: self.S.metric(sent) > before, what="the receipt counted")
         self.assertEqual(row["attempts"], 1, row)
         [m] = self.box.to(to)
         self.assertEqual(m["message-id"], "<mail.%s@seats.example.com>" % row["id"])
@@ -151,12 +155,15 @@ class Mail(unittest.TestCase):
                 until(lambda: self.S.metric("numatix_mailer_passes_total") > passes, what="a pass while down")
             row = self.rows(s["customerId"], "receipt")[0]
             self.assertEqual((row["status"], row["attempts"]), ("queued", 0), row)
+            # the outbox says how late it is: the mail has waited the whole moved time
+            self.assertGreaterEqual(self.S.metric("numatix_mail_outbox_overdue_seconds"), 8 * 16 * 60)
         finally:
             self.box.start()
         self.clock.advance(16 * 60)
         row = self.row_when(s["customerId"], "receipt", lambda m: m["status"] == "sent", "sent once the server is back")
         self.assertEqual(row["attempts"], 1, row)
         self.assertEqual(len(self.box.to(to)), 1)
+        until(lambda: self.S.metric("numatix_mail_outbox_overdue_seconds") < 16 * 60, what="the outbox caught up")
 
     def test_a_refused_sender_fails_no_mail_and_ends_the_pass(self):
         """A 5xx to MAIL FROM (a refused login, a sender not allowed) is about us, not a mail: no
