@@ -76,6 +76,9 @@ free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0));
 start_stack() {
 	stop_stack
 	rm -rf "$DIR/var"
+	# emptied here, not by the launch's redirection below: that runs in the background child,
+	# and the wait for the banner could read the last stack's before it did
+	: > "$DIR/run.log"
 	PORT=$(free_port)
 	NUMATIX_DB=${STACK_DB:-sqlite://$DIR/var/numatix.db} NUMATIX_VAR="$DIR/var" NUMATIX_WORKERS=${STACK_WORKERS-$WORKERS} \
 		NUMATIX_PAYMENT_LATENCY_MS=$1 NUMATIX_ADMIN_TOKEN=bench-admin-token-0123456789 NUMATIX_LOG_LEVEL=warn \
