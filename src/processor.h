@@ -58,7 +58,7 @@ struct pay_req {
 	int64_t amount_cents;
 	bool off_session;            /* charged without the buyer (a saved method) */
 	int64_t deadline_ms;         /* wall clock: retries end here (0: the processor's own bound) */
-	const char *trace_id;        /* kept with the payment (Stripe: metadata[trace_id]); may be NULL */
+	const char *trace_id;        /* kept with the payment by the simulated processor; may be NULL */
 };
 
 /* Which payment a call is about: its key, and what else the caller knows of it. */
@@ -128,6 +128,15 @@ struct processor *processor_stripe_open(const char *secret_key, const char *api_
 #define STRIPE_SIGNATURE_TOLERANCE_S 300
 int stripe_signature_check(const char *header, const char *body, size_t len, char *const *secrets, int64_t now_s,
 			   int tolerance_s, char *why, size_t whylen);
+
+/* The simulated processor's stand-in for the bank's page: the buyer authenticated the payment
+ * under key, which requires action (PAYS_REQUIRES_ACTION -> PAYS_AUTHORIZED); authorized
+ * already: 0 too. -1 when p is not the simulated processor, or the payment is in another
+ * state (out says which). */
+int processor_sim_authenticate(struct processor *p, const char *key, struct pay_result *out);
+
+/* The test method whose bank asks the buyer to authenticate (3-D Secure). */
+#define TEST_METHOD_AUTHENTICATION "pm_card_authenticationRequired"
 
 /* The decline code a test payment-method name asks for, or NULL when it succeeds. */
 const char *processor_test_decline(const char *method, bool off_session);

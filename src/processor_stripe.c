@@ -385,8 +385,8 @@ static enum pay_outcome intent_create(struct processor *p, const struct pay_req 
 	form_add(&f, "confirm", "true");
 	form_add(&f, "metadata[numatix_key]", r->key);
 	form_add(&f, "metadata[subscription]", r->subscription_id);
-	if (r->trace_id && *r->trace_id)
-		form_add(&f, "metadata[trace_id]", r->trace_id);
+	/* No trace in it: Stripe's idempotency compares a retry's parameters with the first call's,
+	 * and a client's retry is another request, of another trace. */
 	if (off_session) {
 		form_add(&f, "off_session", "true");
 	} else {
