@@ -258,4 +258,22 @@ static struct reply expired(const char *trace_id)
 	return r;
 }
 
-const struct ledger_replies api_replies = {purchased, declined, expired, session, refused, invalid, changed};
+static struct reply action_required(const char *session_id, const char *client_secret, const char *intent_secret,
+				    const char *trace_id)
+{
+	struct json_object *d = json_object_new_object();
+	struct reply r;
+
+	json_object_object_add(d, "checkoutSessionId", json_object_new_string(session_id));
+	if (client_secret)
+		json_object_object_add(d, "clientSecret", json_object_new_string(client_secret));
+	if (intent_secret)
+		json_object_object_add(d, "paymentIntentClientSecret", json_object_new_string(intent_secret));
+	r.status = 402;
+	r.body = error_body("PAYMENT_ACTION_REQUIRED", "The bank asks the buyer to authenticate this payment; the "
+			    "seats stay held as the checkout session until it expires", trace_id, d);
+	return r;
+}
+
+const struct ledger_replies api_replies = {purchased, declined, expired, session, refused, invalid, changed,
+					   action_required};

@@ -26,6 +26,7 @@ void api_checkout_create(struct request *rq, struct response *rs);
 void api_checkout_get(struct request *rq, struct response *rs);
 void api_checkout_complete(struct request *rq, struct response *rs);
 void api_checkout_expire(struct request *rq, struct response *rs);
+void api_checkout_authenticate(struct request *rq, struct response *rs);
 
 void api_customers_create(struct request *rq, struct response *rs);
 void api_customers_subscriptions(struct request *rq, struct response *rs);

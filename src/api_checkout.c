@@ -119,3 +119,24 @@ void api_checkout_expire(struct request *rq, struct response *rs)
 out:
 	subscription_clear(&sub);
 }
+
+/* The simulated processor's stand-in for the bank's 3-D Secure page: the buyer authenticates
+ * the payment the session waits with; the page then completes the session again. */
+void api_checkout_authenticate(struct request *rq, struct response *rs)
+{
+	struct subscription sub = {0};
+	struct err e = {0};
+
+	if (rq->json && (!json_object_is_type(rq->json, json_type_object) ||
+			 json_object_object_length(rq->json) > 0)) {
+		response_invalid(rs, rq, "", "authenticate takes no body, or an empty object");
+		return;
+	}
+	if (session_load(rq, rs, &sub) == 0) {
+		if (checkout_authenticate(rq->lg, sub.id, &e))
+			response_err(rs, rq, &e);
+		else
+			response_json(rs, 200, view_session(&sub));
+	}
+	subscription_clear(&sub);
+}

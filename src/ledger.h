@@ -35,6 +35,11 @@ struct ledger_replies {
 	struct reply (*invalid)(const char *field, const char *reason, const char *trace_id);
 	/* A plan change's answer: the new subscription (previous_id set) with its access token. */
 	struct reply (*changed)(const struct subscription *s, const char *access_token, const char *trace_id);
+	/* 402 PAYMENT_ACTION_REQUIRED: the bank asks the buyer to authenticate; the seats stay held
+	 * as the checkout session session_id. client_secret: the session's, when this answer makes
+	 * it (a purchase become a session), else NULL; intent_secret: Stripe's, for Stripe.js, or NULL. */
+	struct reply (*action_required)(const char *session_id, const char *client_secret, const char *intent_secret,
+					const char *trace_id);
 };
 
 #define DUNNING_MAX 16

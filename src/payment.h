@@ -16,6 +16,9 @@ enum pay_outcome payment_cancel(struct ledger *lg, const struct pay_ref *ref, st
 enum pay_outcome payment_refund(struct ledger *lg, const char *payment_id, const char *refund_key, int64_t max_cents,
 				struct pay_result *out);
 enum pay_outcome payment_lookup(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out);
+/* The simulated processor's authentication of the payment under key (processor.h): 0, or -1
+ * when the processor is another or the payment waits for no one. */
+int payment_authenticate(struct ledger *lg, const char *key, struct pay_result *out);
 /* Whether an event is the processor's own (processor.h, verify_event): 0; -1 with why, and
  * *none set when this processor sends no events at all. */
 int payment_verify_event(struct ledger *lg, const char *body, size_t len, const char *signature, bool *none, char *why,

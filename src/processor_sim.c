@@ -33,7 +33,7 @@ static const char SCHEMA[] =
 	" key TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, state INTEGER NOT NULL,"
 	" amount INTEGER NOT NULL DEFAULT 0, refunded INTEGER NOT NULL DEFAULT 0,"
 	" decline TEXT NOT NULL DEFAULT '', secret TEXT NOT NULL DEFAULT '', created_at INTEGER NOT NULL,"
-	" trace_id TEXT NOT NULL DEFAULT '');"
+	" trace_id TEXT NOT NULL DEFAULT '', method TEXT NOT NULL DEFAULT '');"
 	"CREATE TABLE IF NOT EXISTS sim_refunds ("
 	" key TEXT PRIMARY KEY, payment_key TEXT NOT NULL, id TEXT NOT NULL, amount INTEGER NOT NULL);";
 
@@ -54,6 +54,9 @@ const char *processor_test_decline(const char *method, bool off_session)
 	/* Stripe's 4000 0000 0000 0341: attaches, then every charge without the buyer fails */
 	if (off_session && !strcmp(method, "pm_card_chargeCustomerFail"))
 		return "card_declined";
+	/* a card whose bank asks the buyer to authenticate, charged without them (4000 0027 6000 3184) */
+	if (off_session && !strcmp(method, TEST_METHOD_AUTHENTICATION))
+		return "authentication_required";
 	return NULL;
 }
 
@@ -83,7 +86,7 @@ static sqlite3_stmt *prepare(struct sim *s, const char *sql)
 	return st;
 }
 
-#define PAYMENT_COLS "key, id, state, amount, refunded, decline, secret, trace_id"
+#define PAYMENT_COLS "key, id, state, amount, refunded, decline, secret, trace_id, method"
 
 /* The payment whose key (or, by_id, whose id) is name into out, its key into key_out when
  * given; 1 found, 0 absent, -1 error. */
@@ -108,6 +111,7 @@ static int read_payment_by(struct sim *s, const char *name, bool by_id, struct p
 		snprintf(out->decline_code, sizeof(out->decline_code), "%s", (const char *)sqlite3_column_text(st, 5));
 		snprintf(out->client_secret, sizeof(out->client_secret), "%s", (const char *)sqlite3_column_text(st, 6));
 		snprintf(out->trace_id, sizeof(out->trace_id), "%s", (const char *)sqlite3_column_text(st, 7));
+		snprintf(out->method, sizeof(out->method), "%s", (const char *)sqlite3_column_text(st, 8));
 	}
 	sqlite3_finalize(st);
 	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
@@ -135,10 +139,10 @@ static int update_payment(struct sim *s, const char *key, enum pay_state state, 
 }
 
 static int insert_payment(struct sim *s, const char *key, enum pay_state state, int64_t amount, const char *decline,
-			  const char *trace_id, struct pay_result *out)
+			  const struct pay_req *r, struct pay_result *out)
 {
 	sqlite3_stmt *st = prepare(s, "INSERT INTO sim_payments (key, id, state, amount, decline, secret, created_at,"
-				      " trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+				      " trace_id, method) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
 	int rc;
 
 	if (!st)
@@ -157,8 +161,10 @@ static int insert_payment(struct sim *s, const char *key, enum pay_state state, 
 	sqlite3_bind_text(st, 5, out->decline_code, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 6, out->client_secret, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 7, now_ms());
-	snprintf(out->trace_id, sizeof(out->trace_id), "%s", trace_id ? trace_id : "");
+	snprintf(out->trace_id, sizeof(out->trace_id), "%s", r && r->trace_id ? r->trace_id : "");
+	snprintf(out->method, sizeof(out->method), "%s", r && r->method ? r->method : "");
 	sqlite3_bind_text(st, 8, out->trace_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 9, out->method, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	return rc == SQLITE_DONE ? 0 : -1;
@@ -196,7 +202,10 @@ static enum pay_outcome sim_pay(struct processor *p, const struct pay_req *r, bo
 {
 	struct sim *s = SIM(p);
 	const char *decline = processor_test_decline(r->method, r->off_session);
-	enum pay_state state = decline ? PAYS_DECLINED : capture ? PAYS_CAPTURED : PAYS_AUTHORIZED;
+	/* 3-D Secure: the bank asks the buyer, when there is one (without: a decline, as Stripe's) */
+	bool asks = !decline && !r->off_session && !strcmp(r->method, TEST_METHOD_AUTHENTICATION);
+	enum pay_state state = decline ? PAYS_DECLINED : asks ? PAYS_REQUIRES_ACTION : capture ? PAYS_CAPTURED
+												: PAYS_AUTHORIZED;
 	int found;
 
 	network_latency(s->latency_ms);
@@ -205,9 +214,8 @@ static enum pay_outcome sim_pay(struct processor *p, const struct pay_req *r, bo
 		return failed(s, out, "begin");
 	if ((found = read_payment(s, r->key, out)) < 0)
 		return failed(s, out, "read");
-	if (!found && insert_payment(s, r->key, state, r->amount_cents, decline, r->trace_id, out))
+	if (!found && insert_payment(s, r->key, state, r->amount_cents, decline, r, out))
 		return failed(s, out, "insert");
-	snprintf(out->method, sizeof(out->method), "%s", r->method ? r->method : "");
 	return commit(s, out, authorized_outcome(out));
 }
 
@@ -350,28 +358,39 @@ static const struct processor_ops sim_ops = {
 	.close = sim_close,
 };
 
-/* A file made before payments kept their trace gains the column (once: under the write lock,
- * whoever comes first adds it). */
-static int trace_column(struct sim *s)
+/* A file made before its payments kept their trace and method gains the columns (under the
+ * write lock: whoever comes first adds them). */
+static int columns_added(struct sim *s)
 {
+	static const char *const added[] = {"trace_id", "method"};
 	sqlite3_stmt *st;
-	bool has = false;
-	int rc;
+	bool has;
 
 	if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
 		return -1;
-	if (!(st = prepare(s, "SELECT 1 FROM pragma_table_info('sim_payments') WHERE name = 'trace_id'")))
-		goto fail;
-	has = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
-	if (!has && sqlite3_exec(s->db, "ALTER TABLE sim_payments ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''", NULL,
-				 NULL, NULL) != SQLITE_OK)
-		goto fail;
-	rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
-	return rc == SQLITE_OK ? 0 : -1;
+	for (size_t i = 0; i < sizeof(added) / sizeof(added[0]); i++) {
+		if (!(st = prepare(s, "SELECT 1 FROM pragma_table_info('sim_payments') WHERE name = ?")))
+			goto fail;
+		sqlite3_bind_text(st, 1, added[i], -1, SQLITE_STATIC);
+		has = sqlite3_step(st) == SQLITE_ROW;
+		sqlite3_finalize(st);
+		char *sql = xasprintf("ALTER TABLE sim_payments ADD COLUMN %s TEXT NOT NULL DEFAULT ''", added[i]);
+		int rc = has ? SQLITE_OK : sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+		free(sql);
+		if (rc != SQLITE_OK)
+			goto fail;
+	}
+	return sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 fail:
 	sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 	return -1;
+}
+
+int processor_sim_authenticate(struct processor *p, const char *key, struct pay_result *out)
+{
+	if (!p || p->ops != &sim_ops)
+		return -1;
+	return sim_move(p, key, 1u << PAYS_REQUIRES_ACTION, PAYS_AUTHORIZED, false, out) == PAY_OK ? 0 : -1;
 }
 
 struct processor *processor_sim_open(const char *path, int latency_ms)
@@ -388,7 +407,7 @@ struct processor *processor_sim_open(const char *path, int latency_ms)
 	}
 	sqlite3_busy_timeout(s->db, 30000);
 	/* many processes start at once: the schema is applied under the write lock */
-	if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK || trace_column(s)) {
+	if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK || columns_added(s)) {
 		sim_close(&s->base);
 		return NULL;
 	}

@@ -469,6 +469,33 @@ static void pay_unknown(const struct actor *a, const struct subscription *sub, c
 	out->retry_after_s = 1;
 }
 
+/* Stripe's client secret of a payment that waits for the buyer (for Stripe.js), or NULL. */
+static const char *intent_secret(const struct ledger *lg, const struct pay_result *pr)
+{
+	return lg->processor.kind && !strcmp(lg->processor.kind, "stripe") && *pr->client_secret ? pr->client_secret
+											    : NULL;
+}
+
+/* The bank asks the buyer to authenticate (3-D Secure). A session's attempt is parked: it stays
+ * the session's attempt with its lease given back as 0, the mark of a payment that waits for the
+ * buyer (checkout_complete looks at it again), and the processor's payment waits under its
+ * key. The answer is not kept on the key: the completion may be sent again once the buyer has
+ * authenticated. */
+static void action_required(struct ledger *lg, const struct actor *a, const struct attempt *at,
+			    const struct subscription *sub, const struct pay_result *pr, struct purchase_result *out)
+{
+	struct err e = {0};
+	bool taken = false;
+
+	if (lg->store->ops->attempt_take(lg->store, sub->id, at->key, at->key, now_ms(), 0, &taken, &e) || !taken) {
+		/* not parked: its lease runs out and the next completion takes the attempt over */
+		LOG_WARN(a->trace_id, "session %s: attempt %s not parked: %s", sub->id, at->key,
+			 e.kind != ERR_NONE ? e.msg : "the session moved");
+	}
+	out->end = PURCHASE_ANSWERED;
+	out->reply = lg->replies->action_required(sub->id, NULL, intent_secret(lg, pr), a->trace_id);
+}
+
 /* An authorization's outcome: 1 with charge filled when the money is held, for the caller to
  * settle; else 0, the outcome answered here (a decline settled, a voided key, an unknown). */
 static int authorized(struct ledger *lg, const struct actor *a, const struct attempt *at, struct subscription *sub,
@@ -490,8 +517,12 @@ static int authorized(struct ledger *lg, const struct actor *a, const struct att
 		settle_declined(lg, a, at, sub, charge, out);
 		return 0;
 	case PAY_ACTION_REQUIRED:
-		/* The bank wants the buyer, and the 3-D Secure step is not built yet: refused as a
-		 * decline the buyer can read, and what the processor holds voided. */
+		if (at->session) {
+			action_required(lg, a, at, sub, pr, out);
+			return 0;
+		}
+		/* A purchase's buyer is not asked yet: refused as a decline the buyer can read, and
+		 * what the processor holds voided. */
 		payment_of(charge, at->key, sub->id, "charge", pr->id, "declined", "authentication_required",
 			   pr->amount_cents, now_ms());
 		settle_declined(lg, a, at, sub, charge, out);
@@ -715,7 +746,10 @@ int purchase_event(struct ledger *lg, const struct actor *a, const char *sub_id,
 	struct actor buyer = *a;
 	const struct pay_ref ref = {key, payment_id, sub.customer_id};
 	buyer.id = sub.customer_id;
-	if (!strcmp(sub.status, "pending") && !strcmp(attempt_of(&sub), key) && !*sub.previous_id &&
+	/* a payment parked for the buyer to authenticate (action_required) is settled by the buyer's
+	 * next completion, the one request that can show them their access token */
+	bool parked = *sub.attempt_key && !sub.attempt_until;
+	if (!strcmp(sub.status, "pending") && !parked && !strcmp(attempt_of(&sub), key) && !*sub.previous_id &&
 	    sub.hold_deadline > now_ms() && payment_lookup(lg, &ref, &pr) == PAY_OK &&
 	    (!*pr.subscription_id || !strcmp(pr.subscription_id, sub.id))) {
 		if (pr.state == PAYS_AUTHORIZED) {
@@ -836,6 +870,71 @@ static int session_open(struct ledger *lg, const char *session_id, int64_t now, 
 	return 0;
 }
 
+/* A session whose attempt is parked (its payment waits for the buyer to authenticate, 
+ * action_required): authorized since, it pays the session under this completion's attempt;
+ * still waiting, and this completion gives the same card, the answer says so again. 1 when
+ * answered here, 0 to go on as usual (a new card: the parked payment is voided as a taken-over
+ * attempt's is). */
+static int parked_attempt(struct ledger *lg, const struct actor *buyer, struct subscription *sub, const char *key,
+			  const char *method, struct purchase_result *out)
+{
+	const struct pay_ref ref = {sub->attempt_key, NULL, sub->customer_id};
+	struct attempt at = {key, true, false};
+	struct pay_result pr;
+	struct payment charge;
+	int64_t now = now_ms();
+	bool taken;
+
+	if (payment_lookup(lg, &ref, &pr) != PAY_OK)
+		return 0;
+	if (pr.state == PAYS_REQUIRES_ACTION && !strcmp(pr.method, method)) {
+		out->end = PURCHASE_ANSWERED;
+		out->reply = lg->replies->action_required(sub->id, NULL, intent_secret(lg, &pr), buyer->trace_id);
+		return 1;
+	}
+	if (pr.state != PAYS_AUTHORIZED || (*pr.method && strcmp(pr.method, method)))
+		return 0;
+	if (lg->store->ops->attempt_take(lg->store, sub->id, sub->attempt_key, key, now, now + ledger_lease_ms(lg),
+					 &taken, &out->err)) {
+		out->end = PURCHASE_REFUSED;
+		return 1;
+	}
+	if (!taken) {
+		out->end = PURCHASE_IN_PROGRESS;
+		out->retry_after_s = 1;
+		return 1;
+	}
+	LOG_INFO(buyer->trace_id, "session %s: the payment %s the buyer authenticated", sub->id, pr.id);
+	payment_of(&charge, ref.key, sub->id, "charge", pr.id, "authorized", NULL, pr.amount_cents, now);
+	settle_paid(lg, buyer, &at, sub, &charge, method, out);
+	return 1;
+}
+
+int checkout_authenticate(struct ledger *lg, const char *session_id, struct err *e)
+{
+	struct subscription sub = {0};
+	struct pay_result pr;
+	int rc = -1;
+
+	if (ledger_sub_get(lg, session_id, &sub, e)) {
+		if (e->kind == ERR_NOT_FOUND)
+			err_set(e, ERR_NOT_FOUND, "SESSION_NOT_FOUND", "no session %s", session_id);
+		goto out;
+	}
+	if (session_closed(&sub, now_ms())) {
+		err_set(e, ERR_CONFLICT, session_closed(&sub, now_ms()), "the session is not open");
+		goto out;
+	}
+	if (payment_authenticate(lg, attempt_of(&sub), &pr)) {
+		err_set(e, ERR_CONFLICT, "NO_PAYMENT_TO_AUTHENTICATE", "the session has no payment waiting for the buyer");
+		goto out;
+	}
+	rc = 0;
+out:
+	subscription_clear(&sub);
+	return rc;
+}
+
 void checkout_complete(struct ledger *lg, const struct actor *a, const char *session_id, const char *key,
 		       const char *method, struct purchase_result *out)
 {
@@ -847,6 +946,10 @@ void checkout_complete(struct ledger *lg, const struct actor *a, const char *ses
 
 	memset(out, 0, sizeof(*out));
 	if (session_open(lg, session_id, now, &sub, out))
+		goto out;
+	buyer.id = sub.customer_id;
+	if (*sub.attempt_key && strcmp(sub.attempt_key, key) && !sub.attempt_until &&
+	    parked_attempt(lg, &buyer, &sub, key, method, out))
 		goto out;
 	if (lg->store->ops->attempt_take(lg->store, sub.id, sub.attempt_key, key, now, now + ledger_lease_ms(lg),
 					 &taken, &out->err)) {
@@ -869,7 +972,6 @@ void checkout_complete(struct ledger *lg, const struct actor *a, const char *ses
 			goto out;
 		}
 	}
-	buyer.id = sub.customer_id;
 	charge_and_settle(lg, &buyer, &at, &sub, method, out);
 out:
 	subscription_clear(&sub);

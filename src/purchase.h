@@ -67,6 +67,11 @@ void checkout_complete(struct ledger *lg, const struct actor *a, const char *ses
 /* Expires an open session now (its seats back, its attempt's charge refunded); an expired one
  * is returned unchanged; SESSION_COMPLETED, SESSION_NOT_FOUND. A waiting-list offer's entry
  * becomes entry_to (NULL: "expired"). out: the session after. */
+/* The simulated bank's page (the simulated processor only): the buyer authenticates the
+ * payment the session's attempt waits with. 0, or -1 with e: SESSION_NOT_FOUND, the session
+ * closed, NO_PAYMENT_TO_AUTHENTICATE (none waits, or the processor is not the simulated one). */
+int checkout_authenticate(struct ledger *lg, const char *session_id, struct err *e);
+
 int checkout_expire(struct ledger *lg, const struct actor *a, const char *session_id, const char *entry_to,
 		    struct subscription *out, struct err *e);
 

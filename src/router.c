@@ -27,6 +27,7 @@ static const struct route routes[] = {
 	{"GET", "/api/checkout-sessions/:id", api_checkout_get, AUTH_SECRET, IDEM_NONE, 0},
 	{"POST", "/api/checkout-sessions/:id/complete", api_checkout_complete, AUTH_SECRET, IDEM_OWN, 0},
 	{"POST", "/api/checkout-sessions/:id/expire", api_checkout_expire, AUTH_SECRET, IDEM_HONOURED, 0},
+	{"POST", "/api/checkout-sessions/:id/authenticate", api_checkout_authenticate, AUTH_SECRET, IDEM_HONOURED, 0},
 	{"POST", "/api/customers", api_customers_create, AUTH_ADMIN, IDEM_HONOURED, 0},
 	{"GET", "/api/customers/:id/subscriptions", api_customers_subscriptions, AUTH_ADMIN, IDEM_NONE, 0},
 	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE, 0},

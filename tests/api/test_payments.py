@@ -7,6 +7,7 @@ cent, with real parallel clients. With NUMATIX_TEST_PROCESSOR=stripe the same ag
 Stripe test server (tests/stripe), whose state is its books."""
 
 import collections
+import os
 import sqlite3
 import threading
 import unittest
@@ -58,12 +59,22 @@ def processor_books():
         db.close()
 
 
-def processor_trace(pay_id):
-    """The trace the processor keeps with a payment: the simulated processor's record, or the
-    PaymentIntent's metadata[trace_id] at the Stripe test server."""
+def processor_state_of(key):
+    """The state of the payment made under one payment key at the processor (NONE: none)."""
     if S.env.get("NUMATIX_PROCESSOR") == "stripe":
-        [pi] = [pi for pi in StripeServer.get().state()["intents"] if pi["id"] == pay_id]
-        return pi["metadata"].get("trace_id")
+        pis = [pi for pi in StripeServer.get().state()["intents"] if pi["metadata"].get("numatix_key") == key]
+        assert len(pis) <= 1, pis
+        return STRIPE_STATES.get(pis[0]["status"], NONE) if pis else NONE
+    db = sqlite3.connect("file:%s?mode=ro" % S.env["NUMATIX_SIM_DB"], uri=True, timeout=30)
+    try:
+        rows = db.execute("SELECT state FROM sim_payments WHERE key = ?", (key,)).fetchall()
+        return rows[0][0] if rows else NONE
+    finally:
+        db.close()
+
+
+def processor_trace(pay_id):
+    """The trace the simulated processor keeps with a payment."""
     db = sqlite3.connect("file:%s?mode=ro" % S.env["NUMATIX_SIM_DB"], uri=True, timeout=30)
     try:
         [(trace,)] = db.execute("SELECT trace_id FROM sim_payments WHERE id = ?", (pay_id,)).fetchall()
@@ -126,6 +137,9 @@ class Payments(unittest.TestCase):
         self.assertEqual(delta(before, after, "captured"), (3, 3 * PRICE))
         self.assertEqual(S.request("GET", "/api/payments/summary").status, 401)
 
+    @unittest.skipIf(os.environ.get("NUMATIX_TEST_PROCESSOR") == "stripe",
+                     "SKIPPED: Stripe is given no trace (its idempotency compares a retry's parameters, and a retry "
+                     "is another request's trace); its PaymentIntent names the payment's key instead")
     def test_the_processor_keeps_the_trace_of_the_request_that_paid(self):
         """An operator follows a purchase from its request to the processor: the trace id it was
         given (X-Trace-Id, or a W3C traceparent's trace-id) is kept with its payment."""
@@ -190,6 +204,103 @@ class Payments(unittest.TestCase):
         self.assertEqual(S.audit("payment.authorized", p["id"]), [])
         self.assertEqual(S.audit("payment.captured", p["id"]), [])
         self.assertChecks()
+
+
+class ThreeDSecure(unittest.TestCase):
+    """The bank asks the buyer to authenticate (pm_card_authenticationRequired): a session's
+    completion answers 402 PAYMENT_ACTION_REQUIRED with its seats kept; the buyer authenticates
+    (the simulated bank's page, or the Stripe test server's stand-in for Stripe.js), and the
+    next completion pays with that one authorization: exactly one payment, captured once."""
+
+    METHOD = "pm_card_authenticationRequired"
+
+    def session(self, plan):
+        r = S.request("POST", "/api/checkout-sessions", {"planId": plan["id"], "expiresIn": 600, "customer": {
+            "email": "3ds-%s@example.com" % uuid.uuid4().hex[:8], "name": "T"}}, {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual(r.status, 201, r)
+        return r.json
+
+    def complete(self, sess, method=None, key=None):
+        return S.request("POST", "/api/checkout-sessions/%s/complete" % sess["id"], {"paymentMethodId": method or self.METHOD},
+                         {"Idempotency-Key": key or str(uuid.uuid4()), "Authorization": "Bearer " + sess["clientSecret"]})
+
+    def authenticate(self, sess, intent_secret):
+        """What the buyer does at the bank."""
+        if S.env.get("NUMATIX_PROCESSOR") == "stripe":
+            StripeServer.get().control("POST", "/__control/authenticate", {"client_secret": intent_secret})
+            return
+        r = S.request("POST", "/api/checkout-sessions/%s/authenticate" % sess["id"], {},
+                      {"Authorization": "Bearer " + sess["clientSecret"]})
+        self.assertEqual(r.status, 200, r)
+
+    def asked(self, r, sess):
+        self.assertEqual((r.status, r.json["code"], r.json["details"]["checkoutSessionId"]),
+                         (402, "PAYMENT_ACTION_REQUIRED", sess["id"]), r)
+        secret = r.json["details"].get("paymentIntentClientSecret")
+        self.assertEqual(secret is not None, S.env.get("NUMATIX_PROCESSOR") == "stripe", r.json)
+        return secret
+
+    def test_authenticated_then_completed_pays_once(self):
+        p = S.create_plan(capacity=3, price=PRICE)
+        sess = self.session(p)
+        first = str(uuid.uuid4())
+        r = self.complete(sess, key=first)
+        intent = self.asked(r, sess)
+        self.assertEqual(processor_state_of(first), REQUIRES_ACTION)
+        self.assertEqual(S.plan(p["id"])["subscriptions_held"], 1)
+        self.assertEqual(S.request("GET", "/api/checkout-sessions/" + sess["id"],
+                                   headers={"Authorization": "Bearer " + sess["clientSecret"]}).json["status"], "open")
+        # before the buyer has authenticated, asking again changes nothing
+        self.asked(self.complete(sess), sess)
+        self.authenticate(sess, intent)
+        r = self.complete(sess)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.json["status"], "active", r)
+        S.reap()
+        pays = [e for e in S.audit("payment.captured", p["id"])]
+        self.assertEqual([e["after"]["amount_cents"] for e in pays], [PRICE], pays)
+        books, _ = processor_books()
+        self.assertEqual(books[r.json["paymentId"]][:2], (CAPTURED, PRICE))
+        # the payment is the one the buyer authenticated, made under the first completion's key:
+        # the later completions made none of their own
+        self.assertEqual(processor_state_of(first), CAPTURED)
+        self.assertEqual(len(S.audit("payment.authorized", p["id"])), 1)
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 2)
+        self.assertChecks()
+
+    def test_another_card_instead_voids_what_waited(self):
+        p = S.create_plan(capacity=3, price=PRICE)
+        sess = self.session(p)
+        first = str(uuid.uuid4())
+        self.asked(self.complete(sess, key=first), sess)
+        r = self.complete(sess, method="pm_card_visa")
+        self.assertEqual(r.status, 201, r)
+        S.reap()
+        books, _ = processor_books()
+        self.assertEqual(books[r.json["paymentId"]][0], CAPTURED)
+        # the payment that waited for the buyer is voided, never captured
+        self.assertEqual(processor_state_of(first), VOIDED)
+        self.assertChecks()
+
+    def test_a_session_that_expires_while_waiting_voids_the_payment(self):
+        p = S.create_plan(capacity=3, price=PRICE)
+        sess = self.session(p)
+        first = str(uuid.uuid4())
+        intent = self.asked(self.complete(sess, key=first), sess)
+        self.authenticate(sess, intent)
+        self.assertEqual(processor_state_of(first), AUTHORIZED)
+        r = S.request("POST", "/api/checkout-sessions/%s/expire" % sess["id"], {},
+                      {"Authorization": "Bearer " + sess["clientSecret"]})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 3)
+        self.assertEqual(self.complete(sess).status, 409)
+        S.reap()
+        self.assertEqual(processor_state_of(first), VOIDED)
+        self.assertChecks()
+
+    def assertChecks(self):
+        ok, out = S.check()
+        self.assertTrue(ok, out)
 
 
 class SessionCompletionRetried(unittest.TestCase):

@@ -136,6 +136,8 @@ const source = (method, offSession) => {
   const name = String(method || "").replace(/^pm_card_/, "");
   // Stripe's 4000 0000 0000 0341: attaches (the buyer present), then every charge without them fails
   if (name === "chargeCustomerFail" && !offSession) return "tok_visa";
+  // 4000 0027 6000 3184: charged once the buyer has authenticated (confirm asks first)
+  if (name === "authenticationRequired") return "tok_visa";
   return "tok_" + (name || "visa");
 };
 
@@ -149,8 +151,27 @@ function view(pi, expand) {
 }
 const wantsCharge = (req) => [].concat((req.body && req.body.expand) || req.query.expand || []).includes("latest_charge");
 
+// the card whose bank asks the buyer (3-D Secure) on every payment
+const asksTheBuyer = (pi) => String(pi.payment_method || "") === "pm_card_authenticationRequired" && !pi._authenticated;
+
 async function confirm(pi, auth) {
   const manual = pi.capture_method === "manual";
+  if (asksTheBuyer(pi)) {
+    if (pi.off_session) {
+      // no buyer to ask: Stripe's authentication_required card error
+      const error = { type: "card_error", code: "authentication_required", decline_code: "authentication_required",
+                      message: "Your card was declined. This transaction requires authentication." };
+      pi.status = "requires_payment_method";
+      pi.last_payment_error = error;
+      await emit(pi._token, "payment_intent.payment_failed", view(pi, false));
+      return [402, { error: { ...error, payment_intent: view(pi, false) } }];
+    }
+    pi.status = "requires_action";
+    pi.next_action = { type: "use_stripe_sdk", use_stripe_sdk: { type: "three_d_secure_redirect" } };
+    await emit(pi._token, "payment_intent.requires_action", view(pi, false));
+    return [200, view(pi, false)];
+  }
+  pi.next_action = null;
   const r = await mock("POST", "/v1/charges", {
     amount: pi.amount, currency: pi.currency, source: source(pi.payment_method, pi.off_session),
     capture: manual ? "false" : "true", metadata: { payment_intent: pi.id },
@@ -343,6 +364,15 @@ app.post("/__control/dispute", express.json(), async (req, res) => {
   const status = hook ? await deliver(hook, { id: id("evt"), object: "event", type: "charge.dispute.created",
     created: Math.floor(Date.now() / 1000), livemode: false, data: { object: dispute } }) : 0;
   res.json({ dispute, status });
+});
+// what Stripe.js's handleNextAction does once the buyer passed their bank's check: the
+// PaymentIntent (named by its client secret, as the page knows it) is confirmed again
+app.post("/__control/authenticate", express.json(), async (req, res) => {
+  const pi = [...intents.values()].find((p) => p.client_secret === req.body.client_secret);
+  if (!pi || pi.status !== "requires_action") return res.status(409).json({ error: "no PaymentIntent waits for the buyer" });
+  pi._authenticated = true;
+  const [status, body] = await confirm(pi, "Bearer sk_test_" + pi._token.replace(/^(sk|rk)_test_/, ""));
+  res.status(status).json(body);
 });
 app.delete("/__control/faults", (req, res) => {
   faults.length = 0;
