@@ -196,6 +196,7 @@ static const struct {
 	{"SESSION_NOT_FOUND", 404, "Checkout session not found"},
 	{"SESSION_EXPIRED", 409, "The checkout session expired; any charge is refunded"},
 	{"SESSION_COMPLETED", 409, "The checkout session is completed already"},
+	{"NO_PAYMENT_TO_AUTHENTICATE", 409, "No payment of this session waits for the buyer (or the processor is not the simulated one)"},
 	{"WEBHOOK_ENDPOINT_NOT_FOUND", 404, "Webhook endpoint not found"},
 	{"WAITLIST_DISABLED", 409, "The plan has no waiting list"},
 	{"SEATS_AVAILABLE", 409, "Seats are available: buy instead of waiting"},

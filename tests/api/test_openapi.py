@@ -259,6 +259,17 @@ class Responses(unittest.TestCase):
                           key()).json
         self.call("POST", "/api/checkout-sessions/%s/expire" % other["id"], {},
                   {"Authorization": "Bearer " + other["clientSecret"]})
+        # 3-D Secure: the bank asks, the simulated bank's page, then the completion pays
+        asked = self.call("POST", "/api/checkout-sessions", dict(cs_body, quantity=1,
+                                                                 customer={"email": "cs3@example.com", "name": "U"}),
+                          key()).json
+        asks = {"Authorization": "Bearer " + asked["clientSecret"]}
+        self.call("POST", "/api/checkout-sessions/%s/authenticate" % asked["id"], {}, asks)
+        self.call("POST", "/api/checkout-sessions/%s/complete" % asked["id"],
+                  {"paymentMethodId": "pm_card_authenticationRequired"}, dict(asks, **key()))
+        self.call("POST", "/api/checkout-sessions/%s/authenticate" % asked["id"], None, asks)
+        self.call("POST", "/api/checkout-sessions/%s/complete" % asked["id"],
+                  {"paymentMethodId": "pm_card_authenticationRequired"}, dict(asks, **key()))
         self.call("GET", "/api/renewals?days=60", admin=True)
         self.call("GET", "/api/renewals?days=91", admin=True)
         self.call("GET", "/api/renewals", headers=token)

@@ -282,6 +282,18 @@ class ThreeDSecure(unittest.TestCase):
         self.assertEqual(processor_state_of(first), VOIDED)
         self.assertChecks()
 
+    def test_the_simulated_bank_has_nothing_to_do_when_nothing_waits(self):
+        p = S.create_plan(capacity=3, price=PRICE)
+        sess = self.session(p)
+        h = {"Authorization": "Bearer " + sess["clientSecret"]}
+        r = S.request("POST", "/api/checkout-sessions/%s/authenticate" % sess["id"], {}, h)
+        self.assertEqual((r.status, r.json["code"]), (409, "NO_PAYMENT_TO_AUTHENTICATE"), r)
+        r = S.request("POST", "/api/checkout-sessions/%s/authenticate" % sess["id"], {"x": 1}, h)
+        self.assertEqual(r.status, 400, r)
+        r = S.request("POST", "/api/checkout-sessions/%s/authenticate" % sess["id"], {})
+        self.assertEqual(r.status, 401, r)
+        self.assertEqual(S.plan(p["id"])["subscriptions_held"], 1)
+
     def test_a_session_that_expires_while_waiting_voids_the_payment(self):
         p = S.create_plan(capacity=3, price=PRICE)
         sess = self.session(p)
