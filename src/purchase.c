@@ -476,17 +476,43 @@ static const char *intent_secret(const struct ledger *lg, const struct pay_resul
 											    : NULL;
 }
 
+/* A purchase the bank asks the buyer to authenticate becomes a checkout session, in one unit:
+ * its client secret made (its hash kept), its attempt parked, checkout.created, and the answer,
+ * with the secret, kept on the purchase's key (a replay shows the same). */
+static void purchase_to_session(struct ledger *lg, const struct actor *a, const struct attempt *at,
+				const struct subscription *sub, const struct pay_result *pr, struct purchase_result *out)
+{
+	char secret[TOKEN_LEN + 1], hash[65];
+	int64_t now = now_ms();
+
+	secret_new(sub->id, secret);
+	sha256_hex(secret, strlen(secret), hash);
+	struct reply r = lg->replies->action_required(sub->id, secret, intent_secret(lg, pr), a->trace_id);
+	const struct event_spec ev[] = {{"checkout.created", "session", sub->id, EV_BEFORE_AFTER, NULL, NULL}};
+	struct transition t = {.sub_id = sub->id, .from = "pending", .to = "pending", .now = now, .live_after = now,
+			       .events = ev, .nevents = 1, .reply = &r, .reply_key = at->key, .attempt = at->key,
+			       .attempt_release = true, .secret_hash = hash};
+	if (settle(lg, a, &t, &r, out) == 0)
+		/* the hold ended meanwhile (the reaper's expiry): its answer is the one kept */
+		answer_stored(lg, at->key, out);
+	free(r.body);
+}
+
 /* The bank asks the buyer to authenticate (3-D Secure). A session's attempt is parked: it stays
  * the session's attempt with its lease given back as 0, the mark of a payment that waits for the
  * buyer (checkout_complete looks at it again), and the processor's payment waits under its
  * key. The answer is not kept on the key: the completion may be sent again once the buyer has
- * authenticated. */
+ * authenticated. A purchase becomes a session, its attempt parked the same way. */
 static void action_required(struct ledger *lg, const struct actor *a, const struct attempt *at,
 			    const struct subscription *sub, const struct pay_result *pr, struct purchase_result *out)
 {
 	struct err e = {0};
 	bool taken = false;
 
+	if (!at->session) {
+		purchase_to_session(lg, a, at, sub, pr, out);
+		return;
+	}
 	if (lg->store->ops->attempt_take(lg->store, sub->id, at->key, at->key, now_ms(), 0, &taken, &e) || !taken) {
 		/* not parked: its lease runs out and the next completion takes the attempt over */
 		LOG_WARN(a->trace_id, "session %s: attempt %s not parked: %s", sub->id, at->key,
@@ -517,21 +543,19 @@ static int authorized(struct ledger *lg, const struct actor *a, const struct att
 		settle_declined(lg, a, at, sub, charge, out);
 		return 0;
 	case PAY_ACTION_REQUIRED:
-		if (at->session) {
-			action_required(lg, a, at, sub, pr, out);
-			return 0;
-		}
-		/* A purchase's buyer is not asked yet: refused as a decline the buyer can read, and
-		 * what the processor holds voided. */
-		payment_of(charge, at->key, sub->id, "charge", pr->id, "declined", "authentication_required",
-			   pr->amount_cents, now_ms());
-		settle_declined(lg, a, at, sub, charge, out);
-		{
+		if (*sub->previous_id) {
+			/* a plan change has no session to wait in: refused as a decline the buyer can
+			 * read, and what the processor holds voided */
 			const struct pay_ref ref = {at->key, pr->id, sub->customer_id};
 			struct pay_result vr;
+			payment_of(charge, at->key, sub->id, "charge", pr->id, "declined", "authentication_required",
+				   pr->amount_cents, now_ms());
+			settle_declined(lg, a, at, sub, charge, out);
 			if (payment_cancel(lg, &ref, &vr) != PAY_OK)
 				LOG_WARN(a->trace_id, "cancel of %s deferred: %s", pr->id, vr.msg);
+			return 0;
 		}
+		action_required(lg, a, at, sub, pr, out);
 		return 0;
 	case PAY_INVALID:
 		if (!strcmp(pr->param, "payment_method")) {

@@ -159,6 +159,10 @@ struct transition {
 	const char *reply_key;            /* NULL: the subscription's own key */
 	const char *attempt;              /* non-NULL: require this payment attempt */
 	bool attempt_end;                 /* the attempt ended (a decline): clear it */
+	bool attempt_release;             /* the attempt waits for the buyer: its lease set to 0 */
+	/* non-NULL: a purchase becomes a checkout session with this client secret's hash; require
+	 * that it was none */
+	const char *secret_hash;
 	/* Another move in the same unit (a plan change: the replaced subscription active ->
 	 * changed, its seats back on its own plan, its events); both happen or neither. Its
 	 * payment, reply and also are not used. */

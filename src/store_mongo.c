@@ -1654,6 +1654,8 @@ static int move_one(struct mg *s, mongoc_client_session_t *cs, const struct tran
 	BSON_APPEND_UTF8(filter, "status", t->from);
 	if (t->attempt)
 		BSON_APPEND_UTF8(filter, "attempt_key", t->attempt);
+	if (t->secret_hash)
+		BCON_APPEND(filter, "secret_hash", "{", "$in", "[", BCON_UTF8(""), BCON_NULL, "]", "}");
 	if (t->live_after || t->due_by) {
 		BSON_APPEND_DOCUMENT_BEGIN(filter, "hold_deadline", &cond);
 		if (t->live_after)
@@ -1683,6 +1685,10 @@ static int move_one(struct mg *s, mongoc_client_session_t *cs, const struct tran
 	BSON_APPEND_DATE_TIME(&set, "updated_at", t->now);
 	if (t->attempt_end)
 		BSON_APPEND_UTF8(&set, "attempt_key", "");
+	if (t->attempt_release)
+		BSON_APPEND_DATE_TIME(&set, "attempt_until", 0);
+	if (t->secret_hash)
+		BSON_APPEND_UTF8(&set, "secret_hash", t->secret_hash);
 	if (t->payment_id)
 		BSON_APPEND_UTF8(&set, "payment_id", t->payment_id);
 	if (t->start_at)

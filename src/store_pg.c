@@ -1169,11 +1169,14 @@ static int move_one(struct pg *s, const struct transition *t, const struct actor
 	static const char move[] =
 		"UPDATE subscriptions SET status = $1, updated_at = $2, payment_id = coalesce($3, payment_id),"
 		" start_at = coalesce($4::bigint, start_at), end_at = coalesce($5::bigint, end_at),"
-		" token_hash = coalesce($6, token_hash), attempt_key = CASE WHEN $11::bigint = 1 THEN '' ELSE attempt_key END"
+		" token_hash = coalesce($6, token_hash), attempt_key = CASE WHEN $11::bigint = 1 THEN '' ELSE attempt_key END,"
+		" secret_hash = coalesce($18::text, secret_hash),"
+		" attempt_until = CASE WHEN $19::bigint = 1 THEN 0 ELSE attempt_until END"
 		" WHERE id = $7 AND status = $8 AND ($9::bigint IS NULL OR hold_deadline > $9::bigint)"
 		" AND ($10::bigint IS NULL OR hold_deadline <= $10::bigint) AND ($12::text IS NULL OR attempt_key = $12)"
 		" AND ($13::bigint = 0 OR (end_at = $14::bigint AND next_attempt_at = $15::bigint"
 		"      AND cancel_at_period_end = $16::boolean AND payment_method = $17))"
+		" AND ($18::text IS NULL OR secret_hash = '')"
 		" RETURNING plan_id, idem_key, quantity";
 	static const char life[] =
 		"UPDATE subscriptions SET term_unit = $1, term_count = $2, term_zone = $3, anchor_at = $4,"
@@ -1188,10 +1191,11 @@ static int move_one(struct pg *s, const struct transition *t, const struct actor
 	int64_t dleft, dheld, waiting = 0;
 	PGresult *r;
 
-	if (!(r = q(s, move, e, "titIItttIIitiiitt", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
+	if (!(r = q(s, move, e, "titIItttIIitiiittti", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
 		    t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt,
 		    (int64_t)t->life.check, t->life.end_at, t->life.next_attempt_at,
-		    t->life.cancel_at_period_end ? "true" : "false", t->life.payment_method ? t->life.payment_method : "")))
+		    t->life.cancel_at_period_end ? "true" : "false", t->life.payment_method ? t->life.payment_method : "",
+		    t->secret_hash, (int64_t)t->attempt_release)))
 		return -1;
 	if (PQntuples(r) == 0) {
 		PQclear(r);

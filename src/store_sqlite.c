@@ -1439,11 +1439,12 @@ static int move_one(struct sq *s, const struct transition *t, const struct actor
 	static const char move[] =
 		"UPDATE subscriptions SET status = ?1, updated_at = ?2, payment_id = coalesce(?3, payment_id),"
 		" start_at = coalesce(?4, start_at), end_at = coalesce(?5, end_at),"
-		" token_hash = coalesce(?6, token_hash), attempt_key = CASE WHEN ?11 THEN '' ELSE attempt_key END"
+		" token_hash = coalesce(?6, token_hash), attempt_key = CASE WHEN ?11 THEN '' ELSE attempt_key END,"
+		" secret_hash = coalesce(?18, secret_hash), attempt_until = CASE WHEN ?19 THEN 0 ELSE attempt_until END"
 		" WHERE id = ?7 AND status = ?8 AND (?9 IS NULL OR hold_deadline > ?9)"
 		" AND (?10 IS NULL OR hold_deadline <= ?10) AND (?12 IS NULL OR attempt_key = ?12)"
 		" AND (?13 = 0 OR (end_at = ?14 AND next_attempt_at = ?15 AND cancel_at_period_end = ?16"
-		"      AND payment_method = ?17))"
+		"      AND payment_method = ?17)) AND (?18 IS NULL OR secret_hash = '')"
 		" RETURNING plan_id, idem_key, quantity";
 	static const char life[] =
 		"UPDATE subscriptions SET term_unit = ?, term_count = ?, term_zone = ?, anchor_at = ?, anchor_index = ?,"
@@ -1457,10 +1458,10 @@ static int move_one(struct sq *s, const struct transition *t, const struct actor
 	int64_t dleft, dheld, waiting = 0;
 	int n;
 
-	st = q(s, move, e, "titIItttIIitiiiit", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
+	st = q(s, move, e, "titIItttIIitiiiitti", t->to, t->now, t->payment_id, t->start_at, t->end_at, t->token_hash,
 	       t->sub_id, t->from, t->live_after, t->due_by, (int64_t)t->attempt_end, t->attempt,
 	       (int64_t)t->life.check, t->life.end_at, t->life.next_attempt_at, (int64_t)t->life.cancel_at_period_end,
-	       t->life.payment_method ? t->life.payment_method : "");
+	       t->life.payment_method ? t->life.payment_method : "", t->secret_hash, (int64_t)t->attempt_release);
 	if ((n = step(st, e)) <= 0) {
 		if (st)
 			sqlite3_reset(st);

@@ -282,6 +282,33 @@ class ThreeDSecure(unittest.TestCase):
         self.assertEqual(processor_state_of(first), VOIDED)
         self.assertChecks()
 
+    def test_a_purchase_becomes_a_session_the_buyer_completes(self):
+        """A plain purchase the bank asks about becomes a checkout session with its seats held
+        (API.md): its client secret in the 402, the same 402 for the key's replay; authenticated,
+        the session completes with that one payment."""
+        p = S.create_plan(capacity=3, price=PRICE)
+        key, email = str(uuid.uuid4()), "3ds-%s@example.com" % uuid.uuid4().hex[:8]
+        r = S.purchase(p["id"], key=key, method=self.METHOD, email=email)
+        self.assertEqual((r.status, r.json["code"]), (402, "PAYMENT_ACTION_REQUIRED"), r)
+        d = r.json["details"]
+        sess = {"id": d["checkoutSessionId"], "clientSecret": d["clientSecret"]}
+        intent = self.asked(r, sess)
+        again = S.purchase(p["id"], key=key, method=self.METHOD, email=email)
+        self.assertEqual((again.status, again.raw, again.header("Idempotent-Replayed")), (402, r.raw, "true"))
+        self.assertEqual(S.plan(p["id"])["subscriptions_held"], 1)
+        got = S.request("GET", "/api/checkout-sessions/" + sess["id"], headers={"Authorization": "Bearer " + sess["clientSecret"]})
+        self.assertEqual((got.status, got.json["status"]), (200, "open"), got)
+        self.assertEqual(processor_state_of(key), REQUIRES_ACTION)
+        self.authenticate(sess, intent)
+        done = self.complete(sess)
+        self.assertEqual((done.status, done.json["id"], done.json["status"]), (201, sess["id"], "active"), done)
+        self.assertTrue(done.json["accessToken"])
+        S.reap()
+        self.assertEqual(processor_state_of(key), CAPTURED)
+        self.assertEqual(len(S.audit("payment.authorized", p["id"])), 1)
+        self.assertEqual(S.plan(p["id"])["subscriptions_left"], 2)
+        self.assertChecks()
+
     def test_the_simulated_bank_has_nothing_to_do_when_nothing_waits(self):
         p = S.create_plan(capacity=3, price=PRICE)
         sess = self.session(p)
