@@ -22,6 +22,12 @@ let busy = false;
 let ticking = null;
 let lastFocus = null;
 
+// A plan's term as a buyer reads it: "month", "8 weeks", "30 days".
+function term(p) {
+  if (!p.interval) return `${p.duration_days} days`;
+  return p.interval_count === 1 ? p.interval : `${p.interval_count} ${p.interval}s`;
+}
+
 function planCard(p) {
   const left = p.subscriptions_left;
   const seats = p.isSoldOut ? 'Sold out' : `${left} of ${p.total_capacity} seats left`;
@@ -31,7 +37,7 @@ function planCard(p) {
     el('h2', {}, p.name),
     p.isSoldOut ? el('span', { class: 'badge soldout' }, 'Sold out')
       : left <= 3 ? el('span', { class: 'badge few' }, 'Almost gone') : null,
-    el('div', { class: 'price' }, money(p.price_cents), el('small', {}, ` / ${p.duration_days} days`)),
+    el('div', { class: 'price' }, money(p.price_cents), el('small', {}, ` / ${term(p)}`)),
     p.description ? el('p', {}, p.description) : null,
     p.features.length ? el('ul', { class: 'features' }, p.features.map((f) => el('li', {}, f))) : null,
     el('div', { class: 'meter', role: 'presentation' }, meter),
@@ -264,7 +270,12 @@ form.addEventListener('submit', async (ev) => {
          ' (keep this link: it is your access key).');
     payButton.hidden = true;
   } catch (e) {
-    if (e.code === 'PAYMENT_FAILED') {
+    if (e.code === 'PAYMENT_ACTION_REQUIRED') {
+      // 3-D Secure: the seats stay held while the buyer confirms with their bank; the same
+      // payment is then completed under the same key
+      show('warn', 'Your bank asks you to confirm this payment. Your seats are still held. ',
+           el('button', { type: 'button', id: 'bank-confirm', onclick: confirmWithBank }, 'Confirm with your bank'));
+    } else if (e.code === 'PAYMENT_FAILED') {
       const why = { insufficient_funds: 'insufficient funds', expired_card: 'the card has expired' }[e.details.declineCode] || 'the card was declined';
       show('bad', `Payment failed: ${why}. You were not charged; your seats are still held. Try another card.`);
       payKey = crypto.randomUUID();   // a new attempt with another card
@@ -285,6 +296,22 @@ form.addEventListener('submit', async (ev) => {
     refresh();
   }
 });
+
+// The bank's page. With the simulated processor it is its stand-in route; a Stripe
+// integration would call Stripe.js's handleNextAction with details.paymentIntentClientSecret
+// here (not built: README, "Where this differs"). Then the payment is completed again.
+async function confirmWithBank() {
+  if (busy || !session) return;
+  const button = document.getElementById('bank-confirm');
+  if (button) button.disabled = true;
+  try {
+    await retrying(`/api/checkout-sessions/${session.id}/authenticate`, {}, null, { token: session.clientSecret });
+    form.requestSubmit();
+  } catch (e) {
+    show('bad', `Your bank could not confirm the payment (${e.code}). Your seats are still held: try again or use another card.`);
+    payButton.disabled = false;
+  }
+}
 
 document.getElementById('buy-cancel').addEventListener('click', close);
 dialog.addEventListener('cancel', (ev) => { ev.preventDefault(); close(); });

@@ -131,6 +131,26 @@ test('a declined card keeps the seats held for another card; closing gives them 
   await context.close();
 });
 
+test('a card whose bank asks (3-D Secure): the seats stay held, the buyer confirms, then booked once', async () => {
+  const p = await newPlan(3);
+  const { context, page } = await newPage();
+  await page.goto(S.base + '/');
+  const held = await holdThrough(page, p.id);
+  assert.match(await held.textContent(), /held/);
+  await page.getByLabel(/Card/).selectOption('pm_card_authenticationRequired');
+  await page.locator('#buy-submit').click();
+  await page.locator('#bank-confirm').waitFor();
+  assert.match(await page.locator('#buy-result').textContent(), /bank asks you to confirm.*still held/);
+  assert.equal(await left(p.id), 2);
+  await page.screenshot({ path: join(ARTIFACTS, 'purchase-3ds.png'), fullPage: true });
+  await page.locator('#bank-confirm').click();
+  await page.waitForFunction(() => /booked|failed|wrong/i.test(document.querySelector('#buy-result.ok, #buy-result.bad')?.textContent || ''));
+  assert.match(await page.locator('#buy-result').textContent(), /Your seat is booked/);
+  const plan = (await api('GET', `/api/plans/${p.id}`)).json;
+  assert.deepEqual([plan.subscriptions_left, plan.subscriptions_held], [2, 0]);
+  await context.close();
+});
+
 test('quantity and the countdown: three seats held with a clock, then bought in one order', async () => {
   const p = await newPlan(5, { max_per_order: 3 });
   const { context, page } = await newPage();
