@@ -128,9 +128,9 @@ def cgi(wire, method, path, body=None, headers=None):
     return status, json.loads(payload), r.stderr.decode()
 
 
-def purchase(wire, key=None):
+def purchase(wire, key=None, method="pm_card_visa"):
     return cgi(wire, "POST", "/api/subscriptions/purchase",
-               {"planId": str(PLAN_ID), "paymentMethodId": "pm_card_visa",
+               {"planId": str(PLAN_ID), "paymentMethodId": method,
                 "customer": {"email": "wire@example.com", "name": "Wire"}},
                {"Idempotency-Key": key or str(uuid.uuid4())})
 
@@ -238,6 +238,28 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(json.loads(unseal(done["u"]["$set"]["response_body"]))["id"], body["id"])
         # two commits of the store's own per purchase
         self.assertEqual(len(self.w.commands("commitTransaction")), 2)
+
+    def test_a_purchase_the_bank_asks_about_becomes_a_session_in_one_transaction(self):
+        key = str(uuid.uuid4())
+        st, body, err = purchase(self.w, key, method="pm_card_authenticationRequired")
+        self.assertEqual((st, body["code"]), (402, "PAYMENT_ACTION_REQUIRED"), (body, err))
+        # the second unit: still pending, only from its own attempt and while it was no session;
+        # the secret's hash kept, the attempt parked (its lease 0), checkout.created and the 402
+        # kept on the key, one commit
+        [move] = self.w.commands("findAndModify", "subscriptions")
+        q = json.loads(json.dumps(move["query"], default=str))
+        self.assertEqual((q["status"], q["attempt_key"], q["secret_hash"]), ("pending", key, {"$in": ["", None]}))
+        s = move["update"]["$set"]
+        self.assertEqual((s["status"], len(s["secret_hash"]), str(s["attempt_until"])[:4]), ("pending", 64, "1970"))
+        self.assertNotIn(body["details"]["clientSecret"], json.dumps(self.w.log, default=str))
+        unit = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn_of(move)]
+        self.assertEqual(unit, [("findAndModify", "subscriptions"), ("findAndModify", "plans"),
+                                ("findAndModify", "counters"), ("insert", "audit_events"),
+                                ("update", "idempotency_keys"), ("commitTransaction", None)])
+        audit = [d for d in self.w.commands("insert", "audit_events") if txn_of(d) == txn_of(move)][0]["documents"][0]
+        self.assertEqual(audit["action"], "checkout.created")
+        done = self.w.commands("update", "idempotency_keys")[-1]["updates"][0]
+        self.assertEqual((done["u"]["$set"]["state"], done["u"]["$set"]["response_status"]), ("done", 402))
 
     def test_checkout_session_commands(self):
         key = str(uuid.uuid4())
