@@ -20,6 +20,18 @@ def tearDownModule():
     S.cleanup()
 
 
+
+def settled_by_stripes_event(r):
+    """Whether a purchase's 201 is the answer Stripe's event stored first: with Stripe, the
+    event for its PaymentIntent may settle the purchase before the request's own settle does
+    (whichever comes first wins, README "Stripe"), and the request answers what that unit
+    stored, replayed byte for byte, its traceId the event's request's. Never with the simulated
+    processor, which sends no events."""
+    if r.header("Idempotent-Replayed") != "true":
+        return False
+    assert S.env.get("NUMATIX_PROCESSOR") == "stripe", "a first request answered as a replay: %r" % r
+    return True
+
 class Envelope(unittest.TestCase):
     def assertError(self, r, status, code):
         self.assertEqual(r.status, status, r)
@@ -211,14 +223,19 @@ class Routing(Envelope):
         p = S.create_plan(capacity=2)
         r = S.purchase(p["id"], headers={"traceparent": "00-%s-%s-01" % (trace, parent), "tracestate": "congo=t61rcWkgMzE",
                                          "X-Trace-Id": "overridden"})
-        self.assertEqual((r.status, r.header("X-Trace-Id"), r.json["traceId"]), (201, trace, trace))
+        self.assertEqual((r.status, r.header("X-Trace-Id")), (201, trace))
+        by_event = settled_by_stripes_event(r)
+        if not by_event:
+            self.assertEqual(r.json["traceId"], trace)
         version, t, span, flags = r.header("traceparent").split("-")
         self.assertEqual((version, t, flags), ("00", trace, "01"))
         self.assertRegex(span, r"^[0-9a-f]{16}$")
         self.assertNotEqual(span, parent)
         self.assertEqual(r.header("tracestate"), "congo=t61rcWkgMzE")
         actions = {l["action"] for l in S.admin("GET", "/api/audit-logs?traceId=" + trace).json["logs"]}
-        self.assertIn("subscription.activated", actions)
+        self.assertIn("seat.held", actions)
+        if not by_event:
+            self.assertIn("subscription.activated", actions)
         logged = [l for l in open(S.log_path, errors="replace") if '"trace_id":"%s"' % trace in l]
         self.assertTrue(logged)
         # each request its own span
@@ -266,8 +283,9 @@ class Purchase(Envelope):
         self.assertEqual((b["status"], b["planId"], b["planName"], b["amount_cents"]),
                          ("active", p["id"], p["name"], 4200))
         self.assertTrue(b["paymentId"].startswith(("pay_", "pi_")))  # the simulated processor's, or a PaymentIntent
-        self.assertEqual(b["traceId"], r.header("X-Trace-Id"))
-        self.assertIsNone(r.header("Idempotent-Replayed"))
+        if not settled_by_stripes_event(r):
+            self.assertEqual(b["traceId"], r.header("X-Trace-Id"))
+            self.assertIsNone(r.header("Idempotent-Replayed"))
         q = S.plan(p["id"])
         self.assertEqual((q["subscriptions_left"], q["subscriptions_held"], q["occupancyPercentage"]), (1, 0, 50))
         g = S.request("GET", "/api/subscriptions/" + b["id"], headers={"Authorization": "Bearer " + b["accessToken"]})
