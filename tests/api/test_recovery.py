@@ -331,6 +331,11 @@ class KillReaperMidPass(unittest.TestCase):
         the plan, the feed's head before the pass, the killed reaper's pid, and the holds it
         left (0 when its whole pass ran between two looks of this test: nothing to take up)."""
         S, n = self.S, self.HOLDS
+        # a set-up again: the reaper started after the last kill passes once at its start; let
+        # that pass end first, or it would expire this scenario's new holds (of 1 s) as they come
+        if getattr(self, "passes_at_kill", None) is not None:
+            wait_for(lambda: S.metric("numatix_reaper_passes_total") > self.passes_at_kill,
+                     what="the new reaper's first pass")
         # the head before this plan exists: every expiry of its holds comes after it, whoever
         # makes it (a reaper still passing over an earlier scenario's holds included)
         head = S.feed_head()
@@ -352,6 +357,7 @@ class KillReaperMidPass(unittest.TestCase):
         second = wait_for(lambda: (lambda pid: pid if pid not in (0, first) else 0)(S.service_pid("numatix-reaper")),
                           what="a new reaper")
         wait_for(lambda: S.plan(p["id"])["subscriptions_held"] < n, what="the pass under way")
+        self.passes_at_kill = S.metric("numatix_reaper_passes_total")
         os.kill(second, signal.SIGKILL)
         return p, head, second, S.plan(p["id"])["subscriptions_held"]
 
