@@ -96,16 +96,25 @@ out:
 	subscription_clear(&sub);
 }
 
+/* A route that takes no body, or an empty object: -1 after answering 400 for anything else. */
+static int no_body(struct request *rq, struct response *rs, const char *route)
+{
+	char why[80];
+
+	if (!rq->json || (json_object_is_type(rq->json, json_type_object) && json_object_object_length(rq->json) == 0))
+		return 0;
+	snprintf(why, sizeof(why), "%s takes no body, or an empty object", route);
+	response_invalid(rs, rq, "", why);
+	return -1;
+}
+
 void api_checkout_expire(struct request *rq, struct response *rs)
 {
 	struct subscription sub = {0};
 	struct err e = {0};
 
-	if (rq->json && (!json_object_is_type(rq->json, json_type_object) ||
-			 json_object_object_length(rq->json) > 0)) {
-		response_invalid(rs, rq, "", "expire takes no body, or an empty object");
+	if (no_body(rq, rs, "expire"))
 		return;
-	}
 	if (session_load(rq, rs, &sub))
 		goto out;
 	if (!rq->is_admin)
@@ -127,11 +136,8 @@ void api_checkout_authenticate(struct request *rq, struct response *rs)
 	struct subscription sub = {0};
 	struct err e = {0};
 
-	if (rq->json && (!json_object_is_type(rq->json, json_type_object) ||
-			 json_object_object_length(rq->json) > 0)) {
-		response_invalid(rs, rq, "", "authenticate takes no body, or an empty object");
+	if (no_body(rq, rs, "authenticate"))
 		return;
-	}
 	if (session_load(rq, rs, &sub) == 0) {
 		if (checkout_authenticate(rq->lg, sub.id, &e))
 			response_err(rs, rq, &e);
