@@ -51,7 +51,7 @@ fi
 # (load tests and benchmarks send everything from one loopback address).
 case "${NUMATIX_RATE_LIMIT:-on}" in
 on) LIMITS="include numatix/numatix-limits.conf;" ;;
-off) LIMITS='map \$uri \$numatix_write_client { default \"\"; } limit_req_zone \$numatix_write_client zone=numatix_writes:1m rate=1r/s;' ;;
+off) LIMITS='map \$uri \$numatix_write_client { default \"\"; } limit_req_zone \$numatix_write_client zone=numatix_writes:1m rate=1r/s; map \$uri \$numatix_login_client { default \"\"; } limit_req_zone \$numatix_login_client zone=numatix_logins:1m rate=1r/s;' ;;
 *) echo "run: NUMATIX_RATE_LIMIT must be on or off, not \"$NUMATIX_RATE_LIMIT\"" >&2; exit 1 ;;
 esac
 sed -e "s|@USER@|$USER_LINE|" -e "s|@VAR@|$NGX|g" -e "s|@UPSTREAM@|$UPSTREAM|g" \

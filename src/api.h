@@ -30,6 +30,11 @@ void api_checkout_authenticate(struct request *rq, struct response *rs);
 
 void api_customers_create(struct request *rq, struct response *rs);
 void api_customers_subscriptions(struct request *rq, struct response *rs);
+void api_customer_me(struct request *rq, struct response *rs);
+void api_customer_subscriptions(struct request *rq, struct response *rs);
+void api_customer_login(struct request *rq, struct response *rs);
+void api_customer_sessions_create(struct request *rq, struct response *rs);
+void api_customer_sessions_end(struct request *rq, struct response *rs);
 
 void api_audit_list(struct request *rq, struct response *rs);
 void api_events(struct request *rq, struct response *rs);

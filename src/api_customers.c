@@ -1,4 +1,5 @@
-/* api_customers.c - /api/customers: create, and a customer's subscriptions. */
+/* api_customers.c - /api/customers: create, and a customer's subscriptions; /api/customer: a
+ * signed-in customer's own. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,7 +39,8 @@ void api_customers_create(struct request *rq, struct response *rs)
 static const char *const sub_statuses[] = {"pending", "active", "past_due", "failed", "expired", "cancelled",
 					   "ended", "changed"};
 
-void api_customers_subscriptions(struct request *rq, struct response *rs)
+/* The subscriptions of customer_id, newest first, paged and of a status or all. */
+static void subscriptions_of(struct request *rq, struct response *rs, const char *customer_id)
 {
 	struct subscription *subs = NULL;
 	struct page_req pg = {0};
@@ -46,10 +48,6 @@ void api_customers_subscriptions(struct request *rq, struct response *rs)
 	char *status = request_query(rq, "status"), next[CURSOR_LEN];
 	size_t n = 0, i;
 
-	if (!id_valid(rq->param)) {
-		response_error(rs, rq, 404, "CUSTOMER_NOT_FOUND", "Customer not found", NULL);
-		goto out;
-	}
 	if (status && *status) {
 		for (i = 0; i < sizeof(sub_statuses) / sizeof(sub_statuses[0]) && strcmp(status, sub_statuses[i]); i++)
 			;
@@ -63,7 +61,7 @@ void api_customers_subscriptions(struct request *rq, struct response *rs)
 	}
 	if (api_page(rq, rs, 20, 100, &pg))
 		goto out;
-	if (ledger_sub_list(rq->lg, rq->param, status, &pg, &subs, &n, next, &e)) {
+	if (ledger_sub_list(rq->lg, customer_id, status, &pg, &subs, &n, next, &e)) {
 		api_page_error(rs, rq, &e);
 		goto out;
 	}
@@ -77,4 +75,29 @@ out:
 	free(subs);
 	free(status);
 	free(pg.cursor);
+}
+
+void api_customers_subscriptions(struct request *rq, struct response *rs)
+{
+	if (!id_valid(rq->param))
+		response_error(rs, rq, 404, "CUSTOMER_NOT_FOUND", "Customer not found", NULL);
+	else
+		subscriptions_of(rq, rs, rq->param);
+}
+
+void api_customer_me(struct request *rq, struct response *rs)
+{
+	struct customer c = {0};
+	struct err e = {0};
+
+	if (ledger_customer_get(rq->lg, rq->auth.customer_id, &c, &e))
+		response_err(rs, rq, &e);
+	else
+		response_json(rs, 200, view_customer(&c));
+	customer_clear(&c);
+}
+
+void api_customer_subscriptions(struct request *rq, struct response *rs)
+{
+	subscriptions_of(rq, rs, rq->auth.customer_id);
 }

@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "router.h"
 #include "util.h"
+#include "waitlist.h"
 
 void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cfg)
 {
@@ -32,6 +33,44 @@ void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cf
 		seal_key(cfg->admin_token, lg->seal_key);
 }
 
+/* A signed-in customer's request (or one that needs a customer): their own routes, and on the
+ * routes of a subscription's or an entry's token the customer's own ones, anyone else's not
+ * found, before an Idempotency-Key can replay anything. Returns 0, or -1 after answering. */
+static int customer_owns(struct request *rq, struct response *rs, enum auth_need need)
+{
+	struct err e = {0};
+	bool mine = false;
+
+	if (need == AUTH_SIGNED_IN) {
+		if (rq->auth.who == AUTH_CUSTOMER)
+			return 0;
+		response_error(rs, rq, 403, "FORBIDDEN", "These routes are a signed-in customer's (a session token)", NULL);
+		return -1;
+	}
+	if (need == AUTH_BEARER) {
+		struct subscription sub = {0};
+		if (id_valid(rq->param) && ledger_sub_get(rq->lg, rq->param, &sub, &e) == 0)
+			mine = !strcmp(sub.customer_id, rq->auth.customer_id);
+		subscription_clear(&sub);
+	} else if (need == AUTH_ENTRY) {
+		struct waitlist_entry w = {0};
+		if (id_valid(rq->param) && waitlist_get(rq->lg, rq->param, &w, &e) == 0)
+			mine = !strcmp(w.customer_id, rq->auth.customer_id);
+	} else {
+		response_error(rs, rq, 403, "FORBIDDEN", "A customer's session cannot do this", NULL);
+		return -1;
+	}
+	if (mine)
+		return 0;
+	if (e.kind != ERR_NONE && e.kind != ERR_NOT_FOUND)
+		response_err(rs, rq, &e);
+	else if (need == AUTH_BEARER)
+		response_error(rs, rq, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found", NULL);
+	else
+		response_error(rs, rq, 404, "ENTRY_NOT_FOUND", "Waiting-list entry not found", NULL);
+	return -1;
+}
+
 /* Who the request acts as. Returns 0, or -1 after answering 401/403. */
 static int authenticate(struct request *rq, struct response *rs, enum auth_need need)
 {
@@ -40,16 +79,20 @@ static int authenticate(struct request *rq, struct response *rs, enum auth_need 
 	rq->actor.trace_id = rq->trace_id;
 	rq->actor.ip = rq->remote_addr;
 	rq->actor.type = rq->is_admin ? "admin" : "customer";
-	if (need == AUTH_ANYONE || rq->is_admin)
+	if (rq->auth.who == AUTH_CUSTOMER)
+		rq->actor.id = rq->auth.customer_id;
+	if (need == AUTH_ANYONE || (rq->is_admin && need != AUTH_SIGNED_IN))
 		return 0;
 	if (rq->auth.who == AUTH_NOBODY) {
 		response_error(rs, rq, 401, "UNAUTHORIZED", "A bearer token is required", NULL);
 		return -1;
 	}
-	if (rq->auth.who != AUTH_SUBSCRIPTION && rq->auth.who != AUTH_SESSION && rq->auth.who != AUTH_WAITLIST) {
+	if (rq->auth.who == AUTH_INVALID) {
 		response_error(rs, rq, 401, "UNAUTHORIZED", "The bearer token is not valid", NULL);
 		return -1;
 	}
+	if (rq->auth.who == AUTH_CUSTOMER || need == AUTH_SIGNED_IN)
+		return customer_owns(rq, rs, need);
 	/* A buyer's token opens resources of its own kind */
 	if ((need == AUTH_BEARER && rq->auth.who != AUTH_SUBSCRIPTION) ||
 	    (need == AUTH_SECRET && rq->auth.who != AUTH_SESSION) ||

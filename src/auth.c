@@ -4,6 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "signin.h"
 #include "util.h"
 #include "waitlist.h"
 
@@ -32,6 +33,10 @@ void auth_identify(struct ledger *lg, const char *authorization, const char *adm
 	 * only their hashes are stored. */
 	if (!check_tokens)
 		return;
+	if (signin_session(lg, token, out->customer_id, out->session_id)) {
+		out->who = AUTH_CUSTOMER;
+		return;
+	}
 	if (token_entry(token, out->sub_id)) {
 		struct waitlist_entry w = {0};
 		sha256_hex(token, strlen(token), hash);

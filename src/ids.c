@@ -109,6 +109,26 @@ bool token_entry(const char *token, char out[ID_LEN + 1])
 	return bearer_names("wlt_", token, out);
 }
 
+void link_token_new(const char *link_id, char out[TOKEN_LEN + 1])
+{
+	bearer_new("lnk_", link_id, out);
+}
+
+bool token_link(const char *token, char out[ID_LEN + 1])
+{
+	return bearer_names("lnk_", token, out);
+}
+
+void session_token_new(const char *session_id, char out[TOKEN_LEN + 1])
+{
+	bearer_new("cse_", session_id, out);
+}
+
+bool token_customer_session(const char *token, char out[ID_LEN + 1])
+{
+	return bearer_names("cse_", token, out);
+}
+
 bool trace_id_valid(const char *s)
 {
 	size_t i;

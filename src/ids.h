@@ -29,6 +29,12 @@ bool secret_session(const char *secret, char out[ID_LEN + 1]);
 /* A waiting-list entry's access token "wlt_<entry id>_<secret>", and the entry it names. */
 void entry_token_new(const char *entry_id, char out[TOKEN_LEN + 1]);
 bool token_entry(const char *token, char out[ID_LEN + 1]);
+/* A customer's login link's token "lnk_<link id>_<secret>" and a customer session's token
+ * "cse_<session id>_<secret>", and the link or session each names. */
+void link_token_new(const char *link_id, char out[TOKEN_LEN + 1]);
+bool token_link(const char *token, char out[ID_LEN + 1]);
+void session_token_new(const char *session_id, char out[TOKEN_LEN + 1]);
+bool token_customer_session(const char *token, char out[ID_LEN + 1]);
 /* A trace id a client sent is kept if it is 1-64 of [A-Za-z0-9._-]. */
 bool trace_id_valid(const char *s);
 

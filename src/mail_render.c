@@ -26,6 +26,8 @@ EMBED(numatix_mail_ended_txt, "ended.txt");
 EMBED(numatix_mail_ended_html, "ended.html");
 EMBED(numatix_mail_offer_txt, "offer.txt");
 EMBED(numatix_mail_offer_html, "offer.html");
+EMBED(numatix_mail_login_txt, "login.txt");
+EMBED(numatix_mail_login_html, "login.html");
 
 static const struct template {
 	const char *kind, *text, *html;
@@ -34,6 +36,7 @@ static const struct template {
 	{"payment_failed", numatix_mail_payment_failed_txt, numatix_mail_payment_failed_html},
 	{"ended", numatix_mail_ended_txt, numatix_mail_ended_html},
 	{"offer", numatix_mail_offer_txt, numatix_mail_offer_html},
+	{"login", numatix_mail_login_txt, numatix_mail_login_html},
 };
 
 void mail_message_clear(struct mail_message *m)
@@ -85,7 +88,7 @@ static void put_amount(struct json_object *vars, int64_t cents, const char *curr
 }
 
 struct json_object *mail_values(const struct mail *m, const struct customer *c, const char *plan_name,
-				const char *public_url, const char *currency)
+				const char *public_url, const char *currency, const char *login_token)
 {
 	struct json_object *vars = json_object_new_object(), *data = NULL;
 	char reason[8];
@@ -129,7 +132,9 @@ struct json_object *mail_values(const struct mail *m, const struct customer *c, 
 	put(vars, "how", status && !strcmp(status, "ended")              ? "ended"
 			 : why && !strcmp(why, "payment_failed")          ? "was cancelled: its renewal could not be paid"
 									  : "was cancelled");
-	if (entry && *entry)
+	if (login_token)
+		link = xasprintf("%s/account.html#login=%s", public_url, login_token);
+	else if (entry && *entry)
 		link = xasprintf("%s/account.html#entry=%s", public_url, entry);
 	else if (sub && *sub)
 		link = xasprintf("%s/account.html#subscription=%s", public_url, sub);

@@ -19,9 +19,10 @@ void mail_message_clear(struct mail_message *m);
 
 /* The values a mail's templates show, each a string: its data with amounts and times written out
  * (in the plan's time zone), the customer's name, the plan's name, and a link to the page where
- * the customer signs in to see it (public_url/account.html#...). New: json_object_put. */
+ * the customer signs in to see it (public_url/account.html#...), or with login_token (a login
+ * link's, unsealed from its row; else NULL) the link that signs in. New: json_object_put. */
 struct json_object *mail_values(const struct mail *m, const struct customer *c, const char *plan_name,
-				const char *public_url, const char *currency);
+				const char *public_url, const char *currency, const char *login_token);
 
 /* Fills out from the templates of kind; -1 (e filled) when kind has none, or a template names a
  * value vars lacks. */

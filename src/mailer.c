@@ -122,10 +122,13 @@ static int send_one(struct ledger *lg, const struct mail_settings *ms, const str
 		out = SMTP_REFUSED;
 		snprintf(why, sizeof(why), "no customer %s", m->customer_id);
 	} else {
-		char *plan, trace[65];
+		char *plan, trace[65], *token = m->secret ? ledger_unseal(lg, m->secret) : NULL;
 		row_facts(lg, m->data, &plan, trace);
-		struct json_object *vars = mail_values(m, &c, plan, ms->public_url, ms->currency);
-		if (mail_render(m->kind, vars, &msg, &re)) {
+		struct json_object *vars = mail_values(m, &c, plan, ms->public_url, ms->currency, token);
+		if (m->secret && !token) {
+			out = SMTP_REFUSED;
+			snprintf(why, sizeof(why), "its link was sealed under another NUMATIX_ADMIN_TOKEN");
+		} else if (mail_render(m->kind, vars, &msg, &re)) {
 			out = SMTP_REFUSED;
 			snprintf(why, sizeof(why), "%.150s", re.msg);
 		} else {
@@ -135,6 +138,10 @@ static int send_one(struct ledger *lg, const struct mail_settings *ms, const str
 		}
 		json_object_put(vars);
 		free(plan);
+		if (token) {
+			explicit_bzero(token, strlen(token));
+			free(token);
+		}
 	}
 	/* an attempt the server did not answer for this mail is not one of its attempts: an
 	 * outage or a refused login fails no mail, whatever it lasts */

@@ -86,6 +86,15 @@ struct customer {
 };
 void customer_clear(struct customer *c);
 
+/* A customer signed in (signin.h): a session of 24 hours made from a login link, its token
+ * ("cse_<id>_<secret>") kept only as its SHA-256. ended_at: 0 while it lasts. */
+struct customer_session {
+	char id[ID_LEN + 1];
+	char customer_id[ID_LEN + 1];
+	char token_hash[65];
+	int64_t created_at, expires_at, ended_at;
+};
+
 /* A subscription's periods (period.h): counted in its term from anchor_at, where period
  * anchor_index began (a term changed by its plan starts a new anchor at a period's start);
  * period_index is the current one, [period_start, end_at of the subscription). Its end: cancel_at_period_end, or

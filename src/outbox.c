@@ -8,7 +8,8 @@
 
 #include "util.h"
 
-const char *const outbox_kinds[OUTBOX_KINDS] = {MAIL_RECEIPT, MAIL_PAYMENT_FAILED, MAIL_ENDED, MAIL_OFFER};
+const char *const outbox_kinds[OUTBOX_KINDS] = {MAIL_RECEIPT, MAIL_PAYMENT_FAILED, MAIL_ENDED, MAIL_OFFER,
+						    MAIL_LOGIN};
 
 int outbox_kind_index(const char *kind)
 {
@@ -108,6 +109,15 @@ void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w, const c
 	finish(m, MAIL_OFFER, w->customer_id, o, trace_id);
 }
 
+void outbox_login(struct outbox_mail *m, int64_t expires_at, const char *sealed_token, const char *trace_id)
+{
+	struct json_object *o = json_object_new_object();
+
+	add_int(o, "expiresAt", expires_at);
+	finish(m, MAIL_LOGIN, NULL, o, trace_id);
+	m->spec.secret = sealed_token;
+}
+
 static const struct cause {
 	const char *kind, *action;
 } causes[] = {
@@ -117,6 +127,7 @@ static const struct cause {
 	{MAIL_ENDED, "subscription.ended"},
 	{MAIL_ENDED, "subscription.cancelled"},
 	{MAIL_OFFER, "waitlist.offered"},
+	{MAIL_LOGIN, "customer.login_requested"},
 };
 
 bool outbox_caused_by(const char *kind, const char *action)

@@ -1,8 +1,9 @@
 /* outbox.h - the mail a change sends. Each is a row of the outbox written in the change's own
  * atomic unit, with its event (struct mail_spec on the event_spec): a receipt with a payment's
  * capture or a renewal, word of a failed renewal with the subscription going past due, word of
- * an end with the end, an offer with a waiting-list offer. What a mail shows is data kept on
- * the row (ids, names, amounts and times, never a secret), rendered at sending by its kind's
+ * an end with the end, an offer with a waiting-list offer, a login link with its request. What
+ * a mail shows is data kept on the row (ids, names, amounts and times, never a secret; a login
+ * link's token is kept apart, sealed), rendered at sending by its kind's
  * template (mail_render.h); nothing here sends (mailer.h does). Each takes the trace of the
  * change that sends it (NULL: none), kept in its data for the mail's X-Trace-Id header. */
 #ifndef NUMATIX_OUTBOX_H
@@ -18,9 +19,10 @@
 #define MAIL_PAYMENT_FAILED "payment_failed"
 #define MAIL_ENDED "ended"
 #define MAIL_OFFER "offer"
+#define MAIL_LOGIN "login"
 
 /* Every kind, in a fixed order (metrics count by it); the index of a kind, or -1. */
-#define OUTBOX_KINDS 4
+#define OUTBOX_KINDS 5
 extern const char *const outbox_kinds[OUTBOX_KINDS];
 int outbox_kind_index(const char *kind);
 
@@ -43,6 +45,9 @@ void outbox_ended(struct outbox_mail *m, const struct subscription *sub, const c
 		  const char *trace_id);
 /* A waiting-list offer: the entry's session, its seats and its deadline. */
 void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w, const char *trace_id);
+
+/* A login link (signin.h): its token only sealed, in the row's secret, and its expiry. */
+void outbox_login(struct outbox_mail *m, int64_t expires_at, const char *sealed_token, const char *trace_id);
 
 /* Whether an event of this action may send a mail of this kind (check()'s invariant 7). */
 bool outbox_caused_by(const char *kind, const char *action);

@@ -30,6 +30,12 @@ static const struct route routes[] = {
 	{"POST", "/api/checkout-sessions/:id/authenticate", api_checkout_authenticate, AUTH_SECRET, IDEM_HONOURED, 0},
 	{"POST", "/api/customers", api_customers_create, AUTH_ADMIN, IDEM_HONOURED, 0},
 	{"GET", "/api/customers/:id/subscriptions", api_customers_subscriptions, AUTH_ADMIN, IDEM_NONE, 0},
+	/* a customer's sign-in, and their own (a session token) */
+	{"POST", "/api/customer/login", api_customer_login, AUTH_ANYONE, IDEM_NONE, 0},
+	{"POST", "/api/customer/sessions", api_customer_sessions_create, AUTH_ANYONE, IDEM_NONE, 0},
+	{"DELETE", "/api/customer/sessions/current", api_customer_sessions_end, AUTH_SIGNED_IN, IDEM_NONE, 0},
+	{"GET", "/api/customer", api_customer_me, AUTH_SIGNED_IN, IDEM_NONE, 0},
+	{"GET", "/api/customer/subscriptions", api_customer_subscriptions, AUTH_SIGNED_IN, IDEM_NONE, 0},
 	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE, 0},
 	{"GET", "/api/events", api_events, AUTH_ADMIN, IDEM_NONE, 0},
 	{"GET", "/api/payments/summary", api_payments_summary, AUTH_ADMIN, IDEM_NONE, 0},

@@ -12,6 +12,9 @@ enum auth_need {
 	AUTH_BEARER,    /* the admin token or an access token; the handler decides which fits */
 	AUTH_SECRET,    /* the admin token or a checkout session's client secret; likewise */
 	AUTH_ENTRY,     /* the admin token or a waiting-list entry's access token; likewise */
+	AUTH_SIGNED_IN, /* a signed-in customer's session token (their own routes) */
+	/* A customer's session token also opens, on AUTH_BEARER and AUTH_ENTRY routes, the
+	 * customer's own subscriptions and entries; anyone else's are not found (404). */
 };
 
 enum idem_mode {

@@ -278,6 +278,22 @@ struct snapshot_visitor {
 	int (*mail)(void *arg, const struct mail *m);    /* ordered by id, with event_action */
 };
 
+/* A login link asked for (login_link). */
+struct login_req {
+	const char *email;                /* lowercase */
+	const char *link_id;              /* the link's id, and its token's SHA-256 */
+	const char *token_hash;
+	int64_t now, expires_at;
+	int64_t since;                    /* at most limit links of an address made after since */
+	int limit;
+};
+
+enum login_result {
+	LOGIN_SENT,           /* a customer's: kept, its mail queued */
+	LOGIN_UNKNOWN,        /* no customer has the address: counted, nothing sent */
+	LOGIN_LIMITED,        /* the address had its links: nothing written */
+};
+
 struct store;
 
 struct store_ops {
@@ -307,6 +323,23 @@ struct store_ops {
 			       struct err *e);
 	int (*customer_get)(struct store *s, const char *id, struct customer *out, bool *found,
 			    struct err *e);
+
+	/* Sign-in (signin.h). login_link: in one unit, r's address's links made before r->since
+	 * forgotten, those after counted (LOGIN_LIMITED when r->limit are: nothing more written), and
+	 * the link kept: for the customer of that address (LOGIN_SENT), with the event ev and its
+	 * mail, whose resource and recipient the store fills in with that customer; for no one when
+	 * the address is no customer's (LOGIN_UNKNOWN: never usable, counted all the same), so that
+	 * both cost one write. login_exchange: the link link_id of token_hash, a customer's, unused
+	 * and unexpired at cs->created_at, used, and session cs made for its customer (customer_id
+	 * filled in), in one unit; *ok false and nothing written for any other. session_end: ends
+	 * a session at now (*found false when absent or ended already). */
+	int (*login_link)(struct store *s, const struct login_req *r, const struct event_spec *ev,
+			  const struct actor *a, enum login_result *res, struct err *e);
+	int (*login_exchange)(struct store *s, const char *link_id, const char *token_hash,
+			      struct customer_session *cs, bool *ok, struct err *e);
+	int (*session_get)(struct store *s, const char *id, struct customer_session *out, bool *found,
+			   struct err *e);
+	int (*session_end)(struct store *s, const char *id, int64_t now, bool *found, struct err *e);
 
 	/* Idempotency-Keys of routes whose effect is one step. finish: stores the reply on a
 	 * key not yet done (*matched false if no such key). forget: deletes a KEY_STARTED key. */

@@ -32,6 +32,7 @@ struct mg {
 	mongoc_collection_t *webhooks, *deliveries;
 	mongoc_collection_t *waitlist;
 	mongoc_collection_t *mail;           /* the outbox */
+	mongoc_collection_t *links, *link_limits, *sessions;  /* customers' sign-in */
 	char not_replset[320];       /* non-empty: a standalone server, and how to fix it */
 };
 
@@ -1014,6 +1015,183 @@ static int mg_customer_create(struct store *st, const struct customer *c, enum w
 	bson_destroy(&reply);
 	bson_destroy(d);
 	return rc;
+}
+
+/* --- sign-in ------------------------------------------------------------------------------ */
+
+struct login_arg {
+	const struct login_req *r;
+	const struct event_spec *ev;
+	const struct actor *a;
+	enum login_result res;
+};
+
+/* An address's links are counted after a write to its document of login_limits, so that two
+ * requests of one address conflict and the second counts again after the first. */
+static int login_link_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct login_arg *x = arg;
+	const struct login_req *r = x->r;
+	bson_t *f = BCON_NEW("_id", BCON_UTF8(r->email)), *u = BCON_NEW("$set", "{", "at", BCON_DATE_TIME(r->now), "}");
+	bson_t *opts = in_session(cs), *doc = NULL, *link = NULL;
+	bson_error_t be;
+	char customer[ID_LEN + 1] = "";
+	int64_t n;
+	int rc = -1;
+
+	x->res = LOGIN_LIMITED;
+	BSON_APPEND_BOOL(opts, "upsert", true);
+	bson_destroy(reply);
+	if (!mongoc_collection_update_one(s->link_limits, f, u, opts, reply, &be)) {
+		rc = mg_fail(&be, reply, e, "login limit");
+		goto out;
+	}
+	bson_destroy(f);
+	bson_destroy(opts);
+	opts = in_session(cs);
+	f = BCON_NEW("email", BCON_UTF8(r->email), "created_at", "{", "$lte", BCON_DATE_TIME(r->since), "}");
+	bson_destroy(reply);
+	if (!mongoc_collection_delete_many(s->links, f, opts, reply, &be)) {
+		rc = mg_fail(&be, reply, e, "login links");
+		goto out;
+	}
+	bson_destroy(f);
+	f = BCON_NEW("email", BCON_UTF8(r->email), "created_at", "{", "$gt", BCON_DATE_TIME(r->since), "}");
+	if ((n = mongoc_collection_count_documents(s->links, f, opts, NULL, NULL, &be)) < 0) {
+		rc = mg_fail(&be, NULL, e, "login links");
+		goto out;
+	}
+	if (n >= r->limit) {
+		rc = 0;
+		goto out;
+	}
+	bson_destroy(f);
+	f = BCON_NEW("email_key", BCON_UTF8(r->email));
+	if (find_one(s->customers, f, NULL, cs, &doc, e, "customer") < 0)
+		goto out;
+	if (doc)
+		get_id(doc, "_id", customer, sizeof(customer));
+	link = bson_new();
+	append_oid(link, "_id", r->link_id);
+	BSON_APPEND_UTF8(link, "email", r->email);
+	if (*customer)
+		append_oid(link, "customer_id", customer);
+	else
+		BSON_APPEND_NULL(link, "customer_id");
+	BSON_APPEND_UTF8(link, "token_hash", r->token_hash);
+	BSON_APPEND_DATE_TIME(link, "created_at", r->now);
+	BSON_APPEND_DATE_TIME(link, "expires_at", r->expires_at);
+	BSON_APPEND_NULL(link, "used_at");
+	if (insert(s->links, cs, link, reply, e, "login link"))
+		goto out;
+	x->res = *customer ? LOGIN_SENT : LOGIN_UNKNOWN;
+	rc = 0;
+	if (*customer) {
+		struct mail_spec m = *x->ev->mail;
+		struct event_spec one = *x->ev;
+		m.customer_id = customer;
+		one.resource_id = customer;
+		one.mail = &m;
+		rc = events_put(s, cs, x->a, r->now, NULL, &one, 1, NULL, NULL, reply, e);
+	}
+out:
+	bson_destroy(f);
+	bson_destroy(u);
+	bson_destroy(opts);
+	bson_destroy(doc);
+	bson_destroy(link);
+	return rc;
+}
+
+static int mg_login_link(struct store *st, const struct login_req *r, const struct event_spec *ev,
+			 const struct actor *a, enum login_result *res, struct err *e)
+{
+	struct login_arg x = {r, ev, a, LOGIN_LIMITED};
+	int rc = transaction(MG(st), login_link_tx, &x, e);
+
+	*res = x.res;
+	return rc < 0 ? -1 : 0;
+}
+
+struct exchange_arg {
+	const char *link_id, *token_hash;
+	struct customer_session *cs;
+};
+
+static int login_exchange_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct exchange_arg *x = arg;
+	struct customer_session *c = x->cs;
+	bson_t *f = by_id(x->link_id), *u, *doc = NULL, *sess;
+	bool found = false;
+	int rc;
+
+	BCON_APPEND(f, "token_hash", BCON_UTF8(x->token_hash), "used_at", BCON_NULL, "expires_at", "{", "$gt",
+		    BCON_DATE_TIME(c->created_at), "}", "customer_id", "{", "$type", BCON_UTF8("objectId"), "}");
+	u = BCON_NEW("$set", "{", "used_at", BCON_DATE_TIME(c->created_at), "}");
+	rc = modify(s->links, cs, f, u, &doc, &found, reply, e, "login link");
+	bson_destroy(f);
+	bson_destroy(u);
+	if (rc || !found) {
+		bson_destroy(doc);
+		return rc ? -1 : 1;
+	}
+	get_id(doc, "customer_id", c->customer_id, sizeof(c->customer_id));
+	bson_destroy(doc);
+	sess = by_id(c->id);
+	append_oid(sess, "customer_id", c->customer_id);
+	BSON_APPEND_UTF8(sess, "token_hash", c->token_hash);
+	BSON_APPEND_DATE_TIME(sess, "created_at", c->created_at);
+	BSON_APPEND_DATE_TIME(sess, "expires_at", c->expires_at);
+	BSON_APPEND_NULL(sess, "ended_at");
+	rc = insert(s->sessions, cs, sess, reply, e, "customer session");
+	bson_destroy(sess);
+	return rc;
+}
+
+static int mg_login_exchange(struct store *st, const char *link_id, const char *token_hash,
+			     struct customer_session *cs, bool *ok, struct err *e)
+{
+	struct exchange_arg x = {link_id, token_hash, cs};
+	int rc = transaction(MG(st), login_exchange_tx, &x, e);
+
+	*ok = rc == 0;
+	return rc < 0 ? -1 : 0;
+}
+
+static int mg_session_get(struct store *st, const char *id, struct customer_session *out, bool *found,
+			  struct err *e)
+{
+	bson_t *f = by_id(id), *doc = NULL;
+	int r = find_one(MG(st)->sessions, f, NULL, NULL, &doc, e, "customer session");
+
+	bson_destroy(f);
+	memset(out, 0, sizeof(*out));
+	if ((*found = r == 1)) {
+		get_id(doc, "_id", out->id, sizeof(out->id));
+		get_id(doc, "customer_id", out->customer_id, sizeof(out->customer_id));
+		get_str(doc, "token_hash", out->token_hash, sizeof(out->token_hash));
+		out->created_at = get_int(doc, "created_at");
+		out->expires_at = get_int(doc, "expires_at");
+		out->ended_at = get_int(doc, "ended_at");
+	}
+	bson_destroy(doc);
+	return r < 0 ? -1 : 0;
+}
+
+static int mg_session_end(struct store *st, const char *id, int64_t now, bool *found, struct err *e)
+{
+	bson_t *f = by_id(id), *u = BCON_NEW("$set", "{", "ended_at", BCON_DATE_TIME(now), "}"), reply;
+	int n;
+
+	BSON_APPEND_NULL(f, "ended_at");
+	bson_init(&reply);
+	n = update(MG(st)->sessions, NULL, f, u, &reply, e, "customer session");
+	bson_destroy(&reply);
+	bson_destroy(f);
+	bson_destroy(u);
+	*found = n > 0;
+	return n < 0 ? -1 : 0;
 }
 
 /* --- idempotency keys --------------------------------------------------------------------- */
@@ -2882,7 +3060,8 @@ static int mg_reset(struct store *st, struct err *e)
 {
 	struct mg *s = MG(st);
 	mongoc_collection_t *all[] = {s->audit, s->payments, s->keys, s->subs, s->customers, s->plans, s->leases,
-				      s->webhooks, s->deliveries, s->waitlist, s->mail};
+				      s->webhooks, s->deliveries, s->waitlist, s->mail, s->links, s->link_limits,
+				      s->sessions};
 	bson_t *empty = bson_new();
 	bson_error_t be;
 	int rc = 0;
@@ -2910,6 +3089,9 @@ static void mg_close(struct store *st)
 	mongoc_collection_destroy(s->deliveries);
 	mongoc_collection_destroy(s->waitlist);
 	mongoc_collection_destroy(s->mail);
+	mongoc_collection_destroy(s->links);
+	mongoc_collection_destroy(s->link_limits);
+	mongoc_collection_destroy(s->sessions);
 	mongoc_database_destroy(s->db);
 	mongoc_client_destroy(s->client);
 	free(s);
@@ -2954,6 +3136,10 @@ static const struct store_ops mongo_ops = {
 	.delivery_list = mg_delivery_list,
 	.mail_due = mg_mail_due,
 	.mail_mark = mg_mail_mark,
+	.login_link = mg_login_link,
+	.login_exchange = mg_login_exchange,
+	.session_get = mg_session_get,
+	.session_end = mg_session_end,
 	.mail_list = mg_mail_list,
 	.lease_take = mg_lease_take,
 	.holds_overdue = mg_holds_overdue,
@@ -3091,6 +3277,9 @@ static int schema(struct mg *s, struct err *e)
 	static const bool key_u[] = {false};
 	static const char *const mail_n[] = {"status_next_attempt", "created", "status_created"};
 	static const bool mail_u[] = {false, false, false};
+	static const char *const link_n[] = {"email_created"};
+	static const bool link_u[] = {false};
+	bson_t *link_k[] = {BCON_NEW("email", BCON_INT32(1), "created_at", BCON_INT32(1))};
 	bson_t *mail_k[] = {BCON_NEW("status", BCON_INT32(1), "next_attempt_at", BCON_INT32(1), "_id", BCON_INT32(1)),
 			    BCON_NEW("created_at", BCON_INT32(-1), "_id", BCON_INT32(-1)),
 			    BCON_NEW("status", BCON_INT32(1), "created_at", BCON_INT32(-1), "_id", BCON_INT32(-1))};
@@ -3126,6 +3315,7 @@ static int schema(struct mg *s, struct err *e)
 	rc |= indexes(s, "webhook_deliveries", 1, del_n, del_k, del_u, e);
 	rc |= indexes(s, "waitlist", 2, line_n, line_k, line_u, e);
 	rc |= indexes(s, "mail", 3, mail_n, mail_k, mail_u, e);
+	rc |= indexes(s, "login_links", 1, link_n, link_k, link_u, e);
 	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(PLAN_MAX_PER_ORDER_DEFAULT),
 							  "max_per_customer", BCON_INT64(0), "}"), e);
 	rc |= backfill(s->plans, "waiting", BCON_NEW("$set", "{", "waiting", BCON_INT64(0), "line_seq", BCON_INT64(0),
@@ -3208,6 +3398,9 @@ struct store *store_mongo_open(const char *url, struct err *e)
 	s->deliveries = mongoc_database_get_collection(s->db, "webhook_deliveries");
 	s->waitlist = mongoc_database_get_collection(s->db, "waitlist");
 	s->mail = mongoc_database_get_collection(s->db, "mail");
+	s->links = mongoc_database_get_collection(s->db, "login_links");
+	s->link_limits = mongoc_database_get_collection(s->db, "login_limits");
+	s->sessions = mongoc_database_get_collection(s->db, "customer_sessions");
 	if (topology(s, url, e) || schema(s, e))
 		goto fail;
 	mongoc_write_concern_destroy(wc);

@@ -21,7 +21,7 @@
 #include "store_impl.h"
 #include "util.h"
 
-#define MAX_PREPARED 64
+#define MAX_PREPARED 128
 #define MAX_PARAMS 20
 #define TX_ATTEMPTS 5
 
@@ -151,6 +151,15 @@ static const char *const MIGRATIONS[] = {
 	"CREATE INDEX mail_due ON mail (next_attempt_at) WHERE status = 'queued';"
 	"CREATE INDEX mail_time ON mail (created_at, id);"
 	"CREATE INDEX mail_status ON mail (status, created_at, id);",
+	/* 9: customers' sign-in. A link is counted by its address and time, and found by its id, as
+	 * a session is; each keeps its token's hash only. */
+	"CREATE TABLE login_links ("
+	" id TEXT PRIMARY KEY, email TEXT NOT NULL, customer_id TEXT, token_hash TEXT NOT NULL,"
+	" created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, used_at BIGINT);"
+	"CREATE INDEX login_links_email ON login_links (email, created_at);"
+	"CREATE TABLE customer_sessions ("
+	" id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, token_hash TEXT NOT NULL,"
+	" created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, ended_at BIGINT);",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -737,6 +746,122 @@ static int pg_customer_get(struct store *st, const char *id, struct customer *ou
 		out->created_at = col_int(r, 0, 3);
 	}
 	PQclear(r);
+	return 0;
+}
+
+/* --- sign-in ------------------------------------------------------------------------------ */
+
+struct login_arg {
+	const struct login_req *r;
+	const struct event_spec *ev;
+	const struct actor *a;
+	enum login_result res;
+};
+
+/* An address's links are counted under a lock of its own (an advisory lock of the transaction,
+ * keyed by the address's hash): two requests of one address count one after the other. */
+static int login_link_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char lock[] = "SELECT pg_advisory_xact_lock(7261032, hashtext($1))";
+	static const char forget[] = "DELETE FROM login_links WHERE email = $1 AND created_at <= $2";
+	static const char count[] = "SELECT count(*) FROM login_links WHERE email = $1 AND created_at > $2";
+	static const char who[] = "SELECT id FROM customers WHERE lower(email) = $1";
+	static const char put[] = "INSERT INTO login_links (id, email, customer_id, token_hash, created_at, expires_at)"
+				  " VALUES ($1, $2, $3, $4, $5, $6)";
+	struct login_arg *x = arg;
+	const struct login_req *r = x->r;
+	char customer[ID_LEN + 1] = "";
+	PGresult *res;
+
+	x->res = LOGIN_LIMITED;
+	if (run(q(s, lock, e, "t", r->email)) < 0 || run(q(s, forget, e, "ti", r->email, r->since)) < 0 ||
+	    !(res = q(s, count, e, "ti", r->email, r->since)))
+		return -1;
+	int64_t n = col_int(res, 0, 0);
+	PQclear(res);
+	if (n >= r->limit)
+		return 0;
+	if (!(res = q(s, who, e, "t", r->email)))
+		return -1;
+	if (PQntuples(res) == 1)
+		col_copy(res, 0, 0, customer, sizeof(customer));
+	PQclear(res);
+	if (run(q(s, put, e, "ttttii", r->link_id, r->email, *customer ? customer : NULL, r->token_hash, r->now,
+		  r->expires_at)) < 0)
+		return -1;
+	x->res = *customer ? LOGIN_SENT : LOGIN_UNKNOWN;
+	if (!*customer)
+		return 0;
+	struct mail_spec m = *x->ev->mail;
+	struct event_spec one = *x->ev;
+	m.customer_id = customer;
+	one.resource_id = customer;
+	one.mail = &m;
+	return events_put(s, x->a, r->now, NULL, &one, 1, NULL, NULL, e);
+}
+
+static int pg_login_link(struct store *st, const struct login_req *r, const struct event_spec *ev,
+			 const struct actor *a, enum login_result *res, struct err *e)
+{
+	struct login_arg x = {r, ev, a, LOGIN_LIMITED};
+	int rc = tx(PG(st), WRITE, login_link_tx, &x, e);
+
+	*res = x.res;
+	return rc < 0 ? -1 : 0;
+}
+
+/* The link used and the session made in one statement. */
+static int pg_login_exchange(struct store *st, const char *link_id, const char *token_hash,
+			     struct customer_session *cs, bool *ok, struct err *e)
+{
+	static const char sql[] =
+		"WITH used AS (UPDATE login_links SET used_at = $1 WHERE id = $2 AND token_hash = $3 AND used_at IS NULL"
+		" AND expires_at > $1 AND customer_id IS NOT NULL RETURNING customer_id)"
+		" INSERT INTO customer_sessions (id, customer_id, token_hash, created_at, expires_at)"
+		" SELECT $4, customer_id, $5, $1, $6 FROM used RETURNING customer_id";
+	PGresult *r;
+
+	*ok = false;
+	if (connected(PG(st), e) ||
+	    !(r = q(PG(st), sql, e, "itttti", cs->created_at, link_id, token_hash, cs->id, cs->token_hash, cs->expires_at)))
+		return -1;
+	if ((*ok = PQntuples(r) == 1))
+		col_copy(r, 0, 0, cs->customer_id, sizeof(cs->customer_id));
+	PQclear(r);
+	return 0;
+}
+
+static int pg_session_get(struct store *st, const char *id, struct customer_session *out, bool *found,
+			  struct err *e)
+{
+	static const char sql[] = "SELECT id, customer_id, token_hash, created_at, expires_at, coalesce(ended_at, 0)"
+				  " FROM customer_sessions WHERE id = $1";
+	PGresult *r;
+
+	memset(out, 0, sizeof(*out));
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
+		return -1;
+	if ((*found = PQntuples(r) == 1)) {
+		col_copy(r, 0, 0, out->id, sizeof(out->id));
+		col_copy(r, 0, 1, out->customer_id, sizeof(out->customer_id));
+		col_copy(r, 0, 2, out->token_hash, sizeof(out->token_hash));
+		out->created_at = col_int(r, 0, 3);
+		out->expires_at = col_int(r, 0, 4);
+		out->ended_at = col_int(r, 0, 5);
+	}
+	PQclear(r);
+	return 0;
+}
+
+static int pg_session_end(struct store *st, const char *id, int64_t now, bool *found, struct err *e)
+{
+	static const char sql[] = "UPDATE customer_sessions SET ended_at = $1 WHERE id = $2 AND ended_at IS NULL";
+	int n;
+
+	*found = false;
+	if (connected(PG(st), e) || (n = run(q(PG(st), sql, e, "it", now, id))) < 0)
+		return -1;
+	*found = n > 0;
 	return 0;
 }
 
@@ -2238,6 +2363,10 @@ static const struct store_ops pg_ops = {
 	.mail_due = pg_mail_due,
 	.mail_mark = pg_mail_mark,
 	.mail_list = pg_mail_list,
+	.login_link = pg_login_link,
+	.login_exchange = pg_login_exchange,
+	.session_get = pg_session_get,
+	.session_end = pg_session_end,
 	.lease_take = pg_lease_take,
 	.holds_overdue = pg_holds_overdue,
 	.subs_due = pg_subs_due,

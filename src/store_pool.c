@@ -153,6 +153,13 @@ FORWARD(mail_mark, (struct store *s, const struct mail *m, int attempts, const s
 		    const struct actor *a, bool *moved, struct err *e), (h, m, attempts, ev, nev, a, moved, e))
 READ(mail_list, (struct store *s, const char *status, const struct seq_page *pg, struct mail **out, size_t *n,
 		 struct err *e), (h, status, pg, out, n, e))
+FORWARD(login_link, (struct store *s, const struct login_req *r, const struct event_spec *ev, const struct actor *a,
+		     enum login_result *res, struct err *e), (h, r, ev, a, res, e))
+FORWARD(login_exchange, (struct store *s, const char *link_id, const char *token_hash, struct customer_session *cs,
+			 bool *ok, struct err *e), (h, link_id, token_hash, cs, ok, e))
+READ(session_get, (struct store *s, const char *id, struct customer_session *out, bool *found, struct err *e),
+     (h, id, out, found, e))
+FORWARD(session_end, (struct store *s, const char *id, int64_t now, bool *found, struct err *e), (h, id, now, found, e))
 FORWARD(waitlist_join, (struct store *s, const struct join_req *r, const struct actor *a, struct join_out *out,
 			 struct err *e), (h, r, a, out, e))
 READ(entry_get, (struct store *s, const char *id, struct waitlist_entry *out, bool *found, struct err *e),
@@ -245,6 +252,10 @@ static const struct store_ops pool_ops = {
 	.mail_due = pool_mail_due,
 	.mail_mark = pool_mail_mark,
 	.mail_list = pool_mail_list,
+	.login_link = pool_login_link,
+	.login_exchange = pool_login_exchange,
+	.session_get = pool_session_get,
+	.session_end = pool_session_end,
 	.lease_take = pool_lease_take,
 	.holds_overdue = pool_holds_overdue,
 	.subs_due = pool_subs_due,

@@ -41,9 +41,9 @@
 #include "store_impl.h"
 #include "util.h"
 
-#define STMT_CACHE 64
+#define STMT_CACHE 128
 #define BUSY_TIMEOUT_MS 10000
-#define SCHEMA_VERSION 8
+#define SCHEMA_VERSION 9
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -208,6 +208,17 @@ static const char MIGRATE_7_8[] =
 	"CREATE INDEX IF NOT EXISTS mail_due ON mail(next_attempt_at) WHERE status = 'queued';"
 	"CREATE INDEX IF NOT EXISTS mail_time ON mail(created_at, id);"
 	"CREATE INDEX IF NOT EXISTS mail_status ON mail(status, created_at, id);";
+
+/* Version 9: customers' sign-in. A link is counted by its address and time, and found by its id,
+ * as a session is; each keeps its token's hash only. */
+static const char MIGRATE_8_9[] =
+	"CREATE TABLE IF NOT EXISTS login_links ("
+	" id TEXT PRIMARY KEY, email TEXT NOT NULL, customer_id TEXT, token_hash TEXT NOT NULL,"
+	" created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER);"
+	"CREATE INDEX IF NOT EXISTS login_links_email ON login_links(email, created_at);"
+	"CREATE TABLE IF NOT EXISTS customer_sessions ("
+	" id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, token_hash TEXT NOT NULL,"
+	" created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, ended_at INTEGER);";
 
 /* Version 1 kept an event's seat counts as JSON text in before/after; version 2 keeps them as
  * numbers, and a payment's summary in detail. */
@@ -1019,6 +1030,123 @@ static int sq_customer_create(struct store *st_, const struct customer *c, enum 
 	END(s, -1, e);
 	err_clear(e);
 	return 0;
+}
+
+/* --- sign-in ------------------------------------------------------------------------------ */
+
+static int sq_login_link(struct store *st_, const struct login_req *r, const struct event_spec *ev,
+			 const struct actor *a, enum login_result *res, struct err *e)
+{
+	static const char forget[] = "DELETE FROM login_links WHERE email = ? AND created_at <= ?";
+	static const char count[] = "SELECT count(*) FROM login_links WHERE email = ? AND created_at > ?";
+	static const char put[] = "INSERT INTO login_links (id, email, customer_id, token_hash, created_at, expires_at)"
+				  " VALUES (?, ?, ?, ?, ?, ?)";
+	struct sq *s = SQ(st_);
+	struct customer c = {0};
+	sqlite3_stmt *st;
+	int64_t n = 0;
+	int found, rc = -1;
+
+	*res = LOGIN_LIMITED;
+	if (BEGIN(s, e))
+		return -1;
+	if (run(q(s, forget, e, "ti", r->email, r->since), e) < 0 || !(st = q(s, count, e, "ti", r->email, r->since)) ||
+	    step(st, e) != 1)
+		goto out;
+	n = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	if (n >= r->limit) {
+		rc = 0;
+		goto out;
+	}
+	if ((found = customer_find(s, CUSTOMER_BY_EMAIL, r->email, &c, e)) < 0 ||
+	    run(q(s, put, e, "ttttii", r->link_id, r->email, found ? c.id : NULL, r->token_hash, r->now, r->expires_at),
+		e) < 0)
+		goto out;
+	*res = found ? LOGIN_SENT : LOGIN_UNKNOWN;
+	rc = 0;
+	if (found) {
+		struct mail_spec m = *ev->mail;
+		struct event_spec one = *ev;
+		m.customer_id = c.id;
+		one.resource_id = c.id;
+		one.mail = &m;
+		rc = events_put(s, a, r->now, NULL, &one, 1, NULL, NULL, e);
+	}
+out:
+	customer_clear(&c);
+	return END(s, rc, e);
+}
+
+static int sq_login_exchange(struct store *st_, const char *link_id, const char *token_hash,
+			     struct customer_session *cs, bool *ok, struct err *e)
+{
+	static const char use[] =
+		"UPDATE login_links SET used_at = ?1 WHERE id = ?2 AND token_hash = ?3 AND used_at IS NULL"
+		" AND expires_at > ?1 AND customer_id IS NOT NULL RETURNING customer_id";
+	static const char put[] = "INSERT INTO customer_sessions (id, customer_id, token_hash, created_at, expires_at)"
+				  " VALUES (?, ?, ?, ?, ?)";
+	struct sq *s = SQ(st_);
+	sqlite3_stmt *st;
+	int r, rc = -1;
+
+	*ok = false;
+	if (BEGIN(s, e))
+		return -1;
+	if (!(st = q(s, use, e, "itt", cs->created_at, link_id, token_hash)) || (r = step(st, e)) < 0)
+		goto out;
+	if (r == 1)
+		col_copy(st, 0, cs->customer_id, sizeof(cs->customer_id));
+	sqlite3_reset(st);
+	if (r == 0) {
+		rc = 0;
+		goto out;
+	}
+	if (run(q(s, put, e, "tttii", cs->id, cs->customer_id, cs->token_hash, cs->created_at, cs->expires_at), e) < 0)
+		goto out;
+	*ok = true;
+	rc = 0;
+out:
+	if (rc)
+		*ok = false;
+	return END(s, rc, e);
+}
+
+static int read_session_get(struct store *st_, const char *id, struct customer_session *out, bool *found,
+			    struct err *e)
+{
+	static const char sql[] = "SELECT id, customer_id, token_hash, created_at, expires_at, coalesce(ended_at, 0)"
+				  " FROM customer_sessions WHERE id = ?";
+	sqlite3_stmt *st = q(SQ(st_), sql, e, "t", id);
+	int r = step(st, e);
+
+	memset(out, 0, sizeof(*out));
+	if ((*found = r == 1)) {
+		col_copy(st, 0, out->id, sizeof(out->id));
+		col_copy(st, 1, out->customer_id, sizeof(out->customer_id));
+		col_copy(st, 2, out->token_hash, sizeof(out->token_hash));
+		out->created_at = sqlite3_column_int64(st, 3);
+		out->expires_at = sqlite3_column_int64(st, 4);
+		out->ended_at = sqlite3_column_int64(st, 5);
+	}
+	if (st)
+		sqlite3_reset(st);
+	return r < 0 ? -1 : 0;
+}
+
+static int sq_session_end(struct store *st_, const char *id, int64_t now, bool *found, struct err *e)
+{
+	static const char sql[] = "UPDATE customer_sessions SET ended_at = ? WHERE id = ? AND ended_at IS NULL";
+	struct sq *s = SQ(st_);
+	int n;
+
+	*found = false;
+	if (BEGIN(s, e))
+		return -1;
+	if ((n = run(q(s, sql, e, "it", now, id), e)) < 0)
+		return END(s, -1, e);
+	*found = n > 0;
+	return END(s, 0, e);
 }
 
 /* --- idempotency keys --------------------------------------------------------------------- */
@@ -2451,6 +2579,9 @@ DURABLE_READ(plan_list, (struct store *st_, const char *status, struct plan **ou
 	     (st_, status, out, n, e), FREE_EACH(out, n, plan_clear))
 DURABLE_READ(customer_get, (struct store *st_, const char *id, struct customer *out, bool *found, struct err *e),
 	     (st_, id, out, found, e), customer_clear(out))
+DURABLE_READ(session_get, (struct store *st_, const char *id, struct customer_session *out, bool *found,
+			      struct err *e),
+	     (st_, id, out, found, e), (void)0)
 DURABLE_READ(key_get, (struct store *st_, const char *key, struct key_record *out, bool *found, struct err *e),
 	     (st_, key, out, found, e), key_record_clear(out))
 DURABLE_READ(payment_totals, (struct store *st_, struct payment_total **out, size_t *n, struct err *e), (st_, out, n, e),
@@ -2501,6 +2632,10 @@ DURABLE_READ(snapshot, (struct store *st_, const struct snapshot_visitor *v, str
 
 static const struct store_ops sqlite_ops = {
 	.name = "sqlite",
+	.login_link = sq_login_link,
+	.login_exchange = sq_login_exchange,
+	.session_get = sq_session_get,
+	.session_end = sq_session_end,
 	.close = sq_close,
 	.ping = sq_ping,
 	.reset = sq_reset,
@@ -2632,6 +2767,8 @@ static int schema(struct sq *s, struct err *e)
 			rc = sqlite3_exec(s->db, MIGRATE_6_7, NULL, NULL, NULL);
 		if (rc == SQLITE_OK)
 			rc = sqlite3_exec(s->db, MIGRATE_7_8, NULL, NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_exec(s->db, MIGRATE_8_9, NULL, NULL, NULL);
 		if (rc == SQLITE_OK)
 			rc = sqlite3_exec(s->db, "PRAGMA user_version = " STR(SCHEMA_VERSION), NULL, NULL, NULL);
 	}

@@ -84,9 +84,9 @@ tally() {
 		failed=$((failed + 1))
 	fi
 }
-SUITES=${NUMATIX_SUITES:-"test_api test_money test_life test_mail test_periods test_payments test_stripe test_durability test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway test_metrics test_operations test_openapi prism test_replica test_install test_cgi test_mongo_wire test_mongo_live"}
+SUITES=${NUMATIX_SUITES:-"test_api test_money test_life test_mail test_signin test_periods test_payments test_stripe test_durability test_hostile test_concurrency test_webhooks test_recovery test_endurance test_gateway test_metrics test_operations test_openapi prism test_replica test_install test_cgi test_mongo_wire test_mongo_live"}
 # the shared black-box suites once more, against PostgreSQL ("pg:" marks the store)
-PG_SUITES=${NUMATIX_PG_SUITES-"test_api test_money test_life test_mail test_payments test_stripe test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost"}
+PG_SUITES=${NUMATIX_PG_SUITES-"test_api test_money test_life test_mail test_signin test_payments test_stripe test_hostile test_concurrency test_webhooks test_recovery test_pg_faults test_multihost"}
 [ -n "${NUMATIX_TEST_PG:-}" ] && for s in $PG_SUITES; do SUITES="$SUITES pg:$s"; done
 # the API, payment, hostile-input, concurrency and recovery suites with NUMATIX_PROCESSOR=stripe,
 # against the Stripe test server (tests/stripe), on SQLite and on PostgreSQL

@@ -1,0 +1,205 @@
+"""A customer's sign-in by an email link, through a real SMTP server on loopback (aiosmtpd): the
+same 202 for every address, at most 3 links per address per 15 minutes, a link that works once
+and for 15 minutes (the server's clock moved by libfaketime), exchanged by a POST for a session
+of 24 hours that reaches the customer's own subscriptions and entries and nobody else's (404),
+ended at once by DELETE. The link's token is in the mail and nowhere else: not in the outbox's
+row, not in any answer kept."""
+import re
+import threading
+import unittest
+import uuid
+
+from smtp_sink import Mailbox
+from stack import Clock, Stack, until
+
+PUBLIC = "https://seats.example.com"
+LINK = re.compile(re.escape(PUBLIC) + r"/account\.html#login=(lnk_[A-Za-z0-9_-]+)")
+
+
+class SignIn(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.box = Mailbox().start()
+        cls.clock = Clock()
+        cls.S = Stack(NUMATIX_SMTP_URL=cls.box.url, NUMATIX_PUBLIC_URL=PUBLIC,
+                      NUMATIX_MAIL_FROM="Numatix Seats <seats@example.com>", NUMATIX_RENEW_INTERVAL=3600,
+                      **cls.clock.env()).start()
+        cls.plan = cls.S.create_plan(capacity=50, price=900)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+        cls.box.stop()
+        cls.clock.cleanup()
+
+    def setUp(self):
+        self.addCleanup(self.assertChecks)
+
+    def assertChecks(self):
+        ok, out = self.S.check()
+        self.assertTrue(ok, out)
+
+    def customer(self):
+        """A buyer with a subscription: (email, the purchase's answer)."""
+        email = "Sign-%s@Example.com" % uuid.uuid4().hex[:10]
+        r = self.S.purchase(self.plan["id"], email=email)
+        self.assertEqual(r.status, 201, r)
+        return email, r.json
+
+    def login(self, email):
+        r = self.S.request("POST", "/api/customer/login", {"email": email})
+        self.assertEqual((r.status, r.json), (202, {"status": "sent"}), r)
+
+    def links(self, email):
+        """The sign-in links mailed to email so far, oldest first."""
+        out = []
+        for m in self.box.to(email.lower()) + self.box.to(email):
+            if m["subject"] == "Your sign-in link":
+                text = m.get_body(("plain",)).get_content()
+                out += LINK.findall(text)
+        return list(dict.fromkeys(out))
+
+    def link(self, email, n=1):
+        return until(lambda: (lambda ls: ls[n - 1] if len(ls) >= n else None)(self.links(email)),
+                     what="sign-in link %d to %s" % (n, email))
+
+    def exchange(self, token):
+        return self.S.request("POST", "/api/customer/sessions", {"loginToken": token})
+
+    def signed_in(self, email):
+        self.login(email)
+        r = self.exchange(self.link(email, len(self.links(email)) + 1))
+        self.assertEqual(r.status, 201, r)
+        return {"Authorization": "Bearer " + r.json["sessionToken"]}
+
+    def login_rows(self, customer_id):
+        r = self.S.admin("GET", "/api/mail?limit=200")
+        self.assertEqual(r.status, 200, r)
+        return [m for m in r.json["mail"] if m["customerId"] == customer_id and m["kind"] == "login"]
+
+    def test_a_link_signs_in_once_and_the_session_reaches_the_customers_own(self):
+        email, sub = self.customer()
+        self.login(email.upper())      # any case of the address
+        token = self.link(email)
+        [row] = self.login_rows(sub["customerId"])
+        self.assertNotIn(token, str(row))
+        self.assertNotIn(token.rsplit("_", 1)[-1], str(row), "the token's secret part is not in its row")
+        self.assertEqual(len(self.S.audit("customer.login_requested")) >= 1, True)
+        r = self.exchange(token)
+        self.assertEqual(r.status, 201, r)
+        self.assertTrue(r.json["sessionToken"].startswith("cse_"), r)
+        self.assertEqual(r.json["customerId"], sub["customerId"])
+        again = self.exchange(token)
+        self.assertEqual((again.status, again.json["code"]), (401, "UNAUTHORIZED"), "a link works once")
+        h = {"Authorization": "Bearer " + r.json["sessionToken"]}
+        me = self.S.request("GET", "/api/customer", headers=h)
+        self.assertEqual((me.status, me.json["id"], me.json["email"].lower()), (200, sub["customerId"], email.lower()))
+        mine = self.S.request("GET", "/api/customer/subscriptions", headers=h)
+        self.assertEqual([s["id"] for s in mine.json["subscriptions"]], [sub["id"]])
+        got = self.S.request("GET", "/api/subscriptions/" + sub["id"], headers=h)
+        self.assertEqual((got.status, got.json["id"]), (200, sub["id"]))
+        # the session acts on the customer's own subscription as its access token would
+        c = self.S.request("POST", "/api/subscriptions/%s/cancel" % sub["id"], {}, h)
+        self.assertEqual((c.status, c.json["status"]), (200, "cancelled"), c)
+        self.assertEqual(self.S.audit("subscription.cancelled", self.plan["id"])[-1]["actorId"], sub["customerId"])
+        # ended at once
+        self.assertEqual(self.S.request("DELETE", "/api/customer/sessions/current", headers=h).status, 204)
+        gone = self.S.request("GET", "/api/customer", headers=h)
+        self.assertEqual((gone.status, gone.json["code"]), (401, "UNAUTHORIZED"))
+        self.assertEqual(self.S.request("GET", "/api/subscriptions/" + sub["id"], headers=h).status, 401)
+
+    def test_another_customers_resources_are_not_found(self):
+        email, _ = self.customer()
+        _, theirs = self.customer()
+        h = self.signed_in(email)
+        for method, path, body in (("GET", "/api/subscriptions/" + theirs["id"], None),
+                                   ("POST", "/api/subscriptions/%s/cancel" % theirs["id"], {}),
+                                   ("GET", "/api/subscriptions/000000000000000000000000", None),
+                                   ("GET", "/api/subscriptions/not-an-id", None)):
+            r = self.S.request(method, path, body, h)
+            self.assertEqual((r.status, r.json["code"]), (404, "SUBSCRIPTION_NOT_FOUND"), (method, path, r))
+        r = self.S.request("GET", "/api/subscriptions/" + theirs["id"],
+                           headers={"Authorization": "Bearer " + theirs["accessToken"]})
+        self.assertEqual(r.json["status"], "active", "nothing of theirs changed")
+        # nor an admin's route, nor a checkout session's
+        self.assertEqual(self.S.request("GET", "/api/audit-logs", headers=h).status, 403)
+        # and the customer routes are a customer's: neither the admin's nor an access token's
+        self.assertEqual(self.S.admin("GET", "/api/customer").status, 403)
+        self.assertEqual(self.S.request("GET", "/api/customer", headers={
+            "Authorization": "Bearer " + theirs["accessToken"]}).status, 403)
+
+    def test_every_address_gets_the_same_answer_and_only_a_customer_a_mail(self):
+        stranger = "nobody-%s@example.com" % uuid.uuid4().hex[:10]
+        email, sub = self.customer()
+        self.login(stranger)
+        self.login(email)
+        self.link(email)
+        # mails go oldest first: the stranger's would have gone before the customer's
+        self.assertEqual(self.box.to(stranger), [])
+        self.assertEqual(len(self.login_rows(sub["customerId"])), 1)
+
+    def test_three_links_per_address_per_window(self):
+        email, sub = self.customer()
+        for _ in range(5):
+            self.login(email)
+        self.assertEqual(len(self.login_rows(sub["customerId"])), 3)
+        self.link(email, 3)
+        # the window moves on: a fourth link once the first is 15 minutes old
+        self.clock.advance(15 * 60 + 1)
+        self.login(email)
+        self.assertEqual(len(self.login_rows(sub["customerId"])), 4)
+
+    def test_a_link_expires_after_15_minutes(self):
+        email, _ = self.customer()
+        self.login(email)
+        token = self.link(email)
+        self.clock.advance(15 * 60 + 1)
+        r = self.exchange(token)
+        self.assertEqual((r.status, r.json["code"]), (401, "UNAUTHORIZED"), r)
+
+    def test_a_session_lasts_24_hours(self):
+        email, _ = self.customer()
+        h = self.signed_in(email)
+        self.assertEqual(self.S.request("GET", "/api/customer", headers=h).status, 200)
+        self.clock.advance(24 * 3600 + 1)
+        self.assertEqual(self.S.request("GET", "/api/customer", headers=h).status, 401)
+
+    def test_two_exchanges_of_one_link_race_and_one_wins(self):
+        email, _ = self.customer()
+        self.login(email)
+        token = self.link(email)
+        start, out = threading.Barrier(8), []
+
+        def go():
+            start.wait()
+            out.append(self.exchange(token).status)
+
+        threads = [threading.Thread(target=go) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(sorted(out), [201] + [401] * 7)
+
+    def test_bad_input_is_a_clear_400_and_a_forged_token_a_401(self):
+        for body in ({}, {"email": "not-an-address"}, {"email": 7}, {"email": "a@b.c", "extra": 1}):
+            r = self.S.request("POST", "/api/customer/login", body)
+            self.assertEqual((r.status, r.json["code"]), (400, "VALIDATION_ERROR"), (body, r))
+        for body in ({}, {"loginToken": 5}, {"loginToken": ""}):
+            r = self.S.request("POST", "/api/customer/sessions", body)
+            self.assertEqual((r.status, r.json["code"]), (400, "VALIDATION_ERROR"), (body, r))
+        email, _ = self.customer()
+        self.login(email)
+        token = self.link(email)
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        for t in (forged, "lnk_nonsense", "cse_" + token[4:], "x" * 200):
+            r = self.exchange(t)
+            self.assertEqual((r.status, r.json["code"]), (401, "UNAUTHORIZED"), (t, r))
+        # the real one still works
+        self.assertEqual(self.exchange(token).status, 201)
+        self.assertEqual(self.S.request("GET", "/api/customer", headers={"Authorization": "Bearer cse_" + "x" * 68}).status,
+                         401)
+
+
+if __name__ == "__main__":
+    unittest.main()
