@@ -2313,7 +2313,7 @@ static int pg_reset(struct store *st, struct err *e)
 {
 	return connected(PG(st), e) ||
 	       exec(PG(st), "TRUNCATE audit_events, payments, idempotency_keys, subscriptions, customers, plans,"
-			    " leases, webhook_endpoints, webhook_deliveries, waitlist, mail", e) ? -1 : 0;
+			    " leases, webhook_endpoints, webhook_deliveries, waitlist, mail, login_links, customer_sessions", e) ? -1 : 0;
 }
 
 static void pg_close(struct store *st)

@@ -2447,7 +2447,7 @@ static int sq_reset(struct store *st_, struct err *e)
 			      "BEGIN IMMEDIATE; DELETE FROM audit_events; DELETE FROM payments;"
 			      " DELETE FROM idempotency_keys; DELETE FROM subscriptions; DELETE FROM customers;"
 			      " DELETE FROM plans; DELETE FROM leases; DELETE FROM webhook_deliveries; DELETE FROM waitlist;"
-			      " DELETE FROM mail;"
+			      " DELETE FROM mail; DELETE FROM login_links; DELETE FROM customer_sessions;"
 			      " DELETE FROM webhook_endpoints; COMMIT;",
 			      NULL, NULL, NULL);
 

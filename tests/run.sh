@@ -103,7 +103,7 @@ for s in $SUITES; do
 		tee "$out" ;;
 	# the API, hostile-input and concurrency suites once more, through Prism's validation
 	# proxy: every disagreement with www/openapi.yaml, either way, is a failure (prism.py)
-	prism) NUMATIX_TEST_PRISM=1 $PY tests/api/runner.py test_api test_hostile test_concurrency 2>&1 | tee "$out" ;;
+	prism) NUMATIX_TEST_PRISM=1 $PY tests/api/runner.py test_api test_hostile test_concurrency test_signin 2>&1 | tee "$out" ;;
 	*) $PY tests/api/runner.py "$s" 2>&1 | tee "$out" ;;
 	esac
 	tally "suite $s"

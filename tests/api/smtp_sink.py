@@ -4,6 +4,7 @@ a test can have it refuse our sender (MAIL FROM) until told otherwise."""
 import asyncio
 import email
 import email.policy
+import re
 import threading
 
 from aiosmtpd.controller import Controller
@@ -102,3 +103,17 @@ class Mailbox:
 
     def to(self, address, subject_has=None):
         return [m for r, m, _ in self.messages() if address in r and (not subject_has or subject_has in m["subject"])]
+
+    def login_links(self, address):
+        """The sign-in tokens mailed to address (any case), oldest first: each link's
+        account.html#login=<token>, read from the plain-text part."""
+        out = []
+        for r, m, _ in self.messages():
+            if m["subject"] == "Your sign-in link" and address.lower() in [x.lower() for x in r]:
+                out += re.findall(r"/account\.html#login=(lnk_[A-Za-z0-9_-]+)", m.get_body(("plain",)).get_content())
+        return list(dict.fromkeys(out))
+
+    def login_link(self, address, n=1):
+        """The n-th sign-in token mailed to address, waited for."""
+        return until(lambda: (lambda ls: ls[n - 1] if len(ls) >= n else None)(self.login_links(address)),
+                     what="sign-in link %d to %s" % (n, address))

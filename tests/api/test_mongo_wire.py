@@ -125,7 +125,7 @@ def cgi(wire, method, path, body=None, headers=None):
     assert b"Sanitizer" not in r.stderr, r.stderr.decode()[-3000:]
     head, _, payload = r.stdout.partition(b"\r\n\r\n")
     status = int(head.split(b"\r\n")[0].split()[1])
-    return status, json.loads(payload), r.stderr.decode()
+    return status, json.loads(payload) if payload.strip() else None, r.stderr.decode()
 
 
 def purchase(wire, key=None, method="pm_card_visa"):
@@ -154,7 +154,7 @@ class MongoWire(unittest.TestCase):
         self.assertEqual((st, body["store"], body["status"]), (200, "mongodb", "ok"))
         specs = {d["createIndexes"]: d for d in self.w.commands("createIndexes")}
         self.assertEqual(set(specs), {"plans", "customers", "subscriptions", "payments", "audit_events",
-                                      "idempotency_keys", "webhook_deliveries", "waitlist", "mail"})
+                                      "idempotency_keys", "webhook_deliveries", "waitlist", "mail", "login_links"})
         ix = lambda coll: {i["name"]: (dict(i["key"]), i.get("unique", False)) for i in specs[coll]["indexes"]}
         self.assertEqual(ix("subscriptions")["idem_key_unique"], ({"idem_key": 1}, True))
         self.assertEqual(ix("subscriptions")["hold_deadline"], ({"status": 1, "hold_deadline": 1}, False))
@@ -166,6 +166,7 @@ class MongoWire(unittest.TestCase):
         self.assertEqual(ix("plans")["name_key_unique"], ({"name_key": 1}, True))
         self.assertEqual(ix("customers")["email_key_unique"], ({"email_key": 1}, True))
         self.assertEqual(ix("mail")["status_next_attempt"], ({"status": 1, "next_attempt_at": 1, "_id": 1}, False))
+        self.assertEqual(ix("login_links")["email_created"], ({"email": 1, "created_at": 1}, False))
         for d in specs.values():
             self.assertEqual(d["writeConcern"]["w"], "majority")
 
@@ -695,6 +696,102 @@ class MongoWire(unittest.TestCase):
         close = [d for d in self.w.commands("findAndModify", "payments")][-1]
         self.assertEqual((dict(close["query"])["status"], close["update"]["$set"]["status"]), ("open", "closed"))
         self.assertTrue(dict(close["query"])["_id"].startswith("att_"))
+
+    def login(self, email="Wire@Example.com"):
+        st, body, err = cgi(self.w, "POST", "/api/customer/login", {"email": email})
+        self.assertEqual((st, body), (202, {"status": "sent"}), err)
+
+    def test_a_login_link_is_one_transaction_that_counts_then_keeps_it_hashed_and_mails_it_sealed(self):
+        cid = ObjectId()
+        self.w.docs["customers"] = [{"_id": cid, "email": "wire@example.com", "email_key": "wire@example.com",
+                                     "name": "Wire"}]
+        self.w.docs["login_links"] = [{"_id": 1, "n": 2}]     # the count's answer: two in the window
+        self.login()
+        [limit] = self.w.commands("update", "login_limits")
+        txn = txn_of(limit)
+        u = limit["updates"][0]
+        self.assertEqual((u["q"], u["upsert"]), ({"_id": "wire@example.com"}, True))
+        in_txn = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn]
+        self.assertEqual(in_txn, [("update", "login_limits"), ("delete", "login_links"), ("aggregate", "login_links"),
+                                  ("find", "customers"), ("insert", "login_links"), ("findAndModify", "counters"),
+                                  ("insert", "audit_events"), ("insert", "mail"), ("commitTransaction", None)])
+        [forget] = self.w.commands("delete", "login_links")
+        self.assertEqual(list(forget["deletes"][0]["q"]["created_at"]), ["$lte"])
+        [count] = self.w.commands("aggregate", "login_links")
+        match = count["pipeline"][0]["$match"]
+        self.assertEqual((match["email"], list(match["created_at"])), ("wire@example.com", ["$gt"]))
+        [who] = self.w.commands("find", "customers")
+        self.assertEqual(dict(who["filter"]), {"email_key": "wire@example.com"})
+        link = self.w.commands("insert", "login_links")[0]["documents"][0]
+        self.assertEqual((link["email"], link["customer_id"], link["used_at"]), ("wire@example.com", cid, None))
+        self.assertEqual(link["expires_at"] - link["created_at"], datetime.timedelta(minutes=15))
+        ev = self.w.commands("insert", "audit_events")[0]["documents"][0]
+        self.assertEqual((ev["action"], ev["resource_type"], ev["resource_id"]),
+                         ("customer.login_requested", "customer", str(cid)))
+        mail = self.w.commands("insert", "mail")[0]["documents"][0]
+        self.assertEqual((mail["kind"], mail["customer_id"], mail["event_id"]), ("login", cid, ev["_id"]))
+        self.assertNotIn("lnk_", mail["data"])
+        # the token: sealed on the mail, its hash alone on the link
+        token = unseal(mail["secret"])
+        self.assertTrue(token.startswith("lnk_%s_" % link["_id"]), token[:30])
+        self.assertEqual(hashlib.sha256(token.encode()).hexdigest(), link["token_hash"])
+        self.assertNotIn(token, json.dumps([d for _, _, d in self.w.log], default=str))
+
+    def test_a_login_past_the_limit_or_for_a_stranger_writes_no_mail(self):
+        self.w.docs["login_links"] = [{"_id": 1, "n": 3}]
+        self.login()
+        self.assertEqual(self.w.commands("insert", "login_links"), [])
+        self.assertEqual(self.w.commands("insert", "mail"), [])
+        self.w.docs["login_links"] = []
+        self.w.docs["customers"] = []
+        self.login("stranger@example.com")
+        [link] = [d["documents"][0] for d in self.w.commands("insert", "login_links")]
+        self.assertEqual((link["email"], link["customer_id"]), ("stranger@example.com", None))
+        self.assertEqual((self.w.commands("insert", "mail"), self.w.commands("insert", "audit_events")), ([], []))
+
+    def test_a_link_is_used_and_its_session_made_in_one_transaction(self):
+        cid, lid = ObjectId(), ObjectId()
+        token = "lnk_%s_%s" % (lid, "A" * 43)
+        self.w.fam["login_links"] = {"_id": lid, "customer_id": cid}
+        st, body, err = cgi(self.w, "POST", "/api/customer/sessions", {"loginToken": token})
+        self.assertEqual(st, 201, (body, err))
+        [use] = self.w.commands("findAndModify", "login_links")
+        q = use["query"]
+        self.assertEqual((q["_id"], q["token_hash"], q["used_at"], list(q["expires_at"]), dict(q["customer_id"])),
+                         (lid, hashlib.sha256(token.encode()).hexdigest(), None, ["$gt"], {"$type": "objectId"}))
+        self.assertEqual(list(use["update"]["$set"]), ["used_at"])
+        sess = self.w.commands("insert", "customer_sessions")[0]
+        self.assertEqual(txn_of(sess), txn_of(use))
+        doc = sess["documents"][0]
+        self.assertEqual((doc["customer_id"], doc["token_hash"], doc["ended_at"]),
+                         (cid, hashlib.sha256(body["sessionToken"].encode()).hexdigest(), None))
+        self.assertEqual(doc["expires_at"] - doc["created_at"], datetime.timedelta(hours=24))
+        self.assertEqual(body["customerId"], str(cid))
+        # a link the update finds no longer: 401, no session
+        self.w.fam["login_links"] = None
+        st, body, _ = cgi(self.w, "POST", "/api/customer/sessions", {"loginToken": token})
+        self.assertEqual((st, body["code"]), (401, "UNAUTHORIZED"))
+        self.assertEqual(len(self.w.commands("insert", "customer_sessions")), 1)
+
+    def test_a_session_token_is_read_by_its_id_and_judged_by_its_hash(self):
+        cid, sid = ObjectId(), ObjectId()
+        token = "cse_%s_%s" % (sid, "B" * 43)
+        later = datetime.datetime.utcnow() + datetime.timedelta(hours=1)
+        self.w.docs["customer_sessions"] = [{"_id": sid, "customer_id": cid, "ended_at": None, "expires_at": later,
+                                             "token_hash": hashlib.sha256(token.encode()).hexdigest()}]
+        self.w.docs["customers"] = [{"_id": cid, "email": "wire@example.com", "name": "Wire"}]
+        st, body, err = cgi(self.w, "GET", "/api/customer", headers={"Authorization": "Bearer " + token})
+        self.assertEqual((st, body.get("id")), (200, str(cid)), (body, err))
+        self.assertEqual(dict(self.w.commands("find", "customer_sessions")[0]["filter"]), {"_id": sid})
+        # another secret of the same id is no one's
+        st, body, _ = cgi(self.w, "GET", "/api/customer", headers={"Authorization": "Bearer " + token[:-1] + "C"})
+        self.assertEqual(st, 401)
+        # ended: DELETE marks it, only if it was not ended
+        st, _, _ = cgi(self.w, "DELETE", "/api/customer/sessions/current", headers={"Authorization": "Bearer " + token})
+        self.assertEqual(st, 204)
+        [end] = self.w.commands("update", "customer_sessions")
+        self.assertEqual((dict(end["updates"][0]["q"]), list(end["updates"][0]["u"]["$set"])),
+                         ({"_id": sid, "ended_at": None}, ["ended_at"]))
 
     def test_quantity_and_customer_limit(self):
         self.w.fam["plans"] = dict(plan_doc(left=6, held=1), max_per_order=10, max_per_customer=4)

@@ -12,21 +12,24 @@ import uuid
 import jsonschema
 import yaml
 
+from smtp_sink import Mailbox
 from stack import BIN, ROOT, Stack
 
-S = None
+S = BOX = None
 SPEC = None
 
 
 def setUpModule():
-    global S, SPEC
+    global S, SPEC, BOX
     with open(os.path.join(ROOT, "www", "openapi.yaml")) as f:
         SPEC = yaml.safe_load(f)
-    S = Stack().start()
+    BOX = Mailbox().start()
+    S = Stack(NUMATIX_SMTP_URL=BOX.url, NUMATIX_MAIL_FROM="spec@example.com").start()
 
 
 def tearDownModule():
     S.cleanup()
+    BOX.stop()
 
 
 def documented():
@@ -146,9 +149,10 @@ class Responses(unittest.TestCase):
         self.call("GET", "/api/plans/%s/stats" % pid)
         self.call("PATCH", "/api/plans/" + pid, {"description": "now described"}, admin=True)
         self.call("PATCH", "/api/plans/" + pid, {"total_capacity": 0}, admin=True)
+        bought_email = "spec-%s@example.com" % uuid.uuid4().hex[:8]
         bought = self.call("POST", "/api/subscriptions/purchase",
                            {"planId": pid, "paymentMethodId": "pm_card_visa",
-                            "customer": {"email": "spec-%s@example.com" % uuid.uuid4().hex[:8], "name": "Spec"}},
+                            "customer": {"email": bought_email, "name": "Spec"}},
                            key()).json
         self.call("POST", "/api/subscriptions/purchase",
                   {"planId": pid, "paymentMethodId": "pm_card_visa", "customerId": bought["customerId"]}, key())
@@ -199,6 +203,22 @@ class Responses(unittest.TestCase):
         self.call("POST", "/api/subscriptions/%s/payment-method" % sid, {"paymentMethodId": "pm_card_visa"},
                   admin=True)
         self.call("POST", "/api/plans", {"name": "y", "price_cents": 1, "total_capacity": 1}, headers=token)
+        # sign-in, and the customer's own routes
+        self.call("POST", "/api/customer/login", {"email": bought_email})
+        self.call("POST", "/api/customer/login", {"email": "not-an-address"})
+        link = BOX.login_link(bought_email)
+        session = self.call("POST", "/api/customer/sessions", {"loginToken": link}).json
+        self.call("POST", "/api/customer/sessions", {"loginToken": link})
+        self.call("POST", "/api/customer/sessions", {})
+        mine = {"Authorization": "Bearer " + session["sessionToken"]}
+        self.call("GET", "/api/customer", headers=mine)
+        self.call("GET", "/api/customer", admin=True)
+        self.call("GET", "/api/customer")
+        self.call("GET", "/api/customer/subscriptions?limit=1", headers=mine)
+        self.call("GET", "/api/customer/subscriptions?limit=0", headers=mine)
+        self.call("GET", "/api/subscriptions/" + "e" * 24, headers=mine)
+        self.call("DELETE", "/api/customer/sessions/current", headers=mine)
+        self.call("DELETE", "/api/customer/sessions/current", headers=mine)
         cust = self.call("POST", "/api/customers", {"email": "c-%s@example.com" % uuid.uuid4().hex[:8],
                                                     "name": "C"}, admin=True).json
         self.call("POST", "/api/customers", {"email": cust["email"], "name": "C"}, admin=True)

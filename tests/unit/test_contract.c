@@ -24,6 +24,7 @@
 #include "processor.h"
 #include "purchase.h"
 #include "reaper.h"
+#include "signin.h"
 #include "store.h"
 #include "util.h"
 #include "waitlist.h"
@@ -1283,6 +1284,182 @@ static void test_waitlist_offers_in_order(void **state)
 	fixture_free(x);
 }
 
+/* --- sign-in ------------------------------------------------------------------------------ */
+
+/* The login links mailed to customer_id so far, their tokens unsealed from their rows, newest
+ * first; returns how many (at most max). */
+static int login_tokens(struct fixture *x, const char *customer_id, char tokens[][TOKEN_LEN + 1], int max)
+{
+	struct seq_page pg = {0, "", 100};
+	struct mail *m = NULL;
+	struct err e = {0};
+	size_t n = 0;
+	int k = 0;
+
+	assert_int_equal(x->s->ops->mail_list(x->s, NULL, &pg, &m, &n, &e), 0);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(m[i].kind, "login") || strcmp(m[i].customer_id, customer_id))
+			continue;
+		assert_non_null(m[i].secret);
+		assert_int_equal(strncmp(m[i].secret, "nx1.", 4), 0);   /* sealed, never in the clear */
+		assert_null(strstr(m[i].data, "lnk_"));
+		char *t = ledger_unseal(&x->lg, m[i].secret);
+		assert_non_null(t);
+		if (k < max)
+			snprintf(tokens[k++], TOKEN_LEN + 1, "%s", t);
+		free(t);
+	}
+	for (size_t i = 0; i < n; i++)
+		mail_clear(&m[i]);
+	free(m);
+	return k;
+}
+
+/* A customer's id, made by a purchase of the fixture's plan by ada@example.com. */
+static void customer_of(struct fixture *x, char id[ID_LEN + 1])
+{
+	struct subscription sub = {0};
+	struct err e = {0};
+	char sub_id[ID_LEN + 1];
+
+	bought(x, sub_id);
+	assert_int_equal(ledger_sub_get(&x->lg, sub_id, &sub, &e), 0);
+	snprintf(id, ID_LEN + 1, "%s", sub.customer_id);
+	subscription_clear(&sub);
+}
+
+static void test_signin_links_and_sessions(void **state)
+{
+	struct fixture *x = fixture_new(3, 600);
+	struct actor a = {"test", "customer", NULL, NULL};
+	struct customer_session cs;
+	struct err e = {0};
+	char customer[ID_LEN + 1], tokens[4][TOKEN_LEN + 1], session[TOKEN_LEN + 1], who[ID_LEN + 1], sid[ID_LEN + 1];
+	bool ok;
+
+	(void)state;
+	customer_of(x, customer);
+	/* any case of the address; a stranger's costs the same and mails nothing */
+	assert_int_equal(signin_request(&x->lg, &a, "ADA@Example.com", &e), 0);
+	assert_int_equal(signin_request(&x->lg, &a, "nobody@example.com", &e), 0);
+	assert_int_equal(login_tokens(x, customer, tokens, 4), 1);
+	/* exchanged once */
+	assert_int_equal(signin_exchange(&x->lg, tokens[0], session, &cs, &ok, &e), 0);
+	assert_true(ok);
+	assert_string_equal(cs.customer_id, customer);
+	assert_true(signin_session(&x->lg, session, who, sid));
+	assert_string_equal(who, customer);
+	assert_int_equal(signin_exchange(&x->lg, tokens[0], session + 0, &cs, &ok, &e), 0);
+	assert_false(ok);
+	/* a forged token of the same link, and another kind of token */
+	char forged[TOKEN_LEN + 1];
+	snprintf(forged, sizeof(forged), "%s", tokens[0]);
+	forged[TOKEN_LEN - 1] = forged[TOKEN_LEN - 1] == 'A' ? 'B' : 'A';
+	assert_int_equal(signin_exchange(&x->lg, forged, session, &cs, &ok, &e), 0);
+	assert_false(ok);
+	/* three links per address in the window: the rest are counted and mail nothing */
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(signin_request(&x->lg, &a, "ada@example.com", &e), 0);
+	assert_int_equal(login_tokens(x, customer, tokens, 4), 3);
+	/* a session ended is gone */
+	assert_int_equal(signin_exchange(&x->lg, tokens[0], session, &cs, &ok, &e), 0);
+	assert_true(ok);
+	assert_true(signin_session(&x->lg, session, who, sid));
+	assert_int_equal(signin_end(&x->lg, sid, &e), 0);
+	assert_false(signin_session(&x->lg, session, who, sid));
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
+/* A link past its deadline, and a link made for no customer, are never exchanged. */
+static void test_signin_link_expired_or_nobodys(void **state)
+{
+	struct fixture *x = fixture_new(1, 600);
+	struct customer_session cs = {0};
+	struct err e = {0};
+	char customer[ID_LEN + 1], link[ID_LEN + 1], token[TOKEN_LEN + 1], hash[65];
+	enum login_result res;
+	bool ok;
+
+	(void)state;
+	customer_of(x, customer);
+	const struct event_spec ev = {"customer.login_requested", "customer", NULL, EV_NO_COUNTS, NULL,
+				      &(struct mail_spec){"login", NULL, "{}", "nx1.x"}};
+	struct actor a = {"test", "customer", NULL, NULL};
+	int64_t now = now_ms();
+	for (int who = 0; who < 2; who++) {
+		id_new(link);
+		link_token_new(link, token);
+		sha256_hex(token, strlen(token), hash);
+		const struct login_req r = {who ? "stranger@example.com" : "ada@example.com", link, hash, now, now + 1000,
+					    now - 60000, 3};
+		assert_int_equal(x->s->ops->login_link(x->s, &r, &ev, &a, &res, &e), 0);
+		assert_int_equal(res, who ? LOGIN_UNKNOWN : LOGIN_SENT);
+		id_new(cs.id);
+		snprintf(cs.token_hash, sizeof(cs.token_hash), "%064d", who);
+		cs.created_at = who ? now : now + 1000;   /* the customer's at its deadline: over */
+		cs.expires_at = cs.created_at + 1000;
+		assert_int_equal(x->s->ops->login_exchange(x->s, link, hash, &cs, &ok, &e), 0);
+		assert_false(ok);
+	}
+	fixture_free(x);
+}
+
+/* Processes race: for one link, exactly one session; for one address, exactly three links. */
+static void test_signin_races_across_processes(void **state)
+{
+	enum { PROCS = 6 };
+	struct fixture *x = fixture_new(1, 600);
+	struct actor a = {"test", "customer", NULL, NULL};
+	struct err e = {0};
+	char customer[ID_LEN + 1], tokens[8][TOKEN_LEN + 1];
+	int fds[2], won = 0, status;
+
+	(void)state;
+	customer_of(x, customer);
+	assert_int_equal(signin_request(&x->lg, &a, "ada@example.com", &e), 0);
+	assert_int_equal(login_tokens(x, customer, tokens, 8), 1);
+	for (int round = 0; round < 2; round++) {
+		assert_int_equal(pipe(fds), 0);
+		for (int i = 0; i < PROCS; i++) {
+			if (fork() == 0) {
+				struct err ce = {0};
+				struct store *s = store_open(store_url, &ce);
+				struct ledger lg = ledger_of(s, 600, 0);
+				struct customer_session cs;
+				char session[TOKEN_LEN + 1], n = 0;
+				bool ok = false;
+				if (round == 0)
+					n = signin_exchange(&lg, tokens[0], session, &cs, &ok, &ce) == 0 && ok;
+				else
+					n = signin_request(&lg, &a, "ada@example.com", &ce) == 0;
+				if (write(fds[1], &n, 1) != 1)
+					_exit(1);
+				store_close(s);
+				_exit(0);
+			}
+		}
+		close(fds[1]);
+		won = 0;
+		for (int i = 0; i < PROCS; i++) {
+			char n;
+			assert_int_equal(read(fds[0], &n, 1), 1);
+			won += n;
+		}
+		close(fds[0]);
+		while (wait(&status) > 0)
+			assert_int_equal(status, 0);
+		if (round == 0)
+			assert_int_equal(won, 1);             /* one session from one link */
+		else
+			assert_int_equal(won, PROCS);         /* every request answered */
+	}
+	/* the first link and two of the racers' */
+	assert_int_equal(login_tokens(x, customer, tokens, 8), 3);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
 static int run_on(const char *url, const char *name)
 {
 	const struct CMUnitTest tests[] = {
@@ -1305,6 +1482,9 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_sessions_race_their_deadline),
 		cmocka_unit_test(test_feed_in_commit_order),
 		cmocka_unit_test(test_waitlist_offers_in_order),
+		cmocka_unit_test(test_signin_links_and_sessions),
+		cmocka_unit_test(test_signin_link_expired_or_nobodys),
+		cmocka_unit_test(test_signin_races_across_processes),
 	};
 
 	snprintf(store_url, sizeof(store_url), "%s", url);
