@@ -201,6 +201,37 @@ void api_subscriptions_payment_method(struct request *rq, struct response *rs)
 	own_move(rq, rs, MOVE_METHOD, method);
 }
 
+/* POST /api/subscriptions/:id/access-token (its customer, or the admin): a new access token, shown
+ * once; the old one stops working at once. */
+void api_subscriptions_access_token(struct request *rq, struct response *rs)
+{
+	struct subscription sub = {0};
+	struct json_object *o;
+	struct err e = {0};
+	char token[TOKEN_LEN + 1];
+
+	if (rq->json && api_body(rq, rs, nothing_fields))
+		return;
+	if (rq->auth.who != AUTH_CUSTOMER && !rq->is_admin) {
+		response_error(rs, rq, 403, "FORBIDDEN", "A new access token is for the subscription's customer or the admin",
+			       NULL);
+		return;
+	}
+	if (!id_valid(rq->param)) {
+		response_error(rs, rq, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found", NULL);
+		return;
+	}
+	if (ledger_token_replace(rq->lg, &rq->actor, rq->param, token, &sub, &e)) {
+		response_err(rs, rq, &e);
+		return;
+	}
+	o = view_subscription(&sub);
+	json_object_object_add(o, "accessToken", json_object_new_string(token));
+	explicit_bzero(token, sizeof(token));
+	response_json(rs, 200, o);
+	subscription_clear(&sub);
+}
+
 /* GET /api/renewals?days=N&limit=M (admin): what the renewer will do in the coming days, soonest
  * first — active subscriptions whose period ends by then (renewed, or ended), past_due ones
  * whose next try falls by then. */

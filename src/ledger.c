@@ -283,6 +283,44 @@ int ledger_sub_cancel(struct ledger *lg, const struct actor *a, const char *id, 
 	return refuse(e, ERR_RETRYABLE, NULL, "kept changing:", id);
 }
 
+int ledger_token_replace(struct ledger *lg, const struct actor *a, const char *id, char token[TOKEN_LEN + 1],
+			 struct subscription *out, struct err *e)
+{
+	static const char *const holders[] = {"active", "past_due", "cancelled", "ended", "changed"};
+
+	for (int tries = 0; tries < 5; tries++) {
+		struct subscription cur = {0};
+		struct transition_out o;
+		char hash[65];
+		size_t i;
+		if (ledger_sub_get(lg, id, &cur, e))
+			return -1;
+		for (i = 0; i < sizeof(holders) / sizeof(holders[0]) && strcmp(cur.status, holders[i]); i++)
+			;
+		if (i == sizeof(holders) / sizeof(holders[0])) {
+			subscription_clear(&cur);
+			return refuse(e, ERR_CONFLICT, "SUBSCRIPTION_NOT_ACTIVE", "never active, it has no access token:", id);
+		}
+		/* the same status in, the same out: only the hash moves, the old token's gone with it */
+		const struct event_spec ev = {"subscription.token_replaced", "subscription", id, EV_NO_COUNTS, NULL, NULL};
+		token_new(id, token);
+		sha256_hex(token, strlen(token), hash);
+		struct transition t = {.sub_id = id, .from = cur.status, .to = cur.status, .now = now_ms(),
+				       .token_hash = hash, .events = &ev, .nevents = 1};
+		int rc = lg->store->ops->transition(lg->store, &t, a, &o, e);
+		subscription_clear(&cur);
+		if (rc)
+			return -1;
+		if (o.result == MOVED) {
+			*out = o.sub;
+			return 0;
+		}
+		transition_out_clear(&o);
+	}
+	explicit_bzero(token, TOKEN_LEN + 1);
+	return refuse(e, ERR_RETRYABLE, NULL, "kept changing:", id);
+}
+
 /* Cursors name the last row of a page: "<seq>.<id>". */
 static int cursor_decode(const char *cursor, struct seq_page *pg, struct err *e)
 {

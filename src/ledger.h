@@ -124,6 +124,10 @@ int ledger_sub_get(struct ledger *lg, const char *id, struct subscription *out, 
 /* active -> cancelled with its seat back, one atomic step. out: the subscription after. */
 int ledger_sub_cancel(struct ledger *lg, const struct actor *a, const char *id, struct subscription *out,
 		      struct err *e);
+/* A new access token for subscription id, shown once (into token): the old one stops working in
+ * the same unit. A hold or session never activated has none (SUBSCRIPTION_NOT_ACTIVE). */
+int ledger_token_replace(struct ledger *lg, const struct actor *a, const char *id, char token[TOKEN_LEN + 1],
+			 struct subscription *out, struct err *e);
 /* A customer's subscriptions, newest first. *out: new, free each with subscription_clear. */
 int ledger_sub_list(struct ledger *lg, const char *customer_id, const char *status,
 		    const struct page_req *pg, struct subscription **out, size_t *n,

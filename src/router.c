@@ -23,6 +23,7 @@ static const struct route routes[] = {
 	{"GET", "/api/renewals", api_renewals, AUTH_ADMIN, IDEM_NONE, 0},
 	{"POST", "/api/subscriptions/:id/resume", api_subscriptions_resume, AUTH_BEARER, IDEM_HONOURED, 0},
 	{"POST", "/api/subscriptions/:id/payment-method", api_subscriptions_payment_method, AUTH_BEARER, IDEM_HONOURED, 0},
+	{"POST", "/api/subscriptions/:id/access-token", api_subscriptions_access_token, AUTH_BEARER, IDEM_HONOURED, 0},
 	{"POST", "/api/checkout-sessions", api_checkout_create, AUTH_ANYONE, IDEM_OWN, 0},
 	{"GET", "/api/checkout-sessions/:id", api_checkout_get, AUTH_SECRET, IDEM_NONE, 0},
 	{"POST", "/api/checkout-sessions/:id/complete", api_checkout_complete, AUTH_SECRET, IDEM_OWN, 0},

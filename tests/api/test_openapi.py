@@ -217,6 +217,12 @@ class Responses(unittest.TestCase):
         self.call("GET", "/api/customer/subscriptions?limit=1", headers=mine)
         self.call("GET", "/api/customer/subscriptions?limit=0", headers=mine)
         self.call("GET", "/api/subscriptions/" + "e" * 24, headers=mine)
+        fresh = self.call("POST", "/api/subscriptions/%s/access-token" % bought["id"], {}, dict(mine, **key())).json
+        self.call("POST", "/api/subscriptions/%s/access-token" % bought["id"], None, dict(mine, **key()))
+        self.call("POST", "/api/subscriptions/%s/access-token" % bought["id"], {"x": 1}, dict(mine, **key()))
+        self.call("POST", "/api/subscriptions/%s/access-token" % ("e" * 24), {}, dict(mine, **key()))
+        self.call("POST", "/api/subscriptions/%s/access-token" % bought["id"], {},
+                  {"Authorization": "Bearer " + fresh["accessToken"]})
         self.call("DELETE", "/api/customer/sessions/current", headers=mine)
         self.call("DELETE", "/api/customer/sessions/current", headers=mine)
         cust = self.call("POST", "/api/customers", {"email": "c-%s@example.com" % uuid.uuid4().hex[:8],

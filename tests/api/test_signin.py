@@ -99,6 +99,36 @@ class SignIn(unittest.TestCase):
         self.assertEqual((gone.status, gone.json["code"]), (401, "UNAUTHORIZED"))
         self.assertEqual(self.S.request("GET", "/api/subscriptions/" + sub["id"], headers=h).status, 401)
 
+    def test_a_new_access_token_ends_the_old_one_at_once(self):
+        email, sub = self.customer()
+        old = {"Authorization": "Bearer " + sub["accessToken"]}
+        path = "/api/subscriptions/%s/access-token" % sub["id"]
+        # the token's holder cannot make another; the customer can, and the admin
+        r = self.S.request("POST", path, {}, dict(old, **{"Idempotency-Key": str(uuid.uuid4())}))
+        self.assertEqual((r.status, r.json["code"]), (403, "FORBIDDEN"), r)
+        h = self.signed_in(email)
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        r = self.S.request("POST", path, {}, dict(h, **key))
+        self.assertEqual((r.status, r.json["id"]), (200, sub["id"]), r)
+        new = r.json["accessToken"]
+        self.assertTrue(new.startswith("sat_%s_" % sub["id"]) and new != sub["accessToken"])
+        self.assertEqual(self.S.request("GET", "/api/subscriptions/" + sub["id"], headers=old).status, 401)
+        got = self.S.request("GET", "/api/subscriptions/" + sub["id"], headers={"Authorization": "Bearer " + new})
+        self.assertEqual((got.status, got.json["status"]), (200, "active"))
+        # its key replays the same answer (kept sealed), and makes no other token
+        again = self.S.request("POST", path, {}, dict(h, **key))
+        self.assertEqual((again.status, again.json["accessToken"], again.header("Idempotent-Replayed")),
+                         (200, new, "true"))
+        self.assertEqual(len(self.S.audit("subscription.token_replaced", self.plan["id"])), 1)
+        r = self.S.admin("POST", "/api/subscriptions/%s/access-token" % sub["id"], {})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(self.S.request("GET", "/api/subscriptions/" + sub["id"],
+                                        headers={"Authorization": "Bearer " + new}).status, 401)
+        # nobody else's
+        _, theirs = self.customer()
+        r = self.S.request("POST", "/api/subscriptions/%s/access-token" % theirs["id"], {}, h)
+        self.assertEqual((r.status, r.json["code"]), (404, "SUBSCRIPTION_NOT_FOUND"), r)
+
     def test_another_customers_resources_are_not_found(self):
         email, _ = self.customer()
         _, theirs = self.customer()
