@@ -31,6 +31,8 @@ void api_checkout_authenticate(struct request *rq, struct response *rs);
 void api_customers_create(struct request *rq, struct response *rs);
 void api_customers_subscriptions(struct request *rq, struct response *rs);
 void api_subscriptions_access_token(struct request *rq, struct response *rs);
+void api_customer_payments(struct request *rq, struct response *rs);
+void api_customer_waitlist(struct request *rq, struct response *rs);
 void api_customer_me(struct request *rq, struct response *rs);
 void api_customer_subscriptions(struct request *rq, struct response *rs);
 void api_customer_login(struct request *rq, struct response *rs);

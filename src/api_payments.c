@@ -1,9 +1,11 @@
-/* api_payments.c - GET /api/payments/summary: the ledger's payments by state, for the operator. */
+/* api_payments.c - GET /api/payments/summary: the ledger's payments by state, for the operator;
+ * GET /api/customer/payments: a signed-in customer's receipts. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
 #include "log.h"
+#include "view.h"
 
 /* The state a payment record of this kind and status is in, as the dashboard names it. */
 static const char *state_of(const struct payment_total *t)
@@ -57,5 +59,28 @@ void api_payments_summary(struct request *rq, struct response *rs)
 	json_object_object_add(o, "byState", by);
 	json_object_object_add(o, "traceId", json_object_new_string(rq->trace_id));
 	free(t);
+	response_json(rs, 200, o);
+}
+
+#define RECEIPTS_MAX 100
+
+void api_customer_payments(struct request *rq, struct response *rs)
+{
+	struct payment *p = NULL;
+	struct err e = {0};
+	int64_t limit;
+	size_t n = 0;
+
+	if (api_query_int(rq, rs, "limit", 1, RECEIPTS_MAX, 50, &limit))
+		return;
+	if (rq->lg->store->ops->customer_payments(rq->lg->store, rq->auth.customer_id, (int)limit, &p, &n, &e)) {
+		response_err(rs, rq, &e);
+		return;
+	}
+	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	for (size_t i = 0; i < n; i++)
+		json_object_array_add(arr, view_receipt(&p[i]));
+	free(p);
+	json_object_object_add(o, "payments", arr);
 	response_json(rs, 200, o);
 }

@@ -119,3 +119,28 @@ out:
 	free(w);
 	free(pg.cursor);
 }
+
+#define ENTRIES_MAX 100
+
+/* GET /api/customer/waitlist: a signed-in customer's entries, newest first, with their places
+ * and offers. */
+void api_customer_waitlist(struct request *rq, struct response *rs)
+{
+	struct waitlist_entry *w = NULL;
+	struct err e = {0};
+	int64_t limit;
+	size_t n = 0;
+
+	if (api_query_int(rq, rs, "limit", 1, ENTRIES_MAX, 50, &limit))
+		return;
+	if (rq->lg->store->ops->customer_entries(rq->lg->store, rq->auth.customer_id, (int)limit, &w, &n, &e)) {
+		response_err(rs, rq, &e);
+		return;
+	}
+	struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+	for (size_t i = 0; i < n; i++)
+		json_object_array_add(arr, entry_view(rq, &w[i]));
+	free(w);
+	json_object_object_add(o, "entries", arr);
+	response_json(rs, 200, o);
+}

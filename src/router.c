@@ -37,6 +37,8 @@ static const struct route routes[] = {
 	{"DELETE", "/api/customer/sessions/current", api_customer_sessions_end, AUTH_SIGNED_IN, IDEM_NONE, 0},
 	{"GET", "/api/customer", api_customer_me, AUTH_SIGNED_IN, IDEM_NONE, 0},
 	{"GET", "/api/customer/subscriptions", api_customer_subscriptions, AUTH_SIGNED_IN, IDEM_NONE, 0},
+	{"GET", "/api/customer/payments", api_customer_payments, AUTH_SIGNED_IN, IDEM_NONE, 0},
+	{"GET", "/api/customer/waitlist", api_customer_waitlist, AUTH_SIGNED_IN, IDEM_NONE, 0},
 	{"GET", "/api/audit-logs", api_audit_list, AUTH_ADMIN, IDEM_NONE, 0},
 	{"GET", "/api/events", api_events, AUTH_ADMIN, IDEM_NONE, 0},
 	{"GET", "/api/payments/summary", api_payments_summary, AUTH_ADMIN, IDEM_NONE, 0},

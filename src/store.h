@@ -340,6 +340,13 @@ struct store_ops {
 	int (*session_get)(struct store *s, const char *id, struct customer_session *out, bool *found,
 			   struct err *e);
 	int (*session_end)(struct store *s, const char *id, int64_t now, bool *found, struct err *e);
+	/* A customer's own, newest first, at most limit: the money of their subscriptions (charges,
+	 * renewals and refunds that succeeded or were refunded since, and charges authorized for a seat
+	 * that keeps them, to be captured), and their waiting-list entries with positions. */
+	int (*customer_payments)(struct store *s, const char *customer_id, int limit, struct payment **out, size_t *n,
+				 struct err *e);
+	int (*customer_entries)(struct store *s, const char *customer_id, int limit, struct waitlist_entry **out,
+				size_t *n, struct err *e);
 
 	/* Idempotency-Keys of routes whose effect is one step. finish: stores the reply on a
 	 * key not yet done (*matched false if no such key). forget: deletes a KEY_STARTED key. */

@@ -1987,6 +1987,88 @@ static int mg_payments_in(struct store *st, const char *status, int limit, struc
 	return rc;
 }
 
+/* The values of a {"$in": [...]} of strings. */
+static void append_in(bson_t *b, const char *key, const char *const *values, int n)
+{
+	bson_t doc, arr;
+	char k[16];
+
+	bson_append_document_begin(b, key, -1, &doc);
+	bson_append_array_begin(&doc, "$in", -1, &arr);
+	for (int i = 0; i < n; i++) {
+		snprintf(k, sizeof(k), "%d", i);
+		BSON_APPEND_UTF8(&arr, k, values[i]);
+	}
+	bson_append_array_end(&doc, &arr);
+	bson_append_document_end(b, &doc);
+}
+
+/* A customer's subscriptions (their ids and statuses, by the customer's index), then the money
+ * of those: what was taken or refunded, and what is authorized for a seat that keeps it. */
+static int mg_customer_payments(struct store *st, const char *customer_id, int limit, struct payment **out,
+				size_t *n, struct err *e)
+{
+	static const char *const kinds[] = {"charge", "renewal", "refund"}, *const taken[] = {"succeeded", "refunded"};
+	bson_t *filter = bson_new(), *opts = BCON_NEW("projection", "{", "_id", BCON_INT32(1), "status", BCON_INT32(1), "}");
+	bson_t all, kept, or, a, b, ina, inb;
+	const bson_t *doc;
+	bson_error_t be;
+	mongoc_cursor_t *cur;
+	int rc = 0, na = 0, nk = 0;
+	char key[16], status[16];
+
+	*out = NULL;
+	*n = 0;
+	append_oid(filter, "customer_id", customer_id);
+	cur = mongoc_collection_find_with_opts(MG(st)->subs, filter, opts, NULL);
+	bson_destroy(filter);
+	bson_destroy(opts);
+	bson_init(&all);
+	bson_init(&kept);
+	while (mongoc_cursor_next(cur, &doc)) {
+		bson_iter_t it;
+		if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_OID(&it))
+			continue;
+		get_str(doc, "status", status, sizeof(status));
+		snprintf(key, sizeof(key), "%d", na++);
+		BSON_APPEND_OID(&all, key, bson_iter_oid(&it));
+		if (strcmp(status, "pending") && strcmp(status, "failed") && strcmp(status, "expired")) {
+			snprintf(key, sizeof(key), "%d", nk++);
+			BSON_APPEND_OID(&kept, key, bson_iter_oid(&it));
+		}
+	}
+	if (mongoc_cursor_error(cur, &be))
+		rc = mg_fail(&be, NULL, e, "a customer's subscriptions");
+	mongoc_cursor_destroy(cur);
+	filter = bson_new();
+	append_in(filter, "kind", kinds, 3);
+	bson_append_array_begin(filter, "$or", -1, &or);
+	bson_append_document_begin(&or, "0", -1, &a);
+	bson_append_document_begin(&a, "subscription_id", -1, &ina);
+	bson_append_array(&ina, "$in", -1, &all);
+	bson_append_document_end(&a, &ina);
+	append_in(&a, "status", taken, 2);
+	bson_append_document_end(&or, &a);
+	bson_append_document_begin(&or, "1", -1, &b);
+	bson_append_document_begin(&b, "subscription_id", -1, &inb);
+	bson_append_array(&inb, "$in", -1, &kept);
+	bson_append_document_end(&b, &inb);
+	BSON_APPEND_UTF8(&b, "status", "authorized");
+	bson_append_document_end(&or, &b);
+	bson_append_array_end(filter, &or);
+	opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(-1), "_id", BCON_INT32(-1), "}", "limit", BCON_INT64(limit));
+	if (rc == 0 && na > 0)
+		rc = payments_of(mongoc_collection_find_with_opts(MG(st)->payments, filter, opts, NULL), limit, out, n, e,
+				 "a customer's payments");
+	else if (rc == 0)
+		*out = xcalloc(1, sizeof(**out));
+	bson_destroy(&all);
+	bson_destroy(&kept);
+	bson_destroy(filter);
+	bson_destroy(opts);
+	return rc;
+}
+
 struct mark_arg {
 	const char *id, *from, *to;
 	const struct event_spec *ev;
@@ -2447,6 +2529,29 @@ static int mg_waitlist_list(struct store *st, const char *plan_id, int64_t after
 			rc = -1;
 		else
 			(*out)[i].position = pos++;
+	}
+	bson_destroy(filter);
+	bson_destroy(opts);
+	return rc;
+}
+
+static int mg_customer_entries(struct store *st, const char *customer_id, int limit, struct waitlist_entry **out,
+			       size_t *n, struct err *e)
+{
+	bson_t *filter = bson_new(), *opts = BCON_NEW("sort", "{", "created_at", BCON_INT32(-1), "_id", BCON_INT32(-1), "}",
+						      "limit", BCON_INT64(limit));
+	int rc;
+
+	append_oid(filter, "customer_id", customer_id);
+	rc = find_all(MG(st)->waitlist, filter, opts, sizeof(**out), entry_item, (void **)out, n, e);
+	for (size_t i = 0; rc == 0 && i < *n; i++) {
+		int64_t pos;
+		if (strcmp((*out)[i].status, "waiting"))
+			continue;
+		if ((pos = position_of(MG(st), &(*out)[i], e)) < 0)
+			rc = -1;
+		else
+			(*out)[i].position = pos;
 	}
 	bson_destroy(filter);
 	bson_destroy(opts);
@@ -3140,6 +3245,8 @@ static const struct store_ops mongo_ops = {
 	.login_exchange = mg_login_exchange,
 	.session_get = mg_session_get,
 	.session_end = mg_session_end,
+	.customer_payments = mg_customer_payments,
+	.customer_entries = mg_customer_entries,
 	.mail_list = mg_mail_list,
 	.lease_take = mg_lease_take,
 	.holds_overdue = mg_holds_overdue,
@@ -3272,8 +3379,8 @@ static int schema(struct mg *s, struct err *e)
 	static const char *const key_n[] = {"state_created"};
 	static const char *const del_n[] = {"endpoint_seq_unique"};
 	static const bool del_u[] = {true};
-	static const char *const line_n[] = {"plan_status_seq", "session"};
-	static const bool line_u[] = {false, true};
+	static const char *const line_n[] = {"plan_status_seq", "session", "customer_created"};
+	static const bool line_u[] = {false, true, false};
 	static const bool key_u[] = {false};
 	static const char *const mail_n[] = {"status_next_attempt", "created", "status_created"};
 	static const bool mail_u[] = {false, false, false};
@@ -3302,7 +3409,8 @@ static int schema(struct mg *s, struct err *e)
 	bson_t *key_k[] = {BCON_NEW("state", BCON_INT32(1), "created_at", BCON_INT32(1))};
 	bson_t *del_k[] = {BCON_NEW("endpoint_id", BCON_INT32(1), "seq", BCON_INT32(-1))};
 	bson_t *line_k[] = {BCON_NEW("plan_id", BCON_INT32(1), "status", BCON_INT32(1), "seq", BCON_INT32(1)),
-			    BCON_NEW("session_id", BCON_INT32(1))};
+			    BCON_NEW("session_id", BCON_INT32(1)),
+			    BCON_NEW("customer_id", BCON_INT32(1), "created_at", BCON_INT32(-1))};
 	int rc = 0;
 
 	/* Each call consumes its keys, so all run even after a failure. */
@@ -3313,7 +3421,7 @@ static int schema(struct mg *s, struct err *e)
 	rc |= indexes(s, "audit_events", 5, aud_n, aud_k, aud_u, e);
 	rc |= indexes(s, "idempotency_keys", 1, key_n, key_k, key_u, e);
 	rc |= indexes(s, "webhook_deliveries", 1, del_n, del_k, del_u, e);
-	rc |= indexes(s, "waitlist", 2, line_n, line_k, line_u, e);
+	rc |= indexes(s, "waitlist", 3, line_n, line_k, line_u, e);
 	rc |= indexes(s, "mail", 3, mail_n, mail_k, mail_u, e);
 	rc |= indexes(s, "login_links", 1, link_n, link_k, link_u, e);
 	rc |= backfill(s->plans, "max_per_order", BCON_NEW("$set", "{", "max_per_order", BCON_INT64(PLAN_MAX_PER_ORDER_DEFAULT),

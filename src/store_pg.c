@@ -159,7 +159,9 @@ static const char *const MIGRATIONS[] = {
 	"CREATE INDEX login_links_email ON login_links (email, created_at);"
 	"CREATE TABLE customer_sessions ("
 	" id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, token_hash TEXT NOT NULL,"
-	" created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, ended_at BIGINT);",
+	" created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, ended_at BIGINT);"
+	"CREATE INDEX payments_subscription ON payments (subscription_id, created_at);"
+	"CREATE INDEX waitlist_customer ON waitlist (customer_id, created_at);",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -1734,6 +1736,24 @@ static int pg_waitlist_list(struct store *st, const char *plan_id, int64_t after
 	return 0;
 }
 
+static int pg_customer_entries(struct store *st, const char *customer_id, int limit, struct waitlist_entry **out,
+			       size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " ENTRY_COLS " FROM waitlist w WHERE w.customer_id = $1 ORDER BY w.created_at DESC, w.id DESC LIMIT $2";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "ti", customer_id, (int64_t)limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		entry_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
 struct leave_arg {
 	const char *id;
 	int64_t now;
@@ -2117,6 +2137,27 @@ static int payments_query(struct store *st, const char *sql, int limit, struct p
 	return 0;
 }
 
+static int pg_customer_payments(struct store *st, const char *customer_id, int limit, struct payment **out,
+				size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT p.id, p.idem_key, p.kind, p.status, p.decline_code, p.subscription_id, p.amount_cents, p.created_at"
+		" FROM subscriptions s JOIN payments p ON p.subscription_id = s.id WHERE s.customer_id = $1"
+		" AND p.kind IN ('charge', 'renewal', 'refund') AND (p.status IN ('succeeded', 'refunded') OR (p.status = 'authorized' AND s.status NOT IN ('pending', 'failed', 'expired')))"
+		" ORDER BY p.created_at DESC, p.id DESC LIMIT $2";
+	PGresult *r;
+
+	*out = NULL;
+	*n = 0;
+	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "ti", customer_id, (int64_t)limit)))
+		return -1;
+	*out = xcalloc((size_t)PQntuples(r) + 1, sizeof(**out));
+	for (int i = 0; i < PQntuples(r); i++)
+		payment_read(r, i, &(*out)[(*n)++]);
+	PQclear(r);
+	return 0;
+}
+
 static int pg_payments_in(struct store *st, const char *status, int limit, struct payment **out, size_t *n,
 			  struct err *e)
 {
@@ -2367,6 +2408,8 @@ static const struct store_ops pg_ops = {
 	.login_exchange = pg_login_exchange,
 	.session_get = pg_session_get,
 	.session_end = pg_session_end,
+	.customer_payments = pg_customer_payments,
+	.customer_entries = pg_customer_entries,
 	.lease_take = pg_lease_take,
 	.holds_overdue = pg_holds_overdue,
 	.subs_due = pg_subs_due,

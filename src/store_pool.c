@@ -160,6 +160,10 @@ FORWARD(login_exchange, (struct store *s, const char *link_id, const char *token
 READ(session_get, (struct store *s, const char *id, struct customer_session *out, bool *found, struct err *e),
      (h, id, out, found, e))
 FORWARD(session_end, (struct store *s, const char *id, int64_t now, bool *found, struct err *e), (h, id, now, found, e))
+READ(customer_payments, (struct store *s, const char *customer_id, int limit, struct payment **out, size_t *n,
+			  struct err *e), (h, customer_id, limit, out, n, e))
+READ(customer_entries, (struct store *s, const char *customer_id, int limit, struct waitlist_entry **out, size_t *n,
+			 struct err *e), (h, customer_id, limit, out, n, e))
 FORWARD(waitlist_join, (struct store *s, const struct join_req *r, const struct actor *a, struct join_out *out,
 			 struct err *e), (h, r, a, out, e))
 READ(entry_get, (struct store *s, const char *id, struct waitlist_entry *out, bool *found, struct err *e),
@@ -256,6 +260,8 @@ static const struct store_ops pool_ops = {
 	.login_exchange = pool_login_exchange,
 	.session_get = pool_session_get,
 	.session_end = pool_session_end,
+	.customer_payments = pool_customer_payments,
+	.customer_entries = pool_customer_entries,
 	.lease_take = pool_lease_take,
 	.holds_overdue = pool_holds_overdue,
 	.subs_due = pool_subs_due,

@@ -218,7 +218,9 @@ static const char MIGRATE_8_9[] =
 	"CREATE INDEX IF NOT EXISTS login_links_email ON login_links(email, created_at);"
 	"CREATE TABLE IF NOT EXISTS customer_sessions ("
 	" id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, token_hash TEXT NOT NULL,"
-	" created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, ended_at INTEGER);";
+	" created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, ended_at INTEGER);"
+	"CREATE INDEX IF NOT EXISTS payments_subscription ON payments(subscription_id, created_at);"
+	"CREATE INDEX IF NOT EXISTS waitlist_customer ON waitlist(customer_id, created_at);";
 
 /* Version 1 kept an event's seat counts as JSON text in before/after; version 2 keeps them as
  * numbers, and a payment's summary in detail. */
@@ -1993,6 +1995,16 @@ static int read_waitlist_list(struct store *st_, const char *plan_id, int64_t af
 	return page_rows(st, sizeof(**out), limit, entry_row, (void **)out, n, nothing_v, e);
 }
 
+static int read_customer_entries(struct store *st_, const char *customer_id, int limit, struct waitlist_entry **out,
+				 size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT " ENTRY_COLS " FROM waitlist w WHERE w.customer_id = ? ORDER BY w.created_at DESC, w.id DESC LIMIT ?";
+
+	return page_rows(q(SQ(st_), sql, e, "ti", customer_id, (int64_t)limit), sizeof(**out), limit, entry_row,
+			 (void **)out, n, nothing_v, e);
+}
+
 static int sq_waitlist_leave(struct store *st_, const char *id, int64_t now, const struct event_spec *ev, size_t nev,
 			     const struct actor *a, bool *moved, struct waitlist_entry *out, bool *found,
 			     struct err *e)
@@ -2284,6 +2296,18 @@ static void payment_row(sqlite3_stmt *st, void *item)
 static void no_clear(void *item)
 {
 	(void)item;
+}
+
+static int read_customer_payments(struct store *st_, const char *customer_id, int limit, struct payment **out,
+				  size_t *n, struct err *e)
+{
+	static const char sql[] =
+		"SELECT p.id, p.idem_key, p.kind, p.status, p.decline_code, p.subscription_id, p.amount_cents, p.created_at FROM subscriptions s JOIN payments p ON p.subscription_id = s.id"
+		" WHERE s.customer_id = ? AND p.kind IN ('charge', 'renewal', 'refund') AND (p.status IN ('succeeded', 'refunded') OR (p.status = 'authorized' AND s.status NOT IN ('pending', 'failed', 'expired')))"
+		" ORDER BY p.created_at DESC, p.id DESC LIMIT ?";
+
+	return page_rows(q(SQ(st_), sql, e, "ti", customer_id, (int64_t)limit), sizeof(**out), limit, payment_row,
+			 (void **)out, n, no_clear, e);
 }
 
 static int read_payments_in(struct store *st_, const char *status, int limit, struct payment **out, size_t *n,
@@ -2582,6 +2606,12 @@ DURABLE_READ(customer_get, (struct store *st_, const char *id, struct customer *
 DURABLE_READ(session_get, (struct store *st_, const char *id, struct customer_session *out, bool *found,
 			      struct err *e),
 	     (st_, id, out, found, e), (void)0)
+DURABLE_READ(customer_payments, (struct store *st_, const char *customer_id, int limit, struct payment **out,
+				    size_t *n, struct err *e),
+	     (st_, customer_id, limit, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(customer_entries, (struct store *st_, const char *customer_id, int limit, struct waitlist_entry **out,
+				   size_t *n, struct err *e),
+	     (st_, customer_id, limit, out, n, e), FREE_ALL(out, n))
 DURABLE_READ(key_get, (struct store *st_, const char *key, struct key_record *out, bool *found, struct err *e),
 	     (st_, key, out, found, e), key_record_clear(out))
 DURABLE_READ(payment_totals, (struct store *st_, struct payment_total **out, size_t *n, struct err *e), (st_, out, n, e),
@@ -2636,6 +2666,8 @@ static const struct store_ops sqlite_ops = {
 	.login_exchange = sq_login_exchange,
 	.session_get = sq_session_get,
 	.session_end = sq_session_end,
+	.customer_payments = sq_customer_payments,
+	.customer_entries = sq_customer_entries,
 	.close = sq_close,
 	.ping = sq_ping,
 	.reset = sq_reset,

@@ -247,6 +247,19 @@ struct json_object *view_entry(const struct waitlist_entry *w, const char *acces
 	return o;
 }
 
+struct json_object *view_receipt(const struct payment *p)
+{
+	struct json_object *o = json_object_new_object();
+
+	ADD(o, "id", STR(p->id));
+	ADD(o, "kind", STR(!strcmp(p->kind, "renewal") ? "renewal" : !strcmp(p->kind, "refund") ? "refund" : "charge"));
+	ADD(o, "status", STR(p->status));
+	ADD(o, "amountCents", INT(p->amount_cents));
+	ADD(o, "subscriptionId", STR(p->subscription_id));
+	ADD(o, "createdAt", view_time(p->created_at));
+	return o;
+}
+
 struct json_object *view_delivery(const struct delivery *d)
 {
 	struct json_object *o = json_object_new_object();

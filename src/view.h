@@ -24,6 +24,8 @@ struct json_object *view_audit_event(const struct audit_event *a);
 struct json_object *view_feed_event(const struct audit_event *a);
 /* A webhook endpoint; its secret only when with_secret (the answer to its creation). */
 struct json_object *view_webhook(const struct webhook *w, bool with_secret);
+/* A payment as its customer's receipt: kind (charge, renewal, refund), amount, time, subscription. */
+struct json_object *view_receipt(const struct payment *p);
 struct json_object *view_delivery(const struct delivery *d);
 /* A mail of the outbox as the admin sees it: no data but its kind and whom it goes to. */
 struct json_object *view_mail(const struct mail *m);

@@ -793,6 +793,46 @@ class MongoWire(unittest.TestCase):
         self.assertEqual((dict(end["updates"][0]["q"]), list(end["updates"][0]["u"]["$set"])),
                          ({"_id": sid, "ended_at": None}, ["ended_at"]))
 
+    def signed_in_as(self, cid):
+        sid = ObjectId()
+        token = "cse_%s_%s" % (sid, "D" * 43)
+        self.w.docs["customer_sessions"] = [{"_id": sid, "customer_id": cid, "ended_at": None,
+                                             "expires_at": datetime.datetime.utcnow() + datetime.timedelta(hours=1),
+                                             "token_hash": hashlib.sha256(token.encode()).hexdigest()}]
+        return {"Authorization": "Bearer " + token}
+
+    def test_a_customers_receipts_are_read_by_their_subscriptions(self):
+        cid, kept, held = ObjectId(), ObjectId(), ObjectId()
+        h = self.signed_in_as(cid)
+        self.w.docs["subscriptions"] = [{"_id": kept, "status": "active"}, {"_id": held, "status": "pending"}]
+        self.w.docs["payments"] = [{"_id": "pay_" + "a" * 24, "idem_key": "k", "kind": "charge", "status": "authorized",
+                                    "subscription_id": kept, "amount_cents": 900,
+                                    "created_at": datetime.datetime(2026, 1, 2)}]
+        st, body, err = cgi(self.w, "GET", "/api/customer/payments?limit=7", headers=h)
+        self.assertEqual(st, 200, (body, err))
+        self.assertEqual([(p["kind"], p["status"], p["amountCents"], p["subscriptionId"]) for p in body["payments"]],
+                         [("charge", "authorized", 900, str(kept))])
+        [subs] = self.w.commands("find", "subscriptions")
+        self.assertEqual((dict(subs["filter"]), dict(subs["projection"])), ({"customer_id": cid}, {"_id": 1, "status": 1}))
+        [pays] = self.w.commands("find", "payments")
+        f = pays["filter"]
+        self.assertEqual(list(f["kind"]["$in"]), ["charge", "renewal", "refund"])
+        self.assertEqual([(list(o["subscription_id"]["$in"]), o["status"]) for o in f["$or"]],
+                         [([kept, held], {"$in": ["succeeded", "refunded"]}), ([kept], "authorized")])
+        self.assertEqual((dict(pays["sort"]), pays["limit"]), ({"created_at": -1, "_id": -1}, 7))
+
+    def test_a_customers_entries_are_read_by_their_index(self):
+        cid = ObjectId()
+        h = self.signed_in_as(cid)
+        self.w.docs["waitlist"] = []
+        st, body, err = cgi(self.w, "GET", "/api/customer/waitlist", headers=h)
+        self.assertEqual((st, body), (200, {"entries": []}), err)
+        [line] = self.w.commands("find", "waitlist")
+        self.assertEqual((dict(line["filter"]), dict(line["sort"]), line["limit"]),
+                         ({"customer_id": cid}, {"created_at": -1, "_id": -1}, 50))
+        made = [i for d in self.w.commands("createIndexes", "waitlist") for i in d["indexes"]]
+        self.assertIn({"customer_id": 1, "created_at": -1}, [dict(i["key"]) for i in made])
+
     def test_quantity_and_customer_limit(self):
         self.w.fam["plans"] = dict(plan_doc(left=6, held=1), max_per_order=10, max_per_customer=4)
         self.w.override("aggregate", "subscriptions",

@@ -216,6 +216,10 @@ class Responses(unittest.TestCase):
         self.call("GET", "/api/customer")
         self.call("GET", "/api/customer/subscriptions?limit=1", headers=mine)
         self.call("GET", "/api/customer/subscriptions?limit=0", headers=mine)
+        self.call("GET", "/api/customer/payments", headers=mine)
+        self.call("GET", "/api/customer/payments?limit=500", headers=mine)
+        self.call("GET", "/api/customer/waitlist?limit=5", headers=mine)
+        self.call("GET", "/api/customer/waitlist", headers=token)
         self.call("GET", "/api/subscriptions/" + "e" * 24, headers=mine)
         fresh = self.call("POST", "/api/subscriptions/%s/access-token" % bought["id"], {}, dict(mine, **key())).json
         self.call("POST", "/api/subscriptions/%s/access-token" % bought["id"], None, dict(mine, **key()))

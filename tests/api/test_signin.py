@@ -129,6 +129,33 @@ class SignIn(unittest.TestCase):
         r = self.S.request("POST", "/api/subscriptions/%s/access-token" % theirs["id"], {}, h)
         self.assertEqual((r.status, r.json["code"]), (404, "SUBSCRIPTION_NOT_FOUND"), r)
 
+    def test_the_customers_receipts_and_places_in_line(self):
+        email, sub = self.customer()
+        full = self.S.create_plan(capacity=1, price=300, waitlist_enabled=True)
+        self.assertEqual(self.S.purchase(full["id"]).status, 201)
+        r = self.S.request("POST", "/api/plans/%s/waitlist" % full["id"],
+                           {"customerId": sub["customerId"]}, {"Idempotency-Key": str(uuid.uuid4())})
+        self.assertEqual(r.status, 201, r)
+        entry = r.json
+        h = self.signed_in(email)
+        pays = self.S.request("GET", "/api/customer/payments", headers=h)
+        self.assertEqual(pays.status, 200, pays)
+        self.assertEqual([(p["id"], p["kind"], p["amountCents"], p["subscriptionId"]) for p in pays.json["payments"]],
+                         [(sub["paymentId"], "charge", 900, sub["id"])])
+        line = self.S.request("GET", "/api/customer/waitlist", headers=h)
+        self.assertEqual([(w["id"], w["status"], w["position"]) for w in line.json["entries"]],
+                         [(entry["id"], "waiting", 1)])
+        # the entry's own routes take the session too, and leave it
+        left = self.S.request("POST", "/api/waitlist/%s/leave" % entry["id"], {}, h)
+        self.assertEqual((left.status, left.json["status"]), (200, "left"), left)
+        # someone else's receipts are not theirs to see
+        other, _ = self.customer()
+        h2 = self.signed_in(other)
+        self.assertEqual(len(self.S.request("GET", "/api/customer/payments", headers=h2).json["payments"]), 1)
+        self.assertEqual(self.S.request("GET", "/api/customer/waitlist", headers=h2).json["entries"], [])
+        self.assertEqual(self.S.request("GET", "/api/waitlist/" + entry["id"], headers=h2).status, 404)
+        self.assertEqual(self.S.request("GET", "/api/customer/payments?limit=0", headers=h).status, 400)
+
     def test_another_customers_resources_are_not_found(self):
         email, _ = self.customer()
         _, theirs = self.customer()
