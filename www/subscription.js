@@ -5,7 +5,8 @@ import { api, retrying, money, when, el } from './api.js';
 
 const params = new URLSearchParams(location.hash.slice(1));
 let id = params.get('id');
-let token = params.get('token');
+// a signed-in customer's session opens their own subscriptions (account.js)
+let token = params.get('token') || sessionStorage.getItem('numatix-customer-session');
 let current = null;      // the subscription shown
 let plans = [];
 let changeKey = null;    // the Idempotency-Key of the change attempt in the form

@@ -5,7 +5,8 @@ import { api, retrying, money, when, el } from './api.js';
 
 const params = new URLSearchParams(location.hash.slice(1));
 const id = params.get('id');
-const token = params.get('token');
+// a signed-in customer's session opens their own places in line (account.js)
+const token = params.get('token') || sessionStorage.getItem('numatix-customer-session');
 const facts = document.getElementById('entry');
 const status = document.getElementById('entry-status');
 const offer = document.getElementById('offer');

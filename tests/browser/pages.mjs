@@ -3,8 +3,8 @@
 // test, keeps a screenshot of each page in tests/artifacts/, and ends with "RESULT p f s".
 import { launch, buyThrough, holdThrough, payThrough } from './shop.mjs';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, mkdirSync, readdirSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
 import { createServer as createHttpServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -51,7 +51,43 @@ async function startStack(extra = {}) {
   return { base: `http://127.0.0.1:${port}`, proc, dir, logs: () => log };
 }
 
-const S = await startStack(() => ({}));
+// A real SMTP server on loopback (aiosmtpd, Debian's python3-aiosmtpd) writing each mail it takes
+// to a Maildir: the sign-in test reads its link from there, as a customer reads their mail.
+async function startMailbox() {
+  const dir = mkdtempSync(join(tmpdir(), 'numatix-maildir-'));
+  const port = await freePort();
+  const proc = spawn('/usr/bin/python3', ['-m', 'aiosmtpd', '-n', '-l', `127.0.0.1:${port}`, '-c',
+                                          'aiosmtpd.handlers.Mailbox', join(dir, 'mail')], { stdio: 'ignore' });
+  // listening once it answers a connection
+  for (let i = 0; ; i++) {
+    const up = await new Promise((resolve) => {
+      const c = connect(port, '127.0.0.1', () => { c.end(); resolve(true); });
+      c.on('error', () => resolve(false));
+    });
+    if (up) break;
+    if (i > 400) throw new Error('aiosmtpd did not start');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  // The sign-in links mailed to address: each message's plain text, quoted-printable undone.
+  const links = (address) => {
+    const out = [];
+    for (const sub of ['new', 'cur']) {
+      let names = [];
+      try { names = readdirSync(join(dir, 'mail', sub)); } catch (e) { continue; }
+      for (const n of names) {
+        const raw = readFileSync(join(dir, 'mail', sub, n), 'utf8');
+        if (!raw.toLowerCase().includes(`to: ${address.toLowerCase()}`) && !raw.toLowerCase().includes(`<${address.toLowerCase()}>`)) continue;
+        const text = raw.replace(/=\r?\n/g, '').replace(/=([0-9A-F]{2})/g, (_, h) => String.fromCharCode(parseInt(h, 16)));
+        for (const m of text.matchAll(/#login=(lnk_[A-Za-z0-9_-]+)/g)) if (!out.includes(m[1])) out.push(m[1]);
+      }
+    }
+    return out;
+  };
+  return { url: `smtp://127.0.0.1:${port}`, proc, dir, links };
+}
+const MAIL = await startMailbox();
+
+const S = await startStack(() => ({ NUMATIX_SMTP_URL: MAIL.url, NUMATIX_MAIL_FROM: 'Numatix <seats@example.com>' }));
 const api = async (method, path, body, token = ADMIN) => {
   const r = await fetch(S.base + path, { method, headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
                                          body: body ? JSON.stringify(body) : undefined });
@@ -439,9 +475,63 @@ test('a failed renewal: past due on the page and the dashboard, then paid with a
   }
 });
 
+// A customer comes back: asks for a sign-in link, opens it from the mail, sees what they bought
+// and paid, cancels at period end, and makes a new access link that ends the old one.
+test('the account page: a mailed sign-in link, the customer\'s subscriptions and receipts, a new access link', async () => {
+  const p = await newPlan(4, { interval: 'month', renewal: 'auto' });
+  const email = `account-${Math.random().toString(36).slice(2, 10)}@example.com`;
+  const bought = await (await fetch(S.base + '/api/subscriptions/purchase', { method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'Idempotency-Key': crypto.randomUUID() },
+    body: JSON.stringify({ planId: p.id, paymentMethodId: 'pm_card_visa', customer: { email, name: 'Ada Account' } }) })).json();
+  const { context, page } = await newPage();
+  await page.goto(S.base + '/account.html');
+  await page.getByLabel('Email address').fill(email);
+  await page.locator('#signin-submit').click();
+  await page.locator('#account-status.ok').waitFor();
+  assert.match(await page.locator('#account-status').textContent(), /a sign-in link is on its way/);
+  let token;
+  for (let i = 0; !(token = MAIL.links(email)[0]); i++) {
+    assert.ok(i < 600, 'no sign-in link was mailed');
+    await page.waitForTimeout(50);
+  }
+  await page.goto(`${S.base}/account.html#login=${token}`);
+  await page.locator('#me:not([hidden])').waitFor();
+  assert.equal(await page.locator('dd[data-field="email"]').textContent(), email);
+  assert.equal(new URL(page.url()).hash, '', 'the token is out of the address bar');
+  const row = page.locator(`#subs-table tr[data-id="${bought.id}"]`);
+  await row.waitFor();
+  assert.match(await row.locator('[data-field="next"]').textContent(), /^Renews on/);
+  await page.locator(`#receipts-table tr[data-id="${bought.paymentId}"]`).waitFor();
+  await row.locator('[data-action="cancel-at-end"]').click();
+  await page.waitForFunction((id) => /Ends on/.test(document.querySelector(`#subs-table tr[data-id="${id}"] [data-field="next"]`)?.textContent || ''), bought.id);
+  assert.equal((await api('GET', `/api/subscriptions/${bought.id}`)).json.cancelAtPeriodEnd, true);
+  await row.locator('[data-action="access-link"]').click();
+  await page.locator('#new-access-link').waitFor();
+  await page.screenshot({ path: join(ARTIFACTS, 'account.png'), fullPage: true });
+  const old = await fetch(`${S.base}/api/subscriptions/${bought.id}`, { headers: { Authorization: `Bearer ${bought.accessToken}` } });
+  assert.equal(old.status, 401, 'the old access link no longer works');
+  // the new link opens the subscription page without the session
+  const href = await page.locator('#new-access-link').getAttribute('href');
+  const other = await newPage();
+  await other.page.goto(`${S.base}/${href}`);
+  await other.page.waitForFunction(() => document.querySelector('dd[data-field="status"]')?.textContent === 'active');
+  await other.context.close();
+  // the signed-in customer's subscription page, through the session
+  await row.locator('[data-action="manage"]').click();
+  await page.waitForFunction(() => document.querySelector('dd[data-field="status"]')?.textContent === 'active');
+  // signed out, the used link signs in no more
+  await page.goto(S.base + '/account.html');
+  await page.locator('#signout').click();
+  await page.locator('#signin:not([hidden])').waitFor();
+  await page.goto(`${S.base}/account.html#login=${token}`);
+  await page.locator('#account-status.warn').waitFor();
+  assert.match(await page.locator('#account-status').textContent(), /used already or has expired/);
+  await context.close();
+});
+
 test('no console errors on any page', async () => {
   const { context, page } = await newPage();
-  for (const path of ['/', '/subscription.html#id=x&token=y', '/waitlist.html#id=x&token=y', '/admin.html', '/api.html']) {
+  for (const path of ['/', '/subscription.html#id=x&token=y', '/waitlist.html#id=x&token=y', '/account.html', '/admin.html', '/api.html']) {
     await page.goto(S.base + path);
     await page.waitForLoadState('networkidle');
   }
@@ -474,5 +564,7 @@ if (failed) console.log(S.logs().split('\n').slice(-60).join('\n'));
 S.proc.kill('SIGTERM');
 await new Promise((r) => S.proc.on('exit', r));
 rmSync(S.dir, { recursive: true, force: true });
+MAIL.proc.kill('SIGTERM');
+rmSync(MAIL.dir, { recursive: true, force: true });
 console.log(`RESULT ${passed} ${failed} 0`);
 process.exit(failed ? 1 : 0);
