@@ -27,6 +27,7 @@ void app_ledger_init(struct ledger *lg, struct store *s, const struct config *cf
 	lg->offer_ttl_s = cfg->offer_ttl_s;
 	lg->ndunning = cfg->ndunning;
 	memcpy(lg->dunning_days, cfg->dunning_days, sizeof(lg->dunning_days));
+	lg->renewal_notice_days = cfg->renewal_notice_days;
 	/* without an admin token there is nothing the store does not see to seal with */
 	lg->sealing = cfg->admin_token != NULL;
 	if (lg->sealing)

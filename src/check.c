@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jsonx.h"
 #include "outbox.h"
 #include "util.h"
 
@@ -57,6 +58,8 @@ struct walk {
 	size_t nentries, entries_cap;
 	struct renewal *renewals;         /* successful renewal charges */
 	size_t nrenewals, renewals_cap;
+	char (*reminded)[48];             /* "<subscription>.<period end>" of each reminder mail */
+	size_t nreminded, reminded_cap;
 };
 
 #define REPORT(w, ...) ((w)->report((w)->arg, __VA_ARGS__), (w)->violations++)
@@ -164,7 +167,36 @@ static int on_mail(void *arg, const struct mail *m)
 		REPORT(w, "mail %s keeps a secret in its data", m->id);
 	if (m->secret && strncmp(m->secret, "nx1.", 4))
 		REPORT(w, "mail %s keeps a secret unsealed", m->id);
+	if (!strcmp(m->kind, MAIL_REMINDER)) {
+		struct json_object *d = NULL;
+		char why[8];
+		if (w->nreminded == w->reminded_cap) {
+			w->reminded_cap = w->reminded_cap ? 2 * w->reminded_cap : 64;
+			w->reminded = xrealloc(w->reminded, w->reminded_cap * sizeof(*w->reminded));
+		}
+		if (jsonx_parse(m->data, strlen(m->data), &d, why, sizeof(why)) == 0) {
+			const char *sub = jsonx_str(d, "subscriptionId");
+			snprintf(w->reminded[w->nreminded++], sizeof(*w->reminded), "%.24s.%lld", sub ? sub : "",
+				 (long long)jsonx_int(d, "periodEnd"));
+		}
+		json_object_put(d);
+	}
 	return 0;
+}
+
+static int reminded_cmp(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* 7: one reminder per subscription and period */
+static void reminders_done(struct walk *w)
+{
+	if (w->nreminded)
+		qsort(w->reminded, w->nreminded, sizeof(*w->reminded), reminded_cmp);
+	for (size_t i = 1; i < w->nreminded; i++)
+		if (!strcmp(w->reminded[i], w->reminded[i - 1]))
+			REPORT(w, "the period %s was reminded more than once", w->reminded[i]);
 }
 
 static int on_entry(void *arg, const struct waitlist_entry *e)
@@ -453,10 +485,12 @@ int check_run(struct ledger *lg, check_report_fn report, void *arg, int *violati
 		activations_done(&w);
 		entries_done(&w);
 		renewals_done(&w);
+		reminders_done(&w);
 		rc = feed_gapless(lg, &w, e);
 	}
 	free(w.by_id);
 	free(w.renewals);
+	free(w.reminded);
 	free(w.entries);
 	free(w.charged);
 	free(w.plans);

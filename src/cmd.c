@@ -208,8 +208,8 @@ static int cmd_renew(const struct config *cfg, int argc, char **argv)
 	else {
 		if (st.ran)
 			printf("renew: %d renewed, %d past due, %d cancelled, %d ended, %d late renewals refunded, "
-			       "%d left for the next pass\n", st.life.renewed, st.life.past_due, st.life.cancelled,
-			       st.life.ended, st.life.refunded, st.life.unknown);
+			       "%d left for the next pass, %d reminded\n", st.life.renewed, st.life.past_due,
+			       st.life.cancelled, st.life.ended, st.life.refunded, st.life.unknown, st.life.reminded);
 		else
 			printf("renew: another renewer is running; nothing done\n");
 		rc = 0;

@@ -22,7 +22,7 @@ static const char *const known[] = {
 	"NUMATIX_CORS_ORIGINS", "NUMATIX_CHECKOUT_TTL", "NUMATIX_USER", "NUMATIX_WEBHOOK_RETRY_HOURS",
 	"NUMATIX_OFFER_TTL", "NUMATIX_RENEW_INTERVAL", "NUMATIX_DUNNING_DAYS",
 	"NUMATIX_SMTP_URL", "NUMATIX_SMTP_USER", "NUMATIX_SMTP_PASSWORD", "NUMATIX_MAIL_FROM", "NUMATIX_PUBLIC_URL",
-	"NUMATIX_MAIL_INTERVAL",
+	"NUMATIX_MAIL_INTERVAL", "NUMATIX_RENEWAL_NOTICE_DAYS",
 };
 #define NKNOWN (sizeof(known) / sizeof(known[0]))
 
@@ -439,6 +439,7 @@ int config_load(struct config *cfg, struct err *e)
 	    env_int("NUMATIX_REAP_INTERVAL", 10, 1, 3600, &cfg->reap_interval_s, e) ||
 	    env_int("NUMATIX_RENEW_INTERVAL", 10, 1, 3600, &cfg->renew_interval_s, e) ||
 	    env_int("NUMATIX_MAIL_INTERVAL", 1, 1, 3600, &cfg->mail_interval_s, e) ||
+	    env_int("NUMATIX_RENEWAL_NOTICE_DAYS", 7, 0, 60, &cfg->renewal_notice_days, e) ||
 	    env_int("NUMATIX_KEY_RETENTION_HOURS", 24, 1, 24 * 365, &cfg->key_retention_h, e) ||
 	    env_int("NUMATIX_WEBHOOK_RETRY_HOURS", 72, 1, 24 * 30, &cfg->webhook_retry_h, e) ||
 	    env_int("NUMATIX_REPLICA_MAX_LAG_MS", 1000, 0, 3600000, &cfg->replica_max_lag_ms, e))

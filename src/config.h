@@ -31,6 +31,7 @@ struct config {
 	int max_body;            /* NUMATIX_MAX_BODY bytes */
 	int reap_interval_s;     /* NUMATIX_REAP_INTERVAL */
 	int renew_interval_s;    /* NUMATIX_RENEW_INTERVAL: between the renewer's passes */
+	int renewal_notice_days; /* NUMATIX_RENEWAL_NOTICE_DAYS: a period's end mailed about this many days before */
 	int dunning_days[16];    /* NUMATIX_DUNNING_DAYS: ascending days after a period's end */
 	int ndunning;
 	int key_retention_h;     /* NUMATIX_KEY_RETENTION_HOURS */

@@ -59,6 +59,7 @@ struct ledger {
 	 * tried again, ascending. */
 	int dunning_days[DUNNING_MAX];
 	int ndunning;
+	int renewal_notice_days;              /* a period's end is mailed about this many days before; 0: never */
 };
 
 /* A secret as it is kept in the store (seal.h): sealed when the ledger seals; new. And back:

@@ -531,3 +531,41 @@ int life_payment_method(struct ledger *lg, const struct actor *a, const char *id
 	err_set(e, ERR_RETRYABLE, NULL, "subscription %s kept changing", id);
 	return -1;
 }
+
+#define REMIND_BATCH 200
+
+int life_remind(struct ledger *lg, const struct actor *a, struct life_stats *st, struct err *e)
+{
+	struct subscription *subs = NULL;
+	int64_t now = now_ms(), days = lg->renewal_notice_days;
+	size_t n = 0;
+	int rc = 0;
+
+	if (days <= 0)
+		return 0;
+	/* the notice is counted in calendar days: a day more covers any change of summer time */
+	if (lg->store->ops->subs_to_remind(lg->store, now + (days + 1) * 86400000, REMIND_BATCH, &subs, &n, e))
+		return -1;
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct subscription *sub = &subs[i];
+		const char *zone = *sub->life.term_zone ? sub->life.term_zone : "UTC";
+		int64_t at, start = sub->life.period_start ? sub->life.period_start : sub->start_at;
+		struct outbox_mail m;
+		bool marked;
+		if (period_days_before(sub->end_at, (int)days, zone, &at) || at > now)
+			continue;   /* not yet (or a zone this machine does not know: never) */
+		/* a period no longer than the notice: marked, mailed nothing (it would come with the period) */
+		bool mail = at > start;
+		outbox_reminder(&m, sub, a->trace_id);
+		const struct event_spec ev = {"subscription.period_ending", "subscription", sub->id, EV_NO_COUNTS, NULL,
+					      &m.spec};
+		rc = lg->store->ops->remind(lg->store, sub->id, sub->end_at, &ev, mail ? 1 : 0, a, &marked, e);
+		if (rc == 0 && marked && mail)
+			st->reminded++;
+		outbox_mail_clear(&m);
+	}
+	for (size_t i = 0; i < n; i++)
+		subscription_clear(&subs[i]);
+	free(subs);
+	return rc;
+}

@@ -26,7 +26,7 @@ int life_begin(struct sub_life *l, int64_t at, int64_t *end);
 void life_renewal_key(const struct subscription *s, char key[PAYMENT_KEY_LEN + 1]);
 
 struct life_stats {
-	int renewed, past_due, cancelled, ended, refunded, unknown;
+	int renewed, past_due, cancelled, ended, refunded, unknown, reminded;
 };
 
 /* What is due of one subscription subs_due gave, at now: its renewal charged and settled, a
@@ -38,6 +38,11 @@ int life_due(struct ledger *lg, const struct actor *a, const struct subscription
 int life_reconcile(struct ledger *lg, const struct actor *a, struct life_stats *st, struct err *e);
 /* Renewals charged after their period was served or ended (recorded "late"): refunded. */
 int life_refund_late(struct ledger *lg, const struct actor *a, struct life_stats *st, struct err *e);
+
+/* Reminders of the periods ending in lg->renewal_notice_days days of their plan's calendar (a
+ * renewal with its amount, or an end), each period's once: a mail with event
+ * subscription.period_ending. A period no longer than the notice gets none. */
+int life_remind(struct ledger *lg, const struct actor *a, struct life_stats *st, struct err *e);
 
 /* What is due within the coming days (subs_due at now + days), at most limit, soonest first;
  * *out: new array, free each with subscription_clear. */

@@ -28,6 +28,8 @@ EMBED(numatix_mail_offer_txt, "offer.txt");
 EMBED(numatix_mail_offer_html, "offer.html");
 EMBED(numatix_mail_login_txt, "login.txt");
 EMBED(numatix_mail_login_html, "login.html");
+EMBED(numatix_mail_reminder_txt, "reminder.txt");
+EMBED(numatix_mail_reminder_html, "reminder.html");
 
 static const struct template {
 	const char *kind, *text, *html;
@@ -37,6 +39,7 @@ static const struct template {
 	{"ended", numatix_mail_ended_txt, numatix_mail_ended_html},
 	{"offer", numatix_mail_offer_txt, numatix_mail_offer_html},
 	{"login", numatix_mail_login_txt, numatix_mail_login_html},
+	{"reminder", numatix_mail_reminder_txt, numatix_mail_reminder_html},
 };
 
 void mail_message_clear(struct mail_message *m)
@@ -124,6 +127,13 @@ struct json_object *mail_values(const struct mail *m, const struct customer *c, 
 		char *r = xasprintf(jsonx_int(data, "renews") ? "It renews on %s." : "It ends on %s.",
 				    json_object_get_string(json_object_object_get(vars, "periodEnd")));
 		put(vars, "renewal", r);
+		free(r);
+		const char *end = json_object_get_string(json_object_object_get(vars, "periodEnd"));
+		const char *amount = json_object_get_string(json_object_object_get(vars, "amount"));
+		r = jsonx_int(data, "renews")
+			    ? xasprintf("It renews on %s: we charge %s to your saved card then.", end, amount)
+			    : xasprintf("It ends on %s: nothing more is charged, and its seats go back on sale.", end);
+		put(vars, "upcoming", r);
 		free(r);
 	}
 	const char *code = jsonx_str(data, "declineCode");

@@ -9,7 +9,7 @@
 #include "util.h"
 
 const char *const outbox_kinds[OUTBOX_KINDS] = {MAIL_RECEIPT, MAIL_PAYMENT_FAILED, MAIL_ENDED, MAIL_OFFER,
-						    MAIL_LOGIN};
+						    MAIL_LOGIN, MAIL_REMINDER};
 
 int outbox_kind_index(const char *kind)
 {
@@ -109,6 +109,16 @@ void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w, const c
 	finish(m, MAIL_OFFER, w->customer_id, o, trace_id);
 }
 
+void outbox_reminder(struct outbox_mail *m, const struct subscription *sub, const char *trace_id)
+{
+	struct json_object *o = about(sub);
+
+	add_int(o, "amountCents", sub->amount_cents);
+	add_int(o, "periodEnd", sub->end_at);
+	add_int(o, "renews", sub->plan_renews && !sub->life.cancel_at_period_end);
+	finish(m, MAIL_REMINDER, sub->customer_id, o, trace_id);
+}
+
 void outbox_login(struct outbox_mail *m, int64_t expires_at, const char *sealed_token, const char *trace_id)
 {
 	struct json_object *o = json_object_new_object();
@@ -128,6 +138,7 @@ static const struct cause {
 	{MAIL_ENDED, "subscription.cancelled"},
 	{MAIL_OFFER, "waitlist.offered"},
 	{MAIL_LOGIN, "customer.login_requested"},
+	{MAIL_REMINDER, "subscription.period_ending"},
 };
 
 bool outbox_caused_by(const char *kind, const char *action)

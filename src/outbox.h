@@ -20,9 +20,10 @@
 #define MAIL_ENDED "ended"
 #define MAIL_OFFER "offer"
 #define MAIL_LOGIN "login"
+#define MAIL_REMINDER "reminder"
 
 /* Every kind, in a fixed order (metrics count by it); the index of a kind, or -1. */
-#define OUTBOX_KINDS 5
+#define OUTBOX_KINDS 6
 extern const char *const outbox_kinds[OUTBOX_KINDS];
 int outbox_kind_index(const char *kind);
 
@@ -46,6 +47,9 @@ void outbox_ended(struct outbox_mail *m, const struct subscription *sub, const c
 /* A waiting-list offer: the entry's session, its seats and its deadline. */
 void outbox_offer(struct outbox_mail *m, const struct waitlist_entry *w, const char *trace_id);
 
+/* A period's end coming (NUMATIX_RENEWAL_NOTICE_DAYS before it): its renewal and amount, or its
+ * end. */
+void outbox_reminder(struct outbox_mail *m, const struct subscription *sub, const char *trace_id);
 /* A login link (signin.h): its token only sealed, in the row's secret, and its expiry. */
 void outbox_login(struct outbox_mail *m, int64_t expires_at, const char *sealed_token, const char *trace_id);
 

@@ -66,3 +66,17 @@ int period_end(int64_t anchor_ms, enum period_unit u, int count, const char *zon
 	*end_ms = tz_local_to_utc(z, days * 86400 + sod) * 1000 + ms;
 	return 0;
 }
+
+int period_days_before(int64_t at_ms, int days, const char *zone, int64_t *out_ms)
+{
+	const struct tz *z = period_zone_known(zone) ? tz_get(zone) : NULL;
+	int64_t secs, ms, local;
+
+	if (!z)
+		return -1;
+	secs = civil_floor_div(at_ms, 1000);
+	ms = at_ms - secs * 1000;
+	local = secs + tz_offset_at(z, secs) - (int64_t)days * 86400;
+	*out_ms = tz_local_to_utc(z, local) * 1000 + ms;
+	return 0;
+}

@@ -28,4 +28,9 @@ bool period_zone_known(const char *name);
  * since the epoch. 0, or -1 when the zone is unknown or the term is not one. */
 int period_end(int64_t anchor_ms, enum period_unit u, int count, const char *zone, int64_t k, int64_t *end_ms);
 
+/* The instant `days` days of the zone's calendar before at_ms, at the same wall-clock time (a
+ * reminder 7 days before a period's end: 7 x 24 hours, give or take a change of summer time).
+ * 0, or -1 when the zone is unknown. */
+int period_days_before(int64_t at_ms, int days, const char *zone, int64_t *out_ms);
+
 #endif

@@ -51,10 +51,13 @@ int renewer_run(struct ledger *lg, const char *holder, bool (*stop)(void), struc
 			break;
 	}
 	if (rc == 0 && st->ran)
-		rc = life_reconcile(lg, &a, &st->life, e) || life_refund_late(lg, &a, &st->life, e) ? -1 : 0;
-	if (st->life.renewed || st->life.past_due || st->life.cancelled || st->life.ended || st->life.refunded)
-		LOG_INFO(trace, "renewer: %d renewed, %d past due, %d cancelled, %d ended, %d late renewals refunded",
-			 st->life.renewed, st->life.past_due, st->life.cancelled, st->life.ended, st->life.refunded);
+		rc = life_reconcile(lg, &a, &st->life, e) || life_refund_late(lg, &a, &st->life, e) ||
+		     life_remind(lg, &a, &st->life, e) ? -1 : 0;
+	if (st->life.renewed || st->life.past_due || st->life.cancelled || st->life.ended || st->life.refunded ||
+	    st->life.reminded)
+		LOG_INFO(trace, "renewer: %d renewed, %d past due, %d cancelled, %d ended, %d late renewals refunded,"
+			 " %d reminded", st->life.renewed, st->life.past_due, st->life.cancelled, st->life.ended,
+			 st->life.refunded, st->life.reminded);
 	if (st->ran) {
 		/* Give the lease back, so the next pass (from any machine) need not wait it out. */
 		struct err ignored = {0};

@@ -340,6 +340,15 @@ struct store_ops {
 	int (*session_get)(struct store *s, const char *id, struct customer_session *out, bool *found,
 			   struct err *e);
 	int (*session_end)(struct store *s, const char *id, int64_t now, bool *found, struct err *e);
+	/* Renewal reminders. to_remind: active subscriptions whose period ends by `by` and whose
+	 * reminder of that period was not sent, soonest first. remind: in one unit, the reminder of
+	 * the period ending at end_at marked sent on sub_id with its events (a mail), if sub_id is
+	 * still active, still ends then, and was not reminded of it; *marked false (nothing
+	 * written) otherwise, so that however many renewers race, a period has one reminder. */
+	int (*subs_to_remind)(struct store *s, int64_t by, int limit, struct subscription **out, size_t *n,
+			      struct err *e);
+	int (*remind)(struct store *s, const char *sub_id, int64_t end_at, const struct event_spec *ev, size_t nev,
+		      const struct actor *a, bool *marked, struct err *e);
 	/* A customer's own, newest first, at most limit: the money of their subscriptions (charges,
 	 * renewals and refunds that succeeded or were refunded since, and charges authorized for a seat
 	 * that keeps them, to be captured), and their waiting-list entries with positions. */

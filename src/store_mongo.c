@@ -2886,6 +2886,63 @@ static int mg_holds_overdue(struct store *st, int64_t now, int limit, struct sub
 	return rc;
 }
 
+static int mg_subs_to_remind(struct store *st, int64_t by, int limit, struct subscription **out, size_t *n,
+			     struct err *e)
+{
+	/* by the index of status and end_at; a document from before reminders has none sent */
+	bson_t *f = BCON_NEW("status", BCON_UTF8("active"), "end_at", "{", "$lte", BCON_DATE_TIME(by), "}",
+			     "$expr", "{", "$ne", "[", BCON_UTF8("$reminded_end_at"), BCON_UTF8("$end_at"), "]", "}");
+	bson_t *opts = BCON_NEW("sort", "{", "end_at", BCON_INT32(1), "}", "limit", BCON_INT64(limit));
+	int rc = find_all(MG(st)->subs, f, opts, sizeof(**out), sub_item, (void **)out, n, e);
+
+	if (rc == 0)
+		rc = plan_names(MG(st), *out, *n, e);
+	bson_destroy(f);
+	bson_destroy(opts);
+	return rc;
+}
+
+struct remind_arg {
+	const char *sub_id;
+	int64_t end_at;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
+
+static int remind_tx(struct mg *s, mongoc_client_session_t *cs, void *arg, bson_t *reply, struct err *e)
+{
+	struct remind_arg *x = arg;
+	bson_t *f = by_id(x->sub_id), *u, *doc = NULL;
+	char plan_id[ID_LEN + 1] = "";
+	bool found = false;
+	int rc;
+
+	BCON_APPEND(f, "status", BCON_UTF8("active"), "end_at", BCON_DATE_TIME(x->end_at), "reminded_end_at", "{", "$ne",
+		    BCON_DATE_TIME(x->end_at), "}");
+	u = BCON_NEW("$set", "{", "reminded_end_at", BCON_DATE_TIME(x->end_at), "}");
+	rc = modify(s->subs, cs, f, u, &doc, &found, reply, e, "reminder");
+	bson_destroy(f);
+	bson_destroy(u);
+	if (rc || !found) {
+		bson_destroy(doc);
+		return rc ? -1 : 1;
+	}
+	get_id(doc, "plan_id", plan_id, sizeof(plan_id));
+	bson_destroy(doc);
+	return events_put(s, cs, x->a, now_ms(), plan_id, x->ev, x->nev, NULL, NULL, reply, e) ? -1 : 0;
+}
+
+static int mg_remind(struct store *st, const char *sub_id, int64_t end_at, const struct event_spec *ev, size_t nev,
+		     const struct actor *a, bool *marked, struct err *e)
+{
+	struct remind_arg x = {sub_id, end_at, ev, nev, a};
+	int rc = transaction(MG(st), remind_tx, &x, e);
+
+	*marked = rc == 0;
+	return rc < 0 ? -1 : 0;
+}
+
 static int64_t due_of(const struct subscription *s)
 {
 	return !strcmp(s->status, "past_due") ? s->life.next_attempt_at : s->end_at;
@@ -3247,6 +3304,8 @@ static const struct store_ops mongo_ops = {
 	.session_end = mg_session_end,
 	.customer_payments = mg_customer_payments,
 	.customer_entries = mg_customer_entries,
+	.subs_to_remind = mg_subs_to_remind,
+	.remind = mg_remind,
 	.mail_list = mg_mail_list,
 	.lease_take = mg_lease_take,
 	.holds_overdue = mg_holds_overdue,

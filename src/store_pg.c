@@ -161,7 +161,9 @@ static const char *const MIGRATIONS[] = {
 	" id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, token_hash TEXT NOT NULL,"
 	" created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, ended_at BIGINT);"
 	"CREATE INDEX payments_subscription ON payments (subscription_id, created_at);"
-	"CREATE INDEX waitlist_customer ON waitlist (customer_id, created_at);",
+	"CREATE INDEX waitlist_customer ON waitlist (customer_id, created_at);"
+	/* the period whose reminder was sent (its end): one per period */
+	"ALTER TABLE subscriptions ADD COLUMN reminded_end_at BIGINT NOT NULL DEFAULT 0;",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -2098,6 +2100,54 @@ static int pg_subs_due(struct store *st, int64_t now, int limit, struct subscrip
 	return subs_read(PG(st), sql, now, limit, out, n, e);
 }
 
+static int pg_subs_to_remind(struct store *st, int64_t by, int limit, struct subscription **out, size_t *n,
+			     struct err *e)
+{
+	static const char sql[] =
+		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id WHERE s.status = 'active'"
+		" AND s.end_at <= $1 AND s.reminded_end_at <> s.end_at ORDER BY s.end_at LIMIT $2";
+
+	return subs_read(PG(st), sql, by, limit, out, n, e);
+}
+
+struct remind_arg {
+	const char *sub_id;
+	int64_t end_at;
+	const struct event_spec *ev;
+	size_t nev;
+	const struct actor *a;
+};
+
+static int remind_tx(struct pg *s, void *arg, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE subscriptions SET reminded_end_at = $1 WHERE id = $2 AND status = 'active' AND end_at = $1"
+		" AND reminded_end_at <> $1 RETURNING plan_id";
+	struct remind_arg *x = arg;
+	char plan_id[ID_LEN + 1];
+	PGresult *r = q(s, sql, e, "it", x->end_at, x->sub_id);
+
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 0) {
+		PQclear(r);
+		return 1;   /* reminded already, or moved on: nothing to commit */
+	}
+	col_copy(r, 0, 0, plan_id, sizeof(plan_id));
+	PQclear(r);
+	return events_put(s, x->a, now_ms(), plan_id, x->ev, x->nev, NULL, NULL, e) ? -1 : 0;
+}
+
+static int pg_remind(struct store *st, const char *sub_id, int64_t end_at, const struct event_spec *ev, size_t nev,
+		     const struct actor *a, bool *marked, struct err *e)
+{
+	struct remind_arg x = {sub_id, end_at, ev, nev, a};
+	int rc = tx(PG(st), WRITE, remind_tx, &x, e);
+
+	*marked = rc == 0;
+	return rc < 0 ? -1 : 0;
+}
+
 static int pg_holds_overdue(struct store *st, int64_t now, int limit, struct subscription **out, size_t *n,
 			    struct err *e)
 {
@@ -2410,6 +2460,8 @@ static const struct store_ops pg_ops = {
 	.session_end = pg_session_end,
 	.customer_payments = pg_customer_payments,
 	.customer_entries = pg_customer_entries,
+	.subs_to_remind = pg_subs_to_remind,
+	.remind = pg_remind,
 	.lease_take = pg_lease_take,
 	.holds_overdue = pg_holds_overdue,
 	.subs_due = pg_subs_due,

@@ -164,6 +164,10 @@ READ(customer_payments, (struct store *s, const char *customer_id, int limit, st
 			  struct err *e), (h, customer_id, limit, out, n, e))
 READ(customer_entries, (struct store *s, const char *customer_id, int limit, struct waitlist_entry **out, size_t *n,
 			 struct err *e), (h, customer_id, limit, out, n, e))
+READ(subs_to_remind, (struct store *s, int64_t by, int limit, struct subscription **out, size_t *n, struct err *e),
+     (h, by, limit, out, n, e))
+FORWARD(remind, (struct store *s, const char *sub_id, int64_t end_at, const struct event_spec *ev, size_t nev,
+		 const struct actor *a, bool *marked, struct err *e), (h, sub_id, end_at, ev, nev, a, marked, e))
 FORWARD(waitlist_join, (struct store *s, const struct join_req *r, const struct actor *a, struct join_out *out,
 			 struct err *e), (h, r, a, out, e))
 READ(entry_get, (struct store *s, const char *id, struct waitlist_entry *out, bool *found, struct err *e),
@@ -262,6 +266,8 @@ static const struct store_ops pool_ops = {
 	.session_end = pool_session_end,
 	.customer_payments = pool_customer_payments,
 	.customer_entries = pool_customer_entries,
+	.subs_to_remind = pool_subs_to_remind,
+	.remind = pool_remind,
 	.lease_take = pool_lease_take,
 	.holds_overdue = pool_holds_overdue,
 	.subs_due = pool_subs_due,

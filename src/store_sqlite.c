@@ -220,7 +220,9 @@ static const char MIGRATE_8_9[] =
 	" id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, token_hash TEXT NOT NULL,"
 	" created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, ended_at INTEGER);"
 	"CREATE INDEX IF NOT EXISTS payments_subscription ON payments(subscription_id, created_at);"
-	"CREATE INDEX IF NOT EXISTS waitlist_customer ON waitlist(customer_id, created_at);";
+	"CREATE INDEX IF NOT EXISTS waitlist_customer ON waitlist(customer_id, created_at);"
+	/* the period whose reminder was sent (its end): one per period */
+	"ALTER TABLE subscriptions ADD COLUMN reminded_end_at INTEGER NOT NULL DEFAULT 0;";
 
 /* Version 1 kept an event's seat counts as JSON text in before/after; version 2 keeps them as
  * numbers, and a payment's summary in detail. */
@@ -2288,6 +2290,44 @@ static int read_subs_due(struct store *st_, int64_t now, int limit, struct subsc
 	return page_rows(st, sizeof(**out), limit, sub_row, (void **)out, n, sub_clear_v, e);
 }
 
+static int read_subs_to_remind(struct store *st_, int64_t by, int limit, struct subscription **out, size_t *n,
+			       struct err *e)
+{
+	static const char sql[] =
+		"SELECT " SUB_COLS " FROM subscriptions s JOIN plans p ON p.id = s.plan_id"
+		" WHERE s.status = 'active' AND s.end_at <= ? AND s.reminded_end_at <> s.end_at ORDER BY s.end_at LIMIT ?";
+
+	return page_rows(q(SQ(st_), sql, e, "ii", by, (int64_t)limit), sizeof(**out), limit, sub_row, (void **)out, n,
+			 sub_clear_v, e);
+}
+
+static int sq_remind(struct store *st_, const char *sub_id, int64_t end_at, const struct event_spec *ev, size_t nev,
+		     const struct actor *a, bool *marked, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE subscriptions SET reminded_end_at = ?1 WHERE id = ?2 AND status = 'active' AND end_at = ?1"
+		" AND reminded_end_at <> ?1 RETURNING plan_id";
+	struct sq *s = SQ(st_);
+	char plan_id[ID_LEN + 1] = "";
+	sqlite3_stmt *st;
+	int r, rc = -1;
+
+	*marked = false;
+	if (BEGIN(s, e))
+		return -1;
+	if (!(st = q(s, sql, e, "it", end_at, sub_id)) || (r = step(st, e)) < 0)
+		goto out;
+	if (r == 1)
+		col_copy(st, 0, plan_id, sizeof(plan_id));
+	sqlite3_reset(st);
+	*marked = r == 1;
+	rc = r == 1 ? events_put(s, a, now_ms(), plan_id, ev, nev, NULL, NULL, e) : 0;
+out:
+	if (rc)
+		*marked = false;
+	return END(s, rc, e);
+}
+
 static void payment_row(sqlite3_stmt *st, void *item)
 {
 	payment_read(st, 0, item);
@@ -2612,6 +2652,9 @@ DURABLE_READ(customer_payments, (struct store *st_, const char *customer_id, int
 DURABLE_READ(customer_entries, (struct store *st_, const char *customer_id, int limit, struct waitlist_entry **out,
 				   size_t *n, struct err *e),
 	     (st_, customer_id, limit, out, n, e), FREE_ALL(out, n))
+DURABLE_READ(subs_to_remind, (struct store *st_, int64_t by, int limit, struct subscription **out, size_t *n,
+				 struct err *e),
+	     (st_, by, limit, out, n, e), FREE_EACH(out, n, subscription_clear))
 DURABLE_READ(key_get, (struct store *st_, const char *key, struct key_record *out, bool *found, struct err *e),
 	     (st_, key, out, found, e), key_record_clear(out))
 DURABLE_READ(payment_totals, (struct store *st_, struct payment_total **out, size_t *n, struct err *e), (st_, out, n, e),
@@ -2668,6 +2711,8 @@ static const struct store_ops sqlite_ops = {
 	.session_end = sq_session_end,
 	.customer_payments = sq_customer_payments,
 	.customer_entries = sq_customer_entries,
+	.subs_to_remind = sq_subs_to_remind,
+	.remind = sq_remind,
 	.close = sq_close,
 	.ping = sq_ping,
 	.reset = sq_reset,

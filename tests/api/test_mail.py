@@ -2,8 +2,11 @@
 with its change and sent once, MIME as readers expect, no secret in any byte; a server that
 defers, refuses, or is down, against the retry schedule (the server's clock moved by
 libfaketime, never a sleep)."""
+import calendar
 import os
+import re
 import signal
+import threading
 import time
 import unittest
 import uuid
@@ -273,3 +276,97 @@ class Mail(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def iso_s(t):
+    """Seconds since the epoch of an API time (UTC, milliseconds)."""
+    return calendar.timegm(time.strptime(t[:19], "%Y-%m-%dT%H:%M:%S")) + int(t[20:23]) / 1000
+
+
+class Reminders(unittest.TestCase):
+    """NUMATIX_RENEWAL_NOTICE_DAYS before a period ends, in the plan's calendar: one mail of its
+    renewal (with the amount) or of its end, once per period, however many renewers race."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.box = Mailbox().start()
+        cls.clock = Clock()
+        cls.S = Stack(NUMATIX_SMTP_URL=cls.box.url, NUMATIX_PUBLIC_URL=PUBLIC, NUMATIX_RENEW_INTERVAL=3600,
+                      NUMATIX_RENEWAL_NOTICE_DAYS=7, **cls.clock.env()).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.S.cleanup()
+        cls.box.stop()
+        cls.clock.cleanup()
+
+    def buy(self, plan, email):
+        r = self.S.purchase(plan["id"], email=email)
+        self.assertEqual(r.status, 201, r)
+        return r.json
+
+    def move_to(self, t):
+        """The server's clock to t (seconds since the epoch), if it is not past it."""
+        self.clock.advance(max(0, t - (time.time() + self.clock.offset_s)))
+
+    def racing_renewers(self, n=3):
+        """n `numatix renew` passes at once, as crons of several machines; their reports."""
+        out = []
+        threads = [threading.Thread(target=lambda: out.append(self.S.command("renew").stdout)) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+    def reminders(self, to):
+        return self.box.to(to, subject_has="Coming up")
+
+    def test_one_reminder_a_period_of_its_renewal_or_its_end(self):
+        p = self.S.create_plan(capacity=5, price=1500, interval="month", renewal="auto", timezone="Europe/Berlin",
+                               name="Monthly %s" % uuid.uuid4().hex[:6])
+        renews, ends = "r-%s@example.com" % uuid.uuid4().hex[:8], "e-%s@example.com" % uuid.uuid4().hex[:8]
+        a, b = self.buy(p, renews), self.buy(p, ends)
+        r = self.S.request("POST", "/api/subscriptions/%s/cancel" % b["id"], {"atPeriodEnd": True},
+                           {"Authorization": "Bearer " + b["accessToken"]})
+        self.assertEqual(r.status, 200, r)
+        # not yet: more than 7 days before the end
+        self.assertIn("0 reminded", self.S.renew())
+        # 7 days of Berlin's calendar before the end, and a minute
+        end = iso_s(a["currentPeriodEnd"])
+        self.move_to(end - 7 * 86400 + 60)
+        reports = self.racing_renewers()
+        self.assertEqual(sum(int(re.search(r"(\d+) reminded", x).group(1)) for x in reports if "reminded" in x), 2,
+                         reports)
+        until(lambda: self.reminders(renews) and self.reminders(ends), what="both reminders sent")
+        [ra] = self.reminders(renews)
+        text = ra.get_body(("plain",)).get_content()
+        self.assertIn("It renews on", text)
+        self.assertIn("15.00 USD", text)
+        self.assertIn(PUBLIC + "/account.html#subscription=" + a["id"], text)
+        [rb] = self.reminders(ends)
+        self.assertIn("It ends on", rb.get_body(("plain",)).get_content())
+        events = self.S.audit("subscription.period_ending", p["id"])
+        self.assertEqual(sorted(e["resourceId"] for e in events), sorted([a["id"], b["id"]]))
+        # again: nothing more for this period
+        self.assertIn("0 reminded", self.S.renew())
+        # the renewal, then the next period's reminder: one more for the one that renews only
+        self.move_to(end + 60)
+        self.S.renew()
+        g = self.S.admin("GET", "/api/subscriptions/" + a["id"]).json
+        self.assertEqual((g["status"], g["periodIndex"]), ("active", 1), g)
+        self.move_to(iso_s(g["currentPeriodEnd"]) - 7 * 86400 + 60)
+        self.assertIn("1 reminded", self.S.renew())
+        until(lambda: len(self.reminders(renews)) == 2, what="the second period's reminder")
+        self.assertEqual(len(self.reminders(ends)), 1)
+        ok, out = self.S.check()
+        self.assertTrue(ok, out)
+
+    def test_a_period_no_longer_than_the_notice_is_not_reminded(self):
+        p = self.S.create_plan(capacity=5, price=300, interval="week", renewal="auto",
+                               name="Weekly %s" % uuid.uuid4().hex[:6])
+        to = "w-%s@example.com" % uuid.uuid4().hex[:8]
+        s = self.buy(p, to)
+        self.move_to(iso_s(s["currentPeriodEnd"]) - 3600)
+        self.assertIn("0 reminded", self.S.renew())
+        self.assertEqual(self.S.audit("subscription.period_ending", p["id"]), [])

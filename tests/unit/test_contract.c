@@ -1460,6 +1460,64 @@ static void test_signin_races_across_processes(void **state)
 	fixture_free(x);
 }
 
+/* A period's reminder, asked by racing processes: one marks it, with one event and one mail; the
+ * next period is another. */
+static void test_reminder_once_a_period_across_processes(void **state)
+{
+	enum { PROCS = 6 };
+	struct fixture *x = fixture_new(1, 600);
+	struct subscription sub = {0};
+	struct err e = {0};
+	char id[ID_LEN + 1];
+	int fds[2], won = 0, status;
+
+	(void)state;
+	bought(x, id);
+	assert_int_equal(ledger_sub_get(&x->lg, id, &sub, &e), 0);
+	assert_int_equal(pipe(fds), 0);
+	for (int i = 0; i < PROCS; i++) {
+		if (fork() == 0) {
+			struct err ce = {0};
+			struct store *s = store_open(store_url, &ce);
+			struct actor a = {"race", "system", "renewer", NULL};
+			const struct event_spec ev = {"subscription.period_ending", "subscription", id, EV_NO_COUNTS, NULL,
+						      &(struct mail_spec){"reminder", sub.customer_id, "{}", NULL}};
+			bool marked = false;
+			char n = s->ops->remind(s, id, sub.end_at, &ev, 1, &a, &marked, &ce) == 0 && marked;
+			if (write(fds[1], &n, 1) != 1)
+				_exit(1);
+			store_close(s);
+			_exit(0);
+		}
+	}
+	close(fds[1]);
+	for (int i = 0; i < PROCS; i++) {
+		char n;
+		assert_int_equal(read(fds[0], &n, 1), 1);
+		won += n;
+	}
+	close(fds[0]);
+	while (wait(&status) > 0)
+		assert_int_equal(status, 0);
+	assert_int_equal(won, 1);
+	/* no longer to remind; and a period that is not its own is never marked */
+	struct subscription *due = NULL;
+	size_t n = 0;
+	bool marked = true;
+	struct actor a = {"test", "system", "renewer", NULL};
+	assert_int_equal(x->s->ops->subs_to_remind(x->s, sub.end_at, 10, &due, &n, &e), 0);
+	for (size_t i = 0; i < n; i++) {
+		assert_string_not_equal(due[i].id, id);
+		subscription_clear(&due[i]);
+	}
+	free(due);
+	assert_int_equal(x->s->ops->remind(x->s, id, sub.end_at + 1, NULL, 0, &a, &marked, &e), 0);
+	assert_false(marked);
+	subscription_clear(&sub);
+	assert_int_equal(violations(x), 0);
+	fixture_free(x);
+}
+
 static int run_on(const char *url, const char *name)
 {
 	const struct CMUnitTest tests[] = {
@@ -1485,6 +1543,7 @@ static int run_on(const char *url, const char *name)
 		cmocka_unit_test(test_signin_links_and_sessions),
 		cmocka_unit_test(test_signin_link_expired_or_nobodys),
 		cmocka_unit_test(test_signin_races_across_processes),
+		cmocka_unit_test(test_reminder_once_a_period_across_processes),
 	};
 
 	snprintf(store_url, sizeof(store_url), "%s", url);
