@@ -583,7 +583,8 @@ class MongoWire(unittest.TestCase):
     def test_the_renewer_finds_what_is_due_by_its_two_indexes(self):
         out = self.renew()
         self.assertIn("renew: 0 renewed", out)
-        finds = [d for d in self.w.commands("find", "subscriptions")]
+        # (the reminders' read is the one with an $expr: test_reminders_are_found_by_the_period_index)
+        finds = [d for d in self.w.commands("find", "subscriptions") if "$expr" not in d["filter"]]
         got = sorted((d["filter"]["status"], json.dumps(d["filter"], default=str, sort_keys=True), dict(d["sort"]),
                       d["limit"]) for d in finds)
         self.assertEqual([(g[0], dict(g[2]), g[3]) for g in got],
@@ -594,6 +595,33 @@ class MongoWire(unittest.TestCase):
         made = [i for d in self.w.commands("createIndexes", "subscriptions") for i in d["indexes"]]
         self.assertIn({"status": 1, "end_at": 1}, [dict(i["key"]) for i in made])
         self.assertIn({"status": 1, "next_attempt_at": 1}, [dict(i["key"]) for i in made])
+
+    def test_reminders_are_found_by_the_period_index_and_marked_once_in_a_transaction(self):
+        sid, cid = ObjectId(), ObjectId()
+        end = datetime.datetime.utcnow() + datetime.timedelta(days=3)
+        start = end - datetime.timedelta(days=30)
+        self.w.docs["subscriptions"] = [{"_id": sid, "plan_id": PLAN_ID, "customer_id": cid, "status": "active",
+                                         "quantity": 1, "idem_key": "k", "start_at": start, "end_at": end,
+                                         "period_start": start, "term_unit": "day", "term_count": 30,
+                                         "term_zone": "UTC", "anchor_at": start}]
+        self.w.fam["subscriptions"] = {"_id": sid, "plan_id": PLAN_ID}
+        out = self.renew()
+        self.assertIn("1 reminded", out)
+        [find] = [d for d in self.w.commands("find", "subscriptions") if "$expr" in d["filter"]]
+        f = json.loads(json.dumps(find["filter"], default=str))
+        self.assertEqual((f["status"], list(f["end_at"]), f["$expr"]),
+                         ("active", ["$lte"], {"$ne": ["$reminded_end_at", "$end_at"]}))
+        self.assertEqual(dict(find["sort"]), {"end_at": 1})
+        [mark] = [d for d in self.w.commands("findAndModify", "subscriptions") if "reminded_end_at" in d["query"]]
+        q = mark["query"]
+        self.assertEqual((q["_id"], q["status"], dict(q["reminded_end_at"])), (sid, "active", {"$ne": q["end_at"]}))
+        self.assertEqual(mark["update"]["$set"]["reminded_end_at"], q["end_at"])
+        txn = txn_of(mark)
+        in_txn = [(n, c) for n, c, d in self.w.log if "txnNumber" in d and txn_of(d) == txn]
+        self.assertEqual(in_txn, [("findAndModify", "subscriptions"), ("findAndModify", "counters"),
+                                  ("insert", "audit_events"), ("insert", "mail"), ("commitTransaction", None)])
+        mail = self.w.commands("insert", "mail")[0]["documents"][0]
+        self.assertEqual((mail["kind"], json.loads(mail["data"])["subscriptionId"]), ("reminder", str(sid)))
 
     def test_the_mail_sender_finds_due_mail_by_its_index_and_marks_it_from_what_it_read(self):
         box = Mailbox().start()
