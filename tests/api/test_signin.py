@@ -156,6 +156,52 @@ class SignIn(unittest.TestCase):
         self.assertEqual(self.S.request("GET", "/api/waitlist/" + entry["id"], headers=h2).status, 404)
         self.assertEqual(self.S.request("GET", "/api/customer/payments?limit=0", headers=h).status, 400)
 
+    def test_a_session_on_every_route_never_reaches_another_customers_data(self):
+        """Customer A's session on every route the server has, against customer B's subscription,
+        session, entry and customer: never a 2xx on B's, never B's data in an answer."""
+        line = self.S.create_plan(capacity=1, waitlist_enabled=True)
+        self.S.purchase(line["id"])
+
+        def buyer(tag):
+            email = "%s-%s@example.com" % (tag, uuid.uuid4().hex[:8])
+            sub = self.S.purchase(self.plan["id"], email=email).json
+            sess = self.S.request("POST", "/api/checkout-sessions", {"planId": self.plan["id"], "customer": {
+                "email": email, "name": tag}}, {"Idempotency-Key": str(uuid.uuid4())}).json
+            entry = self.S.request("POST", "/api/plans/%s/waitlist" % line["id"], {"customer": {"email": email, "name": tag}},
+                                   {"Idempotency-Key": str(uuid.uuid4())}).json
+            return {"email": email, "sub": sub, "session": sess, "entry": entry}
+
+        a, b = buyer("a"), buyer("b")
+        h = self.signed_in(a["email"])
+        ids = {"subscriptions": b["sub"]["id"], "checkout-sessions": b["session"]["id"],
+               "customers": b["sub"]["customerId"], "plans": self.plan["id"], "waitlist": b["entry"]["id"]}
+        # anyone's routes, and the customer's own (which name no one else)
+        skip = {("GET", "/api/health"), ("GET", "/api/plans"), ("GET", "/api/plans/:id"), ("GET", "/api/plans/:id/stats"),
+                ("POST", "/api/subscriptions/purchase"), ("POST", "/api/checkout-sessions"), ("GET", "/api/metrics"),
+                ("POST", "/api/plans/:id/waitlist"), ("POST", "/api/stripe/webhook"), ("POST", "/api/customer/login"),
+                ("POST", "/api/customer/sessions"), ("DELETE", "/api/customer/sessions/current")}
+        routes = [tuple(l.split()) for l in self.S.command("routes").stdout.splitlines() if l.strip()]
+        tried = 0
+        for method, pattern in routes:
+            if (method, pattern) in skip:
+                continue
+            path = pattern.replace(":id", ids.get(pattern.split("/")[2], "0" * 24))
+            r = self.S.request(method, path, {} if method in ("POST", "PATCH") else None,
+                               dict(h, **{"Idempotency-Key": str(uuid.uuid4())}))
+            if pattern.startswith("/api/customer/") or pattern == "/api/customer":
+                self.assertEqual(r.status, 200, (method, path, r))     # A's own
+            else:
+                self.assertIn(r.status, (401, 403, 404), (method, path, r))
+            for secret in (b["email"], b["sub"]["accessToken"], b["session"]["clientSecret"], b["entry"]["accessToken"],
+                           b["sub"]["id"], b["entry"]["id"]):
+                self.assertNotIn(secret, r.raw, (method, path))
+            tried += 1
+        self.assertGreaterEqual(tried, 25)
+        # nothing of B's changed
+        r = self.S.request("GET", "/api/subscriptions/" + b["sub"]["id"],
+                           headers={"Authorization": "Bearer " + b["sub"]["accessToken"]})
+        self.assertEqual(r.json["status"], "active")
+
     def test_another_customers_resources_are_not_found(self):
         email, _ = self.customer()
         _, theirs = self.customer()
