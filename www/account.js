@@ -56,7 +56,16 @@ function actions(s) {
     }, 'danger'));
   if (s.status !== 'pending')
     out.push(button('New access link', 'access-link', (b) => accessLink(b, s)));
-  return el('div', { class: 'actions' }, ...out);
+  const box = el('div', { class: 'actions' }, ...out);
+  if (!live) return box;
+  // another card for the renewals (a past-due one is charged on it at once)
+  const card = el('select', { 'aria-label': `Card for ${s.planName}`, 'data-field': 'card' },
+    el('option', { value: 'pm_card_visa', selected: s.paymentMethodId === 'pm_card_visa' }, 'Visa (test card)'),
+    el('option', { value: 'pm_card_mastercard', selected: s.paymentMethodId === 'pm_card_mastercard' }, 'Mastercard (test card)'));
+  const change = button('Use this card', 'card', (b) => move(b, s, 'payment-method', { paymentMethodId: card.value },
+    (n) => n.status === 'past_due' ? 'That card was declined too; the renewal is still due.'
+      : `Renewals of ${n.planName} are charged to ${n.paymentMethodId} from now on.`));
+  return el('div', {}, box, el('div', { class: 'inline actions' }, card, change));
 }
 
 async function move(button, s, path, body, done) {
@@ -129,8 +138,22 @@ async function loadLines() {
     el('td', {}, String(w.quantity)),
     el('td', { 'data-field': 'status' }, w.status === 'waiting' ? `Place ${w.position} in line`
                                          : `Seats held for you until ${when(w.offerExpiresAt)}`),
-    el('td', {}, el('a', { href: `waitlist.html#id=${encodeURIComponent(w.id)}` },
-                    w.status === 'offered' ? 'Pay for them' : 'Open')))));
+    el('td', {}, el('div', { class: 'actions' },
+      el('a', { href: `waitlist.html#id=${encodeURIComponent(w.id)}` }, w.status === 'offered' ? 'Pay for them' : 'Open'),
+      el('button', { type: 'button', class: 'secondary', 'data-action': 'leave', onclick: (ev) => leave(ev.currentTarget, w) },
+         'Leave the line'))))));
+}
+
+async function leave(button, w) {
+  button.disabled = true;
+  try {
+    await call('POST', `/api/waitlist/${encodeURIComponent(w.id)}/leave`, {});
+    say('ok', 'You left the line; any seats offered to you went to the next in line.');
+  } catch (e) {
+    if (e.status === 401) return signedOut('Your session ended: sign in again.');
+    say('bad', `Could not leave (${e.code}).`);
+  }
+  await loadLines();
 }
 
 async function loadAccount() {

@@ -477,12 +477,20 @@ test('a failed renewal: past due on the page and the dashboard, then paid with a
 
 // A customer comes back: asks for a sign-in link, opens it from the mail, sees what they bought
 // and paid, cancels at period end, and makes a new access link that ends the old one.
-test('the account page: a mailed sign-in link, the customer\'s subscriptions and receipts, a new access link', async () => {
+test('the account page: a mailed sign-in link, subscriptions and receipts; cancel at period end, resume, another card, leave a line, a new access link, sign out', async () => {
   const p = await newPlan(4, { interval: 'month', renewal: 'auto' });
   const email = `account-${Math.random().toString(36).slice(2, 10)}@example.com`;
   const bought = await (await fetch(S.base + '/api/subscriptions/purchase', { method: 'POST',
     headers: { 'Content-Type': 'application/json', 'Idempotency-Key': crypto.randomUUID() },
     body: JSON.stringify({ planId: p.id, paymentMethodId: 'pm_card_visa', customer: { email, name: 'Ada Account' } }) })).json();
+  // and a place in a sold-out plan's line
+  const full = await newPlan(1, { waitlist_enabled: true });
+  await fetch(S.base + '/api/subscriptions/purchase', { method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'Idempotency-Key': crypto.randomUUID() },
+    body: JSON.stringify({ planId: full.id, paymentMethodId: 'pm_card_visa', customer: { email: `x-${email}`, name: 'X' } }) });
+  const entry = await (await fetch(`${S.base}/api/plans/${full.id}/waitlist`, { method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'Idempotency-Key': crypto.randomUUID() },
+    body: JSON.stringify({ customerId: bought.customerId }) })).json();
   const { context, page } = await newPage();
   await page.goto(S.base + '/account.html');
   await page.getByLabel('Email address').fill(email);
@@ -505,6 +513,19 @@ test('the account page: a mailed sign-in link, the customer\'s subscriptions and
   await row.locator('[data-action="cancel-at-end"]').click();
   await page.waitForFunction((id) => /Ends on/.test(document.querySelector(`#subs-table tr[data-id="${id}"] [data-field="next"]`)?.textContent || ''), bought.id);
   assert.equal((await api('GET', `/api/subscriptions/${bought.id}`)).json.cancelAtPeriodEnd, true);
+  await row.locator('[data-action="resume"]').click();
+  await page.waitForFunction((id) => /Renews on/.test(document.querySelector(`#subs-table tr[data-id="${id}"] [data-field="next"]`)?.textContent || ''), bought.id);
+  assert.equal((await api('GET', `/api/subscriptions/${bought.id}`)).json.cancelAtPeriodEnd, false);
+  await row.locator('select[data-field="card"]').selectOption('pm_card_mastercard');
+  await row.locator('[data-action="card"]').click();
+  await page.locator('#account-status.ok').filter({ hasText: 'pm_card_mastercard' }).waitFor();
+  assert.equal((await api('GET', `/api/subscriptions/${bought.id}`)).json.paymentMethodId, 'pm_card_mastercard');
+  const place = page.locator(`#lines-table tr[data-id="${entry.id}"]`);
+  assert.match(await place.locator('[data-field="status"]').textContent(), /Place 1 in line/);
+  await page.screenshot({ path: join(ARTIFACTS, 'account-line.png'), fullPage: true });
+  await place.locator('[data-action="leave"]').click();
+  await place.waitFor({ state: 'detached' });
+  assert.equal((await api('GET', `/api/waitlist/${entry.id}`)).json.status, 'left');
   await row.locator('[data-action="access-link"]').click();
   await page.locator('#new-access-link').waitFor();
   await page.screenshot({ path: join(ARTIFACTS, 'account.png'), fullPage: true });
