@@ -67,7 +67,8 @@ static void put(struct json_object *vars, const char *key, const char *v)
 /* An instant as the plan's people read it: "2026-12-02 14:00 Europe/Berlin". */
 static void put_time(struct json_object *vars, const char *key, int64_t ms, const char *zone)
 {
-	const struct tz *z = tz_get(zone && *zone ? zone : "UTC");
+	const char *name = zone && *zone ? zone : "UTC";
+	const struct tz *z = tz_get(name);
 	int64_t s = civil_floor_div(ms, 1000), local = s + (z ? tz_offset_at(z, s) : 0), y;
 	int64_t days = civil_floor_div(local, 86400), secs = local - days * 86400;
 	int m, d;
@@ -75,7 +76,7 @@ static void put_time(struct json_object *vars, const char *key, int64_t ms, cons
 
 	civil_from_days(days, &y, &m, &d);
 	snprintf(buf, sizeof(buf), "%04" PRId64 "-%02d-%02d %02d:%02d %s", y, m, d, (int)(secs / 3600),
-		 (int)(secs / 60 % 60), z ? zone : "UTC");
+		 (int)(secs / 60 % 60), z ? name : "UTC");
 	put(vars, key, buf);
 }
 

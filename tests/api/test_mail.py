@@ -269,6 +269,8 @@ class Mail(unittest.TestCase):
         body = m.get_body(("plain",)).get_content()
         self.assertIn(PUBLIC + "/account.html#entry=" + j.json["id"], body)
         self.assertIn(p["name"], body)
+        # its deadline, with the zone it is written in
+        self.assertRegex(body, r"held for you until \d{4}-\d\d-\d\d \d\d:\d\d UTC\.")
         self.assertNoSecret()
         ok, out = self.S.check()
         self.assertTrue(ok, out)

@@ -72,6 +72,9 @@ class SignIn(unittest.TestCase):
         email, sub = self.customer()
         self.login(email.upper())      # any case of the address
         token = self.link(email)
+        [mail] = [m for m in self.box.to(email.lower()) if m["subject"] == "Your sign-in link"]
+        text = mail.get_body(("plain",)).get_content()
+        self.assertRegex(text, r"It works once, until \d{4}-\d\d-\d\d \d\d:\d\d UTC\.")
         [row] = self.login_rows(sub["customerId"])
         self.assertNotIn(token, str(row))
         self.assertNotIn(token.rsplit("_", 1)[-1], str(row), "the token's secret part is not in its row")
