@@ -38,7 +38,7 @@ static int handle(struct request *rq, const char *type, struct json_object *obje
 		if (!pi || !dispute)
 			return 0;
 		/* the subscription it is of, from the PaymentIntent's own metadata */
-		const struct pay_ref ref = {"", pi, NULL};
+		const struct pay_ref ref = {"", pi, NULL, NULL};
 		switch (payment_lookup(rq->lg, &ref, &pr)) {
 		case PAY_OK:
 			break;

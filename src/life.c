@@ -299,7 +299,7 @@ static int renew(struct ledger *lg, const struct actor *a, const struct subscrip
 		return declined(lg, a, sub, id, key, "payment_method_missing", st, e);
 	}
 	struct pay_req r = {key, sub->id, sub->customer_id, sub->life.payment_method, sub->amount_cents, true,
-			    now_ms() + CHARGE_DEADLINE_MS, a->trace_id};
+			    now_ms() + CHARGE_DEADLINE_MS, a->trace_id, NULL};
 	int rc;
 
 	if (attempt_open(lg, a, sub, key, e))
@@ -365,7 +365,7 @@ int life_reconcile(struct ledger *lg, const struct actor *a, struct life_stats *
 			continue;
 		}
 		/* its subscription moved on: what became of the charge asked for under the key */
-		const struct pay_ref ref = {open[i].idem_key, NULL, sub.customer_id};
+		const struct pay_ref ref = {open[i].idem_key, NULL, sub.customer_id, NULL};
 		if (payment_lookup(lg, &ref, &pr) != PAY_OK) {
 			LOG_WARN(a->trace_id, "renewal attempt %s still unknown: %s", open[i].idem_key, pr.msg);
 		} else if (pr.state == PAYS_AUTHORIZED) {

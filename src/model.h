@@ -83,6 +83,7 @@ struct customer {
 	char *email;                     /* as given; matched case-insensitively */
 	char *name;
 	int64_t created_at;
+	char processor_id[64];           /* the processor's own customer ("cus_…" at Stripe), or "" */
 };
 void customer_clear(struct customer *c);
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -33,10 +34,51 @@ static struct processor *processor_of(struct ledger *lg, struct pay_result *out)
 		return out->outcome;                                                                      \
 	} while (0)
 
-enum pay_outcome payment_authorize(struct ledger *lg, const struct pay_req *r, struct pay_result *out)
+/* The processor's own customer of customer_id as the store keeps it, into buf ("" when none, or
+ * when the processor keeps no customers). */
+static void customer_kept(struct ledger *lg, const char *customer_id, char *buf, size_t len)
+{
+	struct processor *p = lg->proc ? lg->proc : processor_shared(&lg->processor);
+	struct customer c = {0};
+	struct err e = {0};
+	bool found = false;
+
+	buf[0] = '\0';
+	if (!p || !p->ops->customers || !customer_id || !*customer_id)
+		return;
+	if (lg->store->ops->customer_get(lg->store, customer_id, &c, &found, &e) == 0 && found)
+		snprintf(buf, len, "%s", c.processor_id);
+	customer_clear(&c);
+}
+
+/* The processor's customer a call was about, kept on the customer's row the first time, so that
+ * later calls (a renewal a month on, past the processor's memory of its keys) name the same. */
+static void customer_keep(struct ledger *lg, const char *customer_id, const char *kept, const struct pay_result *out)
+{
+	struct err e = {0};
+
+	if (!customer_id || !*customer_id || !*out->customer || !strcmp(kept, out->customer))
+		return;
+	if (lg->store->ops->customer_processor_set(lg->store, customer_id, out->customer, &e))
+		LOG_WARN(NULL, "the processor's customer of %s is not kept yet: %s", customer_id, e.msg);
+}
+
+static enum pay_outcome authorize_call(struct ledger *lg, const struct pay_req *r, struct pay_result *out)
 {
 	CALL(r->off_session ? "charge_saved" : "authorize",
 	     r->off_session ? p->ops->charge_saved(p, r, out) : p->ops->authorize(p, r, out));
+}
+
+enum pay_outcome payment_authorize(struct ledger *lg, const struct pay_req *r, struct pay_result *out)
+{
+	struct pay_req with = *r;
+	char kept[64];
+
+	customer_kept(lg, r->customer_id, kept, sizeof(kept));
+	with.processor_customer = *kept ? kept : NULL;
+	authorize_call(lg, &with, out);
+	customer_keep(lg, r->customer_id, kept, out);
+	return out->outcome;
 }
 
 enum pay_outcome payment_capture(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out)
@@ -55,9 +97,21 @@ enum pay_outcome payment_refund(struct ledger *lg, const char *payment_id, const
 	CALL("refund", p->ops->refund(p, payment_id, refund_key, max_cents, out));
 }
 
-enum pay_outcome payment_lookup(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out)
+static enum pay_outcome lookup_call(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out)
 {
 	CALL("lookup", p->ops->lookup(p, ref, out));
+}
+
+enum pay_outcome payment_lookup(struct ledger *lg, const struct pay_ref *ref, struct pay_result *out)
+{
+	struct pay_ref with = *ref;
+	char kept[64];
+
+	customer_kept(lg, ref->id ? NULL : ref->customer_id, kept, sizeof(kept));
+	with.processor_customer = *kept ? kept : NULL;
+	lookup_call(lg, &with, out);
+	customer_keep(lg, ref->id ? NULL : ref->customer_id, kept, out);
+	return out->outcome;
 }
 
 int payment_authenticate(struct ledger *lg, const char *key, struct pay_result *out)

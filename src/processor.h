@@ -45,6 +45,7 @@ struct pay_result {
 	char subscription_id[48];    /* lookup: the subscription it was made for, when the processor keeps it */
 	char method[64];             /* the payment method it was made on, when the processor says */
 	char trace_id[65];           /* the trace of the request that made it, when the processor keeps it */
+	char customer[64];           /* the processor's own customer the call was about, when it keeps them */
 	int64_t amount_cents;        /* authorized */
 	int64_t refunded_cents;      /* refund: by this call's refund key; lookup: in all */
 	char msg[160];               /* for the log; never a secret */
@@ -59,6 +60,7 @@ struct pay_req {
 	bool off_session;            /* charged without the buyer (a saved method) */
 	int64_t deadline_ms;         /* wall clock: retries end here (0: the processor's own bound) */
 	const char *trace_id;        /* kept with the payment by the simulated processor; may be NULL */
+	const char *processor_customer; /* the processor's customer of customer_id as kept, or NULL */
 };
 
 /* Which payment a call is about: its key, and what else the caller knows of it. */
@@ -66,12 +68,17 @@ struct pay_ref {
 	const char *key;
 	const char *id;              /* the processor's id of it, or NULL when not known */
 	const char *customer_id;     /* the Numatix customer it is of (found by when no id is known) */
+	const char *processor_customer; /* the processor's customer of customer_id as kept, or NULL */
 };
 
 struct processor;
 
 struct processor_ops {
 	const char *name;            /* "sim", "stripe" */
+	/* The processor keeps customers of its own (Stripe's Customers): authorize, charge_saved
+	 * and lookup say which in out->customer, and take it as processor_customer once it is
+	 * kept on the customer's row, never making another. */
+	bool customers;
 	/* Authorizes amount on the method, once per key: a later call returns the payment as it is
 	 * (a key voided before any authorization refuses one: PAY_OK with state PAYS_VOIDED). */
 	enum pay_outcome (*authorize)(struct processor *p, const struct pay_req *r, struct pay_result *out);

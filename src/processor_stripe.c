@@ -328,9 +328,11 @@ static enum pay_outcome outcome_of(const struct answer *a, struct json_object *b
 
 /* --- customers ---------------------------------------------------------------------------- */
 
-/* The Stripe Customer of a Numatix customer: made once, under a key derived from its id. */
-static enum pay_outcome customer_of(struct stripe *s, const char *customer_id, int64_t deadline_ms, char *out,
-				    size_t len, struct pay_result *res)
+/* The Stripe Customer of a Numatix customer: the one kept on its row (kept), or else made, under
+ * a key derived from its id (Stripe forgets a key after 24 hours: a customer's next purchase a
+ * day later would make another, so the ledger keeps the first, from res->customer). */
+static enum pay_outcome customer_of(struct stripe *s, const char *customer_id, const char *kept, int64_t deadline_ms,
+				    char *out, size_t len, struct pay_result *res)
 {
 	struct form f;
 	struct answer a;
@@ -339,6 +341,11 @@ static enum pay_outcome customer_of(struct stripe *s, const char *customer_id, i
 	struct json_object *o;
 	const char *id;
 
+	if (kept && *kept) {
+		snprintf(out, len, "%s", kept);
+		snprintf(res->customer, sizeof(res->customer), "%s", kept);
+		return PAY_OK;
+	}
 	form_open(&f);
 	form_add(&f, "metadata[numatix_customer]", customer_id);
 	body = form_close(&f);
@@ -348,6 +355,7 @@ static enum pay_outcome customer_of(struct stripe *s, const char *customer_id, i
 	id = jsonx_str(o, "id");
 	if (a.status >= 200 && a.status < 300 && id) {
 		snprintf(out, len, "%s", id);
+		snprintf(res->customer, sizeof(res->customer), "%s", id);
 		json_object_put(o);
 		free(a.body);
 		return PAY_OK;
@@ -374,7 +382,8 @@ static enum pay_outcome intent_create(struct processor *p, const struct pay_req 
 	char *body;
 
 	memset(out, 0, sizeof(*out));
-	if (customer_of(s, r->customer_id, r->deadline_ms, customer, sizeof(customer), out) != PAY_OK)
+	if (customer_of(s, r->customer_id, r->processor_customer, r->deadline_ms, customer, sizeof(customer), out) !=
+	    PAY_OK)
 		return out->outcome;
 	form_open(&f);
 	form_int(&f, "amount", r->amount_cents);
@@ -441,7 +450,8 @@ static int find_intent(struct stripe *s, const struct pay_ref *ref, char *id, si
 		snprintf(id, len, "%s", ref->id);
 		return 0;
 	}
-	if (!ref->customer_id || customer_of(s, ref->customer_id, 0, customer, sizeof(customer), out) != PAY_OK) {
+	if (!ref->customer_id ||
+	    customer_of(s, ref->customer_id, ref->processor_customer, 0, customer, sizeof(customer), out) != PAY_OK) {
 		if (!ref->customer_id) {
 			snprintf(out->msg, sizeof(out->msg), "stripe: a payment without its id needs its customer");
 			out->outcome = PAY_INVALID;
@@ -571,7 +581,7 @@ static enum pay_outcome stripe_refund(struct processor *p, const char *payment_i
 	char path[300];
 	struct answer a;
 	struct json_object *o, *data;
-	const struct pay_ref ref = {refund_key, payment_id, NULL};
+	const struct pay_ref ref = {refund_key, payment_id, NULL, NULL};
 	enum pay_outcome res;
 
 	/* the refund made under this key before (a retry), by its metadata */
@@ -726,6 +736,7 @@ static void stripe_close(struct processor *p)
 
 static const struct processor_ops stripe_ops = {
 	.name = "stripe",
+	.customers = true,
 	.authorize = stripe_authorize,
 	.charge_saved = stripe_charge_saved,
 	.capture = stripe_capture,

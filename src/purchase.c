@@ -94,7 +94,7 @@ int purchase_void(struct ledger *lg, const struct actor *a, const char *key, con
 		  const char *payment_id, struct err *e)
 {
 	const char *sub_id = sub->id;
-	const struct pay_ref ref = {key, payment_id, sub->customer_id};
+	const struct pay_ref ref = {key, payment_id, sub->customer_id, NULL};
 	struct pay_result pr, rr;
 	struct payment charge, refund;
 	char refund_key[UUID_LEN + 8];
@@ -147,7 +147,7 @@ int purchase_finish(struct ledger *lg, const struct actor *a, const struct payme
 	if (ledger_sub_get(lg, charge->subscription_id, &sub, e))
 		return -1;
 	if (paid_by(&sub, charge)) {
-		const struct pay_ref ref = {charge->idem_key, charge->id, sub.customer_id};
+		const struct pay_ref ref = {charge->idem_key, charge->id, sub.customer_id, NULL};
 		if (payment_capture(lg, &ref, &pr) == PAY_OK) {
 			struct outbox_mail m;
 			snprintf(done.status, sizeof(done.status), "succeeded");
@@ -345,7 +345,7 @@ static int settle(struct ledger *lg, const struct actor *a, const struct transit
 static void capture(const struct actor *a, struct ledger *lg, const struct subscription *sub,
 		    const struct payment *charge)
 {
-	const struct pay_ref ref = {charge->idem_key, charge->id, sub->customer_id};
+	const struct pay_ref ref = {charge->idem_key, charge->id, sub->customer_id, NULL};
 	struct pay_result pr;
 
 	if (payment_capture(lg, &ref, &pr) != PAY_OK)
@@ -546,7 +546,7 @@ static int authorized(struct ledger *lg, const struct actor *a, const struct att
 		if (*sub->previous_id) {
 			/* a plan change has no session to wait in: refused as a decline the buyer can
 			 * read, and what the processor holds voided */
-			const struct pay_ref ref = {at->key, pr->id, sub->customer_id};
+			const struct pay_ref ref = {at->key, pr->id, sub->customer_id, NULL};
 			struct pay_result vr;
 			payment_of(charge, at->key, sub->id, "charge", pr->id, "declined", "authentication_required",
 				   pr->amount_cents, now_ms());
@@ -600,7 +600,7 @@ static void charge_and_settle(struct ledger *lg, const struct actor *a, const st
 		return;
 	}
 	struct pay_req r = {at->key, sub->id, sub->customer_id, method, sub->amount_cents, false, sub->hold_deadline,
-			    a->trace_id};
+			    a->trace_id, NULL};
 	payment_authorize(lg, &r, &pr);
 	if (authorized(lg, a, at, sub, &pr, &charge, out))
 		settle_paid(lg, a, at, sub, &charge, *pr.method ? pr.method : method, out);
@@ -768,7 +768,7 @@ int purchase_event(struct ledger *lg, const struct actor *a, const char *sub_id,
 	}
 	struct attempt at = {key, *sub.secret_hash != '\0', false};
 	struct actor buyer = *a;
-	const struct pay_ref ref = {key, payment_id, sub.customer_id};
+	const struct pay_ref ref = {key, payment_id, sub.customer_id, NULL};
 	buyer.id = sub.customer_id;
 	/* a payment parked for the buyer to authenticate (action_required) is settled by the buyer's
 	 * next completion, the one request that can show them their access token */
@@ -902,7 +902,7 @@ static int session_open(struct ledger *lg, const char *session_id, int64_t now, 
 static int parked_attempt(struct ledger *lg, const struct actor *buyer, struct subscription *sub, const char *key,
 			  const char *method, struct purchase_result *out)
 {
-	const struct pay_ref ref = {sub->attempt_key, NULL, sub->customer_id};
+	const struct pay_ref ref = {sub->attempt_key, NULL, sub->customer_id, NULL};
 	struct attempt at = {key, true, false};
 	struct pay_result pr;
 	struct payment charge;
@@ -1161,7 +1161,7 @@ static void change_release(struct ledger *lg, const struct actor *a, const struc
 static int credit_from(struct ledger *lg, const struct payment *credit, const struct subscription *by,
 		       const char *payment_id, int64_t *left, struct err *e)
 {
-	const struct pay_ref ref = {attempt_of(by), payment_id, by->customer_id};
+	const struct pay_ref ref = {attempt_of(by), payment_id, by->customer_id, NULL};
 	char refund_key[sizeof(credit->id) + 40];
 	struct pay_result pr;
 	enum pay_outcome o;
@@ -1357,8 +1357,8 @@ static void change_pay(struct ledger *lg, const struct actor *a, const struct at
 		free(r.body);
 	} else {
 		struct pay_req r = {at->key, sub->id, sub->customer_id, method, diff, false, sub->hold_deadline,
-				    a->trace_id};
-		const struct pay_ref ref = {at->key, NULL, sub->customer_id};
+				    a->trace_id, NULL};
+		const struct pay_ref ref = {at->key, NULL, sub->customer_id, NULL};
 		/* A resumed change keeps the difference its first attempt was authorized for: asked
 		 * again it would be another amount (the period went on), which the processor refuses
 		 * under the same key. */

@@ -323,6 +323,8 @@ struct store_ops {
 			       struct err *e);
 	int (*customer_get)(struct store *s, const char *id, struct customer *out, bool *found,
 			    struct err *e);
+	/* Keeps the processor's own customer of customer id, if none is kept yet (the first wins). */
+	int (*customer_processor_set)(struct store *s, const char *id, const char *processor_id, struct err *e);
 
 	/* Sign-in (signin.h). login_link: in one unit, r's address's links made before r->since
 	 * forgotten, those after counted (LOGIN_LIMITED when r->limit are: nothing more written), and

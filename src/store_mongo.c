@@ -473,6 +473,7 @@ static void customer_read(const bson_t *d, struct customer *c)
 	c->email = get_strdup(d, "email");
 	c->name = get_strdup(d, "name");
 	c->created_at = get_int(d, "created_at");
+	get_str(d, "processor_customer_id", c->processor_id, sizeof(c->processor_id));
 }
 
 static char *email_key(const char *email)
@@ -997,6 +998,21 @@ static int mg_customer_get(struct store *st, const char *id, struct customer *ou
 		customer_read(doc, out);
 	bson_destroy(doc);
 	return r < 0 ? -1 : 0;
+}
+
+static int mg_customer_processor_set(struct store *st, const char *id, const char *processor_id, struct err *e)
+{
+	/* a document from before has no field: as none kept */
+	bson_t *f = by_id(id), *u = BCON_NEW("$set", "{", "processor_customer_id", BCON_UTF8(processor_id), "}"), reply;
+	int n;
+
+	BCON_APPEND(f, "processor_customer_id", "{", "$in", "[", BCON_UTF8(""), BCON_NULL, "]", "}");
+	bson_init(&reply);
+	n = update(MG(st)->customers, NULL, f, u, &reply, e, "customer");
+	bson_destroy(&reply);
+	bson_destroy(f);
+	bson_destroy(u);
+	return n < 0 ? -1 : 0;
 }
 
 static int mg_customer_create(struct store *st, const struct customer *c, enum write_result *res, struct err *e)
@@ -3270,6 +3286,7 @@ static const struct store_ops mongo_ops = {
 	.plan_update = mg_plan_update,
 	.customer_create = mg_customer_create,
 	.customer_get = mg_customer_get,
+	.customer_processor_set = mg_customer_processor_set,
 	.key_claim = mg_key_claim,
 	.key_finish = mg_key_finish,
 	.key_forget = mg_key_forget,

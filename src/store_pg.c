@@ -163,7 +163,9 @@ static const char *const MIGRATIONS[] = {
 	"CREATE INDEX payments_subscription ON payments (subscription_id, created_at);"
 	"CREATE INDEX waitlist_customer ON waitlist (customer_id, created_at);"
 	/* the period whose reminder was sent (its end): one per period */
-	"ALTER TABLE subscriptions ADD COLUMN reminded_end_at BIGINT NOT NULL DEFAULT 0;",
+	"ALTER TABLE subscriptions ADD COLUMN reminded_end_at BIGINT NOT NULL DEFAULT 0;"
+	/* the payment processor's own customer (a Stripe Customer's id), made once */
+	"ALTER TABLE customers ADD COLUMN processor_customer_id TEXT NOT NULL DEFAULT '';",
 };
 
 /* --- statements --------------------------------------------------------------------------- */
@@ -737,7 +739,8 @@ static int pg_customer_create(struct store *st, const struct customer *c, enum w
 
 static int pg_customer_get(struct store *st, const char *id, struct customer *out, bool *found, struct err *e)
 {
-	static const char sql[] = "SELECT id, email, name, created_at FROM customers WHERE id = $1";
+	static const char sql[] =
+		"SELECT id, email, name, created_at, processor_customer_id FROM customers WHERE id = $1";
 	PGresult *r;
 
 	if (connected(PG(st), e) || !(r = q(PG(st), sql, e, "t", id)))
@@ -748,9 +751,18 @@ static int pg_customer_get(struct store *st, const char *id, struct customer *ou
 		out->email = col_str(r, 0, 1);
 		out->name = col_str(r, 0, 2);
 		out->created_at = col_int(r, 0, 3);
+		col_copy(r, 0, 4, out->processor_id, sizeof(out->processor_id));
 	}
 	PQclear(r);
 	return 0;
+}
+
+static int pg_customer_processor_set(struct store *st, const char *id, const char *processor_id, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE customers SET processor_customer_id = $1 WHERE id = $2 AND processor_customer_id = ''";
+
+	return connected(PG(st), e) || run(q(PG(st), sql, e, "tt", processor_id, id)) < 0 ? -1 : 0;
 }
 
 /* --- sign-in ------------------------------------------------------------------------------ */
@@ -2425,6 +2437,7 @@ static const struct store_ops pg_ops = {
 	.plan_update = pg_plan_update,
 	.customer_create = pg_customer_create,
 	.customer_get = pg_customer_get,
+	.customer_processor_set = pg_customer_processor_set,
 	.key_claim = pg_key_claim,
 	.key_finish = pg_key_finish,
 	.key_forget = pg_key_forget,

@@ -110,6 +110,8 @@ FORWARD(plan_update, (struct store *s, const char *id, const struct plan_patch *
 		      enum write_result *res, struct err *e), (h, id, pt, now, ev, nev, a, out, res, e))
 FORWARD(customer_create, (struct store *s, const struct customer *c, enum write_result *res, struct err *e),
 	(h, c, res, e))
+FORWARD(customer_processor_set, (struct store *s, const char *id, const char *processor_id, struct err *e),
+	(h, id, processor_id, e))
 READ(customer_get, (struct store *s, const char *id, struct customer *out, bool *found, struct err *e),
 	(h, id, out, found, e))
 FORWARD(key_claim, (struct store *s, const struct claim_req *r, struct claim *out, struct err *e), (h, r, out, e))
@@ -231,6 +233,7 @@ static const struct store_ops pool_ops = {
 	.plan_update = pool_plan_update,
 	.customer_create = pool_customer_create,
 	.customer_get = pool_customer_get,
+	.customer_processor_set = pool_customer_processor_set,
 	.key_claim = pool_key_claim,
 	.key_finish = pool_key_finish,
 	.key_forget = pool_key_forget,

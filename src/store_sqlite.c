@@ -222,7 +222,9 @@ static const char MIGRATE_8_9[] =
 	"CREATE INDEX IF NOT EXISTS payments_subscription ON payments(subscription_id, created_at);"
 	"CREATE INDEX IF NOT EXISTS waitlist_customer ON waitlist(customer_id, created_at);"
 	/* the period whose reminder was sent (its end): one per period */
-	"ALTER TABLE subscriptions ADD COLUMN reminded_end_at INTEGER NOT NULL DEFAULT 0;";
+	"ALTER TABLE subscriptions ADD COLUMN reminded_end_at INTEGER NOT NULL DEFAULT 0;"
+	/* the payment processor's own customer (a Stripe Customer's id), made once */
+	"ALTER TABLE customers ADD COLUMN processor_customer_id TEXT NOT NULL DEFAULT '';";
 
 /* Version 1 kept an event's seat counts as JSON text in before/after; version 2 keeps them as
  * numbers, and a payment's summary in detail. */
@@ -985,9 +987,10 @@ out:
 
 /* --- customers ---------------------------------------------------------------------------- */
 
-static const char CUSTOMER_BY_ID[] = "SELECT id, email, name, created_at FROM customers WHERE id = ?";
+static const char CUSTOMER_BY_ID[] =
+	"SELECT id, email, name, created_at, processor_customer_id FROM customers WHERE id = ?";
 static const char CUSTOMER_BY_EMAIL[] =
-	"SELECT id, email, name, created_at FROM customers WHERE email = ? COLLATE NOCASE";
+	"SELECT id, email, name, created_at, processor_customer_id FROM customers WHERE email = ? COLLATE NOCASE";
 static const char CUSTOMER_INSERT[] = "INSERT INTO customers (id, email, name, created_at) VALUES (?,?,?,?)";
 
 /* 1 found (into out, if given), 0 absent, -1 error. */
@@ -1002,10 +1005,22 @@ static int customer_find(struct sq *s, const char *sql, const char *arg, struct 
 		out->email = col_str(st, 1);
 		out->name = col_str(st, 2);
 		out->created_at = sqlite3_column_int64(st, 3);
+		col_copy(st, 4, out->processor_id, sizeof(out->processor_id));
 	}
 	if (st)
 		sqlite3_reset(st);
 	return r;
+}
+
+static int sq_customer_processor_set(struct store *st_, const char *id, const char *processor_id, struct err *e)
+{
+	static const char sql[] =
+		"UPDATE customers SET processor_customer_id = ? WHERE id = ? AND processor_customer_id = ''";
+	struct sq *s = SQ(st_);
+
+	if (BEGIN(s, e))
+		return -1;
+	return END(s, run(q(s, sql, e, "tt", processor_id, id), e) < 0 ? -1 : 0, e);
 }
 
 static int read_customer_get(struct store *st_, const char *id, struct customer *out, bool *found, struct err *e)
@@ -2722,6 +2737,7 @@ static const struct store_ops sqlite_ops = {
 	.plan_update = sq_plan_update,
 	.customer_create = sq_customer_create,
 	.customer_get = sq_customer_get,
+	.customer_processor_set = sq_customer_processor_set,
 	.key_claim = sq_key_claim,
 	.key_finish = sq_key_finish,
 	.key_forget = sq_key_forget,

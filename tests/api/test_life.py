@@ -501,6 +501,30 @@ class WithStripe(unittest.TestCase):
                          ("succeeded", 2500, True, s["paymentMethodId"], "automatic"))
         self.assertEqual(pi["metadata"]["subscription"], s["id"])
 
+    def test_a_renewal_past_stripes_memory_of_keys_charges_the_customer_the_card_is_saved_to(self):
+        # found in review: the Stripe Customer was found again only by the Idempotency-Key it was
+        # made under, which Stripe forgets after 24 hours; a month later the renewal made another
+        # Customer, to which the saved card does not belong, and was refused. It is kept on the
+        # customer's row, made once.
+        S = self.S
+        p = S.create_plan(capacity=3, price=2100, interval="month", renewal="auto")
+        email = "once-%s@example.com" % uuid.uuid4().hex[:8]
+        s = S.purchase(p["id"], email=email).json
+        self.X.control("POST", "/__control/idempotency/expire")
+        again = S.purchase(p["id"], email=email)
+        self.assertEqual((again.status, again.json["customerId"]), (201, s["customerId"]), again)
+        made = [c for c in self.X.state()["customers"] if c["metadata"].get("numatix_customer") == s["customerId"]]
+        self.assertEqual(len(made), 1, made)
+        self.X.control("POST", "/__control/idempotency/expire")
+        self.due(s)
+        S.renew()
+        g = S.admin("GET", "/api/subscriptions/" + s["id"]).json
+        self.assertEqual((g["status"], g["periodIndex"]), ("active", 1), g)
+        (pi,) = self.intents(s["id"] + ".1.0")
+        self.assertEqual((pi["status"], pi["payment_method"], pi["customer"]), ("succeeded", s["paymentMethodId"], made[0]["id"]))
+        self.assertEqual(len([c for c in self.X.state()["customers"]
+                              if c["metadata"].get("numatix_customer") == s["customerId"]]), 1)
+
     def test_a_charge_whose_answer_was_lost_is_kept_once(self):
         S = self.S
         p = S.create_plan(capacity=2, price=1100, interval="week", renewal="auto")

@@ -131,6 +131,16 @@ function idempotent(handler) {
   };
 }
 
+// --- PaymentMethods ---------------------------------------------------------------------------
+// A card confirmed with setup_future_usage is attached to the PaymentIntent's Customer, as at
+// Stripe; a later PaymentIntent charging it for another Customer is refused. Test cards
+// (pm_card_visa) are shared by every buyer here, so a card's attachment is kept per Numatix
+// customer (its Stripe Customer's metadata): another Stripe Customer made for the same buyer,
+// charged with the card saved to the first, is what is refused.
+const attached = new Map();  // "<card> <numatix customer>" -> the Stripe Customer it is attached to
+const customers = [];        // the Customers made through this layer: {id, metadata, token}
+const buyerOf = (customer) => ((customers.find((c) => c.id === customer) || {}).metadata || {}).numatix_customer;
+
 // --- PaymentIntents -----------------------------------------------------------------------------
 const source = (method, offSession) => {
   const name = String(method || "").replace(/^pm_card_/, "");
@@ -178,6 +188,9 @@ async function confirm(pi, auth) {
   }, auth, pi.id + "-confirm");
   if (r.status === 200) {
     pi._charge = r.body.id;
+    const buyer = buyerOf(pi.customer);
+    if (pi.setup_future_usage && buyer && !attached.has(pi.payment_method + " " + buyer))
+      attached.set(pi.payment_method + " " + buyer, pi.customer);
     pi.status = manual ? "requires_capture" : "succeeded";
     pi.amount_capturable = manual ? pi.amount : 0;
     pi.amount_received = manual ? 0 : pi.amount;
@@ -247,6 +260,10 @@ app.post("/v1/payment_intents", idempotent(async (req) => {
     return [400, { error: { type: "invalid_request_error", code: "parameter_invalid_integer", param: "amount", message: "Invalid integer" } }];
   if (!/^[a-z]{3}$/.test(p.currency || ""))
     return [400, { error: { type: "invalid_request_error", code: "parameter_missing", param: "currency", message: "Missing required param: currency." } }];
+  const to = attached.get(p.payment_method + " " + buyerOf(p.customer));
+  if (to && to !== p.customer)
+    return [400, { error: { type: "invalid_request_error", code: "payment_method_invalid_parameter", param: "payment_method",
+                            message: "The provided PaymentMethod was previously attached to a different Customer." } }];
   const pi = {
     id: id("pi"), object: "payment_intent", amount, currency: p.currency, customer: p.customer || null,
     payment_method: p.payment_method || null, capture_method: p.capture_method || "automatic",
@@ -379,10 +396,23 @@ app.delete("/__control/faults", (req, res) => {
   res.json({ queued: 0 });
 });
 app.get("/__control/state", (req, res) => {
-  res.json({ intents: [...intents.values()].map((pi) => ({ ...view(pi, true) })), refunds });
+  res.json({ intents: [...intents.values()].map((pi) => ({ ...view(pi, true) })), refunds,
+             customers: customers.map((c) => ({ id: c.id, metadata: c.metadata })) });
 });
 
-// everything else: the mock's own (customers above all)
+// Customers: made at the mock, each POST idempotent here by its key as Stripe keeps keys, for 24
+// hours; POST /__control/idempotency/expire forgets them all, as a day passing would.
+app.post("/v1/customers", idempotent(async (req) => {
+  const r = await mock("POST", "/v1/customers", req.body, req.auth, null);
+  if (r.status === 200) customers.push({ id: r.body.id, metadata: r.body.metadata || {}, token: req.token });
+  return [r.status, r.body];
+}));
+app.post("/__control/idempotency/expire", (req, res) => {
+  keys.clear();
+  res.json({ expired: true });
+});
+
+// everything else: the mock's own
 async function forward(req, res) {
   const r = await mock(req.method, req.originalUrl, req.method === "GET" ? null : req.body, req.auth,
                        req.header("idempotency-key"));

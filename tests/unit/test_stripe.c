@@ -150,7 +150,7 @@ static const char PI_AUTHORIZED[] =
 
 static enum pay_outcome authorize(struct processor *p, int64_t deadline_ms, struct pay_result *out)
 {
-	struct pay_req r = {"key-1", "sub-1", "cust-1", "pm_card_visa", 1500, false, deadline_ms, "trace"};
+	struct pay_req r = {"key-1", "sub-1", "cust-1", "pm_card_visa", 1500, false, deadline_ms, "trace", NULL};
 
 	return p->ops->authorize(p, &r, out);
 }
