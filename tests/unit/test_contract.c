@@ -454,7 +454,7 @@ static void test_crash_after_charge_reaper_refunds(void **state)
 	plan_clear(&p);
 	/* the processor voided the authorization the crashed request made: nothing was taken */
 	struct pay_result pr;
-	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL}, &pr), PAY_OK);
+	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL, NULL}, &pr), PAY_OK);
 	assert_int_equal(pr.state, PAYS_VOIDED);
 	/* the retry now gets the stored HOLD_EXPIRED, and nothing is charged again */
 	buy(x, key, "pm_card_visa", &r);
@@ -669,7 +669,7 @@ static enum pay_state processor_state_of(const char *key)
 {
 	struct pay_result pr;
 
-	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL}, &pr), PAY_OK);
+	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL, NULL}, &pr), PAY_OK);
 	return pr.state;
 }
 
@@ -918,12 +918,12 @@ static void test_plan_change_credit_made_by_the_reaper(void **state)
 	struct subscription bought_sub = {0};
 	struct pay_result pr;
 	assert_int_equal(ledger_sub_get(&x->lg, sub_id, &bought_sub, &e), 0);
-	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){bought_sub.idem_key, NULL, NULL}, &pr), PAY_OK);
+	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){bought_sub.idem_key, NULL, NULL, NULL}, &pr), PAY_OK);
 	assert_int_equal(pr.state, PAYS_CAPTURED);
 	assert_int_equal(pr.refunded_cents, 1000);
 	subscription_clear(&bought_sub);
 	assert_int_equal(reaper_run(&x->lg, "test", &st, &e), 0);
-	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL}, &pr), PAY_OK);
+	assert_int_equal(real_proc()->ops->lookup(real_proc(), &(struct pay_ref){key, NULL, NULL, NULL}, &pr), PAY_OK);
 	assert_int_equal(violations(x), 0);
 	fixture_free(x);
 }
